@@ -1,0 +1,103 @@
+"""The one codec for every message: ZeroMQ multipart ``[topic, header, payload]`` and public JSON.
+
+The header is a version byte followed by the message as msgpack without its ``data`` field; the
+payload frame is ``data`` itself, passed through untouched (PCM or JPEG is never re-encoded).
+Decoding checks sizes and the version before it parses, and raises ``CodecError`` with a message
+that says what was wrong, so a receiver can log it and keep serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from pipeline.messages import ALL, WIRE_VERSION, Message
+
+MAX_TOPIC = 256
+MAX_HEADER = 64 * 1024
+MAX_PAYLOAD = 16 * 1024 * 1024
+
+_VERSION_BYTE = bytes([WIRE_VERSION])
+_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+def _build_decoder() -> msgspec.msgpack.Decoder:
+    union: Any = ALL[0]
+    for cls in ALL[1:]:
+        union = union | cls
+    return msgspec.msgpack.Decoder(union)
+
+
+_decoder = _build_decoder()
+_json_decoder = msgspec.json.Decoder(_decoder.type)
+
+
+class CodecError(ValueError):
+    """A message could not be decoded; the text says what was wrong."""
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for ``socket.send_multipart``: topic, versioned header, raw payload."""
+    data: bytes = getattr(msg, "data", b"")
+    if data:
+        msg.data = b""  # type: ignore[attr-defined]
+        try:
+            header = _encoder.encode(msg)
+        finally:
+            msg.data = data  # type: ignore[attr-defined]
+    else:
+        header = _encoder.encode(msg)
+    return [msg.topic().encode(), _VERSION_BYTE + header, data]
+
+
+def decode(frames: list[bytes] | list[Any]) -> Message:
+    """Parse received frames back into a message, or raise ``CodecError``."""
+    if len(frames) != 3:
+        raise CodecError(f"expected 3 frames [topic, header, payload], got {len(frames)}")
+    topic, header, payload = (bytes(f) if not isinstance(f, bytes) else f for f in frames)
+    if len(topic) > MAX_TOPIC:
+        raise CodecError(f"topic is {len(topic)} bytes, limit {MAX_TOPIC}")
+    if not header:
+        raise CodecError(f"empty header on topic {topic[:64]!r}")
+    if header[0] != WIRE_VERSION:
+        raise CodecError(f"unknown wire version {header[0]} on topic {topic[:64]!r} (expected {WIRE_VERSION})")
+    if len(header) > MAX_HEADER:
+        raise CodecError(f"header is {len(header)} bytes, limit {MAX_HEADER}")
+    if len(payload) > MAX_PAYLOAD:
+        raise CodecError(f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD}")
+    try:
+        msg = _decoder.decode(header[1:])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CodecError(f"malformed header on topic {topic[:64]!r}: {exc}") from None
+    if payload:
+        if not hasattr(msg, "data"):
+            raise CodecError(f"{type(msg).__name__} carries no payload but got {len(payload)} bytes")
+        msg.data = payload  # type: ignore[attr-defined]
+    return msg
+
+
+def to_json(msg: Message) -> bytes:
+    """Public JSON form (``sensorium events``, ``--events-json``, the client API). Drops raw media."""
+    if getattr(msg, "data", b""):
+        data = msg.data  # type: ignore[attr-defined]
+        msg.data = b""  # type: ignore[attr-defined]
+        try:
+            return _json_encoder.encode(msg)
+        finally:
+            msg.data = data  # type: ignore[attr-defined]
+    return _json_encoder.encode(msg)
+
+
+def from_json(raw: bytes | str) -> Message:
+    """Parse the public JSON form back into a message, or raise ``CodecError``."""
+    try:
+        return _json_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CodecError(f"malformed event JSON: {exc}") from None
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Public form as a plain dict."""
+    return msgspec.json.decode(to_json(msg))

@@ -1,0 +1,298 @@
+"""The deployment file: hub endpoints, rooms, edge nodes, workers, placement and budgets.
+
+One TOML file describes the whole house. Loading validates everything and raises ``ConfigError``
+naming the file, the key and what was expected; a one-box deployment and a four-GPU one differ only
+in ``[workers.*].stages``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """The deployment file is invalid; the text names the file, the key and what was expected."""
+
+
+def parse_duration(value: str | float | int, key: str = "duration") -> float:
+    """``"200ms"``, ``"1.5s"``, ``"2m"`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like '200ms' or '1.5s', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{key}: duration must not be negative, got {value!r}")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ConfigError(f"{key}: expected a duration like '200ms', '1.5s' or '2m', got {value!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class HubConfig(_Strict):
+    """Where the hub listens and how it judges node health."""
+
+    address: str = "ipc:///tmp/sensorium"
+    """Base endpoint; the four sockets derive from it (tcp: port+0..3; ipc/inproc: suffixes)."""
+    heartbeat: str | float = "500ms"
+    """Interval between node heartbeats."""
+    down_after: str | float = "2s"
+    """A node that sent no heartbeat for this long is reported down."""
+    event_log: int = 10000
+    """Events kept for subscribers that reconnect."""
+    metrics_port: int = 0
+    """Prometheus port of the hub (0 = off)."""
+    keys: str = ""
+    """Folder with the hub's CURVE key pair and enrolled client keys (required off loopback)."""
+    allow_insecure: bool = False
+    """Explicitly allow a non-loopback bind without CURVE (not recommended)."""
+    record: str = ""
+    """MCAP file to record the bus into ("" = off)."""
+
+
+class RoomConfig(_Strict):
+    """A room of the house."""
+
+    speaker: str = ""
+    """Edge node that plays answers in this room ("" = the room's first edge node)."""
+
+
+class MicrophoneConfig(_Strict):
+    """Audio capture on an edge node."""
+
+    device: str | int | None = None
+    """sounddevice input device (name or index; None = system default)."""
+    file: str = ""
+    """Play this WAV in real time instead of a microphone (tests, demos)."""
+    rate: int = 16000
+    """Sample rate published on the bus."""
+    block_ms: int = 80
+    """Audio chunk length."""
+    local_wake: bool = False
+    """Stream only around a locally detected wake word (with pre-roll)."""
+    preroll_ms: int = 1500
+    """Audio kept before a local wake detection."""
+
+
+class CameraConfig(_Strict):
+    """One camera of an edge node."""
+
+    source: str | int = 0
+    """USB device index, RTSP URL, video file, or folder of images."""
+    fps: float = 5.0
+    """Frames per second published."""
+    width: int = 640
+    """Frame width (frames are resized to it, keeping the aspect ratio)."""
+    jpeg_quality: int = 80
+    """JPEG quality 1–100."""
+    motion_threshold: float = 0.0
+    """Skip frames whose mean absolute change is below this (0 = off)."""
+
+
+class PlaybackConfig(_Strict):
+    """Where an edge node plays answers."""
+
+    device: str | int | None = None
+    """sounddevice output device (None = default)."""
+    wav_dir: str = ""
+    """Write answers as WAV files here instead of playing them (headless)."""
+    rate: int = 22050
+    """Playback sample rate."""
+    jitter_ms: int = 60
+    """Audio buffered before playback starts."""
+
+
+class EdgeConfig(_Strict):
+    """A capture agent on a Raspberry Pi."""
+
+    room: str
+    """Room the node is in."""
+    microphone: MicrophoneConfig | None = None
+    """Audio capture (None = no microphone)."""
+    cameras: dict[str, CameraConfig] = {}
+    """Cameras by name."""
+    playback: PlaybackConfig | None = None
+    """Speaker output (None = this node does not speak)."""
+    keys: str = ""
+    """Folder with this node's CURVE key pair and the hub's public key."""
+
+
+class WorkerConfig(_Strict):
+    """A worker process (one per GPU container) and the stages placed on it."""
+
+    stages: list[str]
+    """Stage names this worker runs."""
+    device: str | list[str] = "cpu"
+    """Device, or devices in order of preference ("cuda:0", then "cpu")."""
+    metrics_port: int = 0
+    """Prometheus port (0 = off)."""
+    keys: str = ""
+    """Folder with this worker's CURVE key pair and the hub's public key."""
+
+    def devices(self) -> list[str]:
+        """Devices in order of preference."""
+        return [self.device] if isinstance(self.device, str) else list(self.device)
+
+
+class DeployFile(_Strict):
+    """The raw file layout, before stage options are checked."""
+
+    hub: HubConfig = msgspec.field(default_factory=HubConfig)
+    rooms: dict[str, RoomConfig] = {}
+    edges: dict[str, EdgeConfig] = {}
+    workers: dict[str, WorkerConfig] = {}
+    stages: dict[str, dict[str, Any]] = {}
+    data_dir: str = ".sensorium"
+
+
+class StageSettings(msgspec.Struct):
+    """A stage's validated settings."""
+
+    budget_s: float
+    """Latency budget in seconds."""
+    options: Any
+    """The stage's own ``Options`` struct."""
+
+
+class Deployment(msgspec.Struct):
+    """A validated deployment."""
+
+    path: str
+    """File it came from."""
+    hub: HubConfig
+    rooms: dict[str, RoomConfig]
+    edges: dict[str, EdgeConfig]
+    workers: dict[str, WorkerConfig]
+    stages: dict[str, StageSettings]
+    data_dir: Path
+
+    def worker(self, name: str) -> WorkerConfig:
+        """A worker by name, or ``ConfigError`` listing the known ones."""
+        if name not in self.workers:
+            raise ConfigError(f"{self.path}: no worker named {name!r} (known: {', '.join(self.workers) or 'none'})")
+        return self.workers[name]
+
+    def edge(self, name: str) -> EdgeConfig:
+        """An edge node by name, or ``ConfigError`` listing the known ones."""
+        if name not in self.edges:
+            raise ConfigError(f"{self.path}: no edge node named {name!r} (known: {', '.join(self.edges) or 'none'})")
+        return self.edges[name]
+
+    def speaker_of(self, room: str) -> str:
+        """The edge node that plays answers in ``room``."""
+        chosen = self.rooms[room].speaker if room in self.rooms else ""
+        if chosen:
+            return chosen
+        for name, edge in self.edges.items():
+            if edge.room == room and edge.playback is not None:
+                return name
+        return next((n for n, e in self.edges.items() if e.room == room), "")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    m = re.search(r"- at `\$\.?(.*)`$", text)
+    where = m.group(1) if m else ""
+    what = text[: m.start()].strip() if m else text
+    return f"[{where}] {what}" if where else what
+
+
+def load(
+    path: str | Path,
+    stage_options: Mapping[str, type[msgspec.Struct]],
+    default_budgets: Mapping[str, float] | None = None,
+) -> Deployment:
+    """Read and validate a deployment file.
+
+    ``stage_options`` maps every known stage name to its ``Options`` struct (from the stage
+    registry); ``default_budgets`` gives each stage's budget in seconds when the file sets none.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw, stage_options, default_budgets or {}, str(path))
+
+
+def from_dict(
+    raw: dict[str, Any],
+    stage_options: Mapping[str, type[msgspec.Struct]],
+    default_budgets: Mapping[str, float] | None = None,
+    path: str = "<config>",
+) -> Deployment:
+    """Validate an already parsed deployment (see ``load``)."""
+    default_budgets = default_budgets or {}
+    try:
+        f = msgspec.convert(raw, DeployFile)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+    known = ", ".join(sorted(stage_options))
+    for key in ("heartbeat", "down_after"):
+        parse_duration(getattr(f.hub, key), f"{path}: [hub] {key}")
+
+    for name, edge in f.edges.items():
+        if edge.room not in f.rooms:
+            raise ConfigError(
+                f"{path}: [edges.{name}] room = {edge.room!r} is not a room of [rooms] "
+                f"(known: {', '.join(f.rooms) or 'none'})"
+            )
+    served = {e.room for e in f.edges.values()}
+    for room, rc in f.rooms.items():
+        if room not in served:
+            raise ConfigError(f"{path}: [rooms.{room}] no edge node serves this room (add one to [edges])")
+        if rc.speaker and (rc.speaker not in f.edges or f.edges[rc.speaker].room != room):
+            raise ConfigError(f"{path}: [rooms.{room}] speaker = {rc.speaker!r} is not an edge node in this room")
+
+    placed: set[str] = set()
+    for wname, w in f.workers.items():
+        for s in w.stages:
+            if s not in stage_options:
+                raise ConfigError(f"{path}: [workers.{wname}] stages: unknown stage {s!r} (expected one of: {known})")
+            placed.add(s)
+        for d in w.devices():
+            if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
+                raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
+
+    stages: dict[str, StageSettings] = {}
+    for sname in f.stages:
+        if sname not in stage_options:
+            raise ConfigError(f"{path}: [stages.{sname}] unknown stage (expected one of: {known})")
+    for sname, opts_type in stage_options.items():
+        table = dict(f.stages.get(sname, {}))
+        budget = table.pop("budget", None)
+        budget_s = (
+            parse_duration(budget, f"{path}: [stages.{sname}] budget")
+            if budget is not None
+            else default_budgets.get(sname, 1.0)
+        )
+        try:
+            options = msgspec.convert(table, opts_type)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{path}: [stages.{sname}] {_describe(exc)}") from None
+        stages[sname] = StageSettings(budget_s=budget_s, options=options)
+
+    return Deployment(
+        path=path,
+        hub=f.hub,
+        rooms=f.rooms,
+        edges=f.edges,
+        workers=f.workers,
+        stages=stages,
+        data_dir=Path(f.data_dir),
+    )

@@ -1,0 +1,420 @@
+"""Every message that crosses the bus: streams, events, commands and control.
+
+Each class is a msgspec Struct tagged with its public ``type`` name; ``pipeline.codec`` is the one
+codec for all of them. Times are seconds on the hub's clock (``pipeline.clock``), so latencies
+measured on different machines compare. Raw media (PCM, JPEG) travels in ``data``, which the codec
+puts in its own ZeroMQ frame and never re-encodes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+#: Version of the header layout; a receiver rejects any other.
+WIRE_VERSION = 1
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True):
+    """Fields every message carries."""
+
+    #: Topic family: the first segment of the topic (``audio``, ``wake``, ``say`` …).
+    kind: ClassVar[str] = ""
+    #: True for messages kept in the hub's event log and given hub sequence numbers.
+    is_event: ClassVar[bool] = False
+
+    seq: int = 0
+    """Sender's sequence number on its topic; events are re-numbered by the hub's log."""
+    time: float = 0.0
+    """Capture time of the input this message describes, seconds on the hub's clock."""
+    room: str = ""
+    """Room the message belongs to ("" for house-wide messages)."""
+    source: str = ""
+    """Name of the edge node, camera or stage that sent it."""
+
+    def topic(self) -> str:
+        """The bus topic: ``kind/room/source``; subscribers filter on prefixes of it."""
+        return f"{self.kind}/{self.room or '-'}/{self.source or '-'}"
+
+
+# --------------------------------------------------------------------------------------- streams
+
+
+class AudioChunk(Message, tag="audio"):
+    """A block of microphone audio from an edge node."""
+
+    kind: ClassVar[str] = "audio"
+    rate: int = 16000
+    """Sample rate in Hz."""
+    channels: int = 1
+    """Interleaved channels."""
+    data: bytes = b""
+    """Signed 16-bit little-endian PCM."""
+
+
+class VideoFrame(Message, tag="video"):
+    """One camera frame."""
+
+    kind: ClassVar[str] = "video"
+    width: int = 0
+    """Frame width in pixels."""
+    height: int = 0
+    """Frame height in pixels."""
+    encoding: Literal["jpeg"] = "jpeg"
+    """Encoding of ``data``."""
+    data: bytes = b""
+    """The encoded image."""
+
+
+class Utterance(Message, tag="utterance"):
+    """The audio of one endpointed command (pre-wake buffer included), for speaker ID."""
+
+    kind: ClassVar[str] = "utterance"
+    utterance_id: str = ""
+    """Identifier shared by the transcript and speaker events of this utterance."""
+    t0: float = 0.0
+    """Start of the audio, hub clock."""
+    t1: float = 0.0
+    """End of the audio (the endpoint), hub clock."""
+    rate: int = 16000
+    """Sample rate in Hz."""
+    data: bytes = b""
+    """Signed 16-bit little-endian mono PCM."""
+
+
+class TtsAudio(Message, tag="tts_audio"):
+    """A chunk of synthesized speech for a room's speaker."""
+
+    kind: ClassVar[str] = "tts"
+    answer_id: str = ""
+    """The answer this audio belongs to (from ``Say``)."""
+    chunk: int = 0
+    """Index of this chunk within the answer."""
+    text: str = ""
+    """The sentence this chunk speaks."""
+    rate: int = 16000
+    """Sample rate in Hz."""
+    final: bool = False
+    """True on the answer's last chunk."""
+    data: bytes = b""
+    """Signed 16-bit little-endian mono PCM."""
+
+
+# ---------------------------------------------------------------------------------------- events
+
+
+class Word(msgspec.Struct):
+    """One recognized word with its time span."""
+
+    word: str
+    """The word as spoken."""
+    start: float
+    """Start, seconds from the start of the utterance."""
+    end: float
+    """End, seconds from the start of the utterance."""
+    probability: float = 1.0
+    """Recognizer confidence 0–1."""
+
+
+class Box(msgspec.Struct):
+    """A person box in pixel coordinates of the frame."""
+
+    x1: float
+    """Left edge."""
+    y1: float
+    """Top edge."""
+    x2: float
+    """Right edge."""
+    y2: float
+    """Bottom edge."""
+    score: float
+    """Detector confidence 0–1."""
+    track: int = -1
+    """Tracker id, stable per camera while the person stays in view (-1 if untracked)."""
+
+
+class Event(Message):
+    """A fact for the reasoning loop: logged and sequenced by the hub."""
+
+    is_event: ClassVar[bool] = True
+
+
+class WakeDetected(Event, tag="wake"):
+    """A wake word was heard."""
+
+    kind: ClassVar[str] = "wake"
+    word: str = ""
+    """Name of the wake word model that fired."""
+    score: float = 0.0
+    """Model score 0–1 at detection."""
+    level: float = 0.0
+    """Audio level around the detection, dBFS (for room arbitration)."""
+    node: str = ""
+    """Edge node whose microphone heard it."""
+
+
+class Transcript(Event, tag="transcript"):
+    """Speech-to-text result for an utterance: partial while speaking, then final."""
+
+    kind: ClassVar[str] = "transcript"
+    utterance_id: str = ""
+    """Identifier shared with the utterance's speaker event."""
+    final: bool = False
+    """False for partials, True once at the endpoint."""
+    text: str = ""
+    """The transcript so far (partials) or the whole utterance (final)."""
+    words: list[Word] = msgspec.field(default_factory=list)
+    """Words with timings (final only)."""
+    t0: float = 0.0
+    """Start of the utterance, hub clock."""
+    t1: float = 0.0
+    """End of the utterance (endpoint), hub clock; 0 for partials."""
+    speaker: str | None = None
+    """Who spoke: a person's name, "unknown", or None if not (yet) identified."""
+    speaker_score: float = 0.0
+    """Similarity score behind ``speaker``."""
+
+
+class SpeakerIdentified(Event, tag="speaker"):
+    """Who spoke an utterance."""
+
+    kind: ClassVar[str] = "speaker"
+    utterance_id: str = ""
+    """The utterance this identifies."""
+    person: str = "unknown"
+    """Enrolled person's name, or "unknown"."""
+    score: float = 0.0
+    """Cosine similarity to the best enrolled voice."""
+
+
+class Detections(Event, tag="detections"):
+    """People seen in one camera frame."""
+
+    kind: ClassVar[str] = "detections"
+    camera: str = ""
+    """Camera that took the frame."""
+    persons: int = 0
+    """Number of people in the frame."""
+    boxes: list[Box] = msgspec.field(default_factory=list)
+    """One box per person."""
+    frame_seq: int = 0
+    """``seq`` of the frame these come from."""
+
+
+class FaceRecognized(Event, tag="face"):
+    """A face on a person track was recognized (once per track, again on a better face)."""
+
+    kind: ClassVar[str] = "face"
+    camera: str = ""
+    """Camera that saw the face."""
+    person: str = "unknown"
+    """Enrolled person's name, or "unknown"."""
+    score: float = 0.0
+    """Cosine similarity to the best enrolled face."""
+    track: int = -1
+    """Person track the face belongs to."""
+
+
+class Presence(Event, tag="presence"):
+    """A person's presence in a room changed, or is confirmed (``present``)."""
+
+    kind: ClassVar[str] = "presence"
+    person: str = ""
+    """Enrolled person's name, or "unknown" for the unknown-people count."""
+    state: Literal["entered", "present", "left"] = "present"
+    """What happened."""
+    confidence: float = 0.0
+    """Confidence 0–1 from the evidence behind it."""
+    sources: list[str] = msgspec.field(default_factory=list)
+    """Evidence kinds: "face", "voice", "track"."""
+    people: int = 0
+    """People in the room now, known and unknown."""
+    unknown: int = 0
+    """Unknown people in the room now."""
+
+
+class BudgetViolation(Event, tag="budget_violation"):
+    """A stage answered later than its latency budget."""
+
+    kind: ClassVar[str] = "budget"
+    stage: str = ""
+    """Stage name."""
+    budget_ms: float = 0.0
+    """The stage's budget."""
+    actual_ms: float = 0.0
+    """Measured latency from the input's capture time."""
+    action: str = ""
+    """What the runtime did: "none", "dropped", "degraded:<step>", "restored:<step>"."""
+
+
+class NodeStatus(Event, tag="node_status"):
+    """A node came up, went down, degraded or reported a problem."""
+
+    kind: ClassVar[str] = "status"
+    node: str = ""
+    """Node name."""
+    role: str = ""
+    """"edge", "worker", "hub", "client"."""
+    state: Literal["up", "down", "degraded", "error"] = "up"
+    """The node's state."""
+    detail: str = ""
+    """Human-readable reason."""
+    offset_ms: float = 0.0
+    """Estimated offset of the node's clock from the hub's."""
+
+
+class InputError(Event, tag="error"):
+    """Input was rejected; the stage kept serving everything else."""
+
+    kind: ClassVar[str] = "error"
+    stage: str = ""
+    """Stage or node that rejected it."""
+    topic: str = ""
+    """Topic of the rejected input."""
+    reason: str = ""
+    """What was wrong."""
+
+
+class PlaybackStatus(Event, tag="playback"):
+    """An edge node started, finished or stopped playing an answer."""
+
+    kind: ClassVar[str] = "playback"
+    answer_id: str = ""
+    """The answer being played."""
+    state: Literal["started", "ended", "stopped"] = "started"
+    """What happened."""
+    played_text: str = ""
+    """Sentences fully played so far (tells the agent what was cut off on barge-in)."""
+
+
+# -------------------------------------------------------------------------------------- commands
+
+
+class Say(Message, tag="say"):
+    """Speak text in a room (or wherever a person is)."""
+
+    kind: ClassVar[str] = "say"
+    answer_id: str = ""
+    """Identifier of the answer; several ``Say`` with one id stream one answer."""
+    text: str = ""
+    """Text to speak (a piece of the answer when streaming)."""
+    person: str = ""
+    """Speak wherever this person is now (used when ``room`` is empty)."""
+    voice: str | None = None
+    """Voice name or path; None for the stage's default."""
+    more: bool = False
+    """True while more text for this answer will follow."""
+
+
+class StopPlayback(Message, tag="stop_playback"):
+    """Stop speaking in a room (barge-in, or the agent changed its mind)."""
+
+    kind: ClassVar[str] = "stop"
+    answer_id: str = ""
+    """Answer to stop; "" stops whatever is playing."""
+    reason: str = ""
+    """Why, e.g. "barge-in"."""
+
+
+# --------------------------------------------------------------------------------------- control
+
+
+class Register(Message, tag="register"):
+    """A node introduces itself to the hub."""
+
+    kind: ClassVar[str] = "ctl"
+    node: str = ""
+    """Node name, unique in the deployment."""
+    role: str = ""
+    """"edge", "worker", "client"."""
+    stages: list[str] = msgspec.field(default_factory=list)
+    """Stages the node runs (workers) or streams it publishes (edges)."""
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    """A node's periodic liveness and clock probe."""
+
+    kind: ClassVar[str] = "ctl"
+    node: str = ""
+    """Node name."""
+    sent: float = 0.0
+    """Node's local monotonic clock when sent."""
+    offset_ms: float = 0.0
+    """The node's current estimate of its offset to the hub."""
+    detail: str = ""
+    """Optional state, e.g. "degraded: stt -> tiny"."""
+
+
+class HeartbeatAck(Message, tag="heartbeat_ack"):
+    """The hub's answer to a heartbeat."""
+
+    kind: ClassVar[str] = "ctl"
+    sent: float = 0.0
+    """The heartbeat's ``sent``, echoed."""
+    hub_time: float = 0.0
+    """Hub clock when the heartbeat arrived."""
+
+
+class EventsRequest(Message, tag="events_request"):
+    """Ask the hub's log for the events after ``since`` (a resuming subscriber)."""
+
+    kind: ClassVar[str] = "ctl"
+    since: int = 0
+    """Last hub sequence number the subscriber has; 0 for everything in the log."""
+    prefixes: list[str] = msgspec.field(default_factory=list)
+    """Topic prefixes to return; empty for all."""
+
+
+class EventsReply(Message, tag="events_reply"):
+    """The hub's answer to ``EventsRequest``: logged events, oldest first."""
+
+    kind: ClassVar[str] = "ctl"
+    events: list[bytes] = msgspec.field(default_factory=list)
+    """Each event encoded as its public JSON."""
+    first_seq: int = 0
+    """Oldest sequence number still in the log (a gap before it was lost to the bound)."""
+    last_seq: int = 0
+    """Newest sequence number in the log."""
+
+
+class SnapshotRequest(Message, tag="snapshot_request"):
+    """Ask who is where now (answered by the presence stage through the hub)."""
+
+    kind: ClassVar[str] = "ctl"
+
+
+class ControlError(Message, tag="control_error"):
+    """The hub refused a control message."""
+
+    kind: ClassVar[str] = "ctl"
+    reason: str = ""
+    """What was wrong."""
+
+
+STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio)
+EVENTS: tuple[type[Event], ...] = (
+    WakeDetected,
+    Transcript,
+    SpeakerIdentified,
+    Detections,
+    FaceRecognized,
+    Presence,
+    BudgetViolation,
+    NodeStatus,
+    InputError,
+    PlaybackStatus,
+)
+COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
+CONTROL: tuple[type[Message], ...] = (
+    Register,
+    Heartbeat,
+    HeartbeatAck,
+    EventsRequest,
+    EventsReply,
+    SnapshotRequest,
+    ControlError,
+)
+ALL: tuple[type[Message], ...] = STREAMS + EVENTS + COMMANDS + CONTROL
+BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
+EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)

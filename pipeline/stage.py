@@ -1,0 +1,133 @@
+"""The ``Stage`` abstraction every processing step in ``nodes/`` implements.
+
+A stage declares what it consumes and emits, its latency budget, whether late input may be
+dropped, and an ordered degrade ladder. The runtime (``pipeline.runtime``) feeds it messages,
+measures latency from each input's capture time, drops late droppable input, reports budget
+violations, and moves the stage down and up its ladder. The stage itself only turns input into
+output; its blocking model calls go through ``ctx.run_blocking`` so the event loop never stalls.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from pipeline.clock import Clock
+from pipeline.messages import AudioChunk, InputError, Message
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageContext:
+    """What the runtime gives a stage."""
+
+    name: str
+    """Stage name in the config ("wake", "stt" …)."""
+    worker: str
+    """Worker process the stage runs in; used as ``source`` of what it emits."""
+    options: Any
+    """The stage's validated ``Options`` struct (its ``[stages.<name>]`` table from the config)."""
+    device: str = "cpu"
+    """Where to run models: "cpu", "cuda:0" …"""
+    budget_ms: float = 1000.0
+    """Latency budget from the input's capture time."""
+    clock: Clock = field(default_factory=Clock)
+    """Hub timebase for stamping outputs."""
+    data_dir: Path = field(default_factory=lambda: Path(".sensorium"))
+    """Where galleries and caches live."""
+    rooms: tuple[str, ...] = ()
+    """Rooms known to the deployment; input for another room is rejected."""
+    emit: Callable[[Message], Awaitable[None]] | None = None
+    """Publishes a message on the bus (set by the runtime)."""
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("sensorium.stage"))
+    """Logger for this stage."""
+    _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (model inference) on the stage's own worker thread.
+
+        One thread per stage keeps calls into a model ordered and off the event loop.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.name}")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def publish(self, msg: Message) -> None:
+        """Emit ``msg`` with this worker as its source (unless the stage set one)."""
+        if not msg.source:
+            msg.source = self.worker
+        if self.emit is not None:
+            await self.emit(msg)
+
+    async def reject(self, msg: Message, reason: str) -> None:
+        """Report bad input as an ``error`` event and carry on."""
+        self.log.warning("%s rejected %s: %s", self.name, msg.topic(), reason)
+        await self.publish(
+            InputError(room=msg.room, time=self.clock.now(), stage=self.name, topic=msg.topic(), reason=reason)
+        )
+
+    def close(self) -> None:
+        """Stop the stage's worker thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+class NoOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Options of a stage that has none."""
+
+
+class Stage(abc.ABC):
+    """Base class of every stage in ``nodes/``."""
+
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+    """The stage's options struct: its ``[stages.<name>]`` table, validated (unknown keys refused)."""
+    name: ClassVar[str] = ""
+    """Stage name used in the config's placement ("wake", "stt" …)."""
+    consumes: ClassVar[tuple[str, ...]] = ()
+    """Topic prefixes it subscribes to, e.g. ``("audio/",)``."""
+    emits: ClassVar[tuple[str, ...]] = ()
+    """Message types it publishes (documentation and ``sensorium top``)."""
+    droppable: ClassVar[bool] = False
+    """True if late input may be dropped (latest frame wins); never for audio inside an utterance."""
+    degrade_steps: ClassVar[tuple[str, ...]] = ()
+    """Ordered cheaper modes, applied one by one while the stage overruns its budget."""
+    default_budget_ms: ClassVar[float] = 1000.0
+    """Budget when the config sets none."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.level = 0
+        """How many degrade steps are applied now."""
+
+    async def start(self) -> None:
+        """Load models (through ``ctx.run_blocking``); called once before the first input."""
+
+    @abc.abstractmethod
+    async def handle(self, msg: Message) -> None:
+        """Process one input; publish results with ``ctx.publish``."""
+
+    async def stop(self) -> None:
+        """Release resources."""
+
+    def apply_degrade(self, level: int) -> None:
+        """Switch to degrade ``level`` (0 = full quality; k = the first k steps applied)."""
+        self.level = level
+
+    def input_time(self, msg: Message) -> float:
+        """Capture time the latency of handling ``msg`` is measured from.
+
+        For audio that is the end of the chunk: the stage cannot answer before the sound exists.
+        """
+        if isinstance(msg, AudioChunk) and msg.rate > 0:
+            return msg.time + len(msg.data) / (2 * max(msg.channels, 1) * msg.rate)
+        return msg.time
