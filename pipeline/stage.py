@@ -103,6 +103,8 @@ class Stage(abc.ABC):
     """Ordered cheaper modes, applied one by one while the stage overruns its budget."""
     default_budget_ms: ClassVar[float] = 1000.0
     """Budget when the config sets none."""
+    max_batch: ClassVar[int] = 1
+    """Most inputs handed to ``handle_batch`` at once (e.g. one frame per camera per tick)."""
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -115,6 +117,11 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     async def handle(self, msg: Message) -> None:
         """Process one input; publish results with ``ctx.publish``."""
+
+    async def handle_batch(self, msgs: list[Message]) -> None:
+        """Process several pending inputs at once (batched inference); default: one by one."""
+        for msg in msgs:
+            await self.handle(msg)
 
     async def stop(self) -> None:
         """Release resources."""

@@ -1,0 +1,5 @@
+import sys
+
+from sensorium.cli import main
+
+sys.exit(main())

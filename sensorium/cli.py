@@ -1,0 +1,70 @@
+"""``sensorium`` command line: one module per subcommand in ``sensorium/commands``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
+and imports anything heavy inside ``run``, so ``sensorium --help`` and ``sensorium edge`` start fast
+on a Raspberry Pi without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = [
+    "demo",
+    "hub",
+    "worker",
+    "edge",
+    "events",
+    "top",
+    "say",
+    "enroll",
+    "keys",
+    "agent",
+    "record",
+    "replay",
+    "session",
+    "bench",
+    "doctor",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sensorium",
+        description="The senses of a home assistant: hub, workers, edge agents and tools.",
+        epilog="Run 'sensorium COMMAND --help' for a command's options. Docs: README.md and docs/.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"sensorium.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"sensorium.commands.{name}":
+                continue  # command not built in this install
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
