@@ -1,0 +1,198 @@
+"""The MCAP recorder: what goes in comes back byte for byte; damaged files read up to the damage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import codec
+from pipeline.messages import AudioChunk, BudgetViolation, Say, Transcript, VideoFrame, WakeDetected, Word
+from pipeline.recorder import RAW_ENCODING, Recorder, RecordingError, read, read_all, record
+
+
+def _audio(i: int, t: float) -> AudioChunk:
+    pcm = (np.sin(np.arange(1280) * (i + 1) / 50) * 8000).astype("<i2").tobytes()
+    return AudioChunk(seq=i, time=t, room="kitchen", source="pi", data=pcm)
+
+
+def _mixed(t0: float = 1_700_000_000.0) -> list:
+    msgs: list = [_audio(i, t0 + i * 0.08) for i in range(50)]
+    msgs.append(VideoFrame(seq=0, time=t0 + 0.5, room="kitchen", source="cam", width=4, height=3, data=b"\xff\xd8jpeg"))
+    msgs.append(WakeDetected(seq=1, time=t0 + 1.0, room="kitchen", source="gpu0", word="hey_jarvis", score=0.93))
+    msgs.append(
+        Transcript(
+            seq=2,
+            time=t0 + 1.0,
+            room="kitchen",
+            source="gpu0",
+            final=True,
+            text="turn on the lights",
+            words=[Word("turn", 0.0, 0.2)],
+            t0=t0 + 1.0,
+            t1=t0 + 2.5,
+            speaker="joe",
+        )
+    )
+    msgs.append(BudgetViolation(seq=3, time=t0 + 1.1, stage="stt", budget_ms=300.0, actual_ms=412.5, action="none"))
+    msgs.append(Say(seq=4, time=t0 + 3.0, room="kitchen", source="agent", text="Lights on.", answer_id="a1"))
+    return msgs
+
+
+def test_round_trip_keeps_frames_and_times(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mcap"
+    msgs = _mixed()
+    with Recorder(path) as rec:
+        for m in msgs:
+            rec.write(codec.encode(m), m.time + 0.01)
+    back = list(read(path))
+    assert len(back) == len(msgs)
+    by_topic: dict[str, list] = {}
+    for r in back:
+        by_topic.setdefault(r.topic, []).append(r)
+    assert set(by_topic) == {m.topic() for m in msgs}
+    audio = by_topic["audio/kitchen/pi"]
+    # raw frames come back byte for byte: PCM never re-encoded
+    for orig, got in zip(msgs[:50], audio, strict=True):
+        assert got.frames == codec.encode(orig)
+        assert got.msg == orig
+        assert got.log_time == pytest.approx(orig.time, abs=1e-6)
+        assert got.publish_time == pytest.approx(orig.time + 0.01, abs=1e-6)
+    wake = by_topic["wake/kitchen/gpu0"][0].msg
+    assert isinstance(wake, WakeDetected) and wake.word == "hey_jarvis" and wake.score == 0.93
+    tr = by_topic["transcript/kitchen/gpu0"][0].msg
+    assert tr == msgs[52]
+    assert isinstance(by_topic["say/kitchen/agent"][0].msg, Say)
+
+
+def test_channels_and_schemas_are_foxglove_readable(tmp_path: Path) -> None:
+    from mcap.reader import make_reader
+
+    path = tmp_path / "rec.mcap"
+    with Recorder(path) as rec:
+        for m in _mixed():
+            rec.write_message(m)
+    with open(path, "rb") as fp:
+        summary = make_reader(fp).get_summary()
+    assert summary is not None
+    enc = {c.topic: c.message_encoding for c in summary.channels.values()}
+    assert enc["audio/kitchen/pi"] == RAW_ENCODING
+    assert enc["wake/kitchen/gpu0"] == "json"
+    assert enc["budget/-/-"] == "json"
+    names = {s.name: s for s in summary.schemas.values()}
+    schema = json.loads(names["sensorium.WakeDetected"].data)
+    assert names["sensorium.WakeDetected"].encoding == "jsonschema"
+    assert "score" in json.dumps(schema)
+    assert summary.statistics is not None and summary.statistics.message_count == len(_mixed())
+
+
+def test_rotation_by_size_splits_into_complete_files(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mcap"
+    msgs = [_audio(i, 1000.0 + i * 0.08) for i in range(400)]
+    with Recorder(path, rotate_bytes=200_000, chunk_size=32 * 1024) as rec:
+        for m in msgs:
+            rec.write_message(m)
+    assert len(rec.paths) >= 3
+    assert rec.paths[0] == path and rec.paths[1].name == "rec.1.mcap"
+    items, res = read_all(rec.paths)
+    assert not res.damage
+    assert [r.msg.seq for r in items] == list(range(400))
+
+
+def test_rotation_by_time(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "t.mcap", rotate_seconds=0.05)
+    rec.write_message(_audio(0, 1.0))
+    import time
+
+    time.sleep(0.06)  # sync test: the recorder rotates on its own monotonic clock
+    rec.write_message(_audio(1, 2.0))
+    rec.close()
+    assert len(rec.paths) == 2
+
+
+def test_truncated_file_reads_up_to_damage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "rec.mcap"
+    msgs = [_audio(i, 1000.0 + i * 0.08) for i in range(300)]
+    with Recorder(path, chunk_size=16 * 1024) as rec:
+        for m in msgs:
+            rec.write_message(m)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) // 2])
+    items, res = read_all([cut])
+    assert res.damage and "cut.mcap" in res.damage and "damaged at byte" in res.damage
+    assert 50 < len(items) < 300
+    # what was read is exactly the start of the recording
+    assert [r.msg.seq for r in items] == list(range(len(items)))
+    assert "damaged" in caplog.text
+
+
+def test_corrupt_chunk_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mcap"
+    with Recorder(path, chunk_size=16 * 1024) as rec:
+        for i in range(300):
+            rec.write_message(_audio(i, 1000.0 + i * 0.08))
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(64)
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(bytes(data))
+    items, res = read_all([bad])
+    assert res.damage
+    assert 0 < len(items) < 300
+
+
+def test_not_mcap_is_a_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "notes.mcap"
+    p.write_text("hello, I am a text file")
+    with pytest.raises(RecordingError, match="not an MCAP file"):
+        list(read(p))
+    with pytest.raises(RecordingError, match="file not found"):
+        list(read(tmp_path / "missing.mcap"))
+
+
+def test_bad_frames_are_skipped_and_counted(tmp_path: Path) -> None:
+    with Recorder(tmp_path / "r.mcap") as rec:
+        rec.write([b"audio/x/y", b"\x09garbage", b""])
+        rec.write_message(_audio(0, 5.0))
+    assert rec.errors == 1
+    assert [r.msg.seq for r in read(tmp_path / "r.mcap")] == [0]
+
+
+class _Queue:
+    """A real asyncio queue standing in for a bus subscriber's raw-frames API."""
+
+    def __init__(self) -> None:
+        self.q: asyncio.Queue[list[bytes]] = asyncio.Queue()
+
+    async def recv_frames(self) -> list[bytes]:
+        return await self.q.get()
+
+
+async def test_record_helper_until_stop(tmp_path: Path) -> None:
+    sub = _Queue()
+    rec = Recorder(tmp_path / "live.mcap")
+    stop = asyncio.Event()
+    for m in _mixed():
+        await sub.q.put(codec.encode(m))
+    n = await record(sub, rec, stop, limit=len(_mixed()))
+    # a stop while waiting for the next message ends the recording too
+    task = asyncio.create_task(record(sub, rec, stop))
+    await asyncio.sleep(0)
+    stop.set()
+    assert await asyncio.wait_for(task, 2) == 0
+    rec.close()
+    assert n == len(_mixed())
+    assert len(list(read(tmp_path / "live.mcap"))) == n
+
+
+def test_write_after_close_raises(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "c.mcap")
+    rec.close()
+    with pytest.raises(RuntimeError):
+        rec.write_message(_audio(0, 1.0))
+    with pytest.raises(RecordingError):
+        list(read(tmp_path / "c.mcap.missing"))
