@@ -317,6 +317,34 @@ class StopPlayback(Message, tag="stop_playback"):
     """Why, e.g. "barge-in"."""
 
 
+class StageStats(Message, tag="stats"):
+    """A worker's periodic numbers for one stage (for ``sensorium top``; not logged)."""
+
+    kind: ClassVar[str] = "stats"
+    stage: str = ""
+    """Stage name."""
+    inputs: int = 0
+    """Inputs handled since start."""
+    rate: float = 0.0
+    """Inputs per second over the last interval."""
+    p50_ms: float = 0.0
+    """Median latency over recent inputs."""
+    p95_ms: float = 0.0
+    """95th percentile latency over recent inputs."""
+    budget_ms: float = 0.0
+    """The stage's budget."""
+    dropped: int = 0
+    """Inputs dropped since start."""
+    violations: int = 0
+    """Budget violations since start."""
+    queue: int = 0
+    """Inputs waiting now."""
+    level: int = 0
+    """Degrade steps applied now."""
+    device: str = ""
+    """Device the stage runs on."""
+
+
 # --------------------------------------------------------------------------------------- control
 
 
@@ -392,7 +420,7 @@ class ControlError(Message, tag="control_error"):
     """What was wrong."""
 
 
-STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio)
+STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio, StageStats)
 EVENTS: tuple[type[Event], ...] = (
     WakeDetected,
     Transcript,

@@ -1,0 +1,192 @@
+"""The data bus: hub endpoints, publishers and subscribers over ZeroMQ.
+
+The hub runs libzmq's XSUB/XPUB proxy; every node publishes to the hub's XSUB and subscribes at
+its XPUB, filtering on topic prefixes (``audio/kitchen/``). Four sockets derive from one address:
+
+=========  ==================  ===============================================
+socket     tcp://host:P        ipc://path, inproc://name
+=========  ==================  ===============================================
+publish    P                   ``<path>-pub``  (nodes' PUB → hub XSUB)
+subscribe  P+1                 ``<path>-sub``  (hub XPUB → nodes' SUB)
+control    P+2                 ``<path>-ctl``  (nodes' DEALER ↔ hub ROUTER)
+events     P+3                 ``<path>-evt``  (hub PUB of sequenced events, JSON)
+=========  ==================  ===============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import zmq
+import zmq.asyncio
+
+from pipeline.codec import CodecError, decode, encode
+from pipeline.messages import Message
+from pipeline.security import CurveKeys
+
+log = logging.getLogger("sensorium.bus")
+
+_COPY_THRESHOLD = 64 * 1024
+
+
+def context() -> zmq.asyncio.Context:
+    """The process-wide asyncio context; shares libzmq's context with sync sockets (inproc works)."""
+    return zmq.asyncio.Context.shadow(zmq.Context.instance().underlying)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The four hub sockets."""
+
+    publish: str
+    """Where nodes publish (hub XSUB)."""
+    subscribe: str
+    """Where nodes subscribe (hub XPUB)."""
+    control: str
+    """Hub ROUTER: register, heartbeat, requests."""
+    events: str
+    """Hub PUB of sequenced events (public JSON)."""
+
+    @classmethod
+    def from_address(cls, address: str) -> Endpoints:
+        """Derive the four endpoints from one base address (see module docstring)."""
+        scheme = address.split("://", 1)[0]
+        if scheme == "tcp":
+            base, _, port = address.rpartition(":")
+            if not port.isdigit() or not base.startswith("tcp://"):
+                raise ValueError(f"hub address {address!r}: expected tcp://HOST:PORT")
+            p = int(port)
+            return cls(*(f"{base}:{p + i}" for i in range(4)))
+        if scheme in ("ipc", "inproc"):
+            return cls(f"{address}-pub", f"{address}-sub", f"{address}-ctl", f"{address}-evt")
+        raise ValueError(f"hub address {address!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+
+    def all(self) -> tuple[str, str, str, str]:
+        """All four endpoints."""
+        return (self.publish, self.subscribe, self.control, self.events)
+
+
+def is_loopback(address: str) -> bool:
+    """True for ipc/inproc and tcp on a loopback host (no CURVE needed there)."""
+    if not address.startswith("tcp://"):
+        return True
+    host = urlparse(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Publisher:
+    """Publishes messages to the hub, numbering each topic's messages."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        curve: CurveKeys | None = None,
+        hwm: int = 10000,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.socket = (ctx or context()).socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        if curve is not None:
+            curve.apply_client(self.socket)
+        self.socket.connect(endpoints.publish)
+        self._seq: defaultdict[str, int] = defaultdict(int)
+        self.sent = 0
+        """Messages sent."""
+
+    async def publish(self, msg: Message) -> None:
+        """Send ``msg``; assigns the next sequence number of its topic if ``seq`` is 0."""
+        if not msg.seq:
+            topic = msg.topic()
+            self._seq[topic] += 1
+            msg.seq = self._seq[topic]
+        frames = encode(msg)
+        await self.socket.send_multipart(frames, copy=len(frames[2]) < _COPY_THRESHOLD)
+        self.sent += 1
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Send already encoded frames unchanged (replay, benchmarks)."""
+        await self.socket.send_multipart(frames, copy=len(frames[-1]) < _COPY_THRESHOLD)
+        self.sent += 1
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close(0)
+
+
+class Subscriber:
+    """Receives decoded messages for a set of topic prefixes; malformed input is reported, not fatal."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        prefixes: Iterable[str],
+        *,
+        curve: CurveKeys | None = None,
+        on_error: Callable[[bytes, CodecError], None] | None = None,
+        hwm: int = 10000,
+        ctx: zmq.asyncio.Context | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.socket = (ctx or context()).socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        if curve is not None:
+            curve.apply_client(self.socket)
+        self.prefixes = list(prefixes)
+        for p in self.prefixes:
+            self.socket.setsockopt(zmq.SUBSCRIBE, p.encode())
+        self.socket.connect(endpoint or endpoints.subscribe)
+        self.on_error = on_error
+        self.errors = 0
+        """Malformed messages received and skipped."""
+        self.received = 0
+        """Messages received and decoded."""
+
+    async def recv_frames(self) -> list[bytes]:
+        """The next raw multipart message."""
+        return await self.socket.recv_multipart()
+
+    async def recv(self) -> Message:
+        """The next well-formed message; malformed ones are counted, reported and skipped."""
+        while True:
+            frames = await self.socket.recv_multipart()
+            try:
+                msg = decode(frames)
+            except CodecError as exc:
+                self.errors += 1
+                topic = frames[0] if frames else b""
+                if self.on_error is not None:
+                    self.on_error(topic, exc)
+                else:
+                    log.warning("dropped malformed message on %r: %s", topic[:64], exc)
+                continue
+            self.received += 1
+            return msg
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self.recv()
+
+    async def recv_timeout(self, timeout: float) -> Message | None:
+        """The next message, or None after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self.recv(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close(0)

@@ -1,0 +1,231 @@
+"""The reasoning loop's API: sequenced events in, ``say`` out.
+
+``Client.events()`` yields every event exactly once, in hub order: it listens to the hub's event
+stream and asks the hub's log for anything it missed (on start with ``since``, after a
+reconnect, or when it sees a gap in the sequence numbers). Pass the last ``seq`` you handled as
+``since`` after a restart and nothing is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+
+import zmq
+
+from pipeline.bus import Endpoints, Publisher, context
+from pipeline.clock import Clock
+from pipeline.codec import CodecError, from_json
+from pipeline.messages import (
+    Event,
+    EventsReply,
+    EventsRequest,
+    Presence,
+    Say,
+    SnapshotRequest,
+    StopPlayback,
+)
+from pipeline.node import NodeLink
+from pipeline.security import CurveKeys
+
+log = logging.getLogger("sensorium.client")
+
+#: Public ``type`` names → topic families (``wake`` → ``wake/``).
+_TYPE_TO_KIND = {
+    "wake": "wake",
+    "transcript": "transcript",
+    "speaker": "speaker",
+    "detections": "detections",
+    "face": "face",
+    "presence": "presence",
+    "budget_violation": "budget",
+    "node_status": "status",
+    "error": "error",
+    "playback": "playback",
+}
+
+
+def prefixes_for(types: Iterable[str] | None, rooms: Iterable[str] | None = None) -> list[str]:
+    """Topic prefixes for event ``types`` (public names or topic kinds) in ``rooms``."""
+    kinds = [_TYPE_TO_KIND.get(t, t) for t in types] if types else [""]
+    rooms = list(rooms or [])
+    if not rooms:
+        return [f"{k}/" if k else "" for k in kinds]
+    return [f"{k}/{r}/" for k in kinds for r in rooms]
+
+
+class Client:
+    """Connect to a hub as the reasoning loop (or any event consumer)."""
+
+    def __init__(
+        self,
+        address: str | Endpoints,
+        *,
+        name: str = "",
+        curve: CurveKeys | None = None,
+        clock: Clock | None = None,
+        heartbeat: float = 0.5,
+    ) -> None:
+        self.endpoints = address if isinstance(address, Endpoints) else Endpoints.from_address(address)
+        self.name = name or f"client-{uuid.uuid4().hex[:8]}"
+        self.curve = curve
+        self.clock = clock or Clock()
+        self.link = NodeLink(self.name, "client", self.endpoints, clock=self.clock, curve=curve, heartbeat=heartbeat)
+        self._publisher: Publisher | None = None
+        self.last_seq = 0
+        """Hub sequence number of the last event yielded."""
+
+    async def __aenter__(self) -> Client:
+        await self.link.start()
+        self._publisher = Publisher(self.endpoints, curve=self.curve)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect."""
+        await self.link.close()
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    async def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Wait until the hub answers."""
+        return await self.link.wait_connected(timeout)
+
+    # ---------------------------------------------------------------- events
+
+    async def _backlog(self, since: int, prefixes: list[str]) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            reply = await self.link.request(EventsRequest(since=since, prefixes=[p for p in prefixes if p]), 10.0)
+            if not isinstance(reply, EventsReply):
+                raise RuntimeError(f"hub answered {type(reply).__name__} to an events request")
+            if since and reply.first_seq > since + 1:
+                log.warning("events %d..%d are no longer in the hub's log", since + 1, reply.first_seq - 1)
+            batch = []
+            for raw in reply.events:
+                try:
+                    ev = from_json(raw)
+                except CodecError as exc:
+                    log.warning("skipping unreadable logged event: %s", exc)
+                    continue
+                batch.append(ev)  # type: ignore[arg-type]
+            out.extend(batch)
+            if not batch or batch[-1].seq >= reply.last_seq:
+                return out
+            since = batch[-1].seq
+
+    async def events(
+        self,
+        types: Iterable[str] | None = None,
+        *,
+        rooms: Iterable[str] | None = None,
+        since: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Yield events (optionally of ``types`` in ``rooms``) exactly once, oldest first.
+
+        ``since=None`` starts with new events only; ``since=N`` first replays the log after N.
+        """
+        prefixes = prefixes_for(types, rooms)
+        sock = context().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply_client(sock)
+        for p in prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        sock.connect(self.endpoints.events)
+        try:
+            if not await self.link.wait_connected(30.0):
+                raise ConnectionError(f"hub at {self.endpoints.control} is not answering")
+            if since is None:
+                reply = await self.link.request(EventsRequest(since=2**62), 10.0)
+                since = reply.last_seq if isinstance(reply, EventsReply) else 0
+            self.last_seq = since
+            await asyncio.sleep(0.05)  # let the SUB connect before the backlog closes the gap
+            for ev in await self._backlog(self.last_seq, prefixes):
+                if ev.seq > self.last_seq:
+                    self.last_seq = ev.seq
+                    yield ev
+            while True:
+                try:
+                    _, raw = await asyncio.wait_for(sock.recv_multipart(), 2.0)
+                except TimeoutError:
+                    # quiet or disconnected: ask the log whether we missed anything
+                    for ev in await self._backlog(self.last_seq, prefixes):
+                        self.last_seq = ev.seq
+                        yield ev
+                    continue
+                try:
+                    ev = from_json(raw)
+                except CodecError as exc:
+                    log.warning("skipping unreadable event: %s", exc)
+                    continue
+                if ev.seq <= self.last_seq:
+                    continue
+                if ev.seq > self.last_seq + 1:
+                    for missed in await self._backlog(self.last_seq, prefixes):
+                        if missed.seq < ev.seq:
+                            self.last_seq = missed.seq
+                            yield missed
+                if ev.seq > self.last_seq:
+                    self.last_seq = ev.seq
+                    yield ev  # type: ignore[misc]
+        finally:
+            sock.close(0)
+
+    async def snapshot(self) -> list[Presence]:
+        """Who is where now: the latest presence of every person (and unknown counts) per room."""
+        reply = await self.link.request(SnapshotRequest(), 10.0)
+        if not isinstance(reply, EventsReply):
+            raise RuntimeError(f"hub answered {type(reply).__name__} to a snapshot request")
+        return [ev for ev in (from_json(r) for r in reply.events) if isinstance(ev, Presence)]
+
+    # ---------------------------------------------------------------- talking back
+
+    async def say(self, room: str, text: str, voice: str | None = None, person: str = "") -> str:
+        """Speak ``text`` in ``room`` (or wherever ``person`` is when room is ""); returns the answer id."""
+        answer_id = uuid.uuid4().hex[:12]
+        await self._send(Say(room=room, text=text, voice=voice, person=person, answer_id=answer_id))
+        return answer_id
+
+    async def say_stream(
+        self, room: str, pieces: AsyncIterable[str], voice: str | None = None, person: str = ""
+    ) -> str:
+        """Stream an answer as it is generated (LLM tokens); TTS speaks each sentence as soon as it is complete."""
+        answer_id = uuid.uuid4().hex[:12]
+        async for piece in pieces:
+            if piece:
+                await self._send(Say(room=room, text=piece, voice=voice, person=person, answer_id=answer_id, more=True))
+        await self._send(Say(room=room, text="", voice=voice, person=person, answer_id=answer_id, more=False))
+        return answer_id
+
+    async def stop(self, room: str, answer_id: str = "", reason: str = "agent") -> None:
+        """Stop what is playing in ``room``."""
+        await self._send(StopPlayback(room=room, answer_id=answer_id, reason=reason))
+
+    async def _send(self, msg: Say | StopPlayback) -> None:
+        if self._publisher is None:
+            raise RuntimeError("use 'async with Client(...)' before sending")
+        msg.time = self.clock.now()
+        msg.source = self.name
+        await self._publisher.publish(msg)
+
+
+async def collect(agen: AsyncIterator[Event], n: int, timeout: float) -> list[Event]:
+    """Take ``n`` events from ``agen`` or as many as arrive within ``timeout`` seconds."""
+    out: list[Event] = []
+
+    async def take() -> None:
+        async for ev in agen:
+            out.append(ev)
+            if len(out) >= n:
+                return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(take(), timeout)
+    return out

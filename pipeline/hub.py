@@ -1,0 +1,348 @@
+"""The hub: data bus proxy, control socket, node health, event log and presence snapshot.
+
+libzmq's steerable proxy moves the data (XSUB → XPUB) in C on its own thread; the hub's asyncio
+side only sees events (it subscribes to event topics like any node), control messages and its
+own timers. Off loopback every socket is a CURVE server and only enrolled keys get in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import msgspec
+import zmq
+import zmq.asyncio
+from zmq.auth.thread import ThreadAuthenticator
+
+from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
+from pipeline.clock import Clock
+from pipeline.codec import CodecError, decode, encode, to_json
+from pipeline.config import HubConfig, parse_duration
+from pipeline.eventlog import EventLog
+from pipeline.messages import (
+    EVENT_KINDS,
+    ControlError,
+    Event,
+    EventsReply,
+    EventsRequest,
+    Heartbeat,
+    HeartbeatAck,
+    NodeStatus,
+    Presence,
+    Register,
+    SnapshotRequest,
+)
+from pipeline.metrics import Metrics
+from pipeline.security import CurveKeys, KeyError_, hub_keys
+
+log = logging.getLogger("sensorium.hub")
+
+MAX_REPLY_EVENTS = 2000
+
+
+class SecurityError(RuntimeError):
+    """The hub refuses to start insecurely."""
+
+
+@dataclass
+class NodeInfo:
+    """What the hub knows of a registered node."""
+
+    name: str
+    role: str
+    room: str
+    stages: list[str]
+    last_seen: float
+    state: str = "up"
+    offset_ms: float = 0.0
+    detail: str = ""
+
+
+class _KeyDirectory:
+    """ZAP credentials: the enrolled keys in ``authorized/``, re-read on each handshake."""
+
+    def __init__(self, folder: Path, own: bytes) -> None:
+        self.folder = folder
+        self.own = own
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = {self.own}
+        for f in self.folder.glob("*.key"):
+            with contextlib.suppress(ValueError, OSError):
+                pub, _ = zmq.auth.load_certificate(str(f))
+                allowed.add(pub)
+        ok = zmq.utils.z85.encode(key) in allowed if len(key) == 32 else key in allowed
+        if not ok:
+            log.warning("refused unknown CURVE key %s", zmq.utils.z85.encode(key)[:12] if len(key) == 32 else key[:12])
+        return ok
+
+
+def _connectable(endpoint: str) -> str:
+    """The address the hub's own clients use for one of its bound endpoints."""
+    if endpoint.startswith("tcp://"):
+        host = urlparse(endpoint).hostname or ""
+        if host in ("0.0.0.0", "*", "", "::"):
+            return endpoint.replace(f"//{host}:", "//127.0.0.1:", 1).replace("//*:", "//127.0.0.1:", 1)
+    return endpoint
+
+
+class Hub:
+    """Runs the bus and the control plane until stopped."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        state_dir: str | Path | None = None,
+        clock: Clock | None = None,
+        bind: str | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoints = Endpoints.from_address(bind or config.address)
+        self.clock = clock or Clock()
+        self.heartbeat = parse_duration(config.heartbeat, "hub.heartbeat")
+        self.down_after = parse_duration(config.down_after, "hub.down_after")
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.log = EventLog(config.event_log, self.state_dir / "events.jsonl" if self.state_dir else None)
+        self.nodes: dict[str, NodeInfo] = {}
+        self.presence: dict[tuple[str, str], bytes] = {}
+        self.metrics = Metrics("hub")
+        self.bad_messages = 0
+        self._keys: CurveKeys | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._proxy_thread: threading.Thread | None = None
+        self._steer: zmq.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _security(self) -> CurveKeys | None:
+        insecure = not all(is_loopback(e) for e in self.endpoints.all())
+        if self.config.keys:
+            try:
+                return hub_keys(self.config.keys)
+            except KeyError_ as exc:
+                raise SecurityError(f"hub keys: {exc} (create them with 'sensorium keys init-hub DIR')") from None
+        if insecure and not self.config.allow_insecure:
+            raise SecurityError(
+                f"refusing to bind {self.endpoints.publish} (not loopback) without CURVE keys: set [hub] keys "
+                "(see 'sensorium keys --help') or, at your own risk, allow_insecure = true"
+            )
+        return None
+
+    async def start(self) -> None:
+        """Bind every socket and start the proxy, control and event loops."""
+        self._keys = self._security()
+        sync_ctx = zmq.Context.instance()
+        if self._keys is not None:
+            self._auth = ThreadAuthenticator(sync_ctx)
+            self._auth.start()
+            self._auth.configure_curve_callback(
+                domain="*",
+                credentials_provider=_KeyDirectory(Path(self.config.keys) / "authorized", self._keys.public),
+            )
+        xsub = sync_ctx.socket(zmq.XSUB)
+        xpub = sync_ctx.socket(zmq.XPUB)
+        for s in (xsub, xpub):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 10000)
+            s.setsockopt(zmq.RCVHWM, 10000)
+            if self._keys is not None:
+                self._keys.apply_server(s)
+        xsub.bind(self.endpoints.publish)
+        xpub.bind(self.endpoints.subscribe)
+        steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
+        steer_peer = sync_ctx.socket(zmq.PAIR)
+        steer_peer.bind(steer_addr)
+        self._steer = sync_ctx.socket(zmq.PAIR)
+        self._steer.connect(steer_addr)
+
+        def _proxy() -> None:
+            try:
+                zmq.proxy_steerable(xsub, xpub, None, steer_peer)
+            except zmq.ContextTerminated:
+                pass
+            finally:
+                for s in (xsub, xpub, steer_peer):
+                    s.close(0)
+
+        self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
+        self._proxy_thread.start()
+
+        actx = context()
+        self.router = actx.socket(zmq.ROUTER)
+        self.events_pub = actx.socket(zmq.PUB)
+        for s in (self.router, self.events_pub):
+            s.setsockopt(zmq.LINGER, 0)
+            if self._keys is not None:
+                self._keys.apply_server(s)
+        self.router.bind(self.endpoints.control)
+        self.events_pub.bind(self.endpoints.events)
+
+        own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
+        local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
+        self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event)
+        self.publisher = Publisher(local, curve=own)
+        self._tasks = [
+            asyncio.create_task(self._control_loop(), name="hub-control"),
+            asyncio.create_task(self._tap_loop(), name="hub-events"),
+            asyncio.create_task(self._health_loop(), name="hub-health"),
+        ]
+        self._started.set()
+        log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
+
+    async def stop(self) -> None:
+        """Stop loops, the proxy and the authenticator; flush the event log."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._steer is not None:
+            self._steer.send(b"TERMINATE")
+            if self._proxy_thread is not None:
+                await asyncio.to_thread(self._proxy_thread.join, 2.0)
+            self._steer.close(0)
+            self._steer = None
+        for s in (self.router, self.events_pub):
+            s.close(0)
+        self.tap.close()
+        self.publisher.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self.log.close()
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        """Start and serve until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ events
+
+    def _bad_event(self, topic: bytes, exc: CodecError) -> None:
+        self.bad_messages += 1
+        log.warning("hub dropped malformed event on %r: %s", topic[:64], exc)
+
+    async def _tap_loop(self) -> None:
+        while True:
+            msg = await self.tap.recv()
+            if not isinstance(msg, Event):
+                continue
+            topic = msg.topic()
+
+            def build(seq: int, msg: Event = msg) -> bytes:
+                msg.seq = seq
+                return to_json(msg)
+
+            entry = self.log.append(topic, build=build)
+            self.metrics.count_message(topic.encode(), len(entry.json), "in")
+            if isinstance(msg, Presence):
+                key = (msg.person, msg.room)
+                if msg.state == "left":
+                    self.presence.pop(key, None)
+                else:
+                    for k in [k for k in self.presence if k[0] == msg.person and msg.person != "unknown"]:
+                        self.presence.pop(k, None)
+                    self.presence[key] = entry.json
+            await self.events_pub.send_multipart([topic.encode(), entry.json])
+
+    # ------------------------------------------------------------------ control
+
+    async def _status(self, node: NodeInfo, state: str, detail: str) -> None:
+        node.state = state
+        log.info("node %s (%s) is %s%s", node.name, node.role, state, f": {detail}" if detail else "")
+        await self.publisher.publish(
+            NodeStatus(
+                room=node.room,
+                source="hub",
+                time=self.clock.now(),
+                node=node.name,
+                role=node.role,
+                state=state,  # type: ignore[arg-type]
+                detail=detail,
+                offset_ms=node.offset_ms,
+            )
+        )
+
+    async def _reply(self, ident: bytes, msg: object) -> None:
+        await self.router.send_multipart([ident, *encode(msg)])  # type: ignore[arg-type]
+
+    async def _control_loop(self) -> None:
+        while True:
+            frames = await self.router.recv_multipart()
+            ident, rest = frames[0], frames[1:]
+            try:
+                msg = decode(rest)
+            except CodecError as exc:
+                self.bad_messages += 1
+                log.warning("hub: bad control message from %r: %s", ident[:32], exc)
+                await self._reply(ident, ControlError(reason=f"bad message: {exc}"))
+                continue
+            now = time.monotonic()
+            if isinstance(msg, Heartbeat):
+                node = self.nodes.get(msg.node)
+                if node is None:
+                    await self._reply(ident, ControlError(reason="unregistered"))
+                    continue
+                await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
+                node.last_seen = now
+                node.offset_ms = msg.offset_ms
+                if node.state == "down":
+                    await self._status(node, "up", "heartbeats resumed")
+                if msg.detail != node.detail:
+                    node.detail = msg.detail
+                    if msg.detail.startswith(("degraded", "error")):
+                        await self._status(node, msg.detail.split(":")[0], msg.detail)
+            elif isinstance(msg, Register):
+                old = self.nodes.get(msg.node)
+                self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
+                if old is None or old.state != "up":
+                    await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
+            elif isinstance(msg, EventsRequest):
+                entries = self.log.since(msg.since, msg.prefixes)[:MAX_REPLY_EVENTS]
+                await self._reply(
+                    ident,
+                    EventsReply(
+                        events=[e.json for e in entries], first_seq=self.log.first_seq, last_seq=self.log.last_seq
+                    ),
+                )
+            elif isinstance(msg, SnapshotRequest):
+                await self._reply(
+                    ident,
+                    EventsReply(
+                        events=list(self.presence.values()), first_seq=self.log.first_seq, last_seq=self.log.last_seq
+                    ),
+                )
+            else:
+                await self._reply(ident, ControlError(reason=f"unexpected {type(msg).__name__} on the control socket"))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            now = time.monotonic()
+            for node in list(self.nodes.values()):
+                if node.state != "down" and now - node.last_seen > self.down_after:
+                    await self._status(node, "down", f"no heartbeat for {now - node.last_seen:.1f}s")
+
+    def node_table(self) -> list[dict[str, object]]:
+        """Registered nodes as plain dicts (for tools)."""
+        return [msgspec.structs.asdict(n) if hasattr(n, "__struct_fields__") else vars(n) for n in self.nodes.values()]

@@ -1,0 +1,177 @@
+"""A node's link to the hub's control socket: register, heartbeat, clock sync, requests.
+
+Every process (edge, worker, client) holds one. It never fails because the hub is absent: it
+keeps heartbeating (ZeroMQ reconnects with backoff underneath) and re-registers whenever the
+hub answers that it does not know the node, e.g. after the hub restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+import zmq
+import zmq.asyncio
+
+from pipeline.bus import Endpoints, context
+from pipeline.clock import Clock
+from pipeline.codec import CodecError, decode, encode
+from pipeline.messages import ControlError, Heartbeat, HeartbeatAck, Message, Register
+from pipeline.security import CurveKeys
+
+log = logging.getLogger("sensorium.node")
+
+
+class HubUnavailable(RuntimeError):
+    """The hub did not answer in time."""
+
+
+class NodeLink:
+    """Register with the hub, heartbeat, keep the clock synced, and ask the hub questions."""
+
+    def __init__(
+        self,
+        name: str,
+        role: str,
+        endpoints: Endpoints,
+        *,
+        room: str = "",
+        stages: Iterable[str] = (),
+        clock: Clock | None = None,
+        curve: CurveKeys | None = None,
+        heartbeat: float = 0.5,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.room = room
+        self.stages = list(stages)
+        self.endpoints = endpoints
+        self.clock = clock or Clock()
+        self.curve = curve
+        self.interval = heartbeat
+        self.detail = ""
+        """Free-form state sent with each heartbeat (e.g. "degraded: stt -> no-partials")."""
+        self._ctx = ctx or context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_ack = 0.0
+        self._registered = False
+        self._pending: asyncio.Future[Message] | None = None
+        self._lock = asyncio.Lock()
+        self._ack_event = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """True while the hub answered a heartbeat within three intervals."""
+        return time.monotonic() - self._last_ack < 3 * self.interval + 0.2
+
+    async def __aenter__(self) -> NodeLink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the control socket and start heartbeating."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue control messages for a hub that is not there
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # backoff while the hub is down
+        sock.setsockopt_string(zmq.IDENTITY, f"{self.name}")
+        if self.curve is not None:
+            self.curve.apply_client(sock)
+        sock.connect(self.endpoints.control)
+        self._sock = sock
+        self._tasks = [
+            asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}"),
+            asyncio.create_task(self._read(), name=f"control-{self.name}"),
+        ]
+
+    async def close(self) -> None:
+        """Stop heartbeating and close the socket."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    async def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Wait until the hub answered; False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._ack_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_event.wait(), min(remaining, self.interval))
+        return True
+
+    async def _send(self, msg: Message) -> None:
+        assert self._sock is not None
+        try:
+            await self._sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # hub not connected yet; the next beat tries again
+
+    def _register_msg(self) -> Register:
+        return Register(node=self.name, role=self.role, room=self.room, stages=self.stages, time=self.clock.now())
+
+    async def _beat(self) -> None:
+        while True:
+            if not self._registered or not self.connected:
+                await self._send(self._register_msg())
+            await self._send(
+                Heartbeat(
+                    node=self.name,
+                    sent=time.monotonic(),
+                    offset_ms=(self.clock.offset - (time.time() - time.monotonic())) * 1000,
+                    detail=self.detail,
+                )
+            )
+            await asyncio.sleep(self.interval)
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            received = time.monotonic()
+            try:
+                msg = decode(frames)
+            except CodecError as exc:
+                log.warning("%s: bad control message from hub: %s", self.name, exc)
+                continue
+            if isinstance(msg, HeartbeatAck):
+                self.clock.observe(msg.sent, msg.hub_time, received)
+                self._last_ack = received
+                self._registered = True
+                self._ack_event.set()
+            elif isinstance(msg, ControlError) and msg.reason == "unregistered":
+                self._registered = False
+                await self._send(self._register_msg())
+            elif self._pending is not None and not self._pending.done():
+                self._pending.set_result(msg)
+
+    async def request(self, msg: Message, timeout: float = 5.0) -> Message:
+        """Send a request to the hub and wait for its reply (one at a time)."""
+        async with self._lock:
+            self._pending = asyncio.get_running_loop().create_future()
+            deadline = time.monotonic() + timeout
+            while True:
+                await self._send(msg)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(self._pending), min(1.0, timeout))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise HubUnavailable(
+                            f"hub at {self.endpoints.control} did not answer in {timeout:.1f}s"
+                        ) from None

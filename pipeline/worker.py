@@ -1,0 +1,243 @@
+"""A worker process: the stages placed on it, on its device, wired to the bus.
+
+The worker picks the first usable device of its placement (``cuda:0`` then ``cpu`` …): a missing
+GPU, or a stage that runs out of GPU memory while loading, moves the worker to the next device
+and says so with a ``NodeStatus`` — fail-soft, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from pipeline.bus import Endpoints, Publisher, Subscriber
+from pipeline.clock import Clock
+from pipeline.codec import CodecError
+from pipeline.config import Deployment, parse_duration
+from pipeline.messages import InputError, Message, NodeStatus
+from pipeline.metrics import Metrics
+from pipeline.node import NodeLink
+from pipeline.runtime import LadderPolicy, StageRunner
+from pipeline.security import CurveKeys
+from pipeline.stage import Stage, StageContext
+
+log = logging.getLogger("sensorium.worker")
+
+
+class DeviceUnavailable(RuntimeError):
+    """No device of the placement could run the stages."""
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, or None if it can."""
+    if device == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return f"{device} requested but torch is not installed"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"{device} requested but no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            return f"{device} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+        free, total = torch.cuda.mem_get_info(index)
+        if free < 256 * 2**20:
+            return f"{device} has only {free / 2**20:.0f} MiB free of {total / 2**20:.0f} MiB"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "mps requested but not available"
+    return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "out of memory" in text or ("cuda" in text and "alloc" in text)
+
+
+class Worker:
+    """Runs one worker of a deployment until cancelled."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        name: str,
+        stage_classes: Mapping[str, type[Stage]],
+        *,
+        endpoints: Endpoints | None = None,
+        clock: Clock | None = None,
+        curve: CurveKeys | None = None,
+        policy: LadderPolicy | None = None,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.deployment = deployment
+        self.name = name
+        self.config = deployment.worker(name)
+        self.stage_classes = stage_classes
+        self.endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
+        self.clock = clock or Clock()
+        self.curve = curve
+        self.policy = policy
+        self.stats_interval = stats_interval
+        self.metrics = Metrics(name)
+        self.runners: list[StageRunner] = []
+        self.device = ""
+        self.ready = asyncio.Event()
+        self._link: NodeLink | None = None
+        self._publisher: Publisher | None = None
+
+    async def _publish(self, msg: Message) -> None:
+        assert self._publisher is not None
+        if not msg.source:
+            msg.source = self.name
+        await self._publisher.publish(msg)
+        self.metrics.count_message(msg.kind.encode(), len(getattr(msg, "data", b"")), "out")
+
+    async def _status(self, state: str, detail: str) -> None:
+        log.warning("worker %s: %s", self.name, detail) if state != "up" else log.info("%s", detail)
+        if self._link is not None:
+            self._link.detail = f"{state}: {detail}" if state != "up" else ""
+        await self._publish(
+            NodeStatus(time=self.clock.now(), node=self.name, role="worker", state=state, detail=detail)
+        )
+
+    async def _build(self, device: str) -> list[StageRunner]:
+        runners = []
+        try:
+            for sname in self.config.stages:
+                settings = self.deployment.stages[sname]
+                cls = self.stage_classes[sname]
+                ctx = StageContext(
+                    name=sname,
+                    worker=self.name,
+                    options=settings.options,
+                    device=device,
+                    budget_ms=settings.budget_s * 1000,
+                    clock=self.clock,
+                    data_dir=self.deployment.data_dir,
+                    rooms=tuple(self.deployment.rooms),
+                    emit=self._publish,
+                    log=logging.getLogger(f"sensorium.stage.{sname}"),
+                )
+                stage = cls(ctx)
+                runner = StageRunner(stage, self.metrics, self.policy, self._publish)
+                runners.append(runner)
+                await stage.start()
+        except BaseException:
+            for r in runners:
+                await r.stop()
+            raise
+        return runners
+
+    async def start(self) -> None:
+        """Connect, choose a device, load the stages and start serving."""
+        hb = parse_duration(self.deployment.hub.heartbeat)
+        self._publisher = Publisher(self.endpoints, curve=self.curve)
+        self._link = NodeLink(
+            self.name,
+            "worker",
+            self.endpoints,
+            stages=self.config.stages,
+            clock=self.clock,
+            curve=self.curve,
+            heartbeat=hb,
+        )
+        await self._link.start()
+        if not await self._link.wait_connected(timeout=2.0):
+            log.warning(
+                "worker %s: hub at %s not answering yet; serving anyway, retrying", self.name, self.endpoints.control
+            )
+        problems = []
+        for device in self.config.devices():
+            why = device_problem(device)
+            if why:
+                problems.append(why)
+                continue
+            try:
+                self.runners = await self._build(device)
+            except Exception as exc:
+                if device != "cpu" and _is_oom(exc):
+                    problems.append(f"{device} ran out of memory loading stages: {exc}")
+                    continue
+                raise
+            self.device = device
+            break
+        else:
+            raise DeviceUnavailable(f"worker {self.name}: no usable device: " + "; ".join(problems))
+        if problems:
+            await self._status("degraded", f"{'; '.join(problems)} — running on {self.device}")
+        prefixes = sorted({p for r in self.runners for p in r.stage.consumes})
+        self._subscriber = Subscriber(self.endpoints, prefixes, curve=self.curve, on_error=self._bad_input)
+        for r in self.runners:
+            r.start()
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}"),
+            asyncio.create_task(self._stats(), name=f"stats-{self.name}"),
+        ]
+        self.ready.set()
+        log.info("worker %s serving %s on %s", self.name, ", ".join(self.config.stages), self.device)
+
+    def _bad_input(self, topic: bytes, exc: CodecError) -> None:
+        log.warning("worker %s: rejected malformed message on %r: %s", self.name, topic[:64], exc)
+        asyncio.get_running_loop().create_task(
+            self._publish(
+                InputError(
+                    time=self.clock.now(), stage=self.name, topic=topic[:128].decode(errors="replace"), reason=str(exc)
+                )
+            )
+        )
+
+    async def _dispatch(self) -> None:
+        while True:
+            msg = await self._subscriber.recv()
+            topic = msg.topic()
+            self.metrics.count_message(topic.encode(), len(getattr(msg, "data", b"")), "in")
+            for r in self.runners:
+                if r.wants(topic):
+                    r.offer(msg)
+
+    async def _stats(self) -> None:
+        last = {r.name: 0 for r in self.runners}
+        t_last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            now = time.monotonic()
+            for r in self.runners:
+                await self._publish(r.stats(r.inputs - last[r.name], now - t_last))
+                last[r.name] = r.inputs
+            t_last = now
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every stage has handled what it was given."""
+        for r in self.runners:
+            await r.drain(timeout)
+
+    async def stop(self) -> None:
+        """Stop serving and release everything."""
+        for t in getattr(self, "_tasks", []):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for r in self.runners:
+            await r.stop()
+        if hasattr(self, "_subscriber"):
+            self._subscriber.close()
+        if self._link is not None:
+            await self._link.close()
+        if self._publisher is not None:
+            self._publisher.close()
+
+    async def run_forever(self) -> None:
+        """Start and serve until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def summary(self) -> list[dict[str, object]]:
+        """Per-stage latency summary."""
+        return [r.summary() for r in self.runners]
