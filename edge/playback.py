@@ -1,0 +1,407 @@
+"""The edge node's player: plays ``TtsAudio`` answers in arrival order and reports what it played.
+
+Audio goes to a sounddevice output stream, or (``wav_dir`` set: tests, headless runs) into one WAV
+file per answer written at real-time pace, so a barge-in cuts the file where a speaker would have
+gone quiet. A small jitter buffer holds an answer's start until ``jitter_ms`` of it (or its last
+chunk) is here; audio is resampled to the device rate. ``PlaybackStatus`` started / ended / stopped
+(with the sentences fully played, so the agent knows what was cut off) goes through ``publish``.
+No torch, no scipy needed: this runs on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import logging
+import threading
+import time
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.clock import Clock
+from pipeline.config import PlaybackConfig
+from pipeline.messages import Message, PlaybackStatus, TtsAudio
+
+log = logging.getLogger("sensorium.playback")
+
+
+def resample_linear(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Resample int16 mono audio (polyphase with scipy when installed, linear otherwise)."""
+    if src_rate == dst_rate or len(audio) == 0:
+        return audio.astype(np.int16, copy=False)
+    try:
+        import math
+
+        from scipy.signal import resample_poly
+
+        g = math.gcd(src_rate, dst_rate)
+        out = resample_poly(audio.astype(np.float32), dst_rate // g, src_rate // g)
+    except ImportError:
+        n = round(len(audio) * dst_rate / src_rate)
+        out = np.interp(np.arange(n) * (src_rate / dst_rate), np.arange(len(audio)), audio.astype(np.float32))
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+
+# ------------------------------------------------------------------------------------------ sinks
+
+
+class Sink(abc.ABC):
+    """Where played audio goes. ``write`` never blocks; the player paces it in real time."""
+
+    rate: int = 22050
+    latency: float = 0.0
+    """Seconds between ``write`` and the sound leaving the speaker (device buffer)."""
+
+    def begin(self, answer_id: str, room: str) -> None:
+        """An answer starts."""
+
+    @abc.abstractmethod
+    def write(self, block: np.ndarray) -> None:
+        """Queue one block of int16 samples at ``rate``."""
+
+    def flush_queued(self) -> None:
+        """Drop audio written but not played yet (barge-in)."""
+
+    def queued(self) -> float:
+        """Seconds of written audio not played yet."""
+        return 0.0
+
+    def end(self, answer_id: str) -> None:
+        """The answer is over (played to the end or stopped)."""
+
+    def close(self) -> None:
+        """Release the device or file."""
+
+
+class WavSink(Sink):
+    """One WAV file per answer: ``<wav_dir>/<room>_<answer_id>.wav``."""
+
+    def __init__(self, wav_dir: str | Path, rate: int) -> None:
+        self.dir = Path(wav_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rate = rate
+        self._w: wave.Wave_write | None = None
+        self.files: list[Path] = []
+        """Files written, in order."""
+
+    def path_for(self, answer_id: str, room: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{room}_{answer_id}")
+        return self.dir / f"{safe}.wav"
+
+    def begin(self, answer_id: str, room: str) -> None:
+        self.end(answer_id)
+        path = self.path_for(answer_id, room)
+        self._w = wave.open(str(path), "wb")
+        self._w.setnchannels(1)
+        self._w.setsampwidth(2)
+        self._w.setframerate(self.rate)
+        self.files.append(path)
+
+    def write(self, block: np.ndarray) -> None:
+        if self._w is not None:
+            self._w.writeframes(block.astype("<i2", copy=False).tobytes())
+
+    def end(self, answer_id: str) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    def close(self) -> None:
+        self.end("")
+
+
+class SoundDeviceSink(Sink):
+    """A sounddevice output stream fed from a queue the audio callback drains."""
+
+    def __init__(self, device: str | int | None, rate: int, block: int) -> None:
+        import sounddevice as sd  # imported here: only nodes that really play need PortAudio
+
+        self.rate = rate
+        self._q: collections.deque[bytes] = collections.deque()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stream = sd.RawOutputStream(
+            samplerate=rate, blocksize=block, device=device, channels=1, dtype="int16", callback=self._callback
+        )
+        self.latency = float(self._stream.latency)
+        self._stream.start()
+
+    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        need = frames * 2
+        out = bytearray()
+        with self._lock:
+            while self._q and len(out) < need:
+                chunk = self._q.popleft()
+                take = need - len(out)
+                out += chunk[:take]
+                if len(chunk) > take:
+                    self._q.appendleft(chunk[take:])
+            self._pending -= len(out)
+        outdata[: len(out)] = bytes(out)
+        outdata[len(out) :] = b"\x00" * (need - len(out))
+
+    def write(self, block: np.ndarray) -> None:
+        data = block.astype("<i2", copy=False).tobytes()
+        with self._lock:
+            self._q.append(data)
+            self._pending += len(data)
+
+    def flush_queued(self) -> None:
+        with self._lock:
+            self._q.clear()
+            self._pending = 0
+
+    def queued(self) -> float:
+        return self._pending / 2 / self.rate + self.latency
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
+# ----------------------------------------------------------------------------------------- player
+
+
+@dataclass
+class _Answer:
+    answer_id: str
+    chunks: collections.deque[TtsAudio] = field(default_factory=collections.deque)
+    final_seen: bool = False
+    started: bool = False
+    stopped: bool = False
+    played: list[str] = field(default_factory=list)
+    last_arrival: float = field(default_factory=time.monotonic)
+
+
+class Player:
+    """Plays a room's answers one after another; ``stop`` cuts the current one within a block."""
+
+    def __init__(
+        self,
+        config: PlaybackConfig,
+        room: str,
+        node: str,
+        clock: Clock,
+        publish: Callable[[Message], Awaitable[None]],
+        block_ms: int = 20,
+        idle_timeout: float = 10.0,
+        sink: Sink | None = None,
+    ) -> None:
+        self.config = config
+        self.room = room
+        self.node = node
+        self.clock = clock
+        self.publish = publish
+        self.block = max(1, config.rate * block_ms // 1000)
+        self.idle_timeout = idle_timeout
+        if sink is None:
+            sink = WavSink(config.wav_dir, config.rate) if config.wav_dir else None
+        if sink is None:
+            sink = SoundDeviceSink(config.device, config.rate, self.block)
+        self.sink = sink
+        self._answers: dict[str, _Answer] = {}
+        self._order: collections.deque[str] = collections.deque()
+        self._stopped_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._wake = asyncio.Event()
+        self._stop_flag = asyncio.Event()
+        self._silent = asyncio.Event()
+        self._silent.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.current: str = ""
+        """Answer playing now ("" when idle)."""
+        self.first_audio: dict[str, float] = {}
+        """Hub time at which each answer's first block went to the sink."""
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------- API
+
+    async def feed(self, msg: TtsAudio) -> None:
+        """Queue one chunk (ignored if its answer was stopped)."""
+        if self._closed or msg.answer_id in self._stopped_ids:
+            return
+        if msg.rate <= 0 or len(msg.data) % 2:
+            log.warning("%s: dropped malformed TTS chunk %s#%d", self.node, msg.answer_id, msg.chunk)
+            return
+        ans = self._answers.get(msg.answer_id)
+        if ans is None:
+            ans = self._answers[msg.answer_id] = _Answer(msg.answer_id)
+            self._order.append(msg.answer_id)
+        ans.chunks.append(msg)
+        self._idle.clear()
+        ans.final_seen = ans.final_seen or msg.final
+        ans.last_arrival = time.monotonic()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"player-{self.room}")
+        self._wake.set()
+
+    async def stop(self, answer_id: str = "") -> float:
+        """Stop ``answer_id`` ("" = whatever is playing and everything queued).
+
+        Returns seconds from the call until the player went silent (0 when nothing was playing).
+        """
+        t0 = time.perf_counter()
+        targets = [answer_id] if answer_id else [*self._order]
+        for aid in targets:
+            self._remember_stopped(aid)
+            ans = self._answers.get(aid)
+            if ans is not None:
+                ans.stopped = True
+        if self.current and self.current in targets:
+            self._silent.clear()
+            self._stop_flag.set()
+            self.sink.flush_queued()
+            self._wake.set()
+            await self._silent.wait()
+            return time.perf_counter() - t0 + self.sink.latency
+        for aid in targets:  # queued, never started: just forget them
+            if aid in self._answers and not self._answers[aid].started:
+                del self._answers[aid]
+                if aid in self._order:
+                    self._order.remove(aid)
+        if not self._order and not self.current:
+            self._idle.set()
+        return 0.0
+
+    async def close(self) -> None:
+        """Stop playing and release the sink."""
+        self._closed = True
+        if self.current:
+            await self.stop(self.current)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.sink.close()
+
+    async def wait_idle(self) -> None:
+        """Wait until every queued answer has been played or stopped (wrap in ``asyncio.timeout``)."""
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------------------------ loop
+
+    def _remember_stopped(self, aid: str) -> None:
+        self._stopped_ids[aid] = None
+        while len(self._stopped_ids) > 256:
+            self._stopped_ids.popitem(last=False)
+
+    async def _status(self, ans: _Answer, state: str) -> None:
+        msg = PlaybackStatus(
+            room=self.room,
+            source=self.node,
+            time=self.clock.now(),
+            answer_id=ans.answer_id,
+            state=state,  # type: ignore[arg-type]
+            played_text=" ".join(ans.played),
+        )
+        try:
+            await self.publish(msg)
+        except Exception:  # the player keeps playing even if the bus hiccups
+            log.exception("%s: could not publish playback status", self.node)
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        while not self._closed:
+            if not self._order:
+                await self._wait(1.0)
+                continue
+            aid = self._order[0]
+            ans = self._answers.get(aid)
+            if ans is None or (ans.stopped and not ans.started):
+                self._order.popleft()
+                self._answers.pop(aid, None)
+                if not self._order:
+                    self._idle.set()
+                continue
+            if not ans.started:
+                await self._jitter(ans)
+                if ans.stopped:
+                    continue
+            await self._play(ans)
+            if ans.stopped or (ans.final_seen and not ans.chunks):
+                await self._finish(ans)
+            elif not ans.chunks and time.monotonic() - ans.last_arrival > self.idle_timeout:
+                log.warning(
+                    "%s: answer %s got no final chunk for %.0f s; closing it", self.node, aid, self.idle_timeout
+                )
+                await self._finish(ans)
+            elif not ans.chunks:
+                await self._wait(0.05)
+
+    async def _jitter(self, ans: _Answer) -> None:
+        need = self.config.jitter_ms / 1000
+        deadline = time.monotonic() + max(need, 0.0) * 4
+        while not ans.stopped and not ans.final_seen and time.monotonic() < deadline:
+            buffered = sum(len(c.data) / 2 / c.rate for c in ans.chunks)
+            if buffered >= need:
+                break
+            await self._wait(0.01)
+
+    async def _play(self, ans: _Answer) -> None:
+        rate = self.sink.rate
+        dur = self.block / rate
+        while ans.chunks and not ans.stopped:
+            chunk = ans.chunks.popleft()
+            pcm = resample_linear(np.frombuffer(chunk.data, "<i2"), chunk.rate, rate)
+            if not ans.started:
+                ans.started = True
+                self.current = ans.answer_id
+                self.sink.begin(ans.answer_id, self.room)
+                self.first_audio[ans.answer_id] = self.clock.now()
+                await self._status(ans, "started")
+            t_start = time.monotonic()
+            for i, pos in enumerate(range(0, len(pcm), self.block)):
+                if self._stop_flag.is_set() or ans.stopped:
+                    break
+                self.sink.write(pcm[pos : pos + self.block])
+                # Keep at most one block ahead of real time: a stop is heard within about one block.
+                delay = t_start + i * dur - time.monotonic()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._stop_flag.wait(), delay)
+                    except TimeoutError:
+                        pass
+            else:
+                if chunk.text:
+                    tail = t_start + len(pcm) / rate - time.monotonic()
+                    if tail > 0:  # the sentence counts as played once its last block is audible
+                        try:
+                            await asyncio.wait_for(self._stop_flag.wait(), tail)
+                        except TimeoutError:
+                            pass
+                    if not (self._stop_flag.is_set() or ans.stopped):
+                        ans.played.append(chunk.text)
+
+    async def _finish(self, ans: _Answer) -> None:
+        if ans.started and not ans.stopped:
+            rest = self.sink.queued()
+            if rest > 0:
+                await asyncio.sleep(rest)
+        if ans.started:
+            self.sink.end(ans.answer_id)
+        if self._order and self._order[0] == ans.answer_id:
+            self._order.popleft()
+        self._answers.pop(ans.answer_id, None)
+        self.current = ""
+        self._stop_flag.clear()
+        self._silent.set()  # silent now; the status below is news, not part of the stop latency
+        if not self._order:
+            self._idle.set()
+        if ans.started:
+            await self._status(ans, "stopped" if ans.stopped else "ended")
