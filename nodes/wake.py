@@ -1,0 +1,163 @@
+"""Wake-word stage: openWakeWord on every microphone stream, one model state per stream.
+
+Each ``audio/<room>/<node>`` stream is cut into 80 ms frames and scored by every configured wake
+word; a score at or above the threshold emits ``WakeDetected`` stamped with the capture time of the
+end of the detecting frame, then that word is quiet on that stream for the refractory period (the
+score stays high for several frames after one utterance of the phrase).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+
+from pipeline.config import parse_duration
+from pipeline.messages import AudioChunk, Message, WakeDetected
+from pipeline.stage import Stage
+
+RATE = 16000
+FRAME = 1280
+GAP_S = 0.25
+"""A jump in capture time larger than this means audio was lost: the stream's state restarts."""
+CLIP_SHARE = 0.2
+"""A chunk with more than this share of samples at full scale is rejected as clipped."""
+
+
+def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
+    """Why ``msg`` cannot be used as 16 kHz mono int16 speech, or None if it can (shared by voice stages)."""
+    if rooms and msg.room not in rooms:
+        return f"unknown room {msg.room!r} (known: {', '.join(rooms)})"
+    if msg.rate != RATE:
+        return f"sample rate {msg.rate} Hz, expected {RATE} Hz"
+    if msg.channels != 1:
+        return f"{msg.channels} channels, expected mono"
+    if len(msg.data) == 0:
+        return "empty audio chunk"
+    if len(msg.data) % 2:
+        return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
+    if not math.isfinite(msg.time) or msg.time <= 0:
+        return f"invalid capture time {msg.time!r}"
+    pcm = np.frombuffer(msg.data, dtype="<i2")
+    if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
+        return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
+    return None
+
+
+def dbfs(pcm: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (-120 for silence)."""
+    if len(pcm) == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean((pcm.astype(np.float64) / 32768.0) ** 2)))
+    return max(20.0 * math.log10(rms), -120.0) if rms > 0 else -120.0
+
+
+@dataclass
+class _Stream:
+    model: Any
+    """``models.wakeword.WakeWordModel`` holding this stream's feature buffers."""
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    end_time: float = 0.0
+    """Capture time of the end of the last chunk."""
+    recent: deque = field(default_factory=lambda: deque(maxlen=16))
+    """The last ~1.3 s of frames, for the level of the wake phrase."""
+    quiet_until: dict[str, float] = field(default_factory=dict)
+
+
+class WakeStage(Stage):
+    """openWakeWord wake-word detection on every room's microphone."""
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        """``[stages.wake]``."""
+
+        models: list[str] = msgspec.field(default_factory=lambda: ["hey_jarvis"])
+        """Wake words: bundled names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy …) or .onnx/.tflite paths."""
+        threshold: float = 0.5
+        """Score 0–1 at which a wake word fires."""
+        thresholds: dict[str, float] = {}
+        """Per-word thresholds overriding ``threshold`` (keys: the names above, or a path's file stem)."""
+        refractory: str | float = "2s"
+        """After a detection, the same word on the same stream is ignored for this long."""
+        framework: str = "onnx"
+        """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
+
+    name: ClassVar[str] = "wake"
+    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
+    emits: ClassVar[tuple[str, ...]] = ("wake",)
+    droppable: ClassVar[bool] = False
+    default_budget_ms: ClassVar[float] = 300.0
+
+    async def start(self) -> None:
+        from models.wakeword import WakeWordModel, resolve
+
+        o = self.ctx.options
+        if not 0.0 < o.threshold <= 1.0:
+            raise ValueError(f"[stages.wake] threshold must be in (0, 1], got {o.threshold}")
+        self._refractory = parse_duration(o.refractory, "[stages.wake] refractory")
+        self._names = [resolve(m, o.framework)[0] for m in o.models]  # fails early on a bad model name
+        unknown = set(o.thresholds) - set(self._names)
+        if unknown:
+            raise ValueError(f"[stages.wake] thresholds for unconfigured wake words: {', '.join(sorted(unknown))}")
+        self._make = lambda: WakeWordModel(o.models, framework=o.framework)
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        # Load once now so a broken model fails at start, not on the first chunk.
+        self._spare = await self.ctx.run_blocking(self._make)
+
+    def threshold_of(self, word: str) -> float:
+        """The threshold that applies to ``word``."""
+        return self.ctx.options.thresholds.get(word, self.ctx.options.threshold)
+
+    async def handle(self, msg: Message) -> None:
+        if not isinstance(msg, AudioChunk):
+            await self.ctx.reject(msg, f"wake consumes audio chunks, got {type(msg).__name__}")
+            return
+        problem = check_audio(msg, self.ctx.rooms)
+        if problem:
+            await self.ctx.reject(msg, problem)
+            return
+        key = (msg.room, msg.source)
+        st = self._streams.get(key)
+        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        if st is None:
+            model = self._spare if self._spare is not None else await self.ctx.run_blocking(self._make)
+            self._spare = None
+            st = self._streams[key] = _Stream(model=model, end_time=msg.time)
+        elif abs(msg.time - st.end_time) > GAP_S:
+            # Lost or replayed audio: old context would glue unrelated sound together.
+            self.ctx.log.info("wake: %s/%s jumped %.2f s; restarting its state", *key, msg.time - st.end_time)
+            await self.ctx.run_blocking(st.model.reset)
+            st.pending = np.zeros(0, np.int16)
+            st.recent.clear()
+        st.end_time = msg.time + len(pcm) / RATE
+        buf = np.concatenate([st.pending, pcm])
+        n = len(buf) // FRAME
+        st.pending = buf[n * FRAME :]
+        if n == 0:
+            return
+        frames = [buf[i * FRAME : (i + 1) * FRAME] for i in range(n)]
+        scores = await self.ctx.run_blocking(lambda: [st.model.score(f) for f in frames])
+        for i, (frame, s) in enumerate(zip(frames, scores, strict=True)):
+            st.recent.append(frame)
+            t = st.end_time - (len(st.pending) + (n - 1 - i) * FRAME) / RATE
+            for word, score in s.items():
+                if score < self.threshold_of(word) or t < st.quiet_until.get(word, 0.0):
+                    continue
+                st.quiet_until[word] = t + self._refractory
+                await self.ctx.publish(
+                    WakeDetected(
+                        time=t,
+                        room=msg.room,
+                        word=word,
+                        score=score,
+                        level=dbfs(np.concatenate(list(st.recent))),
+                        node=msg.source,
+                    )
+                )
+
+    async def stop(self) -> None:
+        self._streams.clear()
+        self.ctx.close()
