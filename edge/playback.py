@@ -205,6 +205,8 @@ class Player:
         if sink is None:
             sink = SoundDeviceSink(config.device, config.rate, self.block)
         self.sink = sink
+        # Import the resampler now: a first import of scipy.signal takes ~1 s, too long inside the first answer.
+        resample_linear(np.zeros(2, np.int16), 16000, 22050)
         self._answers: dict[str, _Answer] = {}
         self._order: collections.deque[str] = collections.deque()
         self._stopped_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
