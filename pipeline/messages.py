@@ -420,6 +420,31 @@ class ControlError(Message, tag="control_error"):
     """What was wrong."""
 
 
+# -------------------------------------------------------------------------- arbitration (issue 5)
+
+
+class WakeArbitrated(Event, tag="arbitration"):
+    """One wake word heard by several nodes (or by a room's own speaker): who answers, who stands down."""
+
+    kind: ClassVar[str] = "arbitration"
+    word: str = ""
+    """The wake word."""
+    node: str = ""
+    """Winning node, whose room gets the answer ("" when every detection was the rooms' own speech)."""
+    score: float = 0.0
+    """Winner's wake score."""
+    level: float = 0.0
+    """Winner's audio level, dBFS."""
+    wake_time: float = 0.0
+    """Capture time of the winning detection, hub clock (matches its ``WakeDetected.time``)."""
+    losers: list[str] = msgspec.field(default_factory=list)
+    """Nodes that heard the same wake word and must stand down (drop the utterance they opened)."""
+    loser_rooms: list[str] = msgspec.field(default_factory=list)
+    """Rooms of ``losers``, same order."""
+    echo: list[str] = msgspec.field(default_factory=list)
+    """Subset of ``losers`` whose detection was taken for the room's own TTS playback."""
+
+
 STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio, StageStats)
 EVENTS: tuple[type[Event], ...] = (
     WakeDetected,
@@ -432,6 +457,7 @@ EVENTS: tuple[type[Event], ...] = (
     NodeStatus,
     InputError,
     PlaybackStatus,
+    WakeArbitrated,
 )
 COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
 CONTROL: tuple[type[Message], ...] = (
