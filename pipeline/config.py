@@ -11,10 +11,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -147,14 +148,25 @@ class WorkerConfig(_Strict):
 
 
 class DeployFile(_Strict):
-    """The raw file layout, before stage options are checked."""
+    """The raw file layout; named tables are checked one by one so errors can name them."""
 
-    hub: HubConfig = msgspec.field(default_factory=HubConfig)
-    rooms: dict[str, RoomConfig] = {}
-    edges: dict[str, EdgeConfig] = {}
-    workers: dict[str, WorkerConfig] = {}
+    hub: dict[str, Any] = {}
+    rooms: dict[str, dict[str, Any]] = {}
+    edges: dict[str, dict[str, Any]] = {}
+    workers: dict[str, dict[str, Any]] = {}
     stages: dict[str, dict[str, Any]] = {}
     data_dir: str = ".sensorium"
+
+
+class DeployParsed(msgspec.Struct):
+    """The file with its named tables checked."""
+
+    hub: HubConfig
+    rooms: dict[str, RoomConfig]
+    edges: dict[str, EdgeConfig]
+    workers: dict[str, WorkerConfig]
+    stages: dict[str, dict[str, Any]]
+    data_dir: str
 
 
 class StageSettings(msgspec.Struct):
@@ -201,12 +213,20 @@ class Deployment(msgspec.Struct):
         return next((n for n, e in self.edges.items() if e.room == room), "")
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
+def _describe(exc: msgspec.ValidationError, table: str = "") -> str:
+    """``[table] key: what was wrong`` from a msgspec validation error."""
     text = str(exc)
     m = re.search(r"- at `\$\.?(.*)`$", text)
-    where = m.group(1) if m else ""
     what = text[: m.start()].strip() if m else text
-    return f"[{where}] {what}" if where else what
+    path = ".".join(p for p in (table, m.group(1) if m else "") if p)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    unknown = re.match(r"Object contains unknown field `(.+)`", what)
+    if unknown:
+        return f"[{path}] unknown key {unknown.group(1)!r}" if path else f"unknown key {unknown.group(1)!r}"
+    if "." in path:
+        head, key = path.rsplit(".", 1)
+        return f"[{head}] {key}: {what}"
+    return f"[{path}] {what}" if path else what
 
 
 def load(
@@ -237,10 +257,31 @@ def from_dict(
 ) -> Deployment:
     """Validate an already parsed deployment (see ``load``)."""
     default_budgets = default_budgets or {}
-    try:
-        f = msgspec.convert(raw, DeployFile)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+    def convert(value: Any, typ: type[T], table: str) -> T:
+        try:
+            return msgspec.convert(value, typ)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{path}: {_describe(exc, table)}") from None
+
+    raw_file = convert(raw, DeployFile, "")
+    edges = {}
+    for name, table in raw_file.edges.items():
+        cams = table.get("cameras", {})
+        if not isinstance(cams, dict):
+            raise ConfigError(f"{path}: [edges.{name}] cameras: expected a table of cameras")
+        cameras = {c: convert(v, CameraConfig, f"edges.{name}.cameras.{c}") for c, v in cams.items()}
+        edge = convert({k: v for k, v in table.items() if k != "cameras"}, EdgeConfig, f"edges.{name}")
+        edge.cameras = cameras
+        edges[name] = edge
+    f = DeployParsed(
+        hub=convert(raw_file.hub, HubConfig, "hub"),
+        rooms={n: convert(t, RoomConfig, f"rooms.{n}") for n, t in raw_file.rooms.items()},
+        edges=edges,
+        workers={n: convert(t, WorkerConfig, f"workers.{n}") for n, t in raw_file.workers.items()},
+        stages=raw_file.stages,
+        data_dir=raw_file.data_dir,
+    )
 
     known = ", ".join(sorted(stage_options))
     for key in ("heartbeat", "down_after"):
@@ -284,7 +325,7 @@ def from_dict(
         try:
             options = msgspec.convert(table, opts_type)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"{path}: [stages.{sname}] {_describe(exc)}") from None
+            raise ConfigError(f"{path}: {_describe(exc, f'stages.{sname}')}") from None
         stages[sname] = StageSettings(budget_s=budget_s, options=options)
 
     return Deployment(

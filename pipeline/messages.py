@@ -270,7 +270,7 @@ class InputError(Event, tag="error"):
     kind: ClassVar[str] = "error"
     stage: str = ""
     """Stage or node that rejected it."""
-    topic: str = ""
+    input_topic: str = ""
     """Topic of the rejected input."""
     reason: str = ""
     """What was wrong."""

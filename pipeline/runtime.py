@@ -150,7 +150,7 @@ class StageRunner:
                             time=self.ctx.clock.now(),
                             source=self.ctx.worker,
                             stage=self.name,
-                            topic=batch[0].topic(),
+                            input_topic=batch[0].topic(),
                             reason=f"{type(exc).__name__}: {exc}",
                         )
                     )

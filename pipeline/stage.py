@@ -72,7 +72,7 @@ class StageContext:
         """Report bad input as an ``error`` event and carry on."""
         self.log.warning("%s rejected %s: %s", self.name, msg.topic(), reason)
         await self.publish(
-            InputError(room=msg.room, time=self.clock.now(), stage=self.name, topic=msg.topic(), reason=reason)
+            InputError(room=msg.room, time=self.clock.now(), stage=self.name, input_topic=msg.topic(), reason=reason)
         )
 
     def close(self) -> None:

@@ -1,0 +1,118 @@
+"""The one codec: round trips for every message type, and clear errors for garbage."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import codec
+from pipeline.messages import ALL, AudioChunk, Box, Detections, Transcript, VideoFrame, WakeDetected, Word
+
+text = st.text(max_size=40)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+def _strategy(cls: type) -> st.SearchStrategy:
+    """Messages of ``cls`` with random values for their base fields and payload."""
+    base = {
+        "seq": st.integers(0, 2**62),
+        "time": finite,
+        "room": text,
+        "source": text,
+    }
+    if "data" in cls.__struct_fields__:
+        base["data"] = st.binary(max_size=4096)
+    return st.builds(cls, **base)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_round_trip_every_type(cls: type, data: st.DataObject) -> None:
+    msg = data.draw(_strategy(cls))
+    frames = codec.encode(msg)
+    assert frames[0] == msg.topic().encode()
+    back = codec.decode(frames)
+    assert back == msg
+    if hasattr(msg, "data"):
+        assert frames[2] == msg.data  # payload travels untouched
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(max_size=200),
+    words=st.lists(
+        st.builds(Word, word=st.text(max_size=10), start=finite, end=finite, probability=finite), max_size=8
+    ),
+    final=st.booleans(),
+    speaker=st.one_of(st.none(), st.text(max_size=12)),
+)
+def test_transcript_round_trip_and_json(text: str, words: list[Word], final: bool, speaker: str | None) -> None:
+    t = Transcript(room="kitchen", text=text, words=words, final=final, speaker=speaker)
+    assert codec.decode(codec.encode(t)) == t
+    public = codec.to_dict(t)
+    assert public["type"] == "transcript" and public["text"] == text and public["final"] is final
+    assert public["speaker"] == speaker
+    assert codec.from_json(codec.to_json(t)) == t
+
+
+def test_payload_is_not_reencoded_and_json_drops_media() -> None:
+    jpeg = bytes(range(256)) * 100
+    frame = VideoFrame(room="hall", source="cam1", width=640, height=480, data=jpeg)
+    frames = codec.encode(frame)
+    assert frames[2] is jpeg
+    assert b"\x00\x01\x02\x03" not in frames[1]  # header does not carry the image
+    assert "data" not in codec.to_dict(frame) or codec.to_dict(frame)["data"] == ""
+    assert frame.data == jpeg  # encoding does not mutate the message
+
+
+def test_public_event_fields() -> None:
+    d = codec.to_dict(Detections(room="hall", camera="cam1", persons=1, boxes=[Box(1, 2, 3, 4, 0.9, 7)]))
+    assert d["type"] == "detections" and d["camera"] == "cam1" and d["persons"] == 1
+    assert d["boxes"][0] == {"x1": 1, "y1": 2, "x2": 3, "y2": 4, "score": 0.9, "track": 7}
+    w = codec.to_dict(WakeDetected(room="kitchen", word="hey_jarvis", score=0.8))
+    assert {"type", "seq", "time", "room", "word", "score"} <= set(w)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(st.binary(max_size=300), min_size=0, max_size=5))
+def test_garbage_is_rejected_with_codec_error(frames: list[bytes]) -> None:
+    try:
+        msg = codec.decode(frames)
+    except codec.CodecError as exc:
+        assert str(exc)
+    else:  # only a well-formed message may pass
+        assert codec.decode(codec.encode(msg)) == msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, 200))
+def test_truncated_header_is_rejected(cut: int) -> None:
+    frames = codec.encode(Transcript(room="kitchen", text="turn on the lights", final=True))
+    header = frames[1]
+    if cut >= len(header) - 1:
+        return
+    with pytest.raises(codec.CodecError):
+        codec.decode([frames[0], header[: cut + 1], b""])
+
+
+def test_specific_errors_say_what_was_wrong() -> None:
+    good = codec.encode(AudioChunk(room="kitchen", source="pi", data=b"\0\0"))
+    with pytest.raises(codec.CodecError, match="expected 3 frames"):
+        codec.decode(good[:2])
+    with pytest.raises(codec.CodecError, match="unknown wire version 9"):
+        codec.decode([good[0], b"\x09" + good[1][1:], good[2]])
+    with pytest.raises(codec.CodecError, match="payload is"):
+        codec.decode([good[0], good[1], b"\0" * (codec.MAX_PAYLOAD + 1)])
+    with pytest.raises(codec.CodecError, match="header is"):
+        codec.decode([good[0], b"\x01" + b"\x90" * codec.MAX_HEADER, b""])
+    with pytest.raises(codec.CodecError, match="malformed header"):
+        codec.decode([good[0], b"\x01" + msgspec.msgpack.encode({"type": "nope"}), b""])
+    with pytest.raises(codec.CodecError, match="carries no payload"):
+        codec.decode(codec.encode(WakeDetected(room="k"))[:2] + [b"xx"])
+    with pytest.raises(codec.CodecError, match="empty header"):
+        codec.decode([b"t", b"", b""])
+    with pytest.raises(codec.CodecError, match="malformed event JSON"):
+        codec.from_json(b'{"type": "wake", "score": "high"}')

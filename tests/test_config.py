@@ -1,0 +1,116 @@
+"""Deployment files: validated on load; every mistake names the file, the key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.config import ConfigError, from_dict, load, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WakeOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    threshold: float = 0.5
+
+
+STAGES = {"wake": WakeOptions, "stt": WakeOptions}
+GOOD = {
+    "rooms": {"kitchen": {}},
+    "edges": {"kitchen-pi": {"room": "kitchen", "microphone": {"block_ms": 80}}},
+    "workers": {"gpu0": {"stages": ["wake", "stt"], "device": ["cuda:0", "cpu"]}},
+    "stages": {"wake": {"budget": "200ms", "threshold": 0.3}},
+}
+
+
+def _with(**changes: object) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    raw.update(changes)
+    return raw
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.toml"
+    path.write_text(
+        '[rooms.kitchen]\n[edges.kitchen-pi]\nroom = "kitchen"\n[workers.gpu0]\nstages = ["wake"]\n'
+        '[stages.wake]\nbudget = "150ms"\nthreshold = 0.7\n'
+    )
+    dep = load(path, STAGES, {"wake": 0.25, "stt": 1.5})
+    assert dep.stages["wake"].budget_s == pytest.approx(0.15)
+    assert dep.stages["wake"].options.threshold == 0.7
+    assert dep.stages["stt"].budget_s == 1.5  # default budget from the stage
+    assert dep.worker("gpu0").devices() == ["cpu"]
+    assert dep.speaker_of("kitchen") == "kitchen-pi"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_with(hub={"adress": "tcp://x:1"}), r"deploy.toml: \[hub\] unknown key 'adress'"),
+        (_with(stages={"wake": {"treshold": 1}}), r"\[stages.wake\] unknown key 'treshold'"),
+        (_with(stages={"wake": {"threshold": "high"}}), r"\[stages.wake\] threshold: Expected `float`, got `str`"),
+        (_with(stages={"wake": {"budget": "fast"}}), r"\[stages.wake\] budget: expected a duration like '200ms'"),
+        (_with(stages={"wakeword": {}}), r"\[stages.wakeword\] unknown stage \(expected one of: stt, wake\)"),
+        (
+            _with(workers={"gpu0": {"stages": ["wake", "sst"]}}),
+            r"\[workers.gpu0\] stages: unknown stage 'sst' \(expected one of: stt, wake\)",
+        ),
+        (_with(workers={"gpu0": {"stages": ["wake"], "device": "gpu0"}}), r"\[workers.gpu0\] device: expected 'cpu'"),
+        (_with(rooms={"kitchen": {}, "attic": {}}), r"\[rooms.attic\] no edge node serves this room"),
+        (_with(edges={"pi": {"room": "garage"}}), r"\[edges.pi\] room = 'garage' is not a room of \[rooms\]"),
+        (_with(hub={"heartbeat": "soon"}), r"\[hub\] heartbeat: expected a duration"),
+        (
+            _with(edges={"pi": {"room": "kitchen", "cameras": {"c": {"fps": "five"}}}}),
+            r"\[edges.pi.cameras.c\] fps: Expected `float`",
+        ),
+    ],
+)
+def test_mistakes_are_named(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        from_dict(raw, STAGES, {}, "deploy.toml")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rooms.kitchen\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML"):
+        load(bad, STAGES)
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "nope.toml", STAGES)
+
+
+def test_unknown_worker_is_named() -> None:
+    dep = from_dict(GOOD, STAGES, {}, "deploy.toml")
+    with pytest.raises(ConfigError, match=r"no worker named 'gpu9' \(known: gpu0\)"):
+        dep.worker("gpu9")
+
+
+@given(st.one_of(st.text(max_size=12), st.floats(allow_nan=False), st.integers(-5, 10**6)))
+def test_parse_duration_accepts_or_explains(value: object) -> None:
+    try:
+        seconds = parse_duration(value)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        assert "duration" in str(exc)
+    else:
+        assert seconds >= 0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("200ms", 0.2), ("1.5s", 1.5), ("2m", 120), ("3", 3), (0.25, 0.25)])
+def test_parse_duration_units(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_example_deployments_differ_only_in_placement() -> None:
+    from sensorium.deployment import load_deployment
+
+    one = load_deployment(ROOT / "examples/deploy-phase0.toml")
+    four = load_deployment(ROOT / "examples/deploy-4gpu.toml")
+    assert (one.hub, one.rooms, one.edges, one.stages) == (four.hub, four.rooms, four.edges, four.stages)
+    assert sorted(s for w in one.workers.values() for s in w.stages) == sorted(
+        s for w in four.workers.values() for s in w.stages
+    )
+    assert len(one.workers) == 1 and len(four.workers) == 4
