@@ -1,0 +1,90 @@
+"""``pip install 'sensorium[edge]'`` into a fresh virtual environment, as on a Raspberry Pi.
+
+The edge extra must bring only capture, playback, local wake gating and the bus: no torch and no
+model library. The install goes through pip's normal resolver (PyPI and the wheel mirror of
+pip.conf), so a heavy dependency slipping into the core or the extra fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = {
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "ultralytics",
+    "ultralytics-opencv-headless",
+    "faster-whisper",
+    "ctranslate2",
+    "speechbrain",
+    "mediapipe",
+    "insightface",
+    "resemblyzer",
+    "tensorflow",
+    "jax",
+    "piper-tts",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    res = subprocess.run(
+        [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", f"{REPO}[edge]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if res.returncode != 0 and ("Could not find a version" in res.stderr or "NewConnectionError" in res.stderr):
+        pytest.skip(f"no package index reachable: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return venv
+
+
+def test_edge_extra_pulls_no_heavy_library(edge_venv: Path) -> None:
+    res = subprocess.run(
+        [str(edge_venv / "bin/python"), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(res.stdout)}
+    assert "sensorium" in installed
+    assert {"pyzmq", "msgspec", "numpy", "sounddevice", "opencv-python-headless", "onnxruntime"} <= installed
+    assert not installed & HEAVY, f"heavy libraries in the edge install: {sorted(installed & HEAVY)}"
+
+
+def test_edge_help_runs_in_the_edge_venv(edge_venv: Path) -> None:
+    res = subprocess.run(
+        [str(edge_venv / "bin/sensorium"), "edge", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "usage: sensorium edge" in res.stdout
+
+
+def test_edge_modules_import_without_heavy_libraries(edge_venv: Path) -> None:
+    """The edge's import graph (CLI, config, bus, edge agent) never reaches a model library."""
+    code = (
+        "import sys, importlib\n"
+        "import sensorium.cli, pipeline.config, pipeline.bus, pipeline.codec\n"
+        "for m in ('edge', 'sensorium.commands.edge', 'sensorium.commands.doctor', 'sensorium.registry'):\n"
+        "    importlib.import_module(m)\n"
+        "sensorium.cli.build_parser()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'ultralytics', 'faster_whisper', 'speechbrain', 'mediapipe', 'insightface', 'resemblyzer'})\n"
+        "print(heavy)\n"
+    )
+    res = subprocess.run([str(edge_venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
