@@ -1,0 +1,199 @@
+"""The stage runtime with real slow and fast stages: drops, violations, the degrade ladder, no stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from pipeline.clock import Clock
+from pipeline.messages import AudioChunk, BudgetViolation, InputError, Message, VideoFrame
+from pipeline.metrics import Metrics
+from pipeline.runtime import LadderPolicy, StageRunner
+from pipeline.stage import Stage, StageContext
+
+JPEG = cv2.imencode(".jpg", np.full((240, 320, 3), 127, np.uint8))[1].tobytes()
+
+
+class FrameStage(Stage):
+    """Decodes each frame for real, then works ``cost`` seconds on the stage's thread."""
+
+    name = "frames"
+    consumes = ("video/",)
+    droppable = True
+    max_batch = 4
+    cost = 0.08
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.seen: list[tuple[str, int]] = []
+
+    def _work(self, data: bytes) -> int:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        time.sleep(self.cost)  # runs on the stage's worker thread, not the event loop
+        return int(img.shape[0])
+
+    async def handle(self, msg: Message) -> None:
+        assert isinstance(msg, VideoFrame)
+        await self.ctx.run_blocking(self._work, msg.data)
+        self.seen.append((msg.source, msg.seq))
+
+
+class LadderStage(Stage):
+    """Audio-like stage whose cost falls with each degrade step."""
+
+    name = "ladder"
+    consumes = ("audio/",)
+    degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
+    costs = (0.25, 0.15, 0.01)
+
+    async def handle(self, msg: Message) -> None:
+        await self.ctx.run_blocking(time.sleep, self.costs[self.level])
+
+
+class FailingStage(Stage):
+    name = "fragile"
+    consumes = ("audio/",)
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.ok = 0
+
+    async def handle(self, msg: Message) -> None:
+        assert isinstance(msg, AudioChunk)
+        if len(msg.data) % 2:
+            raise ValueError(f"odd byte count {len(msg.data)}")
+        self.ok += 1
+
+
+def _runner(cls: type[Stage], budget_ms: float, **policy: float) -> tuple[StageRunner, list[Message]]:
+    out: list[Message] = []
+
+    async def emit(m: Message) -> None:
+        out.append(m)
+
+    ctx = StageContext(name=cls.name, worker="test", options=None, budget_ms=budget_ms, clock=Clock(), emit=emit)
+    stage = cls(ctx)
+    runner = StageRunner(stage, Metrics("test"), LadderPolicy(**policy), emit)  # type: ignore[arg-type]
+    return runner, out
+
+
+async def test_late_frames_are_dropped_latest_wins() -> None:
+    runner, out = _runner(FrameStage, budget_ms=150, violation_interval=0)
+    runner.start()
+    clock = runner.ctx.clock
+    sent: dict[str, list[int]] = {"cam1": [], "cam2": []}
+    for i in range(1, 41):  # 40 frames per camera at 50 fps: far more than 80 ms per batch can take
+        for cam in sent:
+            runner.offer(VideoFrame(room="hall", source=cam, seq=i, time=clock.now(), data=JPEG))
+            sent[cam].append(i)
+            assert runner.depth <= 2  # never more than one pending frame per camera
+        await asyncio.sleep(0.02)
+    await runner.drain(5)
+    await runner.stop()
+    stage = runner.stage
+    assert isinstance(stage, FrameStage)
+    for cam in sent:
+        handled = [s for c, s in stage.seen if c == cam]
+        assert handled == sorted(handled)  # in order
+        assert handled[-1] == 40  # the newest frame is always served
+        assert len(handled) < 30  # most stale frames were skipped, not queued
+    assert runner.dropped >= 20
+    assert runner.summary()["p95_ms"] < 150 + 120  # what was served was fresh
+
+
+async def test_frames_past_deadline_are_dropped_with_a_violation() -> None:
+    runner, out = _runner(FrameStage, budget_ms=100, violation_interval=0)
+    runner.start()
+    old = runner.ctx.clock.now() - 0.5  # captured half a second ago: already late
+    runner.offer(VideoFrame(room="hall", source="cam1", seq=1, time=old, data=JPEG))
+    await asyncio.sleep(0.2)
+    await runner.stop()
+    assert runner.stage.seen == []  # type: ignore[attr-defined]
+    v = [m for m in out if isinstance(m, BudgetViolation)]
+    assert v and v[0].action == "dropped" and v[0].stage == "frames" and v[0].actual_ms >= 500
+
+
+async def test_audio_is_never_dropped_even_when_late() -> None:
+    runner, _ = _runner(LadderStage, budget_ms=10_000)
+    runner.start()
+    now = runner.ctx.clock.now()
+    for i in range(1, 6):
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=now - 20, data=b"\0\0" * 1280))
+    await runner.drain(5)
+    await runner.stop()
+    assert runner.inputs == 5 and runner.dropped == 0
+
+
+async def test_degrade_ladder_steps_down_and_back_up() -> None:
+    runner, out = _runner(LadderStage, budget_ms=200, overrun_after=3, recover_after=5, recover_fraction=0.6)
+    runner.start()
+    clock = runner.ctx.clock
+    for i in range(1, 20):
+        t = clock.now()
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=t, data=b"\0\0" * 160))
+        await runner.drain(5)
+    await runner.stop()
+    actions = [m.action for m in out if isinstance(m, BudgetViolation) and m.action != "none"]
+    # 0.25 s > budget three times → level 1 (0.15 s: within budget, but not "well within") stays there
+    assert actions[0] == "degraded:no-partials"
+    assert runner.stage.level == 1
+    assert "degraded:smaller-model" not in actions
+
+    # a stage that keeps overrunning walks the whole ladder, then recovers one step when fast
+    LadderStage.costs = (0.25, 0.25, 0.01)
+    try:
+        runner, out = _runner(LadderStage, budget_ms=200, overrun_after=2, recover_after=4, recover_fraction=0.6)
+        runner.start()
+        for i in range(1, 16):
+            runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
+            await runner.drain(5)
+        await runner.stop()
+    finally:
+        LadderStage.costs = (0.25, 0.15, 0.01)
+    actions = [m.action for m in out if isinstance(m, BudgetViolation) and m.action != "none"]
+    assert actions[:3] == ["degraded:no-partials", "degraded:smaller-model", "restored:smaller-model"]
+    assert runner.ladder[:3] == actions[:3]
+
+
+async def test_blocking_model_calls_do_not_stall_the_event_loop() -> None:
+    FrameStage.cost = 0.3
+    try:
+        runner, _ = _runner(FrameStage, budget_ms=5000)
+        runner.start()
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            for _ in range(40):
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        for i in range(3):
+            runner.offer(VideoFrame(room="h", source=f"c{i}", seq=1, time=runner.ctx.clock.now(), data=JPEG))
+        await ticker()
+        await runner.drain(5)
+        await runner.stop()
+    finally:
+        FrameStage.cost = 0.08
+    assert max(gaps) < 0.1  # the loop kept ticking while frames were processed for 0.9 s
+
+
+async def test_a_failing_input_is_reported_and_the_stage_keeps_serving() -> None:
+    runner, out = _runner(FailingStage, budget_ms=1000)
+    runner.start()
+    now = runner.ctx.clock.now()
+    runner.offer(AudioChunk(room="k", source="pi", seq=1, time=now, data=b"\0\0"))
+    runner.offer(AudioChunk(room="k", source="pi", seq=2, time=now, data=b"\0\0\0"))
+    runner.offer(AudioChunk(room="k", source="pi", seq=3, time=now, data=b"\0\0"))
+    await runner.drain(5)
+    await runner.stop()
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert len(errors) == 1 and "odd byte count 3" in errors[0].reason
+    assert errors[0].input_topic == "audio/k/pi"
+    assert runner.stage.ok == 2  # type: ignore[attr-defined]
