@@ -28,7 +28,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +81,8 @@ class Doctor:
     """How much audio to record from each microphone."""
     state_dir: Path | None = None
     """The hub's state folder (default ``<data_dir>/hub``, as ``sensorium hub``)."""
+    on_finding: Callable[[Finding], None] | None = None
+    """Called with each finding as soon as its check is done (the CLI prints as it goes)."""
     findings: list[Finding] = field(default_factory=list)
     _probe: tuple[float, Any] | None = field(default=None, repr=False)
     _probed: bool = field(default=False, repr=False)
@@ -90,6 +92,8 @@ class Doctor:
     def add(self, status: Status, check: str, detail: str, fix: str = "") -> Finding:
         f = Finding(status, check, detail, fix)
         self.findings.append(f)
+        if self.on_finding is not None:
+            self.on_finding(f)
         return f
 
     def roles(self) -> tuple[bool, list[str], list[str]]:
@@ -432,7 +436,7 @@ class Doctor:
             self.add(
                 "FAIL",
                 "hub",
-                f"no answer from {endpoint} within {self.hub_timeout:.0f} s",
+                f"no answer from {endpoint} within {self.hub_timeout:g} s",
                 "start it (systemctl start sensorium-hub, or sensorium hub --config …); check [hub] address, "
                 "the firewall, and that this node's key is enrolled at the hub",
             )

@@ -28,7 +28,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.config import ConfigError
     from sensorium.deployment import load_deployment
-    from sensorium.doctor import Doctor, summary, to_dicts
+    from sensorium.doctor import Doctor, Finding, format_findings, summary, to_dicts
+
+    color = sys.stdout.isatty()
+
+    def show(f: Finding) -> None:
+        for line in format_findings([f], color=color):
+            print(line, flush=True)
 
     try:
         dep = load_deployment(args.config)
@@ -38,41 +44,17 @@ def run(args: argparse.Namespace) -> int:
             hub_timeout=args.hub_timeout,
             load_models=not args.no_models,
             state_dir=Path(args.state) if args.state else None,
+            on_finding=None if args.json else show,
         )
         doctor.roles()
     except (ConfigError, ValueError) as exc:
         print(f"sensorium doctor: {exc}", file=sys.stderr)
         return 2
-    who = args.name or "every node (one box)"
     if not args.json:
-        print(f"sensorium doctor: {args.config}, {who}, on {socket.gethostname()}", flush=True)
-    findings = []
-    for f in _run_streaming(doctor, quiet=args.json):
-        findings.append(f)
+        print(f"sensorium doctor: {args.config}, {args.name or 'every node (one box)'}, on {socket.gethostname()}")
+    findings = doctor.run()
     if args.json:
         print(json.dumps(to_dicts(findings), indent=1))
     else:
         print(summary(findings))
     return 1 if any(f.status == "FAIL" for f in findings) else 0
-
-
-def _run_streaming(doctor, quiet: bool):  # type: ignore[no-untyped-def]
-    """Print each finding as soon as its check finishes (model loading takes a while)."""
-    from sensorium.doctor import format_findings
-
-    color = sys.stdout.isatty()
-    printed = 0
-    original = doctor.add
-
-    def add(*a, **kw):  # type: ignore[no-untyped-def]
-        nonlocal printed
-        f = original(*a, **kw)
-        if not quiet:
-            for line in format_findings([f], color=color):
-                print(line, flush=True)
-        printed += 1
-        return f
-
-    doctor.add = add
-    doctor.run()
-    return doctor.findings
