@@ -1,0 +1,396 @@
+"""The edge agent of one Raspberry Pi: microphone (or WAV file), cameras, optional local wake gate and
+the room's speaker, connected to the hub.
+
+Capture never waits for the network. Everything captured goes through an ``Outbox`` that publishes
+at once while the hub answers heartbeats and otherwise holds a bounded backlog: audio up to
+``buffer_s`` seconds (oldest dropped first), the latest frame per camera only, and status events.
+When the hub comes back the backlog is sent in order, so a short outage loses no audio. Sequence
+numbers are assigned at capture, per topic, so a subscriber can count what was dropped.
+
+Nothing here imports torch or a model library: the only model is the optional wake gate's
+openWakeWord ONNX file run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
+from edge.camera import Camera, CameraError
+from pipeline.clock import Clock
+from pipeline.config import Deployment, EdgeConfig
+from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
+
+log = logging.getLogger("sensorium.edge")
+
+
+class Outbox:
+    """Bounded buffer between capture and the hub; see the module docstring for what is kept."""
+
+    def __init__(self, *, buffer_s: float = 30.0, block_s: float = 0.08, events: int = 1000) -> None:
+        self.audio: deque[AudioChunk] = deque()
+        self.audio_limit = max(1, int(round(buffer_s / block_s)))
+        """Audio chunks kept while the hub is away."""
+        self.video: OrderedDict[str, VideoFrame] = OrderedDict()
+        self.events: deque[Message] = deque(maxlen=events)
+        self.dropped_audio = 0
+        """Audio chunks dropped because the backlog was full (oldest first)."""
+        self.replaced_video = 0
+        """Frames replaced by a newer one of the same camera before they could be sent."""
+        self.dropped_events = 0
+        """Status events dropped because their backlog was full."""
+        self.sent: dict[str, int] = {}
+        """Messages published, by kind."""
+        self.overhead_ms: dict[str, deque[float]] = {}
+        """Recent capture→published delays of live (not held) audio and video, ms; audio from the block's end."""
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.audio) + len(self.video) + len(self.events)
+
+    def put(self, msg: Message) -> None:
+        """Queue ``msg`` (never blocks; drops by the rules above)."""
+        if isinstance(msg, AudioChunk):
+            if len(self.audio) >= self.audio_limit:
+                self.audio.popleft()
+                self.dropped_audio += 1
+            self.audio.append(msg)
+        elif isinstance(msg, VideoFrame):
+            if msg.source in self.video:
+                self.replaced_video += 1
+                del self.video[msg.source]
+            self.video[msg.source] = msg
+        else:
+            if len(self.events) == self.events.maxlen:
+                self.dropped_events += 1
+            self.events.append(msg)
+        self._ready.set()
+
+    def _pop(self) -> Message | None:
+        if self.events:
+            return self.events.popleft()
+        if self.audio:
+            return self.audio.popleft()
+        if self.video:
+            return self.video.popitem(last=False)[1]
+        return None
+
+    async def drain(self) -> None:
+        """Wait until everything queued was published."""
+        while len(self):
+            await asyncio.sleep(0.01)
+
+    async def run(
+        self,
+        publish: Callable[[Message], Awaitable[None]],
+        connected: Callable[[], bool],
+        clock: Clock,
+        settle_s: float = 0.5,
+    ) -> None:
+        """Publish queued messages while ``connected()``; hold them (bounded) otherwise.
+
+        After a reconnection it waits ``settle_s`` so the hub's proxy has the subscriptions again
+        before the backlog goes out (ZeroMQ drops what nobody has subscribed to yet).
+        """
+        was_connected = connected()
+        live_since = clock.now() if was_connected else float("inf")
+        while True:
+            if not connected():
+                if was_connected:
+                    log.warning("hub unreachable: holding up to %.0f s of audio", self.audio_limit * 0.08)
+                was_connected = False
+                live_since = float("inf")
+                await asyncio.sleep(0.05)
+                continue
+            if not was_connected:
+                was_connected = True
+                log.info("hub reachable: sending %d held messages", len(self))
+                await asyncio.sleep(settle_s)
+                live_since = clock.now()
+            msg = self._pop()
+            if msg is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            await publish(msg)
+            kind = msg.kind
+            self.sent[kind] = self.sent.get(kind, 0) + 1
+            if isinstance(msg, AudioChunk | VideoFrame):
+                ready = msg.time
+                if isinstance(msg, AudioChunk) and msg.rate:
+                    ready += len(msg.data) / 2 / msg.rate / max(msg.channels, 1)
+                if ready >= live_since:  # held backlog measures the outage, not our overhead
+                    self.overhead_ms.setdefault(kind, deque(maxlen=2000)).append((clock.now() - ready) * 1000.0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` (0–100) percentile of ``values`` (nearest rank); 0 for none."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
+
+
+class EdgeAgent:
+    """Runs one edge node of a deployment until ``stop`` (or, with ``once``, until its files ended)."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        name: str,
+        *,
+        wav: str | Path | None = None,
+        speed: float = 1.0,
+        hub_address: str | None = None,
+        buffer_s: float = 30.0,
+        loop_files: bool = False,
+        hold_s: float = 8.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.name = name
+        self.config: EdgeConfig = deployment.edge(name)
+        self.room = self.config.room
+        self.wav = Path(wav) if wav else None
+        self.speed = speed
+        self.address = hub_address or deployment.hub.address
+        self.loop_files = loop_files
+        """Restart WAV and video files at their end (demos that run until stopped)."""
+        self.hold_s = hold_s
+        """Local wake gate: seconds streamed after the last detection."""
+        self.clock = clock or Clock()
+        mic = self.config.microphone
+        block_ms = mic.block_ms if mic else 80
+        self.outbox = Outbox(buffer_s=buffer_s, block_s=block_ms / 1000.0)
+        self.audio_source: MicrophoneSource | WavFileSource | None = None
+        self.cameras: dict[str, Camera] = {}
+        self.gate: Any = None
+        self.player: Any = None
+        self.link: Any = None
+        self.statuses: list[NodeStatus] = []
+        """Every status this node published (newest last)."""
+        self._seq: dict[str, int] = {}
+        self._stop = asyncio.Event()
+        self._gate_pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _stamp(self, msg: Message) -> Message:
+        topic = msg.topic()
+        self._seq[topic] = self._seq.get(topic, 0) + 1
+        msg.seq = self._seq[topic]
+        return msg
+
+    def status(self, state: str, detail: str) -> None:
+        """Queue a ``NodeStatus`` for the hub (source errors, recoveries)."""
+        msg = NodeStatus(
+            time=self.clock.now(),
+            room=self.room,
+            source=self.name,
+            node=self.name,
+            role="edge",
+            state=state,
+            detail=detail,
+        )  # type: ignore[arg-type]
+        self.statuses.append(msg)
+        self.outbox.put(self._stamp(msg))
+
+    async def _publish_event(self, msg: Message) -> None:
+        self.outbox.put(self._stamp(msg))
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish."""
+        self._stop.set()
+
+    def summary(self) -> dict[str, Any]:
+        """Counters and capture→publish overhead percentiles (ms) by kind."""
+        out: dict[str, Any] = {
+            "sent": dict(self.outbox.sent),
+            "held": len(self.outbox),
+            "dropped_audio": self.outbox.dropped_audio,
+            "replaced_video": self.outbox.replaced_video + sum(c.slot.replaced for c in self.cameras.values()),
+            "connected": bool(self.link and self.link.connected),
+        }
+        for kind, vals in self.outbox.overhead_ms.items():
+            v = list(vals)
+            out[f"{kind}_overhead_ms"] = {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)}
+        if self.gate is not None:
+            out["wake"] = {
+                "detections": len(self.gate.detections),
+                "passed": self.gate.passed,
+                "blocked": self.gate.blocked,
+            }
+        return out
+
+    # ------------------------------------------------------------------ sources
+
+    def _make_audio(self) -> MicrophoneSource | WavFileSource | None:
+        mic = self.config.microphone
+        rate = mic.rate if mic else 16000
+        block_ms = mic.block_ms if mic else 80
+        wav = self.wav or (Path(mic.file) if mic and mic.file else None)
+        if wav is not None:
+            return WavFileSource(
+                wav, rate=rate, block_ms=block_ms, speed=self.speed, clock=self.clock, loop=self.loop_files
+            )
+        if mic is None:
+            return None
+        return MicrophoneSource(mic.device, rate=rate, block_ms=block_ms, clock=self.clock, on_status=self.status)
+
+    async def _audio_loop(self) -> None:
+        src = self.audio_source
+        assert src is not None
+        mic = self.config.microphone
+        rate = mic.rate if mic else 16000
+        loop = asyncio.get_running_loop()
+        try:
+            async for t, pcm in src.blocks():
+                if self.gate is not None:
+                    blocks = await loop.run_in_executor(self._gate_pool, self.gate.process, t, pcm)
+                else:
+                    blocks = [(t, pcm)]
+                for bt, data in blocks:
+                    self.outbox.put(
+                        self._stamp(AudioChunk(time=bt, room=self.room, source=self.name, rate=rate, data=data))
+                    )
+        except AudioSourceError as exc:
+            log.error("%s", exc)
+            self.status("error", str(exc))
+            return
+        if isinstance(src, WavFileSource):
+            log.info("audio file %s ended", src.name)
+
+    async def _camera_loop(self, cam: Camera) -> None:
+        try:
+            async for frame in cam.frames():
+                self.outbox.put(self._stamp(frame))
+        except CameraError as exc:
+            log.error("%s", exc)
+            self.status("error", str(exc))
+
+    async def _playback_loop(self) -> None:
+        from pipeline.bus import Endpoints, Subscriber
+
+        sub = Subscriber(
+            Endpoints.from_address(self.address), [f"tts/{self.room}/", f"stop/{self.room}/"], curve=self._curve
+        )
+        try:
+            async for msg in sub:
+                if isinstance(msg, TtsAudio):
+                    await self.player.feed(msg)
+                elif isinstance(msg, StopPlayback):
+                    await self.player.stop(msg.answer_id)
+        finally:
+            sub.close()
+
+    def _make_player(self) -> Any:
+        pb = self.config.playback
+        if pb is None or self.deployment.speaker_of(self.room) != self.name:
+            return None
+        try:
+            from edge.playback import Player
+        except ImportError as exc:
+            log.error("playback unavailable: %s", exc)
+            self.status("error", f"playback unavailable: {exc}")
+            return None
+        try:
+            return Player(pb, self.room, self.name, self.clock, self._publish_event)
+        except Exception as exc:  # a missing speaker must not stop capture
+            log.error("playback device: %s", exc)
+            self.status("error", f"playback device: {exc}")
+            return None
+
+    def _sources_done(self, capture: list[asyncio.Task[None]]) -> bool:
+        """For ``once``: every capture ended, or only cameras that never delivered anything are left retrying."""
+        if all(t.done() for t in capture):
+            return True
+        audio_done = self.audio_source is None or capture[0].done()
+        return audio_done and all(c.finished or (c.errors and c.produced == 0) for c in self.cameras.values())
+
+    # ------------------------------------------------------------------ main
+
+    @property
+    def _curve(self) -> Any:
+        if not self.config.keys:
+            return None
+        from pipeline.security import node_keys
+
+        return node_keys(self.config.keys, self.name)
+
+    async def run(self, *, once: bool = False) -> None:
+        """Connect, capture and publish until ``stop`` (``once``: until the WAV/video files ended and all was sent)."""
+        from pipeline.bus import Endpoints, Publisher
+        from pipeline.node import NodeLink
+
+        endpoints = Endpoints.from_address(self.address)
+        curve = self._curve
+        self.audio_source = self._make_audio()
+        if self.config.microphone and self.config.microphone.local_wake and self.audio_source is not None:
+            from edge.wake_gate import WakeGate
+
+            self._gate_pool = ThreadPoolExecutor(1, thread_name_prefix="wake-gate")
+            self.gate = await asyncio.get_running_loop().run_in_executor(
+                self._gate_pool,
+                lambda: WakeGate(preroll_ms=self.config.microphone.preroll_ms, hold_s=self.hold_s),  # type: ignore[union-attr]
+            )
+        for cname, ccfg in self.config.cameras.items():
+            self.cameras[cname] = Camera(
+                cname,
+                ccfg,
+                room=self.room,
+                clock=self.clock,
+                on_status=self.status,
+                loop_files=self.loop_files,
+            )
+        streams = ([f"audio/{self.room}/{self.name}"] if self.audio_source else []) + [
+            f"video/{self.room}/{c}" for c in self.cameras
+        ]
+        link = NodeLink(self.name, "edge", endpoints, room=self.room, stages=streams, clock=self.clock, curve=curve)
+        self.link = link
+        pub = Publisher(endpoints, curve=curve)
+        self.player = self._make_player()
+        capture: list[asyncio.Task[None]] = []
+        others: list[asyncio.Task[None]] = []
+        stopper = asyncio.create_task(self._stop.wait())
+        await link.start()
+        try:
+            others.append(asyncio.create_task(self.outbox.run(pub.publish, lambda: link.connected, self.clock)))
+            if self.audio_source is not None:
+                capture.append(asyncio.create_task(self._audio_loop(), name="edge-audio"))
+            for cam in self.cameras.values():
+                capture.append(asyncio.create_task(self._camera_loop(cam), name=f"edge-camera-{cam.name}"))
+            if self.player is not None:
+                others.append(asyncio.create_task(self._playback_loop(), name="edge-playback"))
+            log.info("edge %s (%s): %s → %s", self.name, self.room, ", ".join(streams) or "no streams", self.address)
+            if once:
+                while not self._stop.is_set() and not self._sources_done(capture):
+                    await asyncio.wait({stopper}, timeout=0.1)
+                if not self._stop.is_set():
+                    await asyncio.wait_for(self.outbox.drain(), timeout=60.0)
+                    if self.player is not None:
+                        await self.player.wait_idle()
+            else:
+                await stopper
+        finally:
+            if self.audio_source is not None:
+                self.audio_source.close()
+            for cam in self.cameras.values():
+                cam.close()
+            for t in capture + others:
+                t.cancel()
+            await asyncio.gather(*capture, *others, return_exceptions=True)
+            if self.player is not None:
+                with contextlib.suppress(Exception):
+                    await self.player.close()
+            await link.close()
+            pub.close()
+            if self._gate_pool is not None:
+                self._gate_pool.shutdown(wait=False)
+            stopper.cancel()
