@@ -1,0 +1,147 @@
+"""Person detection and tracking on real images: the bundled YOLOv8s, ultralytics' ByteTrack, the detect stage."""
+
+from __future__ import annotations
+
+import struct
+
+import images
+import numpy as np
+import pytest
+
+from nodes.detect import DetectOptions, DetectStage, check_frame, jpeg_size
+from pipeline.messages import Detections, InputError, Message, VideoFrame
+from pipeline.stage import StageContext
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def detector():  # type: ignore[no-untyped-def]
+    from models.detector import PersonDetector
+
+    return PersonDetector()
+
+
+def frame(img: np.ndarray, room: str = "hall", camera: str = "cam1", seq: int = 1, t: float = 0.0) -> VideoFrame:
+    h, w = img.shape[:2]
+    return VideoFrame(seq=seq, time=t, room=room, source=camera, width=w, height=h, data=images.jpeg(img))
+
+
+async def make_stage(**opts: object) -> tuple[DetectStage, list[Message]]:
+    out: list[Message] = []
+
+    async def emit(msg: Message) -> None:
+        out.append(msg)
+
+    opts_ = DetectOptions(**opts)
+    ctx = StageContext(name="detect", worker="test", options=opts_, rooms=("hall", "kitchen"), emit=emit)
+    stage = DetectStage(ctx)
+    await stage.start()
+    return stage, out
+
+
+def test_bus_has_four_people(detector) -> None:  # type: ignore[no-untyped-def]
+    boxes = detector.detect([images.load(images.BUS)])[0]
+    assert len(boxes) == 4
+    assert all(b.score >= 0.25 and b.y2 > b.y1 for b in boxes)
+
+
+def test_batched_detection_matches_single_calls(detector) -> None:  # type: ignore[no-untyped-def]
+    bus, zidane = images.load(images.BUS), images.load(images.ZIDANE)
+    batched = detector.detect([bus, zidane, bus])
+    assert [len(b) for b in batched] == [4, 2, 4]
+    single = detector.detect([zidane])[0]
+    a = sorted((round(b.x1), round(b.y1)) for b in batched[1])
+    s = sorted((round(b.x1), round(b.y1)) for b in single)
+    assert np.allclose(a, s, atol=8)  # letterboxing in a batch may shift boxes by a few pixels
+
+
+def test_tracks_are_stable_and_per_camera(detector) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    bus, zidane = images.load(images.BUS), images.load(images.ZIDANE)
+    detector.reset()
+    ids_a, ids_b = [], []
+    for i in range(4):
+        m = np.float32([[1, 0, 3 * i], [0, 1, 0]])  # people drift a few pixels a frame
+        a = cv2.warpAffine(bus, m, (bus.shape[1], bus.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+        res = detector.track([a, zidane], ["hall/cam1", "kitchen/cam1"])  # one batch, two cameras
+        ids_a.append(sorted(b.track for b in res[0]))
+        ids_b.append(sorted(b.track for b in res[1]))
+    assert ids_a[0] == ids_a[-1] and len(ids_a[-1]) == 4 and min(ids_a[-1]) >= 1
+    assert ids_b[-1] == [1, 2]  # the second camera numbers its own tracks: nothing leaked from the first
+
+
+async def test_stage_batches_cameras_and_stamps_capture_time() -> None:
+    stage, out = await make_stage()
+    assert stage.max_batch == 8
+    await stage.handle_batch(
+        [
+            frame(images.load(images.BUS), "hall", "cam1", seq=7, t=1000.5),
+            frame(images.load(images.ZIDANE), "kitchen", "cam2", seq=3, t=1000.7),
+        ]
+    )
+    dets = {d.room: d for d in out if isinstance(d, Detections)}
+    assert dets["hall"].persons == 4 and dets["hall"].frame_seq == 7 and dets["hall"].time == 1000.5
+    assert dets["kitchen"].persons == 2 and dets["kitchen"].camera == "cam2" and dets["kitchen"].time == 1000.7
+    assert all(b.track >= 1 for b in dets["hall"].boxes)  # the first frame of a tracker confirms its tracks
+    await stage.stop()
+
+
+def _huge_jpeg() -> bytes:
+    """A real JPEG whose header claims 30000×30000 pixels (a decompression bomb)."""
+    data = bytearray(images.jpeg(np.zeros((16, 16, 3), np.uint8)))
+    i = data.index(b"\xff\xc0")
+    data[i + 5 : i + 9] = struct.pack(">HH", 30000, 30000)
+    return bytes(data)
+
+
+async def test_bad_frames_are_rejected_and_other_cameras_served() -> None:
+    stage, out = await make_stage()
+    good = images.jpeg(images.load(images.BUS))
+    bad = {
+        "corrupt": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40 + b"\xff\xd9",
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "huge": _huge_jpeg(),
+        "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 100,
+    }
+    batch: list[Message] = [VideoFrame(room="hall", source=name, seq=1, data=d) for name, d in bad.items()]
+    batch.append(VideoFrame(room="attic", source="cam9", seq=1, data=good))
+    batch.append(VideoFrame(room="kitchen", source="cam2", seq=5, time=2.0, data=good))
+    await stage.handle_batch(batch)
+    errors = {e.input_topic.split("/")[-1]: e.reason for e in out if isinstance(e, InputError)}
+    assert set(errors) == {*bad, "cam9"}
+    assert "truncated" in errors["truncated"] and "pixel limit" in errors["huge"] and "0 bytes" in errors["empty"]
+    assert "room" in errors["cam9"]
+    dets = [d for d in out if isinstance(d, Detections)]
+    assert len(dets) == 1 and dets[0].persons == 4 and dets[0].frame_seq == 5
+    # And it keeps serving the broken camera once its frames are good again.
+    out.clear()
+    await stage.handle(VideoFrame(room="hall", source="truncated", seq=2, data=good))
+    assert [d.persons for d in out if isinstance(d, Detections)] == [4]
+    await stage.stop()
+
+
+def test_frame_checks_without_decoding() -> None:
+    img = np.zeros((48, 64, 3), np.uint8)
+    data = images.jpeg(img)
+    assert jpeg_size(data) == (64, 48)
+    assert check_frame(VideoFrame(data=data), 10_000, 1 << 20) is None
+    assert "pixel limit" in (check_frame(VideoFrame(data=data), 1000, 1 << 20) or "")
+    assert "byte limit" in (check_frame(VideoFrame(data=data), 10_000, 100) or "")
+    assert jpeg_size(b"\xff\xd8\xff") is None
+
+
+async def test_degrade_steps() -> None:
+    stage, out = await make_stage()
+    bus = images.load(images.BUS)
+    stage.apply_degrade(1)  # half resolution: still finds people
+    await stage.handle(frame(bus, seq=1))
+    assert out and isinstance(out[-1], Detections) and out[-1].persons >= 3
+    stage.apply_degrade(2)  # and skips every other frame of a camera
+    out.clear()
+    for seq in range(2, 6):
+        await stage.handle(frame(bus, seq=seq))
+    assert len([d for d in out if isinstance(d, Detections)]) == 2
+    await stage.stop()
