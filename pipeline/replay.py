@@ -1,0 +1,512 @@
+"""Replay a recorded or built session onto the bus, as its edge nodes published it, and collect what comes back.
+
+Only what edge nodes and the reasoning loop sent is published again: microphone ``AudioChunk``s,
+camera ``VideoFrame``s and the ``Say``/``StopPlayback`` commands; the events in a recording are
+what the pipeline answered then (``Session.recorded_events``) and are compared, not replayed.
+
+Capture times are re-stamped to the hub clock of this run so that the runtime's budgets mean
+something:
+
+- ``speed`` > 0: message k is published at ``start + (t_k - t_first) / speed`` and stamped with
+  that time (speed 1 is real time, the session's timing preserved).
+- ``speed`` = 0 ("max"): as fast as the pipeline takes it. Each message is stamped when it is
+  published. Against an embedded deployment the replay waits while a stage that consumes the
+  topic has inputs queued (``flow_limit``), so nothing is dropped for being late and two replays
+  see the same inputs; against a remote hub it publishes as fast as the bus takes it, waiting only
+  for each camera's previous frame to be answered by the detector (``Detections.frame_seq``).
+
+Every mapping (run time ↔ session time) is kept, so the report matches events to labels on the
+session's own timeline whatever the speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import time as _time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import codec
+from pipeline.clock import Clock
+from pipeline.messages import (
+    EVENTS,
+    AudioChunk,
+    Detections,
+    Message,
+    Say,
+    StopPlayback,
+    VideoFrame,
+)
+from pipeline.recorder import Recorded, RecordingError, read_all
+from pipeline.report import RunResult, StageRun
+
+log = logging.getLogger("sensorium.replay")
+
+#: Topic prefixes the replay listens to for answers: every event family plus TTS audio.
+ANSWER_PREFIXES: tuple[str, ...] = tuple(sorted({f"{cls.kind}/" for cls in EVENTS} | {"tts/"}))
+_PUBLISHED = (AudioChunk, VideoFrame, Say, StopPlayback)
+
+
+class ReplayError(ValueError):
+    """The session cannot be replayed as asked (no streams, unknown room …)."""
+
+
+@dataclass
+class Session:
+    """A recording or built session loaded for replay."""
+
+    paths: list[Path]
+    """Files it came from (rotated parts in order)."""
+    items: list[Recorded]
+    """Messages to publish (streams and commands), in capture order."""
+    labels: list[Any] = field(default_factory=list)
+    """Ground truth (built sessions), session time."""
+    recorded_events: list[Message] = field(default_factory=list)
+    """Events the pipeline produced when the session was recorded (live recordings)."""
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    """MCAP metadata records."""
+    damage: str = ""
+    """Why reading stopped early ("" if the files were read to the end)."""
+    rooms: list[str] = field(default_factory=list)
+    """Rooms of the session."""
+
+    @property
+    def start(self) -> float:
+        """Session time of the first published message."""
+        return self.items[0].log_time if self.items else 0.0
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first to the last published message."""
+        return self.items[-1].log_time - self.items[0].log_time if self.items else 0.0
+
+    @property
+    def name(self) -> str:
+        """Session name from the metadata, else the file name."""
+        return self.metadata.get("sensorium.session", {}).get("name") or self.paths[0].stem
+
+
+def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None = None) -> Session:
+    """Read a session; ``RecordingError`` if a file is not MCAP, ``ReplayError`` if nothing can be replayed.
+
+    A damaged file loads up to the damage (``Session.damage`` says where).
+    """
+    from pipeline.session import decode_label
+
+    plist = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if not plist:
+        raise ReplayError("no session file given")
+    recs, res = read_all(plist)
+    labels, events, items = [], [], []
+    for r in recs:
+        if r.label is not None:
+            try:
+                labels.append(decode_label(r.label))
+            except Exception as exc:  # a label from a newer builder: skip it, keep the rest
+                log.warning("skipped a label record: %s", exc)
+        elif isinstance(r.msg, _PUBLISHED):
+            items.append(r)
+        elif r.msg is not None and r.msg.is_event:
+            events.append(r.msg)
+    meta_rooms: list[str] = []
+    if "sensorium.session" in res.metadata and res.metadata["sensorium.session"].get("rooms"):
+        meta_rooms = list(json.loads(res.metadata["sensorium.session"]["rooms"]))
+    all_rooms = meta_rooms or sorted({r.msg.room for r in items if r.msg is not None and r.msg.room})
+    wanted = list(rooms or [])
+    for room in wanted:
+        if room not in all_rooms:
+            raise ReplayError(f"room {room!r} is not in the session (rooms: {', '.join(all_rooms) or 'none'})")
+    if wanted:
+        items = [r for r in items if r.msg is not None and r.msg.room in wanted]
+        labels = [lb for lb in labels if lb.room in wanted]
+        events = [e for e in events if e.room in wanted]
+    if not items:
+        where = f" before the damage ({res.damage})" if res.damage else ""
+        raise ReplayError(f"{plist[0]}: no audio, video or commands to replay{where}")
+    return Session(
+        paths=plist,
+        items=items,
+        labels=labels,
+        recorded_events=events,
+        metadata=res.metadata,
+        damage=res.damage,
+        rooms=wanted or all_rooms,
+    )
+
+
+class TimeMap:
+    """Capture stamp → hub time the message was published (both increase through a replay)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.published: list[float] = []
+
+    def add(self, stamp: float, published: float) -> None:
+        """Record one published message."""
+        if not self.stamps or stamp >= self.stamps[-1]:
+            self.stamps.append(stamp)
+            self.published.append(max(published, self.published[-1] if self.published else published))
+
+    def published_at(self, stamp: float) -> float:
+        """When the input captured at ``stamp`` was published (interpolated between messages)."""
+        if not self.stamps:
+            return stamp
+        if stamp <= self.stamps[0]:
+            return self.published[0]
+        if stamp >= self.stamps[-1]:
+            return self.published[-1]
+        i = bisect.bisect_right(self.stamps, stamp)
+        s0, s1, p0, p1 = self.stamps[i - 1], self.stamps[i], self.published[i - 1], self.published[i]
+        return p0 + (p1 - p0) * ((stamp - s0) / (s1 - s0) if s1 > s0 else 0.0)
+
+
+@dataclass
+class ReplayOptions:
+    """How to replay."""
+
+    speed: float = 1.0
+    """1 = real time, 2 = twice as fast, 0 = as fast as the pipeline takes it."""
+    settle: float = 2.0
+    """Seconds without new events after the last input before the replay ends."""
+    timeout: float = 600.0
+    """Give up waiting for the pipeline after this many seconds."""
+    flow_limit: int = 4
+    """At max speed (embedded): most inputs queued at a non-droppable stage before waiting."""
+    frame_ack_timeout: float = 10.0
+    """At max speed: longest wait for a camera's previous frame to be answered."""
+    commands: bool = True
+    """Also publish the recorded ``Say``/``StopPlayback`` commands."""
+
+
+class _Collector:
+    """Receives every answer on the bus, stamped with the hub time it arrived."""
+
+    def __init__(self, subscriber: Any, clock: Clock) -> None:
+        self.sub = subscriber
+        self.clock = clock
+        self.events: list[tuple[float, Message]] = []
+        self.last = _time.monotonic()
+        self.frames_answered: dict[str, int] = {}
+        self.frames_sent: dict[str, int] = {}
+        self.no_detector = False
+        self.answered = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        while True:
+            msg = await self.sub.recv()
+            self.events.append((self.clock.now(), msg))
+            self.last = _time.monotonic()
+            if isinstance(msg, Detections):
+                key = f"{msg.room}/{msg.camera or msg.source}"
+                self.frames_answered[key] = max(self.frames_answered.get(key, 0), msg.frame_seq)
+                self.answered.set()
+
+
+class Flow:
+    """Inputs published to each stage of an embedded deployment and not yet handled (flow control at max speed)."""
+
+    def __init__(self, env: Any) -> None:
+        self.runners = [r for w in env.workers for r in w.runners]
+        self.sent = {id(r): 0 for r in self.runners}
+        self.base = {id(r): self._handled(r) for r in self.runners}
+
+    @staticmethod
+    def _handled(r: Any) -> int:
+        return int(r.inputs + r.dropped + r.errors)
+
+    def published(self, topic: str) -> None:
+        """Count one message published on ``topic``."""
+        for r in self.runners:
+            if r.wants(topic):
+                self.sent[id(r)] += 1
+
+    def pending(self, topic: str) -> int:
+        """Most inputs outstanding at a stage that consumes ``topic``."""
+        return max(
+            (self.sent[id(r)] - (self._handled(r) - self.base[id(r)]) for r in self.runners if r.wants(topic)),
+            default=0,
+        )
+
+
+async def publish_session(
+    session: Session,
+    opts: ReplayOptions,
+    publish: Callable[[Message], Awaitable[None]],
+    clock: Clock,
+    collector: _Collector | None = None,
+    flow: Flow | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[TimeMap, float]:
+    """Publish the session's streams and commands with re-stamped capture times.
+
+    Capture stamps keep the session's own spacing (``t0 + offset``) at every speed: stages rely on
+    a stream's chunks being contiguous in time. ``speed`` only sets the pace. Returns the map from
+    stamps to publish times and ``t0`` (the stamp of session offset 0).
+    """
+    tmap = TimeMap()
+    first = session.items[0].log_time
+    t0 = clock.now() + 0.05
+    mono0 = _time.monotonic() + 0.05
+    n = len(session.items)
+    next_note = 0.0
+    for k, rec in enumerate(session.items):
+        msg = rec.msg
+        assert msg is not None
+        if isinstance(msg, Say | StopPlayback) and not opts.commands:
+            continue
+        offset = rec.log_time - first
+        if opts.speed > 0:
+            delay = mono0 + offset / opts.speed - _time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        else:
+            topic = msg.topic()
+            if flow is not None:
+                limit = 0 if isinstance(msg, VideoFrame) else opts.flow_limit
+                deadline = _time.monotonic() + opts.timeout
+                while flow.pending(topic) > limit and _time.monotonic() < deadline:
+                    await asyncio.sleep(0.002)
+            elif isinstance(msg, VideoFrame) and collector is not None:
+                await _await_frame(collector, msg, opts.frame_ack_timeout)
+            if k % 8 == 0:
+                await asyncio.sleep(0)  # let the stages and the collector run
+        out = _clone(msg)  # the session keeps its original times for another replay
+        out.time = t0 + offset
+        await publish(out)
+        if flow is not None:
+            flow.published(out.topic())
+        tmap.add(out.time, clock.now())
+        if progress is not None and _time.monotonic() >= next_note:
+            progress(f"  {k + 1}/{n} messages, session time {offset:.1f}s of {session.duration:.1f}s")
+            next_note = _time.monotonic() + 5.0
+    return tmap, t0
+
+
+def _clone(msg: Message) -> Message:
+    # re-decode the header and attach the same payload object: PCM/JPEG bytes are not copied
+    topic, header, payload = codec.encode(msg)
+    return codec.decode([topic, header, payload])
+
+
+async def _await_frame(collector: _Collector, frame: VideoFrame, timeout: float) -> None:
+    """Wait until the previous frame of this camera was answered (or ``timeout``; then stop waiting)."""
+    key = f"{frame.room}/{frame.source}"
+    prev = collector.frames_sent.get(key)
+    collector.frames_sent[key] = frame.seq
+    if prev is None or timeout <= 0 or collector.no_detector:
+        return
+    deadline = _time.monotonic() + timeout
+    while collector.frames_answered.get(key, -1) < prev:
+        left = deadline - _time.monotonic()
+        if left <= 0:
+            log.warning(
+                "no detections for %s frame %d within %.0fs; not waiting for frames any more", key, prev, timeout
+            )
+            collector.no_detector = True
+            return
+        collector.answered.clear()
+        try:
+            await asyncio.wait_for(collector.answered.wait(), min(left, 0.5))
+        except TimeoutError:
+            pass
+
+
+async def _settle(collector: _Collector, opts: ReplayOptions, drain: Callable[[], Awaitable[None]] | None) -> None:
+    if drain is not None:
+        await drain()
+    deadline = _time.monotonic() + opts.timeout
+    while _time.monotonic() < deadline:
+        quiet = _time.monotonic() - collector.last
+        if quiet >= opts.settle:
+            return
+        await asyncio.sleep(min(opts.settle - quiet, 0.5) + 0.01)
+
+
+async def replay_on(
+    session: Session,
+    opts: ReplayOptions,
+    publisher: Any,
+    subscriber: Any,
+    clock: Clock,
+    flow: Flow | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Replay through an existing publisher/subscriber pair (the core of both modes)."""
+    collector = _Collector(subscriber, clock)
+    task = asyncio.create_task(collector.run(), name="replay-collector")
+    wall0 = _time.monotonic()
+    try:
+        tmap, t0 = await publish_session(session, opts, publisher.publish, clock, collector, flow, progress)
+        collector.last = _time.monotonic()
+        await _settle(collector, opts, drain)
+    finally:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+    wall = _time.monotonic() - wall0
+    first = session.start
+    info = {
+        "session": session.name,
+        "files": [str(p) for p in session.paths],
+        "rooms": session.rooms,
+        "speed": "max" if opts.speed <= 0 else opts.speed,
+        "published": len(session.items),
+        "session_s": round(session.duration, 3),
+        "wall_s": round(wall, 3),
+        "session_start": first,
+        "damage": session.damage,
+    }
+    return RunResult(
+        events=list(collector.events),
+        to_session=lambda t: t - t0 + first,
+        published_at=tmap.published_at,
+        info=info,
+    )
+
+
+def stage_runs(env: Any, marks: dict[str, int] | None = None) -> dict[str, StageRun]:
+    """The runtime's per-stage numbers of an embedded deployment (samples after ``marks``)."""
+    out: dict[str, StageRun] = {}
+    for w in env.workers:
+        for r in w.runners:
+            samples = list(w.metrics.samples[r.name])[(marks or {}).get(r.name, 0) :]
+            out[r.name] = StageRun(
+                samples_ms=[s * 1000 for s in samples],
+                budget_ms=r.budget * 1000,
+                violations=r.violations - (marks or {}).get(f"{r.name}.violations", 0),
+                dropped=r.dropped - (marks or {}).get(f"{r.name}.dropped", 0),
+                ladder=list(r.ladder)[(marks or {}).get(f"{r.name}.ladder", 0) :],
+                device=r.ctx.device,
+                source="runtime",
+            )
+    return out
+
+
+def _marks(env: Any) -> dict[str, int]:
+    m: dict[str, int] = {}
+    for w in env.workers:
+        for r in w.runners:
+            m[r.name] = len(w.metrics.samples[r.name])
+            m[f"{r.name}.violations"] = r.violations
+            m[f"{r.name}.dropped"] = r.dropped
+            m[f"{r.name}.ladder"] = len(r.ladder)
+    return m
+
+
+async def replay_embedded(
+    session: Session, opts: ReplayOptions, env: Any, progress: Callable[[str], None] | None = None
+) -> RunResult:
+    """Replay into a running embedded deployment (``sensorium.embedded.embedded``)."""
+    from pipeline.bus import Publisher, Subscriber
+
+    pub = Publisher(env.endpoints)
+    sub = Subscriber(env.endpoints, ANSWER_PREFIXES)
+    try:
+        await asyncio.sleep(0.2)  # subscriptions propagate through the proxy
+        marks = _marks(env)
+        flow = Flow(env) if opts.speed <= 0 else None
+        result = await replay_on(session, opts, pub, sub, env.clock, flow, lambda: env.drain(opts.timeout), progress)
+        if opts.speed == 1:  # capture stamps are true only in real time; otherwise measure from publish
+            result.stages = stage_runs(env, marks)
+        else:
+            for name, run in stage_runs(env, marks).items():
+                result.budgets[name] = run.budget_ms
+        result.info["mode"] = "embedded"
+        return result
+    finally:
+        pub.close()
+        sub.close()
+
+
+async def replay_hub(
+    session: Session,
+    opts: ReplayOptions,
+    address: str,
+    curve: Any = None,
+    name: str = "replay",
+    progress: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Replay against a running deployment's hub at ``address`` (clock synced with the hub)."""
+    from pipeline.bus import Endpoints, Publisher, Subscriber
+    from pipeline.node import NodeLink
+
+    endpoints = Endpoints.from_address(address)
+    clock = Clock()
+    link = NodeLink(name, "edge", endpoints, clock=clock, curve=curve)
+    await link.start()
+    pub = Publisher(endpoints, curve=curve)
+    sub = Subscriber(endpoints, ANSWER_PREFIXES, curve=curve)
+    try:
+        if not await link.wait_connected(15.0):
+            raise ReplayError(f"hub at {address} is not answering")
+        await asyncio.sleep(0.3)
+        result = await replay_on(session, opts, pub, sub, clock, None, None, progress)
+        result.info["mode"] = f"hub {address}"
+        return result
+    finally:
+        pub.close()
+        sub.close()
+        await link.close()
+
+
+def default_deployment(
+    session: Session, data_dir: str | Path = ".sensorium", stages: Iterable[str] | None = None
+) -> Any:
+    """A one-box CPU deployment serving the session's rooms with every available stage."""
+    from sensorium.deployment import deployment_from_dict, stage_options
+
+    options, _ = stage_options()
+    names = [s for s in (stages or options) if s in options]
+    edges: dict[str, dict[str, Any]] = {}
+    for room in session.rooms:
+        edges[f"{room}-replay"] = {"room": room}
+    raw = {
+        "hub": {"address": "inproc://replay"},
+        "rooms": {room: {} for room in session.rooms},
+        "edges": edges,
+        "workers": {"cpu": {"stages": names, "device": "cpu"}},
+        "data_dir": str(data_dir),
+    }
+    return deployment_from_dict(raw, "<replay default deployment>")
+
+
+async def replay(
+    session: Session,
+    opts: ReplayOptions,
+    deployment: Any = None,
+    hub: str | None = None,
+    curve: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Replay against ``hub`` if given, else in an embedded ``deployment`` (default: all stages on CPU)."""
+    if hub:
+        return await replay_hub(session, opts, hub, curve, progress=progress)
+    from sensorium.embedded import embedded
+
+    deployment = deployment if deployment is not None else default_deployment(session)
+    async with embedded(deployment) as env:
+        return await replay_embedded(session, opts, env, progress)
+
+
+__all__ = [
+    "ANSWER_PREFIXES",
+    "RecordingError",
+    "ReplayError",
+    "ReplayOptions",
+    "Session",
+    "TimeMap",
+    "load",
+    "replay",
+    "replay_embedded",
+    "replay_hub",
+    "replay_on",
+]
