@@ -35,7 +35,6 @@ class Embedded:
     hub: Hub
     clock: Clock
     workers: list[Worker] = field(default_factory=list)
-    edges: list[object] = field(default_factory=list)
 
     def summary(self) -> list[dict[str, object]]:
         """Per-stage latency summaries of every worker."""
@@ -53,10 +52,9 @@ async def embedded(
     *,
     address: str | None = None,
     workers: Iterable[str] | None = None,
-    edges: Iterable[str] = (),
     policy: LadderPolicy | None = None,
 ) -> AsyncIterator[Embedded]:
-    """Start the hub, the named workers (default: all) and edges; stop them all on exit."""
+    """Start the hub and the named workers (default: all); stop them all on exit."""
     address = address or f"inproc://sensorium-{uuid.uuid4().hex[:8]}"
     clock = Clock()
     hub_cfg = deployment.hub
@@ -70,17 +68,9 @@ async def embedded(
             w = Worker(deployment, name, classes, endpoints=hub.endpoints, clock=clock, policy=policy)
             await w.start()
             env.workers.append(w)
-        for name in edges:
-            from edge.agent import EdgeAgent
-
-            agent = EdgeAgent(deployment, name, endpoints=hub.endpoints, clock=clock)
-            env.edges.append(agent)
         await asyncio.sleep(0.2)  # let subscriptions propagate through the proxy
         yield env
     finally:
-        for agent in env.edges:
-            with contextlib.suppress(Exception):
-                await agent.close()  # type: ignore[attr-defined]
         for w in env.workers:
             with contextlib.suppress(Exception):
                 await w.stop()

@@ -102,7 +102,6 @@ async def test_late_frames_are_dropped_latest_wins() -> None:
         assert handled[-1] == 40  # the newest frame is always served
         assert len(handled) < 30  # most stale frames were skipped, not queued
     assert runner.dropped >= 20
-    assert runner.summary()["p95_ms"] < 150 + 120  # what was served was fresh
 
 
 async def test_frames_past_deadline_are_dropped_with_a_violation() -> None:

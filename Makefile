@@ -1,0 +1,17 @@
+# The two commands a newcomer needs: `make demo` and `make test` (both set everything up first).
+.PHONY: demo test setup bench lint
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/sensorium demo
+
+test:
+	bash scripts/test.sh
+
+bench: setup
+	.venv/bin/sensorium bench
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -1,0 +1,250 @@
+"""Bus benchmark: our bus (codec + hub proxy) against raw pyzmq PUB/SUB, side by side in one run.
+
+Throughput: a publisher process sends N messages as fast as it can; the receiver counts what
+arrives and when the last one came. Latency: one message in flight at a time, publisher and
+subscriber in one process (one clock), so the number is the true one-way latency of a hop.
+Ours goes PUB → hub XSUB/XPUB proxy (its own process, as in a deployment) → SUB, with the typed
+header encoded and decoded; raw goes PUB → SUB directly with bytes. Both over ipc.
+
+Run: ``python -m benchmarks.bus [--quick]``; writes ``benchmarks/results/bus.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+SIZES = {"320 B": 320, "64 KiB": 64 * 1024}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+# ------------------------------------------------------------------------------------ raw pyzmq
+
+
+def _raw_sender(addr: str, size: int, n: int, ready: mp.Event) -> None:  # type: ignore[valid-type]
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUB)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.bind(addr)
+    ready.wait()
+    time.sleep(0.3)
+    payload = os.urandom(size)
+    for _ in range(n):
+        s.send_multipart([b"audio/kitchen/pi", payload], copy=size < 65536)
+    s.send_multipart([b"audio/kitchen/pi", b"END"])
+    time.sleep(1.0)
+    s.close(0)
+    ctx.term()
+
+
+def raw_throughput(tmp: str, size: int, n: int) -> dict[str, float]:
+    addr = f"ipc://{tmp}/raw-thr"
+    ready = mp.Event()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"audio/")
+    proc = mp.Process(target=_raw_sender, args=(addr, size, n, ready))
+    proc.start()
+    sub.connect(addr)
+    ready.set()
+    got = 0
+    t0 = None
+    while True:
+        frames = sub.recv_multipart()
+        if frames[1] == b"END":
+            break
+        if t0 is None:
+            t0 = time.perf_counter()
+        got += 1
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    proc.join()
+    sub.close(0)
+    ctx.term()
+    return {"msgs_per_s": got / dt if dt else 0.0, "received": got, "sent": n}
+
+
+def raw_latency(tmp: str, size: int, n: int) -> list[float]:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    sub = ctx.socket(zmq.SUB)
+    pub.bind(f"ipc://{tmp}/raw-lat")
+    sub.setsockopt(zmq.SUBSCRIBE, b"audio/")
+    sub.connect(f"ipc://{tmp}/raw-lat")
+    time.sleep(0.3)
+    payload = os.urandom(size)
+    out = []
+    for i in range(n + 50):
+        t = time.perf_counter()
+        pub.send_multipart([b"audio/kitchen/pi", payload])
+        sub.recv_multipart()
+        if i >= 50:
+            out.append(time.perf_counter() - t)
+    pub.close(0)
+    sub.close(0)
+    ctx.term()
+    return out
+
+
+# ------------------------------------------------------------------------------------ our bus
+
+
+def _hub_proc(address: str, ready: mp.Event, stop: mp.Event) -> None:  # type: ignore[valid-type]
+    from pipeline.config import HubConfig
+    from pipeline.hub import Hub
+
+    async def main() -> None:
+        hub = Hub(HubConfig(address=address))
+        await hub.start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await hub.stop()
+
+    asyncio.run(main())
+
+
+def _our_sender(address: str, size: int, n: int, go: mp.Event) -> None:  # type: ignore[valid-type]
+    from pipeline.bus import Endpoints, Publisher
+    from pipeline.messages import AudioChunk
+
+    async def main() -> None:
+        pub = Publisher(Endpoints.from_address(address), hwm=0)
+        go.wait()
+        await asyncio.sleep(0.3)
+        payload = os.urandom(size)
+        for i in range(n):
+            await pub.publish(AudioChunk(room="kitchen", source="pi", seq=i + 1, time=time.time(), data=payload))
+        await pub.publish(AudioChunk(room="kitchen", source="pi", seq=n + 1, time=-1.0, data=b""))
+        await asyncio.sleep(1.0)
+        pub.close()
+
+    asyncio.run(main())
+
+
+async def our_throughput(address: str, size: int, n: int) -> dict[str, float]:
+    from pipeline.bus import Endpoints, Subscriber
+
+    go = mp.Event()
+    sub = Subscriber(Endpoints.from_address(address), ["audio/"], hwm=0)
+    proc = mp.Process(target=_our_sender, args=(address, size, n, go))
+    proc.start()
+    await asyncio.sleep(0.2)
+    go.set()
+    got = 0
+    t0 = None
+    while True:
+        msg = await sub.recv()
+        if msg.time < 0:
+            break
+        if t0 is None:
+            t0 = time.perf_counter()
+        got += 1
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    await asyncio.to_thread(proc.join)
+    sub.close()
+    return {"msgs_per_s": got / dt if dt else 0.0, "received": got, "sent": n}
+
+
+async def our_latency(address: str, size: int, n: int) -> list[float]:
+    from pipeline.bus import Endpoints, Publisher, Subscriber
+    from pipeline.messages import AudioChunk
+
+    ep = Endpoints.from_address(address)
+    pub = Publisher(ep)
+    sub = Subscriber(ep, ["audio/"])
+    await asyncio.sleep(0.5)
+    payload = os.urandom(size)
+    out = []
+    for i in range(n + 50):
+        t = time.perf_counter()
+        await pub.publish(AudioChunk(room="kitchen", source="pi", time=time.time(), data=payload))
+        await sub.recv()
+        if i >= 50:
+            out.append(time.perf_counter() - t)
+    pub.close()
+    sub.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    n_thr = 20000 if quick else 100000
+    n_lat = 1000 if quick else 5000
+    results: dict[str, object] = {"benchmark": "bus", "transport": "ipc", "quick": quick, "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        address = f"ipc://{tmp}/hub"
+        ready, stop = mp.Event(), mp.Event()
+        hub = mp.Process(target=_hub_proc, args=(address, ready, stop))
+        hub.start()
+        ready.wait(30)
+        try:
+            for label, size in SIZES.items():
+                n = n_thr if size < 4096 else n_thr // 10
+                raw_t = raw_throughput(tmp, size, n)
+                ours_t = asyncio.run(our_throughput(address, size, n))
+                raw_l = raw_latency(tmp, size, n_lat)
+                ours_l = asyncio.run(our_latency(address, size, n_lat))
+                case = {
+                    "raw_msgs_per_s": raw_t["msgs_per_s"],
+                    "ours_msgs_per_s": ours_t["msgs_per_s"],
+                    "throughput_ratio": ours_t["msgs_per_s"] / raw_t["msgs_per_s"],
+                    "raw_received": raw_t["received"],
+                    "ours_received": ours_t["received"],
+                    "sent": n,
+                    "raw_p50_us": _pct(raw_l, 50) * 1e6,
+                    "raw_p99_us": _pct(raw_l, 99) * 1e6,
+                    "ours_p50_us": _pct(ours_l, 50) * 1e6,
+                    "ours_p99_us": _pct(ours_l, 99) * 1e6,
+                }
+                results["cases"][label] = case  # type: ignore[index]
+        finally:
+            stop.set()
+            hub.join(10)
+    return results
+
+
+def render(results: dict[str, object]) -> str:
+    lines = [
+        "Bus over ipc: ours (codec + hub proxy process) vs raw pyzmq PUB→SUB, same run",
+        f"{'payload':<8} {'raw msg/s':>11} {'ours msg/s':>11} {'ratio':>6} {'raw p50 µs':>11} {'ours p50 µs':>12} "
+        f"{'raw p99 µs':>11} {'ours p99 µs':>12}",
+    ]
+    for label, c in results["cases"].items():  # type: ignore[union-attr]
+        lines.append(
+            f"{label:<8} {c['raw_msgs_per_s']:>11.0f} {c['ours_msgs_per_s']:>11.0f} {c['throughput_ratio']:>6.2f} "
+            f"{c['raw_p50_us']:>11.1f} {c['ours_p50_us']:>12.1f} {c['raw_p99_us']:>11.1f} {c['ours_p99_us']:>12.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer messages (CI-sized)")
+    args = ap.parse_args(argv)
+    results = run(args.quick)
+    print(render(results))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bus.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
