@@ -1,0 +1,88 @@
+"""Helper processes for ``test_power_loss.py``, run as ``python tests/power_loss_procs.py KIND …``.
+
+``subscriber ADDRESS OUT`` is a reasoning loop's event consumer that survives ``kill -9``: each event
+goes to OUT with one append-and-fsync, and on start it resumes after the last complete line (a torn
+last line is cut off), so every event the hub logged must arrive exactly once across restarts.
+
+``gallery-writer GALLERY LOG`` keeps enrolling embeddings into the real SQLite gallery and appends
+each committed row count to LOG: an enrolment in progress at the moment of the power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def resume_point(path: Path) -> int:
+    """Sequence number of the last complete event in ``path``; cuts off a torn last line."""
+    if not path.exists():
+        return 0
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    lines = raw[:end].splitlines()
+    return int(json.loads(lines[-1])["seq"]) if lines else 0
+
+
+async def subscriber(address: str, out: Path) -> None:
+    from pipeline.client import Client
+    from pipeline.codec import to_json
+    from pipeline.node import HubUnavailable
+
+    since = resume_point(out)
+    print(f"subscriber: resuming after seq {since}", flush=True)
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    delay = 0.2
+    async with Client(address, name="power-loss-subscriber", heartbeat=0.2) as client:
+        while True:
+            try:
+                async for ev in client.events(since=since):
+                    os.write(fd, to_json(ev) + b"\n")
+                    os.fsync(fd)
+                    since = ev.seq
+                    delay = 0.2
+            except (ConnectionError, HubUnavailable) as exc:
+                # No hub (yet): wait with backoff and ask again from the last event we hold.
+                print(f"subscriber: {exc}; retrying in {delay:.1f}s", flush=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def gallery_writer(path: Path, log: Path) -> None:
+    import numpy as np
+
+    from models.gallery import Gallery
+
+    rng = np.random.default_rng(os.getpid())
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with Gallery(path) as g:
+        while True:
+            v = rng.standard_normal(256).astype(np.float32)
+            g.add(f"person{int(rng.integers(5))}", "voice", "power-loss-test", v / np.linalg.norm(v))
+            os.write(fd, f"{g.count('voice')}\n".encode())
+            time.sleep(0.005)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    kind, *args = sys.argv[1:]
+    if kind == "subscriber":
+        asyncio.run(subscriber(args[0], Path(args[1])))
+    elif kind == "gallery-writer":
+        gallery_writer(Path(args[0]), Path(args[1]))
+    else:
+        raise SystemExit(f"unknown helper {kind!r}")
+
+
+if __name__ == "__main__":
+    main()
