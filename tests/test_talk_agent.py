@@ -1,0 +1,286 @@
+"""The built-in agent and the OpenAI-compatible example agent, alone and over a real hub."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib.util
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipeline.bus import Publisher, Subscriber
+from pipeline.client import Client
+from pipeline.hub import Hub
+from pipeline.messages import PlaybackStatus, Presence, Say, Transcript
+from sensorium.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("openai_agent", ROOT / "examples" / "openai_agent.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+oa = load_example()
+
+HOME = [
+    Presence(time=1, room="kitchen", person="Alice", state="entered"),
+    Presence(time=2, room="office", person="Bob", state="present"),
+    Presence(time=3, room="hall", person="unknown", unknown=1, people=1),
+]
+
+
+# ------------------------------------------------------------------------------- built-in agent
+
+
+@pytest.mark.parametrize(
+    ("hh", "mm", "spoken"),
+    [
+        (9, 0, "It is nine o'clock in the morning."),
+        (9, 20, "It is twenty minutes past nine in the morning."),
+        (14, 45, "It is a quarter to three in the afternoon."),
+        (23, 59, "It is one minute to twelve at night."),
+        (0, 30, "It is half past twelve at night."),
+        (18, 1, "It is one minute past six in the evening."),
+    ],
+)
+def test_time_is_spoken_in_words(hh: int, mm: int, spoken: str) -> None:
+    assert time_in_words(dt.datetime(2026, 11, 24, hh, mm)) == spoken
+
+
+def test_builtin_agent_answers() -> None:
+    agent = BuiltinAgent(now=lambda: dt.datetime(2026, 11, 24, 9, 20))
+    ask = lambda q, **kw: agent.answer(q, presence=HOME, **kw)  # noqa: E731
+    assert ask("What time is it?") == "It is twenty minutes past nine in the morning."
+    assert ask("what's the date today") == "Today is Tuesday, November 24."
+    assert ask("Who is home?") == (
+        "Alice is in the kitchen and Bob is in the office, and there is one person I don't recognize in the hall."
+    )
+    assert ask("Where is Bob?") == "Bob is in the office."
+    assert ask("where's carol") == "I haven't seen Carol recently."
+    assert ask("Repeat after me: the parcel is at the door.") == "The parcel is at the door."
+    assert ask("Say, dinner is ready!") == "Dinner is ready!"
+    assert ask("Hello", speaker="Alice") == "Hello Alice! How can I help?"
+    assert ask("Hello", speaker="unknown") == "Hello! How can I help?"
+    assert ask("Order me a pizza.").startswith("Sorry, I can't help with that yet.")
+    assert ask("  ") == ""
+    assert agent.answer("Who is home?") == "I don't see anyone at home right now."
+    assert agent.needs_presence("where is alice") and not agent.needs_presence("what time is it")
+
+
+def test_presence_snapshot_follows_moves_and_departures() -> None:
+    events = [
+        *HOME,
+        Presence(time=4, room="kitchen", person="Alice", state="left"),
+        Presence(time=5, room="garden", person="Alice", state="entered"),
+        Presence(time=6, room="office", person="Bob", state="left"),
+        Presence(time=7, room="hall", person="unknown", state="left"),
+    ]
+    assert who_is_where(events) == ({"Alice": "garden"}, {})
+
+
+# --------------------------------------------------------------------------- agent over the hub
+
+
+async def _next_say(sub: Subscriber, timeout: float = 5.0) -> Say:
+    while True:
+        msg = await sub.recv_timeout(timeout)
+        assert msg is not None, "no Say on the bus"
+        if isinstance(msg, Say):
+            return msg
+
+
+async def test_builtin_agent_answers_in_the_room_the_question_came_from(hub: Hub) -> None:
+    pub = Publisher(hub.endpoints)
+    says = Subscriber(hub.endpoints, ["say/"])
+    await asyncio.sleep(0.3)  # let the publisher connect before the first event
+    for p in HOME:
+        await pub.publish(Presence(room=p.room, person=p.person, state=p.state, unknown=p.unknown, time=time.time()))
+    async with Client(hub.endpoints, name="agent-test") as client:
+        assert await client.wait_connected(5)
+        loop = AgentLoop(client, agent=BuiltinAgent(now=lambda: dt.datetime(2026, 11, 24, 18, 0)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop=stop))
+        await asyncio.sleep(0.5)
+        t1 = client.clock.now()
+        await pub.publish(Transcript(room="office", utterance_id="u1", text="who is home", final=False))
+        await pub.publish(Transcript(room="office", utterance_id="u1", text="Who is home?", final=True, t1=t1))
+        say = await _next_say(says)
+        assert (say.room, say.more) == ("office", False)
+        assert say.text.startswith("Alice is in the kitchen and Bob is in the office")
+        await pub.publish(Transcript(room="kitchen", utterance_id="u2", text="What time is it?", final=True, t1=t1))
+        say2 = await _next_say(says)
+        assert (say2.room, say2.text) == ("kitchen", "It is six o'clock in the evening.")
+        # A barge-in report tells the agent what was heard of its answer.
+        await pub.publish(PlaybackStatus(room="kitchen", answer_id=say2.answer_id, state="stopped", played_text=""))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    pub.close()
+    says.close()
+    assert [t.room for t in loop.turns] == ["office", "kitchen"]  # the partial was not answered
+    assert loop.turns[1].cut_off == "" and loop.turns[0].cut_off is None
+    assert 0 <= loop.turns[0].said_at - loop.turns[0].speech_end < 2.0
+
+
+# ------------------------------------------------------------------------ OpenAI-compatible example
+
+MODEL_TEXT = "It is sunny in the garden. Alice is there with the dog. Anything else?"
+
+
+def sse_events(text: str) -> Iterator[bytes]:
+    yield b": keep-alive\n\n"
+    yield b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n'
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        piece = w if i == 0 else " " + w
+        yield f"data: {json.dumps({'id': 'c1', 'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n".encode()
+    yield b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    yield b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9}}\n\n'
+    yield b"data: [DONE]\n\n"
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    """A tiny local server speaking the OpenAI chat-completions streaming format (SSE)."""
+
+    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
+        self.delay = delay
+        self.status = status
+        self.requests: list[tuple[dict, dict]] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAI
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((dict(self.headers), body))
+        if self.path != "/v1/chat/completions" or self.server.status != 200:
+            self.send_response(self.server.status if self.server.status != 200 else 404)
+            self.end_headers()
+            self.wfile.write(b'{"error":{"message":"invalid api key"}}')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for event in sse_events(MODEL_TEXT):
+            self.wfile.write(event)
+            self.wfile.flush()
+            time.sleep(self.server.delay)
+
+
+def test_parse_sse_follows_the_format() -> None:
+    lines = [
+        b": comment\n",
+        b"event: message\n",
+        b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n',
+        b"\n",
+        b'data: {"choices":[{"delta":\n',
+        b'data: {"content":"lo"}}]}\r\n',
+        b"\r\n",
+        b'data: {"choices":[]}\n',
+        b"\n",
+        b"data: [DONE]\n",
+        b"\n",
+        b'data: {"choices":[{"delta":{"content":"after done"}}]}\n',
+    ]
+    assert list(oa.parse_sse(lines)) == ["Hel", "lo"]
+    with pytest.raises(oa.ChatError, match="quota"):
+        list(oa.parse_sse([b'data: {"error":{"message":"quota exceeded"}}\n', b"\n"]))
+    with pytest.raises(oa.ChatError, match="malformed"):
+        list(oa.parse_sse([b"data: {not json\n", b"\n"]))
+
+
+async def test_stream_chat_yields_tokens_as_they_arrive() -> None:
+    server = FakeOpenAI(delay=0.05)
+    try:
+        t0 = time.perf_counter()
+        got: list[tuple[float, str]] = []
+        msgs = [{"role": "user", "content": "Where is Alice?"}]
+        async for piece in oa.stream_chat(server.url, "sk-test", "tiny-model", msgs):
+            got.append((time.perf_counter() - t0, piece))
+    finally:
+        server.close()
+    assert "".join(p for _, p in got) == MODEL_TEXT
+    assert got[0][0] < got[-1][0] / 2  # streamed, not buffered until the end
+    headers, body = server.requests[0]
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert body["model"] == "tiny-model" and body["stream"] is True and body["messages"] == msgs
+
+
+async def test_stream_chat_reports_http_and_connection_errors() -> None:
+    server = FakeOpenAI(status=401)
+    try:
+        with pytest.raises(oa.ChatError, match=r"HTTP 401.*invalid api key"):
+            async for _ in oa.stream_chat(server.url, "bad", "m", [{"role": "user", "content": "hi"}]):
+                pass
+    finally:
+        server.close()
+    with pytest.raises(oa.ChatError, match="cannot reach"):
+        async for _ in oa.stream_chat("http://127.0.0.1:9/v1", "", "m", [], timeout=2):
+            pass
+
+
+async def test_openai_agent_streams_the_answer_through_say_stream(hub: Hub) -> None:
+    server = FakeOpenAI(delay=0.02)
+    pub = Publisher(hub.endpoints)
+    says = Subscriber(hub.endpoints, ["say/"])
+    await pub.publish(Presence(room="garden", person="Alice", state="entered", time=time.time()))
+    await asyncio.sleep(0.3)
+    try:
+        async with Client(hub.endpoints, name="oa-test") as client:
+            assert await client.wait_connected(5)
+            agent = oa.OpenAIAgent(client, server.url, "k", "tiny-model")
+            ev = Transcript(room="kitchen", text="Where is Alice?", final=True, speaker="Bob")
+            task = asyncio.create_task(agent.handle(ev))
+            pieces: list[Say] = []
+            while not pieces or pieces[-1].more:
+                pieces.append(await _next_say(says))
+            answer_id = await asyncio.wait_for(task, 5)
+            # A barge-in: the history keeps only what was heard.
+            await agent.handle(
+                PlaybackStatus(room="kitchen", answer_id=answer_id, state="stopped", played_text="It is sunny.")
+            )
+    finally:
+        server.close()
+        pub.close()
+        says.close()
+    assert len(pieces) > 5 and all(p.room == "kitchen" and p.answer_id == answer_id for p in pieces)
+    assert "".join(p.text for p in pieces) == MODEL_TEXT
+    system = server.requests[0][1]["messages"][0]["content"]
+    assert "Alice in the garden" in system and "Bob" in system
+    assert agent.history["kitchen"][-1]["content"].startswith("It is sunny.")
+
+
+def test_example_needs_a_model_name(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("SENSORIUM_MODEL", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        oa.parse_args([])
+    assert exc.value.code == 2 and "SENSORIUM_MODEL" in capsys.readouterr().err
+    monkeypatch.setenv("SENSORIUM_MODEL", "qwen2.5")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://llm:8000/v1")
+    args = oa.parse_args(["--hub", "tcp://hub:5550"])
+    assert (args.model, args.base_url, args.hub) == ("qwen2.5", "http://llm:8000/v1", "tcp://hub:5550")
