@@ -21,7 +21,7 @@ from pipeline.bus import Publisher
 from pipeline.client import Client, collect
 from pipeline.hub import Hub
 from pipeline.messages import AudioChunk, Event, NodeStatus, WakeDetected
-from tests import media
+import media
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
