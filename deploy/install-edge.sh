@@ -11,6 +11,8 @@
 #               /etc/sensorium/keys and its public key is printed for enrolment at the hub
 #   --source    what pip installs: a checkout (default: this script's repository) or a pip
 #               requirement such as 'sensorium[edge]==0.2.0'
+#   --picamera  Raspberry Pi camera module (source = "picamera2"): apt's python3-picamera2, which the
+#               venv then sees (picamera2 and libcamera are not on PyPI for the Pi)
 #   --dry-run   print what would be done, change nothing
 #
 # Result: user "sensorium" (groups audio, video), venv /opt/sensorium/venv with sensorium[edge],
@@ -20,9 +22,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 prefix=/opt/sensorium
 etc=/etc/sensorium
-name="" config="" hub_key="" source="" apt=1 start=1 dry=0
+name="" config="" hub_key="" source="" apt=1 start=1 dry=0 picamera=0
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) name="$2"; shift 2 ;;
@@ -30,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --hub-key) hub_key="$2"; shift 2 ;;
     --source) source="$2"; shift 2 ;;
     --no-apt) apt=0; shift ;;
+    --picamera) picamera=1; shift ;;
     --no-start) start=0; shift ;;
     --dry-run) dry=1; shift ;;
     -h|--help) usage 0 ;;
@@ -51,6 +54,7 @@ step() { echo "== $*"; }
 step "system packages (PortAudio for sounddevice, venv)"
 if [[ $apt -eq 1 ]] && command -v apt-get >/dev/null; then
   run apt-get install -y --no-install-recommends python3-venv python3-pip libportaudio2 alsa-utils
+  if [[ $picamera -eq 1 ]]; then run apt-get install -y --no-install-recommends python3-picamera2; fi
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "install-edge.sh: Python >= 3.11 needed (64-bit Raspberry Pi OS Bookworm has 3.11)" >&2; exit 2; }
@@ -67,7 +71,13 @@ else
 fi
 
 step "virtual environment $prefix/venv with $spec"
-[[ -x "$prefix/venv/bin/python" ]] || run python3 -m venv "$prefix/venv"
+venv_opts=()
+[[ $picamera -eq 1 ]] && venv_opts=(--system-site-packages)
+[[ -x "$prefix/venv/bin/python" ]] || run python3 -m venv "${venv_opts[@]}" "$prefix/venv"
+if [[ $picamera -eq 1 && -f "$prefix/venv/pyvenv.cfg" ]]; then
+  # An existing venv made without --picamera: let it see apt's picamera2 from now on.
+  run sed -i 's/^include-system-site-packages = false/include-system-site-packages = true/' "$prefix/venv/pyvenv.cfg"
+fi
 run "$prefix/venv/bin/python" -m pip install --quiet --upgrade pip
 run "$prefix/venv/bin/python" -m pip install --upgrade "$spec"
 
@@ -85,19 +95,18 @@ if [[ $dry -eq 1 ]]; then echo "+ write $etc/edge.env: $env_line"
 else printf '# Written by deploy/install-edge.sh: this node is [edges.%s] of deploy.toml\n%s\n' "$name" "$env_line" >"$etc/edge.env"; fi
 
 step "CURVE keys in $etc/keys"
-run install -d -m 0700 -o sensorium -g sensorium "$etc/keys"
+run install -d -m 0700 -o sensorium -g sensorium "$etc/keys/node"
 if [[ -n "$hub_key" ]]; then
-  if [[ -f "$etc/keys/$name.key_secret" ]]; then
+  if [[ -f "$etc/keys/node/$name.key_secret" ]]; then
     echo "   keeping the existing key pair of $name"
-    run install -m 0644 -o sensorium -g sensorium "$hub_key" "$etc/keys/hub.key"
+    run install -m 0644 -o sensorium -g sensorium "$hub_key" "$etc/keys/node/hub.key"
   else
-    run "$prefix/venv/bin/python" -c 'import sys; from pipeline.security import new_node; new_node(*sys.argv[1:4])' \
-      "$etc/keys" "$name" "$hub_key"
+    run "$prefix/venv/bin/sensorium" keys new "$name" "$etc/keys/node" --hub-public "$hub_key"
   fi
-  run chown -R sensorium:sensorium "$etc/keys"
-  run chmod 0600 "$etc/keys/$name.key_secret"
-  echo "   enrol this node at the hub: copy $etc/keys/$name.key to the hub and run"
-  echo "   sensorium keys enrol --keys /etc/sensorium/hub-keys $name.key   (see docs/deploy.md)"
+  run chown -R sensorium:sensorium "$etc/keys/node"
+  run chmod 0600 "$etc/keys/node/$name.key_secret"
+  echo "   enrol this node at the hub: copy $etc/keys/node/$name.key to the hub and run"
+  echo "   sensorium keys enrol $name.key --hub-dir /etc/sensorium/keys/hub   (see docs/deploy.md)"
 fi
 
 step "systemd unit sensorium-edge.service"

@@ -96,28 +96,27 @@ fi
 
 step "CURVE keys"
 if [[ $hub -eq 1 ]]; then
-  run install -d -m 0700 -o sensorium -g sensorium "$etc/hub-keys"
-  if [[ -f "$etc/hub-keys/hub.key_secret" ]]; then
+  run install -d -m 0700 -o sensorium -g sensorium "$etc/keys/hub"
+  if [[ -f "$etc/keys/hub/hub.key_secret" ]]; then
     echo "   keeping the hub's existing key pair"
   else
-    run "$prefix/venv/bin/python" -c 'import sys; from pipeline.security import init_hub; init_hub(sys.argv[1])' "$etc/hub-keys"
+    run "$prefix/venv/bin/sensorium" keys init-hub "$etc/keys/hub"
   fi
-  run chown -R sensorium:sensorium "$etc/hub-keys"
-  echo "   the hub's public key to copy to every node: $etc/hub-keys/hub.key"
+  run chown -R sensorium:sensorium "$etc/keys/hub"
+  echo "   the hub's public key to copy to every node: $etc/keys/hub/hub.key"
 fi
 if [[ -n "$hub_key" ]]; then
-  run install -d -m 0700 -o sensorium -g sensorium "$etc/keys"
+  run install -d -m 0700 -o sensorium -g sensorium "$etc/keys/node"
   for n in "${names[@]}"; do
-    if [[ -f "$etc/keys/$n.key_secret" ]]; then
+    if [[ -f "$etc/keys/node/$n.key_secret" ]]; then
       echo "   keeping the existing key pair of $n"
-      run install -m 0644 -o sensorium -g sensorium "$hub_key" "$etc/keys/hub.key"
+      run install -m 0644 -o sensorium -g sensorium "$hub_key" "$etc/keys/node/hub.key"
     else
-      run "$prefix/venv/bin/python" -c 'import sys; from pipeline.security import new_node; new_node(*sys.argv[1:4])' \
-        "$etc/keys" "$n" "$hub_key"
+      run "$prefix/venv/bin/sensorium" keys new "$n" "$etc/keys/node" --hub-public "$hub_key"
     fi
-    echo "   enrol $n at the hub: copy $etc/keys/$n.key there and run 'sensorium keys enrol' (docs/deploy.md)"
+    echo "   enrol $n at the hub: copy $etc/keys/node/$n.key there and run: sensorium keys enrol $n.key --hub-dir /etc/sensorium/keys/hub"
   done
-  run chown -R sensorium:sensorium "$etc/keys"
+  run chown -R sensorium:sensorium "$etc/keys/node"
 fi
 
 step "systemd units"

@@ -175,7 +175,7 @@ def test_install_edge_plan(tmp_path: Path) -> None:
     assert f"pip install --upgrade {REPO}[edge]" in out
     assert "SENSORIUM_NODE=kitchen-pi" in out
     assert "sensorium-edge.service /etc/systemd/system/sensorium-edge.service" in out
-    assert "new_node" in out and "chmod 0600 /etc/sensorium/keys/kitchen-pi.key_secret" in out
+    assert "sensorium keys new kitchen-pi /etc/sensorium/keys/node --hub-public" in out and "chmod 0600 /etc/sensorium/keys/node/kitchen-pi.key_secret" in out
     assert "systemctl enable sensorium-edge.service" in out
 
 
@@ -190,7 +190,7 @@ def test_install_worker_plan_orders_hub_first() -> None:
     out = res.stdout
     assert f"pip install --upgrade {REPO}[workers]" in out
     assert "pip install --no-deps -r" in out
-    assert "init_hub" in out
+    assert "sensorium keys init-hub /etc/sensorium/keys/hub" in out
     enable = next(line for line in out.splitlines() if "systemctl enable" in line)
     assert enable.split()[3:] == [
         "sensorium-hub.service",
