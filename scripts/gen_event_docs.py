@@ -1,0 +1,65 @@
+"""Regenerate the field tables in docs/events.md from the event classes' field docstrings.
+
+Run: .venv/bin/python scripts/gen_event_docs.py   (tests/test_docs.py fails when the doc is stale)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+from pathlib import Path
+
+from pipeline import messages as m
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "events.md"
+BEGIN, END = "<!-- BEGIN GENERATED EVENT TABLES -->", "<!-- END GENERATED EVENT TABLES -->"
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not hasattr(klass, "__struct_fields__"):
+            continue
+        try:
+            body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
+        except (OSError, TypeError):
+            continue
+        for a, b in zip(body, body[1:], strict=False):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = str(b.value.value)  # type: ignore[union-attr]
+    return docs
+
+
+def annotation(cls: type, name: str) -> str:
+    for k in cls.__mro__:
+        ann = getattr(k, "__annotations__", {})
+        if name in ann:
+            return str(ann[name]).replace("|", "\\|")
+    return ""
+
+
+def tables() -> str:
+    out = []
+    for cls in m.EVENTS:
+        tag = cls.__struct_config__.tag
+        out.append(f"### `{tag}` — {(cls.__doc__ or '').strip()}\n")
+        out.append(f"Topic on the bus: `{cls.kind}/<room>/<source>`\n")
+        out.append("| field | type | meaning |\n|---|---|---|")
+        docs = field_docs(cls)
+        for f in cls.__struct_fields__:
+            out.append(f"| `{f}` | `{annotation(cls, f)}` | {docs.get(f, '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def render(current: str) -> str:
+    head, _, rest = current.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{tables()}\n{END}{tail}"
+
+
+if __name__ == "__main__":
+    DOC.write_text(render(DOC.read_text()))
+    print(f"wrote {DOC}")
+    sys.exit(0)
