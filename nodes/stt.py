@@ -1,0 +1,474 @@
+"""Streaming speech-to-text: wake-opened utterances, Silero endpointing, partials, final with words.
+
+Every ``audio/<room>/<node>`` stream keeps a ring buffer of its last seconds. A ``wake`` event for
+that room and node opens an utterance starting ``preroll`` before the detection, so the wake
+phrase and a first word spoken right after it are never lost. Silero VAD (faster-whisper's) then
+watches the audio after the wake word; the utterance ends after ``trailing_silence`` of silence
+following speech, at ``max_length``, after ``no_speech_timeout`` without speech, or when the stream
+stops or skips.
+
+While the person speaks, the growing utterance is re-decoded every ``partial_interval``; words that
+two consecutive passes agree on become fixed and later partials never change them. As soon as the
+speech pauses the utterance is decoded once more (speculatively); if the pause becomes the
+endpoint, that result is the final, so the final costs no decode after the endpoint.
+
+At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
+``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
+arrives within ``speaker_wait``. The wake phrase is removed from the text (it is the address, not
+the command): the leading words that end before the wake detection are dropped, and a leading
+"hey jarvis" that whisper placed later is removed by text. ``keep_wake_phrase`` turns this off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+
+from nodes.wake import check_audio
+from pipeline.config import parse_duration
+from pipeline.messages import (
+    AudioChunk,
+    Message,
+    SpeakerIdentified,
+    Transcript,
+    Utterance,
+    WakeDetected,
+    Word,
+)
+from pipeline.stage import Stage
+
+RATE = 16000
+GAP_S = 0.25
+"""A jump in capture time larger than this means audio was lost."""
+MIN_SPEECH_S = 0.15
+"""Speech needed after the wake word before trailing silence can end the utterance."""
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']+", "", word.lower())
+
+
+def stabilize(fixed: list[str], prev: list[str], cur: list[str]) -> tuple[list[str], str]:
+    """Fix the words two consecutive passes agree on; return the new fixed words and the partial text.
+
+    Fixed words never change: later passes only extend them, and the partial text is the fixed
+    words followed by the current pass's words after them.
+    """
+    k = 0
+    while k < min(len(cur), len(prev)) and _norm(cur[k]) == _norm(prev[k]):
+        k += 1
+    if k > len(fixed):
+        fixed = fixed + cur[len(fixed) : k]
+    return fixed, " ".join(fixed + cur[len(fixed) :])
+
+
+@dataclass
+class _Utt:
+    id: str
+    t0: float
+    wake_time: float
+    wake_word: str
+    samples: list[np.ndarray] = field(default_factory=list)
+    n: int = 0
+    """Samples in the utterance so far."""
+    closed: bool = False
+    fixed: list[str] = field(default_factory=list)
+    """Words of the partials that two passes agreed on; they never change."""
+    prev: list[str] = field(default_factory=list)
+    last_partial_n: int = 0
+    partial_task: asyncio.Task | None = None
+    spec_task: asyncio.Task | None = None
+    spec_speech_s: float = -1.0
+    """VAD speech seconds when the speculative decode started (reused if no speech came after)."""
+
+    def audio(self, n: int | None = None) -> np.ndarray:
+        pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
+        self.samples = [pcm]
+        return pcm if n is None else pcm[:n]
+
+
+@dataclass
+class _Stream:
+    room: str
+    source: str
+    ring: deque = field(default_factory=deque)
+    """(capture time, samples) of recent chunks."""
+    end_time: float = 0.0
+    arrived: float = 0.0
+    """Monotonic time the last chunk arrived (to notice a stream that stopped)."""
+    utt: _Utt | None = None
+    vad: Any = None
+    last_end: float = 0.0
+    """Endpoint of the previous utterance: the next one never reaches back before it."""
+
+
+class SttStage(Stage):
+    """faster-whisper streaming speech-to-text for wake-word-opened utterances."""
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        """``[stages.stt]``."""
+
+        model: str = "tiny.en"
+        """faster-whisper model: a local CT2 directory, "tiny.en" (bundled), "base", "small", "large-v3" …"""
+        fallback_model: str = "tiny.en"
+        """Model used after the "smaller-model" degrade step."""
+        compute_type: str = ""
+        """CTranslate2 compute type ("" = int8 on CPU, float16 on CUDA)."""
+        cpu_threads: int = 0
+        """Decoder threads on CPU (0 = CTranslate2's default)."""
+        beam_size: int = 1
+        """Beam width; 1 (greedy) keeps partials cheap."""
+        language: str = "en"
+        """Language for multilingual models (English-only ".en" models ignore it)."""
+        preroll: str | float = "2s"
+        """Audio before the wake detection included in the utterance (wake phrase and first word)."""
+        trailing_silence: str | float = "0.7s"
+        """Silence after speech that ends the command (Home Assistant uses 0.7 s)."""
+        max_length: str | float = "12s"
+        """Longest utterance, counted from the wake detection."""
+        no_speech_timeout: str | float = "3s"
+        """Close an utterance with no speech this long after the wake word."""
+        vad_threshold: float = 0.5
+        """Silero speech probability that counts as speech."""
+        partials: bool = True
+        """Publish partial transcripts while the person speaks."""
+        partial_interval: str | float = "0.6s"
+        """New audio between partial re-decodes."""
+        speaker_wait: str | float = "0.3s"
+        """How long the final transcript waits for the speaker event of its utterance."""
+        stream_timeout: str | float = "1s"
+        """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
+        keep_wake_phrase: bool = False
+        """Keep the wake phrase in the transcript text."""
+        wake_phrases: list[str] = msgspec.field(default_factory=lambda: ["hey jarvis", "alexa", "hey mycroft"])
+        """Leading phrases removed from the text even when whisper times them after the detection."""
+        cache_dir: str = ".cache/models"
+        """Where joined/downloaded models are kept."""
+
+    name: ClassVar[str] = "stt"
+    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/")
+    emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
+    droppable: ClassVar[bool] = False
+    degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
+    default_budget_ms: ClassVar[float] = 500.0
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        o = self.ctx.options
+        d = {
+            k: parse_duration(getattr(o, k), f"[stages.stt] {k}")
+            for k in (
+                "preroll",
+                "trailing_silence",
+                "max_length",
+                "no_speech_timeout",
+                "partial_interval",
+                "speaker_wait",
+                "stream_timeout",
+            )
+        }
+        self._d = d
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._speakers: dict[str, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._models: dict[str, Any] = {}
+        self._model_loading: asyncio.Task | None = None
+        self.counts = {"partials": 0, "finals": 0, "finals_from_pause": 0}
+        """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
+        # VAD runs on its own thread so endpointing never waits behind a whisper decode.
+        self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.ctx.name}-vad")
+        self._models[o.model] = await self.ctx.run_blocking(self._load, o.model)
+        # The first decode allocates CTranslate2's buffers; pay for it now, not on the first command.
+        quiet = (np.random.default_rng(0).standard_normal(RATE) * 30).astype(np.int16)
+        await self.ctx.run_blocking(self._models[o.model].transcribe, quiet)
+        self._watchdog = asyncio.create_task(self._watch(), name="stt-watchdog")
+
+    def _load(self, name: str) -> Any:
+        from models.stt import Transcriber
+
+        o = self.ctx.options
+        return Transcriber(
+            name,
+            device=self.ctx.device,
+            compute_type=o.compute_type or None,
+            cpu_threads=o.cpu_threads,
+            cache_dir=o.cache_dir,
+            language=o.language,
+            beam_size=o.beam_size,
+        )
+
+    async def stop(self) -> None:
+        self._watchdog.cancel()
+        for st in self._streams.values():
+            if st.utt is not None:
+                self._close(st, st.end_time, "worker stopping")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10.0)
+        self._vad_pool.shutdown(wait=False, cancel_futures=True)
+
+    def apply_degrade(self, level: int) -> None:
+        self.level = level
+        fallback = self.ctx.options.fallback_model
+        if level >= 2 and fallback not in self._models and self._model_loading is None:
+
+            async def load() -> None:
+                self._models[fallback] = await self.ctx.run_blocking(self._load, fallback)
+
+            self._model_loading = self._spawn(load())
+
+    def model(self) -> Any:
+        """The transcriber in use at the current degrade level."""
+        o = self.ctx.options
+        if self.level >= 2 and o.fallback_model in self._models:
+            return self._models[o.fallback_model]
+        return self._models[o.model]
+
+    async def drain(self) -> None:
+        """Wait for every pending decode and publication (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    # ---------------------------------------------------------------------------------- inputs
+
+    async def handle(self, msg: Message) -> None:
+        if isinstance(msg, AudioChunk):
+            await self._audio(msg)
+        elif isinstance(msg, WakeDetected):
+            await self._wake(msg)
+        elif isinstance(msg, SpeakerIdentified):
+            fut = self._speakers.get(msg.utterance_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        else:
+            await self.ctx.reject(msg, f"stt does not consume {type(msg).__name__}")
+
+    async def _audio(self, msg: AudioChunk) -> None:
+        problem = check_audio(msg, self.ctx.rooms)
+        if problem:
+            await self.ctx.reject(msg, problem)
+            return
+        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        key = (msg.room, msg.source)
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = _Stream(msg.room, msg.source, end_time=msg.time)
+        elif abs(msg.time - st.end_time) > GAP_S:
+            if st.utt is not None:
+                await self._error(st, f"audio jumped {msg.time - st.end_time:+.2f} s inside an utterance; closed it")
+                self._close(st, st.end_time, "gap")
+            st.ring.clear()
+        st.arrived = time.monotonic()
+        st.ring.append((msg.time, pcm))
+        st.end_time = msg.time + len(pcm) / RATE
+        keep = self._d["preroll"] + 1.0
+        while st.ring and st.ring[0][0] < st.end_time - keep:
+            st.ring.popleft()
+        if st.utt is not None:
+            st.utt.samples.append(pcm)
+            st.utt.n += len(pcm)
+            await self._advance(st, pcm)
+
+    async def _wake(self, msg: WakeDetected) -> None:
+        if self.ctx.rooms and msg.room not in self.ctx.rooms:
+            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+            return
+        key = (msg.room, msg.node)
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = _Stream(msg.room, msg.node, end_time=msg.time)
+        if st.utt is not None:
+            return  # already listening to this stream
+        t0 = max(msg.time - self._d["preroll"], st.last_end)
+        if st.ring:
+            t0 = max(t0, st.ring[0][0])
+        utt = _Utt(id=uuid.uuid4().hex[:16], t0=t0, wake_time=msg.time, wake_word=msg.word)
+        after_wake: list[np.ndarray] = []
+        for start, pcm in st.ring:
+            end = start + len(pcm) / RATE
+            if end <= t0:
+                continue
+            part = pcm[max(0, round((t0 - start) * RATE)) :]
+            utt.samples.append(part)
+            utt.n += len(part)
+            if end > msg.time:
+                after_wake.append(pcm[max(0, round((msg.time - start) * RATE)) :])
+        if not st.ring:
+            utt.t0 = msg.time  # no audio yet: the utterance starts with the next chunk
+        st.utt = utt
+        if st.vad is None:
+            from models.vad import StreamingVad
+
+            st.vad = StreamingVad(threshold=self.ctx.options.vad_threshold)
+        st.vad.reset()
+        await self._advance(st, np.concatenate(after_wake) if after_wake else np.zeros(0, np.int16))
+
+    # ---------------------------------------------------------------------------- endpointing
+
+    async def _advance(self, st: _Stream, new: np.ndarray) -> None:
+        utt = st.utt
+        assert utt is not None
+        vad = st.vad
+        s = await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed, new)
+        d = self._d
+        since_wake = st.end_time - utt.wake_time
+        spoke = s.speech_s >= MIN_SPEECH_S
+        if spoke and s.silence_s >= d["trailing_silence"]:
+            self._close(st, st.end_time, "endpoint")
+        elif since_wake >= d["max_length"]:
+            self._close(st, st.end_time, "max-length")
+        elif not spoke and since_wake >= d["no_speech_timeout"]:
+            self._close(st, st.end_time, "no-speech")
+        else:
+            if spoke and s.silence_s >= min(0.25, d["trailing_silence"] / 2) and utt.spec_speech_s != s.speech_s:
+                # The speaker paused: decode now; if the pause becomes the endpoint this is the final.
+                utt.spec_speech_s = s.speech_s
+                utt.spec_task = self._spawn(self._decode(utt, utt.n))
+            partial_due = utt.n - utt.last_partial_n >= d["partial_interval"] * RATE
+            busy = utt.partial_task is not None and not utt.partial_task.done()
+            if self.ctx.options.partials and self.level < 1 and spoke and partial_due and not busy:
+                utt.last_partial_n = utt.n
+                utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
+
+    def _close(self, st: _Stream, t_end: float, reason: str) -> None:
+        utt = st.utt
+        if utt is None:
+            return
+        st.utt = None
+        st.last_end = t_end
+        utt.closed = True
+        vad = st.vad
+        reuse = utt.spec_task if vad is not None and vad.state.speech_s == utt.spec_speech_s else None
+        spoke = vad is not None and vad.state.speech_s >= MIN_SPEECH_S
+        self._spawn(self._finish(st, utt, t_end, reason, reuse, spoke))
+
+    async def _watch(self) -> None:
+        """Close utterances whose stream stopped sending audio."""
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for st in list(self._streams.values()):
+                if st.utt is not None and now - st.arrived > self._d["stream_timeout"]:
+                    await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
+                    self._close(st, st.end_time, "stream-stopped")
+
+    # -------------------------------------------------------------------------------- decoding
+
+    async def _decode(self, utt: _Utt, n: int, words: bool = True) -> Any:
+        model = self.model()
+        pcm = utt.audio(n)  # joined here, not on the decode thread, while chunks keep arriving
+        return await self.ctx.run_blocking(model.transcribe, pcm, None, words)
+
+    async def _partial(self, st: _Stream, utt: _Utt, n: int) -> None:
+        # Word timestamps cost an alignment pass; a partial needs them only to drop the wake phrase.
+        result = await self._decode(utt, n, words=not self.ctx.options.keep_wake_phrase)
+        if utt.closed:
+            return  # the final is on its way; a late partial would only confuse
+        cur = [w.word.strip() for w in self._command_words(utt, result.words)]
+        utt.fixed, text = stabilize(utt.fixed, utt.prev, cur)
+        utt.prev = cur
+        self.counts["partials"] += 1
+        await self.ctx.publish(
+            Transcript(
+                time=utt.t0 + n / RATE,
+                room=st.room,
+                utterance_id=utt.id,
+                final=False,
+                text=text,
+                t0=utt.t0,
+            )
+        )
+
+    def _command_words(self, utt: _Utt, words: list[Any]) -> list[Any]:
+        """The words after the wake phrase (see the module docstring)."""
+        if self.ctx.options.keep_wake_phrase:
+            return list(words)
+        wake_rel = utt.wake_time - utt.t0
+        i = 0
+        while i < len(words) and words[i].end <= wake_rel + 0.05:
+            i += 1
+        rest = list(words[i:])
+        for phrase in self.ctx.options.wake_phrases:
+            p = [_norm(x) for x in phrase.split()]
+            if p and [_norm(w.word) for w in rest[: len(p)]] == p:
+                rest = rest[len(p) :]
+                break
+        return rest
+
+    async def _finish(self, st: _Stream, utt: _Utt, t_end: float, reason: str, reuse: Any, spoke: bool) -> None:
+        t1 = t_end
+        if not spoke:
+            await self.ctx.publish(
+                Transcript(time=t1, room=st.room, utterance_id=utt.id, final=True, text="", t0=utt.t0, t1=t1)
+            )
+            return
+        deadline = time.monotonic()
+        pcm = utt.audio()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._speakers[utt.id] = fut
+        try:
+            await self.ctx.publish(
+                Utterance(time=t1, room=st.room, utterance_id=utt.id, t0=utt.t0, t1=t1, rate=RATE, data=pcm.tobytes())
+            )
+            result = None
+            if reuse is not None:
+                with contextlib.suppress(Exception):
+                    result = await reuse
+                    self.counts["finals_from_pause"] += 1
+            if result is None:
+                result = await self._decode(utt, utt.n)
+            words = self._command_words(utt, result.words)
+            text = " ".join(w.word.strip() for w in words).strip()
+            remaining = self._d["speaker_wait"] - (time.monotonic() - deadline)
+            speaker, score = None, 0.0
+            if remaining > 0 and not fut.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), remaining)
+            if fut.done():
+                ev: SpeakerIdentified = fut.result()
+                speaker, score = ev.person, ev.score
+            await self.ctx.publish(
+                Transcript(
+                    time=t1,
+                    room=st.room,
+                    utterance_id=utt.id,
+                    final=True,
+                    text=text,
+                    words=[Word(w.word.strip(), w.start, w.end, w.probability) for w in words],
+                    t0=utt.t0,
+                    t1=t1,
+                    speaker=speaker,
+                    speaker_score=score,
+                )
+            )
+            self.counts["finals"] += 1
+            self.ctx.log.info("stt: %s/%s %s (%s): %r", st.room, st.source, utt.id, reason, text)
+        finally:
+            self._speakers.pop(utt.id, None)
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.ctx.log.error("stt task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def _error(self, st: _Stream, reason: str) -> None:
+        await self.ctx.reject(AudioChunk(room=st.room, source=st.source, time=st.end_time), reason)
