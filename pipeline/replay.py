@@ -1,22 +1,26 @@
-"""Replay a recorded or built session onto the bus, as its edge nodes published it, and collect what comes back.
+"""Replay a session onto the bus as its edge nodes published it, and collect what the pipeline answers.
 
 Only what edge nodes and the reasoning loop sent is published again: microphone ``AudioChunk``s,
 camera ``VideoFrame``s and the ``Say``/``StopPlayback`` commands; the events in a recording are
 what the pipeline answered then (``Session.recorded_events``) and are compared, not replayed.
 
-Capture times are re-stamped to the hub clock of this run so that the runtime's budgets mean
-something:
+Capture times are re-stamped to the hub clock of this run, keeping the session's own spacing
+(``stamp = t0 + (t_k - t_first)``): stages rely on a stream's chunks being contiguous in time.
 
-- ``speed`` > 0: message k is published at ``start + (t_k - t_first) / speed`` and stamped with
-  that time (speed 1 is real time, the session's timing preserved).
-- ``speed`` = 0 ("max"): as fast as the pipeline takes it. Each message is stamped when it is
-  published. Against an embedded deployment the replay waits while a stage that consumes the
-  topic has inputs queued (``flow_limit``), so nothing is dropped for being late and two replays
-  see the same inputs; against a remote hub it publishes as fast as the bus takes it, waiting only
-  for each camera's previous frame to be answered by the detector (``Detections.frame_seq``).
+- ``speed`` > 0: message k is published at ``start + (t_k - t_first) / speed``. At speed 1 the
+  stamps are true capture times, and the report shows the runtime's own per-stage latency,
+  violations and degrade steps. Faster, stamps run ahead of the clock, so the report measures
+  each stage from when its input was published to when its answer was seen.
+- ``speed`` = 0 ("max"): as fast as the pipeline takes it. Stamps are anchored after the
+  session's end (``future_margin``), so the runtime never sees an input as late: nothing is
+  dropped or degraded on synthetic ages, and two replays see the same inputs. Against an embedded
+  deployment the replay waits while a stage that consumes the topic still has inputs outstanding
+  (``flow_limit``; one frame per camera for droppable video); against a remote hub it publishes as
+  fast as the bus takes it, waiting only for each camera's previous frame to be answered by the
+  detector (``Detections.frame_seq``).
 
-Every mapping (run time ↔ session time) is kept, so the report matches events to labels on the
-session's own timeline whatever the speed.
+Session time of any stamp is ``stamp - t0 + t_first``, so the report matches events to labels on
+the session's own timeline whatever the speed.
 """
 
 from __future__ import annotations
@@ -181,6 +185,8 @@ class ReplayOptions:
     """At max speed: longest wait for a camera's previous frame to be answered."""
     commands: bool = True
     """Also publish the recorded ``Say``/``StopPlayback`` commands."""
+    future_margin: float = 120.0
+    """At max speed: how far past the session's end the capture stamps are anchored (see module doc)."""
 
 
 class _Collector:
@@ -252,6 +258,11 @@ async def publish_session(
     tmap = TimeMap()
     first = session.items[0].log_time
     t0 = clock.now() + 0.05
+    if opts.speed <= 0:
+        # As fast as possible: stamps must not fall behind the clock, or the runtime would drop and
+        # degrade on synthetic ages and two replays would differ. Anchored past the session's end, the
+        # runtime sees every input as fresh; the report measures latency from publish time instead.
+        t0 += session.duration + opts.future_margin
     mono0 = _time.monotonic() + 0.05
     n = len(session.items)
     next_note = 0.0
@@ -421,6 +432,7 @@ async def replay_embedded(
             for name, run in stage_runs(env, marks).items():
                 result.budgets[name] = run.budget_ms
         result.info["mode"] = "embedded"
+        result.info["stages"] = sorted(r.name for w in env.workers for r in w.runners)
         return result
     finally:
         pub.close()

@@ -227,10 +227,16 @@ def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
     people = [lb for lb in labels if isinstance(lb, PeopleLabel)]
     events = [m for _, m in result.events]
     out: dict[str, Any] = {}
+    ran_stages = result.info.get("stages")
+    produced = {event_stage(m) for m in events}
+
+    def ran(stage: str) -> bool:
+        # accuracy of a stage that did not run would only say "0 %": leave it out
+        return stage in ran_stages if ran_stages is not None else stage in produced
 
     # ---- wake: every detection matches at most one labelled clip in its room
     wakes = [(ts(m.time), m) for m in events if isinstance(m, WakeDetected)]
-    if speech:
+    if speech and ran("wake"):
         positives = [lb for lb in speech if lb.wake]
         hit: set[int] = set()
         false_alarms = 0
@@ -298,9 +304,9 @@ def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
                 "identified": who,
             }
         )
-    if refs:
+    if refs and ran("stt"):
         out["transcripts"] = {"wer": round(wer(refs, hyps), 4), "utterances": len(refs), "rows": rows}
-    if spk_total:
+    if spk_total and (ran("speaker") or any(tr.speaker for tr in finals)):
         out["speaker"] = {"labelled": spk_total, "correct": spk_ok, "accuracy": round(spk_ok / spk_total, 4)}
 
     # ---- presence per room: labelled (person, room, interval) vs entered/present events
@@ -309,7 +315,7 @@ def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
         for person in lb.people:
             truth[lb.room].append((person, lb.t0, lb.t1))
     pres = [(ts(m.time), m) for m in events if isinstance(m, Presence) and m.state != "left" and m.person != "unknown"]
-    if truth or pres:
+    if (truth or pres) and ran("presence"):
         per_room: dict[str, Any] = {}
         for room in sorted(set(truth) | {m.room for _, m in pres}):
             evs = [(t, m) for t, m in pres if m.room == room]
@@ -451,7 +457,7 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: RunResult, out_dir: str | Path, report: dict | None = None) -> list[Path]:
+def plot(result: RunResult, out_dir: str | Path, report: dict | None = None, stem: str = "latency") -> list[Path]:
     """PNG plots of the latency distribution per stage (histogram with budget line); returns the files."""
     import matplotlib
 
@@ -482,7 +488,7 @@ def plot(result: RunResult, out_dir: str | Path, report: dict | None = None) -> 
         ax.set_title(f"{name}: n={len(run.samples_ms)} p50 {p['p50']:.1f} ms p95 {p['p95']:.1f} ms", fontsize=9)
         ax.set_xlabel("latency from capture (ms)", fontsize=8)
     fig.tight_layout()
-    path = out_dir / "latency.png"
+    path = out_dir / f"{stem}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     paths.append(path)
