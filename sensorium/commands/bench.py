@@ -1,0 +1,38 @@
+"""Run the benchmarks (bus, voice, vision, talk-back, end-to-end replay) and write results.
+
+Same as ``python -m benchmarks``: each benchmark writes ``benchmarks/results/<name>.json`` and
+``benchmarks/results/SUMMARY.md`` gathers them with the machine they ran on. Run it on a quiet
+machine: the numbers are only as good as the box is idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the benchmarks and write benchmarks/results/"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="CI-sized runs")
+    p.add_argument("--only", help="comma-separated subset: bus,voice,vision,talk,replay")
+    p.add_argument("--out", help="results folder (default: benchmarks/results)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        from benchmarks.__main__ import main
+    except ImportError:
+        print(
+            "sensorium bench: the benchmarks/ folder is not importable; run from the source checkout", file=sys.stderr
+        )
+        return 2
+    argv = []
+    if args.quick:
+        argv.append("--quick")
+    if args.only:
+        argv += ["--only", args.only]
+    if args.out:
+        argv += ["--out", args.out]
+    return main(argv)
