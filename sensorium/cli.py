@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"sensorium.commands.{name}":
                 continue  # command not built in this install
             raise
-        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        p = sub.add_parser(
+            name, help=mod.HELP, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -135,7 +135,9 @@ def voice_breakdown(c: Collector) -> dict[str, dict[str, float]]:
         rows["end of speech → final transcript"].append(t_final - end)
         if tr.utterance_id in speakers:
             rows["end of speech → speaker"].append(speakers[tr.utterance_id] - end)
-        before = [t_w - w.time for t_w, w in wakes if w.room == tr.room and w.time <= tr.t0 + 3.0 and w.time >= tr.t0 - 5]
+        before = [
+            t_w - w.time for t_w, w in wakes if w.room == tr.room and w.time <= tr.t0 + 3.0 and w.time >= tr.t0 - 5
+        ]
         if before:
             rows["end of wake word → wake event"].append(before[-1])
         after = sorted((t, a) for a, t in c.says.items() if t >= t_final and t - t_final < 30)
@@ -145,8 +147,10 @@ def voice_breakdown(c: Collector) -> dict[str, dict[str, float]]:
             if answer in c.first_audio:
                 rows["agent first text → TTS first audio"].append(c.first_audio[answer] - t_say)
                 rows["end of speech → first TTS audio (voice-to-voice)"].append(c.first_audio[answer] - end)
-    return {k: {n: v * 1000 for n, v in percentiles(vs, (50, 95)).items() if n != "n"} | {"n": len(vs)}
-            for k, vs in rows.items()}
+    return {
+        k: {n: v * 1000 for n, v in percentiles(vs, (50, 95)).items() if n != "n"} | {"n": len(vs)}
+        for k, vs in rows.items()
+    }
 
 
 def print_tables(env: Embedded, c: Collector, file: TextIO = sys.stdout) -> None:
@@ -192,7 +196,7 @@ async def run_media(
     """Play each edge's files through an embedded deployment; returns events, stage summary, breakdown."""
     from edge.agent import EdgeAgent
 
-    out = open(events_json, "w") if events_json else None  # noqa: SIM115
+    out = open(events_json, "w") if events_json else None
     try:
         async with embedded(deployment) as env:
             c = Collector(env, out=out, quiet=quiet)
@@ -234,6 +238,21 @@ def parse_media(items: list[str] | None, flag: str) -> dict[str, Path]:
             raise ValueError(f"{flag} {item!r}: {path} does not exist")
         out[room] = Path(path)
     return out
+
+
+def enroll_pairs(items: list[str], gallery: Path) -> int:
+    """Enrol ``NAME=FILE`` pairs (a .wav is a voice, anything else a face) with ``sensorium enroll``."""
+    from sensorium.cli import main as cli
+
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--enroll {item!r}: expected NAME=FILE")
+        kind = "--voice" if path.lower().endswith(".wav") else "--face"
+        rc = cli(["enroll", name, kind, path, "--gallery", str(gallery)])
+        if rc != 0:
+            return rc
+    return 0
 
 
 def summary_json(summary: list[dict[str, object]], breakdown: dict[str, dict[str, float]]) -> str:

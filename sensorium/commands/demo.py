@@ -51,10 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_sample(args)
     try:
-        if args.enroll:
-            from sensorium.enrolment import enroll_pairs
-
-            enroll_pairs(args.enroll, args.out / "gallery.db")
+        if args.enroll and demo.enroll_pairs(args.enroll, args.out / "gallery.db") != 0:
+            return 2
         dep = demo.demo_deployment(audio, video, args.out, talk=not args.no_agent)
     except (ConfigError, ValueError) as exc:
         print(f"sensorium demo: {exc}", file=sys.stderr)
