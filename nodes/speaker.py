@@ -1,0 +1,102 @@
+"""Speaker identification: embed each endpointed utterance and match it against the gallery.
+
+The answer is an enrolled name only when the cosine similarity to that person's voice print
+reaches the threshold; otherwise it is "unknown", never the nearest enrolled person. Default
+thresholds per backend were calibrated on synthesized voices (see tests/test_voice_speaker.py):
+Resemblyzer same-speaker scores on new sentences were 0.82–0.92 and different speakers at most
+0.74, so 0.78 sits between them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+
+from pipeline.messages import Message, SpeakerIdentified, Utterance
+from pipeline.stage import Stage
+
+RATE = 16000
+MIN_AUDIO_S = 0.5
+DEFAULT_THRESHOLDS = {"resemblyzer": 0.78, "ecapa": 0.30}
+"""Cosine thresholds per backend (ECAPA's is the usual VoxCeleb operating point)."""
+
+
+def default_threshold(model: str) -> float:
+    """The calibrated threshold for a speaker-model spec (``resemblyzer``, ``ecapa:<dir>`` …)."""
+    return DEFAULT_THRESHOLDS.get(model.partition(":")[0], 0.78)
+
+
+class SpeakerStage(Stage):
+    """Who spoke each utterance, from the voice gallery."""
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        """``[stages.speaker]``."""
+
+        model: str = "resemblyzer"
+        """Embedding backend: "resemblyzer" (bundled GE2E), "ecapa" (hub id) or "ecapa:<dir or hub id>"."""
+        threshold: float | None = None
+        """Cosine similarity needed to name a person (None = the backend's calibrated default)."""
+        gallery: str = ""
+        """Gallery file ("" = <data_dir>/gallery.db)."""
+        cache_dir: str = ".cache/models"
+        """Where downloaded speechbrain models are kept."""
+
+    name: ClassVar[str] = "speaker"
+    consumes: ClassVar[tuple[str, ...]] = ("utterance/",)
+    emits: ClassVar[tuple[str, ...]] = ("speaker",)
+    droppable: ClassVar[bool] = False
+    default_budget_ms: ClassVar[float] = 500.0
+
+    async def start(self) -> None:
+        from models.gallery import Gallery
+        from models.speaker import load_encoder
+
+        o = self.ctx.options
+        self.threshold = o.threshold if o.threshold is not None else default_threshold(o.model)
+        path = Path(o.gallery) if o.gallery else Path(self.ctx.data_dir) / "gallery.db"
+        self.gallery = Gallery(path)
+        self.gallery.check()
+        device = self.ctx.device
+        self.encoder: Any = await self.ctx.run_blocking(lambda: load_encoder(o.model, device, o.cache_dir))
+        n = self.gallery.count("voice", self.encoder.model_id)
+        if n == 0:
+            self.ctx.log.warning(
+                "speaker: no voices enrolled for %s in %s; everyone is unknown (run: sensorium enroll NAME --voice …)",
+                self.encoder.model_id,
+                path,
+            )
+
+    async def handle(self, msg: Message) -> None:
+        if not isinstance(msg, Utterance):
+            await self.ctx.reject(msg, f"speaker consumes utterances, got {type(msg).__name__}")
+            return
+        if self.ctx.rooms and msg.room not in self.ctx.rooms:
+            await self.ctx.reject(msg, f"unknown room {msg.room!r}")
+            return
+        if msg.rate != RATE:
+            await self.ctx.reject(msg, f"sample rate {msg.rate} Hz, expected {RATE} Hz")
+            return
+        if len(msg.data) % 2:
+            await self.ctx.reject(msg, f"{len(msg.data)} bytes is not a whole number of 16-bit samples")
+            return
+        if len(msg.data) < 2 * MIN_AUDIO_S * RATE:
+            await self.ctx.reject(msg, f"utterance too short for speaker ID ({len(msg.data) / 2 / RATE:.2f} s)")
+            return
+        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        try:
+            emb = await self.ctx.run_blocking(self.encoder.embed, pcm, RATE)
+        except ValueError as exc:  # e.g. no speech left after trimming
+            await self.ctx.reject(msg, str(exc))
+            return
+        person, score = self.gallery.identify("voice", self.encoder.model_id, emb, self.threshold)
+        await self.ctx.publish(
+            SpeakerIdentified(
+                time=msg.t1 or msg.time, room=msg.room, utterance_id=msg.utterance_id, person=person, score=score
+            )
+        )
+
+    async def stop(self) -> None:
+        self.gallery.close()
