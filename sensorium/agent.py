@@ -257,3 +257,30 @@ class AgentLoop:
         if self.on_turn is not None:
             self.on_turn(turn)
         return turn
+
+
+async def run_builtin_agent(
+    address: Any,
+    *,
+    clock: Any = None,
+    rooms: list[str] | None = None,
+    since: int | None = None,
+    on_turn: Callable[[Turn], None] | None = None,
+    stop: asyncio.Event | None = None,
+    name: str = "builtin-agent",
+    turns: list[Turn] | None = None,
+) -> list[Turn]:
+    """Connect to the hub at ``address`` (string or ``Endpoints``) and answer until cancelled or ``stop``.
+
+    Returns the turns answered; pass ``turns`` to watch them while it runs (the demo's breakdown).
+    """
+    from pipeline.client import Client
+
+    async with Client(address, name=name, clock=clock) as client:
+        if not await client.wait_connected(10):
+            raise ConnectionError(f"hub at {address} is not answering")
+        loop = AgentLoop(client, rooms=rooms, on_turn=on_turn)
+        if turns is not None:
+            loop.turns = turns
+        await loop.run(since=since, stop=stop)
+        return loop.turns
