@@ -106,6 +106,8 @@ class PersonDetector:
                 imgsz=imgsz or self.imgsz,
                 conf=self.conf,
                 classes=self.person_classes,
+                # Several classes can mean "person" (the bundled model's Normal/Fall): one box per person.
+                agnostic_nms=len(self.person_classes) > 1,
                 device=self.device,
                 verbose=False,
             )

@@ -100,10 +100,13 @@ def letterbox(img: np.ndarray, width: int = 640, height: int = 480, background: 
 
 
 def empty_room(width: int = 640, height: int = 480) -> np.ndarray:
-    """A frame with nobody in it: scikit-image's coffee cup if available, else textured grey."""
+    """A frame with nobody in it: scikit-image's brick wall if available, else textured grey.
+
+    (Not the coffee cup: the bundled person model sees a 0.28 "person" in it.)
+    """
     import cv2
 
-    path = _pkg_file("skimage", "data", "coffee.png")
+    path = _pkg_file("skimage", "data", "brick.png")
     if path is not None:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
@@ -136,3 +139,20 @@ def write_frames(folder: Path, frames: list[np.ndarray]) -> list[Path]:
         cv2.imwrite(str(p), f, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(p)
     return paths
+
+
+def unaugment_point(kind: str, x: float, y: float, shape: tuple[int, ...]) -> tuple[float, float]:
+    """Where a point of ``augment(img, kind)`` was in ``img`` (of shape ``shape``): to label faces."""
+    import cv2
+
+    h, w = shape[:2]
+    if kind == "mirror":
+        return w - 1 - x, y
+    if kind == "half":
+        return 2 * x, 2 * y
+    if kind == "rotate":
+        m = cv2.invertAffineTransform(cv2.getRotationMatrix2D((w / 2, h / 2), 10, 1.0))
+        return float(m[0, 0] * x + m[0, 1] * y + m[0, 2]), float(m[1, 0] * x + m[1, 1] * y + m[1, 2])
+    if kind == "reframe":
+        return x / 1.3 + w // 12, y / 1.3 + h // 10
+    return x, y

@@ -1,0 +1,225 @@
+"""Faces on real images: mediapipe/YuNet detection on person crops, insightface alignment, FaceNet embeddings.
+
+The packages ship one photo per person, so "other images of a person" are augmented copies of that
+photo (mirror, light, scale, rotation, blur, JPEG damage, reframing): an honest but easier test than
+new photos would be. The threshold calibration below prints its numbers (run with ``-s``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import images
+import numpy as np
+import pytest
+
+from nodes.face import FaceOptions, FaceStage, _centrality
+from pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
+from pipeline.stage import StageContext
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def detector():  # type: ignore[no-untyped-def]
+    from models.detector import PersonDetector
+
+    return PersonDetector()
+
+
+@pytest.fixture(scope="module")
+def faces():  # type: ignore[no-untyped-def]
+    from models.faces import FacePipeline
+
+    p = FacePipeline(recognizer="facenet")
+    yield p
+    p.close()
+
+
+async def make_stage(tmp_path: Path, **opts: object) -> tuple[FaceStage, list[Message]]:
+    out: list[Message] = []
+
+    async def emit(msg: Message) -> None:
+        out.append(msg)
+
+    ctx = StageContext(
+        name="face", worker="test", options=FaceOptions(recognizer="facenet", **opts), data_dir=tmp_path, emit=emit
+    )
+    stage = FaceStage(ctx)
+    await stage.start()
+    return stage, out
+
+
+class Feeder:
+    """Runs real frames through the detector (with tracking) into a face stage, like the pipeline does."""
+
+    def __init__(self, detector, stage: FaceStage, out: list[Message]) -> None:  # type: ignore[no-untyped-def]
+        self.detector, self.stage, self.out, self.seq = detector, stage, out, 0
+
+    async def frame(self, img: np.ndarray, camera: str = "cam1") -> list[FaceRecognized]:
+        self.seq += 1
+        n = len(self.out)
+        data = images.jpeg(img, 92)
+        boxes = self.detector.track([img], [f"hall/{camera}"])[0]
+        await self.stage.handle(VideoFrame(seq=self.seq, time=float(self.seq), room="hall", source=camera, data=data))
+        det = Detections(
+            seq=self.seq,
+            time=float(self.seq),
+            room="hall",
+            camera=camera,
+            persons=len(boxes),
+            boxes=[Box(b.x1, b.y1, b.x2, b.y2, b.score, b.track) for b in boxes],
+            frame_seq=self.seq,
+        )
+        await self.stage.handle(det)
+        return [m for m in self.out[n:] if isinstance(m, FaceRecognized)]
+
+
+async def test_zidane_has_two_faces(detector, faces, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stage, out = await make_stage(tmp_path)
+    got = await Feeder(detector, stage, out).frame(images.load(images.ZIDANE), camera="zidane")
+    assert len(got) == 2 and len({f.track for f in got}) == 2
+    assert all(f.person == "unknown" for f in got)  # nobody is enrolled
+    await stage.stop()
+
+
+def test_embeddings_are_unit_norm_with_model_id(faces) -> None:  # type: ignore[no-untyped-def]
+    assert images.ASTRONAUT is not None
+    emb, model_id = faces.embed_image_file(images.ASTRONAUT)
+    assert model_id == "facenet-vggface2-512" and emb.shape == (512,)
+    assert abs(float(np.linalg.norm(emb)) - 1.0) < 1e-5
+
+
+def test_enrol_image_without_face_is_a_clear_error(faces, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    empty = tmp_path / "room.jpg"
+    cv2.imwrite(str(empty), images.empty_room())
+    with pytest.raises(ValueError, match="no face found"):
+        faces.embed_image_file(empty)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        faces.embed_image_file(junk)
+
+
+async def test_enrolled_person_recognized_in_other_images_strangers_unknown(detector, faces, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from models.gallery import Gallery
+
+    # Enrol one person of the t1 group photo (from a crop of that photo) and the astronaut.
+    t1 = images.load(images.T1)
+    boxes = detector.detect([t1])[0]
+    leftmost = min(boxes, key=lambda b: b.x1)
+    crop = t1[: int(leftmost.y2), : int(leftmost.x2)]
+    crop_path = tmp_path / "t1-left.jpg"
+    import cv2
+
+    cv2.imwrite(str(crop_path), crop)
+    g = Gallery(tmp_path / "gallery.db")
+    for name, path in (("lefty", crop_path), ("eileen", images.ASTRONAUT)):
+        emb, model_id = faces.embed_image_file(path)
+        g.add(name, "face", model_id, emb)
+    g.close()
+
+    stage, out = await make_stage(tmp_path)
+    feed = Feeder(detector, stage, out)
+    for kind in ("mirror", "bright", "half", "rotate", "jpeg"):
+        got = await feed.frame(images.augment(t1, kind), camera=f"t1-{kind}")
+        names = sorted(f.person for f in got)
+        assert names.count("lefty") == 1, (kind, names)  # the enrolled person, once
+        assert names.count("unknown") >= 4, (kind, names)  # the other people of t1 are strangers
+        assert "eileen" not in names
+    for kind in ("dark", "blur", "reframe"):
+        got = await feed.frame(images.augment(images.load(images.ASTRONAUT), kind), camera=f"astro-{kind}")
+        assert [f.person for f in got] == ["eileen"], kind
+    await stage.stop()
+
+
+async def test_recognized_once_per_track_and_again_on_a_clearly_better_face(detector, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    stage, out = await make_stage(tmp_path, recheck_s=0.0)
+    feed = Feeder(detector, stage, out)
+    astro = images.load(images.ASTRONAUT)
+    room = images.empty_room()
+    events: list[list[FaceRecognized]] = []
+    # She walks towards the camera (face grows ×1.12 a frame), then stands still.
+    for i in range(10):
+        s = 0.45 * 1.12 ** min(i, 6)
+        small = cv2.resize(astro, (int(512 * s), int(512 * s)))
+        frame = room.copy()
+        frame[480 - small.shape[0] :, 320 - small.shape[1] // 2 : 320 - small.shape[1] // 2 + small.shape[1]] = small
+        events.append(await feed.frame(frame, camera="walk"))
+    flat = [e for ev in events for e in ev]
+    assert len({e.track for e in flat}) == 1  # one person, one track
+    assert 2 <= len(flat) <= 5, [len(e) for e in events]  # first sight + clearly better faces only
+    assert events[0], "recognized on first sight"
+    assert not any(events[7:]), "no new recognition while the face does not get better"
+    assert stage.looks >= 10 and stage.recognitions == len(flat)
+    await stage.stop()
+
+
+def _faces_in(img: np.ndarray, boxes, faces) -> list[tuple[float, float, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """(centre x, centre y, embedding) of each person's face, found the way the face stage finds them."""
+    out = []
+    for b in boxes:
+        x1, y1 = int(max(0, b.x1)), int(max(0, b.y1))
+        crop = img[y1 : int(b.y2), x1 : int(b.x2)]
+        box = Box(b.x1, b.y1, b.x2, b.y2, b.score)
+        best = max(
+            faces.detect(crop),
+            key=lambda f: _centrality((f.box[0] + x1, f.box[1] + y1, f.box[2] + x1, f.box[3] + y1), f.score, box),
+            default=None,
+        )
+        if best is None:
+            continue
+        cx, cy = (best.box[0] + best.box[2]) / 2 + x1, (best.box[1] + best.box[3]) / 2 + y1
+        if any(abs(cx - o[0]) < 8 and abs(cy - o[1]) < 8 for o in out):
+            continue  # the same face seen from two overlapping person boxes
+        out.append((cx, cy, faces.embed(crop, [best])[0]))
+    return out
+
+
+def test_threshold_calibration(detector, faces) -> None:  # type: ignore[no-untyped-def]
+    """Same person (original vs augmented copy) vs different people, over every bundled face."""
+    genuine, impostor = [], []
+    all_refs = []
+    for path in (images.T1, images.ZIDANE, images.ASTRONAUT, images.BUS):
+        base = images.load(path)
+        copies = [images.augment(base, kind) for kind in images.AUGMENTATIONS]
+        boxes = detector.detect([base, *copies])  # one batch per photo keeps this test fast
+        refs = _faces_in(base, boxes[0], faces)
+        all_refs += [r[2] for r in refs]
+        for kind, img, bx in zip(images.AUGMENTATIONS, copies, boxes[1:], strict=True):
+            for x, y, emb in _faces_in(img, bx, faces):
+                ox, oy = images.unaugment_point(kind, x, y, base.shape)
+                d = [np.hypot(ox - rx, oy - ry) for rx, ry, _ in refs]
+                j = int(np.argmin(d))
+                if d[j] > 25:
+                    continue  # a face the original's pass did not find: no label
+                for k, (_, _, ref) in enumerate(refs):
+                    (genuine if k == j else impostor).append(float(ref @ emb))
+    # Different people across photos too.
+    impostor += [float(a @ b) for a, b in itertools.combinations(all_refs, 2)]
+    g, i = np.array(genuine), np.array(impostor)
+    thr = faces.default_threshold
+    stats = {
+        "faces_enrolled": len(all_refs),
+        "genuine_pairs": len(g),
+        "impostor_pairs": len(i),
+        "genuine_min": round(float(g.min()), 3),
+        "genuine_p5": round(float(np.percentile(g, 5)), 3),
+        "genuine_mean": round(float(g.mean()), 3),
+        "impostor_max": round(float(i.max()), 3),
+        "impostor_p99": round(float(np.percentile(i, 99)), 3),
+        "impostor_mean": round(float(i.mean()), 3),
+        "threshold": thr,
+        "false_reject_rate": round(float((g < thr).mean()), 3),
+        "false_accept_rate": round(float((i >= thr).mean()), 4),
+    }
+    print("face calibration:", json.dumps(stats))
+    assert stats["faces_enrolled"] >= 10
+    assert stats["false_accept_rate"] == 0.0  # no stranger is ever named at the default threshold
+    assert stats["false_reject_rate"] <= 0.1
