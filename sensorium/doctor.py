@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import Deployment, EdgeConfig, WorkerConfig
+import msgspec
+
+from pipeline.config import Deployment, EdgeConfig, WorkerConfig, load
 
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
@@ -49,6 +51,25 @@ STAGE_LIBRARIES: dict[str, tuple[str, str]] = {
 PORTAUDIO_APT = "libportaudio2"
 MIN_FREE_DISK = 1 << 30
 MIN_FREE_GPU = 1 << 30
+
+
+class _Unchecked(msgspec.Struct):
+    """Options of a stage whose code does not import here (e.g. a model stage on an edge-only Pi)."""
+
+
+def load_any(path: str | Path) -> Deployment:
+    """Load the deployment, checking the options of every stage that imports on this machine.
+
+    A Raspberry Pi with only the ``edge`` extra cannot import the model stages; their tables are then
+    accepted unchecked instead of making the whole file invalid here.
+    """
+    from sensorium.deployment import stage_options
+    from sensorium.registry import STAGES
+
+    options, budgets = stage_options()
+    for name in STAGES:
+        options.setdefault(name, _Unchecked)
+    return load(path, options, budgets)
 
 
 @dataclass

@@ -88,3 +88,19 @@ def test_edge_modules_import_without_heavy_libraries(edge_venv: Path) -> None:
     res = subprocess.run([str(edge_venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "[]"
+
+
+def test_doctor_runs_on_an_edge_only_install(edge_venv: Path) -> None:
+    """On a Pi (edge extra only) the doctor loads the four-GPU house file and checks the edge node."""
+    doctor = [str(edge_venv / "bin/sensorium"), "doctor", "--json", "--hub-timeout", "0.2"]
+    res = subprocess.run(
+        [*doctor, "--config", str(REPO / "examples/deploy-4gpu.toml"), "--name", "living-room-pi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    findings = {f["check"]: f for f in json.loads(res.stdout)}
+    assert findings["config"]["status"] == "PASS"
+    assert {"microphone living-room-pi", "camera living-room-pi/living-room-cam", "hub"} <= set(findings)
+    assert "stage detect" not in findings  # an edge node is not checked for the workers' stages

@@ -175,7 +175,10 @@ def test_install_edge_plan(tmp_path: Path) -> None:
     assert f"pip install --upgrade {REPO}[edge]" in out
     assert "SENSORIUM_NODE=kitchen-pi" in out
     assert "sensorium-edge.service /etc/systemd/system/sensorium-edge.service" in out
-    assert "sensorium keys new kitchen-pi /etc/sensorium/keys/node --hub-public" in out and "chmod 0600 /etc/sensorium/keys/node/kitchen-pi.key_secret" in out
+    assert (
+        "sensorium keys new kitchen-pi /etc/sensorium/keys/node --hub-public" in out
+        and "chmod 0600 /etc/sensorium/keys/node/kitchen-pi.key_secret" in out
+    )
     assert "systemctl enable sensorium-edge.service" in out
 
 

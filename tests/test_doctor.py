@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline.security import enrol, init_hub, new_node
-from sensorium.deployment import load_deployment
-from sensorium.doctor import Doctor, Finding
+from sensorium.doctor import Doctor, Finding, load_any
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_SOUND_CARD = any(Path("/dev/snd").glob("pcmC*D*c")) if Path("/dev/snd").is_dir() else False
@@ -112,7 +111,7 @@ def by_check(findings: list[Finding]) -> dict[str, Finding]:
 
 @pytest.fixture(scope="module")
 def report(house: tuple[Path, Path]) -> list[Finding]:
-    return Doctor(load_deployment(house[1])).run()
+    return Doctor(load_any(house[1])).run()
 
 
 @pytest.mark.skipif(HAS_SOUND_CARD or HAS_GPU, reason="this test describes a machine without microphone and GPU")
@@ -179,7 +178,7 @@ def test_gpu_only_placement_fails_with_a_fix(house: tuple[Path, Path], tmp_path:
         pytest.skip("this machine has a GPU")
     cfg = tmp_path / "deploy.toml"
     cfg.write_text(house[1].read_text().replace('device = ["cuda:0", "cpu"]', 'device = "cuda:0"'))
-    f = by_check(Doctor(load_deployment(cfg), "gpu0", load_models=False).run())
+    f = by_check(Doctor(load_any(cfg), "gpu0", load_models=False).run())
     assert f["device gpu0"].status == "FAIL"
     assert "none of cuda:0 is usable" in f["device gpu0"].detail
     assert "Proxmox" in f["device gpu0"].fix and '"cpu"' in f["device gpu0"].fix
@@ -197,7 +196,7 @@ def test_damage_turns_into_failures_with_fixes(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", base + 2))
         squatter.listen()
-        f = by_check(Doctor(load_deployment(cfg), None, hub_timeout=0.5, load_models=False).run())
+        f = by_check(Doctor(load_any(cfg), None, hub_timeout=0.5, load_models=False).run())
     assert f["keys gpu0"].status == "FAIL" and "other users can read" in f["keys gpu0"].detail
     assert f["keys gpu0"].fix == f"chmod 600 {tmp_path / 'node-keys' / 'gpu0.key_secret'}"
     assert f["gallery gallery.sqlite"].status == "FAIL" and "chmod 600" in f["gallery gallery.sqlite"].detail
@@ -215,7 +214,7 @@ def test_torn_event_log_is_reported_not_fatal(tmp_path: Path) -> None:
     log.parent.mkdir(parents=True)
     log.write_bytes(b'[1,"wake/kitchen/gpu0","{}"]\n[2,"wake/kitchen/gpu0","{}"]\n[3,"wake/kit')
     os.chmod(log, 0o600)
-    f = by_check(Doctor(load_deployment(cfg), "hub", hub_timeout=0.3).run())
+    f = by_check(Doctor(load_any(cfg), "hub", hub_timeout=0.3).run())
     assert f["event log"].status == "WARN" and "torn last line" in f["event log"].detail
     assert "last seq 2" in f["event log"].detail
 

@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.config import ConfigError
-    from sensorium.deployment import load_deployment
-    from sensorium.doctor import Doctor, Finding, format_findings, summary, to_dicts
+    from sensorium.doctor import Doctor, Finding, format_findings, load_any, summary, to_dicts
 
     color = sys.stdout.isatty()
 
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     try:
-        dep = load_deployment(args.config)
+        dep = load_any(args.config)
         doctor = Doctor(
             dep,
             args.name,
