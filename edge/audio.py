@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import wave
 from collections import deque
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -74,6 +73,11 @@ class Resampler:
         self._base = -(taps - 1)
         self._total = 0  # input samples seen
         self._n = 0  # next output index
+
+    @property
+    def delay(self) -> int:
+        """Group delay in output samples (the filter's centre)."""
+        return int(round((self.up * self.taps - 1) / 2 / self.down))
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Resample the next piece of input; returns every output sample it makes available."""
@@ -182,6 +186,7 @@ class MicrophoneSource:
         backoff: Backoff | None = None,
         stall_s: float = 2.0,
         queue_s: float = 5.0,
+        warmup_s: float = 0.25,
     ) -> None:
         self.device = _device_arg(device)
         self.rate = rate
@@ -194,6 +199,8 @@ class MicrophoneSource:
         self.backoff = backoff or Backoff()
         self.stall_s = stall_s
         """No audio for this long means the device is gone: close it and reopen."""
+        self.warmup_s = warmup_s
+        """Audio dropped after each (re)open while the device's timing settles."""
         self.queue_blocks = max(4, int(queue_s * 1000 / block_ms))
         self.overflows = 0
         """Blocks dropped because the loop fell behind, or input overruns PortAudio reported."""
@@ -242,18 +249,13 @@ class MicrophoneSource:
             queue.put_nowait(item)
 
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            # The block's last sample was captured about now. PortAudio's inputBufferAdcTime is not used:
+            # through ALSA's pulse plugin it drifts by up to 0.7 s; arrival jitter is smoothed by Timeline.
             now = clock.now()
-            age = frames / rate
-            try:  # PortAudio's ADC time of the first sample, when the host API provides it
-                lag = stream.time - time_info.inputBufferAdcTime
-                if 0.0 < lag < 1.0:
-                    age = lag
-            except Exception:  # some host APIs give no timing
-                pass
             if status and status.input_overflow:
                 self.overflows += 1
             try:
-                loop.call_soon_threadsafe(push, (now - age, indata.copy()))
+                loop.call_soon_threadsafe(push, (now - frames / rate, indata.copy()))
             except RuntimeError:
                 pass  # the loop is closing
 
@@ -299,6 +301,7 @@ class MicrophoneSource:
             resampler = Resampler(self.opened_rate, self.rate) if self.opened_rate != self.rate else None
             reblock = Reblocker(self.block, self.rate)
             timeline = Timeline(self.opened_rate)
+            warmup = int(self.warmup_s * self.opened_rate)
             detail = f"microphone {self.name}: recording at {self.opened_rate} Hz, {self.opened_channels} ch"
             log.info("%s", detail)
             report(self.on_status, "up", detail)
@@ -319,6 +322,9 @@ class MicrophoneSource:
                     if not got_audio:
                         got_audio = True
                         self.backoff.reset()
+                    if warmup > 0:  # a fresh stream delivers its first blocks in bursts: time them, send none
+                        warmup -= len(data)
+                        continue
                     x = data.astype(np.float32).mean(axis=1) if data.shape[1] > 1 else data[:, 0].astype(np.float32)
                     if resampler is not None:
                         x = resampler.process(x)
@@ -338,36 +344,78 @@ def _close_stream(stream: Any) -> None:
 # ------------------------------------------------------------------------------------ files
 
 
+class _WavFormatError(ValueError):
+    pass
+
+
+def _parse_wav(data: bytes) -> tuple[int, int, int, int, bytes]:
+    """``(format, channels, rate, bits, samples)`` of a RIFF/WAVE file.
+
+    Parsed by hand because Python 3.11's ``wave`` rejects WAVE_FORMAT_EXTENSIBLE (what most tools
+    write for 24-bit and multichannel audio) and float samples.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise _WavFormatError("no RIFF/WAVE header")
+    pos, fmt, raw = 12, None, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = data[pos + 8 : pos + 8 + size]  # a writer that never fixed the size: take what is there
+        if cid == b"fmt ":
+            if len(body) < 16:
+                raise _WavFormatError("truncated fmt chunk")
+            tag = int.from_bytes(body[0:2], "little")
+            if tag == 0xFFFE and len(body) >= 26:  # extensible: the real format opens the sub-format GUID
+                tag = int.from_bytes(body[24:26], "little")
+            fmt = (
+                tag,
+                int.from_bytes(body[2:4], "little"),
+                int.from_bytes(body[4:8], "little"),
+                int.from_bytes(body[14:16], "little"),
+            )
+        elif cid == b"data":
+            raw = body
+            break
+        pos += 8 + size + (size & 1)
+    if fmt is None or raw is None:
+        raise _WavFormatError("missing fmt or data chunk")
+    return (*fmt, raw)
+
+
 def read_wav_mono(path: str | Path, rate: int = 16000) -> np.ndarray:
-    """A PCM WAV file as mono int16 at ``rate`` (downmixed, resampled); ``AudioSourceError`` if unreadable."""
+    """A WAV file (8/16/24/32-bit PCM or float) as mono int16 at ``rate``; ``AudioSourceError`` if unreadable."""
     path = Path(path)
     fix = f"convert it with: ffmpeg -i '{path}' -ar {rate} -ac 1 -c:a pcm_s16le out.wav"
     try:
-        with wave.open(str(path), "rb") as w:
-            width, channels, file_rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-            raw = w.readframes(w.getnframes())
+        tag, channels, file_rate, bits, raw = _parse_wav(path.read_bytes())
     except FileNotFoundError:
         raise AudioSourceError(f"audio file {path}: not found") from None
     except IsADirectoryError:
         raise AudioSourceError(f"audio file {path}: is a directory, expected a WAV file") from None
-    except (wave.Error, EOFError, OSError) as exc:
-        raise AudioSourceError(f"audio file {path}: not a readable PCM WAV ({_first_line(exc)}); {fix}") from None
-    if width == 1:
+    except (_WavFormatError, OSError) as exc:
+        raise AudioSourceError(f"audio file {path}: not a readable WAV ({_first_line(exc)}); {fix}") from None
+    if channels < 1 or file_rate < 1000:
+        raise AudioSourceError(f"audio file {path}: invalid header ({channels} channels at {file_rate} Hz); {fix}")
+    if tag == 1 and bits == 8:
         x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) * 256.0
-    elif width == 2:
-        x = np.frombuffer(raw, "<i2").astype(np.float32)
-    elif width == 3:
+    elif tag == 1 and bits == 16:
+        x = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.float32)
+    elif tag == 1 and bits == 24:
         b = np.frombuffer(raw, np.uint8)[: len(raw) // 3 * 3].reshape(-1, 3).astype(np.int32)
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         x = (np.where(v >= 1 << 23, v - (1 << 24), v) / 256.0).astype(np.float32)
-    elif width == 4:
-        x = (np.frombuffer(raw, "<i4") / 65536.0).astype(np.float32)
+    elif tag == 1 and bits == 32:
+        x = (np.frombuffer(raw[: len(raw) // 4 * 4], "<i4") / 65536.0).astype(np.float32)
+    elif tag == 3 and bits in (32, 64):
+        x = (np.frombuffer(raw[: len(raw) // (bits // 8) * (bits // 8)], f"<f{bits // 8}") * 32768.0).astype(np.float32)
     else:
-        raise AudioSourceError(f"audio file {path}: {8 * width}-bit samples are not supported; {fix}")
+        raise AudioSourceError(f"audio file {path}: unsupported encoding (format {tag}, {bits}-bit); {fix}")
     if channels > 1:
         x = x[: len(x) // channels * channels].reshape(-1, channels).mean(axis=1)
     if file_rate != rate:
-        x = Resampler(file_rate, rate).process(np.concatenate([x, np.zeros(64, np.float32)]))
+        r = Resampler(file_rate, rate)
+        n_out = int(round(len(x) * rate / file_rate))
+        y = r.process(np.concatenate([x, np.zeros(2 * r.taps, np.float32)]))  # flush the filter's tail
+        x = y[r.delay : r.delay + n_out]  # a whole file can be aligned exactly
     return to_int16(x)
 
 
