@@ -234,3 +234,33 @@ def test_power_cut_and_restart_in_random_order(deployment: Deployment) -> None:
         rows = g.count("voice", "power-loss-test")
     assert committed_rows and rows >= committed_rows[-1], "an enrolment reported committed is missing"
     assert started_before_hub or order[0] == "hub"
+
+
+def test_hub_crash_alone_nodes_reconnect_and_subscriber_resumes(deployment: Deployment) -> None:
+    """Only the hub dies (kill -9) and comes back: the running nodes re-register and stream again,
+    and the still-running subscriber gets every event the hub logged exactly once."""
+    dep = deployment
+    received = dep.folder / "received.jsonl"
+    log_file = dep.folder / "data" / "hub" / "events.jsonl"
+    wakes = lambda: [e for e in events_in(received) if e["type"] == "wake"]  # noqa: E731
+
+    dep.start_in_order(["hub", "worker", "edge", "subscriber"], gap=lambda _: 0.0)
+    wait_for("a first wake event at the subscriber", lambda: len(wakes()) >= 1, dep, 90)
+    hub = dep.procs.pop("hub")
+    with_group(hub.pid, signal.SIGKILL)
+    hub.wait(10)
+    last_before = max(hub_log(log_file))
+    time.sleep(2.0)  # the nodes run on without a hub, retrying
+    assert not dep.dead(), f"{dep.dead()} exited without the hub\n{dep.logs()}"
+    dep.start("hub")
+    wait_for("a wake event after the hub came back", lambda: any(e["seq"] > last_before for e in wakes()), dep, 90)
+    dep.stop()
+
+    got = events_in(received)
+    seqs = [e["seq"] for e in got]
+    assert seqs == list(range(1, len(seqs) + 1)), f"gaps or duplicates in {seqs}"
+    after = hub_log(log_file)
+    for ev in got:
+        assert after[ev["seq"]] == ev
+    new = [e for e in got if e["seq"] > last_before]
+    assert {e["node"] for e in new if e["type"] == "node_status" and e["state"] == "up"} >= {"cpu0", "kitchen-pi"}
