@@ -166,7 +166,7 @@ def test_unreadable_audio_files_are_clear_errors(tmp_path: Path) -> None:
 async def test_wav_source_error_surfaces_from_blocks(tmp_path: Path) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    with pytest.raises(AudioSourceError, match="bad.wav"):
+    with pytest.raises(AudioSourceError, match=r"bad\.wav"):
         await _collect(WavFileSource(bad))
 
 
@@ -251,7 +251,7 @@ def null_sink() -> Iterator[str]:
 async def _record_while_playing(mic: MicrophoneSource, wav: Path, sink: str) -> tuple[np.ndarray, list, float]:
     blocks: list[tuple[float, bytes]] = []
     started = 0.0
-    player: subprocess.Popen[bytes] | None = None
+    player: asyncio.subprocess.Process | None = None
     duration = len(read_wav(wav)[0]) / 16000
 
     async def consume() -> None:
@@ -260,12 +260,12 @@ async def _record_while_playing(mic: MicrophoneSource, wav: Path, sink: str) -> 
             blocks.append((t, pcm))
             if len(blocks) == 6:  # the stream runs: play into the sink now
                 started = mic.clock.now()
-                player = subprocess.Popen(["paplay", f"--device={sink}", str(wav)])
+                player = await asyncio.create_subprocess_exec("paplay", f"--device={sink}", str(wav))
             if started and mic.clock.now() > started + duration + 1.0:
                 mic.close()
 
     await asyncio.wait_for(consume(), duration + 20)
-    assert player is not None and player.wait(10) == 0
+    assert player is not None and await asyncio.wait_for(player.wait(), 10) == 0
     return np.frombuffer(b"".join(b for _, b in blocks), "<i2"), blocks, started
 
 
