@@ -12,6 +12,9 @@ two consecutive passes agree on become fixed and later partials never change the
 speech pauses the utterance is decoded once more (speculatively); if the pause becomes the
 endpoint, that result is the final, so the final costs no decode after the endpoint.
 
+When the arbiter (``arbitration`` events) gives a wake word heard by several nodes to one of them,
+the utterances the other nodes opened for it are dropped without a final.
+
 At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
 ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
 arrives within ``speaker_wait``. The wake phrase is removed from the text (it is the address, not
@@ -42,6 +45,7 @@ from pipeline.messages import (
     SpeakerIdentified,
     Transcript,
     Utterance,
+    WakeArbitrated,
     WakeDetected,
     Word,
 )
@@ -50,6 +54,8 @@ from pipeline.stage import Stage
 RATE = 16000
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost."""
+STAND_DOWN_S = 1.0
+"""A loser's wake detection within this of the winner's is the same spoken wake word."""
 MIN_SPEECH_S = 0.15
 """Speech needed after the wake word before trailing silence can end the utterance."""
 
@@ -156,7 +162,7 @@ class SttStage(Stage):
         """Where joined/downloaded models are kept."""
 
     name: ClassVar[str] = "stt"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/")
+    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/")
     emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
@@ -181,10 +187,12 @@ class SttStage(Stage):
         self._d = d
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._speakers: dict[str, asyncio.Future] = {}
+        self._stood_down: dict[tuple[str, str], float] = {}
+        """Per stream, the wake time of the last detection the arbiter gave to another node."""
         self._tasks: set[asyncio.Task] = set()
         self._models: dict[str, Any] = {}
         self._model_loading: asyncio.Task | None = None
-        self.counts = {"partials": 0, "finals": 0, "finals_from_pause": 0}
+        self.counts = {"partials": 0, "finals": 0, "finals_from_pause": 0, "stood_down": 0}
         """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
         # VAD runs on its own thread so endpointing never waits behind a whisper decode.
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.ctx.name}-vad")
@@ -246,6 +254,8 @@ class SttStage(Stage):
             await self._audio(msg)
         elif isinstance(msg, WakeDetected):
             await self._wake(msg)
+        elif isinstance(msg, WakeArbitrated):
+            self._stand_down(msg)
         elif isinstance(msg, SpeakerIdentified):
             fut = self._speakers.get(msg.utterance_id)
             if fut is not None and not fut.done():
@@ -289,6 +299,8 @@ class SttStage(Stage):
             st = self._streams[key] = _Stream(msg.room, msg.node, end_time=msg.time)
         if st.utt is not None:
             return  # already listening to this stream
+        if abs(self._stood_down.get(key, -1e9) - msg.time) < STAND_DOWN_S:
+            return  # the arbiter already gave this wake word to another node
         t0 = max(msg.time - self._d["preroll"], st.last_end)
         if st.ring:
             t0 = max(t0, st.ring[0][0])
@@ -339,6 +351,19 @@ class SttStage(Stage):
             if self.ctx.options.partials and self.level < 1 and spoke and partial_due and not busy:
                 utt.last_partial_n = utt.n
                 utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
+
+    def _stand_down(self, msg: WakeArbitrated) -> None:
+        """Drop the utterances that nodes losing the arbitration opened on this wake word."""
+        for node, room in zip(msg.losers, msg.loser_rooms, strict=False):
+            key = (room, node)
+            self._stood_down[key] = msg.wake_time
+            st = self._streams.get(key)
+            if st is not None and st.utt is not None and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S:
+                self.ctx.log.info("stt: %s/%s stands down (another node won the wake word)", room, node)
+                st.utt.closed = True
+                st.last_end = st.end_time
+                st.utt = None
+                self.counts["stood_down"] += 1
 
     def _close(self, st: _Stream, t_end: float, reason: str) -> None:
         utt = st.utt

@@ -106,6 +106,9 @@ class WakeStage(Stage):
         self._streams: dict[tuple[str, str], _Stream] = {}
         # Load once now so a broken model fails at start, not on the first chunk.
         self._spare = await self.ctx.run_blocking(self._make)
+        # The first ONNX runs allocate buffers (hundreds of ms); pay that here, then forget the audio.
+        await self.ctx.run_blocking(lambda: [self._spare.score(np.zeros(1280, np.int16)) for _ in range(3)])
+        await self.ctx.run_blocking(self._spare.reset)
 
     def threshold_of(self, word: str) -> float:
         """The threshold that applies to ``word``."""

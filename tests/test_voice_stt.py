@@ -277,3 +277,28 @@ def test_bundled_base_model_is_joined_once(tmp_path) -> None:
     tr = Transcriber("base", cpu_threads=2, cache_dir=tmp_path)
     r = tr.transcribe(media.concat(0.3, media.speech("turn on the kitchen lights", "piper:joe"), 0.3))
     assert jiwer.wer("turn on the kitchen lights", norm(r.text)) <= 0.2, r.text
+
+
+@pytest.mark.slow
+async def test_node_that_loses_the_arbitration_drops_its_utterance() -> None:
+    """One person, two microphones: the office hears the kitchen 14 dB quieter; only the kitchen answers."""
+    from nodes.arbiter import ArbiterStage
+    from pipeline.messages import WakeArbitrated
+
+    chain = Chain()
+    await chain.add(WakeStage)
+    await chain.add(ArbiterStage)
+    stt = await chain.add(SttStage, cpu_threads=2, speaker_wait=0.0)
+    try:
+        near = media.concat(0.5, media.speech("hey jarvis, turn on the kitchen lights", "piper:joe"), 1.5)
+        far = (near.astype(np.float32) * 10 ** (-14 / 20)).astype(np.int16)
+        await chain.play({KITCHEN: near, OFFICE: far}, t0=T0)
+        await chain.settle()
+        (arb,) = chain.of(WakeArbitrated)
+        assert arb.node == "kitchen-pi" and arb.losers == ["office-pi"], arb
+        finals = [m for m in chain.of(Transcript) if m.final]
+        assert [f.room for f in finals] == ["kitchen"] and "kitchen" in norm(finals[0].text)
+        assert [u.room for u in chain.of(Utterance)] == ["kitchen"]
+        assert stt.counts["stood_down"] == 1
+    finally:
+        await chain.close()
