@@ -147,6 +147,7 @@ class Doctor:
             self.check_node_keys(name, self.deployment.edges[name].keys)
         self.check_hub_reachable()
         self.check_clock()
+        self.check_services()
         for name in edges:
             self.check_edge(name, self.deployment.edges[name])
         for name in workers:
@@ -655,6 +656,9 @@ class Doctor:
 
     def check_camera(self, name: str, cam: str, source: str | int) -> None:
         check = f"camera {name}/{cam}"
+        if isinstance(source, str) and source.startswith("picamera2"):
+            self._check_picamera(check, source)
+            return
         if isinstance(source, str) and Path(source).expanduser().is_dir():
             n = sum(1 for p in Path(source).expanduser().iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
             self.add(
@@ -698,6 +702,53 @@ class Doctor:
                 f"{source} does not open" + (" (opened, but no frame)" if ok else ""),
                 "check the URL/path, credentials and network (try: ffprobe '<source>')",
             )
+
+    def _check_picamera(self, check: str, source: str) -> None:
+        index = int(source.split(":", 1)[1]) if ":" in source else 0
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError:
+            self.add(
+                "FAIL",
+                check,
+                f"{source}: picamera2 is not importable",
+                "sudo apt install python3-picamera2 and reinstall with deploy/install-edge.sh --picamera "
+                "(the venv must see the system packages)",
+            )
+            return
+        cams = Picamera2.global_camera_info()
+        if index < len(cams):
+            self.add("PASS", check, f"{source}: {cams[index].get('Model', 'camera')} found")
+        else:
+            self.add(
+                "FAIL",
+                check,
+                f"{source}: libcamera sees {len(cams)} camera(s)",
+                "check the ribbon cable and 'rpicam-hello --list-cameras'",
+            )
+
+    # ------------------------------------------------------------------ services
+
+    def check_services(self) -> None:
+        """The node's systemd units are enabled, so they come back by themselves after a power cut."""
+        hub, workers, edges = self.roles()
+        units = (["sensorium-hub.service"] if hub else []) + [f"sensorium-worker@{w}.service" for w in workers]
+        units += ["sensorium-edge.service"] if edges else []
+        if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+            self.add("SKIP", "services", f"systemd is not running here; {', '.join(units)} not checked")
+            return
+        for unit in units:
+            res = subprocess.run(["systemctl", "is-enabled", unit], capture_output=True, text=True, timeout=10)
+            state = res.stdout.strip() or res.stderr.strip()
+            if state == "enabled":
+                self.add("PASS", f"unit {unit}", "enabled: starts at boot and after a power cut")
+            else:
+                self.add(
+                    "WARN",
+                    f"unit {unit}",
+                    f"{state or 'not installed'}: it will not start after a power cut",
+                    f"systemctl enable --now {unit} (installed by deploy/install-*.sh)",
+                )
 
     # ------------------------------------------------------------------ worker
 
