@@ -1,0 +1,301 @@
+"""Presence: who is in which room, fused from faces, voices and person tracks.
+
+Evidence: a recognized face (``face``), an identified speaker or a final transcript with a speaker
+(``voice``), and a person track that a face was recognized on (``track``: once a face names a track,
+every frame that still shows the track keeps the person present without recognizing again).
+
+A person ``entered`` a room on evidence of at least ``enter_confidence``; moving to another room
+needs face or voice evidence of ``move_confidence`` there (a lingering track cannot pull anyone
+back); ``left`` comes after ``left_after`` without any evidence. ``present`` repeats every
+``present_every``. Unknown people are counted per room from the tracks not named by a face, as the
+most seen over ``count_window`` (so one missed detection does not make a person "leave"), and
+reported as ``person="unknown"`` events whenever the count changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import msgspec
+
+from pipeline.config import parse_duration
+from pipeline.messages import (
+    Detections,
+    FaceRecognized,
+    Message,
+    Presence,
+    SnapshotRequest,
+    SpeakerIdentified,
+    Transcript,
+)
+from pipeline.stage import Stage, StageContext
+
+UNKNOWN = "unknown"
+
+
+class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[stages.presence]``."""
+
+    left_after: str | float = "30s"
+    """Time without any evidence after which a person has left the room."""
+    present_every: str | float = "60s"
+    """Interval of periodic ``present`` events per person (0 = off)."""
+    enter_confidence: float = 0.5
+    """Evidence needed to mark a person entered (staying needs any evidence: hysteresis)."""
+    move_confidence: float = 0.6
+    """Face or voice evidence needed in another room to move a person there."""
+    track_factor: float = 0.9
+    """Confidence of track evidence relative to the face that named the track."""
+    count_window: str | float = "3s"
+    """People counts are the most seen over this window."""
+    settle: str | float = "1s"
+    """Unknown counts lag this much, so a face can name a new track before it counts as a stranger."""
+    tick: str | float = "250ms"
+    """How often timers (left, present) are checked."""
+
+
+@dataclass
+class _Person:
+    room: str
+    entered: float
+    last: float
+    last_present: float
+    sources: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """source → (last time, confidence)."""
+
+    def confidence(self, since: float) -> float:
+        """Combined confidence of the sources seen since ``since`` (independent-evidence rule)."""
+        miss = 1.0
+        for t, c in self.sources.values():
+            if t >= since:
+                miss *= 1.0 - min(max(c, 0.0), 1.0)
+        return round(1.0 - miss, 4)
+
+
+class PresenceStage(Stage):
+    """Fuses face, voice and track evidence into per-room presence events."""
+
+    Options: ClassVar[type[msgspec.Struct]] = PresenceOptions
+    name: ClassVar[str] = "presence"
+    consumes: ClassVar[tuple[str, ...]] = ("face/", "speaker/", "transcript/", "detections/")
+    emits: ClassVar[tuple[str, ...]] = ("presence",)
+    droppable: ClassVar[bool] = False
+    default_budget_ms: ClassVar[float] = 500.0
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        o: PresenceOptions = ctx.options
+        self.left_after = parse_duration(o.left_after, "presence.left_after")
+        self.present_every = parse_duration(o.present_every, "presence.present_every")
+        self.count_window = parse_duration(o.count_window, "presence.count_window")
+        self.settle = parse_duration(o.settle, "presence.settle")
+        self.tick = max(parse_duration(o.tick, "presence.tick"), 0.01)
+        self.opts = o
+        self._people: dict[str, _Person] = {}
+        self._tracks: dict[tuple[str, str, int], tuple[str, float]] = {}
+        """(room, camera, track) → (person or "unknown", face confidence)."""
+        self._frames: dict[tuple[str, str], list[tuple[float, tuple[int, ...]]]] = {}
+        """(room, camera) → recent (time, track ids in the frame; -1 = untracked)."""
+        self._counts: dict[str, tuple[int, int]] = {}
+        """room → (people, unknown) last reported."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._timers(), name="presence-timers")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -------------------------------------------------------------------------------------- input
+
+    async def handle(self, msg: Message) -> None:
+        if self.ctx.rooms and msg.room and msg.room not in self.ctx.rooms and not isinstance(msg, SnapshotRequest):
+            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+            return
+        if isinstance(msg, FaceRecognized):
+            self._tracks[(msg.room, msg.camera, msg.track)] = (msg.person, msg.score)
+            if msg.person != UNKNOWN:
+                await self._evidence(msg.person, msg.room, "face", msg.score, msg.time)
+            await self._report_counts(msg.room, msg.time)
+        elif isinstance(msg, SpeakerIdentified):
+            if msg.person != UNKNOWN:
+                await self._evidence(msg.person, msg.room, "voice", msg.score, msg.time)
+        elif isinstance(msg, Transcript):
+            if msg.final and msg.speaker and msg.speaker != UNKNOWN:
+                await self._evidence(msg.speaker, msg.room, "voice", msg.speaker_score, msg.t1 or msg.time)
+        elif isinstance(msg, Detections):
+            await self._on_detections(msg)
+        elif isinstance(msg, SnapshotRequest):
+            for ev in self.snapshot():
+                await self.ctx.publish(ev)
+        else:
+            await self.ctx.reject(msg, f"presence does not take {type(msg).__name__}")
+
+    async def _on_detections(self, det: Detections) -> None:
+        for b in det.boxes:
+            person, conf = self._tracks.get((det.room, det.camera, b.track), (UNKNOWN, 0.0))
+            if b.track >= 0 and person != UNKNOWN:
+                await self._evidence(person, det.room, "track", conf * self.opts.track_factor, det.time)
+        self._frames.setdefault((det.room, det.camera), []).append((det.time, tuple(b.track for b in det.boxes)))
+        if not det.boxes:  # the camera saw the room empty: its tracks are over
+            for key in [k for k in self._tracks if k[0] == det.room and k[1] == det.camera]:
+                del self._tracks[key]
+        await self._report_counts(det.room, det.time)
+
+    async def _evidence(self, person: str, room: str, source: str, conf: float, t: float) -> None:
+        p = self._people.get(person)
+        if p is not None and p.room == room:
+            p.last = max(p.last, t)
+            p.sources[source] = (t, conf)
+            return
+        if p is None:
+            if conf < self.opts.enter_confidence or source == "track":
+                return
+        else:
+            # Somewhere else already: only strong face/voice evidence moves them (hysteresis against flapping).
+            if source == "track" or conf < self.opts.move_confidence:
+                return
+            await self._left(p, person, t)
+        p = _Person(room=room, entered=t, last=t, last_present=t, sources={source: (t, conf)})
+        self._people[person] = p
+        await self._emit(person, p, "entered", t)
+
+    # ------------------------------------------------------------------------------------- timers
+
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                await self.check(self.ctx.clock.now())
+            except Exception:  # a timer bug must not end presence for good
+                self.ctx.log.exception("presence timers")
+
+    async def check(self, now: float) -> None:
+        """Emit what is due at ``now``: ``left`` after silence, periodic ``present``, count changes."""
+        for person, p in list(self._people.items()):
+            if now - p.last >= self.left_after:
+                await self._left(p, person, now)
+            elif self.present_every > 0 and now - p.last_present >= self.present_every:
+                p.last_present = now
+                await self._emit(person, p, "present", now)
+        for room in {r for r, _ in self._frames}:
+            await self._report_counts(room, now)
+        # A track's name is kept while its frames can still count (so a person who left is not a stranger).
+        live = {(r, c, tr) for (r, c), frames in self._frames.items() for _, trs in frames for tr in trs}
+        for key in [k for k in self._tracks if k not in live]:
+            del self._tracks[key]
+
+    async def _left(self, p: _Person, person: str, t: float) -> None:
+        self._people.pop(person, None)
+        await self._emit(person, p, "left", t)
+
+    # ------------------------------------------------------------------------------------- counts
+
+    def counts(self, room: str, now: float) -> tuple[int, int]:
+        """(people, unknown) in ``room`` at ``now``.
+
+        Unknown = boxes whose track no face named (with today's names, so a face recognized later
+        also clears the frames before it), the most seen per camera over the settled window.
+        """
+        unknown = 0
+        end = now - self.settle
+        for (r, cam), frames in self._frames.items():
+            if r != room:
+                continue
+
+            def unnamed(tracks: tuple[int, ...], cam: str = cam) -> int:
+                return sum(1 for tr in tracks if self._tracks.get((room, cam, tr), (UNKNOWN, 0.0))[0] == UNKNOWN)
+
+            settled = [f for f in frames if f[0] <= end]
+            recent = [unnamed(tr) for t, tr in settled if end - t <= self.count_window]
+            if recent:
+                unknown += max(recent)
+            elif settled and end - settled[-1][0] < self.left_after:
+                unknown += unnamed(settled[-1][1])  # no new frame: detect sends none while a room stays empty
+            # Keep only what the window or the last-frame rule can still use.
+            last = settled[-1:] if settled else []
+            frames[:] = [f for f in frames if end - f[0] <= self.count_window] or last
+        known = sum(1 for p in self._people.values() if p.room == room)
+        return known + unknown, unknown
+
+    async def _report_counts(self, room: str, t: float) -> None:
+        people, unknown = self.counts(room, max(t, self.ctx.clock.now()))
+        before = self._counts.get(room, (0, 0))
+        if (people, unknown) == before:
+            return
+        self._counts[room] = (people, unknown)
+        if unknown == before[1]:
+            return  # only the known count changed; those events carry the counts themselves
+        state = "entered" if before[1] == 0 else "left" if unknown == 0 else "present"
+        await self.ctx.publish(
+            Presence(
+                time=t,
+                room=room,
+                person=UNKNOWN,
+                state=state,
+                confidence=1.0 if unknown else 0.0,
+                sources=["track"],
+                people=people,
+                unknown=unknown,
+            )
+        )
+
+    async def _emit(self, person: str, p: _Person, state: str, t: float) -> None:
+        people, unknown = self.counts(p.room, max(t, self.ctx.clock.now()))
+        since = t - self.left_after
+        sources = sorted(s for s, (ts, _) in p.sources.items() if ts >= since)
+        await self.ctx.publish(
+            Presence(
+                time=t,
+                room=p.room,
+                person=person,
+                state=state,  # type: ignore[arg-type]
+                confidence=p.confidence(since) if state != "left" else 0.0,
+                sources=sources,
+                people=people,
+                unknown=unknown,
+            )
+        )
+
+    def snapshot(self) -> list[Presence]:
+        """Who is where now: a ``present`` event per person, and the unknown count of every room."""
+        now = self.ctx.clock.now()
+        out = []
+        for person, p in self._people.items():
+            people, unknown = self.counts(p.room, now)
+            since = now - self.left_after
+            out.append(
+                Presence(
+                    time=now,
+                    room=p.room,
+                    person=person,
+                    state="present",
+                    confidence=p.confidence(since),
+                    sources=sorted(s for s, (ts, _) in p.sources.items() if ts >= since),
+                    people=people,
+                    unknown=unknown,
+                )
+            )
+        for room in sorted({r for r, _ in self._frames}):
+            people, unknown = self.counts(room, now)
+            if unknown:
+                out.append(
+                    Presence(
+                        time=now,
+                        room=room,
+                        person=UNKNOWN,
+                        state="present",
+                        confidence=1.0,
+                        sources=["track"],
+                        people=people,
+                        unknown=unknown,
+                    )
+                )
+        return out
