@@ -50,7 +50,6 @@ STAGE_LIBRARIES: dict[str, tuple[str, str]] = {
 }
 PORTAUDIO_APT = "libportaudio2"
 MIN_FREE_DISK = 1 << 30
-MIN_FREE_GPU = 1 << 30
 
 
 class _Unchecked(msgspec.Struct):
@@ -1034,25 +1033,14 @@ def _gpu_summary() -> str:
 
 
 def _device_problem(device: str) -> str | None:
-    """Why ``device`` cannot run stages here, or None (torch when installed, nvidia-smi otherwise)."""
+    """Why ``device`` cannot run stages here, or None: the worker's own test where torch is installed
+    (so the doctor predicts exactly the device the worker will pick), nvidia-smi otherwise."""
     if device == "cpu":
         return None
-    index = int(device.split(":")[1]) if ":" in device else 0
     if importlib.util.find_spec("torch") is not None:
-        import torch
+        from pipeline.worker import device_problem
 
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                return f"{device}: no CUDA GPU visible (torch.cuda.is_available() is False)"
-            if index >= torch.cuda.device_count():
-                return f"{device}: only {torch.cuda.device_count()} GPU(s) visible"
-            free, total = torch.cuda.mem_get_info(index)
-            if free < MIN_FREE_GPU:
-                return f"{device}: only {free / 2**20:.0f} MiB free of {total / 2**20:.0f} MiB"
-            return None
-        if device == "mps":
-            return None if torch.backends.mps.is_available() else "mps: not available"
-        return f"{device}: unknown device"
+        return device_problem(device)
     gpus = _nvidia_smi()
     if not gpus:
         return f"{device}: no NVIDIA GPU (nvidia-smi {'not found' if gpus is None else 'lists none'})"
