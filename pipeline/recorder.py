@@ -121,6 +121,7 @@ class Recorder:
         self._opened = 0.0
         self._last_flush = 0.0
         self._closed = False
+        self._open()  # a recording that got no messages is still a valid (empty) file
 
     # ------------------------------------------------------------------------------------ files
 
@@ -363,7 +364,8 @@ def read(path: str | Path, result: ReadResult | None = None) -> Iterator[Recorde
                 break
             except Exception as exc:  # the mcap reader raises many types on damage
                 kind = type(exc).__name__
-                res.damage = f"{path}: damaged at byte {fp.tell()} ({kind}: {exc or 'unexpected end of file'})"
+                why = str(exc) or "unexpected end of file"
+                res.damage = f"{path}: damaged at byte {fp.tell()} ({kind}: {why})"
                 log.warning("%s; replaying the %d messages before it", res.damage, res.messages)
                 break
             if isinstance(rec, Schema):

@@ -41,10 +41,15 @@ from pipeline.messages import (
     EVENTS,
     AudioChunk,
     Detections,
+    FaceRecognized,
     Message,
+    Presence,
     Say,
+    SpeakerIdentified,
     StopPlayback,
+    Transcript,
     VideoFrame,
+    WakeDetected,
 )
 from pipeline.recorder import Recorded, RecordingError, read_all
 from pipeline.report import RunResult, StageRun
@@ -82,12 +87,12 @@ class Session:
     @property
     def start(self) -> float:
         """Session time of the first published message."""
-        return self.items[0].log_time if self.items else 0.0
+        return min(r.log_time for r in self.items) if self.items else 0.0
 
     @property
     def duration(self) -> float:
         """Seconds from the first to the last published message."""
-        return self.items[-1].log_time - self.items[0].log_time if self.items else 0.0
+        return ready_time(self.items[-1]) - self.start if self.items else 0.0
 
     @property
     def name(self) -> str:
@@ -129,6 +134,7 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
         items = [r for r in items if r.msg is not None and r.msg.room in wanted]
         labels = [lb for lb in labels if lb.room in wanted]
         events = [e for e in events if e.room in wanted]
+    items.sort(key=ready_time)
     if not items:
         where = f" before the damage ({res.damage})" if res.damage else ""
         raise ReplayError(f"{plist[0]}: no audio, video or commands to replay{where}")
@@ -141,6 +147,14 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
         damage=res.damage,
         rooms=wanted or all_rooms,
     )
+
+
+def ready_time(rec: Recorded) -> float:
+    """When the edge node could publish a message: audio once its whole chunk was captured."""
+    msg = rec.msg
+    if isinstance(msg, AudioChunk) and msg.rate > 0:
+        return rec.log_time + len(msg.data) / (2 * max(msg.channels, 1) * msg.rate)
+    return rec.log_time
 
 
 class TimeMap:
@@ -175,8 +189,9 @@ class ReplayOptions:
 
     speed: float = 1.0
     """1 = real time, 2 = twice as fast, 0 = as fast as the pipeline takes it."""
-    settle: float = 2.0
-    """Seconds without new events after the last input before the replay ends."""
+    settle: float = 3.0
+    """Seconds without new events after the last input before the replay ends (stages may still be
+    finishing work they started in the background, e.g. a final transcript)."""
     timeout: float = 600.0
     """Give up waiting for the pipeline after this many seconds."""
     flow_limit: int = 4
@@ -256,7 +271,7 @@ async def publish_session(
     stamps to publish times and ``t0`` (the stamp of session offset 0).
     """
     tmap = TimeMap()
-    first = session.items[0].log_time
+    first = session.start
     t0 = clock.now() + 0.05
     if opts.speed <= 0:
         # As fast as possible: stamps must not fall behind the clock, or the runtime would drop and
@@ -273,7 +288,7 @@ async def publish_session(
             continue
         offset = rec.log_time - first
         if opts.speed > 0:
-            delay = mono0 + offset / opts.speed - _time.monotonic()
+            delay = mono0 + (ready_time(rec) - first) / opts.speed - _time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         else:
@@ -376,8 +391,12 @@ async def replay_on(
         "session_start": first,
         "damage": session.damage,
     }
+    # answers to inputs of an earlier replay into the same deployment can arrive late: their capture
+    # stamps lie before this run's, so they are left out (events stamped "now" are kept)
+    stale = (WakeDetected, Transcript, SpeakerIdentified, Detections, FaceRecognized, Presence)
+    events = [(seen, m) for seen, m in collector.events if not (isinstance(m, stale) and 0 < m.time < t0 - 1.0)]
     return RunResult(
-        events=list(collector.events),
+        events=events,
         to_session=lambda t: t - t0 + first,
         published_at=tmap.published_at,
         info=info,

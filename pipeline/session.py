@@ -431,7 +431,8 @@ def build(
     out = Path(out)
     tmp = out.with_name(out.name + ".part")
     result = BuildResult(path=out, duration=duration, labels=labels)
-    with Recorder(tmp, metadata=meta, flush_seconds=1e9, chunk_size=1024 * 1024) as rec:
+    # small chunks: a truncated copy of the file still replays up to a couple of seconds before the cut
+    with Recorder(tmp, metadata=meta, flush_seconds=1e9, chunk_size=64 * 1024) as rec:
         for lb in labels:
             rec.write_json(LABELS_TOPIC, "sensorium.Label", LABEL_SCHEMA, lb, lb.t0)
         for m in msgs:

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--accuracy-tolerance", type=float, default=0.05, help="allowed accuracy drop, absolute (default 0.05)"
     )
-    p.add_argument("--settle", type=float, default=2.0, help="seconds of quiet that end the replay (default 2)")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds of quiet that end the replay (default 3)")
     p.add_argument("--events-json", type=Path, help="write the events produced as JSON lines here")
 
 

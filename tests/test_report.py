@@ -1,0 +1,196 @@
+"""The replay report: latency table, accuracy against labels, plots, and the regression gate's verdicts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.messages import (
+    BudgetViolation,
+    Detections,
+    Presence,
+    SpeakerIdentified,
+    Transcript,
+    WakeDetected,
+)
+from pipeline.report import RunResult, StageRun, compare, format_table, make_report, normalize_text, plot, wer
+from pipeline.session import PeopleLabel, SpeechLabel
+
+T0 = 1000.0  # session time of the labels; the run's stamps are T0 + SHIFT
+SHIFT = 500.0
+
+
+def _labels() -> list:
+    return [
+        SpeechLabel(
+            room="kitchen", node="k", t0=T0 + 1, t1=T0 + 3, wake="hey_jarvis", text="turn on the lights", speaker="joe"
+        ),
+        SpeechLabel(
+            room="hall", node="h", t0=T0 + 5, t1=T0 + 7, wake="hey_jarvis", text="play some jazz", speaker="sara"
+        ),
+        SpeechLabel(
+            room="kitchen", node="k", t0=T0 + 9, t1=T0 + 11, wake="hey_jarvis", text="set a timer", speaker="rob"
+        ),
+        SpeechLabel(room="kitchen", node="k", t0=T0 + 13, t1=T0 + 14, wake="", text="the soup is hot", speaker="joe"),
+        PeopleLabel(room="hall", camera="cam", t0=T0, t1=T0 + 10, persons=2, people=["tom"]),
+    ]
+
+
+def _run() -> RunResult:
+    s = SHIFT + T0
+    ev: list = [
+        # kitchen command 1: heard, transcribed with a wake prefix, speaker right
+        WakeDetected(time=s + 1.6, room="kitchen", word="hey_jarvis", score=0.9),
+        Transcript(
+            time=s + 3.2,
+            room="kitchen",
+            final=True,
+            text="Hey Jarvis, turn on the lights.",
+            t0=s + 1.0,
+            t1=s + 3.1,
+            utterance_id="u1",
+        ),
+        SpeakerIdentified(time=s + 3.3, room="kitchen", person="joe", utterance_id="u1", score=0.8),
+        # hall command: wake heard, one word wrong, speaker wrong
+        WakeDetected(time=s + 5.5, room="hall", word="hey_jarvis", score=0.8),
+        Transcript(
+            time=s + 7.2, room="hall", final=True, text="play some jess", t0=s + 5.0, t1=s + 7.0, utterance_id="u2"
+        ),
+        SpeakerIdentified(time=s + 7.3, room="hall", person="unknown", utterance_id="u2", score=0.3),
+        # kitchen command 2: missed entirely; the no-wake sentence fires a false alarm
+        WakeDetected(time=s + 13.5, room="kitchen", word="hey_jarvis", score=0.6),
+        # presence: tom seen in the hall (right), a wrong person in the hall, and a "left" (ignored)
+        Presence(time=s + 2.0, room="hall", person="tom", state="entered", confidence=0.9),
+        Presence(time=s + 4.0, room="hall", person="joe", state="entered", confidence=0.5),
+        Presence(time=s + 20.0, room="hall", person="tom", state="left"),
+        Detections(time=s + 1.0, room="hall", camera="cam", persons=2),
+        Detections(time=s + 2.0, room="hall", camera="cam", persons=1),
+        BudgetViolation(time=s + 3.2, stage="stt", budget_ms=300, actual_ms=450, action="degraded:no-partials"),
+    ]
+    events = [(m.time + 0.1, m) for m in ev]
+    stages = {
+        "wake": StageRun(samples_ms=[float(x) for x in range(1, 101)], budget_ms=300.0, device="cpu"),
+        "stt": StageRun(
+            samples_ms=[200.0, 250.0, 450.0], budget_ms=300.0, violations=1, ladder=["degraded:no-partials"]
+        ),
+    }
+    return RunResult(
+        events=events,
+        to_session=lambda t: t - SHIFT,
+        stages=stages,
+        info={"session": "t", "speed": 1.0, "session_start": T0},
+    )
+
+
+def test_text_normalization_and_wer() -> None:
+    assert normalize_text("Hey Jarvis, turn ON the lights!") == "turn on the lights"
+    assert normalize_text("hey jarvis what's up", strip_wake=False) == "hey jarvis what's up"
+    assert wer(["turn on the lights"], ["turn on the lights"]) == 0.0
+    assert wer(["play some jazz"], ["play some jess"]) == pytest.approx(1 / 3)
+    assert wer(["a b c d"], [""]) == 1.0
+
+
+def test_stage_table_from_runtime_samples() -> None:
+    rep = make_report(_run(), _labels())
+    wake = rep["stages"]["wake"]
+    assert wake["count"] == 100 and wake["p50_ms"] == 50.0 and wake["p95_ms"] == 95.0 and wake["p99_ms"] == 99.0
+    assert wake["max_ms"] == 100.0 and wake["budget_ms"] == 300.0
+    stt = rep["stages"]["stt"]
+    assert stt["violations"] == 1 and stt["ladder"] == ["degraded:no-partials"] and stt["max_ms"] == 450.0
+
+
+def test_accuracy_against_labels() -> None:
+    acc = make_report(_run(), _labels())["accuracy"]
+    assert acc["wake"] == {
+        "labelled": 3,
+        "hits": 2,
+        "misses": 1,
+        "false_alarms": 1,
+        "hit_rate": pytest.approx(2 / 3, abs=1e-4),
+        "missed": ["kitchen @9.0s: 'set a timer' (rob)"],
+    }
+    # 0 errors + 1 substitution + 3 deletions (the missed command) over 4 + 3 + 3 words
+    assert acc["transcripts"]["wer"] == pytest.approx(4 / 10, abs=1e-4)
+    assert acc["speaker"] == {"labelled": 3, "correct": 1, "accuracy": pytest.approx(1 / 3, abs=1e-4)}
+    assert acc["presence"]["hall"] == {"events": 2, "labelled": 1, "precision": 0.5, "recall": 1.0}
+    assert acc["detections"] == {"frames": 2, "count_exact": 0.5, "count_mae": 0.5}
+
+
+def test_event_latency_when_runtime_numbers_are_absent() -> None:
+    run = _run()
+    run.stages = {}
+    run.published_at = lambda t: t - 0.05  # inputs were published 50 ms before their stamps
+    rep = make_report(run, _labels())
+    assert rep["stages"]["wake"]["count"] == 3
+    assert rep["stages"]["wake"]["p50_ms"] == pytest.approx(150.0)
+    assert rep["stages"]["stt"]["violations"] == 1  # from the BudgetViolation event
+    listed = [e for e in rep["events"]["list"] if e["type"] == "wake"]
+    assert [e["t"] for e in listed] == [1.6, 5.5, 13.5]  # session time, whatever the run's clock
+
+
+def test_table_and_plot(tmp_path: Path) -> None:
+    run = _run()
+    rep = make_report(run, _labels())
+    table = format_table(rep)
+    assert "wake" in table and "50.0" in table and "degraded:no-partials" in table
+    assert "wake: 2/3 hits, 1 misses, 1 false alarms" in table
+    assert "WER 40.0%" in table
+    paths = plot(run, tmp_path, rep)
+    assert paths and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regression_gate() -> None:
+    base = make_report(_run(), _labels())
+    same = make_report(_run(), _labels())
+    assert compare(same, base).ok
+
+    slower = _run()
+    slower.stages["wake"].samples_ms = [x * 1.5 for x in slower.stages["wake"].samples_ms]
+    cmp = compare(make_report(slower, _labels()), base, tolerance=0.2)
+    assert not cmp.ok
+    assert cmp.lines[0].startswith("wake: p50 75.0 ms vs 50.0 ms baseline (+50%") and cmp.lines[0].endswith("slower")
+    assert compare(make_report(slower, _labels()), base, tolerance=0.6).ok
+
+    worse = _run()
+    worse.events = [(t, m) for t, m in worse.events if not isinstance(m, WakeDetected) or m.room != "hall"]
+    cmp = compare(make_report(worse, _labels()), base)
+    assert not cmp.ok and any(ln.startswith("wake hit rate: 0.333 vs 0.667") for ln in cmp.lines)
+
+    gone = _run()
+    del gone.stages["stt"]
+    assert any("stt: produced nothing" in ln for ln in compare(make_report(gone, _labels()), base).lines)
+
+
+@pytest.mark.parametrize(("factor", "code"), [(10.0, 0), (0.1, 1)])
+def test_replay_cli_gate_exit_codes(tmp_path: Path, factor: float, code: int) -> None:
+    """`sensorium replay --baseline` on a real session with the wake stage: 0 within tolerance, 1 past it."""
+    from test_replay import wake_session
+
+    session = wake_session(tmp_path)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "sensorium", "replay", str(session), "--speed", "max", "--stages", "wake"]
+    cmd += ["--data-dir", str(tmp_path / "d"), "--settle", "0.5"]
+    first = subprocess.run(
+        [*cmd, "--report", str(tmp_path / "a.json")], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    base = json.loads((tmp_path / "a.json").read_text())
+    assert base["accuracy"]["wake"]["hits"] == 2
+    # a baseline 10x slower than this run passes; one 10x faster makes this run a regression
+    for key in ("p50_ms", "p95_ms"):
+        base["stages"]["wake"][key] *= factor
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    again = subprocess.run(
+        [*cmd, "--report", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "base.json"), "--tolerance", "0.5"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+    assert again.returncode == code, again.stdout + again.stderr
+    assert ("slower" in again.stdout) == (code == 1)
+    assert (tmp_path / "b-latency.png").exists()
