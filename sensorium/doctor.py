@@ -238,6 +238,13 @@ class Doctor:
                     self.add("PASS", f"port {port}", f"{ep}: free for the hub")
                 elif answering:
                     self.add("PASS", f"port {port}", f"{ep}: bound by the running hub")
+                elif "not an address" in why:
+                    self.add(
+                        "FAIL",
+                        f"port {port}",
+                        f"{ep}: {why}",
+                        f"run the hub on the machine that has {host} (see 'ip -br addr'), or fix [hub] address",
+                    )
                 else:
                     self.add(
                         "FAIL",
