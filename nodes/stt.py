@@ -345,10 +345,13 @@ class SttStage(Stage):
             if spoke and s.silence_s >= min(0.25, d["trailing_silence"] / 2) and utt.spec_speech_s != s.speech_s:
                 # The speaker paused: decode now; if the pause becomes the endpoint this is the final.
                 utt.spec_speech_s = s.speech_s
+                if utt.partial_task is not None and not utt.partial_task.done():
+                    utt.partial_task.cancel()  # a queued partial would only delay this decode
                 utt.spec_task = self._spawn(self._decode(utt, utt.n))
             partial_due = utt.n - utt.last_partial_n >= d["partial_interval"] * RATE
             busy = utt.partial_task is not None and not utt.partial_task.done()
-            if self.ctx.options.partials and self.level < 1 and spoke and partial_due and not busy:
+            # Partials only while the person speaks: in a pause the speculative final is decoding.
+            if self.ctx.options.partials and self.level < 1 and s.in_speech and spoke and partial_due and not busy:
                 utt.last_partial_n = utt.n
                 utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
 
