@@ -40,6 +40,8 @@ class FaceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds between looks at an already recognized track."""
     frames_kept: int = 8
     """Frames kept per camera to match detections to."""
+    frame_slack_s: float = 0.3
+    """If a detection's own frame was dropped, use a kept frame of the camera this close in time."""
     track_ttl_s: float = 60.0
     """Forget a track not seen for this long."""
 
@@ -63,6 +65,7 @@ class FaceStage(Stage):
     droppable: ClassVar[bool] = True
     degrade_steps: ClassVar[tuple[str, ...]] = ("recheck-less",)
     default_budget_ms: ClassVar[float] = 1500.0
+    max_batch: ClassVar[int] = 32
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -105,6 +108,11 @@ class FaceStage(Stage):
         else:
             await self.ctx.reject(msg, f"face stage takes video frames and detections, not {type(msg).__name__}")
 
+    async def handle_batch(self, msgs: list[Message]) -> None:
+        # Frames first: a detection in the same batch may point at one of them.
+        for msg in sorted(msgs, key=lambda m: not isinstance(m, VideoFrame)):
+            await self.handle(msg)
+
     async def _on_detections(self, det: Detections) -> None:
         cam = f"{det.room}/{det.camera}"
         now = time.monotonic()
@@ -120,7 +128,12 @@ class FaceStage(Stage):
                 todo.append(b)
         if not todo:
             return
-        frame = next((f for f in self._frames.get(cam, ()) if f.seq == det.frame_seq), None)
+        kept = self._frames.get(cam, ())
+        frame = next((f for f in kept if f.seq == det.frame_seq), None)
+        if frame is None:  # its frame was superseded while we were busy: the nearest one in time will do
+            near = min(kept, key=lambda f: abs(f.time - det.time), default=None)
+            if near is not None and abs(near.time - det.time) <= self.opts.frame_slack_s:
+                frame = near
         if frame is None:
             self.ctx.log.debug("face: frame %s of %s no longer kept", det.frame_seq, cam)
             return
