@@ -178,3 +178,17 @@ def test_wake_cost_per_frame(model: WakeWordModel) -> None:
     per_frame = (time.perf_counter() - t) / len(frames)
     print(f"\nwake: {per_frame * 1000:.2f} ms per 80 ms frame ({len(frames)} frames, 2 wake words)")
     assert per_frame < 0.080  # must keep up with real time on one core
+
+
+@pytest.mark.slow
+async def test_stage_loads_a_model_by_path_with_its_own_threshold(tmp_path) -> None:
+    import shutil
+
+    custom = tmp_path / "kitchen_word.onnx"
+    shutil.copy(resolve("hey_jarvis")[1], custom)  # stands in for a user-trained model file
+    with pytest.raises(ValueError, match="unconfigured"):
+        await make_stage(models=[str(custom)], thresholds={"hey_jarvis": 0.5})
+    stage, out = await make_stage(models=[str(custom)], thresholds={"kitchen_word": 0.6})
+    assert stage.threshold_of("kitchen_word") == 0.6
+    await feed(stage, media.concat(0.5, media.speech("hey jarvis", "flite:awb"), 1.0))
+    assert [w.word for w in wakes(out)] == ["kitchen_word"]
