@@ -38,9 +38,14 @@ echo "== step 1: resolve the full closure, binary wheels only"
 if "$py" -m pip download --quiet --disable-pip-version-check --dest "$work/wheels" --only-binary=:all: \
   --python-version "$pyver" --implementation cp --abi "cp${pyver/./}" --abi abi3 --abi none \
   "${platforms[@]}" --platform any -r "$work/reqs.txt" >"$work/closure.log" 2>&1; then
-  echo "   resolved $(ls "$work/wheels" | wc -l) wheels:"
-  ls "$work/wheels" | sed 's/^/   /'
-  odd=$(ls "$work/wheels" | grep -v -E '(aarch64|none-any)\.whl$' || true)
+  wheels=("$work"/wheels/*.whl)
+  echo "   resolved ${#wheels[@]} wheels:"
+  odd=""
+  for w in "${wheels[@]}"; do
+    w="${w##*/}"
+    echo "   $w"
+    [[ "$w" =~ (aarch64|none-any)\.whl$ ]] || odd+="$w"$'\n'
+  done
   if [[ -n "$odd" ]]; then
     echo "FAIL: wheels that are neither aarch64 nor pure Python:"; echo "$odd"; fail=1
   fi

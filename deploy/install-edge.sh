@@ -45,7 +45,7 @@ done
 [[ -z "$hub_key" || -f "$hub_key" ]] || { echo "install-edge.sh: hub key not found: $hub_key" >&2; exit 2; }
 if [[ -z "$source" ]]; then source="$(cd "$here/.." && pwd)"; fi
 # A checkout gets its [edge] extra; anything else is a pip requirement, e.g. 'sensorium[edge]==0.2.0'.
-if [[ -d "$source" ]]; then spec="$source[edge]"; else spec="$source"; fi
+if [[ -d "$source" ]]; then spec="${source}[edge]"; else spec="$source"; fi
 
 run() { if [[ $dry -eq 1 ]]; then echo "+ $*"; else "$@"; fi; }
 step() { echo "== $*"; }

@@ -47,7 +47,7 @@ done
 [[ -z "$config" || -f "$config" ]] || { echo "install-worker.sh: config file not found: $config" >&2; exit 2; }
 [[ -z "$hub_key" || -f "$hub_key" ]] || { echo "install-worker.sh: hub key not found: $hub_key" >&2; exit 2; }
 if [[ -z "$source" ]]; then source="$(cd "$here/.." && pwd)"; fi
-if [[ -d "$source" ]]; then spec="$source[$extras]"; else spec="$source"; fi
+if [[ -d "$source" ]]; then spec="${source}[$extras]"; else spec="$source"; fi
 
 run() { if [[ $dry -eq 1 ]]; then echo "+ $*"; else "$@"; fi; }
 step() { echo "== $*"; }

