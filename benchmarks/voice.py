@@ -484,12 +484,18 @@ def run(
             result["theirs"] = {"skipped": reason}
         else:
             print(f"voice: peers, {count} utterances, {session.duration:.0f} s of audio …", file=sys.stderr)
-            result["theirs"] = run_theirs(
-                session, warmup, device=device, endpoint_s=endpoint_s, beam_size=beam, cpu_threads=cpu_threads
+            result["theirs"] = _guarded(
+                run_theirs,
+                session,
+                warmup,
+                device=device,
+                endpoint_s=endpoint_s,
+                beam_size=beam,
+                cpu_threads=cpu_threads,
             )
     if do_ours:
         print(f"voice: ours, {count} utterances, {session.duration:.0f} s of audio in real time …", file=sys.stderr)
-        result["ours"] = run_ours(session, warmup, cpu_session, device=device, stage_opts=stage_opts)
+        result["ours"] = _guarded(run_ours, session, warmup, cpu_session, device=device, stage_opts=stage_opts)
     o, t = result.get("ours", {}), result.get("theirs", {})
     if "rows" in o and "rows" in t:
         result["ratio_ours_over_theirs"] = {
@@ -506,6 +512,17 @@ def run(
             "eos_to_final_ratio_le_0.5": r["eos_to_final_p50"] is not None and r["eos_to_final_p50"] <= 0.5,
         }
     return result
+
+
+def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one side; a failure is recorded (and printed) instead of losing the other side's numbers."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _stt_defaults() -> dict[str, Any]:
@@ -554,6 +571,9 @@ def table(result: dict[str, Any]) -> str:
 
     if "skipped" in t:
         lines.append(f"theirs skipped: {t['skipped']}")
+    for side, d in (("ours", o), ("theirs", t)):
+        if "error" in d:
+            lines.append(f"{side} failed: {d['error']}")
     row("wake detected (of N)", o.get("wake_detected"), t.get("wake_detected"))
     row("wake latency p50 ms", g(o, "wake_ms", "p50"), g(t, "wake_ms", "p50"), r.get("wake_p50"))
     row("wake latency p95 ms", g(o, "wake_ms", "p95"), g(t, "wake_ms", "p95"), r.get("wake_p95"))
