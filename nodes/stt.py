@@ -187,6 +187,8 @@ class SttStage(Stage):
         self._d = d
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._speakers: dict[str, asyncio.Future] = {}
+        self._busy_since = 0.0
+        self._grace_until = 0.0
         self._stood_down: dict[tuple[str, str], float] = {}
         """Per stream, the wake time of the last detection the arbiter gave to another node."""
         self._tasks: set[asyncio.Task] = set()
@@ -250,6 +252,16 @@ class SttStage(Stage):
     # ---------------------------------------------------------------------------------- inputs
 
     async def handle(self, msg: Message) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            await self._handle(msg)
+        finally:
+            now = time.monotonic()
+            if now - self._busy_since > 0.2:  # we stalled: other streams' chunks may be queued behind us
+                self._grace_until = now + self._d["stream_timeout"]
+            self._busy_since = 0.0
+
+    async def _handle(self, msg: Message) -> None:
         if isinstance(msg, AudioChunk):
             await self._audio(msg)
         elif isinstance(msg, WakeDetected):
@@ -385,6 +397,8 @@ class SttStage(Stage):
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic()
+            if self._busy_since or now < self._grace_until:
+                continue  # a slow handle call (overloaded CPU) is not a stopped stream
             for st in list(self._streams.values()):
                 if st.utt is not None and now - st.arrived > self._d["stream_timeout"]:
                     await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
