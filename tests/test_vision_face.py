@@ -223,3 +223,50 @@ def test_threshold_calibration(detector, faces) -> None:  # type: ignore[no-unty
     assert stats["faces_enrolled"] >= 10
     assert stats["false_accept_rate"] == 0.0  # no stranger is ever named at the default threshold
     assert stats["false_reject_rate"] <= 0.1
+
+
+def _toy_arcface(folder: Path) -> Path:
+    """A tiny random-weight ONNX with ArcFace's interface (1×3×112×112 → 512) in buffalo_l's layout.
+
+    No ArcFace weights install offline; this checks OUR production loading path (insightface's
+    ``model_zoo.get_model`` routing, its preprocessing, our unit norm and model id), not accuracy.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 8, 8)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((1568, 512)) * 0.05).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["data", "w1"], ["c1"], strides=[8, 8]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Flatten", ["r1"], ["f1"]),
+        helper.make_node("MatMul", ["f1", "w2"], ["fc1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy_arcface",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 512])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "w600k_r50.onnx"))
+    return folder
+
+
+def test_arcface_directory_loads_through_insightface(tmp_path: Path) -> None:
+    from models.faces import FacePipeline
+
+    pipe = FacePipeline(recognizer=str(_toy_arcface(tmp_path / "buffalo_l")))
+    try:
+        assert pipe.family == "arcface" and pipe.model_id == "arcface-w600k_r50"
+        emb, model_id = pipe.embed_image_file(images.ASTRONAUT or "")
+        assert model_id == "arcface-w600k_r50" and emb.shape == (512,)
+        assert abs(float(np.linalg.norm(emb)) - 1.0) < 1e-5
+    finally:
+        pipe.close()
+    with pytest.raises(FileNotFoundError, match="ArcFace model not found"):
+        FacePipeline(recognizer=str(tmp_path / "nowhere"))
