@@ -5,17 +5,21 @@ known end-of-wake and end-of-speech times; ``benchmarks/voice_media.py``) is str
 in 80 ms chunks, to
 
 - **ours**: the real runtime in one process (``sensorium.embedded``: hub + a worker running the
-  ``wake``, ``stt`` and ``speaker`` stages), fed by the edge's WAV file source (``edge.audio.
-  WavFileSource``) publishing ``AudioChunk``s, observed by a ``pipeline.client.Client`` — the
-  reasoning loop's own subscriber path through the hub's event log;
+  ``wake``, ``stt`` and ``speaker`` stages, two voices enrolled), fed by the real edge agent
+  (``edge.agent.EdgeAgent``: WAV file source → outbox → bus), observed by a
+  ``pipeline.client.Client`` — the reasoning loop's own subscriber path through the hub's event log;
 - **theirs**: ``wyoming-openwakeword`` and ``wyoming-faster-whisper`` servers from PyPI on loopback,
   run from their own venvs (``benchmarks/peers/setup.sh``) with the same model files, driven by a
   satellite-like Wyoming client (``benchmarks/peers/client.py``): continuous wake stream; on
   detection, an STT request streamed as spoken with ``AudioStop`` at the endpoint.
 
+The peer decodes with our stt's model settings (tiny.en CT2, int8 on CPU / float16 on CUDA, our
+beam size — 1 — and 4 CPU threads), so the ratio measures the architecture, not a setting;
+``--peer-beam 5`` gives Home Assistant's automatic x86 beam instead.
+
 Both sides endpoint after the same trailing silence (our stt ``trailing_silence``, 0.7 s like Home
-Assistant); the peer gets an ideal endpointer (exactly end of speech + silence), ours uses its real
-Silero VAD. Metrics, p50/p95 per side and the ratio ours/theirs:
+Assistant); the peer gets an ideal endpointer (exactly end of speech + silence, at the next 80 ms
+boundary), ours uses its real Silero VAD. Metrics, p50/p95 per side and the ratio ours/theirs:
 
 - wake latency: end of "hey jarvis" in the audio → wake event at the subscriber / client;
 - end of speech → final transcript (the peer also: AudioStop → Transcript, its decode alone);
