@@ -41,6 +41,13 @@ class EventLog:
 
     def _load(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_mode & 0o077:
+            log.warning(
+                "event log %s was readable by others (mode %o); restricting it to 0600",
+                path,
+                path.stat().st_mode & 0o777,
+            )
+            os.chmod(path, 0o600)
         if path.exists():
             raw = path.read_bytes()
             lines = raw.split(b"\n")

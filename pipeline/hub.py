@@ -295,13 +295,13 @@ class Hub:
             except CodecError as exc:
                 self.bad_messages += 1
                 log.warning("hub: bad control message from %r: %s", ident[:32], exc)
-                await self._reply(ident, ControlError(reason=f"bad message: {exc}"))
+                await self._reply(ident, ControlError(time=self.clock.now(), reason=f"bad message: {exc}"))
                 continue
             now = time.monotonic()
             if isinstance(msg, Heartbeat):
                 node = self.nodes.get(msg.node)
                 if node is None:
-                    await self._reply(ident, ControlError(reason="unregistered"))
+                    await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
                     continue
                 await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
                 node.last_seen = now
@@ -322,18 +322,29 @@ class Hub:
                 await self._reply(
                     ident,
                     EventsReply(
-                        events=[e.json for e in entries], first_seq=self.log.first_seq, last_seq=self.log.last_seq
+                        time=self.clock.now(),
+                        events=[e.json for e in entries],
+                        first_seq=self.log.first_seq,
+                        last_seq=self.log.last_seq,
                     ),
                 )
             elif isinstance(msg, SnapshotRequest):
                 await self._reply(
                     ident,
                     EventsReply(
-                        events=list(self.presence.values()), first_seq=self.log.first_seq, last_seq=self.log.last_seq
+                        time=self.clock.now(),
+                        events=list(self.presence.values()),
+                        first_seq=self.log.first_seq,
+                        last_seq=self.log.last_seq,
                     ),
                 )
             else:
-                await self._reply(ident, ControlError(reason=f"unexpected {type(msg).__name__} on the control socket"))
+                await self._reply(
+                    ident,
+                    ControlError(
+                        time=self.clock.now(), reason=f"unexpected {type(msg).__name__} on the control socket"
+                    ),
+                )
 
     async def _health_loop(self) -> None:
         while True:

@@ -13,6 +13,8 @@ HELP = "live per-stage latency, rate and drops"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", help="hub base address (default: from --config, else ipc:///tmp/sensorium)")
     p.add_argument("--config", help="deployment TOML")
+    p.add_argument("--keys", help="this client's CURVE key folder (with hub.key) for a remote hub")
+    p.add_argument("--name", default="top", help="client name (its key file name with --keys)")
     p.add_argument("--once", action="store_true", help="print one table after --wait seconds and exit")
     p.add_argument("--wait", type=float, default=3.0, help="seconds to collect before printing with --once")
 
@@ -38,10 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.messages import NodeStatus, StageStats
     from sensorium.commands.events import resolve_hub
 
+    from pipeline.security import KeyError_, node_keys
+
     endpoints = Endpoints.from_address(resolve_hub(args))
+    try:
+        curve = node_keys(args.keys, args.name) if args.keys else None
+    except KeyError_ as exc:
+        print(f"sensorium top: {exc}", file=sys.stderr)
+        return 2
 
     async def main() -> int:
-        sub = Subscriber(endpoints, ["stats/", "status/"])
+        sub = Subscriber(endpoints, ["stats/", "status/"], curve=curve)
         stats: dict[tuple[str, str], StageStats] = {}
         nodes: dict[str, str] = {}
         t0 = time.monotonic()
