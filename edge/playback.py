@@ -52,11 +52,15 @@ def resample_linear(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarr
 
 
 class Sink(abc.ABC):
-    """Where played audio goes. ``write`` never blocks; the player paces it in real time."""
+    """Where played audio goes. ``write`` never blocks; the player keeps ``lead`` seconds queued ahead."""
 
     rate: int = 22050
     latency: float = 0.0
-    """Seconds between ``write`` and the sound leaving the speaker (device buffer)."""
+    """Seconds between a sample leaving the queue and leaving the speaker (device buffer)."""
+    lead: float = 0.0
+    """Audio the player keeps queued ahead of what is playing (device sinks need a cushion)."""
+    written: int = 0
+    """Samples written since the sink opened."""
 
     def begin(self, answer_id: str, room: str) -> None:
         """An answer starts."""
@@ -65,12 +69,16 @@ class Sink(abc.ABC):
     def write(self, block: np.ndarray) -> None:
         """Queue one block of int16 samples at ``rate``."""
 
-    def flush_queued(self) -> None:
-        """Drop audio written but not played yet (barge-in)."""
-
+    @abc.abstractmethod
     def queued(self) -> float:
         """Seconds of written audio not played yet."""
-        return 0.0
+
+    def played(self) -> int:
+        """Samples played so far (``written`` minus what is still queued)."""
+        return self.written - round(self.queued() * self.rate)
+
+    def flush_queued(self) -> None:
+        """Drop audio written but not played yet (barge-in)."""
 
     def end(self, answer_id: str) -> None:
         """The answer is over (played to the end or stopped)."""
@@ -80,12 +88,18 @@ class Sink(abc.ABC):
 
 
 class WavSink(Sink):
-    """One WAV file per answer: ``<wav_dir>/<room>_<answer_id>.wav``."""
+    """One WAV file per answer, ``<wav_dir>/<room>_<answer_id>.wav``, consumed at real-time pace.
+
+    A virtual clock plays the written audio like a sound card would, so the player paces its writes
+    the same way for both sinks and a stopped answer's file ends where a speaker would have gone quiet.
+    """
 
     def __init__(self, wav_dir: str | Path, rate: int) -> None:
         self.dir = Path(wav_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rate = rate
+        self.written = 0
+        self._busy_until = 0.0
         self._w: wave.Wave_write | None = None
         self.files: list[Path] = []
         """Files written, in order."""
@@ -106,6 +120,16 @@ class WavSink(Sink):
     def write(self, block: np.ndarray) -> None:
         if self._w is not None:
             self._w.writeframes(block.astype("<i2", copy=False).tobytes())
+        now = time.monotonic()
+        self._busy_until = max(self._busy_until, now) + len(block) / self.rate
+        self.written += len(block)
+
+    def queued(self) -> float:
+        return max(0.0, self._busy_until - time.monotonic())
+
+    def flush_queued(self) -> None:
+        # The file already holds the (at most one block) queued ahead; count it as played.
+        self._busy_until = time.monotonic()
 
     def end(self, answer_id: str) -> None:
         if self._w is not None:
@@ -117,12 +141,15 @@ class WavSink(Sink):
 
 
 class SoundDeviceSink(Sink):
-    """A sounddevice output stream fed from a queue the audio callback drains."""
+    """A sounddevice output stream whose callback drains a queue of written blocks."""
 
-    def __init__(self, device: str | int | None, rate: int, block: int) -> None:
+    def __init__(self, device: str | int | None, rate: int, block: int, lead: float = 0.15) -> None:
         import sounddevice as sd  # imported here: only nodes that really play need PortAudio
 
         self.rate = rate
+        self.lead = lead
+        self.written = 0
+        self._consumed = 0
         self._q: collections.deque[bytes] = collections.deque()
         self._pending = 0
         self._lock = threading.Lock()
@@ -143,6 +170,7 @@ class SoundDeviceSink(Sink):
                 if len(chunk) > take:
                     self._q.appendleft(chunk[take:])
             self._pending -= len(out)
+            self._consumed += len(out) // 2
         outdata[: len(out)] = bytes(out)
         outdata[len(out) :] = b"\x00" * (need - len(out))
 
@@ -151,14 +179,21 @@ class SoundDeviceSink(Sink):
         with self._lock:
             self._q.append(data)
             self._pending += len(data)
+            self.written += len(block)
 
     def flush_queued(self) -> None:
         with self._lock:
+            self.written -= self._pending // 2
             self._q.clear()
             self._pending = 0
 
     def queued(self) -> float:
-        return self._pending / 2 / self.rate + self.latency
+        with self._lock:
+            return self._pending / 2 / self.rate
+
+    def played(self) -> int:
+        with self._lock:
+            return self._consumed
 
     def close(self) -> None:
         self._stream.stop()
@@ -176,6 +211,8 @@ class _Answer:
     started: bool = False
     stopped: bool = False
     played: list[str] = field(default_factory=list)
+    pending: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
+    """Sentences written to the sink but not fully played: (sink sample position of their end, text)."""
     last_arrival: float = field(default_factory=time.monotonic)
 
 
@@ -258,6 +295,9 @@ class Player:
                 ans.stopped = True
         if self.current and self.current in targets:
             self._silent.clear()
+            cur = self._answers.get(self.current)
+            if cur is not None:
+                self._mark_played(cur)  # before the flush: what was heard up to now
             self._stop_flag.set()
             self.sink.flush_queued()
             self._wake.set()
@@ -358,6 +398,7 @@ class Player:
     async def _play(self, ans: _Answer) -> None:
         rate = self.sink.rate
         dur = self.block / rate
+        lead = max(dur, self.sink.lead)
         while ans.chunks and not ans.stopped:
             chunk = ans.chunks.popleft()
             pcm = resample_linear(np.frombuffer(chunk.data, "<i2"), chunk.rate, rate)
@@ -367,34 +408,34 @@ class Player:
                 self.sink.begin(ans.answer_id, self.room)
                 self.first_audio[ans.answer_id] = self.clock.now()
                 await self._status(ans, "started")
-            t_start = time.monotonic()
-            for i, pos in enumerate(range(0, len(pcm), self.block)):
-                if self._stop_flag.is_set() or ans.stopped:
-                    break
-                self.sink.write(pcm[pos : pos + self.block])
-                # Keep at most one block ahead of real time: a stop is heard within about one block.
-                delay = t_start + i * dur - time.monotonic()
-                if delay > 0:
+            for pos in range(0, len(pcm), self.block):
+                # Keep ``lead`` queued: enough that the device never starves, little enough that a stop
+                # (which drops the queue) is heard at once.
+                while not (self._stop_flag.is_set() or ans.stopped) and self.sink.queued() >= lead:
                     try:
-                        await asyncio.wait_for(self._stop_flag.wait(), delay)
+                        await asyncio.wait_for(self._stop_flag.wait(), max(self.sink.queued() - lead, 0.0) + 0.002)
                     except TimeoutError:
                         pass
-            else:
-                if chunk.text:
-                    tail = t_start + len(pcm) / rate - time.monotonic()
-                    if tail > 0:  # the sentence counts as played once its last block is audible
-                        try:
-                            await asyncio.wait_for(self._stop_flag.wait(), tail)
-                        except TimeoutError:
-                            pass
-                    if not (self._stop_flag.is_set() or ans.stopped):
-                        ans.played.append(chunk.text)
+                if self._stop_flag.is_set() or ans.stopped:
+                    return
+                self.sink.write(pcm[pos : pos + self.block])
+                self._mark_played(ans)
+            if chunk.text:
+                ans.pending.append((self.sink.written, chunk.text))
+
+    def _mark_played(self, ans: _Answer) -> None:
+        """Move sentences whose last sample has been played into ``ans.played``."""
+        done = self.sink.played()
+        while ans.pending and ans.pending[0][0] <= done:
+            ans.played.append(ans.pending.popleft()[1])
 
     async def _finish(self, ans: _Answer) -> None:
         if ans.started and not ans.stopped:
-            rest = self.sink.queued()
+            rest = self.sink.queued() + self.sink.latency
             if rest > 0:
                 await asyncio.sleep(rest)
+            ans.played.extend(text for _, text in ans.pending)
+            ans.pending.clear()
         if ans.started:
             self.sink.end(ans.answer_id)
         if self._order and self._order[0] == ans.answer_id:

@@ -91,6 +91,13 @@ def test_presence_snapshot_follows_moves_and_departures() -> None:
 # --------------------------------------------------------------------------- agent over the hub
 
 
+async def _wait_presence(client: Client, n: int) -> None:
+    """Wait until the hub's snapshot holds ``n`` entries (the publisher's first messages can take a moment)."""
+    async with asyncio.timeout(5):
+        while len(await client.snapshot()) < n:
+            await asyncio.sleep(0.05)
+
+
 async def _next_say(sub: Subscriber, timeout: float = 5.0) -> Say:
     while True:
         msg = await sub.recv_timeout(timeout)
@@ -107,6 +114,7 @@ async def test_builtin_agent_answers_in_the_room_the_question_came_from(hub: Hub
         await pub.publish(Presence(room=p.room, person=p.person, state=p.state, unknown=p.unknown, time=time.time()))
     async with Client(hub.endpoints, name="agent-test") as client:
         assert await client.wait_connected(5)
+        await _wait_presence(client, 3)
         loop = AgentLoop(client, agent=BuiltinAgent(now=lambda: dt.datetime(2026, 11, 24, 18, 0)))
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop=stop))
@@ -248,11 +256,12 @@ async def test_openai_agent_streams_the_answer_through_say_stream(hub: Hub) -> N
     server = FakeOpenAI(delay=0.02)
     pub = Publisher(hub.endpoints)
     says = Subscriber(hub.endpoints, ["say/"])
+    await asyncio.sleep(0.3)  # let the publisher connect before the first event
     await pub.publish(Presence(room="garden", person="Alice", state="entered", time=time.time()))
-    await asyncio.sleep(0.3)
     try:
         async with Client(hub.endpoints, name="oa-test") as client:
             assert await client.wait_connected(5)
+            await _wait_presence(client, 1)
             agent = oa.OpenAIAgent(client, server.url, "k", "tiny-model")
             ev = Transcript(room="kitchen", text="Where is Alice?", final=True, speaker="Bob")
             task = asyncio.create_task(agent.handle(ev))

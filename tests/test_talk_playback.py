@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
 import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +140,129 @@ def test_resample_linear_matches_durations(src: int, dst: int) -> None:
     pcm = np.frombuffer(tone(0.5, src), "<i2")
     out = resample_linear(pcm, src, dst)
     assert out.dtype == np.int16 and abs(len(out) - dst // 2) <= 1
+
+
+# The real PortAudio path: sounddevice plays into a PulseAudio null sink (PortAudio's ALSA "pulse"
+# device, routed by PULSE_SINK) while parec records the sink's monitor: what a loudspeaker would get.
+
+
+def _pactl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture
+def null_sink() -> Iterator[str]:
+    if not all(shutil.which(p) for p in ("pulseaudio", "pactl", "parec")):
+        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils)")
+    if _pactl("info").returncode != 0:
+        subprocess.run(
+            ["pulseaudio", "--daemonize", "--exit-idle-time=-1", "--system=false"], capture_output=True, timeout=30
+        )
+        for _ in range(50):
+            if _pactl("info").returncode == 0:
+                break
+            time.sleep(0.1)
+        assert _pactl("info").returncode == 0, "PulseAudio did not start"
+    name = f"sensorium_talk_{uuid.uuid4().hex[:6]}"
+    res = _pactl("load-module", "module-null-sink", f"sink_name={name}", "rate=22050", "channels=1")
+    assert res.returncode == 0, res.stderr
+    try:
+        yield name
+    finally:
+        _pactl("unload-module", res.stdout.strip())
+
+
+def _route_to(sink: str) -> None:
+    """Move this process's playback streams to ``sink`` (stream-restore may have put them elsewhere)."""
+    inputs = json.loads(_pactl("-f", "json", "list", "sink-inputs").stdout or "[]")
+    mine = [i for i in inputs if i.get("properties", {}).get("application.process.id") == str(os.getpid())]
+    assert mine, "the player opened no PulseAudio stream"
+    for i in mine:
+        assert _pactl("move-sink-input", str(i["index"]), sink).returncode == 0
+
+
+def _align(recorded: np.ndarray, played: np.ndarray) -> float:
+    """Correlation of the recording with what was played, at the best lag."""
+    from scipy.signal import correlate
+
+    x, a = recorded.astype(np.float64), played.astype(np.float64)
+    k = int(np.argmax(np.abs(correlate(x, a, mode="full")))) - (len(a) - 1)
+    aa, xx = (a[-k:], x[: len(a) + k]) if k < 0 else (a[: len(x) - k], x[k : k + len(a)])
+    n = min(len(aa), len(xx))
+    return float(np.dot(xx[:n], aa[:n]) / (np.linalg.norm(xx[:n]) * np.linalg.norm(aa[:n]) + 1e-9))
+
+
+@contextlib.contextmanager
+def _recording(sink: str, path: Path) -> Iterator[list[np.ndarray]]:
+    """Record ``sink``'s monitor (what a loudspeaker plays) while the block runs."""
+    out: list[np.ndarray] = []
+    with open(path, "wb") as f:
+        rec = subprocess.Popen(
+            [
+                "parec",
+                f"--device={sink}.monitor",
+                "--rate=22050",
+                "--channels=1",
+                "--format=s16le",
+                "--latency-msec=20",
+            ],
+            stdout=f,
+        )
+        try:
+            yield out
+        finally:
+            rec.send_signal(signal.SIGINT)  # parec writes out what it holds on SIGINT
+            rec.wait(5)
+    out.append(np.fromfile(path, "<i2"))
+
+
+@pytest.mark.slow
+async def test_sounddevice_plays_to_the_speaker_and_barge_in_silences_it(null_sink, tmp_path, monkeypatch) -> None:
+    """One player for the whole test, as on an edge node (PortAudio's ALSA "pulse" device stalls a second
+    output stream opened in the same process after the first was closed)."""
+    from models.tts import FliteTts, resample
+
+    monkeypatch.setenv("PULSE_SINK", null_sink)
+    # A fresh application name: PulseAudio's stream-restore must not send us to a sink remembered from before.
+    monkeypatch.setenv("PULSE_PROP", f"application.name=sensorium-test-{uuid.uuid4().hex[:8]}")
+    events: list[Message] = []
+
+    async def publish(msg: Message) -> None:
+        events.append(msg)
+
+    player = Player(PlaybackConfig(device="pulse", rate=22050), "kitchen", "kitchen-pi", Clock(), publish)
+    try:
+        _route_to(null_sink)
+        # 1. A two-sentence answer reaches the speaker sample for sample (resampled 16 -> 22.05 kHz).
+        texts = ["The kitchen light is on.", "The front door is locked."]
+        audio = [FliteTts().synthesize(t) for t in texts]
+        with _recording(null_sink, tmp_path / "a.raw") as rec:
+            await asyncio.sleep(0.3)
+            for i, (t, (a, r)) in enumerate(zip(texts, audio, strict=True)):
+                await player.feed(TtsAudio(answer_id="a", chunk=i, text=t, rate=r, final=i == 1, data=a.tobytes()))
+            async with asyncio.timeout(20):
+                await player.wait_idle()
+            await asyncio.sleep(0.3)
+        played = resample(np.concatenate([a for a, _ in audio]), audio[0][1], 22050)
+        assert _align(rec[0], played) > 0.95
+        assert statuses(events) == [("a", "started", ""), ("a", "ended", " ".join(texts))]
+        # 2. Barge-in one second into a long answer: the speaker goes quiet at once.
+        texts = ["Tomorrow will be cloudy with light rain around noon.", "In the afternoon the sun comes back."]
+        audio = [FliteTts().synthesize(t) for t in texts]
+        with _recording(null_sink, tmp_path / "b.raw") as rec:
+            await asyncio.sleep(0.3)
+            for i, (t, (a, r)) in enumerate(zip(texts, audio, strict=True)):
+                await player.feed(TtsAudio(answer_id="b", chunk=i, text=t, rate=r, final=i == 1, data=a.tobytes()))
+            await asyncio.sleep(1.0)
+            latency = await player.stop()
+            await asyncio.sleep(0.5)
+    finally:
+        await player.close()
+    voiced = np.nonzero(np.abs(rec[0]) > 300)[0]
+    assert len(voiced), f"nothing reached the speaker (peak {np.abs(rec[0]).max()})"
+    heard = (voiced[-1] - voiced[0]) / 22050
+    total = sum(len(a) / r for a, r in audio)
+    print(f"sounddevice barge-in: stop() {latency * 1000:.1f} ms (with device buffer), heard {heard:.2f}/{total:.2f} s")
+    assert latency < 0.15
+    assert heard < 1.0 + 0.3  # quiet right after the stop, not at the end of the answer
+    assert statuses(events)[2:] == [("b", "started", ""), ("b", "stopped", "")]  # the first sentence was cut
