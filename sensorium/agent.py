@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.messages import PlaybackStatus, Presence, Transcript
+from pipeline.messages import PlaybackStatus, Presence, Transcript, WakeArbitrated
 
 log = logging.getLogger("sensorium.agent")
 
@@ -207,12 +207,17 @@ class AgentLoop:
     """Only answer utterances from these rooms (None = all)."""
     turns: list[Turn] = field(default_factory=list)
     on_turn: Callable[[Turn], None] | None = None
+    stood_down: list[tuple[str, float]] = field(default_factory=list)
+    """(room, wake time) of detections the arbiter told to stand down (another room answers, or echo)."""
+    skipped: list[Transcript] = field(default_factory=list)
+    """Final transcripts not answered because their room stood down."""
 
     async def run(self, since: int | None = None, stop: asyncio.Event | None = None) -> None:
         """Answer until ``stop`` is set (or forever)."""
 
         async def loop() -> None:
-            async for ev in self.client.events(["transcript", "playback"], rooms=self.rooms, since=since):
+            # All rooms: an arbitration event is published in the winner's room but concerns the losers' too.
+            async for ev in self.client.events(["transcript", "playback", "arbitration"], since=since):
                 await self.handle(ev)
 
         task = asyncio.create_task(loop(), name="agent-loop")
@@ -227,6 +232,13 @@ class AgentLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _stood_down(self, ev: Transcript) -> bool:
+        # The utterance opened on a wake the arbiter gave to another room (or took for the room's own
+        # speaker): that wake lies between the utterance's start (pre-roll before it) and its end.
+        t0 = ev.t0 or ev.time
+        t1 = ev.t1 or t0 + 30.0
+        return any(room == ev.room and t0 - 0.25 <= t <= t1 for room, t in self.stood_down)
+
     async def handle(self, ev: Any) -> Turn | None:
         """React to one event: answer a final transcript, note what a barge-in cut off."""
         if isinstance(ev, PlaybackStatus):
@@ -237,7 +249,18 @@ class AgentLoop:
                         log.info("answer %s cut off after: %r", ev.answer_id, ev.played_text)
                         break
             return None
+        if isinstance(ev, WakeArbitrated):
+            self.stood_down += [(room, ev.wake_time) for room in ev.loser_rooms]
+            del self.stood_down[:-64]
+            return None
         if not isinstance(ev, Transcript) or not ev.final or not ev.text.strip():
+            return None
+        if self.rooms is not None and ev.room not in self.rooms:
+            return None
+        if self._stood_down(ev):
+            log.info("not answering %r in %s: the room stood down for this wake word", ev.text, ev.room)
+            self.skipped.append(ev)
+            del self.skipped[:-64]
             return None
         received = self.client.clock.now()
         presence: list[Presence] = []

@@ -17,7 +17,7 @@ import pytest
 from pipeline.bus import Publisher, Subscriber
 from pipeline.client import Client
 from pipeline.hub import Hub
-from pipeline.messages import PlaybackStatus, Presence, Say, Transcript
+from pipeline.messages import PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
 from sensorium.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +138,39 @@ async def test_builtin_agent_answers_in_the_room_the_question_came_from(hub: Hub
     assert [t.room for t in loop.turns] == ["office", "kitchen"]  # the partial was not answered
     assert loop.turns[1].cut_off == "" and loop.turns[0].cut_off is None
     assert 0 <= loop.turns[0].said_at - loop.turns[0].speech_end < 2.0
+
+
+async def test_rooms_that_stood_down_do_not_get_a_second_answer(hub: Hub) -> None:
+    pub = Publisher(hub.endpoints)
+    says = Subscriber(hub.endpoints, ["say/"])
+    await asyncio.sleep(0.3)
+    async with Client(hub.endpoints, name="agent-test") as client:
+        assert await client.wait_connected(5)
+        loop = AgentLoop(client, agent=BuiltinAgent(now=lambda: dt.datetime(2026, 11, 24, 7, 30)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop=stop))
+        await asyncio.sleep(0.5)
+        wake = client.clock.now()
+        # Both rooms heard "hey jarvis, what time is it"; the kitchen won, the office stood down.
+        await pub.publish(
+            WakeArbitrated(
+                room="kitchen", node="kitchen-pi", wake_time=wake, losers=["office-pi"], loser_rooms=["office"]
+            )
+        )
+        for room in ("office", "kitchen"):
+            await pub.publish(Transcript(room=room, text="What time is it?", final=True, t0=wake - 2.0, t1=wake + 1.5))
+        say = await _next_say(says)
+        assert (say.room, say.text) == ("kitchen", "It is half past seven in the morning.")
+        # The next question in the office (a later wake) is answered there.
+        await pub.publish(Transcript(room="office", text="What time is it?", final=True, t0=wake + 3, t1=wake + 6))
+        say2 = await _next_say(says)
+        assert say2.room == "office"
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    pub.close()
+    says.close()
+    assert [t.room for t in loop.turns] == ["kitchen", "office"]
+    assert [t.room for t in loop.skipped] == ["office"]
 
 
 # ------------------------------------------------------------------------ OpenAI-compatible example
