@@ -56,6 +56,11 @@ class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick: str | float = "250ms"
     """How often timers (left, present) are checked."""
 
+    def __post_init__(self) -> None:
+        # Bad durations fail when the config loads, naming the key, not when the stage starts.
+        for key in ("left_after", "present_every", "count_window", "settle", "tick"):
+            parse_duration(getattr(self, key), key)
+
 
 @dataclass
 class _Person:

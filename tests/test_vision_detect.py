@@ -145,3 +145,42 @@ async def test_degrade_steps() -> None:
         await stage.handle(frame(bus, seq=seq))
     assert len([d for d in out if isinstance(d, Detections)]) == 2
     await stage.stop()
+
+
+def test_weights_by_name_or_path() -> None:
+    from models.detector import bundled_weights, resolve_weights
+
+    assert resolve_weights("bundled") == str(bundled_weights()) and bundled_weights().exists()
+    assert resolve_weights("yolo11n.pt") == "yolo11n.pt"  # production name: ultralytics resolves it
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_weights("/nonexistent/models/mine.pt")
+
+
+def test_class_map_without_person_is_a_clear_error() -> None:
+    from models.detector import PersonDetector
+
+    with pytest.raises(ValueError, match=r"no class .* maps to 'person'"):
+        PersonDetector(class_map={"dog": "person"})
+
+
+def test_vision_options_validate_in_the_deployment_file() -> None:
+    from pipeline.config import ConfigError, from_dict
+    from sensorium.registry import available
+
+    opts = {n: c.Options for n, c in available().items()}
+    base = {"rooms": {"hall": {}}, "edges": {"pi": {"room": "hall"}}}
+    d = from_dict(
+        base
+        | {
+            "stages": {
+                "detect": {"weights": "yolo11n.pt", "batch": 4, "budget": "800ms"},
+                "presence": {"left_after": "10s"},
+            }
+        },
+        opts,
+    )
+    assert d.stages["detect"].options.batch == 4 and d.stages["detect"].budget_s == 0.8
+    with pytest.raises(ConfigError, match="treshold"):
+        from_dict(base | {"stages": {"face": {"treshold": 0.5}}}, opts)
+    with pytest.raises(ConfigError, match="left_after"):
+        from_dict(base | {"stages": {"presence": {"left_after": "soon"}}}, opts)
