@@ -148,6 +148,9 @@ class DetectStage(Stage):
                 Detections(
                     time=msg.time,
                     room=msg.room,
+                    # Per-camera topic (detections/room/camera): a droppable consumer keeps the latest
+                    # detections of EACH camera, not one per room.
+                    source=msg.source,
                     camera=msg.source,
                     persons=len(res),
                     boxes=[Box(b.x1, b.y1, b.x2, b.y2, round(b.score, 4), b.track) for b in res],
