@@ -25,7 +25,7 @@ from typing import Any
 from edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
 from edge.camera import Camera, CameraError
 from pipeline.clock import Clock
-from pipeline.config import Deployment, EdgeConfig
+from pipeline.config import Deployment, EdgeConfig, parse_duration
 from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
 
 log = logging.getLogger("sensorium.edge")
@@ -130,6 +130,46 @@ class Outbox:
                     self.overhead_ms.setdefault(kind, deque(maxlen=2000)).append((clock.now() - ready) * 1000.0)
 
 
+class LinkWatch:
+    """Watches the publish socket's connection with a ZeroMQ monitor.
+
+    Heartbeats notice a dead hub only after three intervals; a hub that crashed or restarted closes
+    the connection, which the monitor reports at once, so the outbox starts holding audio before
+    it is thrown at a socket nobody reads.
+    """
+
+    def __init__(self, socket: Any) -> None:
+        import zmq
+
+        self._zmq = zmq
+        events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        self._mon = socket.get_monitor_socket(events)
+        self._socket = socket
+        self.up = True
+        """False from a connection loss until the socket reconnects (the node link's heartbeats judge the rest;
+        the first connection may predate the monitor, so it starts True)."""
+        self.drops = 0
+        """Connection losses seen."""
+
+    async def run(self) -> None:
+        """Follow monitor events until cancelled."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        zmq = self._zmq
+        try:
+            while True:
+                event = parse_monitor_message(await self._mon.recv_multipart())["event"]
+                if event == zmq.EVENT_DISCONNECTED:
+                    if self.up:
+                        self.drops += 1
+                    self.up = False
+                elif event in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                    self.up = True
+        finally:
+            self._socket.disable_monitor()
+            self._mon.close(0)
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` (0–100) percentile of ``values`` (nearest rank); 0 for none."""
     if not values:
@@ -179,6 +219,7 @@ class EdgeAgent:
         self._seq: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._gate_pool: ThreadPoolExecutor | None = None
+        self.watch: LinkWatch | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -352,7 +393,17 @@ class EdgeAgent:
         streams = ([f"audio/{self.room}/{self.name}"] if self.audio_source else []) + [
             f"video/{self.room}/{c}" for c in self.cameras
         ]
-        link = NodeLink(self.name, "edge", endpoints, room=self.room, stages=streams, clock=self.clock, curve=curve)
+        heartbeat = parse_duration(self.deployment.hub.heartbeat, "hub.heartbeat")
+        link = NodeLink(
+            self.name,
+            "edge",
+            endpoints,
+            room=self.room,
+            stages=streams,
+            clock=self.clock,
+            curve=curve,
+            heartbeat=heartbeat,
+        )
         self.link = link
         pub = Publisher(endpoints, curve=curve)
         self.player = self._make_player()
@@ -360,8 +411,13 @@ class EdgeAgent:
         others: list[asyncio.Task[None]] = []
         stopper = asyncio.create_task(self._stop.wait())
         await link.start()
+        watch = LinkWatch(pub.socket)
+        self.watch = watch
         try:
-            others.append(asyncio.create_task(self.outbox.run(pub.publish, lambda: link.connected, self.clock)))
+            others.append(asyncio.create_task(watch.run(), name="edge-link-watch"))
+            others.append(
+                asyncio.create_task(self.outbox.run(pub.publish, lambda: link.connected and watch.up, self.clock))
+            )
             if self.audio_source is not None:
                 capture.append(asyncio.create_task(self._audio_loop(), name="edge-audio"))
             for cam in self.cameras.values():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -455,22 +456,25 @@ class WavFileSource:
     async def blocks(self) -> AsyncIterator[Block]:
         """Yield ``(time, pcm)`` blocks, each released when its last sample would have been captured.
 
-        ``time`` follows the playback on the hub clock: block i starts at ``start + i * block / rate / speed``.
+        ``time`` is the hub time of the start plus the block's offset in the file: at ``speed`` 1 exactly
+        when a microphone would have captured it; faster replays run ahead of the hub clock but keep
+        the audio's durations (endpointing, wake gating and transcripts stay right).
         """
         pcm = await asyncio.to_thread(read_wav_mono, self.path, self.rate)
-        loop = asyncio.get_running_loop()
         while not self._closed:
-            start_local, start_hub = loop.time(), self.clock.now()
+            start = time.monotonic()
             for off in range(0, len(pcm), self.block):
                 if self._closed:
                     return
                 part = pcm[off : off + self.block]
-                due = start_local + (off + len(part)) / self.rate / self.speed
-                delay = due - loop.time()
+                due = start + (off + len(part)) / self.rate / self.speed
+                delay = due - time.monotonic()
                 if delay > 0 and math.isfinite(delay):
                     await asyncio.sleep(delay)
                 else:
                     await asyncio.sleep(0)  # let others run even at infinite speed
-                yield start_hub + off / self.rate / self.speed, part.tobytes()
+                # the audio's own timeline from the start (durations stay real at any speed), converted with
+                # the clock's offset of now so times follow the hub sync like a microphone's
+                yield self.clock.offset + start + off / self.rate, part.tobytes()
             if not self.loop:
                 return

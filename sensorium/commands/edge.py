@@ -106,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
     cfg = agent.config
     parts = []
-    if args.wav:
-        parts.append(f"audio from {args.wav}")
-    elif cfg.microphone:
-        parts.append(f"microphone {cfg.microphone.device if cfg.microphone.device is not None else 'default'}")
+    mic = cfg.microphone
+    gate = " (local wake gate)" if mic and mic.local_wake else ""
+    if args.wav or (mic and mic.file):
+        parts.append(f"audio from {args.wav or mic.file}{gate}")  # type: ignore[union-attr]
+    elif mic:
+        parts.append(f"microphone {mic.device if mic.device is not None else 'default'}{gate}")
     parts += [f"camera {n} ({c.source})" for n, c in cfg.cameras.items()]
     if cfg.playback and dep.speaker_of(cfg.room) == args.name:
         parts.append("speaker")
