@@ -326,3 +326,61 @@ def test_example_needs_a_model_name(monkeypatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://llm:8000/v1")
     args = oa.parse_args(["--hub", "tcp://hub:5550"])
     assert (args.model, args.base_url, args.hub) == ("qwen2.5", "http://llm:8000/v1", "tcp://hub:5550")
+
+
+# ------------------------------------------------------------------------------ the whole loop
+
+
+@pytest.mark.slow
+async def test_spoken_question_is_answered_aloud_in_its_room(tmp_path) -> None:
+    """Edge mic (a WAV) → wake → arbiter → stt → built-in agent → tts → edge player WAV → whisper hears it."""
+    import media
+
+    from edge.agent import EdgeAgent
+    from models.stt import Transcriber
+    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.embedded import embedded
+
+    question = media.concat(1.0, media.speech("hey jarvis", "flite:rms"), 0.3, media.speech("who is home", "flite:rms"))
+    wav = media.write_wav(tmp_path / "kitchen.wav", media.concat(question, 4.0))
+    out = tmp_path / "tts"
+    dep = deployment_from_dict(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "hub": {"heartbeat": "250ms"},
+            "rooms": {"kitchen": {}},
+            "edges": {
+                "kitchen-pi": {
+                    "room": "kitchen",
+                    "microphone": {"file": str(wav)},
+                    "playback": {"wav_dir": str(out), "rate": 22050},
+                }
+            },
+            "workers": {"local": {"stages": ["wake", "arbiter", "stt", "tts"]}},
+            "stages": {"tts": {"backend": "piper"}},
+        }
+    )
+    turns: list[Turn] = []
+    async with embedded(dep) as env:
+        pub = Publisher(env.endpoints)
+        await asyncio.sleep(0.3)
+        await pub.publish(Presence(room="office", person="Alice", state="entered", time=env.clock.now()))
+        agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, turns=turns))
+        await asyncio.sleep(0.5)
+        edge = EdgeAgent(dep, "kitchen-pi", hub_address=env.address, clock=env.clock)
+        edge_task = asyncio.create_task(edge.run())
+        async with asyncio.timeout(60):
+            while not list(out.glob("*.wav")) or not turns:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(4.0)  # the answer plays in real time into its WAV
+        edge.stop()
+        agent.cancel()
+        await asyncio.gather(edge_task, agent, return_exceptions=True)
+        pub.close()
+    assert [(t.room, t.answer) for t in turns] == [("kitchen", "Alice is in the office.")]
+    [answer_wav] = out.glob("kitchen_*.wav")
+    pcm, rate = media.read_wav(answer_wav)
+    heard = Transcriber("tiny.en").transcribe(media.resample(pcm, rate), word_timestamps=False).text.lower()
+    print("whisper heard:", heard)
+    assert "alice" in heard and "office" in heard, heard
