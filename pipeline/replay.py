@@ -158,29 +158,59 @@ def ready_time(rec: Recorded) -> float:
 
 
 class TimeMap:
-    """Capture stamp → hub time the message was published (both increase through a replay)."""
+    """Per stream: capture stamp → hub time the message was published (to measure latency from publish)."""
 
     def __init__(self) -> None:
-        self.stamps: list[float] = []
-        self.published: list[float] = []
+        self._pairs: dict[str, list[tuple[float, float]]] = {}
+        self._series: dict[str, tuple[list[float], list[float]]] = {}
 
-    def add(self, stamp: float, published: float) -> None:
+    def add(self, topic: str, stamp: float, published: float) -> None:
         """Record one published message."""
-        if not self.stamps or stamp >= self.stamps[-1]:
-            self.stamps.append(stamp)
-            self.published.append(max(published, self.published[-1] if self.published else published))
+        self._pairs.setdefault(topic, []).append((stamp, published))
+        self._series.pop(topic, None)
 
-    def published_at(self, stamp: float) -> float:
-        """When the input captured at ``stamp`` was published (interpolated between messages)."""
-        if not self.stamps:
-            return stamp
-        if stamp <= self.stamps[0]:
-            return self.published[0]
-        if stamp >= self.stamps[-1]:
-            return self.published[-1]
-        i = bisect.bisect_right(self.stamps, stamp)
-        s0, s1, p0, p1 = self.stamps[i - 1], self.stamps[i], self.published[i - 1], self.published[i]
+    def _get(self, topic: str) -> tuple[list[float], list[float]]:
+        if topic not in self._series:
+            pairs = sorted(self._pairs[topic])
+            stamps, pub, top = [], [], -1e300
+            for st, pt in pairs:
+                top = max(top, pt)  # an input is never available before an earlier one of its stream
+                stamps.append(st)
+                pub.append(top)
+            self._series[topic] = (stamps, pub)
+        return self._series[topic]
+
+    def _at(self, topic: str, stamp: float) -> float:
+        stamps, pub = self._get(topic)
+        if stamp <= stamps[0]:
+            return pub[0]
+        if stamp >= stamps[-1]:
+            return pub[-1]
+        i = bisect.bisect_right(stamps, stamp)
+        s0, s1, p0, p1 = stamps[i - 1], stamps[i], pub[i - 1], pub[i]
         return p0 + (p1 - p0) * ((stamp - s0) / (s1 - s0) if s1 > s0 else 0.0)
+
+    def published_at(self, stamp: float, msg: Message | None = None) -> float:
+        """When the input behind an answer stamped ``stamp`` was published.
+
+        The input stream is the room's video (detections, faces: that camera), the room's audio
+        (wake, transcript, speaker: that node), or any of the room's streams (presence); the
+        earliest candidate counts.
+        """
+        if not self._pairs:
+            return stamp
+        topics = list(self._pairs)
+        if msg is not None and msg.room:
+            room = [t for t in topics if t.split("/")[1:2] == [msg.room]]
+            if isinstance(msg, Detections | FaceRecognized):
+                cams = [t for t in room if t.startswith("video/") and (not msg.camera or t.endswith("/" + msg.camera))]
+                room = cams or [t for t in room if t.startswith("video/")] or room
+            elif isinstance(msg, WakeDetected | Transcript | SpeakerIdentified):
+                node = getattr(msg, "node", "")
+                mics = [t for t in room if t.startswith("audio/") and (not node or t.endswith("/" + node))]
+                room = mics or [t for t in room if t.startswith("audio/")] or room
+            topics = room or topics
+        return min(self._at(t, stamp) for t in topics)
 
 
 @dataclass
@@ -267,8 +297,9 @@ async def publish_session(
     """Publish the session's streams and commands with re-stamped capture times.
 
     Capture stamps keep the session's own spacing (``t0 + offset``) at every speed: stages rely on
-    a stream's chunks being contiguous in time. ``speed`` only sets the pace. Returns the map from
-    stamps to publish times and ``t0`` (the stamp of session offset 0).
+    a stream's chunks being contiguous in time. ``speed`` only sets the pace. At max speed every
+    stream is pumped on its own, so a slow camera stage never stalls a microphone (a stalled
+    stream looks like a stopped one to the stages). Returns the publish-time map and ``t0``.
     """
     tmap = TimeMap()
     first = session.start
@@ -279,38 +310,56 @@ async def publish_session(
         # runtime sees every input as fresh; the report measures latency from publish time instead.
         t0 += session.duration + opts.future_margin
     mono0 = _time.monotonic() + 0.05
-    n = len(session.items)
+    items = [r for r in session.items if opts.commands or not isinstance(r.msg, Say | StopPlayback)]
+    done = 0
     next_note = 0.0
-    for k, rec in enumerate(session.items):
-        msg = rec.msg
-        assert msg is not None
-        if isinstance(msg, Say | StopPlayback) and not opts.commands:
-            continue
-        offset = rec.log_time - first
-        if opts.speed > 0:
+
+    async def send(rec: Recorded) -> None:
+        nonlocal done, next_note
+        assert rec.msg is not None
+        out = _clone(rec.msg)  # the session keeps its original times for another replay
+        out.time = t0 + (rec.log_time - first)
+        topic = out.topic()
+        await publish(out)
+        if flow is not None:
+            flow.published(topic)
+        tmap.add(topic, out.time, clock.now())
+        done += 1
+        if progress is not None and _time.monotonic() >= next_note:
+            progress(
+                f"  {done}/{len(items)} messages, session time {rec.log_time - first:.1f}s of {session.duration:.1f}s"
+            )
+            next_note = _time.monotonic() + 5.0
+
+    if opts.speed > 0:
+        for rec in items:
             delay = mono0 + (ready_time(rec) - first) / opts.speed - _time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        else:
-            topic = msg.topic()
+            await send(rec)
+        return tmap, t0
+
+    async def pump(stream: list[Recorded]) -> None:
+        for k, rec in enumerate(stream):
+            msg = rec.msg
+            assert msg is not None
             if flow is not None:
                 limit = 0 if isinstance(msg, VideoFrame) else opts.flow_limit
                 deadline = _time.monotonic() + opts.timeout
-                while flow.pending(topic) > limit and _time.monotonic() < deadline:
+                while flow.pending(msg.topic()) > limit and _time.monotonic() < deadline:
                     await asyncio.sleep(0.002)
             elif isinstance(msg, VideoFrame) and collector is not None:
                 await _await_frame(collector, msg, opts.frame_ack_timeout)
             if k % 8 == 0:
-                await asyncio.sleep(0)  # let the stages and the collector run
-        out = _clone(msg)  # the session keeps its original times for another replay
-        out.time = t0 + offset
-        await publish(out)
-        if flow is not None:
-            flow.published(out.topic())
-        tmap.add(out.time, clock.now())
-        if progress is not None and _time.monotonic() >= next_note:
-            progress(f"  {k + 1}/{n} messages, session time {offset:.1f}s of {session.duration:.1f}s")
-            next_note = _time.monotonic() + 5.0
+                await asyncio.sleep(0)  # let the stages, the collector and the other streams run
+            await send(rec)
+
+    streams: dict[str, list[Recorded]] = {}
+    for rec in items:
+        assert rec.msg is not None
+        key = "commands" if isinstance(rec.msg, Say | StopPlayback) else rec.msg.topic()
+        streams.setdefault(key, []).append(rec)
+    await asyncio.gather(*(pump(v) for v in streams.values()))
     return tmap, t0
 
 

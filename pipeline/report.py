@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +37,6 @@ from pipeline.messages import (
     TtsAudio,
     WakeDetected,
 )
-from pipeline.metrics import percentiles
 
 REPORT_VERSION = 1
 
@@ -88,8 +88,8 @@ class RunResult:
     """(hub time seen on the bus, event) in arrival order."""
     to_session: Callable[[float], float]
     """Maps a capture stamp of this run back to session time (labels are in session time)."""
-    published_at: Callable[[float], float] = lambda t: t
-    """When the input captured at a stamp was published (latency from events is measured from it)."""
+    published_at: Callable[[float, Message | None], float] = lambda t, _m=None: t
+    """When the input behind an answer (its stamp, the answer) was published; event latency is measured from it."""
     budgets: dict[str, float] = field(default_factory=dict)
     """Stage budgets (ms) when ``stages`` is empty."""
     stages: dict[str, StageRun] = field(default_factory=dict)
@@ -101,10 +101,25 @@ class RunResult:
 # ----------------------------------------------------------------------------------------- helpers
 
 
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen \
+seventeen eighteen nineteen".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _number(m: re.Match[str]) -> str:
+    n = int(m.group(0))
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10 - 2] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    return m.group(0)
+
+
 def normalize_text(text: str, strip_wake: bool = True) -> str:
-    """Lowercase words without punctuation; drops a leading "hey jarvis" for the WER."""
+    """Lowercase words without punctuation, numbers below 100 spelled out; drops a leading "hey jarvis"."""
     if strip_wake:
         text = _WAKE_PREFIX.sub("", text)
+    text = re.sub(r"\b\d{1,2}\b", _number, text)
     text = re.sub(r"[^a-z0-9' ]+", " ", text.lower())
     return " ".join(text.split())
 
@@ -132,14 +147,23 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
         return errors / max(words, 1)
 
 
+def nearest_rank(samples: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles (the smallest value with at least p % of samples at or below it) and max."""
+    xs = sorted(samples)
+    if not xs:
+        return {}
+    out = {f"p{p:g}": xs[max(0, math.ceil(p / 100 * len(xs)) - 1)] for p in ps}
+    out["max"] = xs[-1]
+    return out
+
+
 def _pct(samples: Iterable[float]) -> dict[str, float]:
-    p = percentiles(list(samples))
-    return {f"{k}_ms": round(v, 3) for k, v in p.items() if k != "n"}
+    return {f"{k}_ms": round(v, 3) for k, v in nearest_rank(samples).items()}
 
 
 def latency_ms(result: RunResult, seen: float, msg: Message) -> float:
     """Milliseconds from when the input behind ``msg`` was published to when ``msg`` was seen."""
-    return (seen - result.published_at(msg.time)) * 1000
+    return (seen - result.published_at(msg.time, msg)) * 1000
 
 
 def event_stage(msg: Message) -> str:
@@ -314,6 +338,9 @@ def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
     for lb in people:
         for person in lb.people:
             truth[lb.room].append((person, lb.t0, lb.t1))
+    for lb in speech:
+        if lb.speaker:  # whoever speaks in a room is there
+            truth[lb.room].append((lb.speaker, lb.t0, lb.t1))
     pres = [(ts(m.time), m) for m in events if isinstance(m, Presence) and m.state != "left" and m.person != "unknown"]
     if (truth or pres) and ran("presence"):
         per_room: dict[str, Any] = {}
@@ -484,7 +511,7 @@ def plot(result: RunResult, out_dir: str | Path, report: dict | None = None, ste
         if budget:
             ax.axvline(budget, color="#c44e52", linestyle="--", label=f"budget {budget:.0f} ms")
             ax.legend(loc="upper right", fontsize=8)
-        p = percentiles(run.samples_ms)
+        p = nearest_rank(run.samples_ms)
         ax.set_title(f"{name}: n={len(run.samples_ms)} p50 {p['p50']:.1f} ms p95 {p['p95']:.1f} ms", fontsize=9)
         ax.set_xlabel("latency from capture (ms)", fontsize=8)
     fig.tight_layout()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import media
@@ -214,6 +215,10 @@ async def test_speed_one_keeps_timing_and_reports_runtime_latency(tmp_path: Path
     assert make_report(remote, session.labels)["accuracy"]["wake"]["hits"] == 1
 
 
+def _padded(pcm: np.ndarray, lead: float, tail: float) -> np.ndarray:
+    return np.concatenate([np.zeros(int(lead * 16000), np.int16), pcm, np.zeros(int(tail * 16000), np.int16)])
+
+
 @pytest.mark.slow
 async def test_live_recording_replays_to_the_same_events(tmp_path: Path) -> None:
     """Edge agents play WAVs live while the recorder records the bus; replaying the recording gives the same events."""
@@ -224,11 +229,11 @@ async def test_live_recording_replays_to_the_same_events(tmp_path: Path) -> None
 
     kitchen = media.write_wav(
         tmp_path / "k.wav",
-        media.concat(0.5, media.speech("hey jarvis, turn off the oven", "piper:joe", CACHE), 1.5),
+        _padded(media.speech("hey jarvis, turn off the oven", "piper:joe", CACHE), 0.5, 1.5),
     )
     hall = media.write_wav(
         tmp_path / "h.wav",
-        media.concat(1.0, media.speech("hey jarvis, open the blinds", "flite:slt", CACHE), 1.5),
+        _padded(media.speech("hey jarvis, open the blinds", "flite:slt", CACHE), 1.0, 1.5),
     )
     dep = deployment_from_dict(
         {
@@ -290,7 +295,11 @@ async def test_labelled_session_every_stage_latency_and_accuracy(tmp_path: Path)
         assert s["count"] > 0 and s["p50_ms"] > 0 and s["p99_ms"] >= s["p95_ms"] >= s["p50_ms"], (stage, s)
     acc = rep["accuracy"]
     assert acc["wake"]["hits"] >= 4 and acc["wake"]["false_alarms"] == 0, acc["wake"]
-    assert acc["transcripts"]["wer"] < 0.35, acc["transcripts"]
-    assert acc["speaker"]["labelled"] == 5 and acc["speaker"]["correct"] >= 3, acc["speaker"]
-    assert acc["detections"]["frames"] > 0
-    assert acc["presence"]["hall"]["recall"] == 1.0, acc["presence"]
+    assert acc["transcripts"]["wer"] < 0.25, acc["transcripts"]
+    assert acc["speaker"]["labelled"] == 5 and acc["speaker"]["correct"] >= 4, acc["speaker"]
+    assert acc["detections"]["frames"] > 0 and acc["detections"]["count_exact"] >= 0.8, acc["detections"]
+    # presence: the speakers of each room (voice) and tom_hanks in the hall (face)
+    for room in ("kitchen", "hall"):
+        p = acc["presence"][room]
+        assert p["recall"] >= 0.66 and p["precision"] >= 0.66, (room, p)
+    assert 0 < rep["events"]["counts"]["face"]

@@ -89,6 +89,7 @@ def _run() -> RunResult:
 def test_text_normalization_and_wer() -> None:
     assert normalize_text("Hey Jarvis, turn ON the lights!") == "turn on the lights"
     assert normalize_text("hey jarvis what's up", strip_wake=False) == "hey jarvis what's up"
+    assert normalize_text("Set a timer for 10 minutes, or 45.") == "set a timer for ten minutes or forty five"
     assert wer(["turn on the lights"], ["turn on the lights"]) == 0.0
     assert wer(["play some jazz"], ["play some jess"]) == pytest.approx(1 / 3)
     assert wer(["a b c d"], [""]) == 1.0
@@ -116,14 +117,16 @@ def test_accuracy_against_labels() -> None:
     # 0 errors + 1 substitution + 3 deletions (the missed command) over 4 + 3 + 3 words
     assert acc["transcripts"]["wer"] == pytest.approx(4 / 10, abs=1e-4)
     assert acc["speaker"] == {"labelled": 3, "correct": 1, "accuracy": pytest.approx(1 / 3, abs=1e-4)}
-    assert acc["presence"]["hall"] == {"events": 2, "labelled": 1, "precision": 0.5, "recall": 1.0}
+    # the hall had tom (camera) and sara (she spoke there): tom was found, sara not; joe was not there
+    assert acc["presence"]["hall"] == {"events": 2, "labelled": 2, "precision": 0.5, "recall": 0.5}
+    assert acc["presence"]["kitchen"] == {"events": 0, "labelled": 3, "precision": None, "recall": 0.0}
     assert acc["detections"] == {"frames": 2, "count_exact": 0.5, "count_mae": 0.5}
 
 
 def test_event_latency_when_runtime_numbers_are_absent() -> None:
     run = _run()
     run.stages = {}
-    run.published_at = lambda t: t - 0.05  # inputs were published 50 ms before their stamps
+    run.published_at = lambda t, _m=None: t - 0.05  # inputs were published 50 ms before their stamps
     rep = make_report(run, _labels())
     assert rep["stages"]["wake"]["count"] == 3
     assert rep["stages"]["wake"]["p50_ms"] == pytest.approx(150.0)
