@@ -272,3 +272,75 @@ async def test_tts_saying_the_wake_word_does_not_wake_its_own_room(wake_stage, t
     assert of(arb_out, StopPlayback) == []
     [d] = of(arb_out, WakeArbitrated)
     assert d.node == "" and d.echo == ["kitchen-pi"]
+
+
+@pytest.mark.slow
+async def test_barge_in_through_the_runtime_cuts_the_answer_and_tells_the_agent(tmp_path) -> None:
+    """A long answer is playing when the person says "hey jarvis" again: it stops, the agent learns the cut."""
+    from edge.agent import EdgeAgent
+    from pipeline.bus import Subscriber
+    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.embedded import embedded
+
+    voice = "flite:rms"
+    mic = media.concat(
+        1.0, media.speech("hey jarvis", voice), 0.3, media.speech("tell me a joke", voice), 6.0,
+        media.speech("hey jarvis", voice), 3.0,
+    )  # fmt: skip
+    wav = media.write_wav(tmp_path / "kitchen.wav", mic)
+    out = tmp_path / "tts"
+    dep = deployment_from_dict(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "hub": {"heartbeat": "250ms"},
+            "rooms": {"kitchen": {}},
+            "edges": {
+                "kitchen-pi": {
+                    "room": "kitchen",
+                    "microphone": {"file": str(wav)},
+                    "playback": {"wav_dir": str(out), "rate": 22050},
+                }
+            },
+            "workers": {"local": {"stages": ["wake", "arbiter", "stt", "tts"]}},
+            "stages": {"tts": {"backend": "flite"}},
+        }
+    )
+    turns: list[Turn] = []
+    seen: list[tuple[float, Message]] = []
+    async with embedded(dep) as env:
+        sub = Subscriber(env.endpoints, ["wake/", "stop/", "playback/"])
+
+        async def watch() -> None:
+            while True:
+                msg = await sub.recv()
+                seen.append((env.clock.now(), msg))
+
+        watcher = asyncio.create_task(watch())
+        agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, turns=turns))
+        await asyncio.sleep(0.5)
+        edge = EdgeAgent(dep, "kitchen-pi", hub_address=env.address, clock=env.clock)
+        edge_task = asyncio.create_task(edge.run())
+        async with asyncio.timeout(60):
+            while not any(isinstance(m, PlaybackStatus) and m.state != "started" for _, m in seen):
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        edge.stop()
+        for t in (agent, watcher):
+            t.cancel()
+        await asyncio.gather(edge_task, agent, watcher, return_exceptions=True)
+        sub.close()
+    wakes = [m for _, m in seen if isinstance(m, WakeDetected)]
+    stops = [m for _, m in seen if isinstance(m, StopPlayback)]
+    status = [m for _, m in seen if isinstance(m, PlaybackStatus)]
+    assert len(wakes) == 2 and len(turns) == 1
+    answer = turns[0]
+    assert [(s.state, s.answer_id) for s in status] == [("started", answer.answer_id), ("stopped", answer.answer_id)]
+    assert [(s.reason, s.answer_id) for s in stops] == [("barge-in", answer.answer_id)]
+    stopped = status[1]
+    # The agent was told what had been heard: whole sentences from the start of its answer.
+    assert answer.cut_off == stopped.played_text and answer.answer.startswith(stopped.played_text)
+    assert len(stopped.played_text) < len(answer.answer)
+    latency = stopped.time - wakes[1].time
+    print(f"runtime barge-in: wake capture -> playback stopped at the edge {latency * 1000:.0f} ms")
+    assert latency < 1.0  # budget: arbiter 100 ms + bus + edge stop; generous for a shared 2-core CI box
