@@ -13,6 +13,8 @@ from pipeline import codec
 from pipeline.messages import AudioChunk, BudgetViolation, Say, Transcript, VideoFrame, WakeDetected, Word
 from pipeline.recorder import RAW_ENCODING, Recorder, RecordingError, read, read_all, record
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def _audio(i: int, t: float) -> AudioChunk:
     pcm = (np.sin(np.arange(1280) * (i + 1) / 50) * 8000).astype("<i2").tobytes()
@@ -196,3 +198,67 @@ def test_write_after_close_raises(tmp_path: Path) -> None:
         rec.write_message(_audio(0, 1.0))
     with pytest.raises(RecordingError):
         list(read(tmp_path / "c.mcap.missing"))
+
+
+async def test_record_command_records_a_running_hub(tmp_path: Path) -> None:
+    """`sensorium record` against a real hub: what publishers send ends up in the file, events as JSON."""
+    import sys
+
+    from pipeline.bus import Publisher
+    from pipeline.config import HubConfig
+    from pipeline.hub import Hub
+
+    address = f"ipc://{tmp_path}/hub"
+    out = tmp_path / "cli.mcap"
+    async with Hub(HubConfig(address=address)) as hub:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sensorium",
+            "record",
+            str(out),
+            "--hub",
+            address,
+            "--duration",
+            "6s",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        pub = Publisher(hub.endpoints)
+        # publish until the recorder has surely subscribed (it starts in a second or two), then stop
+        sent: list = []
+        for k in range(40):
+            m = _audio(k + 1, hub.clock.now())  # seq k + 1: the publisher keeps non-zero sequence numbers
+            await pub.publish(m)
+            sent.append(m)
+            if k % 10 == 9:
+                w = WakeDetected(time=hub.clock.now(), room="kitchen", source="gpu0", word="hey_jarvis", score=0.9)
+                await pub.publish(w)
+            await asyncio.sleep(0.1)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        pub.close()
+    assert proc.returncode == 0, stderr.decode()
+    assert "recorded" in stdout.decode()
+    got = list(read(out))
+    audio = [r for r in got if isinstance(r.msg, AudioChunk)]
+    wakes = [r for r in got if isinstance(r.msg, WakeDetected)]
+    assert len(audio) >= 10 and wakes, stdout.decode()
+    # what was recorded is a contiguous run of what was sent, byte for byte
+    first = audio[0].msg.seq
+    assert [r.msg.seq for r in audio] == list(range(first, first + len(audio)))
+    assert all(r.msg.data == sent[r.msg.seq - 1].data for r in audio)
+
+
+def test_record_command_bad_arguments() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "sensorium", "record", "x.mcap", "--rotate-size", "lots"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "expected a size like 500MB" in r.stderr

@@ -5,8 +5,8 @@
   sensorium session info SESSION.mcap                  rooms, streams, labels, damage
 
 A spec places WAV clips on room microphones and images or videos on cameras at given times, with
-their labels (wake word, words said, speaker, people on camera); see docs/sessions.md and
-pipeline/session.py for the format.
+their labels (wake word, words said, speaker, people on camera); see
+pipeline/session.py for the format (its module docstring is the reference).
 """
 
 from __future__ import annotations
