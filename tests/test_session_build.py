@@ -201,3 +201,34 @@ def test_sample_session_has_what_the_demo_needs(tmp_path: Path) -> None:
         "video/kitchen/kitchen-cam",
         "video/living_room/living-cam",
     }
+
+
+def test_video_file_is_sampled_at_the_given_fps(clips: Path, tmp_path: Path) -> None:
+    import cv2
+
+    # a 2 s, 10 fps clip made from a real photo drifting sideways (MJPEG in AVI: no codec packs needed)
+    img = cv2.imread(str(media.package_image("bus")))
+    path = tmp_path / "walk.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for k in range(20):
+        w.write(cv2.resize(img[:, k * 5 : k * 5 + 700], (640, 480)))
+    w.release()
+    spec = f"""
+[session]
+duration = "4s"
+[rooms.hall]
+cameras = ["cam"]
+[[video]]
+room = "hall"
+file = "{path}"
+at = "1s"
+fps = 4
+persons = 4
+"""
+    res = build(_write(tmp_path, spec), tmp_path / "v.mcap")
+    assert res.video_frames == 8  # 2 s of video at 4 fps
+    frames = [r.msg for r in read_all([tmp_path / "v.mcap"])[0] if isinstance(r.msg, VideoFrame)]
+    times = [f.time - res.labels[0].t0 for f in frames]
+    assert times == pytest.approx([k * 0.25 for k in range(8)])
+    assert len({f.data for f in frames}) == 8  # really different frames of the clip
+    assert res.labels[0].t1 - res.labels[0].t0 == pytest.approx(2.0)
