@@ -143,6 +143,7 @@ async def _outage_run(tmp_path: Path, buffer_s: float, outage_s: float) -> tuple
     return of(got, AudioChunk), agent, held
 
 
+@pytest.mark.slow
 async def test_agent_holds_audio_while_the_hub_is_down_and_sends_it_after(tmp_path: Path) -> None:
     audio, agent, held = await _outage_run(tmp_path, buffer_s=30.0, outage_s=2.0)
     assert held >= 10  # the agent noticed the outage and held audio itself
@@ -155,6 +156,7 @@ async def test_agent_holds_audio_while_the_hub_is_down_and_sends_it_after(tmp_pa
     assert agent.outbox.dropped_audio == 0
 
 
+@pytest.mark.slow
 async def test_agent_buffer_is_bounded_and_drops_the_oldest_audio(tmp_path: Path) -> None:
     audio, agent, _ = await _outage_run(tmp_path, buffer_s=0.4, outage_s=2.5)
     seqs = [c.seq for c in audio]

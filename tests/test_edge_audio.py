@@ -269,6 +269,7 @@ async def _record_while_playing(mic: MicrophoneSource, wav: Path, sink: str) -> 
     return np.frombuffer(b"".join(b for _, b in blocks), "<i2"), blocks, started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device_rate", [None, 48000])
 async def test_microphone_records_speech_from_pulseaudio(
     null_sink: str, monkeypatch: pytest.MonkeyPatch, device_rate: int | None
