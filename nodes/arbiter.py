@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from pipeline.messages import Message, PlaybackStatus, Say, StopPlayback, WakeArbitrated, WakeDetected
-from pipeline.stage import Stage
+from pipeline.stage import Stage, StageContext
 
 _FILLER = {"hey", "hi", "ok", "okay", "hello", "v0", "v1", "v2"}
 
@@ -119,7 +119,7 @@ class ArbiterStage(Stage):
     droppable = False
     default_budget_ms = 100.0
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         self.opts: ArbiterOptions = ctx.options
         self.playing: dict[str, _Playing] = {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend, resample
 from pipeline.messages import Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import Stage
+from pipeline.stage import Stage, StageContext
 
 
 class TtsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,7 +47,6 @@ class _Answer:
     splitter: SentenceSplitter
     chunk: int = 0
     cancelled: bool = False
-    done: bool = False
     last_piece: float = field(default_factory=time.monotonic)
 
 
@@ -62,7 +61,7 @@ class TtsStage(Stage):
     degrade_steps = ("fallback_voice",)
     default_budget_ms = 1500.0
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         self.opts: TtsOptions = ctx.options
         self.backend: TtsBackend = load_backend(self.opts.backend, ctx.device)
@@ -218,6 +217,3 @@ class TtsStage(Stage):
         now = time.monotonic()
         for aid in [a for a, s in self.answers.items() if now - s.last_piece > self.opts.answer_timeout]:
             del self.answers[aid]
-
-    def input_time(self, msg: Message) -> float:
-        return msg.time
