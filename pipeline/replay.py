@@ -190,12 +190,12 @@ class TimeMap:
         s0, s1, p0, p1 = stamps[i - 1], stamps[i], pub[i - 1], pub[i]
         return p0 + (p1 - p0) * ((stamp - s0) / (s1 - s0) if s1 > s0 else 0.0)
 
-    def published_at(self, stamp: float, msg: Message | None = None) -> float:
-        """When the input behind an answer stamped ``stamp`` was published.
+    def published_at(self, stamp: float, msg: Message | None = None, seen: float | None = None) -> float:
+        """When the input behind an answer stamped ``stamp`` (and seen at ``seen``) was published.
 
-        The input stream is the room's video (detections, faces: that camera), the room's audio
-        (wake, transcript, speaker: that node), or any of the room's streams (presence); the
-        earliest candidate counts.
+        The input stream is the room's video (detections, faces: that camera) or the room's audio
+        (wake, transcript, speaker: that node). For answers fed by several streams (presence), it
+        is the stream whose input arrived last before the answer was seen.
         """
         if not self._pairs:
             return stamp
@@ -210,7 +210,9 @@ class TimeMap:
                 mics = [t for t in room if t.startswith("audio/") and (not node or t.endswith("/" + node))]
                 room = mics or [t for t in room if t.startswith("audio/")] or room
             topics = room or topics
-        return min(self._at(t, stamp) for t in topics)
+        times = [self._at(t, stamp) for t in topics]
+        before = [t for t in times if seen is None or t <= seen]
+        return max(before) if before else min(times)
 
 
 @dataclass

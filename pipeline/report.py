@@ -88,7 +88,7 @@ class RunResult:
     """(hub time seen on the bus, event) in arrival order."""
     to_session: Callable[[float], float]
     """Maps a capture stamp of this run back to session time (labels are in session time)."""
-    published_at: Callable[[float, Message | None], float] = lambda t, _m=None: t
+    published_at: Callable[[float, Message | None, float | None], float] = lambda t, _m=None, _s=None: t
     """When the input behind an answer (its stamp, the answer) was published; event latency is measured from it."""
     budgets: dict[str, float] = field(default_factory=dict)
     """Stage budgets (ms) when ``stages`` is empty."""
@@ -163,7 +163,7 @@ def _pct(samples: Iterable[float]) -> dict[str, float]:
 
 def latency_ms(result: RunResult, seen: float, msg: Message) -> float:
     """Milliseconds from when the input behind ``msg`` was published to when ``msg`` was seen."""
-    return (seen - result.published_at(msg.time, msg)) * 1000
+    return (seen - result.published_at(msg.time, msg, seen)) * 1000
 
 
 def event_stage(msg: Message) -> str:
@@ -339,7 +339,7 @@ def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
         for person in lb.people:
             truth[lb.room].append((person, lb.t0, lb.t1))
     for lb in speech:
-        if lb.speaker:  # whoever speaks in a room is there
+        if lb.speaker and lb.wake:  # whoever speaks a command in a room is there (other speech is not identified)
             truth[lb.room].append((lb.speaker, lb.t0, lb.t1))
     pres = [(ts(m.time), m) for m in events if isinstance(m, Presence) and m.state != "left" and m.person != "unknown"]
     if (truth or pres) and ran("presence"):
