@@ -13,6 +13,9 @@ Layout of a sensorium MCAP file (profile ``"sensorium"``):
   Raw Messages panel shows every event, its Plot panel can chart ``score``, ``actual_ms`` …, and
   its log/timeline shows when each was captured. Foxglove lists the stream channels with their
   message counts and rates but cannot decode ``sensorium-v1`` payloads (audio and JPEG frames).
+- With ``foxglove_images`` (``sensorium record --foxglove-images``), every camera frame is also
+  written as a ``foxglove.CompressedImage`` (JSON, base64 JPEG) on ``foxglove/video/<room>/<camera>``
+  so Foxglove's Image panel plays the cameras; replay ignores these copies.
 - Labels of a built session: topic ``labels``, ``"json"``, schema ``sensorium.Label``.
 - Metadata record ``sensorium``: format version and who wrote the file; built sessions add
   ``sensorium.session`` (rooms, nodes, cameras).
@@ -29,6 +32,7 @@ closed at least every ``flush_seconds`` and flushed to disk, so a crash loses at
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import struct
@@ -41,7 +45,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from pipeline import codec
-from pipeline.messages import COMMANDS, WIRE_VERSION, Message
+from pipeline.messages import COMMANDS, WIRE_VERSION, Message, VideoFrame
 
 log = logging.getLogger("sensorium.recorder")
 
@@ -51,6 +55,25 @@ JSON_ENCODING = "json"
 LABELS_TOPIC = "labels"
 _LEN = struct.Struct("<I")
 _MAGIC = b"\x89MCAP0\r\n"
+
+
+FOXGLOVE_PREFIX = "foxglove/"
+_FOXGLOVE_IMAGE = json.dumps(
+    {
+        "title": "foxglove.CompressedImage",
+        "type": "object",
+        "properties": {
+            "timestamp": {
+                "type": "object",
+                "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}},
+            },
+            "frame_id": {"type": "string"},
+            "data": {"type": "string", "contentEncoding": "base64"},
+            "format": {"type": "string"},
+        },
+        "required": ["timestamp", "frame_id", "data", "format"],
+    }
+).encode()
 
 
 class RecordingError(ValueError):
@@ -65,8 +88,20 @@ def _is_json_channel(msg: Message) -> bool:
     return msg.is_event or isinstance(msg, COMMANDS)
 
 
+def object_schema(tp: Any) -> dict[str, Any]:
+    """msgspec's JSON schema with the top level inlined: Foxglove wants ``"type": "object"`` there."""
+    schema = msgspec.json.schema(tp)
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        defs = schema["$defs"]
+        top = dict(defs[ref.rsplit("/", 1)[1]])
+        top["$defs"] = defs  # nested types (Word, Box) keep resolving as "#/$defs/…"
+        return top
+    return schema
+
+
 def _schema_for(cls: type[Message], raw: bool) -> bytes:
-    schema = msgspec.json.schema(cls)
+    schema = object_schema(cls)
     if raw:
         schema["description"] = (
             f"{cls.__name__} header in encoding {RAW_ENCODING}: u32 LE header length, header frame "
@@ -101,8 +136,12 @@ class Recorder:
         flush_seconds: float = 1.0,
         chunk_size: int = 256 * 1024,
         metadata: dict[str, str] | None = None,
+        foxglove_images: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.foxglove_images = foxglove_images
+        """Also write each camera frame as ``foxglove.CompressedImage`` on ``foxglove/<topic>`` (+33 %
+        of the frames' size, base64) so Foxglove's Image panel plays the cameras."""
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds
         self.flush_seconds = flush_seconds
@@ -232,6 +271,16 @@ class Recorder:
         captured = msg.time or received
         self._writer.add_message(cid, log_time=_ns(captured), publish_time=_ns(received), data=body, sequence=msg.seq)
         self.messages += 1
+        if self.foxglove_images and isinstance(msg, VideoFrame) and payload:
+            fid = self._channel(f"{FOXGLOVE_PREFIX}{topic}", JSON_ENCODING, "foxglove.CompressedImage", _FOXGLOVE_IMAGE)
+            ns = _ns(captured)
+            image = {
+                "timestamp": {"sec": ns // 1_000_000_000, "nsec": ns % 1_000_000_000},
+                "frame_id": msg.source,
+                "data": base64.b64encode(payload).decode(),
+                "format": msg.encoding,
+            }
+            self._writer.add_message(fid, log_time=ns, publish_time=_ns(received), data=json.dumps(image).encode())
         self._maybe_flush()
 
     def write_json(self, topic: str, schema_name: str, schema: bytes, obj: Any, time: float) -> None:
@@ -379,6 +428,8 @@ def read(path: str | Path, result: ReadResult | None = None) -> Iterator[Recorde
                 if ch is None:
                     res.skipped += 1
                     continue
+                if ch.topic.startswith(FOXGLOVE_PREFIX):
+                    continue  # viewer copies of camera frames; the frames themselves are on their own topic
                 try:
                     item = _decode(ch, rec)
                 except (codec.CodecError, msgspec.DecodeError) as exc:

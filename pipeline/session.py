@@ -108,7 +108,10 @@ class PeopleLabel(Label, tag="people"):
 
 
 AnyLabel = SpeechLabel | PeopleLabel
-LABEL_SCHEMA = json.dumps(msgspec.json.schema(AnyLabel)).encode()
+_LABEL_JSON = msgspec.json.schema(AnyLabel)
+LABEL_SCHEMA = json.dumps(
+    {"title": "sensorium.Label", "type": "object", "anyOf": _LABEL_JSON["anyOf"], "$defs": _LABEL_JSON["$defs"]}
+).encode()
 _label_decoder = msgspec.json.Decoder(AnyLabel)
 
 
@@ -141,6 +144,8 @@ class SessionSpec(_Strict):
     """Camera frame width (frames are scaled down to it)."""
     jpeg_quality: int = 80
     """JPEG quality of camera frames."""
+    foxglove_images: bool = False
+    """Also store frames as ``foxglove.CompressedImage`` so Foxglove's Image panel shows the cameras."""
 
 
 class RoomSpec(_Strict):
@@ -432,7 +437,9 @@ def build(
     tmp = out.with_name(out.name + ".part")
     result = BuildResult(path=out, duration=duration, labels=labels)
     # small chunks: a truncated copy of the file still replays up to a couple of seconds before the cut
-    with Recorder(tmp, metadata=meta, flush_seconds=1e9, chunk_size=64 * 1024) as rec:
+    with Recorder(
+        tmp, metadata=meta, flush_seconds=1e9, chunk_size=64 * 1024, foxglove_images=s.foxglove_images
+    ) as rec:
         for lb in labels:
             rec.write_json(LABELS_TOPIC, "sensorium.Label", LABEL_SCHEMA, lb, lb.t0)
         for m in msgs:

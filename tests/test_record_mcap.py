@@ -87,7 +87,10 @@ def test_channels_and_schemas_are_foxglove_readable(tmp_path: Path) -> None:
     names = {s.name: s for s in summary.schemas.values()}
     schema = json.loads(names["sensorium.WakeDetected"].data)
     assert names["sensorium.WakeDetected"].encoding == "jsonschema"
-    assert "score" in json.dumps(schema)
+    # Foxglove needs an object at the top level, with the fields right there
+    assert schema["type"] == "object" and schema["properties"]["score"]["type"] == "number"
+    tr = json.loads(names["sensorium.Transcript"].data)
+    assert tr["properties"]["words"]["items"]["$ref"] == "#/$defs/Word" and "Word" in tr["$defs"]
     assert summary.statistics is not None and summary.statistics.message_count == len(_mixed())
 
 
@@ -262,3 +265,26 @@ def test_record_command_bad_arguments() -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "expected a size like 500MB" in r.stderr
+
+
+def test_foxglove_images_are_viewer_copies(tmp_path: Path) -> None:
+    import base64
+
+    from mcap.reader import make_reader
+
+    path = tmp_path / "fox.mcap"
+    frame = VideoFrame(seq=3, time=1234.5, room="hall", source="cam", width=2, height=2, data=b"\xff\xd8fake-jpeg")
+    with Recorder(path, foxglove_images=True) as rec:
+        rec.write_message(frame)
+        rec.write_message(_audio(1, 1234.6))
+    with open(path, "rb") as fp:
+        reader = make_reader(fp)
+        fox = [(s, c, m) for s, c, m in reader.iter_messages(topics=["foxglove/video/hall/cam"])]
+    assert len(fox) == 1
+    schema, channel, message = fox[0]
+    assert schema.name == "foxglove.CompressedImage" and channel.message_encoding == "json"
+    body = json.loads(message.data)
+    assert base64.b64decode(body["data"]) == frame.data and body["format"] == "jpeg"
+    assert body["timestamp"] == {"sec": 1234, "nsec": 500000000} and body["frame_id"] == "cam"
+    # replay reads the frame once, from its own channel
+    assert [type(r.msg).__name__ for r in read(path)] == ["VideoFrame", "AudioChunk"]
