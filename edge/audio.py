@@ -309,11 +309,13 @@ class MicrophoneSource:
             got_audio = False
             try:
                 while not self._closed:
+                    # a device may take seconds to deliver its first block (PulseAudio through ALSA: ~2 s)
+                    wait = self.stall_s if got_audio else max(self.stall_s, 5.0)
                     try:
-                        t_first, data = await asyncio.wait_for(queue.get(), self.stall_s)
+                        t_first, data = await asyncio.wait_for(queue.get(), wait)
                     except TimeoutError:
                         delay = self.backoff.next()
-                        msg = f"microphone {self.name}: no audio for {self.stall_s:.1f}s; reopening in {delay:.1f}s"
+                        msg = f"microphone {self.name}: no audio for {wait:.1f}s; reopening in {delay:.1f}s"
                         self.errors.append(msg)
                         log.error("%s", msg)
                         report(self.on_status, "error", msg)

@@ -298,3 +298,54 @@ async def test_microphone_records_speech_from_pulseaudio(
     onset = times[0] + lag / 16000
     assert started - 0.25 < onset < started + 1.0, onset - started
     assert os.environ["PULSE_SOURCE"].endswith(".monitor")
+
+
+@pytest.mark.slow
+async def test_microphone_that_disappears_is_reported_retried_and_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not shutil.which("pactl"):
+        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils)")
+    name = f"sensorium_gone_{uuid.uuid4().hex[:6]}"
+
+    def load() -> str:
+        res = _pactl("load-module", "module-null-sink", f"sink_name={name}", "rate=16000", "channels=1")
+        assert res.returncode == 0, f"PulseAudio not running or refused the sink: {res.stderr.strip()}"
+        return res.stdout.strip()
+
+    module = load()
+    monkeypatch.setenv("PULSE_SOURCE", f"{name}.monitor")
+    statuses: list[tuple[float, str, str]] = []
+    mic = MicrophoneSource(
+        "pulse",
+        stall_s=1.0,
+        backoff=Backoff(0.2, 0.5),
+        on_status=lambda s, d: statuses.append((time.monotonic(), s, d)),
+    )
+    blocks: list[float] = []
+    gone_at = back_at = 0.0
+
+    async def consume() -> None:
+        async for _block in mic.blocks():
+            blocks.append(time.monotonic())
+
+    task = asyncio.create_task(consume())
+    try:
+        while len(blocks) < 10:
+            await asyncio.sleep(0.05)
+        gone_at = time.monotonic()
+        _pactl("unload-module", module)  # the microphone is unplugged
+        while not [d for t, s, d in statuses if s == "error" and t > gone_at and "cannot open" in d]:
+            assert time.monotonic() - gone_at < 15, statuses
+            await asyncio.sleep(0.05)
+        module = load()  # plugged back in
+        back_at = time.monotonic()
+        while not [b for b in blocks if b > back_at]:
+            assert time.monotonic() - back_at < 20, statuses
+            await asyncio.sleep(0.05)
+    finally:
+        mic.close()
+        await asyncio.wait_for(task, 10)
+        _pactl("unload-module", module)
+    errors = [d for t, s, d in statuses if s == "error"]
+    assert any("no audio for 1.0s; reopening" in d for d in errors)  # noticed the silence of a lost device
+    assert all("\n" not in d for d in errors)
+    assert statuses[-1][1] == "up" and statuses[-1][0] > back_at  # recovered by itself
