@@ -547,10 +547,27 @@ def default_deployment(
     from sensorium.deployment import deployment_from_dict, stage_options
 
     options, _ = stage_options()
-    names = [s for s in (stages or options) if s in options]
+    names = list(stages or options)
+    unknown = [s for s in names if s not in options]
+    if unknown:
+        raise ReplayError(f"unknown stage {', '.join(map(repr, unknown))} (available: {', '.join(options)})")
+    # the session's own microphones and cameras become the deployment's edge nodes
     edges: dict[str, dict[str, Any]] = {}
+    topics = sorted({r.topic for r in session.items}, key=lambda t: (not t.startswith("audio/"), t))
+    for topic in topics:
+        kind, room, source = topic.split("/", 2)
+        if room not in session.rooms:
+            continue
+        if kind == "audio":
+            edges.setdefault(source, {"room": room})
+        elif kind == "video":
+            edge = next((e for e in edges.values() if e["room"] == room), None)
+            if edge is None:
+                edge = edges.setdefault(f"{room}-cameras", {"room": room})
+            edge.setdefault("cameras", {})[source] = {"source": 0}
     for room in session.rooms:
-        edges[f"{room}-replay"] = {"room": room}
+        if not any(e["room"] == room for e in edges.values()):
+            edges[f"{room}-replay"] = {"room": room}
     raw = {
         "hub": {"address": "inproc://replay"},
         "rooms": {room: {} for room in session.rooms},

@@ -108,6 +108,23 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 2 and "expected a number or 'max'" in r.stderr
+    session = wake_session(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "sensorium", "replay", str(session), "--stages", "wake,wak", "--rooms", "kitchen"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "unknown stage 'wak' (available: wake," in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "sensorium", "replay", str(session), "--rooms", "garage"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "room 'garage' is not in the session (rooms: hall, kitchen)" in r.stderr
 
 
 # ----------------------------------------------------------------------------------- real stages
