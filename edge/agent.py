@@ -192,6 +192,7 @@ class EdgeAgent:
         buffer_s: float = 30.0,
         loop_files: bool = False,
         hold_s: float = 8.0,
+        wake_models: tuple[str, ...] = ("hey_jarvis",),
         clock: Clock | None = None,
     ) -> None:
         self.deployment = deployment
@@ -205,6 +206,8 @@ class EdgeAgent:
         """Restart WAV and video files at their end (demos that run until stopped)."""
         self.hold_s = hold_s
         """Local wake gate: seconds streamed after the last detection."""
+        self.wake_models = wake_models
+        """Local wake gate: bundled wake word names or .onnx/.tflite paths."""
         self.clock = clock or Clock()
         mic = self.config.microphone
         block_ms = mic.block_ms if mic else 80
@@ -367,20 +370,38 @@ class EdgeAgent:
 
     async def run(self, *, once: bool = False) -> None:
         """Connect, capture and publish until ``stop`` (``once``: until the WAV/video files ended and all was sent)."""
-        from pipeline.bus import Endpoints, Publisher
+        from pipeline.bus import Endpoints, Publisher, is_loopback
         from pipeline.node import NodeLink
 
         endpoints = Endpoints.from_address(self.address)
         curve = self._curve
+        if curve is None and not is_loopback(self.address):
+            log.warning(
+                "hub %s is not on this machine and [edges.%s] keys is not set: a hub with CURVE keys will refuse "
+                "this node (see 'sensorium keys --help')",
+                self.address,
+                self.name,
+            )
         self.audio_source = self._make_audio()
         if self.config.microphone and self.config.microphone.local_wake and self.audio_source is not None:
             from edge.wake_gate import WakeGate
 
             self._gate_pool = ThreadPoolExecutor(1, thread_name_prefix="wake-gate")
-            self.gate = await asyncio.get_running_loop().run_in_executor(
-                self._gate_pool,
-                lambda: WakeGate(preroll_ms=self.config.microphone.preroll_ms, hold_s=self.hold_s),  # type: ignore[union-attr]
-            )
+            try:
+                self.gate = await asyncio.get_running_loop().run_in_executor(
+                    self._gate_pool,
+                    lambda: WakeGate(
+                        models=self.wake_models,
+                        preroll_ms=self.config.microphone.preroll_ms,  # type: ignore[union-attr]
+                        hold_s=self.hold_s,
+                    ),
+                )
+            except Exception as exc:
+                # fail closed: the user asked that audio leave the Pi only after a wake word
+                msg = f"local wake gate unavailable ({exc}); audio is not streamed, cameras and playback continue"
+                log.error("%s", msg)
+                self.status("error", msg)
+                self.audio_source = None
         for cname, ccfg in self.config.cameras.items():
             self.cameras[cname] = Camera(
                 cname,

@@ -341,3 +341,30 @@ def test_clock_is_shared_with_sources(tmp_path: Path) -> None:
     agent = EdgeAgent(dep, NODE, clock=clock)
     src = agent._make_audio()
     assert src is not None and src.clock is clock  # capture times follow the hub sync of the node link
+
+
+async def test_agent_fails_closed_when_the_local_wake_model_is_missing(
+    hub: Hub, hub_address: str, tmp_path: Path
+) -> None:
+    wav = write_wav(tmp_path / "w.wav", concat(speech("Hey Jarvis, lights on.", "flite:slt"), 0.2))
+    dep = deployment(
+        hub_address,
+        {
+            "microphone": {"file": str(wav), "local_wake": True},
+            "cameras": {"counter": {"source": str(frames_folder(tmp_path)), "fps": 2}},
+        },
+    )
+    sub = Subscriber(hub.endpoints, ["audio/kitchen/", "video/kitchen/", "status/kitchen/"])
+    got: list[tuple[float, Message]] = []
+    rx = asyncio.create_task(receive(sub, got))
+    await asyncio.sleep(0.2)
+    agent = EdgeAgent(dep, NODE, wake_models=(str(tmp_path / "missing_wake.onnx"),))
+    await asyncio.wait_for(agent.run(once=True), 30)
+    await asyncio.sleep(0.3)
+    rx.cancel()
+    sub.close()
+    assert of(got, AudioChunk) == []  # no wake gate, no audio leaves the Pi
+    assert len(of(got, VideoFrame)) >= 2  # the rest of the node keeps working
+    [err] = [s for s in of(got, NodeStatus) if s.node == NODE and s.state == "error"]
+    assert "local wake gate unavailable" in err.detail and "missing_wake.onnx" in err.detail
+    assert "audio is not streamed" in err.detail

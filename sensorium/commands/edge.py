@@ -56,6 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--buffer", type=float, default=30.0, metavar="SECONDS", help="audio held while the hub is away (default 30)"
     )
+    p.add_argument(
+        "--wake-model",
+        action="append",
+        metavar="NAME_OR_PATH",
+        help="local wake gate model: a bundled name (default hey_jarvis) or an .onnx/.tflite file; repeatable",
+    )
+    p.add_argument(
+        "--hold", type=float, default=8.0, metavar="SECONDS", help="local wake gate: seconds sent after the wake word"
+    )
     p.add_argument("--stats", metavar="FILE", help="write counters and capture→publish overhead (JSON) at exit")
 
 
@@ -87,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             hub_address=args.hub,
             buffer_s=args.buffer,
             loop_files=args.loop,
+            hold_s=args.hold,
+            wake_models=tuple(args.wake_model or ("hey_jarvis",)),
         )
         _ = agent._curve  # load keys now: a missing key file is a clear error before anything starts
         if args.hub:
