@@ -541,16 +541,22 @@ async def replay_hub(
 
 
 def default_deployment(
-    session: Session, data_dir: str | Path = ".sensorium", stages: Iterable[str] | None = None
+    session: Session,
+    data_dir: str | Path = ".sensorium",
+    stages: Iterable[str] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """A one-box CPU deployment serving the session's rooms with every available stage."""
+    """A one-box CPU deployment serving the session's rooms with ``stages`` (default: every available one).
+
+    ``options`` holds ``[stages.<name>]`` tables (budgets included), validated like a deployment file.
+    """
     from sensorium.deployment import deployment_from_dict, stage_options
 
-    options, _ = stage_options()
-    names = list(stages or options)
-    unknown = [s for s in names if s not in options]
+    known, _ = stage_options()
+    names = list(stages or known)
+    unknown = [s for s in names if s not in known]
     if unknown:
-        raise ReplayError(f"unknown stage {', '.join(map(repr, unknown))} (available: {', '.join(options)})")
+        raise ReplayError(f"unknown stage {', '.join(map(repr, unknown))} (available: {', '.join(known)})")
     # the session's own microphones and cameras become the deployment's edge nodes
     edges: dict[str, dict[str, Any]] = {}
     topics = sorted({r.topic for r in session.items}, key=lambda t: (not t.startswith("audio/"), t))
@@ -573,6 +579,7 @@ def default_deployment(
         "rooms": {room: {} for room in session.rooms},
         "edges": edges,
         "workers": {"cpu": {"stages": names, "device": "cpu"}},
+        "stages": dict(options or {}),
         "data_dir": str(data_dir),
     }
     return deployment_from_dict(raw, "<replay default deployment>")

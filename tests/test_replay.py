@@ -320,3 +320,32 @@ async def test_labelled_session_every_stage_latency_and_accuracy(tmp_path: Path)
         p = acc["presence"][room]
         assert p["recall"] >= 0.66 and p["precision"] >= 0.66, (room, p)
     assert 0 < rep["events"]["counts"]["face"]
+
+
+@pytest.mark.slow
+async def test_recorded_commands_are_replayed_to_tts(tmp_path: Path) -> None:
+    """Recorded Say commands are published again (talk-back is part of the replay); --no-commands leaves them out."""
+    from pipeline.messages import AudioChunk, Say, TtsAudio
+    from sensorium.embedded import embedded
+
+    path = tmp_path / "say.mcap"
+    with Recorder(path) as rec:
+        for k in range(25):
+            rec.write_message(
+                AudioChunk(seq=k + 1, time=100.0 + k * 0.08, room="kitchen", source="pi", data=bytes(2560))
+            )
+        rec.write_message(
+            Say(seq=1, time=101.0, room="kitchen", source="agent", answer_id="a1", text="The lights are on.")
+        )
+    session = load(path)
+    dep = default_deployment(session, tmp_path / "data", ["tts"], {"tts": {"backend": "flite"}})
+    async with embedded(dep) as env:
+        spoken = await replay_embedded(session, ReplayOptions(speed=0, settle=1.5), env)
+        silent = await replay_embedded(session, ReplayOptions(speed=0, settle=1.5, commands=False), env)
+    tts = [m for _, m in spoken.events if isinstance(m, TtsAudio)]
+    assert tts and tts[-1].final and tts[0].answer_id == "a1" and tts[0].room == "kitchen"
+    assert "lights are on" in " ".join(m.text for m in tts).lower()
+    assert sum(len(m.data) for m in tts) > 16000  # real synthesized audio, not a placeholder
+    assert not [m for _, m in silent.events if isinstance(m, TtsAudio)]
+    rep = make_report(spoken)
+    assert rep["stages"]["tts"]["count"] >= 1 and rep["events"]["counts"]["tts_audio"] == len(tts)

@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--settle", type=float, default=3.0, help="seconds of quiet that end the replay (default 3)")
     p.add_argument("--events-json", type=Path, help="write the events produced as JSON lines here")
+    p.add_argument("--no-commands", action="store_true", help="do not publish the recording's Say/StopPlayback")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         f"against {where} …",
         file=sys.stderr,
     )
-    opts = ReplayOptions(speed=args.speed, settle=args.settle)
+    opts = ReplayOptions(speed=args.speed, settle=args.settle, commands=not args.no_commands)
     try:
         result = asyncio.run(
             replay(session, opts, deployment, args.hub, curve, progress=lambda s: print(s, file=sys.stderr))
