@@ -352,9 +352,19 @@ def render(results: dict[str, Any]) -> str:
             f"| {r['cameras']} | {r['frames_published']} | {100 * r['dropped_share']:.0f}% | "
             f"{p.get('p50', float('nan')):.0f} / {p.get('p95', float('nan')):.0f} ms | "
             f"{e.get('p50', float('nan')):.0f} / {e.get('p95', float('nan')):.0f} ms | "
-            f"{', '.join(r['detect_ladder']) or '-'} |"
+            f"{_ladder(r)} |"
         )
     return "\n".join(lines)
+
+
+def _ladder(r: dict[str, Any]) -> str:
+    """The detect stage's degrade moves, compactly: "3 moves, ends at level 1 (half-resolution)"."""
+    moves = r["detect_ladder"]
+    if not moves:
+        return "-"
+    level = r["stages"]["detect"]["level"]
+    steps = sorted({m.split(":", 1)[1] for m in moves})
+    return f"{len(moves)} moves over {', '.join(steps)}; ends at level {level}"
 
 
 def main(argv: list[str] | None = None) -> int:
