@@ -270,3 +270,22 @@ def test_arcface_directory_loads_through_insightface(tmp_path: Path) -> None:
         pipe.close()
     with pytest.raises(FileNotFoundError, match="ArcFace model not found"):
         FacePipeline(recognizer=str(tmp_path / "nowhere"))
+
+
+async def test_corrupt_frame_is_rejected_and_the_stage_keeps_serving(detector, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.messages import InputError
+
+    stage, out = await make_stage(tmp_path)
+    good = images.jpeg(images.load(images.ZIDANE))
+    boxes = [
+        Box(b.x1, b.y1, b.x2, b.y2, b.score, i + 1)
+        for i, b in enumerate(detector.detect([images.load(images.ZIDANE)])[0])
+    ]
+    await stage.handle(VideoFrame(seq=1, time=1.0, room="hall", source="cam", data=good[:200] + b"\0" * 500))
+    await stage.handle(Detections(time=1.0, room="hall", camera="cam", persons=2, boxes=boxes, frame_seq=1))
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert len(errors) == 1 and "corrupt" in errors[0].reason
+    await stage.handle(VideoFrame(seq=2, time=2.0, room="hall", source="cam", data=good))
+    await stage.handle(Detections(time=2.0, room="hall", camera="cam", persons=2, boxes=boxes, frame_seq=2))
+    assert len([m for m in out if isinstance(m, FaceRecognized)]) == 2
+    await stage.stop()
