@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -368,3 +369,26 @@ async def test_agent_fails_closed_when_the_local_wake_model_is_missing(
     [err] = [s for s in of(got, NodeStatus) if s.node == NODE and s.state == "error"]
     assert "local wake gate unavailable" in err.detail and "missing_wake.onnx" in err.detail
     assert "audio is not streamed" in err.detail
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+async def test_edge_command_stops_cleanly_on_a_signal_without_a_hub(tmp_path: Path, sig: str) -> None:
+    import signal
+
+    wav = write_wav(tmp_path / "w.wav", concat(speech("Good evening.", "flite:slt"), 3.0))
+    cfg = _config(tmp_path, f"ipc://{tmp_path}/nobody-home", f'[edges.{NODE}.microphone]\nfile = "{wav}"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sensorium", "edge", "--config", str(cfg), "--name", NODE, "--loop",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert banner.decode().startswith(f"edge {NODE} in kitchen: audio from")
+    await asyncio.sleep(1.5)  # capturing into the outage buffer: the hub never answers
+    proc.send_signal(getattr(signal, sig))
+    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    # nothing reached a hub and nothing crashed: ~1.5 s of audio still held when it stopped
+    text = out.decode()
+    assert re.search(rf"edge {NODE}: sent {{}}, (1[5-9]|[2-9]\d) unsent \(hub unreachable\)", text), text

@@ -142,5 +142,6 @@ def run(args: argparse.Namespace) -> int:
         if args.stats:
             with open(args.stats, "w") as f:
                 json.dump(summary, f, indent=2)
-        print(f"edge {args.name}: sent {summary['sent']}, dropped audio {summary['dropped_audio']}", flush=True)
+        held = f", {summary['held']} unsent (hub unreachable)" if summary["held"] else ""
+        print(f"edge {args.name}: sent {summary['sent']}{held}, dropped audio {summary['dropped_audio']}", flush=True)
     return 0
