@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import struct
 import time as _time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -311,34 +312,86 @@ async def record(
     stop: asyncio.Event | None = None,
     clock: Any = None,
     limit: int = 0,
+    drain: float = 0.2,
 ) -> int:
     """Write everything ``subscriber`` receives into ``recorder`` until ``stop`` is set.
 
     ``subscriber`` gives raw frames through ``recv_frames()`` (or ``recv_raw()``); decoded messages
-    through ``recv()`` also work. Returns the number of messages recorded. ``limit`` > 0 stops after
-    that many.
+    through ``recv()`` also work. Once ``stop`` is set, what already arrived is still written (until
+    ``drain`` seconds pass without a message). Returns the number of messages recorded; ``limit`` > 0
+    stops after that many.
     """
     now = clock.now if clock is not None else _time.time
     raw = getattr(subscriber, "recv_frames", None) or getattr(subscriber, "recv_raw", None)
     count = 0
     stop = stop or asyncio.Event()
+
+    def write(item: Any) -> None:
+        nonlocal count
+        if isinstance(item, Message):
+            recorder.write_message(item, now())
+        else:
+            recorder.write(list(item), now())
+        count += 1
+
     stopper = asyncio.ensure_future(stop.wait())
+    getter: asyncio.Future[Any] | None = None
     try:
         while not stop.is_set() and (limit <= 0 or count < limit):
             getter = asyncio.ensure_future(raw() if raw is not None else subscriber.recv())
             done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
-                getter.cancel()
                 break
-            item = getter.result()
-            if isinstance(item, Message):
-                recorder.write_message(item, now())
-            else:
-                recorder.write(list(item), now())
-            count += 1
+            write(getter.result())
+            getter = None
+        while limit <= 0 or count < limit:  # what is already on its way belongs to the recording
+            if getter is None:
+                getter = asyncio.ensure_future(raw() if raw is not None else subscriber.recv())
+            try:
+                item = await asyncio.wait_for(asyncio.shield(getter), drain)
+            except TimeoutError:
+                break
+            getter = None
+            write(item)
     finally:
         stopper.cancel()
+        if getter is not None:
+            getter.cancel()
     return count
+
+
+@contextlib.asynccontextmanager
+async def recording(
+    endpoints: Any,
+    path: str | Path,
+    *,
+    clock: Any = None,
+    curve: Any = None,
+    prefixes: Iterable[str] = ("",),
+    **recorder_options: Any,
+) -> AsyncIterator[Recorder]:
+    """Record a hub's bus into ``path`` while the block runs (hub ``record = …``, demo, tests).
+
+    ``endpoints`` are the hub's (``pipeline.bus.Endpoints``); ``recorder_options`` go to ``Recorder``
+    (rotation, ``foxglove_images`` …). On exit the messages already on their way are written and the
+    file is finished.
+    """
+    from pipeline.bus import Subscriber
+
+    sub = Subscriber(endpoints, list(prefixes), curve=curve)
+    rec = Recorder(path, **recorder_options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(record(sub, rec, stop, clock), name="recorder")
+    await asyncio.sleep(0.2)  # the subscription reaches the proxy before anything worth recording
+    try:
+        yield rec
+    finally:
+        stop.set()
+        try:
+            await task
+        finally:
+            rec.close()
+            sub.close()
 
 
 # ---------------------------------------------------------------------------------------- reading

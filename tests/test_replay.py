@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import media
-from pipeline.recorder import Recorder, RecordingError, record
+from pipeline.recorder import Recorder, RecordingError, recording
 from pipeline.replay import ReplayError, ReplayOptions, default_deployment, load, replay, replay_embedded, replay_hub
 from pipeline.report import make_report, signatures
 from pipeline.session import build, parse_spec
@@ -240,7 +240,6 @@ def _padded(pcm: np.ndarray, lead: float, tail: float) -> np.ndarray:
 async def test_live_recording_replays_to_the_same_events(tmp_path: Path) -> None:
     """Edge agents play WAVs live while the recorder records the bus; replaying the recording gives the same events."""
     from edge.agent import EdgeAgent
-    from pipeline.bus import Subscriber
     from sensorium.deployment import deployment_from_dict
     from sensorium.embedded import embedded
 
@@ -266,19 +265,11 @@ async def test_live_recording_replays_to_the_same_events(tmp_path: Path) -> None
     )
     rec_path = tmp_path / "live.mcap"
     async with embedded(dep) as env:
-        rec = Recorder(rec_path)
-        sub = Subscriber(env.endpoints, [""])
-        stop = asyncio.Event()
-        recording = asyncio.create_task(record(sub, rec, stop, env.clock))
-        await asyncio.sleep(0.3)
-        agents = [EdgeAgent(dep, n, hub_address=env.address, clock=env.clock) for n in ("kitchen-pi", "hall-pi")]
-        await asyncio.gather(*(a.run(once=True) for a in agents))
-        await env.drain(60)
-        await asyncio.sleep(3.0)
-        stop.set()
-        await recording
-        rec.close()
-        sub.close()
+        async with recording(env.endpoints, rec_path, clock=env.clock):
+            agents = [EdgeAgent(dep, n, hub_address=env.address, clock=env.clock) for n in ("kitchen-pi", "hall-pi")]
+            await asyncio.gather(*(a.run(once=True) for a in agents))
+            await env.drain(60)
+            await asyncio.sleep(3.0)  # the last final transcript
 
         session = load(rec_path)
         assert {r.topic for r in session.items} == {"audio/kitchen/kitchen-pi", "audio/hall/hall-pi"}
