@@ -88,7 +88,7 @@ class PresenceStage(Stage):
     consumes: ClassVar[tuple[str, ...]] = ("face/", "speaker/", "transcript/", "detections/")
     emits: ClassVar[tuple[str, ...]] = ("presence",)
     droppable: ClassVar[bool] = False
-    default_budget_ms: ClassVar[float] = 500.0
+    default_budget_ms: ClassVar[float] = 3000.0  # from the frame's capture: detect + face are in it
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
