@@ -117,11 +117,20 @@ def _strip_wake(text: str) -> str:
 
 
 def run_theirs(
-    session: Session, warmup: Session, *, device: str, endpoint_s: float, beam_size: int, cpu_threads: int
+    session: Session,
+    warmup: Session,
+    *,
+    device: str,
+    endpoint_s: float,
+    beam_size: int,
+    cpu_threads: int,
+    model: str = "",
 ) -> dict[str, Any]:
     """Stream the session through the Wyoming peers; per-utterance timings and CPU."""
     compute_type = "float16" if device.startswith("cuda") else "int8"
-    opts = peers.PeerOptions(device=device, compute_type=compute_type, beam_size=beam_size, cpu_threads=cpu_threads)
+    opts = peers.PeerOptions(
+        device=device, compute_type=compute_type, beam_size=beam_size, cpu_threads=cpu_threads, model=model
+    )
     t = time.monotonic()
     with peers.PeerServers(opts) as srv:
         startup_s = time.monotonic() - t
@@ -172,6 +181,7 @@ def run_theirs(
             "cpu_threads": cpu_threads,
             "endpoint_s": endpoint_s,
             "threshold": opts.threshold,
+            "model": opts.model or "tiny.en (bundled)",
         },
     }
 
@@ -455,6 +465,7 @@ def run(
     do_peers: bool = True,
     do_ours: bool = True,
     peer_beam: int | None = None,
+    stt_model: str = "tiny.en",
 ) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (also what ``__main__`` writes to JSON)."""
     count = count or (3 if quick else 20)
@@ -462,6 +473,14 @@ def run(
     warmup = build_session(1, first=len(session.utterances) + 1)
     cpu_session = build_session(2 if quick else 6)
     stage_opts: dict[str, dict[str, Any]] = {"wake": {"models": ["hey_jarvis"]}, "stt": {}, "speaker": {}}
+    peer_model = ""
+    if stt_model != "tiny.en":
+        from models.stt import resolve_model
+
+        stage_opts["stt"]["model"] = stt_model
+        # The peer gets the very directory ours loads (bundled base is joined into .cache/models once).
+        local = resolve_model(stt_model)
+        peer_model = str(Path(local).resolve()) if Path(local).is_dir() else local
     ours_stt = _stt_defaults()
     endpoint_s = ours_stt["trailing_silence_s"]
     beam = peer_beam if peer_beam is not None else ours_stt["beam_size"]
@@ -481,6 +500,7 @@ def run(
         "audio_s": round(session.duration, 1),
         "chunk_ms": CHUNK_MS,
         "endpoint_silence_s": endpoint_s,
+        "stt_model": stt_model,
     }
     if do_peers:
         reason = peers.missing_reason()
@@ -496,6 +516,7 @@ def run(
                 endpoint_s=endpoint_s,
                 beam_size=beam,
                 cpu_threads=cpu_threads,
+                model=peer_model,
             )
     if do_ours:
         print(f"voice: ours, {count} utterances, {session.duration:.0f} s of audio in real time …", file=sys.stderr)
@@ -561,8 +582,9 @@ def table(result: dict[str, Any]) -> str:
     o, t = result.get("ours", {}), result.get("theirs", {})
     r = result.get("ratio_ours_over_theirs", {})
     lines = [
-        f"voice benchmark — {result['utterances']} utterances, {result['audio_s']} s audio, device {result['device']}, "
-        f"{result['host']['cpus']} CPUs, load {result['host']['load_avg_1m']}",
+        f"voice benchmark — {result['utterances']} utterances, {result['audio_s']} s audio, whisper "
+        f"{result.get('stt_model', 'tiny.en')} on {result['device']}, {result['host']['cpus']} CPUs, "
+        f"load {result['host']['load_avg_1m']}",
         f"{'metric':38s} {'ours':>12s} {'theirs':>12s} {'ours/theirs':>12s}",
     ]
 
@@ -619,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip the Wyoming peers")
     parser.add_argument("--no-ours", action="store_true", help="skip our runtime")
     parser.add_argument("--peer-beam", type=int, default=None, help="peer beam size (default: ours)")
+    parser.add_argument(
+        "--stt-model", default="tiny.en", help="whisper model for both sides: tiny.en (bundled), base (bundled), a dir…"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -629,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         do_peers=not args.no_peers,
         do_ours=not args.no_ours,
         peer_beam=args.peer_beam,
+        stt_model=args.stt_model,
     )
     print(table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,8 @@ class PeerOptions:
     """--cpu-threads (the peer's default)."""
     language: str = "en"
     """--language."""
+    model: str = ""
+    """--model: a local CT2 directory or a model name ("" = the bundled tiny.en directory)."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ class PeerServers:
             "wyoming-faster-whisper": [
                 str(WHISPER_VENV / "bin" / "python"), "-m", "wyoming_faster_whisper",
                 "--uri", self.stt_uri,
-                "--model", str(whisper_dir),
+                "--model", o.model or str(whisper_dir),
                 "--data-dir", str(tmp / "data"),
                 "--local-files-only",
                 "--device", o.device,
