@@ -51,15 +51,19 @@ class Outbox:
         self.overhead_ms: dict[str, deque[float]] = {}
         """Recent capture→published delays of live (not held) audio and video, ms; audio from the block's end."""
         self._ready = asyncio.Event()
+        self._unmeasured: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.audio) + len(self.video) + len(self.events)
 
-    def put(self, msg: Message) -> None:
-        """Queue ``msg`` (never blocks; drops by the rules above)."""
+    def put(self, msg: Message, measure: bool = True) -> None:
+        """Queue ``msg`` (never blocks; drops by the rules above); ``measure=False`` keeps it out of the
+        overhead numbers (a wake gate's pre-roll is old by design)."""
+        if not measure:
+            self._unmeasured.add(id(msg))
         if isinstance(msg, AudioChunk):
             if len(self.audio) >= self.audio_limit:
-                self.audio.popleft()
+                self._unmeasured.discard(id(self.audio.popleft()))
                 self.dropped_audio += 1
             self.audio.append(msg)
         elif isinstance(msg, VideoFrame):
@@ -122,7 +126,9 @@ class Outbox:
             await publish(msg)
             kind = msg.kind
             self.sent[kind] = self.sent.get(kind, 0) + 1
-            if isinstance(msg, AudioChunk | VideoFrame):
+            if id(msg) in self._unmeasured:
+                self._unmeasured.discard(id(msg))
+            elif isinstance(msg, AudioChunk | VideoFrame):
                 ready = msg.time
                 if isinstance(msg, AudioChunk) and msg.rate:
                     ready += len(msg.data) / 2 / msg.rate / max(msg.channels, 1)
@@ -300,10 +306,9 @@ class EdgeAgent:
                     blocks = await loop.run_in_executor(self._gate_pool, self.gate.process, t, pcm)
                 else:
                     blocks = [(t, pcm)]
-                for bt, data in blocks:
-                    self.outbox.put(
-                        self._stamp(AudioChunk(time=bt, room=self.room, source=self.name, rate=rate, data=data))
-                    )
+                for i, (bt, data) in enumerate(blocks):
+                    chunk = AudioChunk(time=bt, room=self.room, source=self.name, rate=rate, data=data)
+                    self.outbox.put(self._stamp(chunk), measure=i == len(blocks) - 1)  # the live block only
         except AudioSourceError as exc:
             log.error("%s", exc)
             self.status("error", str(exc))
