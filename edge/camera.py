@@ -42,6 +42,9 @@ def _cv2() -> Any:
         import cv2
     except ImportError as exc:
         raise CameraError(f"OpenCV is not installed ({exc}); pip install 'sensorium[edge]'") from None
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        # every failure is reported here in one line; OpenCV's own multi-line warnings only add noise to the journal
+        cv2.setLogLevel(0)
     return cv2
 
 
