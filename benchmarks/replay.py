@@ -55,6 +55,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "info": {k: v for k, v in report["info"].items() if k != "files"},
         "stages": {name: {k: s.get(k) for k in keep} for name, s in report["stages"].items()},
+        "answers": report["answers"],
         "events": report["events"]["counts"],
         "accuracy": report.get("accuracy", {}),
     }
@@ -103,6 +104,12 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {s['count']} | {s.get('p50_ms')} | {s.get('p95_ms')} | {s.get('p99_ms')} | "
                 f"{s['budget_ms']} | {s['violations']} | {', '.join(s['ladder'] or []) or '-'} |"
+            )
+        answers = r.get("answers", {})
+        if answers:
+            lines.append(
+                "answers p50/p95 ms (capture → event on the bus): "
+                + "; ".join(f"{k} {a.get('p50_ms')}/{a.get('p95_ms')}" for k, a in answers.items())
             )
         acc = r.get("accuracy", {})
         if "wake" in acc:

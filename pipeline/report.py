@@ -195,6 +195,23 @@ def signatures(events: Iterable[Message]) -> list[tuple[Any, ...]]:
 # -------------------------------------------------------------------------------------------- stages
 
 
+def answer_table(result: RunResult) -> dict[str, dict[str, Any]]:
+    """Latency of each kind of answer, from its input's publish (= capture at speed 1) to it being seen on the bus.
+
+    Keyed by event type (final and partial transcripts apart). This is what a user waits for: a
+    transcript's latency counts from the end of the audio it transcribes, not per audio chunk.
+    """
+    samples: dict[str, list[float]] = defaultdict(list)
+    for seen, msg in result.events:
+        if not msg.time or isinstance(msg, BudgetViolation) or event_stage(msg) not in EVENT_STAGE.values():
+            continue
+        tag = str(type(msg).__struct_config__.tag)  # type: ignore[attr-defined]
+        if isinstance(msg, Transcript):
+            tag = "transcript" if msg.final else "transcript.partial"
+        samples[tag].append(latency_ms(result, seen, msg))
+    return {k: {"count": len(v), **_pct(v)} for k, v in sorted(samples.items())}
+
+
 def stage_table(result: RunResult, budgets: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """Per-stage latency summary: the runtime's numbers, or measured from events if none."""
     budgets = {**result.budgets, **(budgets or {})}
@@ -405,6 +422,7 @@ def make_report(result: RunResult, labels: Sequence[Any] = (), budgets: dict[str
         "version": REPORT_VERSION,
         "info": dict(result.info),
         "stages": stage_table(result, budgets),
+        "answers": answer_table(result),
         "events": {"counts": dict(sorted(counts.items())), "list": listed},
     }
     if labels:
@@ -449,6 +467,15 @@ def format_table(report: dict) -> str:
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    answers = report.get("answers", {})
+    if answers and any(s.get("source") == "runtime" for s in report.get("stages", {}).values()):
+        lines.append("")
+        lines.append("answers (from input capture to the event on the bus):")
+        for name, a in answers.items():
+            lines.append(
+                f"  {name:<20} n={a['count']:<5} p50 {_ms(a.get('p50_ms'))} ms  p95 {_ms(a.get('p95_ms'))} ms  "
+                f"max {_ms(a.get('max_ms'))} ms"
+            )
     counts = report.get("events", {}).get("counts", {})
     lines.append("")
     lines.append("events: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))

@@ -124,6 +124,14 @@ def test_accuracy_against_labels() -> None:
     assert acc["detections"] == {"frames": 2, "count_exact": 0.5, "count_mae": 0.5}
 
 
+def test_answer_latency_per_event_type() -> None:
+    rep = make_report(_run(), _labels())
+    # every event was seen 100 ms after its stamp (= its publish time here)
+    assert rep["answers"]["wake"] == {"count": 3, "p50_ms": 100.0, "p95_ms": 100.0, "p99_ms": 100.0, "max_ms": 100.0}
+    assert rep["answers"]["transcript"]["count"] == 2
+    assert "answers (from input capture to the event on the bus):" in format_table(rep)
+
+
 def test_event_latency_when_runtime_numbers_are_absent() -> None:
     run = _run()
     run.stages = {}
