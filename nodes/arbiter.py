@@ -13,7 +13,10 @@ of the nodes that stand down.
 **Barge-in.** A wake word in a room that is playing an answer stops it at once (``StopPlayback``
 with reason "barge-in", published without waiting for the window): the edge goes quiet, the TTS
 stage cancels the rest of the answer, and the edge's ``PlaybackStatus`` "stopped" tells the agent
-what was said before the cut.
+what was said before the cut. Answers sent to the room (``Say``) that have not started playing yet
+are cancelled too: the person is asking something new, an older answer must not follow it. Any room
+that hears the wake word stops at once (the budget does not allow waiting for the window), so a
+far node that loses the arbitration also stops its own playback.
 
 **The room's own speech must not wake it.** While a room plays (and ``echo_tail_ms`` after, for
 reverb and the status's travel time) its wake detections must pass two checks:
@@ -126,6 +129,8 @@ class ArbiterStage(Stage):
         """Room → what it plays (or played until ``until``)."""
         self.texts: OrderedDict[str, str] = OrderedDict()
         """Answer id → its text so far (from ``Say``), for the text echo reference."""
+        self.pending: dict[str, dict[str, float]] = {}
+        """Room → answers sent to it (``Say``) that have not ended yet → when first seen (monotonic)."""
         self.windows: dict[str, _Window] = {}
         self.decisions: list[WakeArbitrated] = []
         """Every decision made (for tests and ``sensorium top``)."""
@@ -155,11 +160,17 @@ class ArbiterStage(Stage):
         self.texts.move_to_end(msg.answer_id)
         while len(self.texts) > 64:
             self.texts.popitem(last=False)
+        if msg.room:
+            room = self.pending.setdefault(msg.room, {})
+            room.setdefault(msg.answer_id, time.monotonic())
+            for aid in [a for a, t in room.items() if time.monotonic() - t > 120.0]:
+                del room[aid]  # never played (rejected, or its edge is down)
 
     def _on_playback(self, msg: PlaybackStatus) -> None:
         if msg.state == "started":
             self.playing[msg.room] = _Playing(msg.answer_id, time.monotonic())
         else:
+            self.pending.get(msg.room, {}).pop(msg.answer_id, None)
             cur = self.playing.get(msg.room)
             if cur is not None and cur.answer_id == msg.answer_id:
                 cur.until = time.monotonic()
@@ -195,11 +206,15 @@ class ArbiterStage(Stage):
                     msg.score,
                     self.opts.barge_in_threshold,
                 )
-            elif self.opts.barge_in and not playing.until:
-                await self.ctx.publish(
-                    StopPlayback(room=msg.room, time=msg.time, answer_id=playing.answer_id, reason="barge-in")
-                )
-                self.barge_ins.append((msg.room, playing.answer_id, time.monotonic() - arrived))
+        if not echo and self.opts.barge_in:
+            # The person wants to talk now: stop what plays and what is still on its way to the room.
+            active = set(self.pending.pop(msg.room, {}))
+            if playing is not None and not playing.until:
+                active.add(playing.answer_id)
+            if active:
+                aid = next(iter(active)) if len(active) == 1 else ""
+                await self.ctx.publish(StopPlayback(room=msg.room, time=msg.time, answer_id=aid, reason="barge-in"))
+                self.barge_ins.append((msg.room, aid, time.monotonic() - arrived))
         window = self.windows.get(msg.word)
         if window is not None and msg.time - window.first_time > self.opts.window_ms / 1000:
             # A detection long after the window's first one is a new utterance: settle the old one first.

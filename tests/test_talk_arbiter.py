@@ -111,6 +111,27 @@ async def test_barge_in_stops_the_playing_room_at_once() -> None:
     assert len(of(out, StopPlayback)) == 1
 
 
+async def test_barge_in_also_cancels_answers_still_on_their_way() -> None:
+    arb, out = await make_arbiter(window_ms=100)
+    # An answer was sent to the kitchen but has not started playing (TTS busy, or queued at the edge).
+    await arb.handle(Say(room="kitchen", answer_id="old", text="Here is a long answer.", more=True))
+    await arb.handle(wake("kitchen", 0.6, -20.0))  # not playing: the normal wake threshold applies
+    assert [(s.room, s.answer_id, s.reason) for s in of(out, StopPlayback)] == [("kitchen", "old", "barge-in")]
+    # Two answers in flight (one playing, one queued): one room-wide stop.
+    await arb.handle(Say(room="kitchen", answer_id="a", text="First."))
+    await arb.handle(Say(room="kitchen", answer_id="b", text="Second."))
+    await arb.handle(PlaybackStatus(room="kitchen", answer_id="a", state="started"))
+    await arb.handle(wake("kitchen", 0.9, -20.0, t=104.0))
+    assert [(s.room, s.answer_id) for s in of(out, StopPlayback)][1:] == [("kitchen", "")]
+    # Answers that finished are not stopped again.
+    await arb.handle(Say(room="office", answer_id="c", text="Done."))
+    await arb.handle(PlaybackStatus(room="office", answer_id="c", state="started"))
+    await arb.handle(PlaybackStatus(room="office", answer_id="c", state="ended"))
+    await asyncio.sleep(0.6)  # past the echo tail
+    await arb.handle(wake("office", 0.9, -20.0, t=110.0))
+    assert len(of(out, StopPlayback)) == 2
+
+
 async def test_the_rooms_own_speech_does_not_wake_it() -> None:
     arb, out = await make_arbiter(window_ms=100, echo_tail_ms=200)
     await arb.handle(Say(room="kitchen", answer_id="a1", text="Say hey Jar", more=True))
