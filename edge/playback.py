@@ -5,7 +5,11 @@ file per answer written at real-time pace, so a barge-in cuts the file where a s
 gone quiet. A small jitter buffer holds an answer's start until ``jitter_ms`` of it (or its last
 chunk) is here; audio is resampled to the device rate. ``PlaybackStatus`` started / ended / stopped
 (with the sentences fully played, so the agent knows what was cut off) goes through ``publish``.
-No torch, no scipy needed: this runs on a Raspberry Pi.
+The player keeps only a short lead queued in the sink (150 ms for a sound card, one 20 ms block for
+the WAV sink); ``stop`` drops that queue, so a barge-in is heard within the device's own buffer.
+One ``Player`` (one output stream) lives as long as the edge process: PortAudio's ALSA "pulse"
+device was seen to stall a second stream opened in the same process after the first was closed.
+No torch needed (scipy only if installed): this runs on a Raspberry Pi.
 """
 
 from __future__ import annotations
