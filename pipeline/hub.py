@@ -192,6 +192,12 @@ class Hub:
         local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
         self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event)
         self.publisher = Publisher(local, curve=own)
+        self._exit = contextlib.AsyncExitStack()
+        if self.config.record:
+            from pipeline.recorder import recording
+
+            await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
+            log.info("recording the bus to %s", self.config.record)
         self._tasks = [
             asyncio.create_task(self._control_loop(), name="hub-control"),
             asyncio.create_task(self._tap_loop(), name="hub-events"),
@@ -201,7 +207,9 @@ class Hub:
         log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
 
     async def stop(self) -> None:
-        """Stop loops, the proxy and the authenticator; flush the event log."""
+        """Stop loops, the recorder, the proxy and the authenticator; flush the event log."""
+        if hasattr(self, "_exit"):
+            await self._exit.aclose()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

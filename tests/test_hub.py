@@ -167,3 +167,22 @@ async def test_unenrolled_client_receives_nothing_and_publishes_nothing(tmp_path
             s.close()
     finally:
         await h.stop()
+
+
+async def test_hub_records_the_bus_to_mcap(hub_address: str, tmp_path: Path) -> None:
+    from pipeline.messages import AudioChunk
+    from pipeline.recorder import read_all
+
+    path = tmp_path / "bus.mcap"
+    h = Hub(HubConfig(address=hub_address, record=str(path)))
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.3)
+    await pub.publish(AudioChunk(room="kitchen", source="pi", time=h.clock.now(), data=b"\x01\x00" * 160))
+    await pub.publish(WakeDetected(room="kitchen", source="w", time=h.clock.now(), word="hey_jarvis", score=0.9))
+    await asyncio.sleep(0.3)
+    pub.close()
+    await h.stop()
+    recorded, _ = read_all([path])
+    kinds = [type(r.msg).__name__ for r in recorded if r.msg is not None]
+    assert "AudioChunk" in kinds and "WakeDetected" in kinds
