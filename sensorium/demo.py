@@ -33,6 +33,8 @@ log = logging.getLogger("sensorium.demo")
 
 VOICE_STAGES = ["wake", "arbiter", "stt", "speaker"]
 VISION_STAGES = ["detect", "face"]
+#: The demo's presence timeout: short, so a person who walks out of the media is seen to leave.
+DEMO_LEFT_AFTER = 5.0
 
 
 def demo_deployment(
@@ -63,13 +65,16 @@ def demo_deployment(
     stages.append("presence")
     if talk:
         stages.append("tts")
+    overrides = {"presence": {"left_after": f"{DEMO_LEFT_AFTER}s", "present_every": "20s"}}
+    for name, table in (stage_overrides or {}).items():
+        overrides[name] = overrides.get(name, {}) | table
     raw = {
         "data_dir": str(out_dir),
         "hub": {"heartbeat": "250ms", "down_after": "2s"},
         "rooms": {r: {} for r in rooms},
         "edges": edges,
         "workers": {"local": {"device": "cpu", "stages": stages}},
-        "stages": stage_overrides or {},
+        "stages": overrides,
     }
     return deployment_from_dict(raw, "<demo>")
 
@@ -175,11 +180,14 @@ def print_tables(env: Embedded, c: Collector, file: TextIO = sys.stdout) -> None
             print(f"  {k:<52} p50 {v.get('p50', 0):>7.0f}  p95 {v.get('p95', 0):>7.0f}  n={v['n']}", file=file)
 
 
-async def _settle(env: Embedded, c: Collector, quiet_s: float, max_s: float) -> None:
+async def _settle(env: Embedded, c: Collector, quiet_s: float, max_s: float, min_s: float = 0.0) -> None:
     """Wait for stages to drain and events to stop arriving (final transcripts, answers, presence)."""
-    deadline = time.monotonic() + max_s
+    start = time.monotonic()
+    deadline = start + max_s
     await env.drain(max_s)
-    while time.monotonic() < deadline and time.monotonic() - c.last_event < quiet_s:
+    while time.monotonic() < deadline and (
+        time.monotonic() - c.last_event < quiet_s or time.monotonic() - start < min_s
+    ):
         await asyncio.sleep(0.1)
 
 
@@ -211,7 +219,9 @@ async def run_media(
                 for name in deployment.edges
             ]
             await asyncio.gather(*(e.run(once=True) for e in edges))
-            await _settle(env, c, settle_s, max_settle_s)
+            # with cameras, wait long enough to see people leave (presence's left_after + a margin)
+            cams = any(e.cameras for e in deployment.edges.values())
+            await _settle(env, c, settle_s, max_settle_s, DEMO_LEFT_AFTER + 2.5 if cams else 0.0)
             for e in edges:
                 with contextlib.suppress(Exception):
                     await e.stop()  # type: ignore[attr-defined]
