@@ -177,6 +177,7 @@ def test_regression_gate() -> None:
     assert any("stt: produced nothing" in ln for ln in compare(make_report(gone, _labels()), base).lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("factor", "code"), [(10.0, 0), (0.1, 1)])
 def test_replay_cli_gate_exit_codes(tmp_path: Path, factor: float, code: int) -> None:
     """`sensorium replay --baseline` on a real session with the wake stage: 0 within tolerance, 1 past it."""
