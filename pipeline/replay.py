@@ -110,6 +110,8 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
     plist = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not plist:
         raise ReplayError("no session file given")
+    if len(plist) == 1:
+        plist += rotated_parts(plist[0])
     recs, res = read_all(plist)
     labels, events, items = [], [], []
     for r in recs:
@@ -147,6 +149,18 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
         damage=res.damage,
         rooms=wanted or all_rooms,
     )
+
+
+def rotated_parts(first: Path) -> list[Path]:
+    """The recorder's later parts of a rotated recording (``x.1.mcap``, ``x.2.mcap`` … after ``x.mcap``)."""
+    parts = []
+    n = 1
+    while (p := first.with_name(f"{first.stem}.{n}{first.suffix}")).exists():
+        parts.append(p)
+        n += 1
+    if parts:
+        log.info("%s was rotated: also reading %s", first, ", ".join(p.name for p in parts))
+    return parts
 
 
 def ready_time(rec: Recorded) -> float:
