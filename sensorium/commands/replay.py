@@ -13,9 +13,9 @@ bad config).
 Examples:
   sensorium replay session.mcap --speed max --report report.json
   sensorium replay rec.mcap --rooms kitchen --hub tcp://10.0.0.2:7700 --keys keys/replay
+  sensorium replay session.mcap --speed max --report new.json --baseline old.json --tolerance 0.25
 
 A rotated recording (rec.mcap, rec.1.mcap …) replays whole when its first file is given.
-  sensorium replay session.mcap --speed max --report new.json --baseline old.json --tolerance 0.25
 """
 
 from __future__ import annotations
