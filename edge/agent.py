@@ -46,12 +46,15 @@ class Outbox:
         """Frames replaced by a newer one of the same camera before they could be sent."""
         self.dropped_events = 0
         """Status events dropped because their backlog was full."""
+        self.publish_errors = 0
+        """Messages the socket refused (logged and dropped)."""
         self.sent: dict[str, int] = {}
         """Messages published, by kind."""
         self.overhead_ms: dict[str, deque[float]] = {}
         """Recent capture→published delays of live (not held) audio and video, ms; audio from the block's end."""
         self._ready = asyncio.Event()
         self._unmeasured: set[int] = set()
+        self._sending = False
 
     def __len__(self) -> int:
         return len(self.audio) + len(self.video) + len(self.events)
@@ -87,8 +90,8 @@ class Outbox:
         return None
 
     async def drain(self) -> None:
-        """Wait until everything queued was published."""
-        while len(self):
+        """Wait until everything queued was published (including the message being sent now)."""
+        while len(self) or self._sending:
             await asyncio.sleep(0.01)
 
     async def run(
@@ -123,7 +126,18 @@ class Outbox:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            await publish(msg)
+            self._sending = True
+            try:
+                await publish(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a socket error must not stop the node: report, drop this one, go on
+                log.error("could not publish %s: %s", msg.topic(), exc)
+                self.publish_errors += 1
+                await asyncio.sleep(0.1)
+                continue
+            finally:
+                self._sending = False
             kind = msg.kind
             self.sent[kind] = self.sent.get(kind, 0) + 1
             if id(msg) in self._unmeasured:

@@ -176,6 +176,23 @@ async def test_agent_buffer_is_bounded_and_drops_the_oldest_audio(tmp_path: Path
     assert [s for s in seqs if s > hole[-1]][:5] == list(range(hole[-1] + 1, hole[-1] + 6))  # the newest 0.4 s kept
 
 
+async def test_outbox_survives_a_failing_socket() -> None:
+    box = Outbox(buffer_s=1.0)
+    sent: list[int] = []
+
+    async def publish(msg: Message) -> None:
+        if msg.seq == 2:
+            raise OSError("socket closed")
+        sent.append(msg.seq)
+
+    task = asyncio.create_task(box.run(publish, lambda: True, Clock()))
+    for i in (1, 2, 3):
+        box.put(AudioChunk(seq=i, data=b"\0\0"))
+    await asyncio.wait_for(box.drain(), 5)
+    task.cancel()
+    assert sent == [1, 3] and box.publish_errors == 1
+
+
 def test_outbox_keeps_only_the_latest_frame_per_camera() -> None:
     box = Outbox(buffer_s=1.0)
     for i in range(5):
