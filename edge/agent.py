@@ -229,6 +229,7 @@ class EdgeAgent:
         self.wake_models = wake_models
         """Local wake gate: bundled wake word names or .onnx/.tflite paths."""
         self.clock = clock or Clock()
+        self._check()
         mic = self.config.microphone
         block_ms = mic.block_ms if mic else 80
         self.outbox = Outbox(buffer_s=buffer_s, block_s=block_ms / 1000.0)
@@ -245,6 +246,27 @@ class EdgeAgent:
         self.watch: LinkWatch | None = None
 
     # ------------------------------------------------------------------ helpers
+
+    def _check(self) -> None:
+        """Values the config loader accepts but capture cannot use: ``ValueError`` naming the key."""
+        where = f"{self.deployment.path}: [edges.{self.name}"
+        mic = self.config.microphone
+        if mic is not None:
+            if not 10 <= mic.block_ms <= 1000:
+                raise ValueError(f"{where}.microphone] block_ms must be 10–1000, got {mic.block_ms}")
+            if mic.rate < 8000:
+                raise ValueError(f"{where}.microphone] rate must be at least 8000 Hz, got {mic.rate}")
+            if mic.local_wake and mic.rate != 16000:
+                raise ValueError(f"{where}.microphone] local_wake needs rate = 16000, got {mic.rate}")
+            if mic.preroll_ms < 0:
+                raise ValueError(f"{where}.microphone] preroll_ms must not be negative, got {mic.preroll_ms}")
+        for cname, cam in self.config.cameras.items():
+            if not cam.fps > 0:
+                raise ValueError(f"{where}.cameras.{cname}] fps must be > 0, got {cam.fps}")
+            if not 1 <= cam.jpeg_quality <= 100:
+                raise ValueError(f"{where}.cameras.{cname}] jpeg_quality must be 1–100, got {cam.jpeg_quality}")
+            if cam.width < 16:
+                raise ValueError(f"{where}.cameras.{cname}] width must be at least 16, got {cam.width}")
 
     def _stamp(self, msg: Message) -> Message:
         topic = msg.topic()

@@ -305,12 +305,14 @@ def test_edge_help_explains_itself() -> None:
 
 def test_edge_command_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f"ipc://{tmp_path}/hub", "")
+    cfg.write_text(cfg.read_text() + '\n[edges.cam-pi]\nroom = "kitchen"\n[edges.cam-pi.cameras.door]\nfps = 0\n')
     bad_wav = tmp_path / "x.wav"
     bad_wav.write_text("nope")
     for args, text in (
-        (["--name", "attic-pi"], "no edge node named 'attic-pi' (known: kitchen-pi)"),
+        (["--name", "attic-pi"], "no edge node named 'attic-pi' (known: kitchen-pi, cam-pi)"),
         (["--name", NODE, "--wav", str(bad_wav)], "not a readable WAV"),
         (["--name", NODE, "--hub", "udp://x"], "expected tcp://HOST:PORT"),
+        (["--name", "cam-pi"], "[edges.cam-pi.cameras.door] fps must be > 0, got 0.0"),
     ):
         res = subprocess.run(
             [sys.executable, "-m", "sensorium", "edge", "--config", str(cfg), *args],
