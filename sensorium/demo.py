@@ -229,8 +229,7 @@ async def run_media(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             summary = env.summary()
-            if not quiet:
-                print_tables(env, c)
+            print_tables(env, c)
             return [e for _, e in c.events], summary, voice_breakdown(c)
     finally:
         if out is not None:
