@@ -180,6 +180,8 @@ def signature(msg: Message) -> tuple[Any, ...] | None:
         return ("transcript", msg.room, normalize_text(msg.text, strip_wake=False), msg.speaker) if msg.final else None
     if isinstance(msg, SpeakerIdentified):
         return ("speaker", msg.room, msg.person)
+    if isinstance(msg, Detections):
+        return ("detections", msg.room, msg.camera, msg.frame_seq, msg.persons)
     if isinstance(msg, FaceRecognized):
         return ("face", msg.room, msg.camera, msg.person)
     if isinstance(msg, Presence):
