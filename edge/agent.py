@@ -14,6 +14,7 @@ openWakeWord ONNX file run by onnxruntime.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import contextlib
 import logging
 from collections import OrderedDict, deque
@@ -468,6 +469,9 @@ class EdgeAgent:
         )
         self.link = link
         pub = Publisher(endpoints, curve=curve)
+        if self.config.playback is not None:
+            # the player's resampler imports scipy, seconds on a Pi: not on the event loop
+            await asyncio.to_thread(importlib.import_module, "scipy.signal")
         self.player = self._make_player()
         capture: list[asyncio.Task[None]] = []
         others: list[asyncio.Task[None]] = []
