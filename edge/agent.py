@@ -471,7 +471,8 @@ class EdgeAgent:
         pub = Publisher(endpoints, curve=curve)
         if self.config.playback is not None:
             # the player's resampler imports scipy, seconds on a Pi: not on the event loop
-            await asyncio.to_thread(importlib.import_module, "scipy.signal")
+            with contextlib.suppress(ImportError):  # without scipy the player resamples linearly
+                await asyncio.to_thread(importlib.import_module, "scipy.signal")
         self.player = self._make_player()
         capture: list[asyncio.Task[None]] = []
         others: list[asyncio.Task[None]] = []
