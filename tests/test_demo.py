@@ -93,3 +93,20 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
     dets = [e for e in events if e["type"] == "detections" and e["persons"] > 0]
     last_seen = max(e["time"] for e in dets)
     assert 4.0 <= left["time"] - last_seen <= 7.5, left["time"] - last_seen
+
+
+def test_demo_without_arguments_runs_the_whole_loop(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    r = _demo("--out", str(tmp_path / "d"), "--events-json", str(out), timeout=600)
+    events = _events(out)
+    kinds = {e["type"] for e in events}
+    assert {"wake", "transcript", "speaker", "presence", "playback"} <= kinds, kinds
+    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+    assert len(finals) >= 5
+    assert sum(e["speaker"] not in (None, "unknown") for e in finals) >= 4  # the sample's enrolled voices
+    started = [e for e in events if e["type"] == "playback" and e["state"] == "started"]
+    assert len(started) >= 5  # the built-in agent answered and the rooms' players spoke
+    wavs = list((tmp_path / "d" / "tts").glob("*.wav"))
+    assert len(wavs) >= 5
+    assert "Voice-to-voice breakdown" in r.stdout and "TTS first audio" in r.stdout
+    assert "speaker: " in r.stdout and "WER" in r.stdout  # accuracy against the session's labels
