@@ -14,8 +14,8 @@ openWakeWord ONNX file run by onnxruntime.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import contextlib
+import importlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
