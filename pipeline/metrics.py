@@ -7,6 +7,7 @@ HTTP exporter; ``sensorium top`` reads the same numbers through the hub.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -74,7 +75,7 @@ def percentiles(values: list[float] | deque[float], ps: tuple[float, ...] = (50,
     xs = sorted(values)
     out = {}
     for p in ps:
-        k = max(0, min(len(xs) - 1, round(p / 100 * len(xs) + 0.5) - 1))
+        k = max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))  # nearest rank
         out[f"p{p:g}"] = xs[k]
     out["max"] = xs[-1]
     out["n"] = float(len(xs))

@@ -200,13 +200,14 @@ async def run_media(
     quiet: bool = False,
     settle_s: float = 4.0,
     max_settle_s: float = 30.0,
+    record: Path | None = None,
 ) -> tuple[list[Event], list[dict[str, object]], dict[str, dict[str, float]]]:
     """Play each edge's files through an embedded deployment; returns events, stage summary, breakdown."""
     from edge.agent import EdgeAgent
 
     out = open(events_json, "w") if events_json else None
     try:
-        async with embedded(deployment) as env:
+        async with embedded(deployment) as env, recording_if(env, record):
             c = Collector(env, out=out, quiet=quiet)
             tasks = [asyncio.create_task(c.run_events()), asyncio.create_task(c.run_talk())]
             if agent:
@@ -234,6 +235,15 @@ async def run_media(
     finally:
         if out is not None:
             out.close()
+
+
+def recording_if(env: Embedded, path: Path | None) -> contextlib.AbstractAsyncContextManager[object]:
+    """Record the embedded bus to MCAP while the block runs, if ``path`` is given."""
+    if path is None:
+        return contextlib.nullcontext()
+    from pipeline.recorder import recording
+
+    return recording(env.endpoints, path, clock=env.clock)
 
 
 def parse_media(items: list[str] | None, flag: str) -> dict[str, Path]:

@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sensorium.demo import DEMO_LEFT_AFTER, Collector, _settle, enroll_pairs, print_tables, voice_breakdown
+from sensorium.demo import (
+    DEMO_LEFT_AFTER,
+    Collector,
+    _settle,
+    enroll_pairs,
+    print_tables,
+    recording_if,
+    voice_breakdown,
+)
 from sensorium.deployment import deployment_from_dict
 from sensorium.embedded import embedded
 
@@ -70,9 +78,9 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
 
     session = load([session_path])
     dep = sample_deployment(session.rooms, args.out)
-    out = open(args.events_json, "w") if args.events_json else None  # noqa: SIM115
+    out = open(args.events_json, "w") if args.events_json else None
     try:
-        async with embedded(dep) as env:
+        async with embedded(dep) as env, recording_if(env, args.record):
             c = Collector(env, out=out, quiet=args.quiet)
             tasks = [
                 asyncio.create_task(c.run_events()),

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-agent", action="store_true", help="do not answer (no built-in agent, no TTS)")
     p.add_argument("--speed", type=float, default=1.0, help="play media this many times faster than real time")
     p.add_argument("--quiet", action="store_true", help="print only the final tables")
+    p.add_argument("--record", type=Path, help="record everything on the bus to this MCAP file (replay it later)")
     p.add_argument("--summary-json", type=Path, help="write the latency table and breakdown as JSON here")
 
 
@@ -59,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"demo: rooms {', '.join(sorted(dep.rooms))}; stages {', '.join(dep.worker('local').stages)} on cpu")
     _, summary, breakdown = asyncio.run(
-        demo.run_media(dep, events_json=args.events_json, agent=not args.no_agent, speed=args.speed, quiet=args.quiet)
+        demo.run_media(
+            dep,
+            events_json=args.events_json,
+            agent=not args.no_agent,
+            speed=args.speed,
+            quiet=args.quiet,
+            record=args.record,
+        )
     )
     if args.summary_json:
         args.summary_json.write_text(demo.summary_json(summary, breakdown))

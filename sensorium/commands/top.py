@@ -38,9 +38,8 @@ def render(stats: dict[tuple[str, str], object], nodes: dict[str, str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from pipeline.bus import Endpoints, Subscriber
     from pipeline.messages import NodeStatus, StageStats
-    from sensorium.commands.events import resolve_hub
-
     from pipeline.security import KeyError_, node_keys
+    from sensorium.commands.events import resolve_hub
 
     endpoints = Endpoints.from_address(resolve_hub(args))
     try:
