@@ -185,7 +185,10 @@ class Worker:
         asyncio.get_running_loop().create_task(
             self._publish(
                 InputError(
-                    time=self.clock.now(), stage=self.name, input_topic=topic[:128].decode(errors="replace"), reason=str(exc)
+                    time=self.clock.now(),
+                    stage=self.name,
+                    input_topic=topic[:128].decode(errors="replace"),
+                    reason=str(exc),
                 )
             )
         )

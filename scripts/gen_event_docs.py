@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def field_docs(cls: type) -> dict[str, str]:
             body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
         except (OSError, TypeError):
             continue
-        for a, b in zip(body, body[1:], strict=False):
+        for a, b in itertools.pairwise(body):
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
                 docs[a.target.id] = str(b.value.value)  # type: ignore[union-attr]
     return docs

@@ -111,7 +111,7 @@ def test_specific_errors_say_what_was_wrong() -> None:
     with pytest.raises(codec.CodecError, match="malformed header"):
         codec.decode([good[0], b"\x01" + msgspec.msgpack.encode({"type": "nope"}), b""])
     with pytest.raises(codec.CodecError, match="carries no payload"):
-        codec.decode(codec.encode(WakeDetected(room="k"))[:2] + [b"xx"])
+        codec.decode([*codec.encode(WakeDetected(room="k"))[:2], b"xx"])
     with pytest.raises(codec.CodecError, match="empty header"):
         codec.decode([b"t", b"", b""])
     with pytest.raises(codec.CodecError, match="malformed event JSON"):

@@ -82,7 +82,7 @@ def _runner(cls: type[Stage], budget_ms: float, **policy: float) -> tuple[StageR
 
 
 async def test_late_frames_are_dropped_latest_wins() -> None:
-    runner, out = _runner(FrameStage, budget_ms=150, violation_interval=0)
+    runner, _ = _runner(FrameStage, budget_ms=150, violation_interval=0)
     runner.start()
     clock = runner.ctx.clock
     sent: dict[str, list[int]] = {"cam1": [], "cam2": []}

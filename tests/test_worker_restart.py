@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 
@@ -21,7 +22,6 @@ from pipeline.bus import Publisher
 from pipeline.client import Client, collect
 from pipeline.hub import Hub
 from pipeline.messages import AudioChunk, Event, NodeStatus, WakeDetected
-import media
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
