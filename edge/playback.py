@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -436,10 +437,12 @@ class Player:
     async def _finish(self, ans: _Answer) -> None:
         if ans.started and not ans.stopped:
             rest = self.sink.queued() + self.sink.latency
-            if rest > 0:
-                await asyncio.sleep(rest)
-            ans.played.extend(text for _, text in ans.pending)
-            ans.pending.clear()
+            if rest > 0:  # let the last block sound, unless a stop comes first
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_flag.wait(), rest)
+            if not ans.stopped:
+                ans.played.extend(text for _, text in ans.pending)
+                ans.pending.clear()
         if ans.started:
             self.sink.end(ans.answer_id)
         if self._order and self._order[0] == ans.answer_id:
