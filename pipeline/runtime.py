@@ -69,6 +69,7 @@ class StageRunner:
         self.ladder: list[str] = []
         """Degrade moves taken, in order ("degraded:x", "restored:x")."""
         self._task: asyncio.Task[None] | None = None
+        self.ctx.observe = self._observe
 
     def wants(self, topic: str) -> bool:
         """True if the stage consumes ``topic``."""
@@ -157,9 +158,14 @@ class StageRunner:
                 continue
             finally:
                 self._busy = False
+            if self.stage.reports_latency:
+                continue  # the stage reports its outputs' latency itself (ctx.report)
             now = self.ctx.clock.now()
             for msg in batch:
                 await self._account(now - self.stage.input_time(msg), msg)
+
+    async def _observe(self, latency: float, output: Message) -> None:
+        await self._account(latency, output)
 
     async def _drop_late(self, batch: list[Message]) -> list[Message]:
         now = self.ctx.clock.now()

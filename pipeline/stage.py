@@ -48,6 +48,8 @@ class StageContext:
     """Rooms known to the deployment; input for another room is rejected."""
     emit: Callable[[Message], Awaitable[None]] | None = None
     """Publishes a message on the bus (set by the runtime)."""
+    observe: Callable[[float, Message], Awaitable[None]] | None = None
+    """Reports the latency of an output made in the background (set by the runtime; see ``report``)."""
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sensorium.stage"))
     """Logger for this stage."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
@@ -67,6 +69,16 @@ class StageContext:
             msg.source = self.worker
         if self.emit is not None:
             await self.emit(msg)
+
+    async def report(self, output: Message, since: float) -> None:
+        """Count ``output``'s latency, measured from capture time ``since``, against the budget.
+
+        For stages whose answers come from background work rather than from ``handle`` (STT's
+        final transcript is decoded after the endpoint, not while a chunk is handled): they set
+        ``reports_latency`` and the runtime enforces the budget on what they report.
+        """
+        if self.observe is not None:
+            await self.observe(self.clock.now() - since, output)
 
     async def reject(self, msg: Message, reason: str) -> None:
         """Report bad input as an ``error`` event and carry on."""
@@ -103,6 +115,8 @@ class Stage(abc.ABC):
     """Ordered cheaper modes, applied one by one while the stage overruns its budget."""
     default_budget_ms: ClassVar[float] = 1000.0
     """Budget when the config sets none."""
+    reports_latency: ClassVar[bool] = False
+    """True if the stage reports its outputs' latency itself (``ctx.report``) instead of per input."""
     max_batch: ClassVar[int] = 1
     """Most inputs handed to ``handle_batch`` at once (e.g. one frame per camera per tick)."""
 

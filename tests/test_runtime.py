@@ -196,3 +196,39 @@ async def test_a_failing_input_is_reported_and_the_stage_keeps_serving() -> None
     assert len(errors) == 1 and "odd byte count 3" in errors[0].reason
     assert errors[0].input_topic == "audio/k/pi"
     assert runner.stage.ok == 2  # type: ignore[attr-defined]
+
+
+class BackgroundStage(Stage):
+    """Answers later, from a background task, like STT's final transcript after the endpoint."""
+
+    name = "background"
+    consumes = ("audio/",)
+    reports_latency = True
+    degrade_steps: ClassVar[tuple[str, ...]] = ("faster",)
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def handle(self, msg: Message) -> None:
+        async def answer() -> None:
+            await self.ctx.run_blocking(time.sleep, 0.3 if self.level == 0 else 0.01)
+            out = InputError(room=msg.room, reason="answer")
+            await self.ctx.publish(out)
+            await self.ctx.report(out, msg.time)
+
+        self.tasks.append(asyncio.create_task(answer()))
+
+
+async def test_background_outputs_are_measured_and_enforced() -> None:
+    runner, out = _runner(BackgroundStage, budget_ms=200, overrun_after=2, recover_after=50)
+    runner.start()
+    for i in range(1, 4):
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
+        await runner.drain(5)
+        await asyncio.gather(*runner.stage.tasks)  # type: ignore[attr-defined]
+    await runner.stop()
+    samples = list(runner.metrics.samples["background"])
+    assert len(samples) == 3 and min(samples[:2]) >= 0.3  # the answers' latency, not the fast handle()
+    assert runner.ladder == ["degraded:faster"]
+    assert any(isinstance(m, BudgetViolation) and m.action == "degraded:faster" for m in out)
