@@ -11,10 +11,11 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import media as pipeline_media
 
 RATE = 16000
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "media"
@@ -30,37 +31,12 @@ def _cache_path(voice: str, text: str, extra: str = "") -> Path:
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono int16 samples and rate of a 16-bit WAV (stereo is averaged)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        rate, channels = w.getframerate(), w.getnchannels()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    if channels > 1:
-        pcm = pcm.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    return pcm.astype(np.int16), rate
+    """Mono int16 samples and rate of a WAV file (the package's reader: any PCM/float WAV)."""
+    return pipeline_media.read_wav_native(path)
 
 
-def write_wav(path: str | Path, pcm: np.ndarray, rate: int = RATE) -> Path:
-    """Write mono int16 samples as a WAV file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
-    return path
-
-
-def resample(pcm: np.ndarray, rate: int, target: int = RATE) -> np.ndarray:
-    """Band-limited resampling (librosa's soxr) to ``target`` Hz, int16 in and out."""
-    if rate == target:
-        return pcm.astype(np.int16)
-    import librosa
-
-    y = librosa.resample(pcm.astype(np.float32) / 32768.0, orig_sr=rate, target_sr=target, res_type="soxr_hq")
-    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+write_wav = pipeline_media.write_wav
+resample = pipeline_media.resample
 
 
 _piper_voice = None

@@ -42,31 +42,9 @@ def _fail(msg: str) -> int:
 
 def load_voice(path: str | Path) -> np.ndarray:
     """16 kHz mono int16 samples of a WAV file; ``ValueError`` with a clear message otherwise."""
-    import wave
+    from pipeline.media import read_wav
 
-    import numpy as np
-
-    try:
-        with wave.open(str(path), "rb") as w:
-            width, rate, channels = w.getsampwidth(), w.getframerate(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except (wave.Error, EOFError) as exc:
-        raise ValueError(f"{path}: not a WAV file ({exc})") from None
-    if width != 2:
-        raise ValueError(
-            f"{path}: {8 * width}-bit audio, expected 16-bit PCM (convert: ffmpeg -i IN -ac 1 -ar 16000 OUT.wav)"
-        )
-    pcm = np.frombuffer(raw, dtype="<i2")
-    if channels > 1:
-        pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels).mean(axis=1)
-    pcm = pcm.astype(np.int16)
-    if rate != 16000:
-        import librosa
-
-        y = librosa.resample(pcm.astype(np.float32) / 32768.0, orig_sr=rate, target_sr=16000, res_type="soxr_hq")
-        pcm = np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+    pcm = read_wav(path, 16000)  # MediaError (a ValueError) names the file and how to convert it
     if len(pcm) < 16000:
         raise ValueError(f"{path}: only {len(pcm) / 16000:.2f} s of audio; record at least 1 s of speech")
     return pcm
