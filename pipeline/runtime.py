@@ -204,17 +204,7 @@ class StageRunner:
                     self._set_level(self.stage.level - 1)
                     self._ok = 0
                     self.ladder.append(f"restored:{step}")
-                    await self.publish(
-                        BudgetViolation(
-                            room=msg.room,
-                            time=self.ctx.clock.now(),
-                            source=self.ctx.worker,
-                            stage=self.name,
-                            budget_ms=self.budget * 1000,
-                            actual_ms=latency * 1000,
-                            action=f"restored:{step}",
-                        )
-                    )
+                    await self._report(latency, f"restored:{step}", msg)
             else:
                 self._ok = 0
 
@@ -233,6 +223,10 @@ class StageRunner:
         if not force and now - self._last_violation < self.policy.violation_interval:
             return
         self._last_violation = now
+        await self._report(latency, action, msg)
+
+    async def _report(self, latency: float, action: str, msg: Message) -> None:
+        """Publish a ``budget_violation`` event (also used for ladder moves back up)."""
         await self.publish(
             BudgetViolation(
                 room=msg.room,
