@@ -212,8 +212,8 @@ class EdgeAgent:
         hub_address: str | None = None,
         buffer_s: float = 30.0,
         loop_files: bool = False,
-        hold_s: float = 8.0,
-        wake_models: tuple[str, ...] = ("hey_jarvis",),
+        hold_s: float | None = None,
+        wake_models: tuple[str, ...] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.deployment = deployment
@@ -225,13 +225,13 @@ class EdgeAgent:
         self.address = hub_address or deployment.hub.address
         self.loop_files = loop_files
         """Restart WAV and video files at their end (demos that run until stopped)."""
-        self.hold_s = hold_s
+        mic = self.config.microphone
+        self.hold_s = hold_s if hold_s is not None else (mic.hold_ms / 1000.0 if mic else 8.0)
         """Local wake gate: seconds streamed after the last detection."""
-        self.wake_models = wake_models
+        self.wake_models = wake_models or (tuple(mic.wake_models) if mic else ("hey_jarvis",))
         """Local wake gate: bundled wake word names or .onnx/.tflite paths."""
         self.clock = clock or Clock()
         self._check()
-        mic = self.config.microphone
         block_ms = mic.block_ms if mic else 80
         self.outbox = Outbox(buffer_s=buffer_s, block_s=block_ms / 1000.0)
         self.audio_source: MicrophoneSource | WavFileSource | None = None
@@ -452,6 +452,7 @@ class EdgeAgent:
                 clock=self.clock,
                 on_status=self.status,
                 loop_files=self.loop_files,
+                keepalive_s=ccfg.motion_keepalive_s,
             )
         streams = ([f"audio/{self.room}/{self.name}"] if self.audio_source else []) + [
             f"video/{self.room}/{c}" for c in self.cameras

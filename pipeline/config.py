@@ -85,6 +85,10 @@ class MicrophoneConfig(_Strict):
     """Stream only around a locally detected wake word (with pre-roll)."""
     preroll_ms: int = 1500
     """Audio kept before a local wake detection."""
+    hold_ms: int = 8000
+    """With local_wake: audio streamed after the last detection."""
+    wake_models: list[str] = msgspec.field(default_factory=lambda: ["hey_jarvis"])
+    """With local_wake: wake words (bundled names or .onnx/.tflite paths), the same the workers use."""
 
 
 class CameraConfig(_Strict):
@@ -100,6 +104,8 @@ class CameraConfig(_Strict):
     """JPEG quality 1–100."""
     motion_threshold: float = 0.0
     """Skip frames whose mean absolute change is below this (0 = off)."""
+    motion_keepalive_s: float = 10.0
+    """With motion gating, still send a frame this often so consumers know the camera lives."""
 
 
 class PlaybackConfig(_Strict):

@@ -60,10 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--wake-model",
         action="append",
         metavar="NAME_OR_PATH",
-        help="local wake gate model: a bundled name (default hey_jarvis) or an .onnx/.tflite file; repeatable",
+        help="local wake gate model, overriding [edges.NAME.microphone] wake_models: a bundled name or an "
+        ".onnx/.tflite file; repeatable",
     )
     p.add_argument(
-        "--hold", type=float, default=8.0, metavar="SECONDS", help="local wake gate: seconds sent after the wake word"
+        "--hold",
+        type=float,
+        metavar="SECONDS",
+        help="local wake gate: seconds sent after the wake word (default: the microphone's hold_ms)",
     )
     p.add_argument("--stats", metavar="FILE", help="write counters and capture→publish overhead (JSON) at exit")
 
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             buffer_s=args.buffer,
             loop_files=args.loop,
             hold_s=args.hold,
-            wake_models=tuple(args.wake_model or ("hey_jarvis",)),
+            wake_models=tuple(args.wake_model) if args.wake_model else None,
         )
         _ = agent._curve  # load keys now: a missing key file is a clear error before anything starts
         if args.hub:
