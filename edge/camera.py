@@ -13,6 +13,7 @@ is reopened with backoff.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -52,15 +53,15 @@ def _cv2() -> Any:
 # Readers are blocking; they are only ever called from worker threads.
 
 
-class _Reader:
+class _Reader(abc.ABC):
     live: bool = False
     """True for cameras (read continuously, newest frame wins); False for files and folders (read on demand)."""
     fps: float = 0.0
     """The source's own frame rate when known (files), else 0."""
 
+    @abc.abstractmethod
     def read(self) -> np.ndarray | None:
         """The next BGR frame; None at the end of a file/folder or when a live camera fails."""
-        raise NotImplementedError
 
     def skip(self) -> bool:
         """Advance one frame without decoding it fully; False at the end."""
