@@ -1,25 +1,34 @@
 """Streaming speech-to-text: wake-opened utterances, Silero endpointing, partials, final with words.
 
 Every ``audio/<room>/<node>`` stream keeps a ring buffer of its last seconds. A ``wake`` event for
-that room and node opens an utterance starting ``preroll`` before the detection, so the wake
-phrase and a first word spoken right after it are never lost. Silero VAD (faster-whisper's) then
-watches the audio after the wake word; the utterance ends after ``trailing_silence`` of silence
-following speech, at ``max_length``, after ``no_speech_timeout`` without speech, or when the stream
-stops or skips.
+that room and node opens an utterance starting ``preroll`` before the detection (that audio goes to
+speaker ID). Whisper decodes only from ``decode_margin`` before the detection: the wake phrase is
+not part of the command, and a first word spoken right after it is still inside the margin.
+Silero VAD (faster-whisper's) then watches the audio after the wake word; the utterance ends after
+``trailing_silence`` of silence following speech, at ``max_length``, after ``no_speech_timeout``
+without speech, or when the stream stops or skips.
 
 While the person speaks, the growing utterance is re-decoded every ``partial_interval``; words that
 two consecutive passes agree on become fixed and later partials never change them. As soon as the
-speech pauses the utterance is decoded once more (speculatively); if the pause becomes the
-endpoint, that result is the final, so the final costs no decode after the endpoint.
+speech pauses (``SPEC_PAUSE_S``) the utterance is decoded once more (speculatively); if the pause
+becomes the endpoint, that result is the final, so the final costs no decode after the endpoint.
+That decode never waits behind a partial: a partial still queued is cancelled, none starts while it
+is pending (CTranslate2 cannot be interrupted, so one already running finishes first).
+
+Early endpoint: when the speculative decode is a complete command (``complete_command``: whisper
+ended it with . ? or !, it has two words or more, its last word does not leave the sentence open,
+and it agrees with the partials), the utterance ends after ``early_endpoint`` of silence instead of
+``trailing_silence``. Speech that resumes before that continues the utterance as usual.
 
 When the arbiter (``arbitration`` events) gives a wake word heard by several nodes to one of them,
 the utterances the other nodes opened for it are dropped without a final.
 
 At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
 ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
-arrives within ``speaker_wait``. The wake phrase is removed from the text (it is the address, not
-the command): the leading words that end before the wake detection are dropped, and a leading
-"hey jarvis" that whisper placed later is removed by text. ``keep_wake_phrase`` turns this off.
+arrives in time (see ``speaker_wait``). The wake phrase is removed from the text (it is the
+address, not the command): the leading words that end before the wake detection are dropped, and a
+leading "hey jarvis" that whisper placed later is removed by text. ``keep_wake_phrase`` turns this
+off (and decodes the whole pre-roll).
 """
 
 from __future__ import annotations
@@ -58,10 +67,39 @@ STAND_DOWN_S = 1.0
 """A loser's wake detection within this of the winner's is the same spoken wake word."""
 MIN_SPEECH_S = 0.15
 """Speech needed after the wake word before trailing silence can end the utterance."""
+SPEC_PAUSE_S = 0.2
+"""Silence after which the utterance so far is decoded speculatively (capped by the endpoints)."""
+SPEAKER_SLACK_S = 0.05
+"""Added to the learnt speaker-ID latency before a final gives up waiting for its speaker."""
+DANGLING = frozenset(
+    "a an the and or but nor so to of for with at from into onto by about than as if because "
+    "my your our their his her its this that these those some any every each please set make".split()
+)
+"""Words that leave an English command open when they come last ("turn on the", "set a timer for")."""
 
 
 def _norm(word: str) -> str:
     return re.sub(r"[^\w']+", "", word.lower())
+
+
+def complete_command(words: list[str], prev: list[str], fixed: list[str]) -> bool:
+    """True if ``words`` (a decode of the command so far) reads as a finished command.
+
+    Whisper ended it with sentence-final punctuation (not an ellipsis), it has at least two words,
+    the last word does not leave the sentence open (``DANGLING``), the fixed partial words are its
+    start, and so is the previous partial except its last (possibly cut) word.
+    """
+    if len(words) < 2:
+        return False
+    last = words[-1].strip()
+    if not last.endswith((".", "?", "!")) or last.endswith("..") or _norm(last) in DANGLING:
+        return False
+    cur = [_norm(w) for w in words]
+    for ref in (fixed, prev[:-1]):
+        r = [_norm(w) for w in ref]
+        if cur[: len(r)] != r:
+            return False
+    return True
 
 
 def stabilize(fixed: list[str], prev: list[str], cur: list[str]) -> tuple[list[str], str]:
@@ -92,10 +130,16 @@ class _Utt:
     """Words of the partials that two passes agreed on; they never change."""
     prev: list[str] = field(default_factory=list)
     last_partial_n: int = 0
+    dec0: int = 0
+    """Sample where decoding starts (``decode_margin`` before the wake detection)."""
     partial_task: asyncio.Task | None = None
+    partial_started: bool = False
+    """The partial's decode is running on the model thread (it can no longer be cancelled)."""
     spec_task: asyncio.Task | None = None
     spec_speech_s: float = -1.0
     """VAD speech seconds when the speculative decode started (reused if no speech came after)."""
+    spec_complete: bool = False
+    """The finished speculative decode reads as a complete command (early endpoint allowed)."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -140,6 +184,22 @@ class SttStage(Stage):
         """Audio before the wake detection included in the utterance (wake phrase and first word)."""
         trailing_silence: str | float = "0.7s"
         """Silence after speech that ends the command (Home Assistant uses 0.7 s)."""
+        early_endpoint: str | float = "0.3s"
+        """Silence that ends a command whose speculative decode is complete (0 = off); see below.
+
+        Trade-off: someone who pauses this long after a clause that reads as a whole sentence
+        ("turn on the lights." … "in the kitchen") is cut there; the rest needs a new wake word.
+        Open endings ("turn on the", "set a timer for") and text that changed between decodes
+        always wait for ``trailing_silence``. ``early_endpoint = 0`` turns this off.
+        """
+        decode_margin: str | float = "0.2s"
+        """Whisper decodes from this long before the wake detection, not from the start of the pre-roll.
+
+        The detection comes 0–0.2 s after the end of the wake phrase, so the margin holds a first
+        word spoken with no pause; the ``Utterance`` for speaker ID keeps the whole pre-roll.
+        """
+        encoder_window: str | float = "10s"
+        """Shortest whisper encoder window (clips longer than it get a longer one; "30s" = whisper's own)."""
         max_length: str | float = "12s"
         """Longest utterance, counted from the wake detection."""
         no_speech_timeout: str | float = "3s"
@@ -151,7 +211,11 @@ class SttStage(Stage):
         partial_interval: str | float = "0.6s"
         """New audio between partial re-decodes."""
         speaker_wait: str | float = "0.3s"
-        """How long the final transcript waits for the speaker event of its utterance."""
+        """Longest the final transcript waits (from the endpoint) for the speaker event of its utterance.
+
+        It waits only as long as speaker ID has recently taken (plus 50 ms), never when the event is
+        already there, and not at all while no speaker stage answers (until an event arrives again).
+        """
         stream_timeout: str | float = "1s"
         """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
         keep_wake_phrase: bool = False
@@ -177,6 +241,9 @@ class SttStage(Stage):
             for k in (
                 "preroll",
                 "trailing_silence",
+                "early_endpoint",
+                "decode_margin",
+                "encoder_window",
                 "max_length",
                 "no_speech_timeout",
                 "partial_interval",
@@ -194,7 +261,23 @@ class SttStage(Stage):
         self._tasks: set[asyncio.Task] = set()
         self._models: dict[str, Any] = {}
         self._model_loading: asyncio.Task | None = None
-        self.counts = {"partials": 0, "finals": 0, "finals_from_pause": 0, "stood_down": 0}
+        self.decode_seconds: deque[float] = deque(maxlen=100)
+        """Wall-clock seconds of recent decodes (diagnostics, tests)."""
+        self._sent: dict[str, float] = {}
+        """Monotonic time each recent Utterance was published (speaker-ID latency)."""
+        self._speaker_lat: float | None = None
+        """Recent speaker-ID latency (Utterance published → speaker event here), seconds."""
+        self._speaker_missing = 0
+        """Finals in a row whose speaker event never came (no speaker stage is running)."""
+        self.counts = {
+            "partials": 0,
+            "finals": 0,
+            "finals_from_pause": 0,
+            "early_endpoints": 0,
+            "speculative": 0,
+            "partials_cancelled": 0,
+            "stood_down": 0,
+        }
         """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
         # VAD runs on its own thread so endpointing never waits behind a whisper decode.
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.ctx.name}-vad")
@@ -216,6 +299,7 @@ class SttStage(Stage):
             cache_dir=o.cache_dir,
             language=o.language,
             beam_size=o.beam_size,
+            window=self._d["encoder_window"],
         )
 
     async def stop(self) -> None:
@@ -269,6 +353,11 @@ class SttStage(Stage):
         elif isinstance(msg, WakeArbitrated):
             self._stand_down(msg)
         elif isinstance(msg, SpeakerIdentified):
+            sent = self._sent.pop(msg.utterance_id, None)
+            if sent is not None:
+                lat = time.monotonic() - sent
+                self._speaker_lat = lat if self._speaker_lat is None else 0.7 * self._speaker_lat + 0.3 * lat
+                self._speaker_missing = 0
             fut = self._speakers.get(msg.utterance_id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -329,6 +418,8 @@ class SttStage(Stage):
                 after_wake.append(pcm[max(0, round((msg.time - start) * RATE)) :])
         if not st.ring:
             utt.t0 = msg.time  # no audio yet: the utterance starts with the next chunk
+        if not self.ctx.options.keep_wake_phrase:
+            utt.dec0 = min(utt.n, max(0, round((msg.time - self._d["decode_margin"] - utt.t0) * RATE)))
         st.utt = utt
         if st.vad is None:
             from models.vad import StreamingVad
@@ -344,28 +435,43 @@ class SttStage(Stage):
         assert utt is not None
         vad = st.vad
         s = await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed, new)
+        if utt.closed or st.utt is not utt:
+            return  # it ended (early endpoint) while this chunk was being scored
         d = self._d
+        early = d["early_endpoint"]
         since_wake = st.end_time - utt.wake_time
         spoke = s.speech_s >= MIN_SPEECH_S
         if spoke and s.silence_s >= d["trailing_silence"]:
             self._close(st, st.end_time, "endpoint")
+        elif spoke and 0 < early <= s.silence_s and utt.spec_complete and utt.spec_speech_s == s.speech_s:
+            self._close(st, st.end_time, "early-endpoint")
         elif since_wake >= d["max_length"]:
             self._close(st, st.end_time, "max-length")
         elif not spoke and since_wake >= d["no_speech_timeout"]:
             self._close(st, st.end_time, "no-speech")
         else:
-            if spoke and s.silence_s >= min(0.25, d["trailing_silence"] / 2) and utt.spec_speech_s != s.speech_s:
+            pause = min(SPEC_PAUSE_S, d["trailing_silence"] / 2, early if early > 0 else SPEC_PAUSE_S)
+            if spoke and s.silence_s >= pause and utt.spec_speech_s != s.speech_s:
                 # The speaker paused: decode now; if the pause becomes the endpoint this is the final.
                 utt.spec_speech_s = s.speech_s
-                if utt.partial_task is not None and not utt.partial_task.done():
-                    utt.partial_task.cancel()  # a queued partial would only delay this decode
-                utt.spec_task = self._spawn(self._decode(utt, utt.n))
+                utt.spec_complete = False
+                self._cancel_partial(utt)
+                utt.spec_task = self._spawn(self._speculate(st, utt, utt.n, s.speech_s))
+                self.counts["speculative"] += 1
             partial_due = utt.n - utt.last_partial_n >= d["partial_interval"] * RATE
-            busy = utt.partial_task is not None and not utt.partial_task.done()
-            # Partials only while the person speaks: in a pause the speculative final is decoding.
+            busy = any(t is not None and not t.done() for t in (utt.partial_task, utt.spec_task))
+            # Partials only while the person speaks, and never queued in front of a speculative decode.
             if self.ctx.options.partials and self.level < 1 and s.in_speech and spoke and partial_due and not busy:
                 utt.last_partial_n = utt.n
+                utt.partial_started = False
                 utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
+
+    def _cancel_partial(self, utt: _Utt) -> None:
+        """Drop a partial that is still queued on the model thread (a running one cannot be stopped)."""
+        task = utt.partial_task
+        if task is not None and not task.done() and not utt.partial_started:
+            task.cancel()
+            self.counts["partials_cancelled"] += 1
 
     def _stand_down(self, msg: WakeArbitrated) -> None:
         """Drop the utterances that nodes losing the arbitration opened on this wake word."""
@@ -406,17 +512,53 @@ class SttStage(Stage):
 
     # -------------------------------------------------------------------------------- decoding
 
-    async def _decode(self, utt: _Utt, n: int, words: bool = True) -> Any:
+    async def _decode(self, utt: _Utt, n: int, words: bool = True, partial: bool = False) -> Any:
+        """Decode the utterance's samples ``utt.dec0:n``; word times are from the utterance start."""
         model = self.model()
-        pcm = utt.audio(n)  # joined here, not on the decode thread, while chunks keep arriving
-        return await self.ctx.run_blocking(model.transcribe, pcm, None, words)
+        pcm = utt.audio(n)[utt.dec0 :]  # joined here, not on the decode thread, while chunks keep arriving
+        result = await self.ctx.run_blocking(self._transcribe, model, pcm, words, utt if partial else None)
+        self.decode_seconds.append(result.seconds)
+        off = utt.dec0 / RATE
+        for w in result.words:
+            w.start += off
+            w.end += off
+        return result
+
+    @staticmethod
+    def _transcribe(model: Any, pcm: np.ndarray, words: bool, partial_of: _Utt | None) -> Any:
+        if partial_of is not None:
+            partial_of.partial_started = True  # from here on the partial cannot be cancelled
+        return model.transcribe(pcm, None, words)
+
+    async def _speculate(self, st: _Stream, utt: _Utt, n: int, speech_s: float) -> Any:
+        """Decode at a pause; the result is the final if no speech follows, else it serves as a partial."""
+        result = await self._decode(utt, n)
+        if utt.closed or st.utt is not utt or utt.spec_speech_s != speech_s:
+            return result
+        if st.vad.state.speech_s != speech_s:  # the person went on speaking
+            if self.ctx.options.partials and self.level < 1:
+                await self._publish_partial(st, utt, n, result)
+            return result
+        words = [w.word.strip() for w in self._command_words(utt, result.words)]
+        utt.spec_complete = complete_command(words, utt.prev, utt.fixed)
+        early = self._d["early_endpoint"]
+        if utt.spec_complete and 0 < early <= st.vad.state.silence_s:
+            self._close(st, st.end_time, "early-endpoint")
+        return result
 
     async def _partial(self, st: _Stream, utt: _Utt, n: int) -> None:
+        if n - utt.dec0 < 0.3 * RATE:
+            return  # nothing after the wake word yet
         # Word timestamps cost an alignment pass; a partial needs them only to drop the wake phrase.
-        result = await self._decode(utt, n, words=not self.ctx.options.keep_wake_phrase)
+        result = await self._decode(utt, n, words=not self.ctx.options.keep_wake_phrase, partial=True)
+        await self._publish_partial(st, utt, n, result)
+
+    async def _publish_partial(self, st: _Stream, utt: _Utt, n: int, result: Any) -> None:
         if utt.closed:
             return  # the final is on its way; a late partial would only confuse
         cur = [w.word.strip() for w in self._command_words(utt, result.words)]
+        if not cur:
+            return  # nothing after the wake word yet: an empty partial says nothing
         utt.fixed, text = stabilize(utt.fixed, utt.prev, cur)
         utt.prev = cur
         self.counts["partials"] += 1
@@ -454,7 +596,6 @@ class SttStage(Stage):
                 Transcript(time=t1, room=st.room, utterance_id=utt.id, final=True, text="", t0=utt.t0, t1=t1)
             )
             return
-        deadline = time.monotonic()
         pcm = utt.audio()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._speakers[utt.id] = fut
@@ -462,6 +603,8 @@ class SttStage(Stage):
             await self.ctx.publish(
                 Utterance(time=t1, room=st.room, utterance_id=utt.id, t0=utt.t0, t1=t1, rate=RATE, data=pcm.tobytes())
             )
+            sent = time.monotonic()
+            self._sent[utt.id] = sent
             result = None
             if reuse is not None:
                 with contextlib.suppress(Exception):
@@ -471,7 +614,7 @@ class SttStage(Stage):
                 result = await self._decode(utt, utt.n)
             words = self._command_words(utt, result.words)
             text = " ".join(w.word.strip() for w in words).strip()
-            remaining = self._d["speaker_wait"] - (time.monotonic() - deadline)
+            remaining = self._speaker_budget() - (time.monotonic() - sent)
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):
@@ -479,6 +622,8 @@ class SttStage(Stage):
             if fut.done():
                 ev: SpeakerIdentified = fut.result()
                 speaker, score = ev.person, ev.score
+            else:
+                self._speaker_missing += 1  # reset when any speaker event arrives, even a late one
             await self.ctx.publish(
                 Transcript(
                     time=t1,
@@ -494,9 +639,26 @@ class SttStage(Stage):
                 )
             )
             self.counts["finals"] += 1
+            if reason == "early-endpoint":
+                self.counts["early_endpoints"] += 1
             self.ctx.log.info("stt: %s/%s %s (%s): %r", st.room, st.source, utt.id, reason, text)
         finally:
             self._speakers.pop(utt.id, None)
+
+    def _speaker_budget(self) -> float:
+        """How long after its Utterance a final may wait for the speaker event (see ``speaker_wait``)."""
+        limit = self._d["speaker_wait"]
+        if self._speaker_missing:
+            return 0.0  # the last final's speaker never came: no speaker stage is answering
+        if self._speaker_lat is not None:
+            if self._speaker_lat > limit:
+                return 0.0  # it would not arrive in time anyway
+            limit = min(limit, self._speaker_lat + SPEAKER_SLACK_S)
+        now = time.monotonic()
+        for uid, t in list(self._sent.items()):  # forget utterances whose speaker never came
+            if now - t > 30.0:
+                del self._sent[uid]
+        return limit
 
     # ---------------------------------------------------------------------------------- helpers
 

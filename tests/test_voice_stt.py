@@ -16,7 +16,7 @@ import pytest
 from voice_chain import Chain, audio_chunk
 
 from models.vad import StreamingVad
-from nodes.stt import SttStage, stabilize
+from nodes.stt import SttStage, complete_command, stabilize
 from nodes.wake import WakeStage
 from pipeline.messages import InputError, Transcript, Utterance, WakeDetected
 
@@ -47,6 +47,19 @@ def test_stabilize_keeps_agreed_words_fixed() -> None:
     # A later pass that disagrees with fixed words cannot change them.
     fixed2, text = stabilize(fixed, ["turn", "on", "the", "kitchen."], ["burn", "on", "a", "kitchen", "light"])
     assert fixed2 == ["turn", "on", "the"] and text.startswith("turn on the ")
+
+
+def test_complete_command_needs_punctuation_a_closed_ending_and_agreement() -> None:
+    assert complete_command(["Turn", "on", "the", "kitchen", "lights."], [], [])
+    assert complete_command(["What", "time", "is", "it?"], ["what", "time", "is"], ["what", "time"])
+    assert not complete_command(["Stop."], [], [])  # one word: too little to act on
+    assert not complete_command(["turn", "on", "the", "kitchen", "lights"], [], [])  # no final punctuation
+    assert not complete_command(["Turn", "on", "the."], [], [])  # "the" leaves the sentence open
+    assert not complete_command(["Set", "a", "timer", "for."], [], [])
+    assert not complete_command(["Turn", "on", "the..."], [], [])  # whisper's trailing-off ellipsis
+    # Text that changed between passes is not trusted: the fixed words or the last partial disagree.
+    assert not complete_command(["Burn", "the", "lights."], [], ["turn"])
+    assert not complete_command(["Turn", "off", "the", "lights."], ["turn", "on", "the"], [])
 
 
 @pytest.mark.slow
@@ -97,8 +110,9 @@ async def test_commands_final_transcripts_partials_and_timing() -> None:
         print(f"\nfinal transcripts: {hyps}\nWER {wer:.1%}")
         assert wer <= 0.20, list(zip(refs, hyps, strict=True))
         for (s, e), fin, wake in zip(spans, finals, wakes, strict=True):
-            # Endpoint = end of speech + trailing silence (0.7 s), give or take the VAD's hangover.
-            assert T0 + e + 0.5 <= fin.t1 <= T0 + e + 1.2, (fin.t1 - T0, e)
+            # Endpoint: the early one (0.3 s of silence after a complete command, or when its decode is
+            # done) or the trailing silence (0.7 s); the synthesized audio ends ~0.1 s after the voice.
+            assert T0 + e + 0.15 <= fin.t1 <= T0 + e + 1.2, (fin.t1 - T0, e)
             assert fin.time == fin.t1 and fin.t0 <= wake.time - 1.0 and fin.t0 >= T0 + s - 2.1
             assert fin.speaker is None  # no speaker stage in this chain
             # Word times lie inside the utterance, in order, after the wake detection.
@@ -114,6 +128,61 @@ async def test_commands_final_transcripts_partials_and_timing() -> None:
         utts = chain.of(Utterance)
         assert [u.utterance_id for u in utts] == [f.utterance_id for f in finals]
         assert all(len(u.data) == 2 * round((u.t1 - u.t0) * 16000) for u in utts)
+        assert chain.stages[1].counts["early_endpoints"] >= 2  # whisper punctuates most of these as complete
+        # The speaker ID audio keeps the pre-roll (wake phrase included) although whisper decodes less.
+        assert all(u.t0 <= w.time - 1.0 for u, w in zip(utts, wakes, strict=True))
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
+async def test_complete_command_ends_early_after_a_short_silence() -> None:
+    """ "hey jarvis, turn on the kitchen lights." ends ~early_endpoint after the speech, not 0.7 s."""
+    cmd = media.speech("turn on the kitchen lights", "piper:joe")
+    hj = media.speech("hey jarvis", "piper:joe")
+    pcm = media.concat(0.5, hj, 0.15, cmd, 1.5)
+    end = 0.5 + (len(hj) + len(cmd)) / 16000 + 0.15
+    chain = Chain()
+    await chain.add(WakeStage)
+    stt = await chain.add(SttStage, cpu_threads=2, speaker_wait=0.0)
+    try:
+        start = await chain.play({KITCHEN: pcm}, t0=T0)
+        await chain.settle()
+        ((t_fin, fin),) = [(t, m) for t, m in chain.out if isinstance(m, Transcript) and m.final]
+        assert norm(fin.text) == "turn on the kitchen lights", fin.text
+        assert stt.counts["early_endpoints"] == 1 and stt.counts["finals_from_pause"] == 1
+        decode = max(stt.decode_seconds)
+        # The endpoint comes after 0.3 s of silence, or as soon as the pause decode is done (it starts
+        # at 0.2 s); either way well before the 0.7 s trailing silence. 0.1 s: the VAD's hangover.
+        assert T0 + end + 0.15 <= fin.t1 <= T0 + end + max(0.3, 0.2 + decode) + 0.1, (fin.t1 - T0 - end, decode)
+        assert fin.t1 < T0 + end + 0.7
+        # And the final is out right at that endpoint: it was decoded during the pause.
+        eos_to_final = t_fin - (start + end)
+        print(f"\nend of speech → final {eos_to_final * 1000:.0f} ms (longest decode {decode * 1000:.0f} ms)")
+        assert eos_to_final <= max(0.3, 0.2 + decode) + 0.25, (eos_to_final, decode)
+        assert fin.words and fin.words[0].word.lower().startswith("turn")
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
+async def test_pause_after_an_open_clause_does_not_end_the_command() -> None:
+    """ "hey jarvis, turn on the" — 0.5 s — "kitchen lights": one final with the whole command."""
+    first = media.speech("hey jarvis, turn on the", "piper:joe")
+    rest = media.speech("kitchen lights", "piper:joe")
+    pcm = media.concat(0.5, first, 0.5, rest, 1.5)
+    end = 0.5 + (len(first) + len(rest)) / 16000 + 0.5
+    chain = Chain()
+    await chain.add(WakeStage)
+    stt = await chain.add(SttStage, cpu_threads=2, speaker_wait=0.0)
+    try:
+        await chain.play({KITCHEN: pcm}, t0=T0)
+        await chain.settle()
+        finals = [m for m in chain.of(Transcript) if m.final]
+        assert len(finals) == 1, [f.text for f in finals]
+        assert jiwer.wer("turn on the kitchen lights", norm(finals[0].text)) <= 0.2, finals[0].text
+        assert finals[0].t1 >= T0 + end, (finals[0].t1 - T0, end)  # not cut in the pause
+        assert stt.counts["speculative"] >= 2  # it did decode in the pause, and judged it open
     finally:
         await chain.close()
 
