@@ -187,5 +187,12 @@ class Transcriber:
         for seg in segments:  # a generator: decoding (and the encoder call) happens here
             texts.append(seg.text)
             for w in seg.words or []:
+                if words and not any(c.isalnum() for c in w.word):
+                    # A lone punctuation token (" ." after a short window) belongs to the word before it.
+                    prev = words[-1]
+                    if not prev.word.rstrip().endswith(w.word.strip()):
+                        prev.word += w.word.strip()
+                    prev.end = max(prev.end, float(w.end))
+                    continue
                 words.append(SttWord(w.word, float(w.start), float(w.end), float(w.probability)))
         return SttResult(text="".join(texts).strip(), words=words, seconds=time.perf_counter() - t)

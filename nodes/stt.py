@@ -541,6 +541,7 @@ class SttStage(Stage):
             return result
         words = [w.word.strip() for w in self._command_words(utt, result.words)]
         utt.spec_complete = complete_command(words, utt.prev, utt.fixed)
+        self.ctx.log.debug("stt: pause decode %r complete=%s (partial %r)", words, utt.spec_complete, utt.prev)
         early = self._d["early_endpoint"]
         if utt.spec_complete and 0 < early <= st.vad.state.silence_s:
             self._close(st, st.end_time, "early-endpoint")
