@@ -27,7 +27,11 @@ boundary), ours uses its real Silero VAD. Metrics, p50/p95 per side and the rati
 - wake CPU: CPU seconds per second of audio, i.e. share of one core per stream;
 - word error rate of the command, per side.
 
-Run: ``.venv/bin/python -m benchmarks.voice [--quick] [--device cuda]``; prints a table and
+Our stt ends a command early (``early_endpoint``, 0.3 s) when its pause decode reads as complete,
+and decodes on a 10 s encoder window (``encoder_window``); ``--stt early_endpoint=0 --stt
+encoder_window=30s`` measures ours without them (any ``[stages.stt]`` key can be set this way).
+
+Run: ``.venv/bin/python -m benchmarks.voice [--quick] [--device cuda] [--stt KEY=VALUE …]``; prints a table and
 writes ``benchmarks/results/voice.json``. ``run(quick=False) -> dict`` is the module API.
 """
 
@@ -310,7 +314,9 @@ async def _ours_session(env: Any, session: Session, collect: bool) -> tuple[floa
     return start, events if collect else []
 
 
-def _ours_rows(session: Session, start: float, events: list[tuple[float, Any]]) -> list[dict[str, Any]]:
+def _ours_rows(
+    session: Session, start: float, events: list[tuple[float, Any]], trailing_s: float = 0.7
+) -> list[dict[str, Any]]:
     from pipeline.messages import SpeakerIdentified, Transcript, WakeDetected
 
     rows = []
@@ -333,6 +339,7 @@ def _ours_rows(session: Session, start: float, events: list[tuple[float, Any]]) 
             a, tr = finals[0]
             row["eos_to_final_ms"] = 1000 * (a - (start + u.speech_end))
             row["endpoint_ms"] = 1000 * (tr.t1 - (start + u.speech_end))
+            row["early_endpoint"] = row["endpoint_ms"] < 1000 * trailing_s - 100  # before the trailing silence
             row["endpoint_to_final_ms"] = 1000 * (a - tr.t1)
             row["text"] = tr.text
             row["wer"] = wer(u.command, _strip_wake(tr.text))
@@ -401,7 +408,7 @@ def run_ours(
             return start, events, startup, dev
 
         start, events, startup_s, used_device = asyncio.run(main())
-        rows = _ours_rows(session, start, events)
+        rows = _ours_rows(session, start, events, _stt_defaults(stage_opts.get("stt"))["trailing_silence_s"])
         wake_cpu = infra_cpu = model_cpu = None
         if cpu:
             wake_cpu, model_cpu = _cpu_pass(cpu_session, ["wake"], device, data_dir, stage_opts)
@@ -416,6 +423,7 @@ def run_ours(
         "endpoint_to_speaker_ms": stats([r.get("endpoint_to_speaker_ms") for r in rows]),
         "wer": _mean([r["wer"] for r in rows]),
         "wake_detected": sum(r["wake_ms"] is not None for r in rows),
+        "early_endpoints": sum(bool(r.get("early_endpoint")) for r in rows),
         "partials_per_utterance": _mean([r["partials"] for r in rows if r["eos_to_final_ms"] is not None]),
         "wake_cpu_core_share": None if wake_cpu is None else round(wake_cpu, 4),
         "infra_cpu_core_share": None if infra_cpu is None else round(infra_cpu, 4),
@@ -466,13 +474,18 @@ def run(
     do_ours: bool = True,
     peer_beam: int | None = None,
     stt_model: str = "tiny.en",
+    stt_opts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns the result dict (also what ``__main__`` writes to JSON)."""
+    """Run the benchmark; returns the result dict (also what ``__main__`` writes to JSON).
+
+    ``stt_opts``: extra ``[stages.stt]`` options for ours (e.g. ``{"early_endpoint": 0}``).
+    """
     count = count or (3 if quick else 20)
     session = build_session(count)
     warmup = build_session(1, first=len(session.utterances) + 1)
     cpu_session = build_session(2 if quick else 6)
-    stage_opts: dict[str, dict[str, Any]] = {"wake": {"models": ["hey_jarvis"]}, "stt": {}, "speaker": {}}
+    stage_opts: dict[str, dict[str, Any]] = {"wake": {"models": ["hey_jarvis"]}, "speaker": {}}
+    stage_opts["stt"] = dict(stt_opts or {})
     peer_model = ""
     if stt_model != "tiny.en":
         from models.stt import resolve_model
@@ -481,7 +494,7 @@ def run(
         # The peer gets the very directory ours loads (bundled base is joined into .cache/models once).
         local = resolve_model(stt_model)
         peer_model = str(Path(local).resolve()) if Path(local).is_dir() else local
-    ours_stt = _stt_defaults()
+    ours_stt = _stt_defaults(stage_opts["stt"])
     endpoint_s = ours_stt["trailing_silence_s"]
     beam = peer_beam if peer_beam is not None else ours_stt["beam_size"]
     cpu_threads = ours_stt["cpu_threads"] or 4  # CTranslate2's default is 4 threads, as is the peer's
@@ -550,13 +563,13 @@ def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _stt_defaults() -> dict[str, Any]:
-    """Our stt stage's defaults that the peer must share for a fair comparison."""
+def _stt_defaults(opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Our stt stage's settings (defaults plus ``opts``) that the peer must share for a fair comparison."""
     try:
         from pipeline.config import parse_duration
         from sensorium.registry import stage_class
 
-        o = stage_class("stt").Options()
+        o = stage_class("stt").Options(**(opts or {}))
         return {
             "trailing_silence_s": parse_duration(o.trailing_silence),
             "beam_size": o.beam_size,
@@ -616,6 +629,7 @@ def table(result: dict[str, Any]) -> str:
         r.get("eos_to_final_p95"),
     )
     row("  endpoint found p50 ms (ours VAD)", g(o, "endpoint_ms", "p50"), result.get("endpoint_silence_s", 0) * 1000)
+    row("  endpoints before trailing silence", o.get("early_endpoints"), 0)
     row("  endpoint → final p50 ms", g(o, "endpoint_to_final_ms", "p50"), g(t, "stop_to_transcript_ms", "p50"))
     row("final → speaker p50 ms", g(o, "speaker_ms", "p50"), "n/a (none)")
     row("final → speaker p95 ms", g(o, "speaker_ms", "p95"), "n/a (none)")
@@ -633,6 +647,17 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (key, value), the value as JSON where it parses (numbers, true/false) else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--stt expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 utterances, short CPU passes")
@@ -643,6 +668,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-beam", type=int, default=None, help="peer beam size (default: ours)")
     parser.add_argument(
         "--stt-model", default="tiny.en", help="whisper model for both sides: tiny.en (bundled), base (bundled), a dir…"
+    )
+    parser.add_argument(
+        "--stt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of our stt stage, e.g. early_endpoint=0 or encoder_window=30s (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -655,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         do_ours=not args.no_ours,
         peer_beam=args.peer_beam,
         stt_model=args.stt_model,
+        stt_opts=dict(_option(kv) for kv in args.stt),
     )
     print(table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
