@@ -130,13 +130,18 @@ def _pretty(ev: Event) -> str:
 
 
 def voice_breakdown(c: Collector) -> dict[str, dict[str, float]]:
-    """Per utterance: end of speech → final transcript → speaker → agent first token → TTS first audio."""
+    """Per utterance: end of speech → final transcript → speaker → agent first token → TTS first audio.
+
+    End of speech is the end of the last recognised word (whisper's word timing), so the numbers
+    include the endpointer's wait for silence.
+    """
     finals = [(t, e) for t, e in c.of("transcript") if e.final]
     speakers = {e.utterance_id: t for t, e in c.of("speaker")}
     wakes = c.of("wake")
     rows: dict[str, list[float]] = defaultdict(list)
     for t_final, tr in finals:
-        end = tr.t1 or tr.time
+        # end of speech: the last recognised word's end (the endpoint t1 comes a pause later)
+        end = tr.t0 + tr.words[-1].end if tr.words else (tr.t1 or tr.time)
         rows["end of speech → final transcript"].append(t_final - end)
         if tr.utterance_id in speakers:
             rows["end of speech → speaker"].append(speakers[tr.utterance_id] - end)
