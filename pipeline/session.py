@@ -480,6 +480,11 @@ SAMPLE_FACES = {"tom_hanks": "tom_hanks"}
 """Enrolled faces of the sample: person → package image it is enrolled from."""
 
 
+#: Silence between the sample's commands: room for the answer to be spoken before the next
+#: "hey jarvis" (a wake word during an answer is a barge-in, held to a higher threshold).
+SAMPLE_GAP_S = 4.5
+
+
 def sample_enrollment(cache: str | Path) -> dict[str, dict[str, list[Path]]]:
     """Enrolment media for the sample's people: ``{person: {"voice": [wav…], "face": [image…]}}``."""
     cache = Path(cache)
@@ -508,7 +513,7 @@ def sample_spec(cache: str | Path) -> dict[str, Any]:
         pcm = media.speech(said, SAMPLE_VOICES[person], cache)
         wav = media.write_wav(cache / f"sample-{k}-{person}.wav", pcm)
         audio.append({"room": room, "file": str(wav), "at": t, "wake": wake, "text": command, "speaker": person})
-        t = round(t + len(pcm) / media.RATE + 2.5, 2)
+        t = round(t + len(pcm) / media.RATE + SAMPLE_GAP_S, 2)
     end = t + 2.0
     half = round(end / 2, 1)
     video = [

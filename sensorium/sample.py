@@ -37,7 +37,9 @@ def prepare(out: Path, cache: Path = CACHE) -> Path:
     from models.gallery import Gallery
     from pipeline.session import build_sample, sample_enrollment
 
-    session = cache / "sample.mcap"
+    from pipeline.session import SAMPLE_GAP_S
+
+    session = cache / f"sample-gap{SAMPLE_GAP_S:g}.mcap"  # a changed sample gets a new file
     if not session.exists():
         print("demo: building the sample session (first run only: synthesizing speech) …", flush=True)
         build_sample(session, cache)
