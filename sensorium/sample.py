@@ -35,9 +35,7 @@ CACHE = Path(".cache/sample")
 def prepare(out: Path, cache: Path = CACHE) -> Path:
     """Build the sample session once and enrol its people in ``out``/gallery.db; returns the session path."""
     from models.gallery import Gallery
-    from pipeline.session import build_sample, sample_enrollment
-
-    from pipeline.session import SAMPLE_GAP_S
+    from pipeline.session import SAMPLE_GAP_S, build_sample, sample_enrollment
 
     session = cache / f"sample-gap{SAMPLE_GAP_S:g}.mcap"  # a changed sample gets a new file
     if not session.exists():
