@@ -410,6 +410,19 @@ class EdgeAgent:
 
         return node_keys(self.config.keys, self.name)
 
+    def _counted(self, publish: Callable[[Message], Awaitable[None]]) -> Callable[[Message], Awaitable[None]]:
+        """``publish`` that also counts messages and bytes per stream kind for Prometheus."""
+        from pipeline.metrics import Metrics
+
+        self.metrics = Metrics(self.name)
+        self.metrics.serve(self.config.metrics_port)
+
+        async def send(msg: Message) -> None:
+            await publish(msg)
+            self.metrics.count_message(msg.kind.encode(), len(getattr(msg, "data", b"")), "out")
+
+        return send
+
     async def run(self, *, once: bool = False) -> None:
         """Connect, capture and publish until ``stop`` (``once``: until the WAV/video files ended and all was sent)."""
         from pipeline.bus import Endpoints, Publisher, is_loopback
@@ -484,7 +497,9 @@ class EdgeAgent:
         try:
             others.append(asyncio.create_task(watch.run(), name="edge-link-watch"))
             others.append(
-                asyncio.create_task(self.outbox.run(pub.publish, lambda: link.connected and watch.up, self.clock))
+                asyncio.create_task(
+                    self.outbox.run(self._counted(pub.publish), lambda: link.connected and watch.up, self.clock)
+                )
             )
             if self.audio_source is not None:
                 capture.append(asyncio.create_task(self._audio_loop(), name="edge-audio"))

@@ -134,6 +134,8 @@ class EdgeConfig(_Strict):
     """Speaker output (None = this node does not speak)."""
     keys: str = ""
     """Folder with this node's CURVE key pair and the hub's public key."""
+    metrics_port: int = 0
+    """Prometheus port (0 = off): messages and bytes published per stream kind."""
 
 
 class WorkerConfig(_Strict):
