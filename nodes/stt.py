@@ -140,6 +140,8 @@ class _Utt:
     """VAD speech seconds when the speculative decode started (reused if no speech came after)."""
     spec_complete: bool = False
     """The finished speculative decode reads as a complete command (early endpoint allowed)."""
+    onset: float | None = None
+    """Seconds from ``t0`` to the first speech the VAD heard after the wake detection."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -185,7 +187,7 @@ class SttStage(Stage):
         trailing_silence: str | float = "0.7s"
         """Silence after speech that ends the command (Home Assistant uses 0.7 s)."""
         early_endpoint: str | float = "0.3s"
-        """Silence that ends a command whose speculative decode is complete (0 = off); see below.
+        """Silence that ends a command whose pause decode reads as complete (``complete_command``).
 
         Trade-off: someone who pauses this long after a clause that reads as a whole sentence
         ("turn on the lights." … "in the kitchen") is cut there; the rest needs a new wake word.
@@ -195,8 +197,9 @@ class SttStage(Stage):
         decode_margin: str | float = "0.2s"
         """Whisper decodes from this long before the wake detection, not from the start of the pre-roll.
 
-        The detection comes 0–0.2 s after the end of the wake phrase, so the margin holds a first
-        word spoken with no pause; the ``Utterance`` for speaker ID keeps the whole pre-roll.
+        The detection's audio time is within about -0.05…+0.2 s of the end of the wake phrase (the
+        benchmark voices; CPU load does not shift it), so the margin holds a first word spoken with
+        no pause. The ``Utterance`` for speaker ID keeps the whole pre-roll.
         """
         encoder_window: str | float = "10s"
         """Shortest whisper encoder window (clips longer than it get a longer one; "30s" = whisper's own)."""
@@ -437,6 +440,9 @@ class SttStage(Stage):
         s = await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed, new)
         if utt.closed or st.utt is not utt:
             return  # it ended (early endpoint) while this chunk was being scored
+        if utt.onset is None and s.speech_s > 0:
+            # The VAD was reset at the wake detection; this is the first speech it heard since.
+            utt.onset = utt.wake_time - utt.t0 + s.heard_s - s.speech_s - s.silence_s
         d = self._d
         early = d["early_endpoint"]
         since_wake = st.end_time - utt.wake_time
@@ -578,9 +584,12 @@ class SttStage(Stage):
         """The words after the wake phrase (see the module docstring)."""
         if self.ctx.options.keep_wake_phrase:
             return list(words)
-        wake_rel = utt.wake_time - utt.t0
+        # Whisper hears the end of the wake phrase inside the margin as a word ("this", "is"): a word
+        # that ends before the command's speech began (the VAD's first speech after the wake) is not
+        # part of the command.
+        cut = max(utt.wake_time - utt.t0 + 0.05, utt.onset if utt.onset is not None else 0.0)
         i = 0
-        while i < len(words) and words[i].end <= wake_rel + 0.05:
+        while i < len(words) and words[i].end <= cut:
             i += 1
         rest = list(words[i:])
         for phrase in self.ctx.options.wake_phrases:

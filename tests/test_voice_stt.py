@@ -99,7 +99,7 @@ async def test_commands_final_transcripts_partials_and_timing() -> None:
         spans.append((t, t + (len(hj) + 0.15 * 16000 + len(cmd)) / 16000))
         parts += [hj, 0.15, cmd, 1.6]
         t = spans[-1][1] + 1.6
-    chain, _ = await run_chain({KITCHEN: media.concat(*parts)})
+    chain, start = await run_chain({KITCHEN: media.concat(*parts)})
     try:
         wakes = chain.of(WakeDetected)
         finals = [m for m in chain.of(Transcript) if m.final]
@@ -128,6 +128,11 @@ async def test_commands_final_transcripts_partials_and_timing() -> None:
         utts = chain.of(Utterance)
         assert [u.utterance_id for u in utts] == [f.utterance_id for f in finals]
         assert all(len(u.data) == 2 * round((u.t1 - u.t0) * 16000) for u in utts)
+        # No speaker stage answers: only the first final waits for its speaker (speaker_wait, 0.3 s);
+        # the later ones go out as soon as their endpoint's audio is in (their decode ran in the pause).
+        lags = [t - (start + m.t1 - T0) for t, m in chain.out if isinstance(m, Transcript) and m.final]
+        print("endpoint → final:", [f"{x * 1000:.0f} ms" for x in lags])
+        assert all(x < 0.2 for x in lags[1:]), lags
         assert chain.stages[1].counts["early_endpoints"] >= 2  # whisper punctuates most of these as complete
         # The speaker ID audio keeps the pre-roll (wake phrase included) although whisper decodes less.
         assert all(u.t0 <= w.time - 1.0 for u, w in zip(utts, wakes, strict=True))
