@@ -26,9 +26,12 @@ the utterances the other nodes opened for it are dropped without a final.
 At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
 ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
 arrives in time (see ``speaker_wait``). The wake phrase is removed from the text (it is the
-address, not the command): the leading words that end before the wake detection are dropped, and a
-leading "hey jarvis" that whisper placed later is removed by text. ``keep_wake_phrase`` turns this
-off (and decodes the whole pre-roll).
+address, not the command): the leading words that end before the wake detection, or before the
+first speech the VAD hears after it, are dropped, and a leading "hey jarvis" that whisper placed
+later is removed by text. ``keep_wake_phrase`` turns this off (and decodes the whole pre-roll).
+
+Whisper's encoder runs on ``encoder_window`` (10 s) instead of its fixed 30 s: a command is
+shorter, and that pass is most of a CPU decode (``models.stt``).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ SPEAKER_SLACK_S = 0.05
 """Added to the learnt speaker-ID latency before a final gives up waiting for its speaker."""
 DANGLING = frozenset(
     "a an the and or but nor so to of for with at from into onto by about than as if because "
-    "my your our their his her its this that these those some any every each please set make".split()
+    "my your our their his her its this that these those some any every each set make".split()
 )
 """Words that leave an English command open when they come last ("turn on the", "set a timer for")."""
 
