@@ -197,12 +197,14 @@ class SttStage(Stage):
         Open endings ("turn on the", "set a timer for") and text that changed between decodes
         always wait for ``trailing_silence``. ``early_endpoint = 0`` turns this off.
         """
-        decode_margin: str | float = "0.2s"
+        decode_margin: str | float = "1s"
         """Whisper decodes from this long before the wake detection, not from the start of the pre-roll.
 
         The detection's audio time is within about -0.05…+0.2 s of the end of the wake phrase (the
-        benchmark voices; CPU load does not shift it), so the margin holds a first word spoken with
-        no pause. The ``Utterance`` for speaker ID keeps the whole pre-roll.
+        benchmark voices; CPU load does not shift it), so any margin holds a first word spoken with
+        no pause. 1 s keeps most of "hey jarvis" as context: with 0.2 s whisper heard "who is home"
+        as "who is on" and "set a timer" as "said a timer"; the decode costs the same (the encoder
+        window, not the audio, sets it). The ``Utterance`` for speaker ID keeps the whole pre-roll.
         """
         encoder_window: str | float = "10s"
         """Shortest whisper encoder window (clips longer than it get a longer one; "30s" = whisper's own)."""
