@@ -36,11 +36,11 @@ def _pct(xs: list[float], p: float) -> float:
 # ------------------------------------------------------------------------------------ raw pyzmq
 
 
-def _raw_sender(addr: str, size: int, n: int, ready: mp.Event) -> None:  # type: ignore[valid-type]
+def _raw_sender(addr: str, size: int, n: int, ready: mp.Event, connect: bool = False) -> None:  # type: ignore[valid-type]
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUB)
     s.setsockopt(zmq.SNDHWM, 0)
-    s.bind(addr)
+    s.connect(addr) if connect else s.bind(addr)
     ready.wait()
     time.sleep(0.3)
     payload = os.urandom(size)
@@ -52,40 +52,45 @@ def _raw_sender(addr: str, size: int, n: int, ready: mp.Event) -> None:  # type:
     ctx.term()
 
 
-def raw_throughput(tmp: str, size: int, n: int) -> dict[str, float]:
+def raw_throughput(tmp: str, size: int, n: int, via: tuple[str, str] | None = None) -> dict[str, float]:
+    """Raw PUB → SUB; with ``via`` (hub publish, subscribe endpoints) through the hub's proxy."""
     addr = f"ipc://{tmp}/raw-thr"
     ready = mp.Event()
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"audio/")
-    proc = mp.Process(target=_raw_sender, args=(addr, size, n, ready))
+    proc = mp.Process(target=_raw_sender, args=(via[0] if via else addr, size, n, ready, via is not None))
     proc.start()
-    sub.connect(addr)
+    sub.connect(via[1] if via else addr)
     ready.set()
     got = 0
-    t0 = None
-    while True:
+    t0 = t_last = None
+    while sub.poll(3000):  # the proxy drops at its high-water mark (PUB/SUB semantics): END may be lost
         frames = sub.recv_multipart()
         if frames[1] == b"END":
             break
+        t_last = time.perf_counter()
         if t0 is None:
-            t0 = time.perf_counter()
+            t0 = t_last
         got += 1
-    dt = time.perf_counter() - (t0 or time.perf_counter())
+    dt = (t_last or 0.0) - (t0 or 0.0)
     proc.join()
     sub.close(0)
     ctx.term()
     return {"msgs_per_s": got / dt if dt else 0.0, "received": got, "sent": n}
 
 
-def raw_latency(tmp: str, size: int, n: int) -> list[float]:
+def raw_latency(tmp: str, size: int, n: int, via: tuple[str, str] | None = None) -> list[float]:
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)
-    pub.bind(f"ipc://{tmp}/raw-lat")
+    if via:
+        pub.connect(via[0])
+    else:
+        pub.bind(f"ipc://{tmp}/raw-lat")
     sub.setsockopt(zmq.SUBSCRIBE, b"audio/")
-    sub.connect(f"ipc://{tmp}/raw-lat")
+    sub.connect(via[1] if via else f"ipc://{tmp}/raw-lat")
     time.sleep(0.3)
     payload = os.urandom(size)
     out = []
@@ -147,15 +152,26 @@ async def our_throughput(address: str, size: int, n: int) -> dict[str, float]:
     await asyncio.sleep(0.2)
     go.set()
     got = 0
-    t0 = None
-    while True:
-        msg = await sub.recv()
-        if msg.time < 0:
-            break
-        if t0 is None:
-            t0 = time.perf_counter()
-        got += 1
-    dt = time.perf_counter() - (t0 or time.perf_counter())
+    t0 = t_last = 0.0
+
+    async def consume() -> None:
+        nonlocal got, t0, t_last
+        while True:
+            msg = await sub.recv()
+            if msg.time < 0:
+                return
+            t_last = time.perf_counter()
+            if not got:
+                t0 = t_last
+            got += 1
+
+    task = asyncio.create_task(consume())
+    while not task.done():  # the proxy drops at its high-water mark: END may be lost, so stop when idle
+        before = got
+        await asyncio.wait({task}, timeout=3.0)
+        if got == before and got:
+            task.cancel()
+    dt = t_last - t0
     await asyncio.to_thread(proc.join)
     sub.close()
     return {"msgs_per_s": got / dt if dt else 0.0, "received": got, "sent": n}
@@ -185,10 +201,22 @@ async def our_latency(address: str, size: int, n: int) -> list[float]:
 # ------------------------------------------------------------------------------------ driver
 
 
-def run(quick: bool = False) -> dict[str, object]:
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(runs, key=lambda r: r["msgs_per_s"])[len(runs) // 2]
+
+
+def run(quick: bool = False, repeat: int = 0) -> dict[str, object]:
+    """Run every case; throughput is the median of ``repeat`` interleaved runs (default 1 quick, 5 full)."""
+    repeat = repeat or (1 if quick else 5)
     n_thr = 20000 if quick else 100000
     n_lat = 1000 if quick else 5000
-    results: dict[str, object] = {"benchmark": "bus", "transport": "ipc", "quick": quick, "cases": {}}
+    results: dict[str, object] = {
+        "benchmark": "bus",
+        "transport": "ipc",
+        "quick": quick,
+        "repeat": repeat,
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         address = f"ipc://{tmp}/hub"
         ready, stop = mp.Event(), mp.Event()
@@ -198,14 +226,24 @@ def run(quick: bool = False) -> dict[str, object]:
         try:
             for label, size in SIZES.items():
                 n = n_thr if size < 4096 else n_thr // 10
-                raw_t = raw_throughput(tmp, size, n)
-                ours_t = asyncio.run(our_throughput(address, size, n))
+                via = (f"{address}-pub", f"{address}-sub")
+                runs: dict[str, list[dict[str, float]]] = {"raw": [], "proxy": [], "ours": []}
+                for _ in range(repeat):  # interleaved, so a busy moment hits all three alike
+                    runs["raw"].append(raw_throughput(tmp, size, n))
+                    runs["proxy"].append(raw_throughput(tmp, size, n, via))
+                    runs["ours"].append(asyncio.run(our_throughput(address, size, n)))
+                raw_t, proxy_t, ours_t = (_median_run(runs[k]) for k in ("raw", "proxy", "ours"))
                 raw_l = raw_latency(tmp, size, n_lat)
+                proxy_l = raw_latency(tmp, size, n_lat, via)
                 ours_l = asyncio.run(our_latency(address, size, n_lat))
                 case = {
                     "raw_msgs_per_s": raw_t["msgs_per_s"],
                     "ours_msgs_per_s": ours_t["msgs_per_s"],
+                    "proxy_msgs_per_s": proxy_t["msgs_per_s"],
                     "throughput_ratio": ours_t["msgs_per_s"] / raw_t["msgs_per_s"],
+                    "ratio_vs_raw_through_proxy": ours_t["msgs_per_s"] / proxy_t["msgs_per_s"],
+                    "proxy_p50_us": _pct(proxy_l, 50) * 1e6,
+                    "proxy_p99_us": _pct(proxy_l, 99) * 1e6,
                     "raw_received": raw_t["received"],
                     "ours_received": ours_t["received"],
                     "sent": n,
@@ -223,14 +261,19 @@ def run(quick: bool = False) -> dict[str, object]:
 
 def render(results: dict[str, object]) -> str:
     lines = [
-        "Bus over ipc: ours (codec + hub proxy process) vs raw pyzmq PUB→SUB, same run",
-        f"{'payload':<8} {'raw msg/s':>11} {'ours msg/s':>11} {'ratio':>6} {'raw p50 µs':>11} {'ours p50 µs':>12} "
-        f"{'raw p99 µs':>11} {'ours p99 µs':>12}",
+        "Bus over ipc, same run: raw pyzmq PUB→SUB direct, raw bytes through the hub's proxy, ours (typed",
+        "header encoded/decoded, asyncio, through the hub's proxy in its own process).",
+        "",
+        "| payload | raw msg/s | raw via proxy | ours msg/s | ours/raw | ours/proxy | raw p50/p99 µs "
+        "| proxy p50/p99 µs | ours p50/p99 µs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, c in results["cases"].items():  # type: ignore[union-attr]
         lines.append(
-            f"{label:<8} {c['raw_msgs_per_s']:>11.0f} {c['ours_msgs_per_s']:>11.0f} {c['throughput_ratio']:>6.2f} "
-            f"{c['raw_p50_us']:>11.1f} {c['ours_p50_us']:>12.1f} {c['raw_p99_us']:>11.1f} {c['ours_p99_us']:>12.1f}"
+            f"| {label} | {c['raw_msgs_per_s']:.0f} | {c['proxy_msgs_per_s']:.0f} | {c['ours_msgs_per_s']:.0f} "
+            f"| {c['throughput_ratio']:.2f} | {c['ratio_vs_raw_through_proxy']:.2f} "
+            f"| {c['raw_p50_us']:.0f} / {c['raw_p99_us']:.0f} | {c['proxy_p50_us']:.0f} / {c['proxy_p99_us']:.0f} "
+            f"| {c['ours_p50_us']:.0f} / {c['ours_p99_us']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -238,8 +281,9 @@ def render(results: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages (CI-sized)")
+    ap.add_argument("--repeat", type=int, default=0, help="throughput runs per case, median reported (default 5)")
     args = ap.parse_args(argv)
-    results = run(args.quick)
+    results = run(args.quick, args.repeat)
     print(render(results))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bus.json").write_text(json.dumps(results, indent=2))
