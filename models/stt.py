@@ -190,7 +190,7 @@ class Transcriber:
                 if words and not any(c.isalnum() for c in w.word):
                     # A lone punctuation token (" ." after a short window) belongs to the word before it.
                     prev = words[-1]
-                    if not prev.word.rstrip().endswith(w.word.strip()):
+                    if not prev.word.rstrip().endswith((".", "?", "!", w.word.strip())):
                         prev.word += w.word.strip()
                     prev.end = max(prev.end, float(w.end))
                     continue
