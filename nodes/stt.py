@@ -238,6 +238,7 @@ class SttStage(Stage):
     emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
+    reports_latency: ClassVar[bool] = True  # partials and finals come from background decodes
     default_budget_ms: ClassVar[float] = 500.0
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -574,16 +575,11 @@ class SttStage(Stage):
         utt.fixed, text = stabilize(utt.fixed, utt.prev, cur)
         utt.prev = cur
         self.counts["partials"] += 1
-        await self.ctx.publish(
-            Transcript(
-                time=utt.t0 + n / RATE,
-                room=st.room,
-                utterance_id=utt.id,
-                final=False,
-                text=text,
-                t0=utt.t0,
-            )
+        partial = Transcript(
+            time=utt.t0 + n / RATE, room=st.room, utterance_id=utt.id, final=False, text=text, t0=utt.t0
         )
+        await self.ctx.publish(partial)
+        await self.ctx.report(partial, partial.time)  # the budget applies to what we answer, from its audio
 
     def _command_words(self, utt: _Utt, words: list[Any]) -> list[Any]:
         """The words after the wake phrase (see the module docstring)."""
@@ -639,20 +635,20 @@ class SttStage(Stage):
                 speaker, score = ev.person, ev.score
             else:
                 self._speaker_missing += 1  # reset when any speaker event arrives, even a late one
-            await self.ctx.publish(
-                Transcript(
-                    time=t1,
-                    room=st.room,
-                    utterance_id=utt.id,
-                    final=True,
-                    text=text,
-                    words=[Word(w.word.strip(), w.start, w.end, w.probability) for w in words],
-                    t0=utt.t0,
-                    t1=t1,
-                    speaker=speaker,
-                    speaker_score=score,
-                )
+            final = Transcript(
+                time=t1,
+                room=st.room,
+                utterance_id=utt.id,
+                final=True,
+                text=text,
+                words=[Word(w.word.strip(), w.start, w.end, w.probability) for w in words],
+                t0=utt.t0,
+                t1=t1,
+                speaker=speaker,
+                speaker_score=score,
             )
+            await self.ctx.publish(final)
+            await self.ctx.report(final, t1)  # from the endpoint: the input this final answers
             self.counts["finals"] += 1
             if reason == "early-endpoint":
                 self.counts["early_endpoints"] += 1
