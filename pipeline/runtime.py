@@ -32,7 +32,8 @@ class LadderPolicy:
     overrun_after: int = 3
     """Consecutive over-budget inputs before stepping down."""
     recover_after: int = 20
-    """Consecutive inputs under ``recover_fraction`` of the budget before stepping back up."""
+    """Consecutive inputs under ``recover_fraction`` of the budget before stepping back up; doubled
+    (up to 16×) each time a step back up is followed by a step down again soon after."""
     recover_fraction: float = 0.6
     """What "well within budget" means."""
     violation_interval: float = 1.0
@@ -68,6 +69,8 @@ class StageRunner:
         self.errors = 0
         self.ladder: list[str] = []
         """Degrade moves taken, in order ("degraded:x", "restored:x")."""
+        self._recover_after = self.policy.recover_after
+        self._since_restore: int | None = None
         self._task: asyncio.Task[None] | None = None
         self.ctx.observe = self._observe
 
@@ -158,6 +161,8 @@ class StageRunner:
                 continue
             finally:
                 self._busy = False
+            self.inputs += len(batch)
+            self.metrics.inputs.labels(self.metrics.node, self.name).inc(len(batch))
             if self.stage.reports_latency:
                 continue  # the stage reports its outputs' latency itself (ctx.report)
             now = self.ctx.clock.now()
@@ -181,8 +186,6 @@ class StageRunner:
         return kept
 
     async def _account(self, latency: float, msg: Message) -> None:
-        self.inputs += 1
-        self.metrics.inputs.labels(self.metrics.node, self.name).inc()
         self.metrics.observe(self.name, latency)
         p = self.policy
         if latency > self.budget:
@@ -190,6 +193,10 @@ class StageRunner:
             self._ok = 0
             if self._over >= p.overrun_after and self.stage.level < len(self.stage.degrade_steps):
                 step = self.stage.degrade_steps[self.stage.level]
+                if self._since_restore is not None and self._since_restore < 2 * self._recover_after:
+                    # stepped up too early: the next attempt waits twice as long (no flapping)
+                    self._recover_after = min(self._recover_after * 2, 16 * p.recover_after)
+                self._since_restore = None
                 self._set_level(self.stage.level + 1)
                 self._over = 0
                 await self._violation(latency, f"degraded:{step}", msg, force=True)
@@ -197,12 +204,18 @@ class StageRunner:
                 await self._violation(latency, "none", msg)
         else:
             self._over = 0
+            if self._since_restore is not None:
+                self._since_restore += 1
+                if self._since_restore >= 4 * self._recover_after:
+                    self._recover_after = p.recover_after  # it held: back to the normal patience
+                    self._since_restore = None
             if latency < p.recover_fraction * self.budget:
                 self._ok += 1
-                if self._ok >= p.recover_after and self.stage.level > 0:
+                if self._ok >= self._recover_after and self.stage.level > 0:
                     step = self.stage.degrade_steps[self.stage.level - 1]
                     self._set_level(self.stage.level - 1)
                     self._ok = 0
+                    self._since_restore = 0
                     self.ladder.append(f"restored:{step}")
                     await self._report(latency, f"restored:{step}", msg)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import ClassVar
 
@@ -232,3 +233,38 @@ async def test_background_outputs_are_measured_and_enforced() -> None:
     assert len(samples) == 3 and min(samples[:2]) >= 0.3  # the answers' latency, not the fast handle()
     assert runner.ladder == ["degraded:faster"]
     assert any(isinstance(m, BudgetViolation) and m.action == "degraded:faster" for m in out)
+
+
+class FlappingStage(Stage):
+    """Over budget at full quality, far under it one step down: the case that makes ladders flap."""
+
+    name = "flappy"
+    consumes = ("audio/",)
+    degrade_steps: ClassVar[tuple[str, ...]] = ("half-resolution",)
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.levels: list[int] = []
+
+    async def handle(self, msg: Message) -> None:
+        self.levels.append(self.level)
+        await self.ctx.run_blocking(time.sleep, 0.12 if self.level == 0 else 0.0)
+
+
+async def test_a_stage_that_keeps_failing_to_step_up_waits_longer_each_time() -> None:
+    runner, _ = _runner(FlappingStage, budget_ms=100, overrun_after=2, recover_after=3, recover_fraction=0.6)
+    runner.start()
+    for i in range(1, 60):
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
+        await runner.drain(5)
+    await runner.stop()
+    levels = runner.stage.levels  # type: ignore[attr-defined]
+    # lengths of the runs spent degraded (level 1) before each attempt to step back up
+    runs, n = [], 0
+    for a, b in itertools.pairwise(levels):
+        n += a == 1
+        if a == 1 and b == 0:
+            runs.append(n)
+            n = 0
+    assert len(runs) >= 3
+    assert runs[0] == 3 and runs[1] == 6 and runs[2] == 12  # patience doubles after each failed step up
