@@ -347,3 +347,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def render(r: dict[str, Any]) -> str:
+    """The printed tables as text (for benchmarks/results/SUMMARY.md)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_result(r)
+    return buf.getvalue().strip()

@@ -698,3 +698,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+#: SUMMARY.md rendering (benchmarks/__main__.py convention).
+render = table
