@@ -93,6 +93,10 @@ class PersonDetector:
 
     # ----------------------------------------------------------------------------------- detection
 
+    def warm_up(self) -> None:
+        """One inference on a blank frame, so the first real frame does not pay for lazy set-up."""
+        self.detect([np.zeros((self.imgsz, self.imgsz, 3), np.uint8)])
+
     def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[list[PersonBox]]:
         """People in each BGR image: one batched forward pass for the whole list."""
         return [self._boxes(r) for r in self._predict(images, imgsz)]

@@ -234,6 +234,13 @@ class FacePipeline:
 
     # ----------------------------------------------------------------------------------- detection
 
+    def warm_up(self) -> None:
+        """Run detection and embedding once, so the first real face does not pay for lazy set-up."""
+        rng = np.random.default_rng(0)
+        self.detect(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8))
+        size = int(self._arc.input_size[0]) if self.family == "arcface" else FACENET_SIZE
+        self.embed_aligned([rng.integers(0, 255, (size, size, 3), dtype=np.uint8)])
+
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in a BGR image (a whole frame or a person crop), best first."""
         faces: list[Face] = []

@@ -114,6 +114,7 @@ class DetectStage(Stage):
         self.detector = await self.ctx.run_blocking(
             lambda: PersonDetector(o.weights, self.ctx.device, o.conf, o.imgsz, o.class_map, o.tracker)
         )
+        await self.ctx.run_blocking(self.detector.warm_up)  # the first frame must meet its budget too
 
     async def handle(self, msg: Message) -> None:
         await self.handle_batch([msg])

@@ -88,6 +88,7 @@ class FaceStage(Stage):
         self.pipeline = await self.ctx.run_blocking(
             lambda: FacePipeline(o.recognizer, o.detector, self.ctx.device, o.det_conf, o.min_face)
         )
+        await self.ctx.run_blocking(self.pipeline.warm_up)  # the first face must meet its budget too
         self.threshold = o.threshold if o.threshold is not None else self.pipeline.default_threshold
         path = o.gallery or str(self.ctx.data_dir / "gallery.db")
         self.gallery = await self.ctx.run_blocking(Gallery, path)

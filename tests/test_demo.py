@@ -63,7 +63,7 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
     import cv2
 
     person = cv2.imread(str(images.ASTRONAUT))
-    frames = images.visit_frames(person, before=3, during=12, after=3)  # 5 fps: 2.4 s in view
+    frames = images.visit_frames(person, before=3, during=20, after=3)  # 5 fps: 4 s in view
     folder = tmp_path / "frames"
     images.write_frames(folder, frames)
     out = tmp_path / "events.jsonl"
