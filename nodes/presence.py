@@ -148,10 +148,9 @@ class PresenceStage(Stage):
             person, conf = self._tracks.get((det.room, det.camera, b.track), (UNKNOWN, 0.0))
             if b.track >= 0 and person != UNKNOWN:
                 await self._evidence(person, det.room, "track", conf * self.opts.track_factor, det.time)
+        # Track names outlive an empty frame: the frames before it still count, and a person who walked out
+        # must not turn into a stranger there. The timers forget a name once no frame in the window has it.
         self._frames.setdefault((det.room, det.camera), []).append((det.time, tuple(b.track for b in det.boxes)))
-        if not det.boxes:  # the camera saw the room empty: its tracks are over
-            for key in [k for k in self._tracks if k[0] == det.room and k[1] == det.camera]:
-                del self._tracks[key]
         await self._report_counts(det.room, det.time)
 
     async def _evidence(self, person: str, room: str, source: str, conf: float, t: float) -> None:
