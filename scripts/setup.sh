@@ -10,8 +10,9 @@ STAMP="$VENV/.installed"
 want="$(cat pyproject.toml requirements/nodeps.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 
 # System packages: flite/espeak-ng (second TTS backend, test speech), PortAudio (sounddevice),
-# pulseaudio (null-sink microphone test), ffmpeg (video files), systemd (unit verification).
-apt_pkgs=(flite espeak-ng libportaudio2 pulseaudio pulseaudio-utils ffmpeg systemd)
+# libasound2-plugins + pulseaudio (PortAudio's "pulse" device: null-sink microphone and speaker tests; only a
+# "recommends" of pulseaudio), ffmpeg (video files), systemd (unit verification).
+apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -554,11 +554,16 @@ class Doctor:
         try:
             info = sd.query_devices(mic.device, "input")
         except (ValueError, sd.PortAudioError) as exc:
+            where = mic.device if mic.device is not None else "(default)"
             self.add(
                 "FAIL",
                 check,
-                f"no input device {mic.device if mic.device is not None else '(default)'}: {exc}"
-                + (f"; sound cards: {', '.join(cards)}" if cards else "; no sound card with a capture device"),
+                (
+                    f"no input device {where}: {exc}; sound cards: {', '.join(cards)}"
+                    if cards
+                    else f"no microphone: this machine has no capture hardware (no /dev/snd/pcm*c) and no input "
+                    f"device {where} ({exc})"
+                ),
                 "plug in a USB microphone (or enable the mic HAT), check 'arecord -l', and that user sensorium "
                 "is in group audio; then set microphone.device to a name from 'python -m sounddevice'",
             )

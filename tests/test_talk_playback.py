@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pulse
 import pytest
 from media import read_wav
 
@@ -146,39 +144,18 @@ def test_resample_linear_matches_durations(src: int, dst: int) -> None:
 # device, routed by PULSE_SINK) while parec records the sink's monitor: what a loudspeaker would get.
 
 
-def _pactl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=20)
-
-
 @pytest.fixture
 def null_sink() -> Iterator[str]:
-    if not all(shutil.which(p) for p in ("pulseaudio", "pactl", "parec")):
-        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils)")
-    if _pactl("info").returncode != 0:
-        subprocess.run(
-            ["pulseaudio", "--daemonize", "--exit-idle-time=-1", "--system=false"], capture_output=True, timeout=30
-        )
-        for _ in range(50):
-            if _pactl("info").returncode == 0:
-                break
-            time.sleep(0.1)
-        assert _pactl("info").returncode == 0, "PulseAudio did not start"
-    name = f"sensorium_talk_{uuid.uuid4().hex[:6]}"
-    res = _pactl("load-module", "module-null-sink", f"sink_name={name}", "rate=22050", "channels=1")
-    assert res.returncode == 0, res.stderr
-    try:
+    with pulse.null_sink("sensorium_talk", 22050) as name:
         yield name
-    finally:
-        _pactl("unload-module", res.stdout.strip())
 
 
 def _route_to(sink: str) -> None:
     """Move this process's playback streams to ``sink`` (stream-restore may have put them elsewhere)."""
-    inputs = json.loads(_pactl("-f", "json", "list", "sink-inputs").stdout or "[]")
-    mine = [i for i in inputs if i.get("properties", {}).get("application.process.id") == str(os.getpid())]
+    mine = pulse.streams_of_this_process("sink-inputs")
     assert mine, "the player opened no PulseAudio stream"
-    for i in mine:
-        assert _pactl("move-sink-input", str(i["index"]), sink).returncode == 0
+    for index in mine:
+        assert pulse.pactl("move-sink-input", str(index), sink).returncode == 0
 
 
 def _align(recorded: np.ndarray, played: np.ndarray) -> float:
