@@ -14,7 +14,10 @@ want="$(cat pyproject.toml requirements/nodeps.txt scripts/setup.sh | sha256sum 
 # "recommends" of pulseaudio), ffmpeg (video files), systemd (unit verification).
 apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd)
 missing=()
-for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${apt_pkgs[@]}"; do
+  # dpkg -s also succeeds for a removed package that left its config files: ask for "installed"
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "setup: installing system packages: ${missing[*]}"
