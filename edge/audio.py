@@ -11,11 +11,13 @@ library is a clear, fatal ``AudioSourceError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,43 @@ def import_sounddevice() -> Any:
     except ImportError as exc:
         raise AudioSourceError(f"sounddevice is not installed ({exc}); pip install 'sensorium[edge]'") from None
     return sounddevice
+
+
+_outputs_open = 0
+"""PortAudio output streams (loudspeakers) open in this process; a device re-scan would abort them."""
+PORTAUDIO_LOCK = threading.Lock()
+"""Held while PortAudio re-initializes and while an output stream opens or closes (other threads)."""
+
+
+@contextlib.contextmanager
+def output_stream() -> Iterator[None]:
+    """Playback opens its PortAudio output stream inside this, so a re-scan never runs meanwhile."""
+    global _outputs_open
+    with PORTAUDIO_LOCK:
+        yield
+        _outputs_open += 1
+
+
+def output_closed() -> None:
+    """Playback calls this after closing its PortAudio output stream."""
+    global _outputs_open
+    with PORTAUDIO_LOCK:
+        _outputs_open = max(0, _outputs_open - 1)
+
+
+def rescan_devices(sd: Any) -> bool:
+    """Make PortAudio list its devices again; True if it did.
+
+    PortAudio enumerates devices once, when it initializes: a USB microphone plugged in later (or a
+    sound server started later) stays invisible until it re-initializes, which closes every open
+    stream. So this only runs while no loudspeaker stream is open in this process.
+    """
+    with PORTAUDIO_LOCK:
+        if _outputs_open:
+            return False
+        sd._terminate()
+        sd._initialize()
+        return True
 
 
 # ------------------------------------------------------------------------------- resampling
@@ -298,6 +337,8 @@ class MicrophoneSource:
                 log.error("%s", msg)
                 report(self.on_status, "error", msg)
                 await asyncio.sleep(delay)
+                if not self._closed:  # the device may be plugged in by now: let PortAudio look again
+                    await asyncio.to_thread(rescan_devices, sd)
                 continue
             resampler = Resampler(self.opened_rate, self.rate) if self.opened_rate != self.rate else None
             reblock = Reblocker(self.block, self.rate)

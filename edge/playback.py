@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.audio import output_closed, output_stream
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
 from pipeline.messages import Message, PlaybackStatus, TtsAudio
@@ -158,9 +159,10 @@ class SoundDeviceSink(Sink):
         self._q: collections.deque[bytes] = collections.deque()
         self._pending = 0
         self._lock = threading.Lock()
-        self._stream = sd.RawOutputStream(
-            samplerate=rate, blocksize=block, device=device, channels=1, dtype="int16", callback=self._callback
-        )
+        with output_stream():  # no PortAudio re-scan (microphone retry) while this opens or plays
+            self._stream = sd.RawOutputStream(
+                samplerate=rate, blocksize=block, device=device, channels=1, dtype="int16", callback=self._callback
+            )
         self.latency = float(self._stream.latency)
         self._stream.start()
 
@@ -201,8 +203,11 @@ class SoundDeviceSink(Sink):
             return self._consumed
 
     def close(self) -> None:
-        self._stream.stop()
-        self._stream.close()
+        try:
+            self._stream.stop()
+            self._stream.close()
+        finally:
+            output_closed()
 
 
 # ----------------------------------------------------------------------------------------- player

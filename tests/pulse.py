@@ -42,6 +42,12 @@ def ensure_pulseaudio() -> None:
     import sounddevice as sd
 
     names = [d["name"] for d in sd.query_devices()]
+    if "pulse" not in names:
+        # PortAudio lists ALSA's "pulse" device only if PulseAudio ran when PortAudio initialized (an
+        # earlier test in this process may have done that before the daemon started): look again.
+        sd._terminate()
+        sd._initialize()
+        names = [d["name"] for d in sd.query_devices()]
     assert "pulse" in names, (
         f"PortAudio has no 'pulse' device (it has: {names}); ALSA's PulseAudio plugin is missing: "
         "apt-get install libasound2-plugins (scripts/setup.sh does)"

@@ -17,7 +17,15 @@ import numpy as np
 import pulse
 import pytest
 
-from edge.audio import AudioSourceError, MicrophoneSource, Resampler, WavFileSource, read_wav_mono
+from edge.audio import (
+    AudioSourceError,
+    MicrophoneSource,
+    Resampler,
+    WavFileSource,
+    import_sounddevice,
+    read_wav_mono,
+    rescan_devices,
+)
 from edge.retry import Backoff
 
 try:  # tests/ is a plain folder on sys.path; works too if it becomes a package
@@ -328,3 +336,61 @@ async def test_microphone_that_disappears_is_reported_retried_and_comes_back(mon
     assert any("no audio for 1.0s; reopening" in d for d in errors)  # noticed the silence of a lost device
     assert all("\n" not in d for d in errors)
     assert statuses[-1][1] == "up" and statuses[-1][0] > back_at  # recovered by itself
+
+
+@pytest.mark.slow
+async def test_microphone_plugged_in_after_start_is_found(tmp_path: Path) -> None:
+    """PortAudio lists devices once; the retry loop makes it look again, so a late microphone is found.
+
+    A private PulseAudio server stands in for the USB microphone: absent when the edge starts, then
+    started (plugged in) while the edge retries.
+    """
+    pulse.ensure_pulseaudio()
+    sd = import_sounddevice()
+    socket_path = tmp_path / "native"
+    saved = {k: os.environ.get(k) for k in ("PULSE_SERVER", "PULSE_SOURCE")}
+    os.environ["PULSE_SERVER"] = f"unix:{socket_path}"
+    os.environ["PULSE_SOURCE"] = "plug.monitor"
+    statuses: list[tuple[str, str]] = []
+    mic = MicrophoneSource("pulse", backoff=Backoff(0.2, 0.5), on_status=lambda s, d: statuses.append((s, d)))
+    server: asyncio.subprocess.Process | None = None
+    blocks = 0
+
+    async def consume() -> None:
+        nonlocal blocks
+        async for _ in mic.blocks():
+            blocks += 1
+
+    try:
+        assert rescan_devices(sd) and "pulse" not in [d["name"] for d in sd.query_devices()]
+        task = asyncio.create_task(consume())
+        while len([s for s, _ in statuses if s == "error"]) < 2:
+            assert not task.done() and len(statuses) < 50, statuses
+            await asyncio.sleep(0.05)
+        assert "cannot open" in statuses[0][1]
+        (tmp_path / "home").mkdir()
+        server = await asyncio.create_subprocess_exec(
+            "pulseaudio", "-n", "--daemonize=no", "--use-pid-file=no", "--system=false",
+            "--exit-idle-time=-1", "-F", "/dev/null",
+            f"--load=module-native-protocol-unix socket={socket_path} auth-anonymous=1",
+            "--load=module-null-sink sink_name=plug rate=16000 channels=1",
+            env=os.environ | {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        plugged = time.monotonic()
+        while blocks < 5:
+            assert not task.done() and time.monotonic() - plugged < 20, statuses
+            await asyncio.sleep(0.05)
+        ups = [d for s, d in statuses if s == "up"]
+        assert ups and "recording at 16000 Hz" in ups[-1]
+        mic.close()
+        await asyncio.wait_for(task, 10)
+    finally:
+        mic.close()
+        if server is not None:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), 10)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        rescan_devices(sd)  # later tests see the shared PulseAudio server again
