@@ -142,6 +142,8 @@ def resample(pcm: np.ndarray, rate: int, target: int = RATE) -> np.ndarray:
 # ------------------------------------------------------------------------------------- speech
 
 _piper_voice = None
+SPEECH_VERSION = 2
+"""Part of the speech cache key: raise it when synthesis changes (2: Piper without noise)."""
 
 
 def _piper(text: str) -> tuple[np.ndarray, int]:
@@ -156,7 +158,13 @@ def _piper(text: str) -> tuple[np.ndarray, int]:
     rate = _piper_voice.config.sample_rate
     gap = np.zeros(int(0.15 * rate), dtype=np.int16)  # Piper returns one chunk per sentence
     parts: list[np.ndarray] = []
-    for chunk in _piper_voice.synthesize(text):
+    # Piper samples its voice noise afresh on every call (the pause after a phrase varies by ~60 ms,
+    # words sound a little different); without noise the same text gives the same samples everywhere,
+    # so a session, a test or a benchmark built on one machine hears what it heard on another.
+    from piper import SynthesisConfig
+
+    same_every_time = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    for chunk in _piper_voice.synthesize(text, syn_config=same_every_time):
         parts += [np.asarray(chunk.audio_int16_array, dtype=np.int16).reshape(-1), gap]
     return (np.concatenate(parts[:-1]) if parts else np.zeros(0, np.int16)), rate
 
@@ -176,7 +184,7 @@ def _flite(voice: str, text: str) -> tuple[np.ndarray, int]:
 
 def speech(text: str, voice: str, cache: Path) -> np.ndarray:
     """``text`` spoken by ``voice`` ("piper:joe" or "flite:<voice>") at 16 kHz, cached in ``cache``."""
-    key = hashlib.sha1(f"{voice}\0{text}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{voice}\0{text}\0{SPEECH_VERSION}".encode()).hexdigest()[:16]
     path = cache / f"{voice.replace(':', '_')}-{key}.wav"
     if path.exists():
         return read_wav(path)

