@@ -164,7 +164,11 @@ class SoundDeviceSink(Sink):
                 samplerate=rate, blocksize=block, device=device, channels=1, dtype="int16", callback=self._callback
             )
         self.latency = float(self._stream.latency)
-        self._stream.start()
+        try:
+            self._stream.start()
+        except Exception:
+            self.close()  # releases the stream and lets microphone re-scans run again
+            raise
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         need = frames * 2
