@@ -70,6 +70,15 @@ class FailingStage(Stage):
         self.ok += 1
 
 
+async def _feed_and_stop(runner: StageRunner, n: int) -> None:
+    """Offer ``n`` fresh 10 ms audio chunks one at a time, each handled before the next, then stop."""
+    runner.start()
+    for i in range(1, n + 1):
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
+        await runner.drain(5)
+    await runner.stop()
+
+
 def _runner(cls: type[Stage], budget_ms: float, **policy: float) -> tuple[StageRunner, list[Message]]:
     out: list[Message] = []
 
@@ -130,13 +139,7 @@ async def test_audio_is_never_dropped_even_when_late() -> None:
 
 async def test_degrade_ladder_steps_down_and_back_up() -> None:
     runner, out = _runner(LadderStage, budget_ms=200, overrun_after=3, recover_after=5, recover_fraction=0.6)
-    runner.start()
-    clock = runner.ctx.clock
-    for i in range(1, 20):
-        t = clock.now()
-        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=t, data=b"\0\0" * 160))
-        await runner.drain(5)
-    await runner.stop()
+    await _feed_and_stop(runner, 19)
     actions = [m.action for m in out if isinstance(m, BudgetViolation) and m.action != "none"]
     # 0.25 s > budget three times → level 1 (0.15 s: within budget, but not "well within") stays there
     assert actions[0] == "degraded:no-partials"
@@ -147,11 +150,7 @@ async def test_degrade_ladder_steps_down_and_back_up() -> None:
     LadderStage.costs = (0.25, 0.25, 0.01)
     try:
         runner, out = _runner(LadderStage, budget_ms=200, overrun_after=2, recover_after=4, recover_fraction=0.6)
-        runner.start()
-        for i in range(1, 16):
-            runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
-            await runner.drain(5)
-        await runner.stop()
+        await _feed_and_stop(runner, 15)
     finally:
         LadderStage.costs = (0.25, 0.15, 0.01)
     actions = [m.action for m in out if isinstance(m, BudgetViolation) and m.action != "none"]
@@ -253,11 +252,7 @@ class FlappingStage(Stage):
 
 async def test_a_stage_that_keeps_failing_to_step_up_waits_longer_each_time() -> None:
     runner, _ = _runner(FlappingStage, budget_ms=100, overrun_after=2, recover_after=3, recover_fraction=0.6)
-    runner.start()
-    for i in range(1, 60):
-        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=runner.ctx.clock.now(), data=b"\0\0" * 160))
-        await runner.drain(5)
-    await runner.stop()
+    await _feed_and_stop(runner, 59)
     levels = runner.stage.levels  # type: ignore[attr-defined]
     # lengths of the runs spent degraded (level 1) before each attempt to step back up
     runs, n = [], 0
