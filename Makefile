@@ -1,8 +1,12 @@
 # The two commands a newcomer needs: `make demo` and `make test` (both set everything up first).
-.PHONY: demo test setup bench lint
+.PHONY: demo test setup lock bench lint
 
 setup:
 	bash scripts/setup.sh
+
+# after editing pyproject.toml or requirements/*.in: regenerate uv.lock and requirements/*.txt
+lock:
+	bash scripts/lock.sh
 
 demo: setup
 	.venv/bin/sensorium demo

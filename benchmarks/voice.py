@@ -9,7 +9,7 @@ in 80 ms chunks, to
   (``edge.agent.EdgeAgent``: WAV file source → outbox → bus), observed by a
   ``pipeline.client.Client`` — the reasoning loop's own subscriber path through the hub's event log;
 - **theirs**: ``wyoming-openwakeword`` and ``wyoming-faster-whisper`` servers from PyPI on loopback,
-  run from their own venvs (``benchmarks/peers/setup.sh``) with the same model files, driven by a
+  run from their own venvs (``scripts/setup.sh``) with the same model files, driven by a
   satellite-like Wyoming client (``benchmarks/peers/client.py``): continuous wake stream; on
   detection, an STT request streamed as spoken with ``AudioStop`` at the endpoint.
 

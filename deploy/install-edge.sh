@@ -9,8 +9,9 @@
 #   --config    the deployment file, copied to /etc/sensorium/deploy.toml
 #   --hub-key   the hub's public key (hub.key); with it the node's CURVE key pair is made in
 #               /etc/sensorium/keys and its public key is printed for enrolment at the hub
-#   --source    what pip installs: a checkout (default: this script's repository) or a pip
-#               requirement such as 'sensorium[edge]==0.2.0'
+#   --source    what pip installs: a checkout (default: this script's repository), whose locked
+#               edge set (requirements/edge.txt, hashes checked) goes in first; or a pip
+#               requirement such as 'sensorium[edge]==0.2.0' (unlocked)
 #   --picamera  Raspberry Pi camera module (source = "picamera2"): apt's python3-picamera2, which the
 #               venv then sees (picamera2 and libcamera are not on PyPI for the Pi)
 #   --dry-run   print what would be done, change nothing
@@ -24,7 +25,7 @@ prefix=/opt/sensorium
 etc=/etc/sensorium
 name="" config="" hub_key="" source="" apt=1 start=1 dry=0 picamera=0
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) name="$2"; shift 2 ;;
@@ -79,7 +80,13 @@ if [[ $picamera -eq 1 && -f "$prefix/venv/pyvenv.cfg" ]]; then
   run sed -i 's/^include-system-site-packages = false/include-system-site-packages = true/' "$prefix/venv/pyvenv.cfg"
 fi
 run "$prefix/venv/bin/python" -m pip install --quiet --upgrade pip
-run "$prefix/venv/bin/python" -m pip install --upgrade "$spec"
+if [[ -d "$source" ]]; then
+  # exactly the locked edge set, then the project itself on top of it
+  run "$prefix/venv/bin/python" -m pip install --require-hashes -r "$source/requirements/edge.txt"
+  run "$prefix/venv/bin/python" -m pip install --no-deps --upgrade "$source"
+else
+  run "$prefix/venv/bin/python" -m pip install --upgrade "$spec"
+fi
 
 step "configuration in $etc"
 run install -d -m 0755 -o root -g sensorium "$etc"

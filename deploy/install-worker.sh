@@ -9,9 +9,11 @@
 #   --name        worker name, as in [workers.NAME]; one sensorium-worker@NAME unit each
 #   --hub         also install the hub (sensorium-hub.service) and make its key pair if missing
 #   --hub-key     the hub's public key: make this worker's CURVE key pair (a remote worker)
-#   --extras      pip extras to install (default: workers)
-#   --torch-index extra index for torch, e.g. https://download.pytorch.org/whl/cpu on a CPU box
-#   --source      a checkout (default: this script's repository) or a pip requirement
+#   --extras      extras to install (default: workers; add tts, bridges, cuda as needed)
+#   --torch-index with a pip requirement as --source only: extra index for torch, e.g.
+#                 https://download.pytorch.org/whl/cpu on a CPU box (a checkout installs uv.lock's torch)
+#   --source      a checkout (default: this script's repository): installs exactly uv.lock with uv;
+#                 or a pip requirement such as 'sensorium[workers]==0.2.0' (unlocked, pip)
 #   --dry-run     print what would be done, change nothing
 #
 # Result: user "sensorium", venv /opt/sensorium/venv, config in /etc/sensorium, state in
@@ -74,14 +76,23 @@ else
 fi
 
 step "virtual environment $prefix/venv with $spec"
-[[ -x "$prefix/venv/bin/python" ]] || run python3 -m venv "$prefix/venv"
-run "$prefix/venv/bin/python" -m pip install --quiet --upgrade pip
-pip_extra=()
-[[ -n "$torch_index" ]] && pip_extra=(--extra-index-url "$torch_index")
-run "$prefix/venv/bin/python" -m pip install --upgrade "${pip_extra[@]}" "$spec"
-# Packages whose declared dependencies break the stack go in without them (requirements/nodeps.txt).
-if [[ -d "$source" && -f "$source/requirements/nodeps.txt" && "$extras" == *workers* ]]; then
-  run "$prefix/venv/bin/python" -m pip install --no-deps -r "$source/requirements/nodeps.txt"
+if [[ -d "$source" ]]; then
+  # The locked set, installed by the pinned uv (verified by hash); the same packages CI tested.
+  if [[ ! -x "$prefix/tools/bin/uv" ]]; then
+    run python3 -m pip install --quiet --require-hashes --target "$prefix/tools" -r "$source/requirements/uv.txt"
+  fi
+  uv_extras=()
+  IFS=, read -ra wanted <<<"$extras"
+  for e in "${wanted[@]}"; do uv_extras+=(--extra "$e"); done
+  run env UV_PROJECT_ENVIRONMENT="$prefix/venv" UV_PYTHON_DOWNLOADS=never "$prefix/tools/bin/uv" sync \
+    --project "$source" --locked --no-dev --no-editable --python python3 "${uv_extras[@]}"
+else
+  echo "   warning: a pip requirement is not locked; a checkout installs exactly uv.lock" >&2
+  [[ -x "$prefix/venv/bin/python" ]] || run python3 -m venv "$prefix/venv"
+  run "$prefix/venv/bin/python" -m pip install --quiet --upgrade pip
+  pip_extra=()
+  [[ -n "$torch_index" ]] && pip_extra=(--extra-index-url "$torch_index")
+  run "$prefix/venv/bin/python" -m pip install --upgrade "${pip_extra[@]}" "$spec"
 fi
 
 step "configuration in $etc, state in /var/lib/sensorium"

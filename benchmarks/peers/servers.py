@@ -2,7 +2,7 @@
 
 Standard library only: imported by ``benchmarks/voice.py`` and ``tests/test_bench_voice_peers.py``
 in the project's venv, while the servers and the client run under ``.venv-peers*`` (made by
-``benchmarks/peers/setup.sh``), so their pins never meet ours.
+``scripts/setup.sh``), so their pins never meet ours.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 WHISPER_VENV = ROOT / ".venv-peers"
 OWW_VENV = ROOT / ".venv-peers-oww"
 CLIENT = Path(__file__).resolve().parent / "client.py"
-SETUP = "benchmarks/peers/setup.sh"
+SETUP = "scripts/setup.sh"
 
 
 def missing_reason() -> str | None:
@@ -33,7 +33,7 @@ def missing_reason() -> str | None:
             return f"{venv.name} is absent: run {SETUP}"
         found = subprocess.run([str(py), "-c", f"import {module}"], capture_output=True)
         if found.returncode != 0:
-            return f"{venv.name} lacks {module}: run FORCE=1 {SETUP}"
+            return f"{venv.name} lacks {module}: run {SETUP}"
     return None
 
 
@@ -142,7 +142,7 @@ class PeerServers:
         }  # fmt: skip
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         if o.device.startswith("cuda"):
-            # CTranslate2 4.x dlopens libcublas.so.12 / libcudnn 9: the wheels `CUDA=1 setup.sh` installs.
+            # CTranslate2 4.x dlopens libcublas.so.12 / libcudnn 9: the wheels `CUDA=1 scripts/setup.sh` installs.
             libs = sorted(str(p) for p in WHISPER_VENV.glob("lib/python3*/site-packages/nvidia/*/lib"))
             env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         try:

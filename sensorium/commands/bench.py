@@ -14,7 +14,10 @@ HELP = "run the benchmarks and write benchmarks/results/"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI-sized runs")
-    p.add_argument("--only", help="comma-separated subset: bus,voice,vision,talk,replay")
+    p.add_argument(
+        "--only",
+        help="comma-separated subset: bus,voice,vision,talk,replay; setup (a cold set-up, a few GB) only when named",
+    )
     p.add_argument("--out", help="results folder (default: benchmarks/results)")
 
 
