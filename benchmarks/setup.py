@@ -44,7 +44,7 @@ def lock_hash(repo: Path) -> str:
 
 def installed_hash(repo: Path, env: dict[str, str]) -> tuple[str, int]:
     """SHA-256 of the sorted ``name==version`` list of every venv the set-up made, and its length."""
-    uv = shutil.which("uv", path=env["PATH"]) or str(repo / ".cache/tools/bin/uv")
+    uv = str(repo / ".cache/tools/bin/uv")
     lines: list[str] = []
     for venv in (".venv", ".venv-peers", ".venv-peers-oww"):
         out = subprocess.run(
@@ -83,14 +83,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             **os.environ,
             "UV_CACHE_DIR": str(cache),
             "PIP_NO_CACHE_DIR": "1",  # the uv bootstrap too
-            "PATH": ":".join(p for p in os.environ["PATH"].split(":") if not Path(p, "uv").exists()),
         }
         env.pop("VIRTUAL_ENV", None)
         print("setup benchmark: clean clone of HEAD, empty caches", flush=True)
         runs = {"cold": run_setup(repo, env, "cold")}
         freeze_hash, n_packages = installed_hash(repo, env)
         cache_mb = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20
-        for venv in (".venv", ".venv-peers", ".venv-peers-oww", ".cache/tools"):
+        for venv in (".venv", ".venv-peers", ".venv-peers-oww"):
             shutil.rmtree(repo / venv, ignore_errors=True)
         runs["warm"] = run_setup(repo, env, "warm")
         runs["noop"] = run_setup(repo, env, "no-op")

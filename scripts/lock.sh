@@ -14,7 +14,8 @@
 # tests/test_locks.py fails when any lock no longer matches its source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV=${UV:-$(command -v uv || echo .cache/tools/bin/uv)}
+UV=${UV:-.cache/tools/bin/uv}
+[ -x "$UV" ] || { echo "lock: no $UV: run scripts/setup.sh first (it installs the pinned uv)" >&2; exit 1; }
 upgrade=()
 [ "${1:-}" = "--upgrade" ] && upgrade=(--upgrade)
 

@@ -57,19 +57,15 @@ apt_step() {
 [ "${SKIP_APT:-0}" = 1 ] || timed apt apt_step
 
 # ---------------------------------------------------------------- uv
-# The pinned uv, verified by hash, in .cache/tools (a uv already on PATH at that version is used as is).
+# The pinned uv, verified by hash, in .cache/tools (always this one: a uv on PATH may be another version).
 uv_version=$(sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements/uv.txt)
+UV=$TOOLS/bin/uv
 uv_step() {
-  if command -v uv >/dev/null && [ "$(uv --version | cut -d' ' -f2)" = "$uv_version" ]; then
-    UV=$(command -v uv)
-  elif [ -x "$TOOLS/bin/uv" ] && [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" = "$uv_version" ]; then
-    UV=$TOOLS/bin/uv
-  else
+  if [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$uv_version" ]; then
     step "installing uv $uv_version into $TOOLS"
     rm -rf "$TOOLS"
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-cache-dir --require-hashes \
       --target "$TOOLS" -r requirements/uv.txt 2>&1 | grep -v "is ignored" || true
-    UV=$TOOLS/bin/uv
   fi
   "$UV" --version >/dev/null || { echo "setup: uv did not install (see pip's output above)" >&2; exit 1; }
 }

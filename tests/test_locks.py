@@ -22,10 +22,10 @@ REQ = REPO / "requirements"
 
 
 def _uv() -> str:
-    for cand in (shutil.which("uv"), str(REPO / ".cache/tools/bin/uv")):
-        if cand and Path(cand).exists():
-            return cand
-    pytest.fail("uv is not installed: run scripts/setup.sh (it installs the pinned uv into .cache/tools)")
+    uv = REPO / ".cache/tools/bin/uv"
+    if not uv.exists():
+        pytest.fail("uv is not installed: run scripts/setup.sh (it installs the pinned uv into .cache/tools)")
+    return str(uv)
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
