@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
-from pipeline.codec import encode
+from pipeline.codec import CodecError, encode, from_json
 from pipeline.config import HubConfig
 from pipeline.hub import Hub, SecurityError
-from pipeline.messages import NodeStatus, Transcript, WakeDetected
+from pipeline.messages import WIRE_VERSION, NodeStatus, Transcript, WakeDetected
 from pipeline.node import NodeLink
 
 
@@ -127,6 +128,24 @@ async def test_malformed_messages_are_rejected_and_hub_keeps_serving(hub: Hub) -
     for s in (raw, dealer):
         s.close(0)
     pub.close()
+
+
+async def test_non_finite_values_never_reach_the_log(hub: Hub) -> None:
+    pub = Publisher(hub.endpoints)
+    with pytest.raises(CodecError, match=r"WakeDetected\.score = nan"):
+        await pub.publish(WakeDetected(room="kitchen", word="made-here", score=float("nan")))
+    raw = context().socket(zmq.PUB)  # a foreign publisher that does not check
+    raw.connect(hub.endpoints.publish)
+    await asyncio.sleep(0.3)
+    bad = WakeDetected(room="kitchen", source="evil", word="from-the-wire", score=float("inf"))
+    await raw.send_multipart([bad.topic().encode(), bytes([WIRE_VERSION]) + msgspec.msgpack.encode(bad), b""])
+    await pub.publish(WakeDetected(room="kitchen", word="fine", score=0.9))
+    await asyncio.sleep(0.3)
+    raw.close(0)
+    pub.close()
+    assert hub.bad_messages == 1
+    words = [getattr(from_json(e.json), "word", None) for e in hub.log.entries]  # every logged event decodes
+    assert "fine" in words and "from-the-wire" not in words and "made-here" not in words
 
 
 async def test_non_loopback_bind_without_keys_is_refused() -> None:
