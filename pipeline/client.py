@@ -157,8 +157,9 @@ class Client:
                 except TimeoutError:
                     # quiet or disconnected: ask the log whether we missed anything
                     for ev in await self._backlog(self.last_seq, prefixes):
-                        self.last_seq = ev.seq
-                        yield ev
+                        if ev.seq > self.last_seq:  # never twice, never backwards
+                            self.last_seq = ev.seq
+                            yield ev
                     continue
                 try:
                     ev = from_json(raw)
@@ -169,7 +170,7 @@ class Client:
                     continue
                 if ev.seq > self.last_seq + 1:
                     for missed in await self._backlog(self.last_seq, prefixes):
-                        if missed.seq < ev.seq:
+                        if self.last_seq < missed.seq < ev.seq:
                             self.last_seq = missed.seq
                             yield missed
                 if ev.seq > self.last_seq:

@@ -20,11 +20,12 @@ from urllib.parse import urlparse
 import msgspec
 import zmq
 import zmq.asyncio
+from prometheus_client import Counter
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
 from pipeline.clock import Clock
-from pipeline.codec import CodecError, decode, encode, to_json
+from pipeline.codec import MAX_HEADER, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
 from pipeline.eventlog import EventLog
 from pipeline.messages import (
@@ -46,6 +47,12 @@ from pipeline.security import CurveKeys, KeyError_, hub_keys
 log = logging.getLogger("sensorium.hub")
 
 MAX_REPLY_EVENTS = 2000
+MAX_REPLY_BYTES = MAX_HEADER - 4096
+"""Event JSON per events reply: the reply's header must stay under the codec's limit."""
+MAX_PREFIXES = 64
+"""Most topic prefixes one events request may ask for."""
+MAX_PREFIX_BYTES = 128
+"""Longest topic prefix an events request may ask for."""
 
 
 class SecurityError(RuntimeError):
@@ -116,6 +123,14 @@ class Hub:
         self.presence: dict[tuple[str, str], bytes] = {}
         self.metrics = Metrics("hub")
         self.bad_messages = 0
+        self.control_errors = 0
+        """Control messages whose handling failed (answered with a ControlError, the loop went on)."""
+        self._control_errors = Counter(
+            "sensorium_hub_control_errors_total",
+            "Control messages refused or failed",
+            ["reason"],
+            registry=self.metrics.registry,
+        )
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._proxy_thread: threading.Thread | None = None
@@ -294,65 +309,91 @@ class Hub:
     async def _reply(self, ident: bytes, msg: object) -> None:
         await self.router.send_multipart([ident, *encode(msg)])  # type: ignore[arg-type]
 
+    async def _refuse(self, ident: bytes, reason: str, request_id: int = 0, kind: str = "refused") -> None:
+        self._control_errors.labels(kind).inc()
+        await self._reply(ident, ControlError(time=self.clock.now(), reason=reason, request_id=request_id))
+
     async def _control_loop(self) -> None:
         while True:
             frames = await self.router.recv_multipart()
-            ident, rest = frames[0], frames[1:]
+            ident, msg = frames[0], None
             try:
-                msg = decode(rest)
-            except CodecError as exc:
-                self.bad_messages += 1
-                log.warning("hub: bad control message from %r: %s", ident[:32], exc)
-                await self._reply(ident, ControlError(time=self.clock.now(), reason=f"bad message: {exc}"))
-                continue
-            now = time.monotonic()
-            if isinstance(msg, Heartbeat):
-                node = self.nodes.get(msg.node)
-                if node is None:
-                    await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                try:
+                    msg = decode(frames[1:])
+                except CodecError as exc:
+                    self.bad_messages += 1
+                    log.warning("hub: bad control message from %r: %s", ident[:32], exc)
+                    await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
-                await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
-                node.last_seen = now
-                node.offset_ms = msg.offset_ms
-                if node.state == "down":
-                    await self._status(node, "up", "heartbeats resumed")
-                if msg.detail != node.detail:
-                    node.detail = msg.detail
-                    if msg.detail.startswith(("degraded", "error")):
-                        await self._status(node, msg.detail.split(":")[0], msg.detail)
-            elif isinstance(msg, Register):
-                old = self.nodes.get(msg.node)
-                self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
-                if old is None or old.state != "up":
-                    await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
-            elif isinstance(msg, EventsRequest):
-                entries = self.log.since(msg.since, msg.prefixes)[:MAX_REPLY_EVENTS]
-                await self._reply(
-                    ident,
-                    EventsReply(
-                        time=self.clock.now(),
-                        events=[e.json for e in entries],
-                        first_seq=self.log.first_seq,
-                        last_seq=self.log.last_seq,
-                    ),
+                await self._control(ident, msg)
+            except Exception as exc:  # one bad request must never end the control plane
+                self.control_errors += 1
+                log.exception("hub: control message from %r failed", ident[:32])
+                with contextlib.suppress(Exception):
+                    reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
+                    await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
+
+    async def _control(self, ident: bytes, msg: object) -> None:
+        now = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            node = self.nodes.get(msg.node)
+            if node is None:
+                await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                return
+            await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
+            node.last_seen = now
+            node.offset_ms = msg.offset_ms
+            if node.state == "down":
+                await self._status(node, "up", "heartbeats resumed")
+            if msg.detail != node.detail:
+                node.detail = msg.detail
+                if msg.detail.startswith(("degraded", "error")):
+                    await self._status(node, msg.detail.split(":")[0], msg.detail)
+        elif isinstance(msg, Register):
+            old = self.nodes.get(msg.node)
+            self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
+            if old is None or old.state != "up":
+                await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
+        elif isinstance(msg, EventsRequest):
+            if len(msg.prefixes) > MAX_PREFIXES:
+                await self._refuse(
+                    ident, f"events request with {len(msg.prefixes)} prefixes, limit {MAX_PREFIXES}", msg.request_id
                 )
-            elif isinstance(msg, SnapshotRequest):
-                await self._reply(
+                return
+            long = next((p for p in msg.prefixes if len(p.encode()) > MAX_PREFIX_BYTES), None)
+            if long is not None:
+                await self._refuse(
                     ident,
-                    EventsReply(
-                        time=self.clock.now(),
-                        events=list(self.presence.values()),
-                        first_seq=self.log.first_seq,
-                        last_seq=self.log.last_seq,
-                    ),
+                    f"events request prefix of {len(long.encode())} bytes ({long[:32]!r}…), limit {MAX_PREFIX_BYTES}",
+                    msg.request_id,
                 )
-            else:
-                await self._reply(
-                    ident,
-                    ControlError(
-                        time=self.clock.now(), reason=f"unexpected {type(msg).__name__} on the control socket"
-                    ),
-                )
+                return
+            entries = self.log.since(msg.since, msg.prefixes, max_bytes=MAX_REPLY_BYTES)[:MAX_REPLY_EVENTS]
+            await self._reply(
+                ident,
+                EventsReply(
+                    time=self.clock.now(),
+                    events=[e.json for e in entries],
+                    first_seq=self.log.first_seq,
+                    last_seq=self.log.last_seq,
+                    request_id=msg.request_id,
+                ),
+            )
+        elif isinstance(msg, SnapshotRequest):
+            await self._reply(
+                ident,
+                EventsReply(
+                    time=self.clock.now(),
+                    events=list(self.presence.values()),
+                    first_seq=self.log.first_seq,
+                    last_seq=self.log.last_seq,
+                    request_id=msg.request_id,
+                ),
+            )
+        else:
+            await self._refuse(
+                ident, f"unexpected {type(msg).__name__} on the control socket", getattr(msg, "request_id", 0)
+            )
 
     async def _health_loop(self) -> None:
         while True:

@@ -391,7 +391,9 @@ class EventsRequest(Message, tag="events_request"):
     since: int = 0
     """Last hub sequence number the subscriber has; 0 for everything in the log."""
     prefixes: list[str] = msgspec.field(default_factory=list)
-    """Topic prefixes to return; empty for all."""
+    """Topic prefixes to return; empty for all (at most 64, each at most 128 bytes)."""
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class EventsReply(Message, tag="events_reply"):
@@ -404,12 +406,16 @@ class EventsReply(Message, tag="events_reply"):
     """Oldest sequence number still in the log (a gap before it was lost to the bound)."""
     last_seq: int = 0
     """Newest sequence number in the log."""
+    request_id: int = 0
+    """The ``request_id`` of the request this answers."""
 
 
 class SnapshotRequest(Message, tag="snapshot_request"):
     """Ask who is where now (answered by the presence stage through the hub)."""
 
     kind: ClassVar[str] = "ctl"
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class ControlError(Message, tag="control_error"):
@@ -418,9 +424,11 @@ class ControlError(Message, tag="control_error"):
     kind: ClassVar[str] = "ctl"
     reason: str = ""
     """What was wrong."""
+    request_id: int = 0
+    """The ``request_id`` of the request refused (0 when the message was unreadable or not a request)."""
 
 
-# -------------------------------------------------------------------------- arbitration (issue 5)
+# ------------------------------------------------------------------------------------ arbitration
 
 
 class WakeArbitrated(Event, tag="arbitration"):

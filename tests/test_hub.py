@@ -12,10 +12,18 @@ import zmq
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
-from pipeline.codec import CodecError, encode, from_json
+from pipeline.codec import CodecError, decode, encode, from_json, to_json
 from pipeline.config import HubConfig
 from pipeline.hub import Hub, SecurityError
-from pipeline.messages import WIRE_VERSION, NodeStatus, Transcript, WakeDetected
+from pipeline.messages import (
+    WIRE_VERSION,
+    ControlError,
+    EventsReply,
+    EventsRequest,
+    NodeStatus,
+    Transcript,
+    WakeDetected,
+)
 from pipeline.node import NodeLink
 
 
@@ -105,6 +113,108 @@ async def test_event_log_survives_hub_restart(hub_address: str, tmp_path: Path) 
         events = await collect(client.events(["wake"], since=2), 3, 5)
     await h2.stop()
     assert [e.word for e in events] == ["w2", "w3", "w4"]
+
+
+async def test_a_hub_slower_than_the_retry_interval_never_makes_a_client_repeat_or_go_back(
+    hub_address: str, tmp_path: Path
+) -> None:
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.2, down_after=30), state_dir=tmp_path / "s")
+    answer = h._reply
+
+    async def slow(ident: bytes, msg: object) -> None:
+        if isinstance(msg, EventsReply):
+            await asyncio.sleep(2.5)  # the whole control loop waits: longer than the client's 1 s retry
+        await answer(ident, msg)
+
+    h._reply = slow  # type: ignore[method-assign]
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.3)
+    await _publish_wakes(pub, 5)
+    async with Client(h.endpoints, heartbeat=0.2) as client:
+        task = asyncio.create_task(collect(client.events(["wake"], since=0), 1000, 16))
+        for start, pause in ((5, 1.0), (10, 3.5), (15, 4.0)):  # bursts while requests and retries are queued
+            await asyncio.sleep(pause)
+            await _publish_wakes(pub, 5, start=start)
+        got = await task
+    pub.close()
+    await h.stop()
+    seqs = [e.seq for e in got]
+    assert seqs == sorted(set(seqs)), f"duplicates or out of order: {seqs}"
+    assert [e.word for e in got] == [f"w{i}" for i in range(20)]
+    assert client.link.stale_replies >= 1  # the late answers to retries really came, and were ignored
+
+
+async def test_huge_events_requests_are_refused_and_heartbeats_stay_on_time(hub_address: str, tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    lines = []
+    for seq in range(1, 10001):  # a full log (the default bound) to scan
+        ev = WakeDetected(seq=seq, room="kitchen", source="w", word=f"w{seq}")
+        lines.append(msgspec.json.encode([seq, ev.topic(), to_json(ev).decode()]) + b"\n")
+    (state / "events.jsonl").write_bytes(b"".join(lines))
+    hub = Hub(HubConfig(address=hub_address, event_log=10000), state_dir=state)
+    await hub.start()
+    raw = context().socket(zmq.DEALER)
+    raw.connect(hub.endpoints.control)
+    many = EventsRequest(since=0, prefixes=[chr(0x41 + i % 26) for i in range(30000)], request_id=7)
+    assert len(encode(many)[1]) < 64 * 1024  # a legal message on the wire
+    acks: list[float] = []
+    async with NodeLink("beat", "worker", hub.endpoints, heartbeat=0.05) as link:
+        assert await link.wait_connected(3)
+
+        async def watch() -> None:
+            last = link._last_ack
+            while True:
+                await asyncio.sleep(0.005)
+                if link._last_ack != last:
+                    acks.append(link._last_ack - last)
+                    last = link._last_ack
+
+        watcher = asyncio.create_task(watch())
+        for _ in range(10):
+            await raw.send_multipart(encode(many))
+        replies = [decode(await asyncio.wait_for(raw.recv_multipart(), 10)) for _ in range(10)]
+        await raw.send_multipart(encode(EventsRequest(prefixes=["wake/" + "x" * 200], request_id=8)))
+        long = decode(await asyncio.wait_for(raw.recv_multipart(), 5))
+        await asyncio.sleep(0.2)
+        watcher.cancel()
+    raw.close(0)
+    await hub.stop()
+    assert acks and max(acks) < 0.3, f"heartbeat answers were {max(acks):.2f}s apart while requests came in"
+    assert all(isinstance(r, ControlError) and r.request_id == 7 for r in replies)
+    assert "30000 prefixes, limit 64" in replies[0].reason  # type: ignore[union-attr]
+    assert isinstance(long, ControlError) and long.request_id == 8 and "limit 128" in long.reason
+
+
+async def test_the_control_loop_survives_a_request_that_fails(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: object, **_k: object) -> list[object]:
+        raise RuntimeError("disk said no")
+
+    async with NodeLink("probe", "client", hub.endpoints, heartbeat=0.1) as link:
+        assert await link.wait_connected(3)
+        with monkeypatch.context() as m:
+            m.setattr(hub.log, "since", broken)
+            failed = await link.request(EventsRequest(since=0), 3)
+        assert isinstance(failed, ControlError) and "disk said no" in failed.reason
+        again = await link.request(EventsRequest(since=0), 3)  # the loop is still there
+        assert isinstance(again, EventsReply) and again.last_seq >= 1
+    assert hub.control_errors == 1
+
+
+async def test_a_client_far_behind_catches_up_through_several_replies(hub_address: str, tmp_path: Path) -> None:
+    h = Hub(HubConfig(address=hub_address, event_log=5000), state_dir=tmp_path / "s")
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.3)
+    for i in range(0, 1500, 100):
+        await _publish_wakes(pub, 100, start=i)
+    await asyncio.sleep(0.5)
+    pub.close()
+    async with Client(h.endpoints) as client:
+        got = await collect(client.events(["wake"], since=0), 1500, 20)
+    await h.stop()
+    assert [e.word for e in got] == [f"w{i}" for i in range(1500)]  # far more than one 64 KiB reply holds
 
 
 async def test_malformed_messages_are_rejected_and_hub_keeps_serving(hub: Hub) -> None:
