@@ -3,6 +3,13 @@
 libzmq's steerable proxy moves the data (XSUB → XPUB) in C on its own thread; the hub's asyncio
 side only sees events (it subscribes to event topics like any node), control messages and its
 own timers. Off loopback every socket is a CURVE server and only enrolled keys get in.
+
+Events are a group commit: what the tap has queued is numbered together, written with one fsync
+on the log's own thread, and only then published and served, so no client ever sees a number that
+a power cut could take back. If the log cannot be written (disk full) the hub says so (an ERROR
+line, ``sensorium_hub_event_log_errors_total``, a ``node_status`` error on the bus) and stops with
+``EventLogError``: ``sensorium hub`` exits non-zero and systemd restarts it, rather than a hub that
+answers heartbeats while it keeps nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,14 +29,14 @@ from urllib.parse import urlparse
 import msgspec
 import zmq
 import zmq.asyncio
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
 from pipeline.clock import Clock
 from pipeline.codec import MAX_HEADER, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
-from pipeline.eventlog import EventLog
+from pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
 from pipeline.messages import (
     EVENT_KINDS,
     ControlError,
@@ -53,6 +62,10 @@ MAX_PREFIXES = 64
 """Most topic prefixes one events request may ask for."""
 MAX_PREFIX_BYTES = 128
 """Longest topic prefix an events request may ask for."""
+MAX_BATCH = 1000
+"""Most events numbered and written with one fsync."""
+MAX_PRESENCE = 1024
+"""Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
 
 
 class SecurityError(RuntimeError):
@@ -120,7 +133,7 @@ class Hub:
         self.state_dir = Path(state_dir) if state_dir else None
         self.log = EventLog(config.event_log, self.state_dir / "events.jsonl" if self.state_dir else None)
         self.nodes: dict[str, NodeInfo] = {}
-        self.presence: dict[tuple[str, str], bytes] = {}
+        self.presence: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.metrics = Metrics("hub")
         self.bad_messages = 0
         self.control_errors = 0
@@ -131,6 +144,24 @@ class Hub:
             ["reason"],
             registry=self.metrics.registry,
         )
+        self._log_errors = Counter(
+            "sensorium_hub_event_log_errors_total", "Event log writes that failed", registry=self.metrics.registry
+        )
+        self._log_ok = Gauge(
+            "sensorium_hub_event_log_ok",
+            "1 while the event log is written, 0 once a write failed",
+            registry=self.metrics.registry,
+        )
+        self._log_ok.set(1)
+        self._batches = Counter(
+            "sensorium_hub_event_commits_total",
+            "Group commits of the event log (one fsync each)",
+            registry=self.metrics.registry,
+        )
+        self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-eventlog")
+        self._flush: asyncio.Future[None] | None = None
+        self.failed: asyncio.Future[None] | None = None
+        """Done with ``EventLogError`` once the event log could not be written (the hub must stop)."""
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._proxy_thread: threading.Thread | None = None
@@ -213,6 +244,7 @@ class Hub:
 
             await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
             log.info("recording the bus to %s", self.config.record)
+        self.failed = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._control_loop(), name="hub-control"),
             asyncio.create_task(self._tap_loop(), name="hub-events"),
@@ -230,6 +262,10 @@ class Hub:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._flush is not None:  # a write in progress finishes before the file is closed
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flush), 10.0)
+        self._log_thread.shutdown(wait=False)
         if self._steer is not None:
             self._steer.send(b"TERMINATE")
             if self._proxy_thread is not None:
@@ -252,10 +288,11 @@ class Hub:
         await self.stop()
 
     async def run_forever(self) -> None:
-        """Start and serve until cancelled."""
+        """Start and serve until cancelled; raises ``EventLogError`` if the event log cannot be written."""
         await self.start()
         try:
-            await asyncio.Event().wait()
+            assert self.failed is not None
+            await self.failed
         finally:
             await self.stop()
 
@@ -267,26 +304,74 @@ class Hub:
 
     async def _tap_loop(self) -> None:
         while True:
-            msg = await self.tap.recv()
-            if not isinstance(msg, Event):
+            batch = [await self.tap.recv()]
+            while len(batch) < MAX_BATCH and (more := self.tap.recv_nowait()) is not None:
+                batch.append(more)
+            staged = [(msg, entry) for msg in batch if (entry := self._stage(msg)) is not None]
+            if not staged:
                 continue
-            topic = msg.topic()
+            if self.log.path is not None:
+                self._flush = asyncio.get_running_loop().run_in_executor(self._log_thread, self.log.flush)
+                try:
+                    await asyncio.shield(self._flush)
+                except EventLogError as exc:
+                    await self._log_failed(exc)
+                    return
+                finally:
+                    self._flush = None
+                self._batches.inc()
+            self.log.release()  # durable: now it may be served and published
+            for msg, entry in staged:
+                self._publish_event(msg, entry.json)
+                await self.events_pub.send_multipart([entry.topic.encode(), entry.json])
 
-            def build(seq: int, msg: Event = msg) -> bytes:
-                msg.seq = seq
-                return to_json(msg)
+    def _stage(self, msg: object) -> LoggedEvent | None:
+        if not isinstance(msg, Event):
+            return None
 
-            entry = self.log.append(topic, build=build)
-            self.metrics.count_message(topic.encode(), len(entry.json), "in")
-            if isinstance(msg, Presence):
-                key = (msg.person, msg.room)
-                if msg.state == "left":
-                    self.presence.pop(key, None)
-                else:
-                    for k in [k for k in self.presence if k[0] == msg.person and msg.person != "unknown"]:
-                        self.presence.pop(k, None)
-                    self.presence[key] = entry.json
-            await self.events_pub.send_multipart([topic.encode(), entry.json])
+        def build(seq: int) -> bytes:
+            msg.seq = seq
+            return to_json(msg)
+
+        entry = self.log.stage(msg.topic(), build)
+        if len(entry.json) > MAX_EVENT_JSON:  # no control reply could carry it
+            self.log.unstage()
+            too_big = CodecError(f"event of {len(entry.json)} bytes, limit {MAX_EVENT_JSON}")
+            self._bad_event(entry.topic.encode(), too_big)
+            return None
+        return entry
+
+    def _publish_event(self, msg: Event, js: bytes) -> None:
+        self.metrics.count_message(msg.topic().encode(), len(js), "in")
+        if isinstance(msg, Presence):
+            key = (msg.person, msg.room)
+            if msg.state == "left":
+                self.presence.pop(key, None)
+            else:
+                for k in [k for k in self.presence if k[0] == msg.person and msg.person != "unknown"]:
+                    self.presence.pop(k, None)
+                self.presence[key] = js
+                while len(self.presence) > MAX_PRESENCE:
+                    self.presence.popitem(last=False)
+
+    async def _log_failed(self, exc: EventLogError) -> None:
+        self._log_errors.inc()
+        self._log_ok.set(0)
+        log.error("hub: %s; no event can be kept or numbered, so the hub stops (systemd restarts it)", exc)
+        with contextlib.suppress(Exception):
+            await self.publisher.publish(
+                NodeStatus(
+                    source="hub",
+                    time=self.clock.now(),
+                    node="hub",
+                    role="hub",
+                    state="error",
+                    detail=f"event log write failed: {exc}",
+                )
+            )
+            await asyncio.sleep(0.2)  # let the status leave before the sockets close
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_exception(exc)
 
     # ------------------------------------------------------------------ control
 
@@ -380,11 +465,17 @@ class Hub:
                 ),
             )
         elif isinstance(msg, SnapshotRequest):
+            events, size = [], 0
+            for js in reversed(self.presence.values()):  # the newest, as many as one reply carries
+                size += len(js) + 8
+                if size > MAX_REPLY_BYTES:
+                    break
+                events.append(js)
             await self._reply(
                 ident,
                 EventsReply(
                     time=self.clock.now(),
-                    events=list(self.presence.values()),
+                    events=events[::-1],
                     first_seq=self.log.first_seq,
                     last_seq=self.log.last_seq,
                     request_id=msg.request_id,

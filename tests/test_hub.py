@@ -14,6 +14,7 @@ from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
 from pipeline.codec import CodecError, decode, encode, from_json, to_json
 from pipeline.config import HubConfig
+from pipeline.eventlog import EventLogError
 from pipeline.hub import Hub, SecurityError
 from pipeline.messages import (
     WIRE_VERSION,
@@ -198,7 +199,7 @@ async def test_the_control_loop_survives_a_request_that_fails(hub: Hub, monkeypa
             failed = await link.request(EventsRequest(since=0), 3)
         assert isinstance(failed, ControlError) and "disk said no" in failed.reason
         again = await link.request(EventsRequest(since=0), 3)  # the loop is still there
-        assert isinstance(again, EventsReply) and again.last_seq >= 1
+        assert isinstance(again, EventsReply) and again.request_id != failed.request_id
     assert hub.control_errors == 1
 
 
@@ -315,3 +316,68 @@ async def test_hub_records_the_bus_to_mcap(hub_address: str, tmp_path: Path) -> 
     recorded, _ = read_all([path])
     kinds = [type(r.msg).__name__ for r in recorded if r.msg is not None]
     assert "AudioChunk" in kinds and "WakeDetected" in kinds
+
+
+def _full_disk(state: Path) -> None:
+    """The event log's path leads to /dev/full: every write fails with ENOSPC, as on a full disk."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "events.jsonl").symlink_to("/dev/full")
+
+
+async def test_a_full_disk_stops_the_hub_loudly(hub_address: str, tmp_path: Path) -> None:
+    _full_disk(tmp_path / "s")
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.1), state_dir=tmp_path / "s")
+    await h.start()
+    status = Subscriber(h.endpoints, ["status/"])
+    await asyncio.sleep(0.2)
+    try:
+        async with NodeLink("gpu0", "worker", h.endpoints, heartbeat=0.1) as link:  # its "up" is the first event
+            assert await link.wait_connected(3)
+            assert h.failed is not None
+            with pytest.raises(EventLogError, match="No space left on device"):
+                await asyncio.wait_for(asyncio.shield(h.failed), 5)
+        said = [m async for m in _drain(status, 1.0)]
+    finally:
+        status.close()
+        await h.stop()
+    assert any(isinstance(m, NodeStatus) and m.node == "hub" and m.state == "error" for m in said), said
+    errors = h.metrics.registry.get_sample_value("sensorium_hub_event_log_errors_total")
+    assert errors == 1 and h.metrics.registry.get_sample_value("sensorium_hub_event_log_ok") == 0
+    assert "gpu0" not in [getattr(from_json(e.json), "node", "") for e in h.log.entries]  # nothing served unlogged
+
+
+async def _drain(sub: Subscriber, timeout: float):  # type: ignore[no-untyped-def]
+    while (msg := await sub.recv_timeout(timeout)) is not None:
+        yield msg
+
+
+@pytest.mark.slow
+def test_sensorium_hub_exits_non_zero_when_its_log_cannot_be_written(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _full_disk(tmp_path / "state")
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nheartbeat = "100ms"\n')
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "sensorium", "hub", "--config", str(cfg), "--state", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def register() -> None:
+        async with NodeLink("kitchen-pi", "edge", Endpoints.from_address(f"ipc://{tmp_path}/hub"), heartbeat=0.1):
+            for _ in range(100):
+                if hub.poll() is not None:
+                    return
+                await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(register())
+        _, err = hub.communicate(timeout=15)
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+    assert hub.returncode == 1, (hub.returncode, err[-2000:])
+    assert "ERROR" in err and "No space left on device" in err and "stopped rather than run without" in err

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
+    from pipeline.eventlog import EventLogError
     from pipeline.hub import Hub, SecurityError
     from sensorium.deployment import load_deployment
 
@@ -34,4 +35,7 @@ def run(args: argparse.Namespace) -> int:
     except SecurityError as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
         return 2
+    except EventLogError as exc:  # non-zero: systemd restarts the hub, and the journal says why
+        print(f"sensorium hub: {exc}; stopped rather than run without its event log", file=sys.stderr)
+        return 1
     return 0
