@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 
 from pipeline.codec import MAX_TOPIC, CodecError, from_json
+from pipeline.messages import EVENTS
 
 log = logging.getLogger("sensorium.eventlog")
 
@@ -49,6 +50,7 @@ class EventLogError(OSError):
     """The event log could not be written (disk full, I/O error): the hub must not go on without it."""
 
 
+_LOGGED = frozenset(EVENTS)
 _Line = tuple[int, str, str]
 _line_decoder = msgspec.json.Decoder(_Line)
 
@@ -70,8 +72,8 @@ def _parse(line: bytes) -> tuple[int | None, LoggedEvent | None, str]:
         ev = from_json(raw)
     except CodecError as exc:
         return seq, None, str(exc)
-    if not ev.is_event:
-        return seq, None, f"{type(ev).__name__} is not an event"
+    if type(ev) not in _LOGGED:
+        return seq, None, f"{type(ev).__name__} is not an event the hub logs"
     if ev.seq != seq:
         return seq, None, f"line says seq {seq}, its event says {ev.seq}"
     if ev.topic() != topic:

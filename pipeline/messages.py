@@ -288,6 +288,19 @@ class PlaybackStatus(Event, tag="playback"):
     """Sentences fully played so far (tells the agent what was cut off on barge-in)."""
 
 
+class EventsLost(Event, tag="events_lost"):
+    """Events the hub's log no longer held when this subscriber asked for them (it was away too long).
+
+    Its ``seq`` is ``last_seq``: persist it like any event's and resuming continues after the gap.
+    """
+
+    kind: ClassVar[str] = "lost"
+    first_seq: int = 0
+    """First sequence number lost."""
+    last_seq: int = 0
+    """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
+
+
 # -------------------------------------------------------------------------------------- commands
 
 
@@ -467,6 +480,8 @@ EVENTS: tuple[type[Event], ...] = (
     PlaybackStatus,
     WakeArbitrated,
 )
+CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
+"""Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
 COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
 CONTROL: tuple[type[Message], ...] = (
     Register,
@@ -477,6 +492,6 @@ CONTROL: tuple[type[Message], ...] = (
     SnapshotRequest,
     ControlError,
 )
-ALL: tuple[type[Message], ...] = STREAMS + EVENTS + COMMANDS + CONTROL
+ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)

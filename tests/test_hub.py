@@ -19,6 +19,7 @@ from pipeline.hub import Hub, SecurityError
 from pipeline.messages import (
     WIRE_VERSION,
     ControlError,
+    EventsLost,
     EventsReply,
     EventsRequest,
     NodeStatus,
@@ -91,6 +92,32 @@ async def test_restarted_subscriber_gets_missed_events_exactly_once(hub: Hub) ->
     pub.close()
     words = [e.word for e in got + rest]
     assert words == [f"w{i}" for i in range(30)]  # every event once, in order
+
+
+async def test_a_subscriber_away_too_long_is_told_what_it_lost_in_order(hub_address: str, tmp_path: Path) -> None:
+    h = Hub(HubConfig(address=hub_address, event_log=20), state_dir=tmp_path / "s")
+    await h.start()
+    pub = Publisher(h.endpoints)
+    async with Client(h.endpoints) as client:
+        await asyncio.sleep(0.3)
+        await _publish_wakes(pub, 50)
+        await asyncio.sleep(0.3)
+        first = h.log.first_seq
+        held = [from_json(e.json) for e in h.log.entries]
+        wakes = [e for e in held if isinstance(e, WakeDetected)]  # (the client's own "up" may be among them)
+        assert first > 6 and len(held) == 20 and len(wakes) >= 19
+        got = await collect(client.events(["wake"], since=5), 1 + len(wakes), 5)
+        lost = got[0]
+        assert isinstance(lost, EventsLost) and (lost.first_seq, lost.last_seq, lost.seq) == (6, first - 1, first - 1)
+        assert got[1:] == wakes  # then every event still held
+        # the lost item's seq is a resume point like any other: nothing twice, no second signal
+        task = asyncio.create_task(collect(client.events(["wake"], since=lost.seq), len(wakes) + 2, 5))
+        await asyncio.sleep(0.5)
+        await _publish_wakes(pub, 2, start=50)
+        again = await task
+    pub.close()
+    await h.stop()
+    assert [e.word for e in again] == [e.word for e in got[1:]] + ["w50", "w51"]
 
 
 async def test_event_log_survives_hub_restart(hub_address: str, tmp_path: Path) -> None:
