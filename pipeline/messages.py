@@ -274,6 +274,8 @@ class InputError(Event, tag="error"):
     """Topic of the rejected input."""
     reason: str = ""
     """What was wrong."""
+    suppressed: int = 0
+    """Errors like this one (same stage or node and input topic) left out since the last one reported."""
 
 
 class PlaybackStatus(Event, tag="playback"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pipeline.messages import BudgetViolation, InputError, Message, StageStats
 from pipeline.metrics import Metrics, percentiles
+from pipeline.ratelimit import RateLimit
 from pipeline.stage import Stage
 
 log = logging.getLogger("sensorium.runtime")
@@ -72,6 +73,7 @@ class StageRunner:
         self._recover_after = self.policy.recover_after
         self._since_restore: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._traces: RateLimit[None] = RateLimit(interval=60.0, burst=1)
         self.ctx.observe = self._observe
 
     def wants(self, topic: str) -> bool:
@@ -146,17 +148,20 @@ class StageRunner:
             except Exception as exc:  # a bad input must not take the stage down
                 self.errors += len(batch)
                 self.metrics.errors.labels(self.metrics.node, self.name).inc(len(batch))
-                log.exception("stage %s failed on %s", self.name, batch[0].topic())
+                topic = batch[0].topic()[:128]
+                if self._traces.admit(type(exc).__name__) is not None:  # one traceback a minute per kind
+                    log.exception("stage %s failed on %s", self.name, topic)
                 with contextlib.suppress(Exception):
-                    await self.publish(
+                    await self.ctx.report_error(
                         InputError(
-                            room=batch[0].room,
+                            room=batch[0].room[:64],
                             time=self.ctx.clock.now(),
                             source=self.ctx.worker,
                             stage=self.name,
-                            input_topic=batch[0].topic(),
-                            reason=f"{type(exc).__name__}: {exc}",
-                        )
+                            input_topic=topic,
+                            reason=f"{type(exc).__name__}: {exc}"[:500],
+                        ),
+                        self.publish,
                     )
                 continue
             finally:

@@ -22,6 +22,7 @@ import msgspec
 
 from pipeline.clock import Clock
 from pipeline.messages import AudioChunk, InputError, Message
+from pipeline.ratelimit import RateLimit, kind_of
 
 T = TypeVar("T")
 
@@ -52,6 +53,8 @@ class StageContext:
     """Reports the latency of an output made in the background (set by the runtime; see ``report``)."""
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sensorium.stage"))
     """Logger for this stage."""
+    errors: RateLimit[InputError] = field(default_factory=RateLimit)
+    """Rate limit of this stage's ``error`` events (see ``report_error``)."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -81,11 +84,37 @@ class StageContext:
             await self.observe(self.clock.now() - since, output)
 
     async def reject(self, msg: Message, reason: str) -> None:
-        """Report bad input as an ``error`` event and carry on."""
-        self.log.warning("%s rejected %s: %s", self.name, msg.topic(), reason)
-        await self.publish(
-            InputError(room=msg.room, time=self.clock.now(), stage=self.name, input_topic=msg.topic(), reason=reason)
+        """Report bad input as an ``error`` event (rate-limited) and carry on."""
+        await self.report_error(
+            InputError(
+                room=msg.room[:64],
+                time=self.clock.now(),
+                stage=self.name,
+                input_topic=msg.topic()[:128],
+                reason=reason[:500],
+            )
         )
+
+    async def report_error(self, err: InputError, publish: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        """Publish ``err`` unless one like it (same input topic and kind of reason) went out within a second.
+
+        The first goes out at once; the ones held back are counted into the next one's
+        ``suppressed`` (or into a summary from ``flush_errors``), so a broken edge cannot flood the log.
+        """
+        held = self.errors.admit((err.input_topic, kind_of(err.reason)), err)
+        if held is None:
+            return
+        err.suppressed = held
+        more = f" ({held} more like it not reported)" if held else ""
+        self.log.warning("%s rejected %s: %s%s", err.stage, err.input_topic, err.reason, more)
+        await (publish or self.publish)(err)
+
+    async def flush_errors(self, publish: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        """Publish a summary for each kind of error that was held back and went quiet (call it once a second)."""
+        for err, held in self.errors.due():
+            err.suppressed = held
+            self.log.warning("%s rejected %s: %s (%d like it)", err.stage, err.input_topic, err.reason, held)
+            await (publish or self.publish)(err)
 
     def close(self) -> None:
         """Stop the stage's worker thread."""
