@@ -149,6 +149,9 @@ class WorkerConfig(_Strict):
     """Prometheus port (0 = off)."""
     keys: str = ""
     """Folder with this worker's CURVE key pair and the hub's public key."""
+    max_future: str | float = "2s"
+    """Audio and wake events stamped further than this ahead of the hub clock are refused (0 = accept them:
+    only for a worker that ``sensorium replay --hub`` feeds faster than real time, which stamps ahead)."""
 
     def devices(self) -> list[str]:
         """Devices in order of preference."""
@@ -317,6 +320,7 @@ def from_dict(
         for d in w.devices():
             if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
                 raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
+        parse_duration(w.max_future, f"{path}: [workers.{wname}] max_future")
 
     stages: dict[str, StageSettings] = {}
     for sname in f.stages:

@@ -2,10 +2,12 @@
 
 Each stage gets a ``StageRunner``. Droppable stages (video) keep only the latest pending input
 per topic; anything already past its deadline when the stage is free is dropped. Audio stages
-get every chunk in order. After each input the runner measures latency from the input's capture
-time on the hub clock, reports violations, and moves the stage down its degrade ladder after
-``overrun_after`` consecutive overruns, and back up after ``recover_after`` inputs well within
-budget.
+get every chunk in order, from a queue bounded by ``LadderPolicy.max_queue`` inputs and
+``max_queue_bytes``: a stage that falls that far behind loses its oldest inputs, counted and
+reported (a ``budget_violation`` with action "dropped", at most once a second, and a log line).
+After each input the runner measures latency from the input's capture time on the hub clock,
+reports violations, and moves the stage down its degrade ladder after ``overrun_after``
+consecutive overruns, and back up after ``recover_after`` inputs well within budget.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class LadderPolicy:
     """What "well within budget" means."""
     violation_interval: float = 1.0
     """At most one plain violation event per stage per this many seconds (ladder moves always)."""
+    max_queue: int = 1000
+    """Most inputs waiting at a non-droppable stage (80 ms audio: 80 s of one stream); the oldest go first."""
+    max_queue_bytes: int = 64 * 2**20
+    """Most payload bytes waiting at a non-droppable stage (utterances are large)."""
 
 
 class StageRunner:
@@ -59,6 +65,11 @@ class StageRunner:
         self.publish = publish or self.ctx.publish
         self.budget = self.ctx.budget_ms / 1000.0
         self._fifo: deque[Message] = deque()
+        self._fifo_bytes = 0
+        self._overflow = 0  # dropped for a full queue, not reported yet
+        self._overflow_oldest: Message | None = None
+        self._overflow_logged = 0.0
+        self._overflow_unlogged = 0
         self._latest: OrderedDict[str, Message] = OrderedDict()
         self._wake = asyncio.Event()
         self._over = 0
@@ -96,6 +107,15 @@ class StageRunner:
             self._latest.move_to_end(topic)
         else:
             self._fifo.append(msg)
+            self._fifo_bytes += len(getattr(msg, "data", b""))
+            p = self.policy
+            while len(self._fifo) > p.max_queue or (self._fifo_bytes > p.max_queue_bytes and len(self._fifo) > 1):
+                old = self._fifo.popleft()
+                self._fifo_bytes -= len(getattr(old, "data", b""))
+                self.dropped += 1
+                self.metrics.dropped.labels(self.metrics.node, self.name).inc()
+                self._overflow += 1
+                self._overflow_oldest = self._overflow_oldest or old
         self.metrics.queue.labels(self.metrics.node, self.name).set(self.depth)
         self._wake.set()
 
@@ -107,7 +127,9 @@ class StageRunner:
                 batch.append(msg)
             return batch
         n = max(1, self.stage.max_batch)
-        return [self._fifo.popleft() for _ in range(min(n, len(self._fifo)))]
+        batch = [self._fifo.popleft() for _ in range(min(n, len(self._fifo)))]
+        self._fifo_bytes -= sum(len(getattr(m, "data", b"")) for m in batch)
+        return batch
 
     def start(self) -> None:
         """Start the processing loop."""
@@ -136,6 +158,8 @@ class StageRunner:
             if not self.depth:
                 self._wake.clear()
                 await self._wake.wait()
+            if self._overflow:
+                await self._report_overflow()
             batch = self._take()
             self.metrics.queue.labels(self.metrics.node, self.name).set(self.depth)
             if self.stage.droppable:
@@ -173,6 +197,23 @@ class StageRunner:
             now = self.ctx.clock.now()
             for msg in batch:
                 await self._account(now - self.stage.input_time(msg), msg)
+
+    async def _report_overflow(self) -> None:
+        """Say that inputs were dropped from the full queue (log once a second, violation rate-limited)."""
+        n, oldest = self._overflow, self._overflow_oldest
+        self._overflow, self._overflow_oldest = 0, None
+        self._overflow_unlogged += n
+        now = time.monotonic()
+        if now - self._overflow_logged >= 1.0:
+            log.warning(
+                "stage %s is %d inputs behind (queue full): dropped the %d oldest since the last report",
+                self.name,
+                len(self._fifo),
+                self._overflow_unlogged,
+            )
+            self._overflow_logged, self._overflow_unlogged = now, 0
+        if oldest is not None:
+            await self._violation(self.ctx.clock.now() - self.stage.input_time(oldest), "dropped", oldest)
 
     async def _observe(self, latency: float, output: Message) -> None:
         await self._account(latency, output)

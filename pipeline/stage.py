@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,11 @@ class StageContext:
     """Where galleries and caches live."""
     rooms: tuple[str, ...] = ()
     """Rooms known to the deployment; input for another room is rejected."""
+    sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Edge nodes the deployment places in each room: streams from anyone else are refused (empty: not checked)."""
+    max_future: float | None = 2.0
+    """Input stamped more than this many seconds ahead of the hub clock is refused (None: accepted, for
+    replays faster than real time, which stamp ahead on purpose)."""
     emit: Callable[[Message], Awaitable[None]] | None = None
     """Publishes a message on the bus (set by the runtime)."""
     observe: Callable[[float, Message], Awaitable[None]] | None = None
@@ -82,6 +87,23 @@ class StageContext:
         """
         if self.observe is not None:
             await self.observe(self.clock.now() - since, output)
+
+    def stream_problem(self, room: str, source: str, t: float) -> str | None:
+        """Why a stream's input (``room``, ``source``, capture time ``t``) is refused, or None.
+
+        Per-stream state (model buffers, audio rings) is created only for streams that pass, so an
+        unknown or lying sender cannot make a stage grow.
+        """
+        if self.rooms and room not in self.rooms:
+            return f"unknown room {room!r} (known: {', '.join(self.rooms)})"
+        if self.sources and source not in self.sources.get(room, ()):
+            nodes = ", ".join(self.sources.get(room, ())) or "none"
+            return f"unknown source {source[:64]!r} in room {room!r} (its edge nodes: {nodes})"
+        if self.max_future is not None:
+            ahead = t - self.clock.now()
+            if ahead > self.max_future:
+                return f"stamped {ahead:.1f} s ahead of the hub clock (limit {self.max_future:g} s): clock not synced?"
+        return None
 
     async def reject(self, msg: Message, reason: str) -> None:
         """Report bad input as an ``error`` event (rate-limited) and carry on."""

@@ -109,6 +109,10 @@ class Worker:
 
     async def _build(self, device: str) -> list[StageRunner]:
         runners = []
+        dep = self.deployment
+        # Streams a stage keeps state for: the edge nodes the deployment places in each room.
+        sources = {room: tuple(n for n, e in dep.edges.items() if e.room == room) for room in dep.rooms}
+        max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
         try:
             for sname in self.config.stages:
                 settings = self.deployment.stages[sname]
@@ -122,6 +126,8 @@ class Worker:
                     clock=self.clock,
                     data_dir=self.deployment.data_dir,
                     rooms=tuple(self.deployment.rooms),
+                    sources=sources,
+                    max_future=max_future,
                     emit=self._publish,
                     log=logging.getLogger(f"sensorium.stage.{sname}"),
                 )

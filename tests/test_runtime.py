@@ -293,3 +293,20 @@ async def test_errors_from_ever_new_topics_are_bounded_too() -> None:
     await runner.stop()
     errors = [m for m in out if isinstance(m, InputError)]
     assert 1 <= len(errors) <= 10, len(errors)
+
+
+async def test_an_audio_stage_that_falls_far_behind_drops_its_oldest_inputs_and_says_so() -> None:
+    runner, out = _runner(LadderStage, budget_ms=10_000, max_queue=50)
+    runner.start()
+    now = runner.ctx.clock.now()
+    depths = []
+    for i in range(1, 501):  # a flood: far more than a 0.25 s-per-chunk stage can take
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=now, data=b"\0\0" * 1280))
+        depths.append(runner.depth)
+    assert max(depths) <= 50  # bounded memory
+    assert runner.dropped >= 440
+    await asyncio.sleep(0.1)
+    await runner.stop()
+    dropped = [m for m in out if isinstance(m, BudgetViolation) and m.action == "dropped"]
+    assert len(dropped) == 1 and dropped[0].stage == "ladder"  # reported, and rate-limited
+    assert runner.metrics.dropped.labels("test", "ladder")._value.get() == runner.dropped
