@@ -265,11 +265,12 @@ class Doctor:
                 self.add("FAIL", "ipc folder", f"{folder} is not writable by {_user()}", f"chown sensorium {folder}")
             else:
                 self.add("PASS", "ipc folder", f"{folder}: writable" + ("; hub answering" if answering else ""))
-        ports = [("hub metrics", self.deployment.hub.metrics_port)]
-        ports += [(f"{w} metrics", c.metrics_port) for w, c in self.deployment.workers.items()]
-        for label, port in ports:
+        hub = self.deployment.hub
+        ports = [("hub metrics", hub.metrics_port, hub.metrics_host)]
+        ports += [(f"{w} metrics", c.metrics_port, c.metrics_host) for w, c in self.deployment.workers.items()]
+        for label, port, host in ports:
             if port:
-                why = _bind_problem("0.0.0.0", port)
+                why = _bind_problem(host, port)
                 self.add(
                     "PASS" if why is None else "WARN",
                     f"port {port}",

@@ -408,3 +408,48 @@ def test_sensorium_hub_exits_non_zero_when_its_log_cannot_be_written(tmp_path: P
             hub.kill()
     assert hub.returncode == 1, (hub.returncode, err[-2000:])
     assert "ERROR" in err and "No space left on device" in err and "stopped rather than run without" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(pid: int, port: int, timeout: float = 20.0) -> str:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                return c.laddr.ip
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", [None, "0.0.0.0"], ids=["default", "configured"])
+def test_the_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Path, host: str | None) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    line = f'metrics_host = "{host}"\n' if host else ""
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nmetrics_port = {port}\n{line}')
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "sensorium", "hub", "--config", str(cfg), "--state", str(tmp_path / "state")]
+    )
+    try:
+        assert _listening(hub.pid, port) == (host or "127.0.0.1")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "sensorium_hub_event_log_ok 1.0" in body
+    finally:
+        hub.terminate()
+        hub.wait(15)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"hub: {', '.join(hub.endpoints.all())}; event log at seq {hub.log.last_seq}", flush=True)
     try:
         if dep.hub.metrics_port:
-            hub.metrics.serve(dep.hub.metrics_port)
+            hub.metrics.serve(dep.hub.metrics_port, dep.hub.metrics_host)
         asyncio.run(hub.run_forever())
     except SecurityError as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
