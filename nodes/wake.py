@@ -36,6 +36,8 @@ IDLE_S = 60.0
 """A stream that sent nothing for this long is forgotten (its model state freed)."""
 MAX_STREAMS = 64
 """Most streams at once when the deployment names no sources (tests, ad-hoc runs)."""
+MAX_CHUNK_S = 2.0
+"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
 
 
 def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
@@ -50,6 +52,8 @@ def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
         return "empty audio chunk"
     if len(msg.data) % 2:
         return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
+    if len(msg.data) > MAX_CHUNK_S * RATE * 2:
+        return f"chunk of {len(msg.data) / (2 * RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
     if not math.isfinite(msg.time) or msg.time <= 0:
         return f"invalid capture time {msg.time!r}"
     pcm = np.frombuffer(msg.data, dtype="<i2")

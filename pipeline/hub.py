@@ -51,6 +51,7 @@ from pipeline.messages import (
     SnapshotRequest,
 )
 from pipeline.metrics import Metrics
+from pipeline.ratelimit import RateLimit
 from pipeline.security import CurveKeys, KeyError_, hub_keys
 
 log = logging.getLogger("sensorium.hub")
@@ -66,6 +67,9 @@ MAX_BATCH = 1000
 """Most events numbered and written with one fsync."""
 MAX_PRESENCE = 1024
 """Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
+MAX_NODES = 256
+"""Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
+ROLES = ("edge", "worker", "client")
 
 
 class SecurityError(RuntimeError):
@@ -103,6 +107,19 @@ class _KeyDirectory:
         if not ok:
             log.warning("refused unknown CURVE key %s", zmq.utils.z85.encode(key)[:12] if len(key) == 32 else key[:12])
         return ok
+
+
+def _register_problem(msg: Register) -> str | None:
+    """Why a registration is refused (names the deployment could not have), or None."""
+    if not 0 < len(msg.node) <= 64:
+        return f"node name of {len(msg.node)} characters (1 to 64)"
+    if msg.role not in ROLES:
+        return f"role {msg.role[:32]!r} (expected one of: {', '.join(ROLES)})"
+    if len(msg.room) > 64:
+        return f"room name of {len(msg.room)} characters (at most 64)"
+    if len(msg.stages) > 64 or any(len(s) > 64 for s in msg.stages):
+        return "more than 64 stages or a stage name over 64 characters"
+    return None
 
 
 def _connectable(endpoint: str) -> str:
@@ -158,6 +175,7 @@ class Hub:
             "Group commits of the event log (one fsync each)",
             registry=self.metrics.registry,
         )
+        self._noisy: RateLimit[None] = RateLimit(interval=1.0, burst=5)  # log lines about bad input
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-eventlog")
         self._flush: asyncio.Future[None] | None = None
         self.failed: asyncio.Future[None] | None = None
@@ -298,9 +316,15 @@ class Hub:
 
     # ------------------------------------------------------------------ events
 
+    def _warn(self, kind: str, text: str, *args: object) -> None:
+        """A warning about bad input, at most once a second per kind (with the count left out)."""
+        held = self._noisy.admit(kind)
+        if held is not None:
+            log.warning(text + (f" ({held} more like it not logged)" if held else ""), *args)
+
     def _bad_event(self, topic: bytes, exc: CodecError) -> None:
         self.bad_messages += 1
-        log.warning("hub dropped malformed event on %r: %s", topic[:64], exc)
+        self._warn("event", "hub dropped malformed event on %r: %s", topic[:64], exc)
 
     async def _tap_loop(self) -> None:
         while True:
@@ -407,7 +431,7 @@ class Hub:
                     msg = decode(frames[1:])
                 except CodecError as exc:
                     self.bad_messages += 1
-                    log.warning("hub: bad control message from %r: %s", ident[:32], exc)
+                    self._warn("control", "hub: bad control message from %r: %s", ident[:32], exc)
                     await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
                 await self._control(ident, msg)
@@ -430,11 +454,22 @@ class Hub:
             node.offset_ms = msg.offset_ms
             if node.state == "down":
                 await self._status(node, "up", "heartbeats resumed")
-            if msg.detail != node.detail:
-                node.detail = msg.detail
-                if msg.detail.startswith(("degraded", "error")):
-                    await self._status(node, msg.detail.split(":")[0], msg.detail)
+            detail = msg.detail[:500]
+            if detail != node.detail:
+                node.detail = detail
+                if detail.startswith(("degraded", "error")):
+                    await self._status(node, "degraded" if detail.startswith("degraded") else "error", detail)
         elif isinstance(msg, Register):
+            why = _register_problem(msg)
+            if why is None and msg.node not in self.nodes and len(self.nodes) >= MAX_NODES:
+                down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
+                if down:
+                    del self.nodes[down[0].name]  # the one gone longest makes room
+                else:
+                    why = f"the hub already tracks {MAX_NODES} nodes, all up"
+            if why is not None:
+                await self._refuse(ident, f"register refused: {why}", kind="register")
+                return
             old = self.nodes.get(msg.node)
             self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
             if old is None or old.state != "up":

@@ -215,6 +215,25 @@ async def test_huge_events_requests_are_refused_and_heartbeats_stay_on_time(hub_
     assert isinstance(long, ControlError) and long.request_id == 8 and "limit 128" in long.reason
 
 
+async def test_registrations_are_checked_and_the_node_table_is_bounded(hub: Hub) -> None:
+    from pipeline.hub import MAX_NODES
+    from pipeline.messages import Register
+
+    raw = context().socket(zmq.DEALER)
+    raw.connect(hub.endpoints.control)
+    await asyncio.sleep(0.1)
+    for bad in (Register(node="x" * 500, role="edge"), Register(node="pi", role="overlord")):
+        await raw.send_multipart(encode(bad))
+        reply = decode(await asyncio.wait_for(raw.recv_multipart(), 3))
+        assert isinstance(reply, ControlError) and "register refused" in reply.reason
+    for i in range(MAX_NODES + 20):  # anyone on loopback may register: names are not free memory
+        await raw.send_multipart(encode(Register(node=f"fake-{i}", role="edge")))
+    refused = [decode(await asyncio.wait_for(raw.recv_multipart(), 3)) for _ in range(20)]
+    raw.close(0)
+    assert len(hub.nodes) == MAX_NODES
+    assert all(isinstance(r, ControlError) and f"already tracks {MAX_NODES} nodes" in r.reason for r in refused)
+
+
 async def test_the_control_loop_survives_a_request_that_fails(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_a: object, **_k: object) -> list[object]:
         raise RuntimeError("disk said no")

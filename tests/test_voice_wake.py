@@ -69,6 +69,7 @@ def test_check_audio_rejects_bad_chunks() -> None:
         "clipped": AudioChunk(time=10.0, room="kitchen", data=np.full(1280, 32767, "<i2").tobytes()),
         "channels": AudioChunk(time=10.0, room="kitchen", channels=2, data=good.data),
         "empty": AudioChunk(time=10.0, room="kitchen", data=b""),
+        "312.5 s of audio, limit 2 s": AudioChunk(time=10.0, room="kitchen", data=bytes(10_000_000)),
     }
     for reason, msg in cases.items():
         assert reason in (check_audio(msg, ("kitchen",)) or ""), reason
