@@ -127,7 +127,7 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     if bad:
         raise CodecError(f"{type(msg).__name__}.{bad} on topic {topic[:64]!r}: not a finite number")
     if topic != msg.topic().encode():  # subscribers route on the topic: it must not lie about the message
-        raise CodecError(f"topic {topic[:64]!r} does not match its {type(msg).__name__} ({msg.topic()[:64]!r})")
+        raise CodecError(f"{type(msg).__name__} on a topic that does not match it: {topic[:64]!r}")
     if payload:
         if not hasattr(msg, "data"):
             raise CodecError(f"{type(msg).__name__} carries no payload but got {len(payload)} bytes")

@@ -275,7 +275,7 @@ class InputError(Event, tag="error"):
     reason: str = ""
     """What was wrong."""
     suppressed: int = 0
-    """Errors like this one (same stage or node and input topic) left out since the last one reported."""
+    """Errors like this one (same stage or node, input topic and kind) left out since the last one reported."""
 
 
 class PlaybackStatus(Event, tag="playback"):

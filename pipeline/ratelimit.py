@@ -38,7 +38,7 @@ class RateLimit(Generic[T]):
     def __init__(
         self,
         interval: float = 1.0,
-        burst: int = 10,
+        burst: int = 5,
         max_kinds: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -85,11 +85,12 @@ class RateLimit(Generic[T]):
         return held
 
     def due(self) -> list[tuple[T, int]]:
-        """Summaries owed: the last held-back report of each kind whose interval has passed, with its count."""
+        """Summaries owed: the last held-back report of each kind whose interval has passed, and how many
+        others were held back with it (so that one summary, like any report, stands for 1 + that many)."""
         now = self.clock()
         out = []
         for kind in list(self._kinds.values()):
             if kind.held and kind.sample is not None and now - kind.last >= self.interval and self._budget(now):
                 sample = kind.sample
-                out.append((sample, self._release(kind, now)))
+                out.append((sample, self._release(kind, now) - 1))
         return out

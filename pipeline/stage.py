@@ -135,7 +135,7 @@ class StageContext:
         """Publish a summary for each kind of error that was held back and went quiet (call it once a second)."""
         for err, held in self.errors.due():
             err.suppressed = held
-            self.log.warning("%s rejected %s: %s (%d like it)", err.stage, err.input_topic, err.reason, held)
+            self.log.warning("%s rejected %s: %s (and %d more like it)", err.stage, err.input_topic, err.reason, held)
             await (publish or self.publish)(err)
 
     def close(self) -> None:

@@ -198,7 +198,7 @@ class Worker:
             input_topic=topic[:128].decode(errors="replace"),
             reason=f"malformed message: {exc}"[:500],
         )
-        held = self._errors.admit((family, kind_of(str(exc))[:40]), err)
+        held = self._errors.admit((family, kind_of(str(exc))[:24]), err)  # the variable part comes later
         if held is None:
             return
         self._report_malformed(err, held)

@@ -151,5 +151,5 @@ def test_non_finite_floats_inside_words_and_boxes_are_refused() -> None:
 
 def test_a_topic_that_lies_about_its_message_is_refused() -> None:
     frames = codec.encode(VideoFrame(room="hall", source="cam1", data=b"\xff\xd8"))
-    with pytest.raises(codec.CodecError, match="does not match its VideoFrame"):
+    with pytest.raises(codec.CodecError, match="VideoFrame on a topic that does not match it: b'audio/hall/cam1'"):
         codec.decode([b"audio/hall/cam1", frames[1], frames[2]])

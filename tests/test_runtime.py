@@ -279,7 +279,8 @@ async def test_errors_are_rate_limited_per_input_topic_and_counted() -> None:
     await asyncio.sleep(1.05)
     await runner.ctx.flush_errors(runner.publish)  # the worker does this every second
     errors = [m for m in out if isinstance(m, InputError)]
-    assert len(errors) == 2 and errors[1].suppressed == 299 and errors[1].input_topic == "audio/k/pi"
+    assert len(errors) == 2 and errors[1].input_topic == "audio/k/pi"
+    assert sum(1 + e.suppressed for e in errors) == 300  # each event stands for itself and those it counts
     await runner.stop()
 
 
@@ -292,7 +293,7 @@ async def test_errors_from_ever_new_topics_are_bounded_too() -> None:
     await runner.drain(5)
     await runner.stop()
     errors = [m for m in out if isinstance(m, InputError)]
-    assert 1 <= len(errors) <= 10, len(errors)
+    assert 1 <= len(errors) <= 5, len(errors)  # five a second per stage, over all topics
 
 
 async def test_an_audio_stage_that_falls_far_behind_drops_its_oldest_inputs_and_says_so() -> None:
