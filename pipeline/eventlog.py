@@ -17,6 +17,7 @@ line) and keeps the rest, so one bad line never costs the history after it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import stat
@@ -258,25 +259,29 @@ class EventLog:
         """Oldest sequence number still held (last_seq + 1 when empty)."""
         return self.entries[0].seq if self.entries else self.last_seq + 1
 
-    def since(self, seq: int, prefixes: Iterable[str] = (), max_bytes: int | None = None) -> list[LoggedEvent]:
-        """Events with sequence numbers above ``seq`` whose topic starts with one of ``prefixes``.
+    def since(
+        self,
+        seq: int,
+        prefixes: Iterable[str] = (),
+        max_bytes: int | None = None,
+        max_events: int | None = None,
+    ) -> list[LoggedEvent]:
+        """Events with sequence numbers above ``seq`` whose topic starts with one of ``prefixes``, oldest first.
 
-        With ``max_bytes``, only the oldest of them whose JSON adds up to at most that (always one).
+        With ``max_bytes`` / ``max_events``, only the oldest of them that fit (always at least one):
+        the cost follows the answer, not the size of the log.
         """
         prefixes = tuple(prefixes)
-        out = []
-        for e in reversed(self.entries):
-            if e.seq <= seq:
+        start = bisect.bisect_right(self.entries, seq, key=lambda e: e.seq)
+        out: list[LoggedEvent] = []
+        size = 0
+        for e in itertools.islice(self.entries, start, None):
+            if prefixes and not e.topic.startswith(prefixes):
+                continue
+            size += len(e.json) + 8
+            if out and ((max_bytes is not None and size > max_bytes) or len(out) == max_events):
                 break
-            if not prefixes or e.topic.startswith(prefixes):
-                out.append(e)
-        out.reverse()
-        if max_bytes is not None:
-            total = 0
-            for i, e in enumerate(out):
-                total += len(e.json) + 8
-                if total > max_bytes and i:
-                    return out[:i]
+            out.append(e)
         return out
 
     def close(self) -> None:

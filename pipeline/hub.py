@@ -335,14 +335,14 @@ class Hub:
             if not staged:
                 continue
             if self.log.path is not None:
+                # stop() waits for this write even if the task is cancelled meanwhile
                 self._flush = asyncio.get_running_loop().run_in_executor(self._log_thread, self.log.flush)
                 try:
                     await asyncio.shield(self._flush)
                 except EventLogError as exc:
                     await self._log_failed(exc)
                     return
-                finally:
-                    self._flush = None
+                self._flush = None
                 self._batches.inc()
             self.log.release()  # durable: now it may be served and published
             for msg, entry in staged:
@@ -488,7 +488,7 @@ class Hub:
                     msg.request_id,
                 )
                 return
-            entries = self.log.since(msg.since, msg.prefixes, max_bytes=MAX_REPLY_BYTES)[:MAX_REPLY_EVENTS]
+            entries = self.log.since(msg.since, msg.prefixes, max_bytes=MAX_REPLY_BYTES, max_events=MAX_REPLY_EVENTS)
             await self._reply(
                 ident,
                 EventsReply(
