@@ -124,12 +124,14 @@ class NodeLink:
                 await asyncio.wait_for(self._ack_event.wait(), min(remaining, self.interval))
         return True
 
-    async def _send(self, msg: Message) -> None:
+    async def _send(self, msg: Message) -> bool:
+        """Queue ``msg`` for the hub; False if no hub is connected (nothing was queued)."""
         assert self._sock is not None
         try:
             await self._sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass  # hub not connected yet; the next beat tries again
+            return False  # hub not connected yet; the next beat tries again
+        return True
 
     def _register_msg(self) -> Register:
         return Register(node=self.name, role=self.role, room=self.room, stages=self.stages, time=self.clock.now())
@@ -176,7 +178,8 @@ class NodeLink:
     async def request(self, msg: Message, timeout: float = 5.0) -> Message:
         """Send a request to the hub and wait for its answer (one at a time).
 
-        ``msg`` gets a fresh ``request_id``; it is re-sent after 1 s, 2 s, 4 s … until ``timeout``.
+        ``msg`` gets a fresh ``request_id``; it is re-sent after 1 s, 2 s, 4 s … until ``timeout``
+        (every 0.2 s while no hub is connected to take it).
         """
         async with self._lock:
             self._next_id = self._next_id % (2**62) + 1
@@ -188,15 +191,17 @@ class NodeLink:
             wait = 1.0
             try:
                 while True:
-                    await self._send(msg)
+                    sent = await self._send(msg)
                     try:
                         left = deadline - time.monotonic()
-                        return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(wait, left)))
+                        # not sent (no hub yet): try again soon, so a restarted hub answers at once
+                        return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(wait if sent else 0.2, left)))
                     except TimeoutError:
                         if time.monotonic() >= deadline:
                             raise HubUnavailable(
                                 f"hub at {self.endpoints.control} did not answer in {timeout:.1f}s"
                             ) from None
-                        wait = min(wait * 2, 8.0)  # a slow hub is not helped by a queue of our retries
+                        if sent:
+                            wait = min(wait * 2, 8.0)  # a slow hub is not helped by a queue of our retries
             finally:
                 self._pending = None
