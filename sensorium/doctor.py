@@ -307,7 +307,8 @@ class Doctor:
                 "WARN",
                 "event log",
                 f"{detail}; {damaged} damaged, {disorder} out-of-order lines{torn}",
-                "the hub skips damaged lines and rewrites the file on start; nothing to do unless it repeats",
+                "the hub skips exactly the damaged lines and cuts off a torn last one on start; "
+                "nothing to do unless it repeats",
             )
         else:
             self.add("PASS", "event log", detail)
