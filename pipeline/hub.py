@@ -179,7 +179,7 @@ class Hub:
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-eventlog")
         self._flush: asyncio.Future[None] | None = None
         self.failed: asyncio.Future[None] | None = None
-        """Done with ``EventLogError`` once the event log could not be written (the hub must stop)."""
+        """Done with an exception (``EventLogError`` for a write) once events can no longer be logged."""
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._proxy_thread: threading.Thread | None = None
@@ -306,7 +306,8 @@ class Hub:
         await self.stop()
 
     async def run_forever(self) -> None:
-        """Start and serve until cancelled; raises ``EventLogError`` if the event log cannot be written."""
+        """Start and serve until cancelled; raises ``EventLogError`` if the event log cannot be written
+        (or whatever else stopped the hub from logging events)."""
         await self.start()
         try:
             assert self.failed is not None
@@ -327,6 +328,14 @@ class Hub:
         self._warn("event", "hub dropped malformed event on %r: %s", topic[:64], exc)
 
     async def _tap_loop(self) -> None:
+        try:
+            await self._tap()
+        except Exception as exc:  # a hub that no longer logs must not go on answering heartbeats
+            log.exception("hub: the event tap failed; stopping")
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_exception(exc)
+
+    async def _tap(self) -> None:
         while True:
             batch = [await self.tap.recv()]
             while len(batch) < MAX_BATCH and (more := self.tap.recv_nowait()) is not None:
@@ -357,7 +366,11 @@ class Hub:
             msg.seq = seq
             return to_json(msg)
 
-        entry = self.log.stage(msg.topic(), build)
+        try:
+            entry = self.log.stage(msg.topic(), build)
+        except CodecError as exc:
+            self._bad_event(msg.topic().encode()[:64], exc)
+            return None
         if len(entry.json) > MAX_EVENT_JSON:  # no control reply could carry it
             self.log.unstage()
             too_big = CodecError(f"event of {len(entry.json)} bytes, limit {MAX_EVENT_JSON}")
@@ -437,7 +450,8 @@ class Hub:
                 await self._control(ident, msg)
             except Exception as exc:  # one bad request must never end the control plane
                 self.control_errors += 1
-                log.exception("hub: control message from %r failed", ident[:32])
+                if self._noisy.admit("control-error") is not None:
+                    log.exception("hub: control message from %r failed", ident[:32])
                 with contextlib.suppress(Exception):
                     reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
                     await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
