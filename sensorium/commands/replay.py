@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rooms", nargs="+", metavar="ROOM", help="replay only these rooms")
     p.add_argument(
         "--hub",
-        help="replay against a running deployment at this hub address (default: embedded); faster than real "
-        "time its workers need max_future = 0, else they refuse audio stamped ahead of the hub clock",
+        help="replay against a running deployment at this hub address (default: embedded); its workers take "
+        "audio only from their deployment's edge nodes, and faster than real time only with max_future = 0",
     )
     p.add_argument("--keys", help="CURVE key folder of this client (with hub.key) for a remote hub")
     p.add_argument("--name", default="replay", help="client name (its key file name with --keys)")
