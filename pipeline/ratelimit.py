@@ -38,7 +38,7 @@ class RateLimit(Generic[T]):
     def __init__(
         self,
         interval: float = 1.0,
-        burst: int = 5,
+        burst: int = 10,
         max_kinds: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

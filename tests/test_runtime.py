@@ -293,7 +293,7 @@ async def test_errors_from_ever_new_topics_are_bounded_too() -> None:
     await runner.drain(5)
     await runner.stop()
     errors = [m for m in out if isinstance(m, InputError)]
-    assert 1 <= len(errors) <= 5, len(errors)  # five a second per stage, over all topics
+    assert 1 <= len(errors) <= 10, len(errors)  # ten a second per stage, over all topics
 
 
 async def test_an_audio_stage_that_falls_far_behind_drops_its_oldest_inputs_and_says_so() -> None:
