@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from nodes.wake import check_audio
+from nodes.wake import MAX_STREAMS, check_audio
 from pipeline.config import parse_duration
 from pipeline.messages import (
     AudioChunk,
@@ -66,6 +66,8 @@ from pipeline.stage import Stage
 RATE = 16000
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost."""
+IDLE_S = 60.0
+"""A stream with no audio and no open utterance for this long is forgotten (ring and VAD freed)."""
 STAND_DOWN_S = 1.0
 """A loser's wake detection within this of the winner's is the same spoken wake word."""
 MIN_SPEECH_S = 0.15
@@ -373,21 +375,32 @@ class SttStage(Stage):
         else:
             await self.ctx.reject(msg, f"stt does not consume {type(msg).__name__}")
 
+    def _stream(self, room: str, source: str, t: float) -> _Stream | str:
+        """The stream's state, made if needed; or why none may be made."""
+        st = self._streams.get((room, source))
+        if st is None:
+            if not self.ctx.sources and len(self._streams) >= MAX_STREAMS:
+                return f"already {MAX_STREAMS} audio streams; no state for another"
+            st = self._streams[(room, source)] = _Stream(room, source, end_time=t)
+        return st
+
     async def _audio(self, msg: AudioChunk) -> None:
-        problem = check_audio(msg, self.ctx.rooms)
+        problem = check_audio(msg, self.ctx.rooms) or self.ctx.stream_problem(msg.room, msg.source, msg.time)
         if problem:
             await self.ctx.reject(msg, problem)
             return
         pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
-        key = (msg.room, msg.source)
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = _Stream(msg.room, msg.source, end_time=msg.time)
-        elif abs(msg.time - st.end_time) > GAP_S:
+        new = (msg.room, msg.source) not in self._streams
+        st = self._stream(msg.room, msg.source, msg.time)
+        if isinstance(st, str):
+            await self.ctx.reject(msg, st)
+            return
+        if not new and abs(msg.time - st.end_time) > GAP_S:
             if st.utt is not None:
                 await self._error(st, f"audio jumped {msg.time - st.end_time:+.2f} s inside an utterance; closed it")
                 self._close(st, st.end_time, "gap")
             st.ring.clear()
+            st.last_end = 0.0  # the old timeline's endpoint must not hold the next utterance back
         st.arrived = time.monotonic()
         st.ring.append((msg.time, pcm))
         st.end_time = msg.time + len(pcm) / RATE
@@ -400,13 +413,15 @@ class SttStage(Stage):
             await self._advance(st, pcm)
 
     async def _wake(self, msg: WakeDetected) -> None:
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+        problem = self.ctx.stream_problem(msg.room, msg.node, msg.time)
+        if problem:
+            await self.ctx.reject(msg, problem)
             return
         key = (msg.room, msg.node)
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = _Stream(msg.room, msg.node, end_time=msg.time)
+        st = self._stream(msg.room, msg.node, msg.time)
+        if isinstance(st, str):
+            await self.ctx.reject(msg, st)
+            return
         if st.utt is not None:
             return  # already listening to this stream
         if abs(self._stood_down.get(key, -1e9) - msg.time) < STAND_DOWN_S:
@@ -489,6 +504,8 @@ class SttStage(Stage):
         """Drop the utterances that nodes losing the arbitration opened on this wake word."""
         for node, room in zip(msg.losers, msg.loser_rooms, strict=False):
             key = (room, node)
+            if key not in self._streams:
+                continue  # no audio from it here: nothing to stand down (and no state for unknown names)
             self._stood_down[key] = msg.wake_time
             st = self._streams.get(key)
             if st is not None and st.utt is not None and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S:
@@ -517,10 +534,14 @@ class SttStage(Stage):
             now = time.monotonic()
             if self._busy_since or now < self._grace_until:
                 continue  # a slow handle call (overloaded CPU) is not a stopped stream
-            for st in list(self._streams.values()):
+            for key, st in list(self._streams.items()):
                 if st.utt is not None and now - st.arrived > self._d["stream_timeout"]:
                     await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
                     self._close(st, st.end_time, "stream-stopped")
+                elif st.utt is None and now - st.arrived > IDLE_S:
+                    del self._streams[key]
+                    self._stood_down.pop(key, None)
+                    self.ctx.log.info("stt: %s/%s idle for %.0f s; state freed", *key, now - st.arrived)
 
     # -------------------------------------------------------------------------------- decoding
 

@@ -3,7 +3,9 @@
 ``Client.events()`` yields every event exactly once, in hub order: it listens to the hub's event
 stream and asks the hub's log for anything it missed (on start with ``since``, after a
 reconnect, or when it sees a gap in the sequence numbers). Pass the last ``seq`` you handled as
-``since`` after a restart and nothing is lost or repeated.
+``since`` after a restart and nothing is lost or repeated. Events the log no longer holds (the
+subscriber was away longer than the log's bound) are announced in their place by an
+``EventsLost`` item whose ``seq`` is the last one lost, so persisting and resuming stay correct.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.clock import Clock
 from pipeline.codec import CodecError, from_json
 from pipeline.messages import (
     Event,
+    EventsLost,
     EventsReply,
     EventsRequest,
     Presence,
@@ -105,9 +108,26 @@ class Client:
             reply = await self.link.request(EventsRequest(since=since, prefixes=[p for p in prefixes if p]), 10.0)
             if not isinstance(reply, EventsReply):
                 raise RuntimeError(f"hub answered {type(reply).__name__} to an events request")
-            if since and reply.first_seq > since + 1:
+            batch: list[Event] = []
+            if reply.first_seq > since + 1:
                 log.warning("events %d..%d are no longer in the hub's log", since + 1, reply.first_seq - 1)
-            batch = []
+                batch.append(
+                    EventsLost(
+                        seq=reply.first_seq - 1,
+                        time=self.clock.now(),
+                        source="hub",
+                        first_seq=since + 1,
+                        last_seq=reply.first_seq - 1,
+                    )
+                )
+            elif reply.last_seq < since:
+                log.error(
+                    "the hub's log ends at %d, before %d: it was reset or replaced; events numbered up to %d "
+                    "will not be delivered",
+                    reply.last_seq,
+                    since,
+                    since,
+                )
             for raw in reply.events:
                 try:
                     ev = from_json(raw)
@@ -118,7 +138,7 @@ class Client:
             out.extend(batch)
             if not batch or batch[-1].seq >= reply.last_seq:
                 return out
-            since = batch[-1].seq
+            since = max(since, batch[-1].seq)
 
     async def events(
         self,
@@ -129,7 +149,8 @@ class Client:
     ) -> AsyncIterator[Event]:
         """Yield events (optionally of ``types`` in ``rooms``) exactly once, oldest first.
 
-        ``since=None`` starts with new events only; ``since=N`` first replays the log after N.
+        ``since=None`` starts with new events only; ``since=N`` first replays the log after N. Where
+        the log no longer holds what was asked for, an ``EventsLost`` item stands in for it.
         """
         prefixes = prefixes_for(types, rooms)
         sock = context().socket(zmq.SUB)
@@ -157,8 +178,9 @@ class Client:
                 except TimeoutError:
                     # quiet or disconnected: ask the log whether we missed anything
                     for ev in await self._backlog(self.last_seq, prefixes):
-                        self.last_seq = ev.seq
-                        yield ev
+                        if ev.seq > self.last_seq:  # never twice, never backwards
+                            self.last_seq = ev.seq
+                            yield ev
                     continue
                 try:
                     ev = from_json(raw)
@@ -169,7 +191,7 @@ class Client:
                     continue
                 if ev.seq > self.last_seq + 1:
                     for missed in await self._backlog(self.last_seq, prefixes):
-                        if missed.seq < ev.seq:
+                        if self.last_seq < missed.seq < ev.seq:
                             self.last_seq = missed.seq
                             yield missed
                 if ev.seq > self.last_seq:

@@ -55,6 +55,9 @@ class HubConfig(_Strict):
     """Events kept for subscribers that reconnect."""
     metrics_port: int = 0
     """Prometheus port of the hub (0 = off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
     keys: str = ""
     """Folder with the hub's CURVE key pair and enrolled client keys (required off loopback)."""
     allow_insecure: bool = False
@@ -136,6 +139,9 @@ class EdgeConfig(_Strict):
     """Folder with this node's CURVE key pair and the hub's public key."""
     metrics_port: int = 0
     """Prometheus port (0 = off): messages and bytes published per stream kind."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
 
 
 class WorkerConfig(_Strict):
@@ -147,8 +153,14 @@ class WorkerConfig(_Strict):
     """Device, or devices in order of preference ("cuda:0", then "cpu")."""
     metrics_port: int = 0
     """Prometheus port (0 = off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
     keys: str = ""
     """Folder with this worker's CURVE key pair and the hub's public key."""
+    max_future: str | float = "2s"
+    """Audio and wake events stamped further than this ahead of the hub clock are refused (0 = accept them:
+    only for a worker that ``sensorium replay --hub`` feeds faster than real time, which stamps ahead)."""
 
     def devices(self) -> list[str]:
         """Devices in order of preference."""
@@ -317,6 +329,7 @@ def from_dict(
         for d in w.devices():
             if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
                 raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
+        parse_duration(w.max_future, f"{path}: [workers.{wname}] max_future")
 
     stages: dict[str, StageSettings] = {}
     for sname in f.stages:

@@ -274,6 +274,8 @@ class InputError(Event, tag="error"):
     """Topic of the rejected input."""
     reason: str = ""
     """What was wrong."""
+    suppressed: int = 0
+    """Errors like this one (same stage or node, input topic and kind) left out since the last one reported."""
 
 
 class PlaybackStatus(Event, tag="playback"):
@@ -286,6 +288,19 @@ class PlaybackStatus(Event, tag="playback"):
     """What happened."""
     played_text: str = ""
     """Sentences fully played so far (tells the agent what was cut off on barge-in)."""
+
+
+class EventsLost(Event, tag="events_lost"):
+    """Events the hub's log no longer held when this subscriber asked for them (it was away too long).
+
+    Its ``seq`` is ``last_seq``: persist it like any event's and resuming continues after the gap.
+    """
+
+    kind: ClassVar[str] = "lost"
+    first_seq: int = 0
+    """First sequence number lost."""
+    last_seq: int = 0
+    """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
 
 
 # -------------------------------------------------------------------------------------- commands
@@ -391,7 +406,9 @@ class EventsRequest(Message, tag="events_request"):
     since: int = 0
     """Last hub sequence number the subscriber has; 0 for everything in the log."""
     prefixes: list[str] = msgspec.field(default_factory=list)
-    """Topic prefixes to return; empty for all."""
+    """Topic prefixes to return; empty for all (at most 64, each at most 128 bytes)."""
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class EventsReply(Message, tag="events_reply"):
@@ -404,12 +421,16 @@ class EventsReply(Message, tag="events_reply"):
     """Oldest sequence number still in the log (a gap before it was lost to the bound)."""
     last_seq: int = 0
     """Newest sequence number in the log."""
+    request_id: int = 0
+    """The ``request_id`` of the request this answers."""
 
 
 class SnapshotRequest(Message, tag="snapshot_request"):
     """Ask who is where now (answered by the presence stage through the hub)."""
 
     kind: ClassVar[str] = "ctl"
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class ControlError(Message, tag="control_error"):
@@ -418,9 +439,11 @@ class ControlError(Message, tag="control_error"):
     kind: ClassVar[str] = "ctl"
     reason: str = ""
     """What was wrong."""
+    request_id: int = 0
+    """The ``request_id`` of the request refused (0 when the message was unreadable or not a request)."""
 
 
-# -------------------------------------------------------------------------- arbitration (issue 5)
+# ------------------------------------------------------------------------------------ arbitration
 
 
 class WakeArbitrated(Event, tag="arbitration"):
@@ -459,6 +482,8 @@ EVENTS: tuple[type[Event], ...] = (
     PlaybackStatus,
     WakeArbitrated,
 )
+CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
+"""Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
 COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
 CONTROL: tuple[type[Message], ...] = (
     Register,
@@ -469,6 +494,6 @@ CONTROL: tuple[type[Message], ...] = (
     SnapshotRequest,
     ControlError,
 )
-ALL: tuple[type[Message], ...] = STREAMS + EVENTS + COMMANDS + CONTROL
+ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)
