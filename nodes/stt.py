@@ -456,6 +456,9 @@ class SttStage(Stage):
             if st is None or st.utt is None:
                 if st is not None:
                     st.last_end = max(st.last_end, msg.time)  # the request starts here: older audio is not part of it
+                    if msg.time >= st.end_time:  # a new stream on a reused name: its first chunk is no gap
+                        st.ring.clear()
+                        st.end_time = msg.time
                 await self._wake(WakeDetected(time=msg.time, room=msg.room, node=msg.node, source=msg.source))
                 st = self._streams.get(key)
             if st is not None and st.utt is not None:
