@@ -162,11 +162,12 @@ def test_audio_is_cut_into_exact_blocks_whatever_the_chunk_sizes(sizes: list[int
     sent = b""
     blocks: list[bytes] = []
     for n in sizes:
-        data = rng.integers(-3000, 3000, n, dtype=np.int16).astype("<i2").tobytes()
+        data = rng.integers(-3000, 3000, n, dtype=np.int16).astype("<i2").tobytes()[: 2 * n - n % 2]  # odd cuts too
         sent += data
         blocks += audio.feed(AudioChunk(rate=RATE, width=2, channels=1, audio=data))
     assert all(len(b) == 2560 for b in blocks)
-    assert b"".join(blocks) + audio.flush() == sent  # nothing lost, nothing reordered
+    whole = len(sent) - len(sent) % 2
+    assert b"".join(blocks) + audio.flush() == sent[:whole]  # nothing lost, nothing reordered
 
 
 def test_other_formats_are_converted_and_impossible_ones_refused() -> None:
@@ -183,7 +184,6 @@ def test_other_formats_are_converted_and_impossible_ones_refused() -> None:
         (AudioChunk(rate=16000, width=3, channels=1, audio=b"\0" * 6), "sample width 3"),
         (AudioChunk(rate=16000, width=2, channels=6, audio=b"\0" * 24), "6 channels"),
         (AudioChunk(rate=0, width=2, channels=1, audio=b"\0" * 2), "sample rate 0"),
-        (AudioChunk(rate=16000, width=2, channels=1, audio=b"\0" * 3), "3 bytes is not a whole number"),
     ]:
         with pytest.raises(AudioFormatError, match=message):
             AudioIn(1280).feed(bad)

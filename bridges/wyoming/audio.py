@@ -38,6 +38,7 @@ class AudioIn:
         self.block = block
         self._converter = AudioChunkConverter(rate=RATE, width=WIDTH, channels=1)
         self._pending = bytearray()
+        self._split = b""
         self.samples = 0
         """Samples (16 kHz) taken in so far."""
 
@@ -46,10 +47,14 @@ class AudioIn:
         problem = check_format(chunk.rate, chunk.width, chunk.channels)
         if problem:
             raise AudioFormatError(problem)
-        if len(chunk.audio) % (chunk.width * chunk.channels):
-            raise AudioFormatError(
-                f"{len(chunk.audio)} bytes is not a whole number of {chunk.channels}-channel {chunk.width}-byte frames"
-            )
+        # A client may cut its stream anywhere (Home Assistant's REST STT passes on HTTP body pieces):
+        # a frame split across chunks is completed by the next one.
+        frame = chunk.width * chunk.channels
+        data = self._split + chunk.audio if self._split else chunk.audio
+        cut = len(data) - len(data) % frame
+        self._split = data[cut:]
+        if cut != len(chunk.audio) or data is not chunk.audio:
+            chunk = WyomingChunk(rate=chunk.rate, width=chunk.width, channels=chunk.channels, audio=data[:cut])
         pcm = self._converter.convert(chunk).audio
         self.samples += len(pcm) // WIDTH
         if not self._pending and len(pcm) == self.block * WIDTH:
