@@ -211,6 +211,7 @@ async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_
         agent.cancel()
         await asyncio.gather(agent, return_exceptions=True)
         pipelines = {room: gw.satellites[room].pipelines for room in ROOMS}
+        cached = gw.metrics.cached_answers
     print(f"satellite states {seen}; pipelines started in HA by room {pipelines}; {len(runs)} run(s), {took:.1f} s")
     assert listening == {"kitchen": 1, "office": 0} and pipelines == {"kitchen": 1, "office": 0}
     assert len(runs) == 1
@@ -219,6 +220,7 @@ async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_
     assert events["intent-end"]["intent_output"]["response"]["speech"]["plain"]["speech"].startswith("It is ")
     assert "tts-end" in events and "error" not in events, events
     assert words(answer)[:2] == ["it", "is"], answer
+    assert cached == 1  # HA's TTS step got the audio our tts stage had made of the agent's answer already
     assert not (tmp_path / "played-office").exists() or not list((tmp_path / "played-office").glob("*.wav"))
     # sensorium's agent answered HA's two conversation requests, never the kitchen's command itself
     assert len(turns) == 2 and all(t.utterance_id.startswith(f"{dep.wyoming.name}-") for t in turns), turns

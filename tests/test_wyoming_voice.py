@@ -328,3 +328,40 @@ async def test_two_rooms_hear_one_wake_word_and_only_the_nearer_runs_a_pipeline(
     assert played_at - ha["kitchen"].sent_answer_at >= len(answer) / 22050 - 0.2  # played, then "played"
     # sensorium's agent did not answer the command Home Assistant took.
     assert turns == [] and not [m for m in agent_says if isinstance(m, Say)]
+
+
+async def test_the_agents_answer_is_voiced_before_home_assistant_asks_for_it(hub_address, tmp_path) -> None:
+    """Conversation then TTS of the answer (what Home Assistant's pipeline does): the agent's answer was already
+    voiced for no room while HA processed it, so the synthesis request is served from that audio, at once."""
+    from sensorium.agent import run_builtin_agent
+
+    p = ports()
+    dep = deployment(tmp_path, hub_address, p, stages=["tts"])
+    stop = asyncio.Event()
+    async with embedded(dep) as env, running(dep, env.endpoints, clock=env.clock) as gw:
+        agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, stop=stop))
+        says = Subscriber(env.endpoints, ["say/", "tts/"])
+        await asyncio.sleep(0.5)
+        async with Conn(p["handle"]) as c:
+            await c.send(Transcript(text="say the laundry is done"))
+            answer = (await c.until("handled"))[-1].data["text"]
+        assert answer == "The laundry is done"
+        await asyncio.sleep(1.0)  # Home Assistant's own work between its conversation and TTS steps
+        t0 = time.monotonic()
+        async with Conn(p["tts"]) as c:
+            await c.send(Synthesize(text=answer))
+            events = await c.until("audio-stop")
+        took = time.monotonic() - t0
+        stop.set()
+        await agent
+        seen = []
+        while (m := await says.recv_timeout(0.2)) is not None:
+            seen.append(m)
+        says.close()
+    audio = b"".join(e.payload for e in events if e.type == "audio-chunk")
+    assert len(audio) / 2 / 22050 > 0.8 and gw.metrics.cached_answers == 1
+    # One Say (the agent's) and one voicing of it: none by the synthesis request, none in any room.
+    assert [type(m).__name__ for m in seen if isinstance(m, Say)] == ["Say"]
+    assert {m.room for m in seen if not isinstance(m, Say)} == {""}
+    print(f"answer audio served {took * 1000:.0f} ms after the request")
+    assert took < 0.3

@@ -84,6 +84,17 @@ class Request:
 
 
 @dataclass
+class Answer:
+    """An answer of the agent to Home Assistant's conversation request, and the tts stage's audio of it."""
+
+    answer_id: str
+    text: str = ""
+    complete: bool = False
+    audio: list[TtsAudio] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class Question:
     """Where a text Home Assistant got from us came from."""
 
@@ -103,6 +114,8 @@ class Metrics:
     """Microseconds from a stage's answer leaving the bus socket to its Wyoming event written."""
     request_us: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     """Microseconds of gateway work per request outside audio chunks (set-up, claim, answer, clean-up)."""
+    cached_answers: int = 0
+    """Synthesis requests answered with audio already made for the agent's answer."""
 
 
 class StreamPool:
@@ -170,8 +183,10 @@ class Gateway:
         self.questions: OrderedDict[str, Question] = OrderedDict()
         self.replies: dict[str, asyncio.Queue[Say]] = {}
         """Conversation requests waiting for the agent: reply_to token → its ``Say`` pieces."""
-        self.audio: dict[str, asyncio.Queue[Message]] = {}
-        """Synthesis requests waiting for the tts stage: answer id → its ``TtsAudio`` (or an ``InputError``)."""
+        self.audio: dict[str, list[asyncio.Queue[Message]]] = {}
+        """Synthesis requests waiting for the tts stage: answer id → queues of its ``TtsAudio`` (or ``InputError``)."""
+        self.answers: OrderedDict[str, Answer] = OrderedDict()
+        """The agent's recent answers to Home Assistant's conversation requests, with their audio (see ``Answer``)."""
         self.satellites: dict[str, Satellite] = {}
         self.servers: list[AsyncTcpServer] = []
         self.zeroconf: list[Any] = []
@@ -312,12 +327,35 @@ class Gateway:
             q = self.replies.get(msg.reply_to)
             if q is not None:
                 q.put_nowait(msg)
+            if msg.reply_to.startswith(f"{self.name}-") and not msg.voice:
+                ans = self.answers.get(msg.answer_id)
+                if ans is None:
+                    ans = self.answers[msg.answer_id] = Answer(msg.answer_id)
+                    while len(self.answers) > 16:
+                        self.answers.popitem(last=False)
+                ans.text += msg.text
+                ans.complete = not msg.more
 
     def _on_tts(self, msg: Message) -> None:
         if isinstance(msg, TtsAudio):
-            q = self.audio.get(msg.answer_id)
-            if q is not None:
+            ans = self.answers.get(msg.answer_id)
+            if ans is not None:
+                ans.audio.append(msg)
+            for q in self.audio.get(msg.answer_id, ()):
                 q.put_nowait(msg)
+
+    def spoken(self, text: str) -> Answer | None:
+        """The agent's answer whose audio the tts stage is making (or made) for ``text``, if any.
+
+        The agent's ``Say`` to Home Assistant (``reply_to``) is voiced by the tts stage for no room while
+        Home Assistant is still processing its reply; when it then asks our TTS for that very text, the
+        audio is already there.
+        """
+        key = norm_text(text)
+        for ans in reversed(self.answers.values()):
+            if ans.complete and norm_text(ans.text) == key and time.monotonic() - ans.at < 60.0:
+                return ans
+        return None
 
     def _on_error(self, msg: Message) -> None:
         # The tts stage names the Say it rejected by topic; each synthesis request has its own source.
@@ -325,6 +363,5 @@ class Gateway:
             source = msg.input_topic.rsplit("/", 1)[-1]
             prefix = f"{self.name}-tts-"
             if source.startswith(prefix):
-                q = self.audio.get(source[len(prefix) :])
-                if q is not None:
+                for q in self.audio.get(source[len(prefix) :], ()):
                     q.put_nowait(msg)

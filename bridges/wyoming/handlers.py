@@ -49,7 +49,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from wyoming.wake import Detect, Detection, NotDetected
 
 from bridges.wyoming.audio import RATE, AudioFormatError, AudioIn, check_format
-from bridges.wyoming.gateway import MATCH_BYTES, Gateway, Request
+from bridges.wyoming.gateway import MATCH_BYTES, Answer, Gateway, Request
 from pipeline.messages import AudioChunk as BusChunk
 from pipeline.messages import InputError, Listen, Message, Say, TtsAudio, WakeDetected
 from pipeline.messages import Transcript as BusTranscript
@@ -314,10 +314,15 @@ class ServiceHandler(AsyncEventHandler):
         voice = self._voice(req.voice)
         if not speakable(req.text):
             raise RequestFailed(f"nothing to speak in {req.text[:80]!r}: no letters or digits", "empty-text")
-        stream = TtsStream(self, voice, per_sentence=False)
+        made = self.gw.spoken(req.text) if voice is None else None
+        stream = TtsStream(self, voice, per_sentence=False, answer=made)
         try:
             stream.text = req.text
-            await stream.finish(req.text)
+            if made is None:
+                await stream.finish(req.text)
+            else:  # the agent's answer, already being voiced: no second synthesis
+                self.gw.metrics.cached_answers += 1
+                stream.finished_at = time.monotonic()
             await stream.done
         finally:
             stream.close()
@@ -642,16 +647,20 @@ class SttStream:
 class TtsStream:
     """Text for one answer of the tts stage, and its audio back to the client."""
 
-    def __init__(self, h: ServiceHandler, voice: str | None, *, per_sentence: bool) -> None:
+    def __init__(
+        self, h: ServiceHandler, voice: str | None, *, per_sentence: bool, answer: Answer | None = None
+    ) -> None:
         self.h = h
         gw = h.gw
         self.voice = voice
         self.per_sentence = per_sentence
-        self.answer_id = uuid.uuid4().hex[:12]
+        self.answer_id = answer.answer_id if answer is not None else uuid.uuid4().hex[:12]
         self.source = f"{gw.name}-tts-{self.answer_id}"
         self.text = ""
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        gw.audio[self.answer_id] = self.queue
+        for made in answer.audio if answer is not None else ():
+            self.queue.put_nowait(made)  # what the stage has made so far; the rest follows on the bus
+        gw.audio.setdefault(self.answer_id, []).append(self.queue)
         self.done = h.spawn(self._forward())
         self.finished_at: float | None = None
 
@@ -682,9 +691,16 @@ class TtsStream:
         )
 
     def close(self) -> None:
-        self.h.gw.audio.pop(self.answer_id, None)
+        self._unregister()
         if not self.done.done() and self.finished_at is None:
             self.done.cancel()
+
+    def _unregister(self) -> None:
+        queues = self.h.gw.audio.get(self.answer_id, [])
+        if self.queue in queues:
+            queues.remove(self.queue)
+        if not queues:
+            self.h.gw.audio.pop(self.answer_id, None)
 
     async def _forward(self) -> None:
         h, gw = self.h, self.h.gw
@@ -729,4 +745,4 @@ class TtsStream:
             await h.write(AudioStop().event())
         else:
             await h.write(SynthesizeStopped().event())
-        gw.audio.pop(self.answer_id, None)
+        self._unregister()
