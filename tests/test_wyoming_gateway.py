@@ -518,3 +518,90 @@ async def test_satellite_without_home_assistant_leaves_the_room_to_sensorium(hub
 
 def _msgs(xs: list[Message], cls: type) -> list:
     return [m for m in xs if isinstance(m, cls)]
+
+
+# ---------------------------------------------------------------------------------- zeroconf
+
+
+@pytest.mark.slow
+async def test_every_port_is_announced_over_zeroconf(hub: Hub, tmp_path) -> None:
+    """Home Assistant discovers ``_wyoming._tcp`` services: one name per port, resolvable to the port."""
+    from zeroconf import ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+    p = ports()
+    dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p, wyoming={"zeroconf": True})
+    found: set[str] = set()
+
+    def seen(zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Added and name.startswith("sensorium-"):
+            found.add(name)
+
+    expect = {f"sensorium-{what}._wyoming._tcp.local." for what in ("wake", "stt", "tts", "handle")}
+    expect |= {f"sensorium-satellite-{room}._wyoming._tcp.local." for room in ("kitchen", "office")}
+    async with running(dep, hub.endpoints) as gw:
+        assert len(gw.zeroconf) == 6
+        zc = AsyncZeroconf()
+        browser = AsyncServiceBrowser(zc.zeroconf, "_wyoming._tcp.local.", handlers=[seen])
+        try:
+            async with asyncio.timeout(10):
+                while not expect <= found:
+                    await asyncio.sleep(0.1)
+            info = AsyncServiceInfo("_wyoming._tcp.local.", "sensorium-stt._wyoming._tcp.local.")
+            assert await info.async_request(zc.zeroconf, 3000)
+            assert info.port == p["stt"] and info.parsed_addresses()
+        finally:
+            await browser.async_cancel()
+            await zc.async_close()
+    assert gw.zeroconf == []  # withdrawn when the gateway stops
+
+
+# --------------------------------------------------------------------------------------- process
+
+
+@pytest.mark.slow
+async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub: Hub, tmp_path) -> None:
+    import signal
+    import sys
+
+    p = ports()
+    addr = hub.endpoints.publish.removesuffix("-pub")
+    config = tmp_path / "deploy.toml"
+    satellites = "\n".join(f"{room} = {p[room]}" for room in ("kitchen", "office"))
+    config.write_text(
+        f'[hub]\naddress = "{addr}"\n[rooms.kitchen]\n[rooms.office]\n'
+        '[edges.kitchen-pi]\nroom = "kitchen"\nmicrophone = {}\n[edges.office-pi]\nroom = "office"\nmicrophone = {}\n'
+        f'[wyoming]\nhost = "127.0.0.1"\nzeroconf = false\nwake_port = {p["wake"]}\nstt_port = {p["stt"]}\n'
+        f"tts_port = {p['tts']}\nhandle_port = {p['handle']}\n[wyoming.satellites]\n{satellites}\n"
+    )
+    cmd = [sys.executable, "-m", "sensorium", "wyoming", "--config", str(config)]
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    async with Conn(p["tts"]) as c:
+                        await c.send(Describe())
+                        info = Info.from_event(await c.recv())
+                        break
+                except OSError:
+                    await asyncio.sleep(0.2)
+        assert info.tts and info.tts[0].voices
+        async with Conn(p["tts"]) as c:  # no worker on this hub: said clearly, not a hang
+            await c.send(Synthesize(text="Hello."))
+            err = await c.recv(10)
+        assert err.type == "error" and "the tts stage is not running" in err.data["text"]
+        proc.send_signal(signal.SIGINT)
+        out, errs = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130 and b"Traceback" not in errs, errs
+    assert f"tts {p['tts']}".encode() in out and f"kitchen {p['kitchen']}".encode() in out
+    # A bad table: a clear message naming the key, exit code 2.
+    config.write_text(config.read_text().replace(f"kitchen = {p['kitchen']}", "garage = 10700"))
+    bad = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
+    _, errs = await asyncio.wait_for(bad.communicate(), 60)
+    assert bad.returncode == 2 and b"[wyoming] satellites.garage: not a room of [rooms]" in errs, errs

@@ -242,10 +242,11 @@ class Gateway:
 
             for port, what in ports.items():
                 zc = HomeAssistantZeroconf(port=port, name=f"{self.name}-{what}", host=self.config.advertise or None)
-                await zc.register_server()
                 self.zeroconf.append(zc)
-                log.info("zeroconf: %s-%s._wyoming._tcp.local. on %s:%d", self.name, what, zc.host, port)
-        except (OSError, ImportError) as exc:
+            await asyncio.gather(*(zc.register_server() for zc in self.zeroconf))  # each probes the LAN ~1.5 s
+            for zc in self.zeroconf:
+                log.info("zeroconf: %s._wyoming._tcp.local. on %s:%d", zc.name, zc.host, zc.port)
+        except Exception as exc:  # no multicast route, a name taken on the LAN …: the services still run
             log.warning("zeroconf announcement failed (%s); add the services to Home Assistant by host and port", exc)
 
     async def stop(self) -> None:
