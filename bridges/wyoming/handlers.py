@@ -656,6 +656,8 @@ class TtsStream:
         self.per_sentence = per_sentence
         self.answer_id = answer.answer_id if answer is not None else uuid.uuid4().hex[:12]
         self.source = f"{gw.name}-tts-{self.answer_id}"
+        self.seq = 0
+        """Our own numbering of this answer's topic (the publisher would keep a counter per topic forever)."""
         self.text = ""
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         for made in answer.audio if answer is not None else ():
@@ -679,8 +681,10 @@ class TtsStream:
 
     async def _say(self, text: str, more: bool) -> None:
         gw = self.h.gw
+        self.seq += 1
         await gw.bus.publish(
             Say(
+                seq=self.seq,
                 source=self.source,
                 answer_id=self.answer_id,
                 text=text,
