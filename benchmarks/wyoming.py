@@ -74,6 +74,20 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _free_ports(*keys: str) -> dict[str, int]:
+    """Distinct free loopback ports (held open together while chosen)."""
+    import socket
+
+    socks = [socket.socket() for _ in keys]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return {k: int(sock.getsockname()[1]) for k, sock in zip(keys, socks, strict=True)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _deployment(tmp: Path, ports: dict[str, int], stages: list[str], rooms: list[str]) -> Any:
     from sensorium.deployment import deployment_from_dict
 
@@ -123,7 +137,7 @@ def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[st
     from sensorium.commands.wyoming import offer_for
     from sensorium.embedded import embedded
 
-    ports = {"wake": peers.free_port(), "stt": peers.free_port()}
+    ports = _free_ports("wake", "stt")
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-") as tmp:
         voice._enroll(Path(tmp), {})
         dep = _deployment(Path(tmp), ports, ["wake", "stt", "speaker"], ["kitchen"])
@@ -186,7 +200,7 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from sensorium.embedded import embedded
 
     rooms = ["kitchen", "office"]
-    ports = {r: peers.free_port() for r in rooms}
+    ports = _free_ports(*rooms)
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-rooms-") as tmp:
         dep = _deployment(Path(tmp), ports, ["wake", "arbiter", "stt"], rooms)

@@ -28,8 +28,18 @@ def free_port() -> int:
 
 
 def ports() -> dict[str, int]:
-    """A free port per service role and per room's satellite."""
-    return {k: free_port() for k in ("wake", "stt", "tts", "handle", "kitchen", "office")}
+    """A free port per service role and per room's satellite, all different."""
+    socks = []
+    try:
+        for _ in range(6):  # held open together, so the OS cannot hand out one port twice
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        keys = ("wake", "stt", "tts", "handle", *ROOMS)
+        return {k: int(s.getsockname()[1]) for k, s in zip(keys, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
 
 
 def deployment(
