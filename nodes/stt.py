@@ -23,6 +23,12 @@ and it agrees with the partials), the utterance ends after ``early_endpoint`` of
 When the arbiter (``arbitration`` events) gives a wake word heard by several nodes to one of them,
 the utterances the other nodes opened for it are dropped without a final.
 
+A client (the Wyoming gateway for Home Assistant) claims an utterance with ``Listen``: "open" takes
+the one opened near its time on that stream, or opens one there without a wake word (Home Assistant's
+``transcribe``: the stream starts with the command); "close" ends it now (the client stopped sending);
+"drop" discards it. The claimed utterance's transcripts carry the ``request_id``, and arbitration no
+longer drops it.
+
 At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
 ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
 arrives in time (see ``speaker_wait``). The wake phrase is removed from the text (it is the
@@ -53,6 +59,7 @@ from nodes.wake import MAX_STREAMS, check_audio
 from pipeline.config import parse_duration
 from pipeline.messages import (
     AudioChunk,
+    Listen,
     Message,
     SpeakerIdentified,
     Transcript,
@@ -147,6 +154,8 @@ class _Utt:
     """The finished speculative decode reads as a complete command (early endpoint allowed)."""
     onset: float | None = None
     """Seconds from ``t0`` to the first speech the VAD heard after the wake detection."""
+    request_id: str = ""
+    """The client request that claimed this utterance (``Listen``); its transcripts carry it."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -236,7 +245,7 @@ class SttStage(Stage):
         """Where joined/downloaded models are kept."""
 
     name: ClassVar[str] = "stt"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/")
+    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/", "listen/")
     emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
@@ -363,6 +372,8 @@ class SttStage(Stage):
             await self._wake(msg)
         elif isinstance(msg, WakeArbitrated):
             self._stand_down(msg)
+        elif isinstance(msg, Listen):
+            await self._listen(msg)
         elif isinstance(msg, SpeakerIdentified):
             sent = self._sent.pop(msg.utterance_id, None)
             if sent is not None:
@@ -452,6 +463,33 @@ class SttStage(Stage):
         st.vad.reset()
         await self._advance(st, np.concatenate(after_wake) if after_wake else np.zeros(0, np.int16))
 
+    async def _listen(self, msg: Listen) -> None:
+        """A client's claim on a stream's speech (Home Assistant through the Wyoming gateway)."""
+        key = (msg.room, msg.node)
+        st = self._streams.get(key)
+        if msg.action == "open":
+            if st is None or st.utt is None:
+                if st is not None:
+                    st.last_end = max(st.last_end, msg.time)  # the request starts here: older audio is not part of it
+                    if msg.time >= st.end_time:  # a new stream on a reused name: its first chunk is no gap
+                        st.ring.clear()
+                        st.end_time = msg.time
+                await self._wake(WakeDetected(time=msg.time, room=msg.room, node=msg.node, source=msg.source))
+                st = self._streams.get(key)
+            if st is not None and st.utt is not None:
+                st.utt.request_id = msg.request_id
+                st.arrived = max(st.arrived, time.monotonic())  # its audio may follow the claim: not a stopped stream
+            return
+        utt = st.utt if st is not None else None
+        if st is None or utt is None or (msg.request_id and utt.request_id != msg.request_id):
+            return
+        if msg.action == "close":
+            self._close(st, st.end_time, "client-stopped")
+        else:
+            utt.closed = True
+            st.last_end = st.end_time
+            st.utt = None
+
     # ---------------------------------------------------------------------------- endpointing
 
     async def _advance(self, st: _Stream, new: np.ndarray) -> None:
@@ -508,7 +546,13 @@ class SttStage(Stage):
                 continue  # no audio from it here: nothing to stand down (and no state for unknown names)
             self._stood_down[key] = msg.wake_time
             st = self._streams.get(key)
-            if st is not None and st.utt is not None and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S:
+            claimed = st is not None and st.utt is not None and st.utt.request_id  # a client's request outranks it
+            if (
+                st is not None
+                and st.utt is not None
+                and not claimed
+                and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S
+            ):
                 self.ctx.log.info("stt: %s/%s stands down (another node won the wake word)", room, node)
                 st.utt.closed = True
                 st.last_end = st.end_time
@@ -597,7 +641,13 @@ class SttStage(Stage):
         utt.prev = cur
         self.counts["partials"] += 1
         partial = Transcript(
-            time=utt.t0 + n / RATE, room=st.room, utterance_id=utt.id, final=False, text=text, t0=utt.t0
+            time=utt.t0 + n / RATE,
+            room=st.room,
+            utterance_id=utt.id,
+            final=False,
+            text=text,
+            t0=utt.t0,
+            request_id=utt.request_id,
         )
         await self.ctx.publish(partial)
         await self.ctx.report(partial, partial.time)  # the budget applies to what we answer, from its audio
@@ -625,7 +675,16 @@ class SttStage(Stage):
         t1 = t_end
         if not spoke:
             await self.ctx.publish(
-                Transcript(time=t1, room=st.room, utterance_id=utt.id, final=True, text="", t0=utt.t0, t1=t1)
+                Transcript(
+                    time=t1,
+                    room=st.room,
+                    utterance_id=utt.id,
+                    final=True,
+                    text="",
+                    t0=utt.t0,
+                    t1=t1,
+                    request_id=utt.request_id,
+                )
             )
             return
         pcm = utt.audio()
@@ -667,6 +726,7 @@ class SttStage(Stage):
                 t1=t1,
                 speaker=speaker,
                 speaker_score=score,
+                request_id=utt.request_id,
             )
             await self.ctx.publish(final)
             await self.ctx.report(final, t1)  # from the endpoint: the input this final answers

@@ -6,6 +6,11 @@ reconnect, or when it sees a gap in the sequence numbers). Pass the last ``seq``
 ``since`` after a restart and nothing is lost or repeated. Events the log no longer holds (the
 subscriber was away longer than the log's bound) are announced in their place by an
 ``EventsLost`` item whose ``seq`` is the last one lost, so persisting and resuming stay correct.
+
+Answer a final transcript with ``answer``: it is spoken in the transcript's room, unless the question
+came from a client that speaks the answer itself (``reply_to``: Home Assistant's conversation agent
+through the Wyoming gateway). Transcripts with ``request_id`` were asked for by such a client (its
+speech-to-text) and are not questions for the agent.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pipeline.messages import (
     Say,
     SnapshotRequest,
     StopPlayback,
+    Transcript,
 )
 from pipeline.node import NodeLink
 from pipeline.security import CurveKeys
@@ -209,22 +215,40 @@ class Client:
 
     # ---------------------------------------------------------------- talking back
 
-    async def say(self, room: str, text: str, voice: str | None = None, person: str = "") -> str:
-        """Speak ``text`` in ``room`` (or wherever ``person`` is when room is ""); returns the answer id."""
+    async def say(self, room: str, text: str, voice: str | None = None, person: str = "", reply_to: str = "") -> str:
+        """Speak ``text`` in ``room`` (or wherever ``person`` is when room is ""); returns the answer id.
+
+        ``reply_to`` (a question's ``Transcript.reply_to``) sends the answer back to the client that asked
+        instead: it speaks the answer itself, so no room's loudspeaker does. ``answer`` sets it for you.
+        """
         answer_id = uuid.uuid4().hex[:12]
-        await self._send(Say(room=room, text=text, voice=voice, person=person, answer_id=answer_id))
+        await self._send(Say(room=room, text=text, voice=voice, person=person, answer_id=answer_id, reply_to=reply_to))
         return answer_id
 
     async def say_stream(
-        self, room: str, pieces: AsyncIterable[str], voice: str | None = None, person: str = ""
+        self,
+        room: str,
+        pieces: AsyncIterable[str],
+        voice: str | None = None,
+        person: str = "",
+        reply_to: str = "",
     ) -> str:
         """Stream an answer as it is generated (LLM tokens); TTS speaks each sentence as soon as it is complete."""
         answer_id = uuid.uuid4().hex[:12]
+        common = {"room": room, "voice": voice, "person": person, "answer_id": answer_id, "reply_to": reply_to}
         async for piece in pieces:
             if piece:
-                await self._send(Say(room=room, text=piece, voice=voice, person=person, answer_id=answer_id, more=True))
-        await self._send(Say(room=room, text="", voice=voice, person=person, answer_id=answer_id, more=False))
+                await self._send(Say(text=piece, more=True, **common))
+        await self._send(Say(text="", more=False, **common))
         return answer_id
+
+    async def answer(self, question: Transcript, text: str, voice: str | None = None) -> str:
+        """Answer a final transcript: spoken in its room, or returned to the client that asked (``reply_to``)."""
+        return await self.say(question.room, text, voice=voice, reply_to=question.reply_to)
+
+    async def answer_stream(self, question: Transcript, pieces: AsyncIterable[str], voice: str | None = None) -> str:
+        """``answer`` streamed piece by piece (see ``say_stream``)."""
+        return await self.say_stream(question.room, pieces, voice=voice, reply_to=question.reply_to)
 
     async def stop(self, room: str, answer_id: str = "", reason: str = "agent") -> None:
         """Stop what is playing in ``room``."""

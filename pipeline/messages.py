@@ -174,6 +174,10 @@ class Transcript(Event, tag="transcript"):
     """Who spoke: a person's name, "unknown", or None if not (yet) identified."""
     speaker_score: float = 0.0
     """Similarity score behind ``speaker``."""
+    request_id: str = ""
+    """Set when a client asked for this transcript (``Listen``: Home Assistant's STT); agents do not answer it."""
+    reply_to: str = ""
+    """Set on a question a client asks for someone (Home Assistant's conversation): answer with ``Client.answer``."""
 
 
 class SpeakerIdentified(Event, tag="speaker"):
@@ -320,6 +324,8 @@ class Say(Message, tag="say"):
     """Voice name or path; None for the stage's default."""
     more: bool = False
     """True while more text for this answer will follow."""
+    reply_to: str = ""
+    """The question's ``reply_to`` when the asker speaks the answer itself: the TTS stage sends audio to no room."""
 
 
 class StopPlayback(Message, tag="stop_playback"):
@@ -330,6 +336,18 @@ class StopPlayback(Message, tag="stop_playback"):
     """Answer to stop; "" stops whatever is playing."""
     reason: str = ""
     """Why, e.g. "barge-in"."""
+
+
+class Listen(Message, tag="listen"):
+    """A client claims the speech of one audio stream, from ``time`` on (the Wyoming gateway for Home Assistant)."""
+
+    kind: ClassVar[str] = "listen"
+    node: str = ""
+    """The stream: ``source`` of its audio chunks (an edge node, or a stream the gateway publishes)."""
+    action: Literal["open", "close", "drop"] = "open"
+    """"open" takes the utterance opened near ``time`` or opens one there; "close" ends it now; "drop" discards it."""
+    request_id: str = ""
+    """The client's request; the utterance's transcripts carry it as ``Transcript.request_id``."""
 
 
 class StageStats(Message, tag="stats"):
@@ -484,7 +502,7 @@ EVENTS: tuple[type[Event], ...] = (
 )
 CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
 """Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
-COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
+COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback, Listen)
 CONTROL: tuple[type[Message], ...] = (
     Register,
     Heartbeat,

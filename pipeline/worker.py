@@ -110,8 +110,8 @@ class Worker:
     async def _build(self, device: str) -> list[StageRunner]:
         runners = []
         dep = self.deployment
-        # Streams a stage keeps state for: the edge nodes the deployment places in each room.
-        sources = {room: tuple(n for n, e in dep.edges.items() if e.room == room) for room in dep.rooms}
+        # Streams a stage keeps state for: the edge nodes (and the Wyoming gateway's streams) of each room.
+        sources = dep.sources()
         max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
         try:
             for sname in self.config.stages:

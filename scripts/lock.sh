@@ -10,6 +10,7 @@
 #   uv.lock, extra "edge"               requirements/edge.txt           deploy/install-edge.sh (Pi, pip)
 #   requirements/uv.in                  requirements/uv.txt             scripts/setup.sh (bootstrap)
 #   requirements/peers*.in              requirements/peers*.txt         scripts/setup.sh (peer venvs)
+#   requirements/homeassistant.in       requirements/homeassistant.txt  scripts/setup.sh (.venv-homeassistant, 3.13)
 #
 # tests/test_locks.py fails when any lock no longer matches its source.
 set -euo pipefail
@@ -44,4 +45,5 @@ compile uv
 compile peers --python-version 3.11
 compile peers-oww --python-version 3.11 --override requirements/peers-oww.override
 compile peers-cuda --python-version 3.11
+compile homeassistant --python-version 3.13
 echo "lock: done"

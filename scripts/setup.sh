@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One-time set-up: system packages, the .venv with every stage library, and the peers' venvs.
+# One-time set-up: system packages, the .venv with every stage library, the peers' venvs and Home Assistant's.
 # Everything Python comes from lock files (uv.lock, requirements/*.txt with hashes), installed by uv,
 # so every machine gets the identical package set. Idempotent: a second run only checks.
 # Used by `make demo`, `make test` and CI. Prints each step and how long it took.
 #
-#   scripts/setup.sh              everything (apt, uv, .venv, peers)
+#   scripts/setup.sh              everything (apt, uv, .venv, peers, .venv-homeassistant)
 #   SKIP_APT=1 scripts/setup.sh   leave system packages alone (no root)
 #   CUDA=1 scripts/setup.sh       also the CUDA 12 cuBLAS/cuDNN 9 that CTranslate2 (faster-whisper) loads on a GPU
 #   PYTHON=python3.12 …           the interpreter the venvs are made from (default python3.11, else python3)
+#   HA_PYTHON=…/python3.13        the interpreter of .venv-homeassistant (default python3.13, else pyenv's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,8 @@ timed() {  # timed NAME COMMAND…: run it, print and remember how long it took
 # flite/espeak-ng (second TTS backend, test speech), PortAudio (sounddevice), libasound2-plugins +
 # pulseaudio (PortAudio's "pulse" device: null-sink microphone and speaker tests; only a "recommends"
 # of pulseaudio), ffmpeg (video files), systemd (unit verification), mosquitto (MQTT broker for the
-# Home Assistant bridge's tests).
-apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd mosquitto)
+# Home Assistant bridge's tests), libturbojpeg0 (Home Assistant's camera helpers load it at start).
+apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd mosquitto libturbojpeg0)
 apt_step() {
   local missing=() p
   for p in "${apt_pkgs[@]}"; do
@@ -119,6 +120,28 @@ peer_env() {  # peer_env DIR LOCK PYTHON CHECK_MODULE
   "$dir/bin/python" -c "import $check"
   echo "$want" >"$stamp"
 }
+# Home Assistant core (the bridges' integration tests) needs Python 3.13: homeassistant 2025.4 is the
+# last release that runs on 3.13.0. HA_PYTHON, else python3.13 on PATH, else pyenv's newest 3.13.
+ha_python() {
+  local root c
+  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  for c in "${HA_PYTHON:-}" "$(command -v python3.13 || true)" \
+    "$(printf '%s\n' "$root"/versions/3.13*/bin/python3.13 | sort -V | tail -1)"; do
+    [ -n "$c" ] || continue
+    # a pyenv shim exists on PATH even where it cannot run: ask the interpreter itself
+    c=$("$c" -c 'import sys; assert sys.version_info[:2] == (3, 13); print(sys.executable)' 2>/dev/null) || continue
+    echo "$c"
+    return
+  done
+  echo "setup: Home Assistant needs Python 3.13 and none was found (python3.13 on PATH, pyenv's versions," >&2
+  echo "setup: or HA_PYTHON=/path/to/python3.13); install one, e.g. 'pyenv install 3.13.0'" >&2
+  return 1
+}
+homeassistant_step() {
+  local py
+  py=$(ha_python) || exit 1
+  peer_env .venv-homeassistant requirements/homeassistant.txt "$py" "homeassistant.components.mqtt, paho.mqtt, hass_frontend"
+}
 peers_step() {
   peer_env .venv-peers requirements/peers.txt "$PYTHON" "wyoming_faster_whisper, wyoming.client"
   peer_env .venv-peers-oww requirements/peers-oww.txt "$PYTHON" "wyoming_openwakeword.openwakeword, tflite_runtime.interpreter"
@@ -127,5 +150,6 @@ peers_step() {
   fi
 }
 timed peers peers_step
+timed homeassistant homeassistant_step
 
 step "done in $(secs $(($(ms) - t_start))) s (${timings[*]})"

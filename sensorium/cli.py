@@ -23,6 +23,7 @@ COMMANDS = [
     "enroll",
     "keys",
     "agent",
+    "wyoming",
     "record",
     "replay",
     "session",

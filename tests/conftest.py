@@ -1,10 +1,11 @@
-"""Shared fixtures: a running hub on a fresh ipc address."""
+"""Shared fixtures: a running hub on a fresh ipc address; a real Home Assistant per test file."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,26 @@ async def hub(hub_address: str, tmp_path: Path) -> AsyncIterator[Hub]:
         yield h
     finally:
         await h.stop()
+
+
+@pytest.fixture(scope="module")
+def home_assistant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Home Assistant started and onboarded once per test file (``tests/homeassistant.py``).
+
+    A test file adds to HA's configuration.yaml with a module-level ``HOMEASSISTANT_CONFIG`` string.
+    """
+    from homeassistant import running
+
+    extra = getattr(request.module, "HOMEASSISTANT_CONFIG", "")
+    with running(tmp_path_factory.mktemp("homeassistant"), extra) as ha:
+        yield ha
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # A failing test that used Home Assistant shows the end of HA's log in its report.
+    report = yield
+    ha = getattr(item, "funcargs", {}).get("home_assistant")
+    if report.failed and ha is not None:
+        report.sections.append(("Home Assistant log", ha.log_tail()))
+    return report

@@ -76,6 +76,7 @@ def test_edge_export_matches_uv_lock(tmp_path: Path) -> None:
         ("peers", ("--python-version", "3.11")),
         ("peers-oww", ("--python-version", "3.11", "--override", "requirements/peers-oww.override")),
         ("peers-cuda", ("--python-version", "3.11")),
+        ("homeassistant", ("--python-version", "3.13")),
     ],
 )
 def test_requirements_lock_matches_its_source(name: str, extra: tuple[str, ...], tmp_path: Path) -> None:
