@@ -378,7 +378,13 @@ class OrtBackend(Backend):
 
 
 class OpenVinoBackend(Backend):
-    """OpenVINO on the CPU (latency hint)."""
+    """OpenVINO on the CPU: one image at a time for latency, several as parallel streams.
+
+    A single image runs on a latency-compiled model (all cores on one inference). A batch (the crops
+    and frames of several cameras) runs through a throughput-compiled model, one stream per core and
+    each image on one thread, which costs about a quarter less CPU per image than splitting every
+    image over the cores.
+    """
 
     name = "openvino"
 
@@ -386,23 +392,33 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         self.path, self.imgsz = path, imgsz
-        core = ov.Core()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(path.parent / "openvino-cache")}
+        self._ov = ov
+        self.core = ov.Core()
+        self.config: dict[str, Any] = {"CACHE_DIR": str(path.parent / "openvino-cache")}
         if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = threads
+            self.config["INFERENCE_NUM_THREADS"] = threads
         if precision == "f32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = core.compile_model(str(path), "CPU", config)
+            self.config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = self.core.compile_model(str(path), "CPU", {**self.config, "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
+        self._queue: Any = None
         hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.precision = "int8" if precision == "int8" else "bf16" if "bf16" in hint or "bfloat16" in hint else "f32"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        outs = []
+        if len(batch) == 1:
+            self.request.infer({0: batch})
+            return self.request.get_output_tensor(0).data.copy()
+        if self._queue is None:
+            streams = self.core.compile_model(str(self.path), "CPU", {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"})
+            jobs = int(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._queue = self._ov.AsyncInferQueue(streams, jobs)
+            self._queue.set_callback(lambda req, slot: slot.append(req.get_output_tensor(0).data.copy()))
+        slots: list[list[np.ndarray]] = [[] for _ in range(len(batch))]
         for i in range(len(batch)):
-            self.request.infer({0: batch[i : i + 1]})
-            outs.append(self.request.get_output_tensor(0).data.copy())
-        return np.concatenate(outs, axis=0)
+            self._queue.start_async({0: batch[i : i + 1]}, slots[i])
+        self._queue.wait_all()
+        return np.concatenate([s[0] for s in slots], axis=0)
 
 
 # ------------------------------------------------------------------------------------------- loading

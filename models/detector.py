@@ -295,7 +295,9 @@ class PersonDetector:
     def warm_up(self, sizes: tuple[int, ...] = ()) -> None:
         """Load every backend needed and run each once, so the first real frame pays for no set-up."""
         for size in sizes or (self.imgsz,):
-            self.detect([np.zeros((size, size, 3), np.uint8)], size)
+            blank = np.zeros((size, size, 3), np.uint8)
+            self.detect([blank], size)
+            self.detect([blank, blank], size)  # several cameras at once may take another path (OpenVINO streams)
 
     def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[list[PersonBox]]:
         """People in each BGR image (whole frames), at input size ``imgsz`` (default: the detector's)."""
