@@ -5,7 +5,8 @@ Per camera and frame, ``RegionDetector.process`` decides what the detector must 
 * **nothing** when nothing moved and no track is due a check: the tracks are where they were, and
   are reported again with their ids (a still room, empty or not, costs a small grayscale decode);
 * **regions** (crops of at least ``region_size`` around motion, grown to the tracks it touches, plus
-  crops around still tracks every ``recheck_s`` and around tracks that were just missed), each run
+  crops around still tracks every ``recheck_s``, around tracks that were just missed and around new
+  boxes the tracker has yet to confirm), each run
   at ``region_size``; a person cut by a region's edge is looked at again in a larger region; when
   the regions would cover most of the frame, the whole frame runs at ``region_size`` instead;
 * **the whole frame** at ``full_size`` for a camera's first frame, after a global change (lights),
@@ -105,6 +106,8 @@ class _Camera:
     """Confirmed tracks in the last output."""
     missing: dict[int, _Track] = field(default_factory=dict)
     """Tracks examined and not found recently: looked for again."""
+    pending: list[PersonBox] = field(default_factory=list)
+    """New boxes the tracker has not confirmed yet: looked at again next frame, so it can."""
 
 
 @dataclass
@@ -177,10 +180,10 @@ class RegionDetector:
         live = [t.box.xyxy for t in cam.tracks.values()]
         regions = plan_regions(motion.boxes, live, f.width, f.height, s.region_size)
         looked = regions[:]
-        for t in [*cam.tracks.values(), *cam.missing.values()]:
-            due = t.missed > 0 or f.time - t.checked >= s.recheck_s
-            if due and not any(_inside(t.box.xyxy, r) for r in looked):
-                r = square_around(t.box.xyxy, s.region_size, f.width, f.height)
+        due = [t.box for t in cam.tracks.values() if f.time - t.checked >= s.recheck_s]
+        for box in [*due, *(t.box for t in cam.missing.values()), *cam.pending]:
+            if not any(_inside(box.xyxy, r) for r in looked):
+                r = square_around(box.xyxy, s.region_size, f.width, f.height)
                 regions.append(r)
                 looked.append(r)
         if any(area(r) >= 0.9 * f.width * f.height for r in regions):
@@ -266,7 +269,7 @@ class RegionDetector:
                 for ri, (region, boxes) in enumerate(zip(job.regions, job.found, strict=True)):
                     for bi, b in enumerate(boxes):
                         if b[5]:
-                            bigger = square_around(b, s.region_size, w, h, margin=2.0)
+                            bigger = square_around(_grow_cut(b, region, w, h), s.region_size, w, h, margin=1.1)
                             if area(bigger) > area(region) * 1.05 or not _inside(b, bigger):
                                 regs.append(bigger)
                                 which.append((ri, bi))
@@ -288,6 +291,7 @@ class RegionDetector:
         """Merge a frame's boxes, carry the tracks nobody looked at, update the tracker and track states."""
         cam, t = job.cam, job.frame.time
         if job.image is None:  # nothing to look at: the tracks are where they were
+            cam.pending = []
             return FrameOut(boxes=[_copy(tr.box) for tr in cam.tracks.values()], work="none")
         fresh = _merge([b for boxes in job.found for b in boxes if b.size])
         examined = job.regions
@@ -315,6 +319,14 @@ class RegionDetector:
             if tr.missed + 1 <= MISSED_FRAMES and any(_inside(tr.box.xyxy, r) for r in examined):
                 missing[tid] = _Track(tr.box, tr.checked, tr.missed + 1)
         cam.tracks, cam.missing = seen, missing
+        # A new box over a known person is more likely a second, weaker box of them (the bundled model makes
+        # those) than a new person: only new boxes away from the tracks get the extra look.
+        known = [b.xyxy for b in boxes if b.track >= 0]
+        cam.pending = [
+            _copy(b)
+            for b in boxes
+            if b.track < 0 and not any(intersection(b.xyxy, k) > 0.5 * min(area(b.xyxy), area(k)) for k in known)
+        ]
         return FrameOut(
             boxes=[_copy(b) for b in boxes],
             work="full" if job.full else "regions",
@@ -323,6 +335,21 @@ class RegionDetector:
             retries=job.retries,
             why=job.why,
         )
+
+
+def _grow_cut(box: np.ndarray, region: Rect, width: int, height: int) -> tuple[float, float, float, float]:
+    """Where the rest of a person cut by a region's edge can be: the box extended past each cut edge."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    w, h = x2 - x1, y2 - y1
+    if region[0] > 0 and x1 <= region[0] + 2:
+        x1 -= w
+    if region[2] < width and x2 >= region[2] - 2:
+        x2 += w
+    if region[1] > 0 and y1 <= region[1] + 2:
+        y1 -= h
+    if region[3] < height and y2 >= region[3] - 2:
+        y2 += h
+    return max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
 
 
 def _inside(box: tuple[float, ...] | np.ndarray, region: Rect) -> bool:
