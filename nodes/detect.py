@@ -52,7 +52,7 @@ class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     motion_threshold: int = 25
     """Grey-level change that counts as motion (1–255)."""
     threads: int = 0
-    """Threads per inference (0: the backend's default)."""
+    """Threads per inference (0: one per image and one stream per core on OpenVINO, the library's default else)."""
     cache_dir: str = ""
     """Where exported models are kept ("" = <data_dir>/cache/detector)."""
     tracker: str = "bytetrack"
