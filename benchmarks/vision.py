@@ -430,7 +430,9 @@ async def _face_run(gate: bool, jpegs: tuple[bytes, ...], data_dir: Path, device
         "frames": len(jpegs),
         "face_looks": face.looks,
         "embeddings": face.recognitions,
-        "looks_saved": face.skipped,
+        # Times the gate declined a look; a declined track may still be looked at a frame later (and then
+        # find a face it would have found anyway), so the looks saved are the difference in face_looks.
+        "gate_declined": face.skipped,
         "face_seconds": round(spent, 2),
         "recognized": sorted({f"{m.person}@track{m.track}" for m in named}),
         "first_recognized_s": round(min(m.time for m in named) - t0, 1) if named else None,
@@ -531,13 +533,13 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| face gate | frames | looks | embeddings | looks saved | face stage time | recognized |",
+        "| face gate | frames | looks | embeddings | face stage time | recognized (person@track) | first at |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in results.get("face_gating", []):
         lines.append(
             f"| {'on' if g['gate'] else 'off'} | {g['frames']} | {g['face_looks']} | {g['embeddings']} | "
-            f"{g['looks_saved']} | {g['face_seconds']:.1f} s | {', '.join(g['recognized']) or '-'} |"
+            f"{g['face_seconds']:.2f} s | {', '.join(g['recognized']) or '-'} | {g['first_recognized_s']} s |"
         )
     return "\n".join(lines)
 
