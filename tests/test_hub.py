@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+from ports import free_tcp_base
 
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
@@ -306,7 +307,7 @@ async def test_non_finite_values_never_reach_the_log(hub: Hub) -> None:
 
 
 async def test_non_loopback_bind_without_keys_is_refused() -> None:
-    h = Hub(HubConfig(address="tcp://0.0.0.0:47700"))
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{free_tcp_base()}"))
     with pytest.raises(SecurityError, match="without CURVE keys"):
         await h.start()
 
@@ -319,9 +320,10 @@ async def test_unenrolled_client_receives_nothing_and_publishes_nothing(tmp_path
     security.new_node(tmp_path / "evil", "evil", hub_pub)  # never enrolled
     good = security.node_keys(tmp_path / "good", "good")
     evil = security.node_keys(tmp_path / "evil", "evil")
-    h = Hub(HubConfig(address="tcp://0.0.0.0:47710", keys=str(hub_dir)))
+    port = free_tcp_base()
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{port}", keys=str(hub_dir)))
     await h.start()
-    ep = Endpoints.from_address("tcp://127.0.0.1:47710")
+    ep = Endpoints.from_address(f"tcp://127.0.0.1:{port}")
     try:
         good_sub = Subscriber(ep, ["wake/"], curve=good)
         evil_sub = Subscriber(ep, ["wake/"], curve=evil)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -176,20 +176,9 @@ def test_info_is_complete_for_every_role_and_the_satellites() -> None:
 # -------------------------------------------------------------------------------------- audio
 
 
-@pytest.fixture
-def readable_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hide modules whose attributes cannot be read (speechbrain's lazy optional integrations raise
-    ImportError): hypothesis reads every loaded module's ``__file__``, and the voice tests load speechbrain."""
-    for name, module in list(sys.modules.items()):
-        try:
-            getattr(module, "__file__", None)
-        except Exception:
-            monkeypatch.delitem(sys.modules, name)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=30))
-def test_audio_is_cut_into_exact_blocks_whatever_the_chunk_sizes(readable_modules: None, sizes: list[int]) -> None:
+def test_audio_is_cut_into_exact_blocks_whatever_the_chunk_sizes(sizes: list[int]) -> None:
     audio = AudioIn(block=1280)
     rng = np.random.default_rng(len(sizes))
     sent = b""
@@ -595,7 +584,6 @@ async def test_every_port_is_announced_over_zeroconf(hub: Hub, tmp_path) -> None
 @pytest.mark.slow
 async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub: Hub, tmp_path) -> None:
     import signal
-    import sys
 
     p = ports()
     addr = hub.endpoints.publish.removesuffix("-pub")

@@ -21,12 +21,6 @@ from sensorium.deployment import deployment_from_dict
 ROOMS = ("kitchen", "office")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ports() -> dict[str, int]:
     """A free port per service role and per room's satellite, all different."""
     socks = []
