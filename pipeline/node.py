@@ -90,7 +90,7 @@ class NodeLink:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue control messages for a hub that is not there
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # backoff while the hub is down
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # backoff while the hub is down, back within 2 s of it
         sock.setsockopt_string(zmq.IDENTITY, f"{self.name}")
         if self.curve is not None:
             self.curve.apply_client(sock)

@@ -205,9 +205,18 @@ def test_power_cut_and_restart_in_random_order(deployment: Deployment) -> None:
     dep.start_in_order(order, gap=lambda name: 1.5 if order.index(name) == order.index("hub") - 1 else 0.2)
     print(f"seed {seed}: restart order {order}")
 
+    def announced() -> set[str]:
+        return {
+            e["node"]
+            for e in events_in(received)
+            if e["seq"] > last_before and e["type"] == "node_status" and e["state"] == "up"
+        }
+
+    # A node started before the hub reconnects on ZeroMQ's backoff (up to 2 s), so its data can flow
+    # before its control link has registered again: wait for both, not just the first wake.
     wait_for(
-        "a wake event after the restart",
-        lambda: any(e["seq"] > last_before for e in wakes()),
+        "a wake event and both nodes registered again after the restart",
+        lambda: any(e["seq"] > last_before for e in wakes()) and announced() >= {"cpu0", "kitchen-pi"},
         dep,
         90,
     )
