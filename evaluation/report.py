@@ -263,7 +263,7 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
     """Accuracy of the run's events against the session's labels (session time)."""
-    from pipeline.session import PeopleLabel, SpeechLabel
+    from evaluation.session import PeopleLabel, SpeechLabel
 
     ts = result.to_session
     speech = [lb for lb in labels if isinstance(lb, SpeechLabel)]
