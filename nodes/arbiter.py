@@ -38,6 +38,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import msgspec
 
@@ -117,8 +118,15 @@ class ArbiterStage(Stage):
 
     Options = ArbiterOptions
     name = "arbiter"
-    consumes = ("wake/", "playback/", "say/")
-    emits = ("arbitration", "stop_playback")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        WakeDetected,
+        PlaybackStatus,
+        Say,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        WakeArbitrated,
+        StopPlayback,
+    )
     droppable = False
     default_budget_ms = 100.0
 

@@ -23,7 +23,7 @@ from models.backends import BACKENDS, PRECISIONS
 from models.detector import DEFAULT_CLASS_MAP
 from pipeline.config import ConfigError, parse_duration
 from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Library, Stage, StageContext
 
 
 class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -136,8 +136,12 @@ class DetectStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = DetectOptions
     name: ClassVar[str] = "detect"
-    consumes: ClassVar[tuple[str, ...]] = ("video/",)
-    emits: ClassVar[tuple[str, ...]] = ("detections",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (VideoFrame,)
+    emits: ClassVar[tuple[type[Message], ...]] = (Detections,)
+    answers: ClassVar[tuple[type[Message], ...]] = (Detections,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("ultralytics", "ultralytics-opencv-headless (sensorium[workers])"),
+    )
     droppable: ClassVar[bool] = True
     # The cheap steps come before dropping frames; with motion off, the second one turns motion on.
     degrade_steps: ClassVar[tuple[str, ...]] = ("smaller-input", "fewer-checks", "skip-alternate-frames")

@@ -85,8 +85,14 @@ class PresenceStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = PresenceOptions
     name: ClassVar[str] = "presence"
-    consumes: ClassVar[tuple[str, ...]] = ("face/", "speaker/", "transcript/", "detections/")
-    emits: ClassVar[tuple[str, ...]] = ("presence",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        FaceRecognized,
+        SpeakerIdentified,
+        Transcript,
+        Detections,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (Presence,)
+    answers: ClassVar[tuple[type[Message], ...]] = (Presence,)
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 3000.0  # from the frame's capture: detect + face are in it
 

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from pipeline.messages import Message, SpeakerIdentified, Utterance
-from pipeline.stage import Stage
+from pipeline.stage import Library, Stage
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
@@ -45,8 +45,12 @@ class SpeakerStage(Stage):
         """Where downloaded speechbrain models are kept."""
 
     name: ClassVar[str] = "speaker"
-    consumes: ClassVar[tuple[str, ...]] = ("utterance/",)
-    emits: ClassVar[tuple[str, ...]] = ("speaker",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (Utterance,)
+    emits: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)
+    answers: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("resemblyzer", "Resemblyzer (sensorium[workers]; install it from uv.lock: deploy/install-worker.sh)"),
+    )
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 500.0
 

@@ -68,7 +68,7 @@ from pipeline.messages import (
     WakeDetected,
     Word,
 )
-from pipeline.stage import Stage
+from pipeline.stage import Library, Stage
 
 RATE = 16000
 GAP_S = 0.25
@@ -245,8 +245,19 @@ class SttStage(Stage):
         """Where joined/downloaded models are kept."""
 
     name: ClassVar[str] = "stt"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/", "listen/")
-    emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        AudioChunk,
+        WakeDetected,
+        SpeakerIdentified,
+        WakeArbitrated,
+        Listen,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        Transcript,
+        Utterance,
+    )
+    answers: ClassVar[tuple[type[Message], ...]] = (Transcript,)
+    libraries: ClassVar[tuple[Library, ...]] = (Library("faster_whisper", "faster-whisper (sensorium[workers])"),)
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
     reports_latency: ClassVar[bool] = True  # partials and finals come from background decodes

@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import msgspec
 import numpy as np
 
 from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend, resample
-from pipeline.messages import Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import Stage, StageContext
+from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
+from pipeline.stage import Library, Stage, StageContext
 
 
 class TtsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,8 +58,19 @@ class TtsStage(Stage):
 
     Options = TtsOptions
     name = "tts"
-    consumes = ("say/", "stop/", "presence/")
-    emits = ("tts_audio", "error")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        Say,
+        StopPlayback,
+        Presence,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        TtsAudio,
+        InputError,
+    )
+    answers: ClassVar[tuple[type[Message], ...]] = (TtsAudio,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("piper", "piper-tts (sensorium[tts]), or the flite / espeak-ng Debian packages"),
+    )
     droppable = False
     degrade_steps = ("fallback_voice",)
     default_budget_ms = 1500.0

