@@ -29,6 +29,7 @@ COMMANDS = [
     "session",
     "bench",
     "doctor",
+    "graph",
 ]
 
 

@@ -127,6 +127,7 @@ class Doctor:
         hub, workers, edges = self.roles()
         self.check_system()
         self.check_config(workers)
+        self.check_graph()
         self.check_data_dir()
         if hub:
             self.check_hub_ports()
@@ -181,6 +182,20 @@ class Doctor:
                         f"worker {wname} runs {sname} but its code does not import: {exc}",
                         "install the worker libraries: pip install 'sensorium[workers]'",
                     )
+
+    def check_graph(self) -> None:
+        from sensorium.graph import check
+
+        issues = check(self.deployment)
+        for issue in issues:
+            self.add(
+                "FAIL" if issue.level == "error" else "WARN",
+                f"graph {issue.stage}",
+                issue.text,
+                "see it all with: sensorium graph --config " + str(self.deployment.path),
+            )
+        if not issues:
+            self.add("PASS", "graph", "every consumed message type has a producer, every stream a consumer")
 
     def check_data_dir(self) -> None:
         d = self.deployment.data_dir.expanduser()
