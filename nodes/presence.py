@@ -27,7 +27,6 @@ from pipeline.messages import (
     FaceRecognized,
     Message,
     Presence,
-    SnapshotRequest,
     SpeakerIdentified,
     Transcript,
 )
@@ -127,7 +126,7 @@ class PresenceStage(Stage):
     # -------------------------------------------------------------------------------------- input
 
     async def handle(self, msg: Message) -> None:
-        if self.ctx.rooms and msg.room and msg.room not in self.ctx.rooms and not isinstance(msg, SnapshotRequest):
+        if self.ctx.rooms and msg.room and msg.room not in self.ctx.rooms:
             await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
             return
         if isinstance(msg, FaceRecognized):
@@ -143,9 +142,6 @@ class PresenceStage(Stage):
                 await self._evidence(msg.speaker, msg.room, "voice", msg.speaker_score, msg.t1 or msg.time)
         elif isinstance(msg, Detections):
             await self._on_detections(msg)
-        elif isinstance(msg, SnapshotRequest):
-            for ev in self.snapshot():
-                await self.ctx.publish(ev)
         else:
             await self.ctx.reject(msg, f"presence does not take {type(msg).__name__}")
 
@@ -273,39 +269,3 @@ class PresenceStage(Stage):
                 unknown=unknown,
             )
         )
-
-    def snapshot(self) -> list[Presence]:
-        """Who is where now: a ``present`` event per person, and the unknown count of every room."""
-        now = self.ctx.clock.now()
-        out = []
-        for person, p in self._people.items():
-            people, unknown = self.counts(p.room, now)
-            since = now - self.left_after
-            out.append(
-                Presence(
-                    time=now,
-                    room=p.room,
-                    person=person,
-                    state="present",
-                    confidence=p.confidence(since),
-                    sources=sorted(s for s, (ts, _) in p.sources.items() if ts >= since),
-                    people=people,
-                    unknown=unknown,
-                )
-            )
-        for room in sorted({r for r, _ in self._frames}):
-            people, unknown = self.counts(room, now)
-            if unknown:
-                out.append(
-                    Presence(
-                        time=now,
-                        room=room,
-                        person=UNKNOWN,
-                        state="present",
-                        confidence=1.0,
-                        sources=["track"],
-                        people=people,
-                        unknown=unknown,
-                    )
-                )
-        return out

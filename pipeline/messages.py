@@ -459,7 +459,7 @@ class EventsReply(Control, tag="events_reply"):
 
 
 class SnapshotRequest(Control, tag="snapshot_request"):
-    """Ask who is where now (answered by the presence stage through the hub)."""
+    """Ask who is where now; the hub answers from the latest ``presence`` events in its log."""
 
     kind: ClassVar[str] = "ctl"
     request_id: int = 0
