@@ -40,10 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import msgspec
-
 from pipeline.messages import Message, PlaybackStatus, Say, StopPlayback, WakeArbitrated, WakeDetected
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Stage, StageContext, StageOptions
 
 _FILLER = {"hey", "hi", "ok", "okay", "hello", "v0", "v1", "v2"}
 
@@ -78,7 +76,7 @@ def rank(candidates: list[WakeDetected], score_tie: float) -> list[WakeDetected]
     return tied + rest
 
 
-class ArbiterOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class ArbiterOptions(StageOptions):
     """``[stages.arbiter]``."""
 
     window_ms: int = 400

@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 import msgspec
 
 from pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
-from pipeline.stage import Library, Stage, StageContext
+from pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
-class FaceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class FaceOptions(StageOptions):
     """``[stages.face]``."""
 
     recognizer: str = "auto"

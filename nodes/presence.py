@@ -30,17 +30,17 @@ from pipeline.messages import (
     SpeakerIdentified,
     Transcript,
 )
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Duration, Stage, StageContext, StageOptions
 
 UNKNOWN = "unknown"
 
 
-class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class PresenceOptions(StageOptions):
     """``[stages.presence]``."""
 
-    left_after: str | float = "30s"
+    left_after: Duration = "30s"
     """Time without any evidence after which a person has left the room."""
-    present_every: str | float = "60s"
+    present_every: Duration = "60s"
     """Interval of periodic ``present`` events per person (0 = off)."""
     enter_confidence: float = 0.5
     """Evidence needed to mark a person entered (staying needs any evidence: hysteresis)."""
@@ -48,17 +48,12 @@ class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Face or voice evidence needed in another room to move a person there."""
     track_factor: float = 0.9
     """Confidence of track evidence relative to the face that named the track."""
-    count_window: str | float = "3s"
+    count_window: Duration = "3s"
     """People counts are the most seen over this window."""
-    settle: str | float = "1s"
+    settle: Duration = "1s"
     """Unknown counts lag this much, so a face can name a new track before it counts as a stranger."""
-    tick: str | float = "250ms"
+    tick: Duration = "250ms"
     """How often timers (left, present) are checked."""
-
-    def __post_init__(self) -> None:
-        # Bad durations fail when the config loads, naming the key, not when the stage starts.
-        for key in ("left_after", "present_every", "count_window", "settle", "tick"):
-            parse_duration(getattr(self, key), key)
 
 
 @dataclass

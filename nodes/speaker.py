@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgspec
 import numpy as np
 
 from pipeline.messages import Message, SpeakerIdentified, Utterance
-from pipeline.stage import Library, Stage
+from pipeline.stage import Library, Stage, StageOptions
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
@@ -32,7 +31,7 @@ def default_threshold(model: str) -> float:
 class SpeakerStage(Stage):
     """Who spoke each utterance, from the voice gallery."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.speaker]``."""
 
         model: str = "resemblyzer"

@@ -68,7 +68,7 @@ from pipeline.messages import (
     WakeDetected,
     Word,
 )
-from pipeline.stage import Library, Stage
+from pipeline.stage import Duration, Library, Stage, StageOptions
 
 RATE = 16000
 GAP_S = 0.25
@@ -181,7 +181,7 @@ class _Stream:
 class SttStage(Stage):
     """faster-whisper streaming speech-to-text for wake-word-opened utterances."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.stt]``."""
 
         model: str = "tiny.en"
@@ -196,11 +196,11 @@ class SttStage(Stage):
         """Beam width; 1 (greedy) keeps partials cheap."""
         language: str = "en"
         """Language for multilingual models (English-only ".en" models ignore it)."""
-        preroll: str | float = "2s"
+        preroll: Duration = "2s"
         """Audio before the wake detection included in the utterance (wake phrase and first word)."""
-        trailing_silence: str | float = "0.7s"
+        trailing_silence: Duration = "0.7s"
         """Silence after speech that ends the command (Home Assistant uses 0.7 s)."""
-        early_endpoint: str | float = "0.3s"
+        early_endpoint: Duration = "0.3s"
         """Silence that ends a command whose pause decode reads as complete (``complete_command``).
 
         Trade-off: someone who pauses this long after a clause that reads as a whole sentence
@@ -208,7 +208,7 @@ class SttStage(Stage):
         Open endings ("turn on the", "set a timer for") and text that changed between decodes
         always wait for ``trailing_silence``. ``early_endpoint = 0`` turns this off.
         """
-        decode_margin: str | float = "1s"
+        decode_margin: Duration = "1s"
         """Whisper decodes from this long before the wake detection, not from the start of the pre-roll.
 
         The detection's audio time is within about -0.05…+0.2 s of the end of the wake phrase (the
@@ -217,25 +217,25 @@ class SttStage(Stage):
         as "who is on" and "set a timer" as "said a timer"; the decode costs the same (the encoder
         window, not the audio, sets it). The ``Utterance`` for speaker ID keeps the whole pre-roll.
         """
-        encoder_window: str | float = "10s"
+        encoder_window: Duration = "10s"
         """Shortest whisper encoder window (clips longer than it get a longer one; "30s" = whisper's own)."""
-        max_length: str | float = "12s"
+        max_length: Duration = "12s"
         """Longest utterance, counted from the wake detection."""
-        no_speech_timeout: str | float = "3s"
+        no_speech_timeout: Duration = "3s"
         """Close an utterance with no speech this long after the wake word."""
         vad_threshold: float = 0.5
         """Silero speech probability that counts as speech."""
         partials: bool = True
         """Publish partial transcripts while the person speaks."""
-        partial_interval: str | float = "0.6s"
+        partial_interval: Duration = "0.6s"
         """New audio between partial re-decodes."""
-        speaker_wait: str | float = "0.3s"
+        speaker_wait: Duration = "0.3s"
         """Longest the final transcript waits (from the endpoint) for the speaker event of its utterance.
 
         It waits only as long as speaker ID has recently taken (plus 50 ms), never when the event is
         already there, and not at all while no speaker stage answers (until an event arrives again).
         """
-        stream_timeout: str | float = "1s"
+        stream_timeout: Duration = "1s"
         """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
         keep_wake_phrase: bool = False
         """Keep the wake phrase in the transcript text."""

@@ -16,15 +16,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import msgspec
 import numpy as np
 
 from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend, resample
 from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import Library, Stage, StageContext
+from pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
-class TtsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TtsOptions(StageOptions):
     """``[stages.tts]``."""
 
     backend: str = "piper"

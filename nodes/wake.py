@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Library, Stage
+from pipeline.stage import Duration, Library, Stage, StageOptions
 
 RATE = 16000
 FRAME = 1280
@@ -87,7 +87,7 @@ class _Stream:
 class WakeStage(Stage):
     """openWakeWord wake-word detection on every room's microphone."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.wake]``."""
 
         models: list[str] = msgspec.field(default_factory=lambda: ["hey_jarvis"])
@@ -96,7 +96,7 @@ class WakeStage(Stage):
         """Score 0–1 at which a wake word fires."""
         thresholds: dict[str, float] = {}
         """Per-word thresholds overriding ``threshold`` (keys: the names above, or a path's file stem)."""
-        refractory: str | float = "2s"
+        refractory: Duration = "2s"
         """After a detection, the same word on the same stream is ignored for this long."""
         framework: str = "onnx"
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""

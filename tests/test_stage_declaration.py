@@ -10,8 +10,10 @@ import pytest
 from evaluation.report import event_stages
 from pipeline import messages as m
 from pipeline.client import prefixes_for
+from pipeline.config import ConfigError
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage
+from pipeline.stage import Stage, StageOptions, durations
+from sensorium.deployment import deployment_from_dict
 from sensorium.registry import STAGES, available, stage_class
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +81,28 @@ def test_message_families_come_from_the_classes() -> None:
     assert len(m.ALL) == len(set(m.ALL)) == len(m.BY_TAG)
     # public type names and topic kinds: the client subscribes by either
     assert prefixes_for(["budget_violation", "node_status", "wake"]) == ["budget/", "status/", "wake/"]
+
+
+def test_every_stage_declares_options_the_same_way() -> None:
+    for name, cls in available().items():
+        assert issubclass(cls.Options, StageOptions), f"{name}: Options must subclass pipeline.stage.StageOptions"
+
+
+@pytest.mark.parametrize(
+    ("stage", "key"),
+    [(n, k) for n, c in sorted(available().items()) for k in durations(c.Options)],
+    ids=lambda v: str(v),
+)
+def test_a_bad_duration_fails_when_the_file_loads_naming_the_key(stage: str, key: str) -> None:
+    """Before, a bad ``trailing_silence`` loaded and then killed the worker when the stage started."""
+    raw = {
+        "rooms": {"kitchen": {}},
+        "edges": {"pi": {"room": "kitchen"}},
+        "workers": {"w": {"stages": [stage]}},
+        "stages": {stage: {key: "0.7 seconds"}},
+    }
+    with pytest.raises(ConfigError, match=rf"\[stages\.{stage}\] {key}: expected a duration like '200ms'"):
+        deployment_from_dict(raw)
+    raw["stages"] = {stage: {key: "250ms"}}
+    opts = deployment_from_dict(raw).stages[stage].options
+    assert opts.seconds(key) == 0.25
