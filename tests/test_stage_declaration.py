@@ -57,15 +57,20 @@ def test_subscriptions_are_the_families_of_what_a_stage_consumes() -> None:
 
 
 def test_the_report_attributes_answers_from_the_declarations() -> None:
-    assert event_stages() == {
-        "wake": "wake",
-        "transcript": "stt",
-        "speaker": "speaker",
-        "detections": "detect",
-        "face": "face",
-        "presence": "presence",
-        "tts_audio": "tts",
-    }
+    assert set(event_stages().values()) <= set(STAGES)
+    assert (
+        event_stages().items()
+        >= {
+            "wake": "wake",
+            "transcript": "stt",
+            "speaker": "speaker",
+            "detections": "detect",
+            "face": "face",
+            "presence": "presence",
+            "tts_audio": "tts",
+        }.items()
+    )
+    assert "arbitration" not in event_stages()  # the arbiter declares no answers: no latency row of its own
 
 
 def test_doctor_checks_the_libraries_a_stage_declares() -> None:
