@@ -88,7 +88,7 @@ class SpeakerStage(Stage):
         if len(msg.data) < 2 * MIN_AUDIO_S * RATE:
             await self.ctx.reject(msg, f"utterance too short for speaker ID ({len(msg.data) / 2 / RATE:.2f} s)")
             return
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         try:
             emb = await self.ctx.run_blocking(self.encoder.embed, pcm, RATE)
         except ValueError as exc:  # e.g. no speech left after trimming

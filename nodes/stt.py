@@ -411,7 +411,7 @@ class SttStage(Stage):
         if problem:
             await self.ctx.reject(msg, problem)
             return
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         new = (msg.room, msg.source) not in self._streams
         st = self._stream(msg.room, msg.source, msg.time)
         if isinstance(st, str):

@@ -18,7 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend, resample
+from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend
+from pipeline.media import resample
 from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
 from pipeline.stage import Library, Stage, StageContext, StageOptions
 

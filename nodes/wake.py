@@ -56,7 +56,7 @@ def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
         return f"chunk of {len(msg.data) / (2 * RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
     if not math.isfinite(msg.time) or msg.time <= 0:
         return f"invalid capture time {msg.time!r}"
-    pcm = np.frombuffer(msg.data, dtype="<i2")
+    pcm = msg.pcm()
     if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
         return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
     return None
@@ -148,7 +148,7 @@ class WakeStage(Stage):
             await self._forget_idle(now)
         key = (msg.room, msg.source)
         st = self._streams.get(key)
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         if st is None:
             if not self.ctx.sources and len(self._streams) >= MAX_STREAMS:
                 await self.ctx.reject(msg, f"already {MAX_STREAMS} audio streams; no state for another")

@@ -6,6 +6,7 @@ sessions live in ``evaluation.media``.
 
 from __future__ import annotations
 
+import math
 import wave
 from pathlib import Path
 
@@ -118,13 +119,19 @@ def write_wav(path: str | Path, pcm: np.ndarray, rate: int = RATE) -> Path:
 
 
 def resample(pcm: np.ndarray, rate: int, target: int = RATE) -> np.ndarray:
-    """Polyphase (band-limited) resampling, int16 in and out."""
-    if rate == target:
+    """Int16 mono audio from ``rate`` to ``target`` Hz: polyphase (band-limited) with scipy, linear without.
+
+    The one offline resampler (WAV files, synthesized speech, playback); an edge without scipy
+    interpolates linearly. The edge's streaming capture resampler is ``edge.audio.Resampler``.
+    """
+    if rate == target or len(pcm) == 0:
         return np.asarray(pcm, dtype=np.int16)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(rate, target)
-    y = resample_poly(np.asarray(pcm, dtype=np.float32), target // g, rate // g)
+    try:
+        from scipy.signal import resample_poly
+    except ImportError:
+        n = round(len(pcm) * target / rate)
+        y = np.interp(np.arange(n) * (rate / target), np.arange(len(pcm)), np.asarray(pcm, dtype=np.float32))
+    else:
+        g = math.gcd(rate, target)
+        y = resample_poly(np.asarray(pcm, dtype=np.float32), target // g, rate // g)
     return np.clip(np.round(y), -32768, 32767).astype(np.int16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import msgspec
+import numpy as np
 
 #: Version of the header layout; a receiver rejects any other.
 WIRE_VERSION = 1
@@ -66,6 +67,15 @@ class AudioChunk(Stream, tag="audio"):
     data: bytes = b""
     """Signed 16-bit little-endian PCM."""
 
+    def pcm(self) -> np.ndarray:
+        """The samples as int16 (a read-only view of ``data``; interleaved when ``channels`` > 1)."""
+        return np.frombuffer(self.data, dtype="<i2")
+
+    @property
+    def seconds(self) -> float:
+        """How much audio the chunk holds (0 for a rate of 0)."""
+        return len(self.data) / (2 * max(self.channels, 1) * self.rate) if self.rate > 0 else 0.0
+
 
 class VideoFrame(Stream, tag="video"):
     """One camera frame."""
@@ -95,6 +105,10 @@ class Utterance(Stream, tag="utterance"):
     """Sample rate in Hz."""
     data: bytes = b""
     """Signed 16-bit little-endian mono PCM."""
+
+    def pcm(self) -> np.ndarray:
+        """The samples as int16 (a read-only view of ``data``)."""
+        return np.frombuffer(self.data, dtype="<i2")
 
 
 class TtsAudio(Stream, tag="tts_audio"):

@@ -255,6 +255,6 @@ class Stage(abc.ABC):
 
         For audio that is the end of the chunk: the stage cannot answer before the sound exists.
         """
-        if isinstance(msg, AudioChunk) and msg.rate > 0:
-            return msg.time + len(msg.data) / (2 * max(msg.channels, 1) * msg.rate)
+        if isinstance(msg, AudioChunk):
+            return msg.time + msg.seconds
         return msg.time

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from edge.playback import Player
-from models.tts import resample
 from nodes.arbiter import ArbiterStage, rank, says_wake_word, wake_phrase_words
 from nodes.tts import TtsStage
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
 from pipeline.harness import StageHarness
+from pipeline.media import resample
 from pipeline.messages import (
     Message,
     PlaybackStatus,
