@@ -23,6 +23,7 @@ COMMANDS = [
     "enroll",
     "keys",
     "agent",
+    "mqtt",
     "record",
     "replay",
     "session",

@@ -1,0 +1,131 @@
+"""A real MQTT broker for tests: Debian's mosquitto on a free loopback port with a generated config.
+
+``Mosquitto(folder, users={"bridge": "secret"}, acl=...)`` writes ``mosquitto.conf`` (and a password
+file made with ``mosquitto_passwd``), ``start()`` runs it and waits until it accepts connections;
+``kill()`` / ``restart()`` take it down the hard way (no persistence by default: retained messages
+are gone after a restart, the harsher case for a client). ``log_tail()`` for a failing test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """One mosquitto process."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        acl: str = "",
+        persistence: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.users = users or {}
+        self.acl = acl
+        self.persistence = persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "mosquitto.log"
+
+    def _write_config(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if self.users else 'true'}",
+            "user root",  # started as root, mosquitto would switch to its own user, which cannot read a test's files
+            f"log_dest file {self.log_file}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.folder}/",
+        ]
+        if self.users:
+            pw = self.folder / "passwords"
+            pw.unlink(missing_ok=True)
+            for user, password in self.users.items():
+                flags = ["-b"] if pw.exists() else ["-c", "-b"]
+                subprocess.run([MOSQUITTO_PASSWD, *flags, str(pw), user, password], check=True, capture_output=True)
+            os.chmod(pw, 0o600)
+            lines.append(f"password_file {pw}")
+        if self.acl:
+            acl = self.folder / "acl"
+            acl.write_text(self.acl)
+            os.chmod(acl, 0o600)
+            lines.append(f"acl_file {acl}")
+        conf = self.folder / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        conf = self._write_config()
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}\n{self.log_tail()}")
+            with socket.socket() as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not listen on {self.port}\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM: a clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes mid-conversation."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Kill, then start again on the same port."""
+        self.kill()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return "(no mosquitto log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
