@@ -96,6 +96,8 @@ class SessionRun:
     """Broker restarts: when it went down and came back, hub time."""
     final_ha: dict[str, str] = field(default_factory=dict)
     """Home Assistant's states at the end."""
+    final_retained: dict[str, str] = field(default_factory=dict)
+    """The states the broker held retained at the end (what a restarted HA would get), by entity."""
     bridge: dict[str, int] = field(default_factory=dict)
     """The bridge's counters."""
     session_s: float = 0.0
@@ -167,6 +169,23 @@ def expected(
     return dict(tl), seqs
 
 
+def retained_states(held: dict[str, bytes]) -> dict[str, str]:
+    """The bridge's retained state topics as the Home Assistant states they stand for, by entity id."""
+    out = {}
+    prefix = f"sensorium/{SITE}/"
+    for topic, payload in held.items():
+        parts = topic.removeprefix(prefix).split("/")
+        value = payload.decode()
+        if parts[0] == "room" and len(parts) == 3 and parts[2] in ("occupancy", "people", "last_speaker"):
+            domain = "binary_sensor" if parts[2] == "occupancy" else "sensor"
+            out[f"{domain}.{parts[1]}_{parts[2]}"] = value.lower() if parts[2] == "occupancy" else value
+        elif parts[0] == "person" and len(parts) == 3 and parts[2] == "room":
+            out[f"sensor.{parts[1]}_room"] = value
+        elif parts[0] == "person" and len(parts) == 3 and parts[2] == "home":
+            out[f"device_tracker.{parts[1]}"] = value
+    return out
+
+
 def _segments(changes: Sequence[Change], entity: str, end: float) -> list[tuple[float, float, str]]:
     """What Home Assistant showed for ``entity``: (from, to, value), "unavailable" included."""
     shown: list[tuple[float, str]] = []
@@ -227,6 +246,8 @@ def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
                 extra.setdefault(entity, []).append(value)
     final_want = {e: (want[e][-1][1] if want.get(e) else "") for e in entities(run.rooms, run.people)}
     wrong = {e: {"ha": run.final_ha.get(e), "expected": v} for e, v in final_want.items() if run.final_ha.get(e) != v}
+    wrong_retained = {e: {"broker": run.final_retained.get(e), "expected": v} for e, v in final_want.items()
+                      if v and run.final_retained.get(e) != v}  # fmt: skip
     by_kind: dict[str, list[float]] = defaultdict(list)
     for m in matched:
         by_kind[_kind(m["entity"])].append(m["ha"] - m["event"])
@@ -240,6 +261,7 @@ def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
         "missed_online_n": sum(len(v) for v in missed_online.values()),
         "extra_n": sum(len(v) for v in extra.values()),
         "wrong_final": wrong,
+        "wrong_retained": wrong_retained,
         "latency": _pcts([m["ha"] - m["event"] for m in matched]),
         "latency_hub_to_ha": _pcts([m["ha"] - m["arrived"] for m in matched]),
         "latency_by_kind": {k: _pcts(v) for k, v in sorted(by_kind.items())},
@@ -283,6 +305,8 @@ async def run_session(
     ``restarts``: kill mosquitto this many times during the session (evenly spaced), each time down
     for ``down_s`` before it starts again on the same port.
     """
+    from mosquitto import retained
+
     from bridges.mqtt.bridge import Bridge
     from edge.agent import EdgeAgent
     from pipeline.bus import Subscriber
@@ -380,6 +404,7 @@ async def run_session(
                 await asyncio.sleep(0.5)
             await asyncio.sleep(1.0)
             run.final_ha = {e: s["state"] for e, s in (await ha.states()).items() if e in tracked}
+            run.final_retained = retained_states(await retained(broker.port, f"sensorium/{SITE}/#"))
         finally:
             bridge.stop()
             with contextlib.suppress(Exception):
@@ -499,6 +524,7 @@ def _summary(run: SessionRun) -> dict[str, Any]:
         "missed_while_ha_connected": cmp["missed_online_n"],
         "extra_or_twice": cmp["extra_n"],
         "wrong_final_states": len(cmp["wrong_final"]),
+        "wrong_retained_states": len(cmp["wrong_retained"]),
         "latency_capture_to_ha": cmp["latency"],
         "latency_hub_event_to_ha": cmp["latency_hub_to_ha"],
         "latency_by_entity": cmp["latency_by_kind"],
@@ -507,6 +533,7 @@ def _summary(run: SessionRun) -> dict[str, Any]:
             "missed_while_ha_connected": cmp["missed_while_ha_online"],
             "extra": cmp["extra"],
             "wrong_final": cmp["wrong_final"],
+            "wrong_retained": cmp["wrong_retained"],
         },
         "automation_greetings_spoken": len(welcome),
         "bridge": run.bridge,

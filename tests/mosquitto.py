@@ -8,6 +8,8 @@ are gone after a restart, the harsher case for a client). ``log_tail()`` for a f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -129,3 +131,18 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def retained(port: int, topic_filter: str = "#", wait: float = 0.6) -> dict[str, bytes]:
+    """What the broker holds retained now, as a client that subscribes afresh (a restarted HA) gets it."""
+    import aiomqtt
+
+    out: dict[str, bytes] = {}
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"retained-{time.monotonic_ns()}") as c:
+        await c.subscribe(topic_filter, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                async for m in c.messages:
+                    if m.retain:
+                        out[str(m.topic)] = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+    return out

@@ -51,6 +51,7 @@ async def test_home_assistant_follows_the_session_through_broker_restarts(
     # HA ends with the state the events imply, shows nothing they do not imply (no replays, no
     # duplicates), and misses only states that began and ended while its own MQTT client was away.
     assert cmp["wrong_final"] == {}, cmp["wrong_final"]
+    assert cmp["wrong_retained"] == {}, cmp["wrong_retained"]  # what a restarted HA would read
     assert cmp["extra"] == {}, cmp["extra"]
     assert cmp["missed_while_ha_online"] == {}, cmp["missed_while_ha_online"]
     assert cmp["expected_changes"] >= 20

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
+from aiomqtt.exceptions import MqttConnectError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bridges.mqtt import state
+from bridges.mqtt.bridge import credentials_refused
 from bridges.mqtt.commands import CommandError, parse_say
 from bridges.mqtt.discovery import person_configs, room_configs
 from bridges.mqtt.state import House
@@ -235,3 +241,50 @@ def test_state_file_round_trip_private_and_damage_named(tmp_path: Path) -> None:
     path.write_bytes(b'{"seq": 4')
     with pytest.raises(state.StateFileError, match=rf"{path}: damaged MQTT bridge state"):
         state.load(path)
+
+
+def test_only_a_refused_connack_counts_as_wrong_credentials() -> None:
+    # paho 2 reports an MQTT 3.1.1 CONNACK 4 ("bad user name or password") as reason code 134, 5 as 135
+    assert credentials_refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=134)))
+    assert credentials_refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=135)))
+    assert credentials_refused(MqttConnectError(5))
+    assert not credentials_refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=136)))  # unavailable
+    # a publish while the broker is going away: paho's MQTT_ERR_NO_CONN is 4 too, and must be retried
+    assert not credentials_refused(aiomqtt.MqttCodeError(4, "Could not publish message"))
+    assert not credentials_refused(aiomqtt.MqttError("Operation timed out"))
+
+
+def test_the_home_assistant_comparison_catches_replays_misses_and_wrong_finals() -> None:
+    # the oracle of the Home Assistant test and benchmark can fail: synthetic runs with known faults
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.mqtt import Change, SessionRun, compare
+
+    events = [
+        Presence(seq=1, time=100.0, room="kitchen", person="alice", state="entered", people=1),
+        Presence(seq=2, time=110.0, room="kitchen", person="alice", state="left", people=0),
+    ]
+    arrived = {1: 100.5, 2: 110.5}
+
+    def run(tracker: list[tuple[float, str]]) -> SessionRun:
+        r = SessionRun(rooms=["kitchen"], people=["alice"], events=events, arrived=arrived)
+        r.changes = [Change("device_tracker.alice", v, t) for t, v in tracker]
+        r.final_ha = {"device_tracker.alice": tracker[-1][1]}
+        return r
+
+    def tracker(result: dict[str, Any], key: str) -> Any:
+        value = result[key]
+        return value.get("device_tracker.alice") if isinstance(value, dict) else value
+
+    good = compare(run([(50.0, "not_home"), (100.7, "home"), (110.6, "not_home")]))
+    assert tracker(good, "missed") is tracker(good, "extra") is tracker(good, "wrong_final") is None
+    matched = [m for m in good["matched"] if m["entity"] == "device_tracker.alice"]
+    assert [round(m["ha"] - m["event"], 1) for m in matched] == [0.7, 0.6]
+    replayed = compare(run([(50.0, "not_home"), (100.7, "home"), (110.6, "not_home"), (130.0, "home")]))
+    assert tracker(replayed, "extra") == ["home"]
+    assert tracker(replayed, "wrong_final") == {"ha": "home", "expected": "not_home"}
+    missed = compare(run([(50.0, "not_home")]))
+    assert tracker(missed, "missed_while_ha_online") == ["home"]
+    away = compare(run([(50.0, "not_home"), (99.0, "unavailable"), (111.0, "not_home")]))
+    assert tracker(away, "missed") == ["home"] and tracker(away, "missed_while_ha_online") is None

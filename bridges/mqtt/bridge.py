@@ -34,6 +34,7 @@ from typing import Any
 
 import aiomqtt
 import msgspec
+from aiomqtt.exceptions import MqttConnectError
 
 from bridges.mqtt import discovery, state
 from bridges.mqtt.commands import CommandError, parse_say
@@ -53,6 +54,15 @@ _REFUSED = {4, 5, 134, 135}
 BACKOFF_MAX = 30.0
 PEOPLE_EVERY = 10.0
 """Seconds between reads of the enrolled people (a person removed from the gallery loses their entities)."""
+
+
+def credentials_refused(exc: aiomqtt.MqttError) -> bool:
+    """True when the broker's CONNACK refused the user or password (retrying cannot help).
+
+    Only a ``MqttConnectError`` says so: a publish on a lost connection raises a plain
+    ``MqttCodeError`` whose code 4 (paho's "not connected") reads like CONNACK's 4.
+    """
+    return isinstance(exc, MqttConnectError) and int(getattr(exc.rc, "value", exc.rc) or 0) in _REFUSED
 
 
 class BridgeError(RuntimeError):
@@ -274,12 +284,10 @@ class Bridge:
                         await mq.publish(self.topics.status, b"offline", qos=1, retain=True)
                     log.info("stopped: published offline on %s", self.topics.status)
                     return
-            except aiomqtt.MqttCodeError as exc:
-                if int(getattr(exc.rc, "value", exc.rc) or 0) in _REFUSED:
+            except aiomqtt.MqttError as exc:
+                if credentials_refused(exc):
                     user = self.cfg.username or "(anonymous)"
                     raise BridgeError(f"broker {where} refused user {user}: {exc}") from None
-                log.warning("broker %s: %s; reconnecting in %.0f s", where, exc, backoff)
-            except aiomqtt.MqttError as exc:
                 log.warning("broker %s unreachable or gone (%s); reconnecting in %.0f s", where, exc, backoff)
             finally:
                 self.connected.clear()
