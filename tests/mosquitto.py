@@ -39,12 +39,15 @@ class Mosquitto:
         users: dict[str, str] | None = None,
         acl: str = "",
         persistence: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.port = port or free_port()
         self.users = users or {}
         self.acl = acl
         self.persistence = persistence
+        self.tls = tls
+        """(CA certificate, server certificate, server key): the listener speaks TLS only."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,6 +69,9 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.folder}/",
         ]
+        if self.tls:
+            ca, cert, key = self.tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         if self.users:
             pw = self.folder / "passwords"
             pw.unlink(missing_ok=True)
@@ -146,3 +152,22 @@ async def retained(port: int, topic_filter: str = "#", wait: float = 0.6) -> dic
                     if m.retain:
                         out[str(m.topic)] = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
     return out
+
+
+def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``host`` signed by it, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    ext = folder / "san.ext"
+    ext.write_text(f"subjectAltName = IP:{host}\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sensorium test CA",
+            "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", str(key), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return ca, cert, key

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "deploy" / "systemd"
-NAMES = ["sensorium-hub.service", "sensorium-worker@.service", "sensorium-edge.service"]
+NAMES = ["sensorium-hub.service", "sensorium-worker@.service", "sensorium-edge.service", "sensorium-mqtt.service"]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]
 SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
@@ -65,7 +65,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("unit", ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service"])
+@pytest.mark.parametrize(
+    "unit",
+    ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service", "sensorium-mqtt.service"],
+)
 def test_systemd_analyze_verify(root: Path, unit: str) -> None:
     res = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", f"--root={root}", unit], capture_output=True, text=True, timeout=60
@@ -92,7 +95,10 @@ def test_verify_catches_a_broken_unit(root: Path, tmp_path: Path) -> None:
     assert "Restart" in out and "RestartSecs" in out, out
 
 
-@pytest.mark.parametrize("unit", ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service"])
+@pytest.mark.parametrize(
+    "unit",
+    ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service", "sensorium-mqtt.service"],
+)
 def test_security_exposure_is_ok(root: Path, unit: str) -> None:
     """systemd's own hardening score stays in its "OK" band (<= 4.9 of 10) despite audio/GPU access."""
     res = subprocess.run(
@@ -121,12 +127,21 @@ def test_units_restart_always_after_network_as_unprivileged_user(name: str) -> N
 
 
 def test_start_order_hub_then_workers_then_edges() -> None:
-    hub, worker, edge = (parse(n) for n in NAMES)
+    hub, worker, edge = (parse(n) for n in NAMES[:3])
     assert "sensorium-hub.service" in words(worker, "Unit", "After")
     assert "sensorium-edge.service" in words(worker, "Unit", "Before")
     assert "sensorium-hub.service" in words(edge, "Unit", "After")
     assert "sensorium-hub.service" not in words(hub, "Unit", "After")
     assert "--state" in hub["Service"]["ExecStart"][0], "the hub must keep its event log across restarts"
+
+
+def test_mqtt_bridge_after_the_hub_keeps_its_state_and_is_restarted_after_refused_credentials() -> None:
+    unit = parse("sensorium-mqtt.service")
+    assert "sensorium-hub.service" in words(unit, "Unit", "After")
+    start = unit["Service"]["ExecStart"][0]
+    assert " mqtt --config /etc/sensorium/deploy.toml --state /var/lib/sensorium/" in start
+    # exit 1 (credentials refused) must stay a failure that Restart= acts on
+    assert "1" not in words(unit, "Service", "SuccessExitStatus")
 
 
 def test_edge_keeps_audio_and_video_access() -> None:

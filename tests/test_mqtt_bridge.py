@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from mosquitto import Mosquitto, retained
+from mosquitto import Mosquitto, make_tls, retained
 
 from bridges.mqtt.bridge import Bridge, BridgeError
 from pipeline.bus import Publisher, Subscriber
@@ -450,6 +451,33 @@ async def test_acl_lets_only_home_assistant_command(hub: Hub, tmp_path: Path) ->
             assert await said.recv_timeout(0.5) is None
     finally:
         said.close()
+        broker.stop()
+
+
+async def test_tls_with_a_ca_file(hub: Hub, tmp_path: Path, pub: Publisher) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+    ca, cert, key = make_tls(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "mqtt-tls", tls=(ca, cert, key)).start()
+    try:
+        async with running(make_bridge(hub, broker, tmp_path, tls=True, ca_file=str(ca))):
+            await pub.publish(presence(hub, "bob", "kitchen"))
+            tls = aiomqtt.TLSParameters(ca_certs=str(ca))
+            async with aiomqtt.Client("127.0.0.1", broker.port, tls_params=tls) as c:
+                await c.subscribe(f"{S}/person/bob/room")
+                async with asyncio.timeout(10):
+                    async for m in c.messages:
+                        if m.payload == b"kitchen":
+                            break
+        # without the CA the broker's certificate is refused: retried, never trusted
+        other = make_tls(tmp_path / "other")[0]
+        bridge = make_bridge(hub, broker, tmp_path, tls=True, ca_file=str(other))
+        task = asyncio.create_task(bridge.run())
+        await asyncio.sleep(2.0)
+        assert not bridge.connected.is_set() and not task.done()
+        bridge.stop()
+        await asyncio.wait_for(task, 15)
+    finally:
         broker.stop()
 
 
