@@ -427,12 +427,9 @@ async def test_commands_reach_the_hub_and_bad_ones_are_refused(
 
 
 async def test_acl_lets_only_home_assistant_command(hub: Hub, tmp_path: Path) -> None:
-    acl = (
-        "user sensorium\ntopic readwrite sensorium/#\ntopic readwrite homeassistant/#\n\n"
-        "user homeassistant\ntopic readwrite homeassistant/#\ntopic read sensorium/#\n"
-        "topic write sensorium/home/say/#\n\n"
-        "user guest\ntopic read sensorium/#\n"
-    )
+    from test_mqtt_docs import acl_block
+
+    acl = acl_block() + "\nuser guest\ntopic read sensorium/#\n"  # the guide's ACL, and a guest who may only read
     users = {"sensorium": "bridge-pw", "homeassistant": "ha-pw", "guest": "guest-pw"}
     broker = Mosquitto(tmp_path / "acl", users=users, acl=acl).start()
     pw = tmp_path / "mqtt-password"
@@ -517,6 +514,31 @@ def test_wrong_credentials_exit_non_zero_naming_broker_and_user(tmp_path: Path, 
         assert r.returncode == 1 and f"[mqtt] password_file {tmp_path / 'nope'}: No such file" in r.stderr, r.stderr
     finally:
         broker.stop()
+
+
+async def test_remove_clears_everything_of_the_site(
+    hub: Hub, broker: Mosquitto, pub: Publisher, tmp_path: Path, hub_address: str
+) -> None:
+    async with running(make_bridge(hub, broker, tmp_path)):
+        await pub.publish(presence(hub, "alice", "kitchen"))
+        await asyncio.sleep(0.5)
+    async with aiomqtt.Client("127.0.0.1", broker.port) as other:  # another site's and another app's topics
+        await other.publish("sensorium/cabin/status", b"online", retain=True, qos=1)
+        await other.publish("homeassistant/sensor/frigate/x/config", b"{}", retain=True, qos=1)
+    before = await retained(broker.port)
+    assert len([t for t in before if "sensorium_home" in t or t.startswith(S)]) > 20
+    path = _deploy(tmp_path, broker, hub_address)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sensorium", "mqtt", "--config", str(path), "--state", str(tmp_path / "data"), "--remove",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "cleared" in out.decode()
+    after = await retained(broker.port)
+    assert not [t for t in after if "sensorium_home" in t or t.startswith(S)], after
+    assert set(after) == {"sensorium/cabin/status", "homeassistant/sensor/frigate/x/config"}
+    assert not (tmp_path / "data/mqtt-home.json").exists()
 
 
 def test_cli_without_mqtt_table_says_so(tmp_path: Path) -> None:

@@ -288,3 +288,16 @@ def test_the_home_assistant_comparison_catches_replays_misses_and_wrong_finals()
     assert tracker(missed, "missed_while_ha_online") == ["home"]
     away = compare(run([(50.0, "not_home"), (99.0, "unavailable"), (111.0, "not_home")]))
     assert tracker(away, "missed") == ["home"] and tracker(away, "missed_while_ha_online") is None
+
+
+def test_the_bridge_depends_on_pipeline_only() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "bridges"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in {"nodes", "models", "sensorium", "edge"}, f"{path}: imports {name}"

@@ -168,6 +168,24 @@ class Bridge:
                 if self._unsaved:
                     await self._save()
 
+    async def remove(self, wait: float = 1.0) -> list[str]:
+        """Delete everything this site keeps on the broker (discovery configs, states, availability) and
+        the state file: Home Assistant drops the devices and entities. Returns the topics cleared."""
+        found: list[str] = []
+        async with self._mqtt(self._password()) as mq:
+            await mq.subscribe(f"{self.topics.discovery_prefix}/+/{self.topics.node_id}/+/config", qos=1)
+            await mq.subscribe(f"{self.topics.root}/#", qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):  # the broker sends its retained messages at once
+                    async for msg in mq.messages:
+                        if msg.retain and msg.payload:
+                            found.append(str(msg.topic))
+            for topic in sorted(set(found)):
+                await mq.publish(topic, b"", qos=1, retain=True)
+        self.state_path.unlink(missing_ok=True)
+        log.info("removed %d retained topics of site %s and %s", len(found), self.cfg.site, self.state_path)
+        return sorted(set(found))
+
     def _password(self) -> str | None:
         if not self.cfg.password_file:
             return None

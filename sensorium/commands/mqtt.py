@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="deployment TOML with an [mqtt] table")
     p.add_argument("--hub", help="hub base address (default: [hub] address of --config)")
     p.add_argument("--state", help="folder for the bridge's state file (default: the deployment's data_dir)")
+    p.add_argument(
+        "--remove",
+        action="store_true",
+        help="delete this site's discovery configs, states and availability from the broker, and the state file "
+        "(Home Assistant drops the devices), then exit",
+    )
 
 
 def gallery_people(path: Path) -> Callable[[], list[str]]:
@@ -75,11 +81,22 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, KeyError_, BridgeError, ValueError) as exc:
         print(f"sensorium mqtt: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"mqtt: bridging hub {args.hub or dep.hub.address} to {cfg.host}:{cfg.port} as {bridge.topics.root}",
-        flush=True,
-    )
     try:
+        if args.remove:
+            import asyncio
+
+            import aiomqtt
+
+            try:
+                cleared = asyncio.run(bridge.remove())
+            except aiomqtt.MqttError as exc:
+                raise BridgeError(f"broker {cfg.host}:{cfg.port}: {exc}") from None
+            print(f"mqtt: cleared {len(cleared)} retained topics of site {cfg.site!r} on {cfg.host}:{cfg.port}")
+            return 0
+        print(
+            f"mqtt: bridging hub {args.hub or dep.hub.address} to {cfg.host}:{cfg.port} as {bridge.topics.root}",
+            flush=True,
+        )
         run_bridge(bridge)
     except BridgeError as exc:
         print(f"sensorium mqtt: {exc}", file=sys.stderr)
