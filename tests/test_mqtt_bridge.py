@@ -334,6 +334,27 @@ async def test_hub_down_sends_offline_within_the_heartbeat_window(
     await hub.stop()
 
 
+async def test_hub_absent_at_the_first_start_then_there_then_a_prompt_stop(
+    hub_address: str, broker: Mosquitto, observer: Observer, tmp_path: Path
+) -> None:
+    bridge = Bridge(config(broker), ROOMS, hub_address, data_dir=tmp_path / "data", heartbeat=0.1)
+    task = asyncio.create_task(bridge.run())
+    await observer.wait(lambda: "homeassistant/sensor/sensorium_home/alice_room/config" in observer.latest)
+    assert observer.latest[f"{S}/status"] == b"offline"  # on the broker, but no hub to report for
+    hub = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), state_dir=tmp_path / "hub")
+    await hub.start()
+    try:
+        await observer.wait_for(f"{S}/status", "online", timeout=20)
+        await observer.wait_for(f"{S}/person/alice/room", "not_home")
+        t0 = time.monotonic()
+        bridge.stop()
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - t0 < 3
+        await observer.wait_for(f"{S}/status", "offline")
+    finally:
+        await hub.stop()
+
+
 async def test_person_removed_from_the_gallery_loses_their_entities(
     hub: Hub, broker: Mosquitto, observer: Observer, tmp_path: Path
 ) -> None:

@@ -339,7 +339,8 @@ class Bridge:
                 if t is not stopper and not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
             if stopper in done:
-                await asyncio.wait_for(pump, 10.0)  # the pump finishes the event in hand, then returns
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pump, 10.0)  # the pump finishes the event in hand, then returns
         finally:
             for t in tasks:
                 t.cancel()
@@ -407,7 +408,11 @@ class Bridge:
 
     async def _pump(self, mq: aiomqtt.Client) -> None:
         """Events from the queue into states and messages, in hub order; the state file after each."""
-        await self._ready.wait()
+        while not self._ready.is_set():  # a first start waits for the hub's snapshot
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 0.5)
         await self._sync_states(mq)
         while True:
             while self._outbox:  # what an earlier connection could not deliver goes first
