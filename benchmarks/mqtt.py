@@ -237,8 +237,10 @@ def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
             online = (stop - start) - sum(max(0.0, min(b, stop) - max(a, start)) for a, b in away)
             if online > slack:
                 missed_online.setdefault(entity, []).append(value)
+        # an entity with no state before its first event (a last speaker) may show one from an earlier run
+        history = lives[0][0] if lives and states[0][0] > 0 else 0.0
         for k, (a, b, value) in enumerate(segs):
-            if value in GONE:
+            if value in GONE or b <= history:
                 continue
             reconnect = k > 0 and segs[k - 1][2] in GONE
             if reconnect and b - a < slack:
