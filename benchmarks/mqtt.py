@@ -195,7 +195,7 @@ def _segments(changes: Sequence[Change], entity: str, end: float) -> list[tuple[
     return [(t, shown[k + 1][0] if k + 1 < len(shown) else end, v) for k, (t, v) in enumerate(shown)]
 
 
-def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
+def compare(run: SessionRun, slack: float = 1.0, early: float = 0.5) -> dict[str, Any]:
     """Each implied state against what Home Assistant showed while it was current.
 
     An implied state lives from the moment its event reached the hub's clients until the next one's
@@ -205,7 +205,9 @@ def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
     messages) for all but ``slack`` of that life. A value HA displayed that no implied state had then
     (an old state replayed, a state twice after it had changed, a wrong one) is *extra*; the moments
     HA shows its pre-outage value right after reconnecting, before the retained messages land
-    (< ``slack``), are not. Latency: capture (and hub arrival) to the first moment HA showed the state.
+    (< ``slack``), are not; nor is a value shown up to ``early`` before its event's arrival was stamped
+    (the bridge and the stamping client hear the hub at the same moment, one may run a little later).
+    Latency: capture (and hub arrival) to the first moment HA showed the state.
     """
     want, seqs = expected(run.events, run.rooms, run.people)
     end = max([c.t for c in run.changes] + [e.time for e in run.events] + [0.0]) + 3600.0
@@ -240,12 +242,12 @@ def compare(run: SessionRun, slack: float = 1.0) -> dict[str, Any]:
         # an entity with no state before its first event (a last speaker) may show one from an earlier run
         history = lives[0][0] if lives and states[0][0] > 0 else 0.0
         for k, (a, b, value) in enumerate(segs):
-            if value in GONE or b <= history:
+            if value in GONE or b <= history + slack:
                 continue
             reconnect = k > 0 and segs[k - 1][2] in GONE
             if reconnect and b - a < slack:
                 continue  # the pre-outage value, shown until the retained messages arrive
-            if not any(v == value and a <= stop + slack and b >= start - 0.05 for start, stop, v, _ in lives):
+            if not any(v == value and a <= stop + slack and b >= start - early for start, stop, v, _ in lives):
                 extra.setdefault(entity, []).append(value)
                 shown_extra.append({"entity": entity, "value": value, "from": a, "to": b,
                                     "lives": [(st, sp) for st, sp, v, _ in lives if v == value]})  # fmt: skip
