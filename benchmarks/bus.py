@@ -6,6 +6,11 @@ subscriber in one process (one clock), so the number is the true one-way latency
 Ours goes PUB → hub XSUB/XPUB proxy (its own process, as in a deployment) → SUB, with the typed
 header encoded and decoded; raw goes PUB → SUB directly with bytes. Both over ipc.
 
+Events: ``wake`` events through a hub with its persistent log (its own process, a state folder on
+this machine's disk), counted on the hub's events socket: events/s when a publisher floods it, and
+the latency of one event (publish → numbered, fsynced, published as JSON) when one is in flight.
+Every event is durable before it is published (a group commit: one fsync per batch).
+
 Run: ``python -m benchmarks.bus [--quick]``; writes ``benchmarks/results/bus.json``.
 """
 
@@ -16,6 +21,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +32,7 @@ import zmq.asyncio
 
 SIZES = {"320 B": 320, "64 KiB": 64 * 1024}
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -198,6 +205,106 @@ async def our_latency(address: str, size: int, n: int) -> list[float]:
     return out
 
 
+# ------------------------------------------------------------------------------------ events
+
+_HUB = (
+    "import asyncio, sys\n"
+    "from pipeline.config import HubConfig\n"
+    "from pipeline.hub import Hub\n"
+    "asyncio.run(Hub(HubConfig(address=sys.argv[1], event_log=100000), state_dir=sys.argv[2]).run_forever())\n"
+)
+
+
+def start_logging_hub(address: str, state: str, code: Path = REPO) -> subprocess.Popen[bytes]:
+    """A hub process with a persistent event log, running the code in ``code`` (a checkout)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    proc = subprocess.Popen([sys.executable, "-c", _HUB, address, state], cwd=code, env=env)
+    ctl = address.removeprefix("ipc://") + "-evt"
+    deadline = time.monotonic() + 30
+    while not os.path.exists(ctl) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return proc
+
+
+def _event_sender(address: str, n: int, go: mp.Event) -> None:  # type: ignore[valid-type]
+    from pipeline.bus import Endpoints, Publisher
+    from pipeline.messages import WakeDetected
+
+    async def main() -> None:
+        pub = Publisher(Endpoints.from_address(address), hwm=0)
+        go.wait()
+        await asyncio.sleep(0.3)
+        for i in range(n):
+            await pub.publish(WakeDetected(room="kitchen", source="bench", word=f"e{i}", score=0.9, time=time.time()))
+        await asyncio.sleep(1.0)
+        pub.close()
+
+    asyncio.run(main())
+
+
+def events_throughput(address: str, n: int) -> dict[str, float]:
+    """A publisher floods the hub with ``n`` wake events; count them on the hub's events socket."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"wake/")
+    sub.connect(f"{address}-evt")
+    go = mp.Event()
+    proc = mp.Process(target=_event_sender, args=(address, n, go))
+    proc.start()
+    time.sleep(0.2)
+    go.set()
+    got, t0, t_last = 0, 0.0, 0.0
+    while got < n and sub.poll(3000):  # the hub's tap drops at its high-water mark: stop when idle
+        sub.recv_multipart()
+        t_last = time.perf_counter()
+        if not got:
+            t0 = t_last
+        got += 1
+    proc.join()
+    sub.close(0)
+    ctx.term()
+    dt = t_last - t0
+    return {"events_per_s": got / dt if dt else 0.0, "received": got, "sent": n}
+
+
+async def event_latency(address: str, n: int) -> list[float]:
+    """One event in flight: publish → the hub numbered, logged and published it (JSON on the events socket)."""
+    from pipeline.bus import Endpoints, Publisher
+    from pipeline.messages import WakeDetected
+
+    pub = Publisher(Endpoints.from_address(address))
+    sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"wake/")
+    sub.connect(f"{address}-evt")
+    await asyncio.sleep(0.5)
+    out = []
+    for i in range(n + 20):
+        t = time.perf_counter()
+        await pub.publish(WakeDetected(room="kitchen", source="lat", word=f"l{i}", score=0.9, time=time.time()))
+        await sub.recv_multipart()
+        if i >= 20:
+            out.append(time.perf_counter() - t)
+    pub.close()
+    sub.close(0)
+    return out
+
+
+def events_case(tmp: str, code: Path, n: int, n_lat: int) -> tuple[dict[str, float], list[float]]:
+    """Throughput and latency of events through a fresh logging hub running ``code``."""
+    address = f"ipc://{tmp}/ev-{os.getpid()}-{time.monotonic_ns()}"
+    state = tempfile.mkdtemp(dir=tmp)
+    hub = start_logging_hub(address, state, code)
+    try:
+        thr = events_throughput(address, n)
+        lat = asyncio.run(event_latency(address, n_lat))
+    finally:
+        hub.terminate()
+        hub.wait(10)
+    return thr, lat
+
+
 # ------------------------------------------------------------------------------------ driver
 
 
@@ -256,6 +363,18 @@ def run(quick: bool = False, repeat: int = 0) -> dict[str, object]:
         finally:
             stop.set()
             hub.join(10)
+        n_ev = 5000 if quick else 20000
+        ev_runs = [events_case(tmp, REPO, n_ev, 100 if quick else 300) for _ in range(repeat)]
+        thr = sorted(ev_runs, key=lambda r: r[0]["events_per_s"])[len(ev_runs) // 2][0]
+        lat = [x for _, lats in ev_runs for x in lats]
+        results["events"] = {
+            "events_per_s": thr["events_per_s"],
+            "received": thr["received"],
+            "sent": thr["sent"],
+            "latency_p50_ms": _pct(lat, 50) * 1e3,
+            "latency_p95_ms": _pct(lat, 95) * 1e3,
+            "latency_p99_ms": _pct(lat, 99) * 1e3,
+        }
     return results
 
 
@@ -275,6 +394,15 @@ def render(results: dict[str, object]) -> str:
             f"| {c['raw_p50_us']:.0f} / {c['raw_p99_us']:.0f} | {c['proxy_p50_us']:.0f} / {c['proxy_p99_us']:.0f} "
             f"| {c['ours_p50_us']:.0f} / {c['ours_p99_us']:.0f} |"
         )
+    ev = results.get("events")
+    if ev:
+        lines += [
+            "",
+            "Events through the hub's persistent log (numbered, fsynced in groups, then published as JSON):",
+            f"{ev['events_per_s']:.0f} events/s under a flood ({ev['received']} of {ev['sent']} received); "
+            f"one in flight: p50 {ev['latency_p50_ms']:.2f} ms, p95 {ev['latency_p95_ms']:.2f} ms, "
+            f"p99 {ev['latency_p99_ms']:.2f} ms",
+        ]
     return "\n".join(lines)
 
 

@@ -1,5 +1,7 @@
-"""Bridges from the hub to the systems a home already runs: MQTT (Home Assistant, Node-RED, openHAB).
+"""Bridges to the systems a home already runs: hub clients that speak their protocols.
 
-Each bridge is a hub client: it depends on ``pipeline`` only (the client API, the messages, the
-deployment file), never on ``nodes`` or ``models``; ``sensorium/commands`` wires it to the CLI.
+``bridges/wyoming``: Home Assistant's voice (Wyoming); ``bridges/mqtt``: presence, events and commands
+over MQTT (Home Assistant discovery, Node-RED, openHAB). Each depends on ``pipeline`` only (the client
+API, the messages, the deployment file), never on ``nodes`` or ``models``; ``sensorium/commands`` wires
+them to the CLI.
 """

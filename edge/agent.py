@@ -415,7 +415,7 @@ class EdgeAgent:
         from pipeline.metrics import Metrics
 
         self.metrics = Metrics(self.name)
-        self.metrics.serve(self.config.metrics_port)
+        self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
 
         async def send(msg: Message) -> None:
             await publish(msg)

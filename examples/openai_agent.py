@@ -161,8 +161,8 @@ class OpenAIAgent:
             if idx < len(hist):  # keep only what the person heard
                 hist[idx]["content"] = (ev.played_text + " …(interrupted)").strip()
             return None
-        if not isinstance(ev, Transcript) or not ev.final or not ev.text.strip():
-            return None
+        if not isinstance(ev, Transcript) or not ev.final or not ev.text.strip() or ev.request_id:
+            return None  # request_id: Home Assistant asked for this transcript and answers it itself
         try:
             presence = await self.client.snapshot()
         except Exception as exc:
@@ -191,7 +191,7 @@ class OpenAIAgent:
                 log.error("%s", exc)
                 yield "Sorry, I can't reach my language model right now."
 
-        answer_id = await self.client.say_stream(ev.room, pieces())
+        answer_id = await self.client.answer_stream(ev, pieces())  # to the room, or back to the asker
         hist.append({"role": "assistant", "content": "".join(heard)})
         self._answers[answer_id] = (ev.room, len(hist) - 1)
         print(

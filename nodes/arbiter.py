@@ -154,8 +154,8 @@ class ArbiterStage(Stage):
     # ----------------------------------------------------------------------------------- state
 
     def _on_say(self, msg: Say) -> None:
-        if not msg.answer_id:
-            return
+        if not msg.answer_id or msg.reply_to:
+            return  # an answer for a client (reply_to) plays in no room
         self.texts[msg.answer_id] = self.texts.get(msg.answer_id, "") + msg.text
         self.texts.move_to_end(msg.answer_id)
         while len(self.texts) > 64:

@@ -1,19 +1,28 @@
 """Person detection and tracking: camera frames in, ``Detections`` (boxes with per-camera track ids) out.
 
-One batched YOLO pass serves the latest frame of up to ``batch`` cameras; each camera keeps its own
-ultralytics tracker. Bad frames (corrupt, truncated, empty, huge, wrong room) are rejected with an
-``error`` event and the other cameras' frames in the same batch are still served.
+The detector runs on a backend chosen by ``backend`` (``auto``: OpenVINO or ONNX Runtime on a CPU,
+TensorRT or ONNX Runtime's CUDA provider on a GPU where installed, PyTorch otherwise), exported once
+and cached under ``<data_dir>/cache/detector``; a backend that cannot be loaded falls back to the
+next one and the worker says why in a ``node_status`` event. With ``motion`` (the default) it looks
+only where something moved, around tracks due a check, and at the whole frame every ``keepalive``
+(``models.regions``); still frames cost a small grayscale decode and keep their tracks.
+
+Bad frames (corrupt, truncated, empty, huge, wrong room) are rejected with an ``error`` event and the
+other cameras' frames in the same batch are still served.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from typing import Any, ClassVar
 
 import msgspec
 
+from models.backends import BACKENDS, PRECISIONS
 from models.detector import DEFAULT_CLASS_MAP
-from pipeline.messages import Box, Detections, Message, VideoFrame
+from pipeline.config import ConfigError, parse_duration
+from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
 from pipeline.stage import Stage, StageContext
 
 
@@ -27,17 +36,52 @@ class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     conf: float = 0.25
     """Minimum detector confidence."""
     imgsz: int = 640
-    """Inference size in pixels."""
+    """Input size for whole frames in pixels (a multiple of 32: 320, 416, 640)."""
+    backend: str = "auto"
+    """"auto", "openvino", "onnxruntime", "tensorrt" or "torch" (exported from the same weights)."""
+    precision: str = "auto"
+    """"auto" (the backend's choice for the hardware), "f32", or "int8" (used only if it passes its check)."""
+    motion: bool = True
+    """Detect only where something moved (plus track checks and keep-alive passes); False: every whole frame."""
+    region_size: int = 320
+    """Detector input size for motion regions (a multiple of 32, at most ``imgsz``)."""
+    keepalive: str | float = "5s"
+    """With ``motion``: longest time between whole-frame passes of a camera."""
+    recheck: str | float = "1s"
+    """With ``motion``: longest time between looks at a person who stands still."""
+    motion_threshold: int = 25
+    """Grey-level change that counts as motion (1–255)."""
+    threads: int = 0
+    """Threads per inference (0: one per image and one stream per core on OpenVINO, the library's default else)."""
+    cache_dir: str = ""
+    """Where exported models are kept ("" = <data_dir>/cache/detector)."""
     tracker: str = "bytetrack"
     """ultralytics tracker config: "bytetrack" or "botsort"."""
     batch: int = 8
-    """Most camera frames run in one batched forward pass."""
+    """Most camera frames handled in one call (one batched pass per input size on PyTorch)."""
     max_pixels: int = 4096 * 4096
     """Frames larger than this (width × height) are rejected before decoding."""
     max_bytes: int = 16 * 1024 * 1024
     """Encoded frames larger than this are rejected."""
     emit_empty: bool = False
     """Publish frames without people too (otherwise only the first empty frame after people)."""
+
+    def __post_init__(self) -> None:
+        # Bad values fail when the config loads, naming the key, not when the stage starts.
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for key in ("imgsz", "region_size"):
+            v = getattr(self, key)
+            if v < 64 or v % 32:
+                raise ConfigError(f"{key}: expected a multiple of 32 of at least 64 (320, 416, 640), got {v}")
+        if self.region_size > self.imgsz:
+            raise ConfigError(f"region_size: {self.region_size} is larger than imgsz {self.imgsz}")
+        if not 1 <= self.motion_threshold <= 255:
+            raise ConfigError(f"motion_threshold: expected 1–255, got {self.motion_threshold}")
+        for key in ("keepalive", "recheck"):
+            parse_duration(getattr(self, key), key)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -88,14 +132,15 @@ def check_frame(msg: VideoFrame, max_pixels: int, max_bytes: int) -> str | None:
 
 
 class DetectStage(Stage):
-    """Batched person detection with per-camera tracking."""
+    """Person detection (whole frames or motion regions) with per-camera tracking."""
 
     Options: ClassVar[type[msgspec.Struct]] = DetectOptions
     name: ClassVar[str] = "detect"
     consumes: ClassVar[tuple[str, ...]] = ("video/",)
     emits: ClassVar[tuple[str, ...]] = ("detections",)
     droppable: ClassVar[bool] = True
-    degrade_steps: ClassVar[tuple[str, ...]] = ("half-resolution", "skip-alternate-frames")
+    # The cheap steps come before dropping frames; with motion off, the second one turns motion on.
+    degrade_steps: ClassVar[tuple[str, ...]] = ("smaller-input", "fewer-checks", "skip-alternate-frames")
     default_budget_ms: ClassVar[float] = 1000.0
     max_batch: ClassVar[int] = 8
 
@@ -103,24 +148,77 @@ class DetectStage(Stage):
         super().__init__(ctx)
         self.opts: DetectOptions = ctx.options
         self.max_batch = max(1, self.opts.batch)  # type: ignore[misc]  # per-deployment batch size
+        if not self.opts.motion:
+            self.degrade_steps = ("smaller-input", "motion-regions", "skip-alternate-frames")  # type: ignore[misc]
+        o = self.opts
+        # "smaller-input": whole frames at the region size (or half size where they are the same).
+        self.small_size = o.region_size if o.region_size < o.imgsz else max(64, o.imgsz // 64 * 32)
         self.detector: Any = None
+        self.regions: Any = None
         self._had_people: dict[str, bool] = {}
         self._frame_no: dict[str, int] = {}
+        self.work: Counter[str] = Counter()
+        """Frames by what the detector did: "full", "regions", "none" (for tests and benchmarks)."""
+        self.crops = 0
+        """Detector inputs run (whole frames, regions and retries)."""
 
     async def start(self) -> None:
         from models.detector import PersonDetector
+        from models.regions import RegionDetector, Settings
 
         o = self.opts
+        cache = o.cache_dir or str(self.ctx.data_dir / "cache" / "detector")
         self.detector = await self.ctx.run_blocking(
-            lambda: PersonDetector(o.weights, self.ctx.device, o.conf, o.imgsz, o.class_map, o.tracker)
+            lambda: PersonDetector(
+                o.weights,
+                self.ctx.device,
+                o.conf,
+                o.imgsz,
+                o.class_map,
+                o.tracker,
+                o.backend,
+                cache,
+                o.precision,
+                o.threads,
+            )
         )
-        await self.ctx.run_blocking(self.detector.warm_up)  # the first frame must meet its budget too
+        self.regions = RegionDetector(self.detector, Settings(threshold=o.motion_threshold))
+        self.apply_degrade(self.level)
+        # Export, load and run every input size now: the first frame must meet its budget too.
+        sizes = tuple(sorted({o.imgsz, o.region_size, self.small_size}, reverse=True))
+        await self.ctx.run_blocking(self.detector.warm_up, sizes)
+        backend = self.detector.backend_name
+        self.ctx.log.info("detect runs on %s (%s)", backend, ", ".join(f"{s} px" for s in sizes))
+        for note in self.detector.notes:
+            await self.ctx.publish(
+                NodeStatus(
+                    time=self.ctx.clock.now(),
+                    node=self.ctx.worker,
+                    role="worker",
+                    state="degraded",
+                    detail=f"detect: {note} — running {backend}",
+                )
+            )
+
+    def apply_degrade(self, level: int) -> None:
+        super().apply_degrade(level)
+        if self.regions is None:
+            return
+        o, s = self.opts, self.regions.settings
+        steps = self.degrade_steps[:level]
+        s.full_size = self.small_size if "smaller-input" in steps else o.imgsz
+        s.region_size = o.region_size
+        s.motion = o.motion or "motion-regions" in steps
+        slow = 4.0 if "fewer-checks" in steps else 1.0
+        s.keepalive_s = parse_duration(o.keepalive, "keepalive") * slow
+        s.recheck_s = parse_duration(o.recheck, "recheck") * slow
 
     async def handle(self, msg: Message) -> None:
         await self.handle_batch([msg])
 
     async def handle_batch(self, msgs: list[Message]) -> None:
         frames: list[VideoFrame] = []
+        skip = "skip-alternate-frames" in self.degrade_steps[: self.level]
         for msg in msgs:
             reason = self._check(msg)
             if reason:
@@ -129,21 +227,23 @@ class DetectStage(Stage):
             assert isinstance(msg, VideoFrame)
             cam = self._camera(msg)
             n = self._frame_no[cam] = self._frame_no.get(cam, 0) + 1
-            if self.level >= 2 and n % 2 == 0:  # "skip-alternate-frames"
+            if skip and n % 2 == 0:
                 continue
             frames.append(msg)
         if not frames:
             return
-        imgsz = self.opts.imgsz // 2 if self.level >= 1 else self.opts.imgsz  # "half-resolution"
-        results = await self.ctx.run_blocking(self._infer, frames, imgsz)
+        results = await self.ctx.run_blocking(self._infer, frames)
         for msg, res in zip(frames, results, strict=True):
-            if isinstance(res, str):
-                await self.ctx.reject(msg, res)
+            if res.error:
+                await self.ctx.reject(msg, res.error)
                 continue
+            self.work[res.work] += 1
+            self.crops += res.crops
             cam = self._camera(msg)
+            boxes = res.boxes
             had = self._had_people.get(cam, False)
-            self._had_people[cam] = bool(res)
-            if not res and not had and not self.opts.emit_empty:
+            self._had_people[cam] = bool(boxes)
+            if not boxes and not had and not self.opts.emit_empty:
                 continue
             await self.ctx.publish(
                 Detections(
@@ -153,8 +253,8 @@ class DetectStage(Stage):
                     # detections of EACH camera, not one per room.
                     source=msg.source,
                     camera=msg.source,
-                    persons=len(res),
-                    boxes=[Box(b.x1, b.y1, b.x2, b.y2, round(b.score, 4), b.track) for b in res],
+                    persons=len(boxes),
+                    boxes=[Box(b.x1, b.y1, b.x2, b.y2, round(b.score, 4), b.track) for b in boxes],
                     frame_seq=msg.seq,
                 )
             )
@@ -170,21 +270,12 @@ class DetectStage(Stage):
     def _camera(msg: Message) -> str:
         return f"{msg.room}/{msg.source}"
 
-    def _infer(self, frames: list[VideoFrame], imgsz: int) -> list[Any]:
-        """Decode every frame, then ONE batched forward pass; undecodable frames get an error string."""
-        import cv2
-        import numpy as np
+    def _infer(self, frames: list[VideoFrame]) -> list[Any]:
+        """Motion, regions, detection and tracking for a batch of checked frames (on the stage's thread)."""
+        from models.regions import FrameIn
 
-        images, cams, slots = [], [], []
-        out: list[Any] = [None] * len(frames)
-        for i, f in enumerate(frames):
-            img = cv2.imdecode(np.frombuffer(f.data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None or img.size == 0:
-                out[i] = "corrupt JPEG (the decoder could not read it)"
-                continue
-            images.append(img)
-            cams.append(self._camera(f))
-            slots.append(i)
-        for i, boxes in zip(slots, self.detector.track(images, cams, imgsz), strict=True):
-            out[i] = boxes
-        return out
+        batch = []
+        for f in frames:
+            w, h = jpeg_size(f.data) or (f.width, f.height)
+            batch.append(FrameIn(self._camera(f), f.data, f.time, w, h))
+        return self.regions.process(batch)

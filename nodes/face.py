@@ -4,12 +4,18 @@ The stage keeps the last few frames of each camera by sequence number. For each 
 it looks for a face in the box's crop; a track is recognized once, and again only when a clearly
 better face of it shows up (bigger, more frontal, surer: ``better_ratio`` × the best quality so far),
 never on every frame. Tracks already recognized are looked at again at most every ``recheck_s``.
+
+Face work only where it pays (``gate``): a track whose last look found no face (turned away, too
+far, face hidden) is looked at again only when it comes toward the camera (its box grew by
+``approach_ratio``) or after ``retry_s`` (people turn round), not on every frame. Under load the
+degrade ladder first re-checks less often, then looks only at tracks never looked at ("skip-faces").
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,6 +44,12 @@ class FaceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A track is recognized again when a face this many times better than its best so far appears."""
     recheck_s: float = 1.0
     """Seconds between looks at an already recognized track."""
+    gate: bool = True
+    """Look again at a track without a face only when it comes closer or after ``retry_s`` (False: every frame)."""
+    approach_ratio: float = 1.15
+    """A faceless track whose box grew this much since the last look is coming closer: look again."""
+    retry_s: float = 1.0
+    """Seconds between looks at a faceless track that is not coming closer."""
     frames_kept: int = 8
     """Frames kept per camera to match detections to."""
     frame_slack_s: float = 0.3
@@ -53,6 +65,11 @@ class _Track:
     score: float = 0.0
     checked: float = 0.0
     seen: float = 0.0
+    looks: int = 0
+    faceless: bool = False
+    """The last look found no face."""
+    height: float = 0.0
+    """Box height at the last look."""
 
 
 class FaceStage(Stage):
@@ -63,7 +80,7 @@ class FaceStage(Stage):
     consumes: ClassVar[tuple[str, ...]] = ("video/", "detections/")
     emits: ClassVar[tuple[str, ...]] = ("face",)
     droppable: ClassVar[bool] = True
-    degrade_steps: ClassVar[tuple[str, ...]] = ("recheck-less",)
+    degrade_steps: ClassVar[tuple[str, ...]] = ("recheck-less", "skip-faces")
     default_budget_ms: ClassVar[float] = 2000.0  # from the frame's capture: detection time is in it
     max_batch: ClassVar[int] = 32
 
@@ -79,6 +96,10 @@ class FaceStage(Stage):
         """Person crops searched for faces (for tests and benchmarks)."""
         self.recognitions = 0
         """Faces embedded and compared with the gallery."""
+        self.skipped = 0
+        """Looks the gate saved (faceless tracks not coming closer)."""
+        self.now: Callable[[], float] = time.monotonic
+        """Clock of re-check intervals (a benchmark replaying a clip off real time sets the clip's)."""
 
     async def start(self) -> None:
         from models.faces import FacePipeline
@@ -116,7 +137,7 @@ class FaceStage(Stage):
 
     async def _on_detections(self, det: Detections) -> None:
         cam = f"{det.room}/{det.camera}"
-        now = time.monotonic()
+        now = self.now()
         self._expire(now)
         recheck = self.opts.recheck_s * (4 if self.level >= 1 else 1)  # "recheck-less"
         todo: list[Box] = []
@@ -125,7 +146,7 @@ class FaceStage(Stage):
                 continue  # untracked boxes: we could not tell whether we already know this face
             t = self._tracks.setdefault((cam, b.track), _Track())
             t.seen = now
-            if not t.person or now - t.checked >= recheck:
+            if self._due(t, b, now, recheck):
                 todo.append(b)
         if not todo:
             return
@@ -145,6 +166,9 @@ class FaceStage(Stage):
         for box, quality, emb in found:
             t = self._tracks[(cam, box.track)]
             t.checked = now
+            t.looks += 1
+            t.faceless = quality <= 0.0
+            t.height = box.y2 - box.y1
             if emb is None:
                 continue
             self.recognitions += 1
@@ -162,6 +186,21 @@ class FaceStage(Stage):
                     track=box.track,
                 )
             )
+
+    def _due(self, t: _Track, b: Box, now: float, recheck: float) -> bool:
+        """Whether a track's face is worth a look now."""
+        if t.looks == 0:
+            return True
+        if self.level >= 2:  # "skip-faces": only tracks never looked at
+            return False
+        if t.person:
+            return now - t.checked >= recheck
+        if not self.opts.gate or not t.faceless:
+            return True  # today's rule: a track without a name is looked at on every frame
+        if (b.y2 - b.y1) >= t.height * self.opts.approach_ratio or now - t.checked >= self.opts.retry_s:
+            return True
+        self.skipped += 1
+        return False
 
     def _faces(self, cam: str, data: bytes, boxes: list[Box]) -> list[tuple[Box, float, Any]] | None:
         """For each box: its face quality and, if worth (re)recognizing, the face's embedding."""

@@ -23,6 +23,12 @@ and it agrees with the partials), the utterance ends after ``early_endpoint`` of
 When the arbiter (``arbitration`` events) gives a wake word heard by several nodes to one of them,
 the utterances the other nodes opened for it are dropped without a final.
 
+A client (the Wyoming gateway for Home Assistant) claims an utterance with ``Listen``: "open" takes
+the one opened near its time on that stream, or opens one there without a wake word (Home Assistant's
+``transcribe``: the stream starts with the command); "close" ends it now (the client stopped sending);
+"drop" discards it. The claimed utterance's transcripts carry the ``request_id``, and arbitration no
+longer drops it.
+
 At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
 ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
 arrives in time (see ``speaker_wait``). The wake phrase is removed from the text (it is the
@@ -49,10 +55,11 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from nodes.wake import check_audio
+from nodes.wake import MAX_STREAMS, check_audio
 from pipeline.config import parse_duration
 from pipeline.messages import (
     AudioChunk,
+    Listen,
     Message,
     SpeakerIdentified,
     Transcript,
@@ -66,6 +73,8 @@ from pipeline.stage import Stage
 RATE = 16000
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost."""
+IDLE_S = 60.0
+"""A stream with no audio and no open utterance for this long is forgotten (ring and VAD freed)."""
 STAND_DOWN_S = 1.0
 """A loser's wake detection within this of the winner's is the same spoken wake word."""
 MIN_SPEECH_S = 0.15
@@ -145,6 +154,8 @@ class _Utt:
     """The finished speculative decode reads as a complete command (early endpoint allowed)."""
     onset: float | None = None
     """Seconds from ``t0`` to the first speech the VAD heard after the wake detection."""
+    request_id: str = ""
+    """The client request that claimed this utterance (``Listen``); its transcripts carry it."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -234,7 +245,7 @@ class SttStage(Stage):
         """Where joined/downloaded models are kept."""
 
     name: ClassVar[str] = "stt"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/")
+    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/", "listen/")
     emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
@@ -361,6 +372,8 @@ class SttStage(Stage):
             await self._wake(msg)
         elif isinstance(msg, WakeArbitrated):
             self._stand_down(msg)
+        elif isinstance(msg, Listen):
+            await self._listen(msg)
         elif isinstance(msg, SpeakerIdentified):
             sent = self._sent.pop(msg.utterance_id, None)
             if sent is not None:
@@ -373,21 +386,32 @@ class SttStage(Stage):
         else:
             await self.ctx.reject(msg, f"stt does not consume {type(msg).__name__}")
 
+    def _stream(self, room: str, source: str, t: float) -> _Stream | str:
+        """The stream's state, made if needed; or why none may be made."""
+        st = self._streams.get((room, source))
+        if st is None:
+            if not self.ctx.sources and len(self._streams) >= MAX_STREAMS:
+                return f"already {MAX_STREAMS} audio streams; no state for another"
+            st = self._streams[(room, source)] = _Stream(room, source, end_time=t)
+        return st
+
     async def _audio(self, msg: AudioChunk) -> None:
-        problem = check_audio(msg, self.ctx.rooms)
+        problem = check_audio(msg, self.ctx.rooms) or self.ctx.stream_problem(msg.room, msg.source, msg.time)
         if problem:
             await self.ctx.reject(msg, problem)
             return
         pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
-        key = (msg.room, msg.source)
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = _Stream(msg.room, msg.source, end_time=msg.time)
-        elif abs(msg.time - st.end_time) > GAP_S:
+        new = (msg.room, msg.source) not in self._streams
+        st = self._stream(msg.room, msg.source, msg.time)
+        if isinstance(st, str):
+            await self.ctx.reject(msg, st)
+            return
+        if not new and abs(msg.time - st.end_time) > GAP_S:
             if st.utt is not None:
                 await self._error(st, f"audio jumped {msg.time - st.end_time:+.2f} s inside an utterance; closed it")
                 self._close(st, st.end_time, "gap")
             st.ring.clear()
+            st.last_end = 0.0  # the old timeline's endpoint must not hold the next utterance back
         st.arrived = time.monotonic()
         st.ring.append((msg.time, pcm))
         st.end_time = msg.time + len(pcm) / RATE
@@ -400,13 +424,15 @@ class SttStage(Stage):
             await self._advance(st, pcm)
 
     async def _wake(self, msg: WakeDetected) -> None:
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+        problem = self.ctx.stream_problem(msg.room, msg.node, msg.time)
+        if problem:
+            await self.ctx.reject(msg, problem)
             return
         key = (msg.room, msg.node)
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = _Stream(msg.room, msg.node, end_time=msg.time)
+        st = self._stream(msg.room, msg.node, msg.time)
+        if isinstance(st, str):
+            await self.ctx.reject(msg, st)
+            return
         if st.utt is not None:
             return  # already listening to this stream
         if abs(self._stood_down.get(key, -1e9) - msg.time) < STAND_DOWN_S:
@@ -436,6 +462,33 @@ class SttStage(Stage):
             st.vad = StreamingVad(threshold=self.ctx.options.vad_threshold)
         st.vad.reset()
         await self._advance(st, np.concatenate(after_wake) if after_wake else np.zeros(0, np.int16))
+
+    async def _listen(self, msg: Listen) -> None:
+        """A client's claim on a stream's speech (Home Assistant through the Wyoming gateway)."""
+        key = (msg.room, msg.node)
+        st = self._streams.get(key)
+        if msg.action == "open":
+            if st is None or st.utt is None:
+                if st is not None:
+                    st.last_end = max(st.last_end, msg.time)  # the request starts here: older audio is not part of it
+                    if msg.time >= st.end_time:  # a new stream on a reused name: its first chunk is no gap
+                        st.ring.clear()
+                        st.end_time = msg.time
+                await self._wake(WakeDetected(time=msg.time, room=msg.room, node=msg.node, source=msg.source))
+                st = self._streams.get(key)
+            if st is not None and st.utt is not None:
+                st.utt.request_id = msg.request_id
+                st.arrived = max(st.arrived, time.monotonic())  # its audio may follow the claim: not a stopped stream
+            return
+        utt = st.utt if st is not None else None
+        if st is None or utt is None or (msg.request_id and utt.request_id != msg.request_id):
+            return
+        if msg.action == "close":
+            self._close(st, st.end_time, "client-stopped")
+        else:
+            utt.closed = True
+            st.last_end = st.end_time
+            st.utt = None
 
     # ---------------------------------------------------------------------------- endpointing
 
@@ -489,9 +542,17 @@ class SttStage(Stage):
         """Drop the utterances that nodes losing the arbitration opened on this wake word."""
         for node, room in zip(msg.losers, msg.loser_rooms, strict=False):
             key = (room, node)
+            if key not in self._streams:
+                continue  # no audio from it here: nothing to stand down (and no state for unknown names)
             self._stood_down[key] = msg.wake_time
             st = self._streams.get(key)
-            if st is not None and st.utt is not None and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S:
+            claimed = st is not None and st.utt is not None and st.utt.request_id  # a client's request outranks it
+            if (
+                st is not None
+                and st.utt is not None
+                and not claimed
+                and abs(st.utt.wake_time - msg.wake_time) < STAND_DOWN_S
+            ):
                 self.ctx.log.info("stt: %s/%s stands down (another node won the wake word)", room, node)
                 st.utt.closed = True
                 st.last_end = st.end_time
@@ -517,10 +578,14 @@ class SttStage(Stage):
             now = time.monotonic()
             if self._busy_since or now < self._grace_until:
                 continue  # a slow handle call (overloaded CPU) is not a stopped stream
-            for st in list(self._streams.values()):
+            for key, st in list(self._streams.items()):
                 if st.utt is not None and now - st.arrived > self._d["stream_timeout"]:
                     await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
                     self._close(st, st.end_time, "stream-stopped")
+                elif st.utt is None and now - st.arrived > IDLE_S:
+                    del self._streams[key]
+                    self._stood_down.pop(key, None)
+                    self.ctx.log.info("stt: %s/%s idle for %.0f s; state freed", *key, now - st.arrived)
 
     # -------------------------------------------------------------------------------- decoding
 
@@ -576,7 +641,13 @@ class SttStage(Stage):
         utt.prev = cur
         self.counts["partials"] += 1
         partial = Transcript(
-            time=utt.t0 + n / RATE, room=st.room, utterance_id=utt.id, final=False, text=text, t0=utt.t0
+            time=utt.t0 + n / RATE,
+            room=st.room,
+            utterance_id=utt.id,
+            final=False,
+            text=text,
+            t0=utt.t0,
+            request_id=utt.request_id,
         )
         await self.ctx.publish(partial)
         await self.ctx.report(partial, partial.time)  # the budget applies to what we answer, from its audio
@@ -604,7 +675,16 @@ class SttStage(Stage):
         t1 = t_end
         if not spoke:
             await self.ctx.publish(
-                Transcript(time=t1, room=st.room, utterance_id=utt.id, final=True, text="", t0=utt.t0, t1=t1)
+                Transcript(
+                    time=t1,
+                    room=st.room,
+                    utterance_id=utt.id,
+                    final=True,
+                    text="",
+                    t0=utt.t0,
+                    t1=t1,
+                    request_id=utt.request_id,
+                )
             )
             return
         pcm = utt.audio()
@@ -646,6 +726,7 @@ class SttStage(Stage):
                 t1=t1,
                 speaker=speaker,
                 speaker_score=score,
+                request_id=utt.request_id,
             )
             await self.ctx.publish(final)
             await self.ctx.report(final, t1)  # from the endpoint: the input this final answers

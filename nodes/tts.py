@@ -4,7 +4,9 @@ Text streams in as several ``Say`` pieces of one ``answer_id`` (``more=True`` un
 sentence is synthesized as soon as it is complete and leaves at once, so the first audio plays while
 the agent is still writing the rest. ``StopPlayback`` (barge-in) cancels the rest of an answer: pieces
 still arriving for it are dropped, and a sentence being synthesized is not sent. Presence events keep
-a map person → room for answers addressed to a person.
+a map person → room for answers addressed to a person. An answer with ``reply_to`` is for the client
+that asked (Home Assistant through the Wyoming gateway): its ``TtsAudio`` has no room, so no edge
+plays it, and the client collects it by ``answer_id``.
 """
 
 from __future__ import annotations
@@ -108,14 +110,15 @@ class TtsStage(Stage):
         aid = msg.answer_id or uuid.uuid4().hex[:12]
         ans = self.answers.get(aid)
         if ans is None:
-            room = msg.room or self.where.get(msg.person, "")
-            if not room:
+            # An answer for the client that asked (reply_to) goes to no room's loudspeaker: the client takes it.
+            room = "" if msg.reply_to else msg.room or self.where.get(msg.person, "")
+            if not room and not msg.reply_to:
                 who = f"person {msg.person!r} is not in any known room" if msg.person else "no room or person given"
                 await self.ctx.reject(msg, f"cannot speak answer {aid}: {who}")
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)
                 return
-            if self.ctx.rooms and room not in self.ctx.rooms:
+            if room and self.ctx.rooms and room not in self.ctx.rooms:
                 await self.ctx.reject(msg, f"unknown room {room!r} (known: {', '.join(self.ctx.rooms)})")
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)

@@ -4,11 +4,17 @@ Each ``audio/<room>/<node>`` stream is cut into 80 ms frames and scored by every
 word; a score at or above the threshold emits ``WakeDetected`` stamped with the capture time of the
 end of the detecting frame, then that word is quiet on that stream for the refractory period (the
 score stays high for several frames after one utterance of the phrase).
+
+A stream's state exists only for the deployment's rooms and edge nodes (``StageContext.sources``;
+at most ``MAX_STREAMS`` when the deployment does not say) and is freed after ``IDLE_S`` without
+audio. A jump in capture time restarts the stream, refractory timers included, and a chunk
+stamped ahead of the hub clock is refused, so one lying chunk cannot mute a room.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,6 +32,12 @@ GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost: the stream's state restarts."""
 CLIP_SHARE = 0.2
 """A chunk with more than this share of samples at full scale is rejected as clipped."""
+IDLE_S = 60.0
+"""A stream that sent nothing for this long is forgotten (its model state freed)."""
+MAX_STREAMS = 64
+"""Most streams at once when the deployment names no sources (tests, ad-hoc runs)."""
+MAX_CHUNK_S = 2.0
+"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
 
 
 def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
@@ -40,6 +52,8 @@ def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
         return "empty audio chunk"
     if len(msg.data) % 2:
         return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
+    if len(msg.data) > MAX_CHUNK_S * RATE * 2:
+        return f"chunk of {len(msg.data) / (2 * RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
     if not math.isfinite(msg.time) or msg.time <= 0:
         return f"invalid capture time {msg.time!r}"
     pcm = np.frombuffer(msg.data, dtype="<i2")
@@ -66,6 +80,8 @@ class _Stream:
     recent: deque = field(default_factory=lambda: deque(maxlen=16))
     """The last ~1.3 s of frames, for the level of the wake phrase."""
     quiet_until: dict[str, float] = field(default_factory=dict)
+    arrived: float = 0.0
+    """Monotonic time of the stream's last chunk."""
 
 
 class WakeStage(Stage):
@@ -104,6 +120,7 @@ class WakeStage(Stage):
             raise ValueError(f"[stages.wake] thresholds for unconfigured wake words: {', '.join(sorted(unknown))}")
         self._make = lambda: WakeWordModel(o.models, framework=o.framework)
         self._streams: dict[tuple[str, str], _Stream] = {}
+        self._swept = time.monotonic()
         # Load once now so a broken model fails at start, not on the first chunk.
         self._spare = await self.ctx.run_blocking(self._make)
         # The first ONNX runs allocate buffers (hundreds of ms); pay that here, then forget the audio.
@@ -118,14 +135,20 @@ class WakeStage(Stage):
         if not isinstance(msg, AudioChunk):
             await self.ctx.reject(msg, f"wake consumes audio chunks, got {type(msg).__name__}")
             return
-        problem = check_audio(msg, self.ctx.rooms)
+        problem = check_audio(msg, self.ctx.rooms) or self.ctx.stream_problem(msg.room, msg.source, msg.time)
         if problem:
             await self.ctx.reject(msg, problem)
             return
+        now = time.monotonic()
+        if now - self._swept > 5.0:
+            await self._forget_idle(now)
         key = (msg.room, msg.source)
         st = self._streams.get(key)
         pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
         if st is None:
+            if not self.ctx.sources and len(self._streams) >= MAX_STREAMS:
+                await self.ctx.reject(msg, f"already {MAX_STREAMS} audio streams; no state for another")
+                return
             model = self._spare if self._spare is not None else await self.ctx.run_blocking(self._make)
             self._spare = None
             st = self._streams[key] = _Stream(model=model, end_time=msg.time)
@@ -135,6 +158,8 @@ class WakeStage(Stage):
             await self.ctx.run_blocking(st.model.reset)
             st.pending = np.zeros(0, np.int16)
             st.recent.clear()
+            st.quiet_until.clear()  # refractory times belong to the old timeline
+        st.arrived = now
         st.end_time = msg.time + len(pcm) / RATE
         buf = np.concatenate([st.pending, pcm])
         n = len(buf) // FRAME
@@ -160,6 +185,22 @@ class WakeStage(Stage):
                         node=msg.source,
                     )
                 )
+
+    async def _forget_idle(self, now: float) -> None:
+        """Free the state of streams that sent nothing for ``IDLE_S`` (one model kept as the spare)."""
+        self._swept = now
+        for key, st in list(self._streams.items()):
+            if now - st.arrived > IDLE_S:
+                del self._streams[key]
+                self.ctx.log.info("wake: %s/%s idle for %.0f s; state freed", *key, now - st.arrived)
+                if self._spare is None:
+                    await self.ctx.run_blocking(st.model.reset)
+                    self._spare = st.model
+
+    @property
+    def streams(self) -> int:
+        """Streams with state now."""
+        return len(self._streams)
 
     async def stop(self) -> None:
         self._streams.clear()

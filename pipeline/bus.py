@@ -174,22 +174,37 @@ class Subscriber:
         except zmq.Again:
             return await self.socket.recv_multipart()
 
+    def _decode(self, frames: list[bytes]) -> Message | None:
+        try:
+            msg = decode(frames)
+        except CodecError as exc:
+            self.errors += 1
+            topic = frames[0] if frames else b""
+            if self.on_error is not None:
+                self.on_error(topic, exc)
+            else:
+                log.warning("dropped malformed message on %r: %s", topic[:64], exc)
+            return None
+        self.received += 1
+        return msg
+
     async def recv(self) -> Message:
         """The next well-formed message; malformed ones are counted, reported and skipped."""
         while True:
-            frames = await self.recv_frames()
+            msg = self._decode(await self.recv_frames())
+            if msg is not None:
+                return msg
+
+    def recv_nowait(self) -> Message | None:
+        """The next well-formed message already queued, or None; never waits (batching)."""
+        while True:
             try:
-                msg = decode(frames)
-            except CodecError as exc:
-                self.errors += 1
-                topic = frames[0] if frames else b""
-                if self.on_error is not None:
-                    self.on_error(topic, exc)
-                else:
-                    log.warning("dropped malformed message on %r: %s", topic[:64], exc)
-                continue
-            self.received += 1
-            return msg
+                frames = self._recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            msg = self._decode(frames)
+            if msg is not None:
+                return msg
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:

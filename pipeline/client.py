@@ -3,7 +3,14 @@
 ``Client.events()`` yields every event exactly once, in hub order: it listens to the hub's event
 stream and asks the hub's log for anything it missed (on start with ``since``, after a
 reconnect, or when it sees a gap in the sequence numbers). Pass the last ``seq`` you handled as
-``since`` after a restart and nothing is lost or repeated.
+``since`` after a restart and nothing is lost or repeated. Events the log no longer holds (the
+subscriber was away longer than the log's bound) are announced in their place by an
+``EventsLost`` item whose ``seq`` is the last one lost, so persisting and resuming stay correct.
+
+Answer a final transcript with ``answer``: it is spoken in the transcript's room, unless the question
+came from a client that speaks the answer itself (``reply_to``: Home Assistant's conversation agent
+through the Wyoming gateway). Transcripts with ``request_id`` were asked for by such a client (its
+speech-to-text) and are not questions for the agent.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from pipeline.clock import Clock
 from pipeline.codec import CodecError, from_json
 from pipeline.messages import (
     Event,
+    EventsLost,
     EventsReply,
     EventsRequest,
     Presence,
     Say,
     SnapshotRequest,
     StopPlayback,
+    Transcript,
 )
 from pipeline.node import NodeLink
 from pipeline.security import CurveKeys
@@ -105,9 +114,26 @@ class Client:
             reply = await self.link.request(EventsRequest(since=since, prefixes=[p for p in prefixes if p]), 10.0)
             if not isinstance(reply, EventsReply):
                 raise RuntimeError(f"hub answered {type(reply).__name__} to an events request")
-            if since and reply.first_seq > since + 1:
+            batch: list[Event] = []
+            if reply.first_seq > since + 1:
                 log.warning("events %d..%d are no longer in the hub's log", since + 1, reply.first_seq - 1)
-            batch = []
+                batch.append(
+                    EventsLost(
+                        seq=reply.first_seq - 1,
+                        time=self.clock.now(),
+                        source="hub",
+                        first_seq=since + 1,
+                        last_seq=reply.first_seq - 1,
+                    )
+                )
+            elif reply.last_seq < since:
+                log.error(
+                    "the hub's log ends at %d, before %d: it was reset or replaced; events numbered up to %d "
+                    "will not be delivered",
+                    reply.last_seq,
+                    since,
+                    since,
+                )
             for raw in reply.events:
                 try:
                     ev = from_json(raw)
@@ -118,7 +144,7 @@ class Client:
             out.extend(batch)
             if not batch or batch[-1].seq >= reply.last_seq:
                 return out
-            since = batch[-1].seq
+            since = max(since, batch[-1].seq)
 
     async def events(
         self,
@@ -129,7 +155,8 @@ class Client:
     ) -> AsyncIterator[Event]:
         """Yield events (optionally of ``types`` in ``rooms``) exactly once, oldest first.
 
-        ``since=None`` starts with new events only; ``since=N`` first replays the log after N.
+        ``since=None`` starts with new events only; ``since=N`` first replays the log after N. Where
+        the log no longer holds what was asked for, an ``EventsLost`` item stands in for it.
         """
         prefixes = prefixes_for(types, rooms)
         sock = context().socket(zmq.SUB)
@@ -157,8 +184,9 @@ class Client:
                 except TimeoutError:
                     # quiet or disconnected: ask the log whether we missed anything
                     for ev in await self._backlog(self.last_seq, prefixes):
-                        self.last_seq = ev.seq
-                        yield ev
+                        if ev.seq > self.last_seq:  # never twice, never backwards
+                            self.last_seq = ev.seq
+                            yield ev
                     continue
                 try:
                     ev = from_json(raw)
@@ -169,7 +197,7 @@ class Client:
                     continue
                 if ev.seq > self.last_seq + 1:
                     for missed in await self._backlog(self.last_seq, prefixes):
-                        if missed.seq < ev.seq:
+                        if self.last_seq < missed.seq < ev.seq:
                             self.last_seq = missed.seq
                             yield missed
                 if ev.seq > self.last_seq:
@@ -187,22 +215,40 @@ class Client:
 
     # ---------------------------------------------------------------- talking back
 
-    async def say(self, room: str, text: str, voice: str | None = None, person: str = "") -> str:
-        """Speak ``text`` in ``room`` (or wherever ``person`` is when room is ""); returns the answer id."""
+    async def say(self, room: str, text: str, voice: str | None = None, person: str = "", reply_to: str = "") -> str:
+        """Speak ``text`` in ``room`` (or wherever ``person`` is when room is ""); returns the answer id.
+
+        ``reply_to`` (a question's ``Transcript.reply_to``) sends the answer back to the client that asked
+        instead: it speaks the answer itself, so no room's loudspeaker does. ``answer`` sets it for you.
+        """
         answer_id = uuid.uuid4().hex[:12]
-        await self._send(Say(room=room, text=text, voice=voice, person=person, answer_id=answer_id))
+        await self._send(Say(room=room, text=text, voice=voice, person=person, answer_id=answer_id, reply_to=reply_to))
         return answer_id
 
     async def say_stream(
-        self, room: str, pieces: AsyncIterable[str], voice: str | None = None, person: str = ""
+        self,
+        room: str,
+        pieces: AsyncIterable[str],
+        voice: str | None = None,
+        person: str = "",
+        reply_to: str = "",
     ) -> str:
         """Stream an answer as it is generated (LLM tokens); TTS speaks each sentence as soon as it is complete."""
         answer_id = uuid.uuid4().hex[:12]
+        common = {"room": room, "voice": voice, "person": person, "answer_id": answer_id, "reply_to": reply_to}
         async for piece in pieces:
             if piece:
-                await self._send(Say(room=room, text=piece, voice=voice, person=person, answer_id=answer_id, more=True))
-        await self._send(Say(room=room, text="", voice=voice, person=person, answer_id=answer_id, more=False))
+                await self._send(Say(text=piece, more=True, **common))
+        await self._send(Say(text="", more=False, **common))
         return answer_id
+
+    async def answer(self, question: Transcript, text: str, voice: str | None = None) -> str:
+        """Answer a final transcript: spoken in its room, or returned to the client that asked (``reply_to``)."""
+        return await self.say(question.room, text, voice=voice, reply_to=question.reply_to)
+
+    async def answer_stream(self, question: Transcript, pieces: AsyncIterable[str], voice: str | None = None) -> str:
+        """``answer`` streamed piece by piece (see ``say_stream``)."""
+        return await self.say_stream(question.room, pieces, voice=voice, reply_to=question.reply_to)
 
     async def stop(self, room: str, answer_id: str = "", reason: str = "agent") -> None:
         """Stop what is playing in ``room``."""

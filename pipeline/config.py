@@ -55,6 +55,9 @@ class HubConfig(_Strict):
     """Events kept for subscribers that reconnect."""
     metrics_port: int = 0
     """Prometheus port of the hub (0 = off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
     keys: str = ""
     """Folder with the hub's CURVE key pair and enrolled client keys (required off loopback)."""
     allow_insecure: bool = False
@@ -136,6 +139,9 @@ class EdgeConfig(_Strict):
     """Folder with this node's CURVE key pair and the hub's public key."""
     metrics_port: int = 0
     """Prometheus port (0 = off): messages and bytes published per stream kind."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
 
 
 class WorkerConfig(_Strict):
@@ -147,8 +153,14 @@ class WorkerConfig(_Strict):
     """Device, or devices in order of preference ("cuda:0", then "cpu")."""
     metrics_port: int = 0
     """Prometheus port (0 = off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint listens on: loopback by default (it has no authentication);
+    "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
     keys: str = ""
     """Folder with this worker's CURVE key pair and the hub's public key."""
+    max_future: str | float = "2s"
+    """Audio and wake events stamped further than this ahead of the hub clock are refused (0 = accept them:
+    only for a worker that ``sensorium replay --hub`` feeds faster than real time, which stamps ahead)."""
 
     def devices(self) -> list[str]:
         """Devices in order of preference."""
@@ -216,6 +228,52 @@ class MqttConfig(_Strict):
         parse_duration(self.refresh, "refresh")
 
 
+class WyomingConfig(_Strict):
+    """``[wyoming]``: the Wyoming gateway (``sensorium wyoming``) that serves Home Assistant's voice."""
+
+    name: str = "sensorium"
+    """Name on the hub, in Home Assistant and in the zeroconf service names (letters, digits, '-')."""
+    host: str = "0.0.0.0"
+    """Address the Wyoming servers listen on."""
+    wake_port: int = 10400
+    """Port of the wake word service (0 = off)."""
+    stt_port: int = 10300
+    """Port of the speech-to-text service (0 = off)."""
+    tts_port: int = 10200
+    """Port of the text-to-speech service (0 = off)."""
+    handle_port: int = 10500
+    """Port of the conversation service: the agent attached to the hub answers (0 = off)."""
+    satellites: dict[str, int] = {}
+    """Room → port of its satellite (the room's microphone and loudspeaker, driven by our wake word)."""
+    room: str = ""
+    """Room that audio from Home Assistant's own devices counts as ("" = the first room of [rooms])."""
+    zeroconf: bool = True
+    """Announce every port as ``_wyoming._tcp`` so Home Assistant discovers the services by itself."""
+    advertise: str = ""
+    """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
+    speaker_prefix: bool = False
+    """Put the identified speaker in front of transcripts ("[alice] turn on the lights")."""
+    voices: list[str] = []
+    """TTS voices offered besides the tts stage's default ("flite:slt", "espeak:en-gb", a Piper .onnx …)."""
+    timeout: str | float = "10s"
+    """Longest wait for a stage or the agent to answer a request before an error goes back."""
+    block_ms: int = 80
+    """Audio from Home Assistant is published on the bus in blocks of this length."""
+    max_streams: int = 8
+    """Wake and speech-to-text requests from Home Assistant served at once (each is a stream on the bus)."""
+    keys: str = ""
+    """Folder with this client's CURVE key pair and the hub's public key."""
+
+    def stream_names(self) -> list[str]:
+        """The stream (source) names the gateway publishes Home Assistant's audio as, in ``room``."""
+        return [f"{self.name}-{kind}-{i}" for kind in ("wake", "stt") for i in range(self.max_streams)]
+
+    def ports(self) -> dict[str, int]:
+        """Service role → port, for the roles that are on."""
+        roles = {"wake": self.wake_port, "stt": self.stt_port, "tts": self.tts_port, "handle": self.handle_port}
+        return {role: port for role, port in roles.items() if port}
+
+
 class DeployFile(_Strict):
     """The raw file layout; named tables are checked one by one so errors can name them."""
 
@@ -224,6 +282,7 @@ class DeployFile(_Strict):
     edges: dict[str, dict[str, Any]] = {}
     workers: dict[str, dict[str, Any]] = {}
     stages: dict[str, dict[str, Any]] = {}
+    wyoming: dict[str, Any] | None = None
     data_dir: str = ".sensorium"
     mqtt: dict[str, Any] | None = None
 
@@ -237,6 +296,7 @@ class DeployParsed(msgspec.Struct):
     workers: dict[str, WorkerConfig]
     stages: dict[str, dict[str, Any]]
     data_dir: str
+    wyoming: WyomingConfig | None = None
     mqtt: MqttConfig | None = None
 
 
@@ -260,6 +320,8 @@ class Deployment(msgspec.Struct):
     workers: dict[str, WorkerConfig]
     stages: dict[str, StageSettings]
     data_dir: Path
+    wyoming: WyomingConfig | None = None
+    """The Wyoming gateway's table (None when the file has no ``[wyoming]``)."""
     mqtt: MqttConfig | None = None
     """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
 
@@ -274,6 +336,18 @@ class Deployment(msgspec.Struct):
         if name not in self.edges:
             raise ConfigError(f"{self.path}: no edge node named {name!r} (known: {', '.join(self.edges) or 'none'})")
         return self.edges[name]
+
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """Room → the audio and video sources the stages accept there: its edge nodes, and the Wyoming
+        gateway's streams in the gateway's room."""
+        out = {room: tuple(n for n, e in self.edges.items() if e.room == room) for room in self.rooms}
+        if self.wyoming is not None and self.wyoming.room in out:
+            out[self.wyoming.room] += tuple(self.wyoming.stream_names())
+        return out
+
+    def microphones(self, room: str) -> list[str]:
+        """Edge nodes with a microphone in ``room``."""
+        return [n for n, e in self.edges.items() if e.room == room and e.microphone is not None]
 
     def speaker_of(self, room: str) -> str:
         """The edge node that plays answers in ``room``."""
@@ -354,6 +428,7 @@ def from_dict(
         workers={n: convert(t, WorkerConfig, f"workers.{n}") for n, t in raw_file.workers.items()},
         stages=raw_file.stages,
         data_dir=raw_file.data_dir,
+        wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
     )
 
@@ -374,6 +449,9 @@ def from_dict(
         if rc.speaker and (rc.speaker not in f.edges or f.edges[rc.speaker].room != room):
             raise ConfigError(f"{path}: [rooms.{room}] speaker = {rc.speaker!r} is not an edge node in this room")
 
+    if f.wyoming is not None:
+        _check_wyoming(f, path)
+
     placed: set[str] = set()
     for wname, w in f.workers.items():
         for s in w.stages:
@@ -383,6 +461,7 @@ def from_dict(
         for d in w.devices():
             if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
                 raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
+        parse_duration(w.max_future, f"{path}: [workers.{wname}] max_future")
 
     stages: dict[str, StageSettings] = {}
     for sname in f.stages:
@@ -410,5 +489,45 @@ def from_dict(
         workers=f.workers,
         stages=stages,
         data_dir=Path(f.data_dir),
+        wyoming=f.wyoming,
         mqtt=f.mqtt,
     )
+
+
+def _check_wyoming(f: DeployParsed, path: str) -> None:
+    """Validate ``[wyoming]`` against the rooms and edges; fills in its default room."""
+    w = f.wyoming
+    assert w is not None
+    known = ", ".join(f.rooms) or "none"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", w.name):
+        raise ConfigError(f"{path}: [wyoming] name = {w.name!r}: use letters, digits and '-' (a zeroconf name)")
+    if not w.room:
+        if not f.rooms:
+            raise ConfigError(f"{path}: [wyoming] needs a room for Home Assistant's audio, and [rooms] is empty")
+        w.room = next(iter(f.rooms))
+    elif w.room not in f.rooms:
+        raise ConfigError(f"{path}: [wyoming] room = {w.room!r} is not a room of [rooms] (known: {known})")
+    entries = [(f"{role}_port", port, False) for role, port in w.ports().items()]
+    entries += [(f"satellites.{room}", port, True) for room, port in w.satellites.items()]
+    seen: dict[int, tuple[str, bool]] = {}
+    for key, port, satellite in entries:
+        if not 0 < port < 65536:
+            raise ConfigError(f"{path}: [wyoming] {key} = {port}: expected a TCP port 1-65535 (or 0 for off)")
+        if satellite:
+            room = key.split(".", 1)[1]
+            if room not in f.rooms:
+                raise ConfigError(f"{path}: [wyoming] {key}: not a room of [rooms] (known: {known})")
+            if not any(e.room == room and e.microphone is not None for e in f.edges.values()):
+                raise ConfigError(f"{path}: [wyoming] {key}: no edge node with a microphone in this room")
+        other = seen.get(port)
+        # Services may share a port (one Home Assistant entry then offers them all); a satellite needs its own.
+        if other is not None and (satellite or other[1]):
+            raise ConfigError(f"{path}: [wyoming] {key} = {port} is also the port of {other[0]}")
+        seen[port] = (key, satellite)
+    if not w.ports() and not w.satellites:
+        raise ConfigError(f"{path}: [wyoming] every port is 0 and there are no satellites: nothing to serve")
+    if not 10 <= w.block_ms <= 1000:
+        raise ConfigError(f"{path}: [wyoming] block_ms = {w.block_ms}: expected 10-1000")
+    if not 1 <= w.max_streams <= 64:
+        raise ConfigError(f"{path}: [wyoming] max_streams = {w.max_streams}: expected 1-64")
+    parse_duration(w.timeout, f"{path}: [wyoming] timeout")

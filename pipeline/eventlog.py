@@ -1,21 +1,42 @@
 """The hub's event log: every event gets the next hub sequence number and is kept, bounded.
 
 A subscriber that reconnects asks for the events after its last sequence number and gets each
-missed event exactly once. With a state folder the log is an append-only JSON-lines file, so the
-sequence and the recent events survive a power cut; a torn last line is dropped with a warning.
+missed event exactly once. With a state folder the log is an append-only JSON-lines file (mode
+0600: it holds transcripts), so the sequence and the recent events survive a power cut.
+
+Durability is a group commit: the hub ``stage``\\ s what arrived together, ``flush`` writes those
+lines with one fsync (off the event loop), and only then ``release`` makes them visible to the
+control socket and the hub publishes them. A number a client has seen is therefore always on disk,
+and a torn tail after a power cut only ever holds numbers nobody saw.
+
+Loading skips exactly the damaged lines (bad JSON, wrong shape or types, a sequence number out of
+range or out of order with its neighbours, an event that does not decode or disagrees with its
+line) and keeps the rest, so one bad line never costs the history after it.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
+import stat
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
+from pipeline.codec import MAX_TOPIC, CodecError, from_json
+from pipeline.messages import EVENTS
+
 log = logging.getLogger("sensorium.eventlog")
+
+MAX_SEQ = 2**53 - 1
+"""Largest sequence number the log accepts (exact in JSON everywhere, JavaScript included)."""
+MAX_EVENT_JSON = 60 * 1024
+"""Largest event (public JSON) the log keeps: one must fit in a control reply's 64 KiB header."""
+_MAX_LINE = MAX_EVENT_JSON * 2 + MAX_TOPIC + 64  # JSON string escaping can double the event's size
 
 
 class LoggedEvent(msgspec.Struct, array_like=True):
@@ -26,6 +47,70 @@ class LoggedEvent(msgspec.Struct, array_like=True):
     json: bytes
 
 
+class EventLogError(OSError):
+    """The event log could not be written (disk full, I/O error): the hub must not go on without it."""
+
+
+_LOGGED = frozenset(EVENTS)
+_Line = tuple[int, str, str]
+_line_decoder = msgspec.json.Decoder(_Line)
+
+
+def _parse(line: bytes) -> tuple[int | None, LoggedEvent | None, str]:
+    """``(seq, entry, why)``: the entry if the whole line is sound, else why not."""
+    if len(line) > _MAX_LINE:
+        return None, None, f"{len(line)} bytes, longer than any event"
+    try:
+        seq, topic, js = _line_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, None, f"not a [seq, topic, event] line: {exc}"
+    if not 1 <= seq <= MAX_SEQ:
+        return None, None, f"sequence number {seq} out of range"
+    raw = js.encode()
+    if len(raw) > MAX_EVENT_JSON:
+        return seq, None, f"event of {len(raw)} bytes, limit {MAX_EVENT_JSON}"
+    try:
+        ev = from_json(raw)
+    except CodecError as exc:
+        return seq, None, str(exc)
+    if type(ev) not in _LOGGED:
+        return seq, None, f"{type(ev).__name__} is not an event the hub logs"
+    if ev.seq != seq:
+        return seq, None, f"line says seq {seq}, its event says {ev.seq}"
+    if ev.topic() != topic:
+        return seq, None, f"line says topic {topic[:64]!r}, its event has {ev.topic()[:64]!r}"
+    return seq, LoggedEvent(seq, topic, raw), ""
+
+
+def _increasing(seqs: list[int]) -> set[int]:
+    """Indexes of a longest strictly increasing subsequence: the lines that agree with their neighbours."""
+    tails: list[int] = []  # smallest last seq of an increasing run of each length
+    tail_at: list[int] = []  # its index
+    prev = [-1] * len(seqs)
+    for i, s in enumerate(seqs):
+        k = bisect.bisect_left(tails, s)
+        if k == len(tails):
+            tails.append(s)
+            tail_at.append(i)
+        else:
+            tails[k] = s
+            tail_at[k] = i
+        prev[i] = tail_at[k - 1] if k else -1
+    keep: set[int] = set()
+    i = tail_at[-1] if tail_at else -1
+    while i >= 0:
+        keep.add(i)
+        i = prev[i]
+    return keep
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 class EventLog:
     """Bounded, optionally persistent, sequenced event log."""
 
@@ -34,6 +119,10 @@ class EventLog:
         self.path = path
         self.entries: deque[LoggedEvent] = deque(maxlen=capacity)
         self.last_seq = 0
+        """Newest sequence number that is durable and visible (what clients may have seen)."""
+        self.damaged = 0
+        """Lines skipped as damaged when the file was loaded."""
+        self._pending: list[LoggedEvent] = []
         self._fd: int | None = None
         self._lines_in_file = 0
         if path is not None:
@@ -41,60 +130,128 @@ class EventLog:
 
     def _load(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_mode & 0o077:
-            log.warning(
-                "event log %s was readable by others (mode %o); restricting it to 0600",
-                path,
-                path.stat().st_mode & 0o777,
-            )
-            os.chmod(path, 0o600)
-        if path.exists():
-            raw = path.read_bytes()
-            lines = raw.split(b"\n")
-            torn = 0
-            for i, line in enumerate(lines):
-                if not line:
-                    continue
-                try:
-                    seq, topic, js = msgspec.json.decode(line)
-                    entry = LoggedEvent(int(seq), str(topic), str(js).encode())
-                except (msgspec.DecodeError, ValueError, TypeError):
-                    torn += 1
-                    log.warning("event log %s: skipping damaged line %d", path, i + 1)
-                    continue
-                if entry.seq <= self.last_seq:
-                    continue
-                self.entries.append(entry)
-                self.last_seq = entry.seq
-                self._lines_in_file += 1
-            if torn or (raw and not raw.endswith(b"\n")):
-                self._compact()  # rewrite without the damage so later appends start on a clean line
+        st = path.stat() if path.exists() else None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            # e.g. a symlink to a device: append to it, but never read or chmod it
+            log.warning("event log %s is not a regular file; it is written but not read back", path)
+        elif st is not None:
+            if st.st_mode & 0o077:
+                log.warning(
+                    "event log %s was readable by others (mode %o); restricting it to 0600", path, st.st_mode & 0o777
+                )
+                os.chmod(path, 0o600)
+            self._read(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def _compact(self) -> None:
+    def _read(self, path: Path) -> None:
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline; else a line cut by a power cut
+        rows = [(i + 1, *_parse(line)) for i, line in enumerate(lines) if line]
+        tail_entry = _parse(tail)[1] if tail else None
+        if tail_entry is not None:  # whole but for its newline
+            rows.append((len(lines) + 1, tail_entry.seq, tail_entry, ""))
+        valid = [k for k, r in enumerate(rows) if r[2] is not None]
+        in_order = {valid[j] for j in _increasing([rows[k][1] for k in valid])}  # type: ignore[misc]
+        for k, (lineno, seq, entry, why) in enumerate(rows):
+            if k in in_order:
+                self.entries.append(entry)  # type: ignore[arg-type]
+                self.last_seq = seq  # type: ignore[assignment]
+                continue
+            if entry is not None:
+                why = f"sequence number {seq} out of order with its neighbours"
+            self.damaged += 1
+            log.warning("event log %s: skipping damaged line %d: %s", path, lineno, why)
+        self._lines_in_file = len(rows)
+        if tail and tail_entry is None:
+            log.warning("event log %s: dropping a torn last line (%d bytes)", path, len(tail))
+            with open(path, "r+b") as f:
+                f.truncate(len(raw) - len(tail))
+                os.fsync(f.fileno())
+        elif tail:
+            with open(path, "ab") as f:  # complete line, lost only its newline: later appends start clean
+                f.write(b"\n")
+                os.fsync(f.fileno())
+
+    def _compact(self, entries: Iterable[LoggedEvent]) -> int:
+        """Rewrite the file with ``entries`` only (atomically, mode 0600); returns the lines written."""
         assert self.path is not None
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for e in self.entries:
-                f.write(msgspec.json.encode([e.seq, e.topic, e.json.decode()]) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.unlink(missing_ok=True)  # an old one may have another owner or mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        n = 0
+        try:
+            os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit about what the file holds
+            data = [_line(e) for e in entries]
+            _write_all(fd, b"".join(data))
+            n = len(data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, self.path)
-        self._lines_in_file = len(self.entries)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # the rename itself must survive a power cut
+        finally:
+            os.close(dfd)
+        return n
+
+    # ------------------------------------------------------------------ appending
+
+    def stage(self, topic: str, build: Callable[[int], bytes]) -> LoggedEvent:
+        """Give the next sequence number to an event; ``build(seq) -> json`` makes its stored JSON.
+
+        The entry is not visible (``since``, ``last_seq``) until ``flush`` made it durable and
+        ``release`` returned it.
+        """
+        seq = self.last_seq + len(self._pending) + 1
+        entry = LoggedEvent(seq, topic, build(seq))
+        self._pending.append(entry)
+        return entry
+
+    def unstage(self) -> None:
+        """Forget what was staged (an event the log refused after ``build``)."""
+        self._pending.pop()
+
+    @property
+    def pending(self) -> int:
+        """Entries staged and not yet released."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write the staged entries with one fsync (blocking: run it off the event loop).
+
+        Raises ``EventLogError`` if the disk refuses them; the entries stay staged and invisible.
+        """
+        if self._fd is None or not self._pending:
+            return
+        try:
+            _write_all(self._fd, b"".join(_line(e) for e in self._pending))
+            os.fsync(self._fd)
+            self._lines_in_file += len(self._pending)
+            if self._lines_in_file > 2 * self.capacity:
+                kept = (list(self.entries) + self._pending)[-self.capacity :]
+                os.close(self._fd)
+                self._fd = None
+                self._lines_in_file = self._compact(kept)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise EventLogError(exc.errno, f"event log {self.path}: {exc.strerror or exc}") from exc
+
+    def release(self) -> list[LoggedEvent]:
+        """Make the flushed entries visible; returns them, oldest first (the caller publishes them)."""
+        out, self._pending = self._pending, []
+        self.entries.extend(out)
+        if out:
+            self.last_seq = out[-1].seq
+        return out
 
     def append(self, topic: str, event_json_without_seq: bytes | None = None, *, build=None) -> LoggedEvent:
-        """Assign the next sequence number; ``build(seq) -> json`` makes the stored JSON."""
-        self.last_seq += 1
-        js = build(self.last_seq) if build is not None else (event_json_without_seq or b"{}")
-        entry = LoggedEvent(self.last_seq, topic, js)
-        self.entries.append(entry)
-        if self._fd is not None:
-            os.write(self._fd, msgspec.json.encode([entry.seq, entry.topic, js.decode()]) + b"\n")
-            self._lines_in_file += 1
-            if self._lines_in_file > 2 * self.capacity:
-                os.close(self._fd)
-                self._compact()
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # type: ignore[arg-type]
+        """Stage, flush and release one entry (blocking; the hub batches instead)."""
+        js = event_json_without_seq or b"{}"
+        entry = self.stage(topic, build if build is not None else (lambda _seq: js))
+        self.flush()
+        self.release()
         return entry
 
     @property
@@ -102,21 +259,41 @@ class EventLog:
         """Oldest sequence number still held (last_seq + 1 when empty)."""
         return self.entries[0].seq if self.entries else self.last_seq + 1
 
-    def since(self, seq: int, prefixes: Iterable[str] = ()) -> list[LoggedEvent]:
-        """Events with sequence numbers above ``seq`` whose topic starts with one of ``prefixes``."""
+    def since(
+        self,
+        seq: int,
+        prefixes: Iterable[str] = (),
+        max_bytes: int | None = None,
+        max_events: int | None = None,
+    ) -> list[LoggedEvent]:
+        """Events with sequence numbers above ``seq`` whose topic starts with one of ``prefixes``, oldest first.
+
+        With ``max_bytes`` / ``max_events``, only the oldest of them that fit (always at least one):
+        the cost follows the answer, not the size of the log.
+        """
         prefixes = tuple(prefixes)
-        out = []
-        for e in reversed(self.entries):
-            if e.seq <= seq:
+        start = bisect.bisect_right(self.entries, seq, key=lambda e: e.seq)
+        out: list[LoggedEvent] = []
+        size = 0
+        for e in itertools.islice(self.entries, start, None):
+            if prefixes and not e.topic.startswith(prefixes):
+                continue
+            size += len(e.json) + 8
+            if out and ((max_bytes is not None and size > max_bytes) or len(out) == max_events):
                 break
-            if not prefixes or e.topic.startswith(prefixes):
-                out.append(e)
-        out.reverse()
+            out.append(e)
         return out
 
     def close(self) -> None:
         """Close the file."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                log.error("event log %s: final fsync failed: %s", self.path, exc)
             os.close(self._fd)
             self._fd = None
+
+
+def _line(e: LoggedEvent) -> bytes:
+    return msgspec.json.encode([e.seq, e.topic, e.json.decode()]) + b"\n"

@@ -3,6 +3,13 @@
 libzmq's steerable proxy moves the data (XSUB → XPUB) in C on its own thread; the hub's asyncio
 side only sees events (it subscribes to event topics like any node), control messages and its
 own timers. Off loopback every socket is a CURVE server and only enrolled keys get in.
+
+Events are a group commit: what the tap has queued is numbered together, written with one fsync
+on the log's own thread, and only then published and served, so no client ever sees a number that
+a power cut could take back. If the log cannot be written (disk full) the hub says so (an ERROR
+line, ``sensorium_hub_event_log_errors_total``, a ``node_status`` error on the bus) and stops with
+``EventLogError``: ``sensorium hub`` exits non-zero and systemd restarts it, rather than a hub that
+answers heartbeats while it keeps nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,13 +29,14 @@ from urllib.parse import urlparse
 import msgspec
 import zmq
 import zmq.asyncio
+from prometheus_client import Counter, Gauge
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
 from pipeline.clock import Clock
-from pipeline.codec import CodecError, decode, encode, to_json
+from pipeline.codec import MAX_HEADER, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
-from pipeline.eventlog import EventLog
+from pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
 from pipeline.messages import (
     EVENT_KINDS,
     ControlError,
@@ -41,11 +51,25 @@ from pipeline.messages import (
     SnapshotRequest,
 )
 from pipeline.metrics import Metrics
+from pipeline.ratelimit import RateLimit
 from pipeline.security import CurveKeys, KeyError_, hub_keys
 
 log = logging.getLogger("sensorium.hub")
 
 MAX_REPLY_EVENTS = 2000
+MAX_REPLY_BYTES = MAX_HEADER - 4096
+"""Event JSON per events reply: the reply's header must stay under the codec's limit."""
+MAX_PREFIXES = 64
+"""Most topic prefixes one events request may ask for."""
+MAX_PREFIX_BYTES = 128
+"""Longest topic prefix an events request may ask for."""
+MAX_BATCH = 1000
+"""Most events numbered and written with one fsync."""
+MAX_PRESENCE = 1024
+"""Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
+MAX_NODES = 256
+"""Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
+ROLES = ("edge", "worker", "client")
 
 
 class SecurityError(RuntimeError):
@@ -85,6 +109,19 @@ class _KeyDirectory:
         return ok
 
 
+def _register_problem(msg: Register) -> str | None:
+    """Why a registration is refused (names the deployment could not have), or None."""
+    if not 0 < len(msg.node) <= 64:
+        return f"node name of {len(msg.node)} characters (1 to 64)"
+    if msg.role not in ROLES:
+        return f"role {msg.role[:32]!r} (expected one of: {', '.join(ROLES)})"
+    if len(msg.room) > 64:
+        return f"room name of {len(msg.room)} characters (at most 64)"
+    if len(msg.stages) > 64 or any(len(s) > 64 for s in msg.stages):
+        return "more than 64 stages or a stage name over 64 characters"
+    return None
+
+
 def _connectable(endpoint: str) -> str:
     """The address the hub's own clients use for one of its bound endpoints."""
     if endpoint.startswith("tcp://"):
@@ -113,9 +150,36 @@ class Hub:
         self.state_dir = Path(state_dir) if state_dir else None
         self.log = EventLog(config.event_log, self.state_dir / "events.jsonl" if self.state_dir else None)
         self.nodes: dict[str, NodeInfo] = {}
-        self.presence: dict[tuple[str, str], bytes] = {}
+        self.presence: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.metrics = Metrics("hub")
         self.bad_messages = 0
+        self.control_errors = 0
+        """Control messages whose handling failed (answered with a ControlError, the loop went on)."""
+        self._control_errors = Counter(
+            "sensorium_hub_control_errors_total",
+            "Control messages refused or failed",
+            ["reason"],
+            registry=self.metrics.registry,
+        )
+        self._log_errors = Counter(
+            "sensorium_hub_event_log_errors_total", "Event log writes that failed", registry=self.metrics.registry
+        )
+        self._log_ok = Gauge(
+            "sensorium_hub_event_log_ok",
+            "1 while the event log is written, 0 once a write failed",
+            registry=self.metrics.registry,
+        )
+        self._log_ok.set(1)
+        self._batches = Counter(
+            "sensorium_hub_event_commits_total",
+            "Group commits of the event log (one fsync each)",
+            registry=self.metrics.registry,
+        )
+        self._noisy: RateLimit[None] = RateLimit(interval=1.0, burst=5)  # log lines about bad input
+        self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-eventlog")
+        self._flush: asyncio.Future[None] | None = None
+        self.failed: asyncio.Future[None] | None = None
+        """Done with an exception (``EventLogError`` for a write) once events can no longer be logged."""
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._proxy_thread: threading.Thread | None = None
@@ -198,6 +262,7 @@ class Hub:
 
             await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
             log.info("recording the bus to %s", self.config.record)
+        self.failed = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._control_loop(), name="hub-control"),
             asyncio.create_task(self._tap_loop(), name="hub-events"),
@@ -215,6 +280,10 @@ class Hub:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._flush is not None:  # a write in progress finishes before the file is closed
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flush), 10.0)
+        self._log_thread.shutdown(wait=False)
         if self._steer is not None:
             self._steer.send(b"TERMINATE")
             if self._proxy_thread is not None:
@@ -237,41 +306,109 @@ class Hub:
         await self.stop()
 
     async def run_forever(self) -> None:
-        """Start and serve until cancelled."""
+        """Start and serve until cancelled; raises ``EventLogError`` if the event log cannot be written
+        (or whatever else stopped the hub from logging events)."""
         await self.start()
         try:
-            await asyncio.Event().wait()
+            assert self.failed is not None
+            await self.failed
         finally:
             await self.stop()
 
     # ------------------------------------------------------------------ events
 
+    def _warn(self, kind: str, text: str, *args: object) -> None:
+        """A warning about bad input, at most once a second per kind (with the count left out)."""
+        held = self._noisy.admit(kind)
+        if held is not None:
+            log.warning(text + (f" ({held} more like it not logged)" if held else ""), *args)
+
     def _bad_event(self, topic: bytes, exc: CodecError) -> None:
         self.bad_messages += 1
-        log.warning("hub dropped malformed event on %r: %s", topic[:64], exc)
+        self._warn("event", "hub dropped malformed event on %r: %s", topic[:64], exc)
 
     async def _tap_loop(self) -> None:
+        try:
+            await self._tap()
+        except Exception as exc:  # a hub that no longer logs must not go on answering heartbeats
+            log.exception("hub: the event tap failed; stopping")
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_exception(exc)
+
+    async def _tap(self) -> None:
         while True:
-            msg = await self.tap.recv()
-            if not isinstance(msg, Event):
+            batch = [await self.tap.recv()]
+            while len(batch) < MAX_BATCH and (more := self.tap.recv_nowait()) is not None:
+                batch.append(more)
+            staged = [(msg, entry) for msg in batch if (entry := self._stage(msg)) is not None]
+            if not staged:
                 continue
-            topic = msg.topic()
+            if self.log.path is not None:
+                # stop() waits for this write even if the task is cancelled meanwhile
+                self._flush = asyncio.get_running_loop().run_in_executor(self._log_thread, self.log.flush)
+                try:
+                    await asyncio.shield(self._flush)
+                except EventLogError as exc:
+                    await self._log_failed(exc)
+                    return
+                self._flush = None
+                self._batches.inc()
+            self.log.release()  # durable: now it may be served and published
+            for msg, entry in staged:
+                self._publish_event(msg, entry.json)
+                await self.events_pub.send_multipart([entry.topic.encode(), entry.json])
 
-            def build(seq: int, msg: Event = msg) -> bytes:
-                msg.seq = seq
-                return to_json(msg)
+    def _stage(self, msg: object) -> LoggedEvent | None:
+        if not isinstance(msg, Event):
+            return None
 
-            entry = self.log.append(topic, build=build)
-            self.metrics.count_message(topic.encode(), len(entry.json), "in")
-            if isinstance(msg, Presence):
-                key = (msg.person, msg.room)
-                if msg.state == "left":
-                    self.presence.pop(key, None)
-                else:
-                    for k in [k for k in self.presence if k[0] == msg.person and msg.person != "unknown"]:
-                        self.presence.pop(k, None)
-                    self.presence[key] = entry.json
-            await self.events_pub.send_multipart([topic.encode(), entry.json])
+        def build(seq: int) -> bytes:
+            msg.seq = seq
+            return to_json(msg)
+
+        try:
+            entry = self.log.stage(msg.topic(), build)
+        except CodecError as exc:
+            self._bad_event(msg.topic().encode()[:64], exc)
+            return None
+        if len(entry.json) > MAX_EVENT_JSON:  # no control reply could carry it
+            self.log.unstage()
+            too_big = CodecError(f"event of {len(entry.json)} bytes, limit {MAX_EVENT_JSON}")
+            self._bad_event(entry.topic.encode(), too_big)
+            return None
+        return entry
+
+    def _publish_event(self, msg: Event, js: bytes) -> None:
+        self.metrics.count_message(msg.topic().encode(), len(js), "in")
+        if isinstance(msg, Presence):
+            key = (msg.person, msg.room)
+            if msg.state == "left":
+                self.presence.pop(key, None)
+            else:
+                for k in [k for k in self.presence if k[0] == msg.person and msg.person != "unknown"]:
+                    self.presence.pop(k, None)
+                self.presence[key] = js
+                while len(self.presence) > MAX_PRESENCE:
+                    self.presence.popitem(last=False)
+
+    async def _log_failed(self, exc: EventLogError) -> None:
+        self._log_errors.inc()
+        self._log_ok.set(0)
+        log.error("hub: %s; no event can be kept or numbered, so the hub stops (systemd restarts it)", exc)
+        with contextlib.suppress(Exception):
+            await self.publisher.publish(
+                NodeStatus(
+                    source="hub",
+                    time=self.clock.now(),
+                    node="hub",
+                    role="hub",
+                    state="error",
+                    detail=f"event log write failed: {exc}",
+                )
+            )
+            await asyncio.sleep(0.2)  # let the status leave before the sockets close
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_exception(exc)
 
     # ------------------------------------------------------------------ control
 
@@ -294,65 +431,109 @@ class Hub:
     async def _reply(self, ident: bytes, msg: object) -> None:
         await self.router.send_multipart([ident, *encode(msg)])  # type: ignore[arg-type]
 
+    async def _refuse(self, ident: bytes, reason: str, request_id: int = 0, kind: str = "refused") -> None:
+        self._control_errors.labels(kind).inc()
+        await self._reply(ident, ControlError(time=self.clock.now(), reason=reason, request_id=request_id))
+
     async def _control_loop(self) -> None:
         while True:
             frames = await self.router.recv_multipart()
-            ident, rest = frames[0], frames[1:]
+            ident, msg = frames[0], None
             try:
-                msg = decode(rest)
-            except CodecError as exc:
-                self.bad_messages += 1
-                log.warning("hub: bad control message from %r: %s", ident[:32], exc)
-                await self._reply(ident, ControlError(time=self.clock.now(), reason=f"bad message: {exc}"))
-                continue
-            now = time.monotonic()
-            if isinstance(msg, Heartbeat):
-                node = self.nodes.get(msg.node)
-                if node is None:
-                    await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                try:
+                    msg = decode(frames[1:])
+                except CodecError as exc:
+                    self.bad_messages += 1
+                    self._warn("control", "hub: bad control message from %r: %s", ident[:32], exc)
+                    await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
-                await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
-                node.last_seen = now
-                node.offset_ms = msg.offset_ms
-                if node.state == "down":
-                    await self._status(node, "up", "heartbeats resumed")
-                if msg.detail != node.detail:
-                    node.detail = msg.detail
-                    if msg.detail.startswith(("degraded", "error")):
-                        await self._status(node, msg.detail.split(":")[0], msg.detail)
-            elif isinstance(msg, Register):
-                old = self.nodes.get(msg.node)
-                self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
-                if old is None or old.state != "up":
-                    await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
-            elif isinstance(msg, EventsRequest):
-                entries = self.log.since(msg.since, msg.prefixes)[:MAX_REPLY_EVENTS]
-                await self._reply(
-                    ident,
-                    EventsReply(
-                        time=self.clock.now(),
-                        events=[e.json for e in entries],
-                        first_seq=self.log.first_seq,
-                        last_seq=self.log.last_seq,
-                    ),
+                await self._control(ident, msg)
+            except Exception as exc:  # one bad request must never end the control plane
+                self.control_errors += 1
+                if self._noisy.admit("control-error") is not None:
+                    log.exception("hub: control message from %r failed", ident[:32])
+                with contextlib.suppress(Exception):
+                    reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
+                    await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
+
+    async def _control(self, ident: bytes, msg: object) -> None:
+        now = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            node = self.nodes.get(msg.node)
+            if node is None:
+                await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                return
+            await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
+            node.last_seen = now
+            node.offset_ms = msg.offset_ms
+            if node.state == "down":
+                await self._status(node, "up", "heartbeats resumed")
+            detail = msg.detail[:500]
+            if detail != node.detail:
+                node.detail = detail
+                if detail.startswith(("degraded", "error")):
+                    await self._status(node, "degraded" if detail.startswith("degraded") else "error", detail)
+        elif isinstance(msg, Register):
+            why = _register_problem(msg)
+            if why is None and msg.node not in self.nodes and len(self.nodes) >= MAX_NODES:
+                down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
+                if down:
+                    del self.nodes[down[0].name]  # the one gone longest makes room
+                else:
+                    why = f"the hub already tracks {MAX_NODES} nodes, all up"
+            if why is not None:
+                await self._refuse(ident, f"register refused: {why}", kind="register")
+                return
+            old = self.nodes.get(msg.node)
+            self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
+            if old is None or old.state != "up":
+                await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
+        elif isinstance(msg, EventsRequest):
+            if len(msg.prefixes) > MAX_PREFIXES:
+                await self._refuse(
+                    ident, f"events request with {len(msg.prefixes)} prefixes, limit {MAX_PREFIXES}", msg.request_id
                 )
-            elif isinstance(msg, SnapshotRequest):
-                await self._reply(
+                return
+            long = next((p for p in msg.prefixes if len(p.encode()) > MAX_PREFIX_BYTES), None)
+            if long is not None:
+                await self._refuse(
                     ident,
-                    EventsReply(
-                        time=self.clock.now(),
-                        events=list(self.presence.values()),
-                        first_seq=self.log.first_seq,
-                        last_seq=self.log.last_seq,
-                    ),
+                    f"events request prefix of {len(long.encode())} bytes ({long[:32]!r}…), limit {MAX_PREFIX_BYTES}",
+                    msg.request_id,
                 )
-            else:
-                await self._reply(
-                    ident,
-                    ControlError(
-                        time=self.clock.now(), reason=f"unexpected {type(msg).__name__} on the control socket"
-                    ),
-                )
+                return
+            entries = self.log.since(msg.since, msg.prefixes, max_bytes=MAX_REPLY_BYTES, max_events=MAX_REPLY_EVENTS)
+            await self._reply(
+                ident,
+                EventsReply(
+                    time=self.clock.now(),
+                    events=[e.json for e in entries],
+                    first_seq=self.log.first_seq,
+                    last_seq=self.log.last_seq,
+                    request_id=msg.request_id,
+                ),
+            )
+        elif isinstance(msg, SnapshotRequest):
+            events, size = [], 0
+            for js in reversed(self.presence.values()):  # the newest, as many as one reply carries
+                size += len(js) + 8
+                if size > MAX_REPLY_BYTES:
+                    break
+                events.append(js)
+            await self._reply(
+                ident,
+                EventsReply(
+                    time=self.clock.now(),
+                    events=events[::-1],
+                    first_seq=self.log.first_seq,
+                    last_seq=self.log.last_seq,
+                    request_id=msg.request_id,
+                ),
+            )
+        else:
+            await self._refuse(
+                ident, f"unexpected {type(msg).__name__} on the control socket", getattr(msg, "request_id", 0)
+            )
 
     async def _health_loop(self) -> None:
         while True:

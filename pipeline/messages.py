@@ -174,6 +174,10 @@ class Transcript(Event, tag="transcript"):
     """Who spoke: a person's name, "unknown", or None if not (yet) identified."""
     speaker_score: float = 0.0
     """Similarity score behind ``speaker``."""
+    request_id: str = ""
+    """Set when a client asked for this transcript (``Listen``: Home Assistant's STT); agents do not answer it."""
+    reply_to: str = ""
+    """Set on a question a client asks for someone (Home Assistant's conversation): answer with ``Client.answer``."""
 
 
 class SpeakerIdentified(Event, tag="speaker"):
@@ -274,6 +278,8 @@ class InputError(Event, tag="error"):
     """Topic of the rejected input."""
     reason: str = ""
     """What was wrong."""
+    suppressed: int = 0
+    """Errors like this one (same stage or node, input topic and kind) left out since the last one reported."""
 
 
 class PlaybackStatus(Event, tag="playback"):
@@ -286,6 +292,19 @@ class PlaybackStatus(Event, tag="playback"):
     """What happened."""
     played_text: str = ""
     """Sentences fully played so far (tells the agent what was cut off on barge-in)."""
+
+
+class EventsLost(Event, tag="events_lost"):
+    """Events the hub's log no longer held when this subscriber asked for them (it was away too long).
+
+    Its ``seq`` is ``last_seq``: persist it like any event's and resuming continues after the gap.
+    """
+
+    kind: ClassVar[str] = "lost"
+    first_seq: int = 0
+    """First sequence number lost."""
+    last_seq: int = 0
+    """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
 
 
 # -------------------------------------------------------------------------------------- commands
@@ -305,6 +324,8 @@ class Say(Message, tag="say"):
     """Voice name or path; None for the stage's default."""
     more: bool = False
     """True while more text for this answer will follow."""
+    reply_to: str = ""
+    """The question's ``reply_to`` when the asker speaks the answer itself: the TTS stage sends audio to no room."""
 
 
 class StopPlayback(Message, tag="stop_playback"):
@@ -315,6 +336,18 @@ class StopPlayback(Message, tag="stop_playback"):
     """Answer to stop; "" stops whatever is playing."""
     reason: str = ""
     """Why, e.g. "barge-in"."""
+
+
+class Listen(Message, tag="listen"):
+    """A client claims the speech of one audio stream, from ``time`` on (the Wyoming gateway for Home Assistant)."""
+
+    kind: ClassVar[str] = "listen"
+    node: str = ""
+    """The stream: ``source`` of its audio chunks (an edge node, or a stream the gateway publishes)."""
+    action: Literal["open", "close", "drop"] = "open"
+    """"open" takes the utterance opened near ``time`` or opens one there; "close" ends it now; "drop" discards it."""
+    request_id: str = ""
+    """The client's request; the utterance's transcripts carry it as ``Transcript.request_id``."""
 
 
 class StageStats(Message, tag="stats"):
@@ -391,7 +424,9 @@ class EventsRequest(Message, tag="events_request"):
     since: int = 0
     """Last hub sequence number the subscriber has; 0 for everything in the log."""
     prefixes: list[str] = msgspec.field(default_factory=list)
-    """Topic prefixes to return; empty for all."""
+    """Topic prefixes to return; empty for all (at most 64, each at most 128 bytes)."""
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class EventsReply(Message, tag="events_reply"):
@@ -404,12 +439,16 @@ class EventsReply(Message, tag="events_reply"):
     """Oldest sequence number still in the log (a gap before it was lost to the bound)."""
     last_seq: int = 0
     """Newest sequence number in the log."""
+    request_id: int = 0
+    """The ``request_id`` of the request this answers."""
 
 
 class SnapshotRequest(Message, tag="snapshot_request"):
     """Ask who is where now (answered by the presence stage through the hub)."""
 
     kind: ClassVar[str] = "ctl"
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
 class ControlError(Message, tag="control_error"):
@@ -418,9 +457,11 @@ class ControlError(Message, tag="control_error"):
     kind: ClassVar[str] = "ctl"
     reason: str = ""
     """What was wrong."""
+    request_id: int = 0
+    """The ``request_id`` of the request refused (0 when the message was unreadable or not a request)."""
 
 
-# -------------------------------------------------------------------------- arbitration (issue 5)
+# ------------------------------------------------------------------------------------ arbitration
 
 
 class WakeArbitrated(Event, tag="arbitration"):
@@ -459,7 +500,9 @@ EVENTS: tuple[type[Event], ...] = (
     PlaybackStatus,
     WakeArbitrated,
 )
-COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback)
+CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
+"""Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
+COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback, Listen)
 CONTROL: tuple[type[Message], ...] = (
     Register,
     Heartbeat,
@@ -469,6 +512,6 @@ CONTROL: tuple[type[Message], ...] = (
     SnapshotRequest,
     ControlError,
 )
-ALL: tuple[type[Message], ...] = STREAMS + EVENTS + COMMANDS + CONTROL
+ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)

@@ -1,8 +1,10 @@
 """Prometheus metrics every process exposes, and an in-process latency record for reports.
 
 Histograms cover per-stage latency; counters cover inputs, drops, violations, and messages and
-bytes per topic family; gauges cover queue depth and degrade level. ``serve(port)`` starts the
-HTTP exporter; ``sensorium top`` reads the same numbers through the hub.
+bytes per topic family; gauges cover queue depth and degrade level. ``serve(port, host)`` starts
+the HTTP exporter, on loopback unless a deployment names another address (it has no
+authentication, whatever the hub's CURVE keys); ``sensorium top`` reads the same numbers through
+the hub.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ class Metrics:
         self.messages.labels(self.node, kind, direction).inc()
         self.bytes.labels(self.node, kind, direction).inc(size)
 
-    def serve(self, port: int) -> None:
-        """Expose the metrics over HTTP on ``port`` (0 = do nothing)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> object | None:
+        """Expose the metrics over HTTP on ``host:port`` (port 0 = do nothing); returns the server."""
+        if not port:
+            return None
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server
 
 
 def percentiles(values: list[float] | deque[float], ps: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:

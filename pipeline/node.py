@@ -3,6 +3,10 @@
 Every process (edge, worker, client) holds one. It never fails because the hub is absent: it
 keeps heartbeating (ZeroMQ reconnects with backoff underneath) and re-registers whenever the
 hub answers that it does not know the node, e.g. after the hub restarted.
+
+Requests carry a ``request_id`` that the hub's answer echoes; a request is re-sent (same id, with
+backoff) until answered, and an answer for any other id (a late answer to an earlier request or
+retry) is ignored, so a hub slower than the retry interval cannot hand one request another's answer.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Iterable
 
@@ -60,7 +65,10 @@ class NodeLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_ack = 0.0
         self._registered = False
-        self._pending: asyncio.Future[Message] | None = None
+        self._pending: tuple[int, asyncio.Future[Message]] | None = None
+        self._next_id = random.randrange(1, 2**31)  # a restarted process never reuses a live id
+        self.stale_replies = 0
+        """Answers ignored because they were not for the request waiting (late answers to retries)."""
         self._lock = asyncio.Lock()
         self._ack_event = asyncio.Event()
 
@@ -116,12 +124,14 @@ class NodeLink:
                 await asyncio.wait_for(self._ack_event.wait(), min(remaining, self.interval))
         return True
 
-    async def _send(self, msg: Message) -> None:
+    async def _send(self, msg: Message) -> bool:
+        """Queue ``msg`` for the hub; False if no hub is connected (nothing was queued)."""
         assert self._sock is not None
         try:
             await self._sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass  # hub not connected yet; the next beat tries again
+            return False  # hub not connected yet; the next beat tries again
+        return True
 
     def _register_msg(self) -> Register:
         return Register(node=self.name, role=self.role, room=self.room, stages=self.stages, time=self.clock.now())
@@ -158,20 +168,40 @@ class NodeLink:
             elif isinstance(msg, ControlError) and msg.reason == "unregistered":
                 self._registered = False
                 await self._send(self._register_msg())
-            elif self._pending is not None and not self._pending.done():
-                self._pending.set_result(msg)
+            elif self._pending is not None and getattr(msg, "request_id", 0) == self._pending[0]:
+                if not self._pending[1].done():
+                    self._pending[1].set_result(msg)
+            else:
+                self.stale_replies += 1
+                log.debug("%s: ignoring a %s that answers no waiting request", self.name, type(msg).__name__)
 
     async def request(self, msg: Message, timeout: float = 5.0) -> Message:
-        """Send a request to the hub and wait for its reply (one at a time)."""
+        """Send a request to the hub and wait for its answer (one at a time).
+
+        ``msg`` gets a fresh ``request_id``; it is re-sent after 1 s, 2 s, 4 s … until ``timeout``
+        (every 0.2 s while no hub is connected to take it).
+        """
         async with self._lock:
-            self._pending = asyncio.get_running_loop().create_future()
+            self._next_id = self._next_id % (2**62) + 1
+            rid = self._next_id
+            msg.request_id = rid  # type: ignore[attr-defined]
+            fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            self._pending = (rid, fut)
             deadline = time.monotonic() + timeout
-            while True:
-                await self._send(msg)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(self._pending), min(1.0, timeout))
-                except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        raise HubUnavailable(
-                            f"hub at {self.endpoints.control} did not answer in {timeout:.1f}s"
-                        ) from None
+            wait = 1.0
+            try:
+                while True:
+                    sent = await self._send(msg)
+                    try:
+                        left = deadline - time.monotonic()
+                        # not sent (no hub yet): try again soon, so a restarted hub answers at once
+                        return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(wait if sent else 0.2, left)))
+                    except TimeoutError:
+                        if time.monotonic() >= deadline:
+                            raise HubUnavailable(
+                                f"hub at {self.endpoints.control} did not answer in {timeout:.1f}s"
+                            ) from None
+                        if sent:
+                            wait = min(wait * 2, 8.0)  # a slow hub is not helped by a queue of our retries
+            finally:
+                self._pending = None

@@ -505,6 +505,11 @@ async def replay_embedded(
 
     pub = Publisher(env.endpoints)
     sub = Subscriber(env.endpoints, ANSWER_PREFIXES)
+    for w in env.workers:  # the stages must take what a replay sends:
+        for r in w.runners:
+            r.ctx.sources = {}  # the recording's own edge nodes, not necessarily this deployment's
+            if opts.speed != 1:
+                r.ctx.max_future = None  # stamps run ahead of the clock on purpose (module doc)
     try:
         await asyncio.sleep(0.2)  # subscriptions propagate through the proxy
         marks = _marks(env)

@@ -2,10 +2,12 @@
 
 Each stage gets a ``StageRunner``. Droppable stages (video) keep only the latest pending input
 per topic; anything already past its deadline when the stage is free is dropped. Audio stages
-get every chunk in order. After each input the runner measures latency from the input's capture
-time on the hub clock, reports violations, and moves the stage down its degrade ladder after
-``overrun_after`` consecutive overruns, and back up after ``recover_after`` inputs well within
-budget.
+get every chunk in order, from a queue bounded by ``LadderPolicy.max_queue`` inputs and
+``max_queue_bytes``: a stage that falls that far behind loses its oldest inputs, counted and
+reported (a ``budget_violation`` with action "dropped", at most once a second, and a log line).
+After each input the runner measures latency from the input's capture time on the hub clock,
+reports violations, and moves the stage down its degrade ladder after ``overrun_after``
+consecutive overruns, and back up after ``recover_after`` inputs well within budget.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from pipeline.messages import BudgetViolation, InputError, Message, StageStats
 from pipeline.metrics import Metrics, percentiles
+from pipeline.ratelimit import RateLimit
 from pipeline.stage import Stage
 
 log = logging.getLogger("sensorium.runtime")
@@ -38,6 +41,10 @@ class LadderPolicy:
     """What "well within budget" means."""
     violation_interval: float = 1.0
     """At most one plain violation event per stage per this many seconds (ladder moves always)."""
+    max_queue: int = 1000
+    """Most inputs waiting at a non-droppable stage (80 ms audio: 80 s of one stream); the oldest go first."""
+    max_queue_bytes: int = 64 * 2**20
+    """Most payload bytes waiting at a non-droppable stage (utterances are large)."""
 
 
 class StageRunner:
@@ -58,6 +65,11 @@ class StageRunner:
         self.publish = publish or self.ctx.publish
         self.budget = self.ctx.budget_ms / 1000.0
         self._fifo: deque[Message] = deque()
+        self._fifo_bytes = 0
+        self._overflow = 0  # dropped for a full queue, not reported yet
+        self._overflow_oldest: Message | None = None
+        self._overflow_logged = 0.0
+        self._overflow_unlogged = 0
         self._latest: OrderedDict[str, Message] = OrderedDict()
         self._wake = asyncio.Event()
         self._over = 0
@@ -72,6 +84,7 @@ class StageRunner:
         self._recover_after = self.policy.recover_after
         self._since_restore: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._traces: RateLimit[None] = RateLimit(interval=60.0, burst=1)
         self.ctx.observe = self._observe
 
     def wants(self, topic: str) -> bool:
@@ -94,6 +107,15 @@ class StageRunner:
             self._latest.move_to_end(topic)
         else:
             self._fifo.append(msg)
+            self._fifo_bytes += len(getattr(msg, "data", b""))
+            p = self.policy
+            while len(self._fifo) > p.max_queue or (self._fifo_bytes > p.max_queue_bytes and len(self._fifo) > 1):
+                old = self._fifo.popleft()
+                self._fifo_bytes -= len(getattr(old, "data", b""))
+                self.dropped += 1
+                self.metrics.dropped.labels(self.metrics.node, self.name).inc()
+                self._overflow += 1
+                self._overflow_oldest = self._overflow_oldest or old
         self.metrics.queue.labels(self.metrics.node, self.name).set(self.depth)
         self._wake.set()
 
@@ -105,7 +127,9 @@ class StageRunner:
                 batch.append(msg)
             return batch
         n = max(1, self.stage.max_batch)
-        return [self._fifo.popleft() for _ in range(min(n, len(self._fifo)))]
+        batch = [self._fifo.popleft() for _ in range(min(n, len(self._fifo)))]
+        self._fifo_bytes -= sum(len(getattr(m, "data", b"")) for m in batch)
+        return batch
 
     def start(self) -> None:
         """Start the processing loop."""
@@ -134,6 +158,8 @@ class StageRunner:
             if not self.depth:
                 self._wake.clear()
                 await self._wake.wait()
+            if self._overflow:
+                await self._report_overflow()
             batch = self._take()
             self.metrics.queue.labels(self.metrics.node, self.name).set(self.depth)
             if self.stage.droppable:
@@ -146,17 +172,20 @@ class StageRunner:
             except Exception as exc:  # a bad input must not take the stage down
                 self.errors += len(batch)
                 self.metrics.errors.labels(self.metrics.node, self.name).inc(len(batch))
-                log.exception("stage %s failed on %s", self.name, batch[0].topic())
+                topic = batch[0].topic()[:128]
+                if self._traces.admit(type(exc).__name__) is not None:  # one traceback a minute per kind
+                    log.exception("stage %s failed on %s", self.name, topic)
                 with contextlib.suppress(Exception):
-                    await self.publish(
+                    await self.ctx.report_error(
                         InputError(
-                            room=batch[0].room,
+                            room=batch[0].room[:64],
                             time=self.ctx.clock.now(),
                             source=self.ctx.worker,
                             stage=self.name,
-                            input_topic=batch[0].topic(),
-                            reason=f"{type(exc).__name__}: {exc}",
-                        )
+                            input_topic=topic,
+                            reason=f"{type(exc).__name__}: {exc}"[:500],
+                        ),
+                        self.publish,
                     )
                 continue
             finally:
@@ -168,6 +197,23 @@ class StageRunner:
             now = self.ctx.clock.now()
             for msg in batch:
                 await self._account(now - self.stage.input_time(msg), msg)
+
+    async def _report_overflow(self) -> None:
+        """Say that inputs were dropped from the full queue (log once a second, violation rate-limited)."""
+        n, oldest = self._overflow, self._overflow_oldest
+        self._overflow, self._overflow_oldest = 0, None
+        self._overflow_unlogged += n
+        now = time.monotonic()
+        if now - self._overflow_logged >= 1.0:
+            log.warning(
+                "stage %s is %d inputs behind (queue full): dropped the %d oldest since the last report",
+                self.name,
+                len(self._fifo),
+                self._overflow_unlogged,
+            )
+            self._overflow_logged, self._overflow_unlogged = now, 0
+        if oldest is not None:
+            await self._violation(self.ctx.clock.now() - self.stage.input_time(oldest), "dropped", oldest)
 
     async def _observe(self, latency: float, output: Message) -> None:
         await self._account(latency, output)

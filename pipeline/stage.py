@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ import msgspec
 
 from pipeline.clock import Clock
 from pipeline.messages import AudioChunk, InputError, Message
+from pipeline.ratelimit import RateLimit, kind_of
 
 T = TypeVar("T")
 
@@ -46,12 +47,19 @@ class StageContext:
     """Where galleries and caches live."""
     rooms: tuple[str, ...] = ()
     """Rooms known to the deployment; input for another room is rejected."""
+    sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Edge nodes the deployment places in each room: streams from anyone else are refused (empty: not checked)."""
+    max_future: float | None = 2.0
+    """Input stamped more than this many seconds ahead of the hub clock is refused (None: accepted, for
+    replays faster than real time, which stamp ahead on purpose)."""
     emit: Callable[[Message], Awaitable[None]] | None = None
     """Publishes a message on the bus (set by the runtime)."""
     observe: Callable[[float, Message], Awaitable[None]] | None = None
     """Reports the latency of an output made in the background (set by the runtime; see ``report``)."""
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sensorium.stage"))
     """Logger for this stage."""
+    errors: RateLimit[InputError] = field(default_factory=RateLimit)
+    """Rate limit of this stage's ``error`` events (see ``report_error``)."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -80,12 +88,55 @@ class StageContext:
         if self.observe is not None:
             await self.observe(self.clock.now() - since, output)
 
+    def stream_problem(self, room: str, source: str, t: float) -> str | None:
+        """Why a stream's input (``room``, ``source``, capture time ``t``) is refused, or None.
+
+        Per-stream state (model buffers, audio rings) is created only for streams that pass, so an
+        unknown or lying sender cannot make a stage grow.
+        """
+        if self.rooms and room not in self.rooms:
+            return f"unknown room {room!r} (known: {', '.join(self.rooms)})"
+        if self.sources and source not in self.sources.get(room, ()):
+            nodes = ", ".join(self.sources.get(room, ())) or "none"
+            return f"unknown source {source[:64]!r} in room {room!r} (its edge nodes: {nodes})"
+        if self.max_future is not None:
+            ahead = t - self.clock.now()
+            if ahead > self.max_future:
+                return f"stamped {ahead:.1f} s ahead of the hub clock (limit {self.max_future:g} s): clock not synced?"
+        return None
+
     async def reject(self, msg: Message, reason: str) -> None:
-        """Report bad input as an ``error`` event and carry on."""
-        self.log.warning("%s rejected %s: %s", self.name, msg.topic(), reason)
-        await self.publish(
-            InputError(room=msg.room, time=self.clock.now(), stage=self.name, input_topic=msg.topic(), reason=reason)
+        """Report bad input as an ``error`` event (rate-limited) and carry on."""
+        await self.report_error(
+            InputError(
+                room=msg.room[:64],
+                time=self.clock.now(),
+                stage=self.name,
+                input_topic=msg.topic()[:128],
+                reason=reason[:500],
+            )
         )
+
+    async def report_error(self, err: InputError, publish: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        """Publish ``err`` unless one like it (same input topic and kind of reason) went out within a second.
+
+        The first goes out at once; the ones held back are counted into the next one's
+        ``suppressed`` (or into a summary from ``flush_errors``), so a broken edge cannot flood the log.
+        """
+        held = self.errors.admit((err.input_topic, kind_of(err.reason)), err)
+        if held is None:
+            return
+        err.suppressed = held
+        more = f" ({held} more like it not reported)" if held else ""
+        self.log.warning("%s rejected %s: %s%s", err.stage, err.input_topic, err.reason, more)
+        await (publish or self.publish)(err)
+
+    async def flush_errors(self, publish: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        """Publish a summary for each kind of error that was held back and went quiet (call it once a second)."""
+        for err, held in self.errors.due():
+            err.suppressed = held
+            self.log.warning("%s rejected %s: %s (and %d more like it)", err.stage, err.input_topic, err.reason, held)
+            await (publish or self.publish)(err)
 
     def close(self) -> None:
         """Stop the stage's worker thread."""

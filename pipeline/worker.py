@@ -20,6 +20,7 @@ from pipeline.config import Deployment, parse_duration
 from pipeline.messages import InputError, Message, NodeStatus
 from pipeline.metrics import Metrics
 from pipeline.node import NodeLink
+from pipeline.ratelimit import RateLimit, kind_of
 from pipeline.runtime import LadderPolicy, StageRunner
 from pipeline.security import CurveKeys
 from pipeline.stage import Stage, StageContext
@@ -88,6 +89,8 @@ class Worker:
         self.ready = asyncio.Event()
         self._link: NodeLink | None = None
         self._publisher: Publisher | None = None
+        self._errors: RateLimit[InputError] = RateLimit()
+        self._reports: set[asyncio.Task[None]] = set()
 
     async def _publish(self, msg: Message) -> None:
         assert self._publisher is not None
@@ -106,6 +109,10 @@ class Worker:
 
     async def _build(self, device: str) -> list[StageRunner]:
         runners = []
+        dep = self.deployment
+        # Streams a stage keeps state for: the edge nodes (and the Wyoming gateway's streams) of each room.
+        sources = dep.sources()
+        max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
         try:
             for sname in self.config.stages:
                 settings = self.deployment.stages[sname]
@@ -119,6 +126,8 @@ class Worker:
                     clock=self.clock,
                     data_dir=self.deployment.data_dir,
                     rooms=tuple(self.deployment.rooms),
+                    sources=sources,
+                    max_future=max_future,
                     emit=self._publish,
                     log=logging.getLogger(f"sensorium.stage.{sname}"),
                 )
@@ -181,17 +190,26 @@ class Worker:
         log.info("worker %s serving %s on %s", self.name, ", ".join(self.config.stages), self.device)
 
     def _bad_input(self, topic: bytes, exc: CodecError) -> None:
-        log.warning("worker %s: rejected malformed message on %r: %s", self.name, topic[:64], exc)
-        asyncio.get_running_loop().create_task(
-            self._publish(
-                InputError(
-                    time=self.clock.now(),
-                    stage=self.name,
-                    input_topic=topic[:128].decode(errors="replace"),
-                    reason=str(exc),
-                )
-            )
+        # Rate-limited by topic family and kind of reason: a hostile sender varies the rest at will.
+        family = topic.split(b"/", 1)[0][:32].decode(errors="replace")
+        err = InputError(
+            time=self.clock.now(),
+            stage=self.name,
+            input_topic=topic[:128].decode(errors="replace"),
+            reason=f"malformed message: {exc}"[:500],
         )
+        held = self._errors.admit((family, kind_of(str(exc))[:24]), err)  # the variable part comes later
+        if held is None:
+            return
+        self._report_malformed(err, held)
+
+    def _report_malformed(self, err: InputError, held: int) -> None:
+        err.suppressed = held
+        more = f" ({held} more like it not reported)" if held else ""
+        log.warning("worker %s: rejected a message on %r: %s%s", self.name, err.input_topic[:64], err.reason, more)
+        task = asyncio.get_running_loop().create_task(self._publish(err))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _dispatch(self) -> None:
         while True:
@@ -211,6 +229,9 @@ class Worker:
             for r in self.runners:
                 await self._publish(r.stats(r.inputs - last[r.name], now - t_last))
                 last[r.name] = r.inputs
+                await r.ctx.flush_errors(r.publish)
+            for err, held in self._errors.due():
+                self._report_malformed(err, held)
             t_last = now
 
     async def drain(self, timeout: float = 30.0) -> None:

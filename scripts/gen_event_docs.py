@@ -42,10 +42,17 @@ def annotation(cls: type, name: str) -> str:
 
 def tables() -> str:
     out = []
-    for cls in m.EVENTS:
+    for cls in m.EVENTS + m.CLIENT_EVENTS:
         tag = cls.__struct_config__.tag
-        out.append(f"### `{tag}` — {(cls.__doc__ or '').strip()}\n")
-        out.append(f"Topic on the bus: `{cls.kind}/<room>/<source>`\n")
+        doc = (cls.__doc__ or "").strip().split("\n\n")
+        out.append(f"### `{tag}` — {doc[0]}\n")
+        out.extend(f"{' '.join(p.split())}\n" for p in doc[1:])
+        if cls in m.CLIENT_EVENTS:
+            out.append(
+                "Never on the bus: `Client.events()` (and `sensorium events`) yields it where the events were.\n"
+            )
+        else:
+            out.append(f"Topic on the bus: `{cls.kind}/<room>/<source>`\n")
         out.append("| field | type | meaning |\n|---|---|---|")
         docs = field_docs(cls)
         for f in cls.__struct_fields__:

@@ -255,6 +255,8 @@ class AgentLoop:
             return None
         if not isinstance(ev, Transcript) or not ev.final or not ev.text.strip():
             return None
+        if ev.request_id:
+            return None  # a client's speech-to-text request (Home Assistant): that client answers it
         if self.rooms is not None and ev.room not in self.rooms:
             return None
         if self._stood_down(ev):
@@ -273,7 +275,7 @@ class AgentLoop:
         if not reply:
             return None
         said = self.client.clock.now()
-        answer_id = await self.client.say(ev.room, reply)
+        answer_id = await self.client.answer(ev, reply)
         turn = Turn(ev.room, ev.text, reply, ev.speaker, ev.utterance_id, ev.t1, received, said, answer_id)
         self.turns.append(turn)
         del self.turns[:-200]

@@ -24,6 +24,7 @@ COMMANDS = [
     "keys",
     "agent",
     "mqtt",
+    "wyoming",
     "record",
     "replay",
     "session",

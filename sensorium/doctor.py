@@ -265,11 +265,12 @@ class Doctor:
                 self.add("FAIL", "ipc folder", f"{folder} is not writable by {_user()}", f"chown sensorium {folder}")
             else:
                 self.add("PASS", "ipc folder", f"{folder}: writable" + ("; hub answering" if answering else ""))
-        ports = [("hub metrics", self.deployment.hub.metrics_port)]
-        ports += [(f"{w} metrics", c.metrics_port) for w, c in self.deployment.workers.items()]
-        for label, port in ports:
+        hub = self.deployment.hub
+        ports = [("hub metrics", hub.metrics_port, hub.metrics_host)]
+        ports += [(f"{w} metrics", c.metrics_port, c.metrics_host) for w, c in self.deployment.workers.items()]
+        for label, port, host in ports:
             if port:
-                why = _bind_problem("0.0.0.0", port)
+                why = _bind_problem(host, port)
                 self.add(
                     "PASS" if why is None else "WARN",
                     f"port {port}",
@@ -306,7 +307,8 @@ class Doctor:
                 "WARN",
                 "event log",
                 f"{detail}; {damaged} damaged, {disorder} out-of-order lines{torn}",
-                "the hub skips damaged lines and rewrites the file on start; nothing to do unless it repeats",
+                "the hub skips exactly the damaged lines and cuts off a torn last one on start; "
+                "nothing to do unless it repeats",
             )
         else:
             self.add("PASS", "event log", detail)

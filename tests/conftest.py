@@ -1,7 +1,9 @@
-"""Shared fixtures: a running hub on a fresh ipc address; a real Home Assistant per test file."""
+"""Shared fixtures: a running hub on a fresh ipc address; a real Home Assistant per test file; and
+modules hypothesis can read."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +18,20 @@ from pipeline.hub import Hub
 @pytest.fixture
 def hub_address(tmp_path: Path) -> str:
     return f"ipc://{tmp_path}/hub-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(autouse=True)
+def _readable_modules_for_hypothesis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hypothesis reads every loaded module's ``__file__``; speechbrain leaves lazy optional modules in
+    ``sys.modules`` that raise ImportError on any attribute read, which crashed any hypothesis test that ran
+    after a test that loaded speechbrain. Hide those modules from hypothesis tests only."""
+    if not getattr(request.function, "is_hypothesis_test", False):
+        return
+    for name, module in list(sys.modules.items()):
+        try:
+            getattr(module, "__file__", None)
+        except Exception:
+            monkeypatch.delitem(sys.modules, name)
 
 
 @pytest.fixture

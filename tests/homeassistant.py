@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HA_VENV = REPO / ".venv-homeassistant"
@@ -70,13 +70,6 @@ logger:
 
 class HomeAssistantError(RuntimeError):
     """Home Assistant did not start, refused a call, or a state never came; the text says which."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------ WebSocket

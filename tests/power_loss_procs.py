@@ -6,6 +6,12 @@ last line is cut off), so every event the hub logged must arrive exactly once ac
 
 ``gallery-writer GALLERY LOG`` keeps enrolling embeddings into the real SQLite gallery and appends
 each committed row count to LOG: an enrolment in progress at the moment of the power cut.
+
+``durable-hub CONFIG JOURNAL`` runs ``sensorium hub`` and appends the event log's size to JOURNAL
+each time an fsync of it returns: what a power cut cannot take back. A SIGKILL keeps the page cache,
+so the test then cuts the log at a random byte after that size to play the power cut.
+
+``events-publisher ADDRESS`` publishes ``wake`` events as fast as a busy house never would.
 """
 
 from __future__ import annotations
@@ -73,6 +79,40 @@ def gallery_writer(path: Path, log: Path) -> None:
             time.sleep(0.005)
 
 
+def durable_hub(config: str, journal: Path) -> int:
+    real_fsync = os.fsync
+    jfd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return
+        if path.endswith("events.jsonl"):
+            os.write(jfd, b"%d\n" % os.fstat(fd).st_size)
+
+    os.fsync = fsync
+    from sensorium.cli import main as sensorium
+
+    return sensorium(["hub", "--config", config])
+
+
+async def events_publisher(address: str) -> None:
+    from pipeline.bus import Endpoints, Publisher
+    from pipeline.clock import Clock
+    from pipeline.messages import WakeDetected
+
+    pub = Publisher(Endpoints.from_address(address))
+    clock = Clock()
+    i = 0
+    while True:
+        for _ in range(5):  # small bursts: several events reach the hub together
+            i += 1
+            await pub.publish(WakeDetected(room="kitchen", source="burst", time=clock.now(), word=f"e{i}", score=0.9))
+        await asyncio.sleep(0.01)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     kind, *args = sys.argv[1:]
@@ -80,6 +120,10 @@ def main() -> None:
         asyncio.run(subscriber(args[0], Path(args[1])))
     elif kind == "gallery-writer":
         gallery_writer(Path(args[0]), Path(args[1]))
+    elif kind == "durable-hub":
+        sys.exit(durable_hub(args[0], Path(args[1])))
+    elif kind == "events-publisher":
+        asyncio.run(events_publisher(args[0]))
     else:
         raise SystemExit(f"unknown helper {kind!r}")
 

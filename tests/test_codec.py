@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import codec
-from pipeline.messages import ALL, AudioChunk, Box, Detections, Transcript, VideoFrame, WakeDetected, Word
+from pipeline.messages import ALL, WIRE_VERSION, AudioChunk, Box, Detections, Transcript, VideoFrame, WakeDetected, Word
 
 text = st.text(max_size=40)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -116,3 +116,40 @@ def test_specific_errors_say_what_was_wrong() -> None:
         codec.decode([b"t", b"", b""])
     with pytest.raises(codec.CodecError, match="malformed event JSON"):
         codec.from_json(b'{"type": "wake", "score": "high"}')
+
+
+_NON_FINITE = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@pytest.mark.parametrize("cls", [c for c in ALL if codec._float_fields(c)[0]], ids=lambda c: c.__name__)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), bad=_NON_FINITE)
+def test_non_finite_floats_are_refused_where_made_and_from_the_wire(cls: type, data: st.DataObject, bad: float) -> None:
+    field = data.draw(st.sampled_from(codec._float_fields(cls)[0]))
+    msg = cls(room="kitchen", source="pi", **{field: bad})
+    with pytest.raises(codec.CodecError, match=rf"{cls.__name__}\.{field} = "):
+        codec.encode(msg)
+    with pytest.raises(codec.CodecError, match=rf"{cls.__name__}\.{field} = "):
+        codec.to_json(msg)
+    # a foreign publisher that does not check: the receiver refuses it
+    raw = [msg.topic().encode(), bytes([WIRE_VERSION]) + msgspec.msgpack.encode(msg), b""]
+    with pytest.raises(codec.CodecError, match=rf"{cls.__name__}\.{field} = .* not a finite number"):
+        codec.decode(raw)
+
+
+def test_non_finite_floats_inside_words_and_boxes_are_refused() -> None:
+    t = Transcript(room="kitchen", text="hi", words=[Word("hi", 0.0, 0.2), Word("there", 0.3, float("inf"))])
+    with pytest.raises(codec.CodecError, match=r"Transcript\.words\[1\]\.end = inf"):
+        codec.encode(t)
+    d = Detections(room="hall", boxes=[Box(1, 2, 3, 4, float("nan"))])
+    with pytest.raises(codec.CodecError, match=r"Detections\.boxes\[0\]\.score = nan"):
+        codec.to_json(d)
+    raw = [d.topic().encode(), bytes([WIRE_VERSION]) + msgspec.msgpack.encode(d), b""]
+    with pytest.raises(codec.CodecError, match=r"boxes\[0\]\.score"):
+        codec.decode(raw)
+
+
+def test_a_topic_that_lies_about_its_message_is_refused() -> None:
+    frames = codec.encode(VideoFrame(room="hall", source="cam1", data=b"\xff\xd8"))
+    with pytest.raises(codec.CodecError, match="VideoFrame on a topic that does not match it: b'audio/hall/cam1'"):
+        codec.decode([b"audio/hall/cam1", frames[1], frames[2]])

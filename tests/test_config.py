@@ -60,6 +60,10 @@ def test_good_file_loads(tmp_path: Path) -> None:
             r"\[workers.gpu0\] stages: unknown stage 'sst' \(expected one of: stt, wake\)",
         ),
         (_with(workers={"gpu0": {"stages": ["wake"], "device": "gpu0"}}), r"\[workers.gpu0\] device: expected 'cpu'"),
+        (
+            _with(workers={"gpu0": {"stages": ["wake"], "max_future": "soon"}}),
+            r"\[workers.gpu0\] max_future: expected a duration",
+        ),
         (_with(rooms={"kitchen": {}, "attic": {}}), r"\[rooms.attic\] no edge node serves this room"),
         (_with(edges={"pi": {"room": "garage"}}), r"\[edges.pi\] room = 'garage' is not a room of \[rooms\]"),
         (_with(hub={"heartbeat": "soon"}), r"\[hub\] heartbeat: expected a duration"),

@@ -19,7 +19,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "deploy" / "systemd"
-NAMES = ["sensorium-hub.service", "sensorium-worker@.service", "sensorium-edge.service", "sensorium-mqtt.service"]
+NAMES = [
+    "sensorium-hub.service",
+    "sensorium-worker@.service",
+    "sensorium-edge.service",
+    "sensorium-wyoming.service",
+    "sensorium-mqtt.service",
+]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]
 SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
@@ -65,10 +71,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    "unit",
-    ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service", "sensorium-mqtt.service"],
-)
+VERIFY = [n.replace("@.", "@gpu0.") for n in NAMES]
+
+
+@pytest.mark.parametrize("unit", VERIFY)
 def test_systemd_analyze_verify(root: Path, unit: str) -> None:
     res = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", f"--root={root}", unit], capture_output=True, text=True, timeout=60
@@ -95,10 +101,7 @@ def test_verify_catches_a_broken_unit(root: Path, tmp_path: Path) -> None:
     assert "Restart" in out and "RestartSecs" in out, out
 
 
-@pytest.mark.parametrize(
-    "unit",
-    ["sensorium-hub.service", "sensorium-worker@gpu0.service", "sensorium-edge.service", "sensorium-mqtt.service"],
-)
+@pytest.mark.parametrize("unit", VERIFY)
 def test_security_exposure_is_ok(root: Path, unit: str) -> None:
     """systemd's own hardening score stays in its "OK" band (<= 4.9 of 10) despite audio/GPU access."""
     res = subprocess.run(
@@ -127,7 +130,8 @@ def test_units_restart_always_after_network_as_unprivileged_user(name: str) -> N
 
 
 def test_start_order_hub_then_workers_then_edges() -> None:
-    hub, worker, edge = (parse(n) for n in NAMES[:3])
+    hub, worker, edge, wyoming = (parse(n) for n in NAMES[:4])
+    assert "sensorium-hub.service" in words(wyoming, "Unit", "After")
     assert "sensorium-hub.service" in words(worker, "Unit", "After")
     assert "sensorium-edge.service" in words(worker, "Unit", "Before")
     assert "sensorium-hub.service" in words(edge, "Unit", "After")

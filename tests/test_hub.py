@@ -5,16 +5,28 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
+from ports import free_tcp_base
 
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
-from pipeline.codec import encode
+from pipeline.codec import CodecError, decode, encode, from_json, to_json
 from pipeline.config import HubConfig
+from pipeline.eventlog import EventLogError
 from pipeline.hub import Hub, SecurityError
-from pipeline.messages import NodeStatus, Transcript, WakeDetected
+from pipeline.messages import (
+    WIRE_VERSION,
+    ControlError,
+    EventsLost,
+    EventsReply,
+    EventsRequest,
+    NodeStatus,
+    Transcript,
+    WakeDetected,
+)
 from pipeline.node import NodeLink
 
 
@@ -83,6 +95,32 @@ async def test_restarted_subscriber_gets_missed_events_exactly_once(hub: Hub) ->
     assert words == [f"w{i}" for i in range(30)]  # every event once, in order
 
 
+async def test_a_subscriber_away_too_long_is_told_what_it_lost_in_order(hub_address: str, tmp_path: Path) -> None:
+    h = Hub(HubConfig(address=hub_address, event_log=20), state_dir=tmp_path / "s")
+    await h.start()
+    pub = Publisher(h.endpoints)
+    async with Client(h.endpoints) as client:
+        await asyncio.sleep(0.3)
+        await _publish_wakes(pub, 50)
+        await asyncio.sleep(0.3)
+        first = h.log.first_seq
+        held = [from_json(e.json) for e in h.log.entries]
+        wakes = [e for e in held if isinstance(e, WakeDetected)]  # (the client's own "up" may be among them)
+        assert first > 6 and len(held) == 20 and len(wakes) >= 19
+        got = await collect(client.events(["wake"], since=5), 1 + len(wakes), 5)
+        lost = got[0]
+        assert isinstance(lost, EventsLost) and (lost.first_seq, lost.last_seq, lost.seq) == (6, first - 1, first - 1)
+        assert got[1:] == wakes  # then every event still held
+        # the lost item's seq is a resume point like any other: nothing twice, no second signal
+        task = asyncio.create_task(collect(client.events(["wake"], since=lost.seq), len(wakes) + 2, 5))
+        await asyncio.sleep(0.5)
+        await _publish_wakes(pub, 2, start=50)
+        again = await task
+    pub.close()
+    await h.stop()
+    assert [e.word for e in again] == [e.word for e in got[1:]] + ["w50", "w51"]
+
+
 async def test_event_log_survives_hub_restart(hub_address: str, tmp_path: Path) -> None:
     cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5)
     h = Hub(cfg, state_dir=tmp_path / "s")
@@ -104,6 +142,127 @@ async def test_event_log_survives_hub_restart(hub_address: str, tmp_path: Path) 
         events = await collect(client.events(["wake"], since=2), 3, 5)
     await h2.stop()
     assert [e.word for e in events] == ["w2", "w3", "w4"]
+
+
+async def test_a_hub_slower_than_the_retry_interval_never_makes_a_client_repeat_or_go_back(
+    hub_address: str, tmp_path: Path
+) -> None:
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.2, down_after=30), state_dir=tmp_path / "s")
+    answer = h._reply
+
+    async def slow(ident: bytes, msg: object) -> None:
+        if isinstance(msg, EventsReply):
+            await asyncio.sleep(2.5)  # the whole control loop waits: longer than the client's 1 s retry
+        await answer(ident, msg)
+
+    h._reply = slow  # type: ignore[method-assign]
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.3)
+    await _publish_wakes(pub, 5)
+    async with Client(h.endpoints, heartbeat=0.2) as client:
+        task = asyncio.create_task(collect(client.events(["wake"], since=0), 1000, 16))
+        for start, pause in ((5, 1.0), (10, 3.5), (15, 4.0)):  # bursts while requests and retries are queued
+            await asyncio.sleep(pause)
+            await _publish_wakes(pub, 5, start=start)
+        got = await task
+    pub.close()
+    await h.stop()
+    seqs = [e.seq for e in got]
+    assert seqs == sorted(set(seqs)), f"duplicates or out of order: {seqs}"
+    assert [e.word for e in got] == [f"w{i}" for i in range(20)]
+    assert client.link.stale_replies >= 1  # the late answers to retries really came, and were ignored
+
+
+async def test_huge_events_requests_are_refused_and_heartbeats_stay_on_time(hub_address: str, tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    lines = []
+    for seq in range(1, 10001):  # a full log (the default bound) to scan
+        ev = WakeDetected(seq=seq, room="kitchen", source="w", word=f"w{seq}")
+        lines.append(msgspec.json.encode([seq, ev.topic(), to_json(ev).decode()]) + b"\n")
+    (state / "events.jsonl").write_bytes(b"".join(lines))
+    hub = Hub(HubConfig(address=hub_address, event_log=10000), state_dir=state)
+    await hub.start()
+    raw = context().socket(zmq.DEALER)
+    raw.connect(hub.endpoints.control)
+    many = EventsRequest(since=0, prefixes=[chr(0x41 + i % 26) for i in range(30000)], request_id=7)
+    assert len(encode(many)[1]) < 64 * 1024  # a legal message on the wire
+    acks: list[float] = []
+    async with NodeLink("beat", "worker", hub.endpoints, heartbeat=0.05) as link:
+        assert await link.wait_connected(3)
+
+        async def watch() -> None:
+            last = link._last_ack
+            while True:
+                await asyncio.sleep(0.005)
+                if link._last_ack != last:
+                    acks.append(link._last_ack - last)
+                    last = link._last_ack
+
+        watcher = asyncio.create_task(watch())
+        for _ in range(10):
+            await raw.send_multipart(encode(many))
+        replies = [decode(await asyncio.wait_for(raw.recv_multipart(), 10)) for _ in range(10)]
+        await raw.send_multipart(encode(EventsRequest(prefixes=["wake/" + "x" * 200], request_id=8)))
+        long = decode(await asyncio.wait_for(raw.recv_multipart(), 5))
+        await asyncio.sleep(0.2)
+        watcher.cancel()
+    raw.close(0)
+    await hub.stop()
+    assert acks and max(acks) < 0.3, f"heartbeat answers were {max(acks):.2f}s apart while requests came in"
+    assert all(isinstance(r, ControlError) and r.request_id == 7 for r in replies)
+    assert "30000 prefixes, limit 64" in replies[0].reason  # type: ignore[union-attr]
+    assert isinstance(long, ControlError) and long.request_id == 8 and "limit 128" in long.reason
+
+
+async def test_registrations_are_checked_and_the_node_table_is_bounded(hub: Hub) -> None:
+    from pipeline.hub import MAX_NODES
+    from pipeline.messages import Register
+
+    raw = context().socket(zmq.DEALER)
+    raw.connect(hub.endpoints.control)
+    await asyncio.sleep(0.1)
+    for bad in (Register(node="x" * 500, role="edge"), Register(node="pi", role="overlord")):
+        await raw.send_multipart(encode(bad))
+        reply = decode(await asyncio.wait_for(raw.recv_multipart(), 3))
+        assert isinstance(reply, ControlError) and "register refused" in reply.reason
+    for i in range(MAX_NODES + 20):  # anyone on loopback may register: names are not free memory
+        await raw.send_multipart(encode(Register(node=f"fake-{i}", role="edge")))
+    refused = [decode(await asyncio.wait_for(raw.recv_multipart(), 3)) for _ in range(20)]
+    raw.close(0)
+    assert len(hub.nodes) == MAX_NODES
+    assert all(isinstance(r, ControlError) and f"already tracks {MAX_NODES} nodes" in r.reason for r in refused)
+
+
+async def test_the_control_loop_survives_a_request_that_fails(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: object, **_k: object) -> list[object]:
+        raise RuntimeError("disk said no")
+
+    async with NodeLink("probe", "client", hub.endpoints, heartbeat=0.1) as link:
+        assert await link.wait_connected(3)
+        with monkeypatch.context() as m:
+            m.setattr(hub.log, "since", broken)
+            failed = await link.request(EventsRequest(since=0), 3)
+        assert isinstance(failed, ControlError) and "disk said no" in failed.reason
+        again = await link.request(EventsRequest(since=0), 3)  # the loop is still there
+        assert isinstance(again, EventsReply) and again.request_id != failed.request_id
+    assert hub.control_errors == 1
+
+
+async def test_a_client_far_behind_catches_up_through_several_replies(hub_address: str, tmp_path: Path) -> None:
+    h = Hub(HubConfig(address=hub_address, event_log=5000), state_dir=tmp_path / "s")
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.3)
+    for i in range(0, 1500, 100):
+        await _publish_wakes(pub, 100, start=i)
+    await asyncio.sleep(0.5)
+    pub.close()
+    async with Client(h.endpoints) as client:
+        got = await collect(client.events(["wake"], since=0), 1500, 20)
+    await h.stop()
+    assert [e.word for e in got] == [f"w{i}" for i in range(1500)]  # far more than one 64 KiB reply holds
 
 
 async def test_malformed_messages_are_rejected_and_hub_keeps_serving(hub: Hub) -> None:
@@ -129,8 +288,26 @@ async def test_malformed_messages_are_rejected_and_hub_keeps_serving(hub: Hub) -
     pub.close()
 
 
+async def test_non_finite_values_never_reach_the_log(hub: Hub) -> None:
+    pub = Publisher(hub.endpoints)
+    with pytest.raises(CodecError, match=r"WakeDetected\.score = nan"):
+        await pub.publish(WakeDetected(room="kitchen", word="made-here", score=float("nan")))
+    raw = context().socket(zmq.PUB)  # a foreign publisher that does not check
+    raw.connect(hub.endpoints.publish)
+    await asyncio.sleep(0.3)
+    bad = WakeDetected(room="kitchen", source="evil", word="from-the-wire", score=float("inf"))
+    await raw.send_multipart([bad.topic().encode(), bytes([WIRE_VERSION]) + msgspec.msgpack.encode(bad), b""])
+    await pub.publish(WakeDetected(room="kitchen", word="fine", score=0.9))
+    await asyncio.sleep(0.3)
+    raw.close(0)
+    pub.close()
+    assert hub.bad_messages == 1
+    words = [getattr(from_json(e.json), "word", None) for e in hub.log.entries]  # every logged event decodes
+    assert "fine" in words and "from-the-wire" not in words and "made-here" not in words
+
+
 async def test_non_loopback_bind_without_keys_is_refused() -> None:
-    h = Hub(HubConfig(address="tcp://0.0.0.0:47700"))
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{free_tcp_base()}"))
     with pytest.raises(SecurityError, match="without CURVE keys"):
         await h.start()
 
@@ -143,9 +320,10 @@ async def test_unenrolled_client_receives_nothing_and_publishes_nothing(tmp_path
     security.new_node(tmp_path / "evil", "evil", hub_pub)  # never enrolled
     good = security.node_keys(tmp_path / "good", "good")
     evil = security.node_keys(tmp_path / "evil", "evil")
-    h = Hub(HubConfig(address="tcp://0.0.0.0:47710", keys=str(hub_dir)))
+    port = free_tcp_base()
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{port}", keys=str(hub_dir)))
     await h.start()
-    ep = Endpoints.from_address("tcp://127.0.0.1:47710")
+    ep = Endpoints.from_address(f"tcp://127.0.0.1:{port}")
     try:
         good_sub = Subscriber(ep, ["wake/"], curve=good)
         evil_sub = Subscriber(ep, ["wake/"], curve=evil)
@@ -186,3 +364,113 @@ async def test_hub_records_the_bus_to_mcap(hub_address: str, tmp_path: Path) -> 
     recorded, _ = read_all([path])
     kinds = [type(r.msg).__name__ for r in recorded if r.msg is not None]
     assert "AudioChunk" in kinds and "WakeDetected" in kinds
+
+
+def _full_disk(state: Path) -> None:
+    """The event log's path leads to /dev/full: every write fails with ENOSPC, as on a full disk."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "events.jsonl").symlink_to("/dev/full")
+
+
+async def test_a_full_disk_stops_the_hub_loudly(hub_address: str, tmp_path: Path) -> None:
+    _full_disk(tmp_path / "s")
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.1), state_dir=tmp_path / "s")
+    await h.start()
+    status = Subscriber(h.endpoints, ["status/"])
+    await asyncio.sleep(0.2)
+    try:
+        async with NodeLink("gpu0", "worker", h.endpoints, heartbeat=0.1) as link:  # its "up" is the first event
+            assert await link.wait_connected(3)
+            assert h.failed is not None
+            with pytest.raises(EventLogError, match="No space left on device"):
+                await asyncio.wait_for(asyncio.shield(h.failed), 5)
+        said = [m async for m in _drain(status, 1.0)]
+    finally:
+        status.close()
+        await h.stop()
+    assert any(isinstance(m, NodeStatus) and m.node == "hub" and m.state == "error" for m in said), said
+    errors = h.metrics.registry.get_sample_value("sensorium_hub_event_log_errors_total")
+    assert errors == 1 and h.metrics.registry.get_sample_value("sensorium_hub_event_log_ok") == 0
+    assert "gpu0" not in [getattr(from_json(e.json), "node", "") for e in h.log.entries]  # nothing served unlogged
+
+
+async def _drain(sub: Subscriber, timeout: float):  # type: ignore[no-untyped-def]
+    while (msg := await sub.recv_timeout(timeout)) is not None:
+        yield msg
+
+
+@pytest.mark.slow
+def test_sensorium_hub_exits_non_zero_when_its_log_cannot_be_written(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _full_disk(tmp_path / "state")
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nheartbeat = "100ms"\n')
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "sensorium", "hub", "--config", str(cfg), "--state", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def register() -> None:
+        async with NodeLink("kitchen-pi", "edge", Endpoints.from_address(f"ipc://{tmp_path}/hub"), heartbeat=0.1):
+            for _ in range(100):
+                if hub.poll() is not None:
+                    return
+                await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(register())
+        _, err = hub.communicate(timeout=15)
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+    assert hub.returncode == 1, (hub.returncode, err[-2000:])
+    assert "ERROR" in err and "No space left on device" in err and "stopped rather than run without" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(pid: int, port: int, timeout: float = 20.0) -> str:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                return c.laddr.ip
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", [None, "0.0.0.0"], ids=["default", "configured"])
+def test_the_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Path, host: str | None) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    line = f'metrics_host = "{host}"\n' if host else ""
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nmetrics_port = {port}\n{line}')
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "sensorium", "hub", "--config", str(cfg), "--state", str(tmp_path / "state")]
+    )
+    try:
+        assert _listening(hub.pid, port) == (host or "127.0.0.1")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "sensorium_hub_event_log_ok 1.0" in body
+    finally:
+        hub.terminate()
+        hub.wait(15)

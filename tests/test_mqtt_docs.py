@@ -17,7 +17,7 @@ from sensorium.deployment import deployment_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "home-assistant.md").read_text()
-SECTION = DOC[DOC.index("## Presence over MQTT") :]
+SECTION = DOC[DOC.index("## Presence over MQTT") :].split("\n## ", 1)[0]  # up to the next section
 # blocks inside list items are indented: dedent them
 BLOCKS = [(lang, textwrap.dedent(body)) for lang, body in re.findall(r"```(\w*)\n(.*?)```", SECTION, flags=re.S)]
 if str(REPO) not in sys.path:

@@ -263,3 +263,51 @@ async def test_a_stage_that_keeps_failing_to_step_up_waits_longer_each_time() ->
             n = 0
     assert len(runs) >= 3
     assert runs[0] == 3 and runs[1] == 6 and runs[2] == 12  # patience doubles after each failed step up
+
+
+async def test_errors_are_rate_limited_per_input_topic_and_counted() -> None:
+    runner, out = _runner(FailingStage, budget_ms=1000)
+    runner.start()
+    now = runner.ctx.clock.now()
+    for i in range(300):  # one broken edge: every chunk fails
+        runner.offer(AudioChunk(room="k", source="pi", seq=i + 1, time=now, data=b"\0\0\0"))
+    runner.offer(AudioChunk(room="k", source="pi", seq=301, time=now, data=b"\0\0"))
+    await runner.drain(5)
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert len(errors) == 1 and errors[0].suppressed == 0 and "odd byte count" in errors[0].reason
+    assert runner.errors == 300 and runner.stage.ok == 1  # type: ignore[attr-defined]  # counted, still serving
+    await asyncio.sleep(1.05)
+    await runner.ctx.flush_errors(runner.publish)  # the worker does this every second
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert len(errors) == 2 and errors[1].input_topic == "audio/k/pi"
+    assert sum(1 + e.suppressed for e in errors) == 300  # each event stands for itself and those it counts
+    await runner.stop()
+
+
+async def test_errors_from_ever_new_topics_are_bounded_too() -> None:
+    runner, out = _runner(FailingStage, budget_ms=1000)
+    runner.start()
+    now = runner.ctx.clock.now()
+    for i in range(300):  # a hostile publisher: a new source name on every chunk
+        runner.offer(AudioChunk(room="k", source=f"pi{i}", seq=1, time=now, data=b"\0\0\0"))
+    await runner.drain(5)
+    await runner.stop()
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert 1 <= len(errors) <= 10, len(errors)  # ten a second per stage, over all topics
+
+
+async def test_an_audio_stage_that_falls_far_behind_drops_its_oldest_inputs_and_says_so() -> None:
+    runner, out = _runner(LadderStage, budget_ms=10_000, max_queue=50)
+    runner.start()
+    now = runner.ctx.clock.now()
+    depths = []
+    for i in range(1, 501):  # a flood: far more than a 0.25 s-per-chunk stage can take
+        runner.offer(AudioChunk(room="k", source="pi", seq=i, time=now, data=b"\0\0" * 1280))
+        depths.append(runner.depth)
+    assert max(depths) <= 50  # bounded memory
+    assert runner.dropped >= 440
+    await asyncio.sleep(0.1)
+    await runner.stop()
+    dropped = [m for m in out if isinstance(m, BudgetViolation) and m.action == "dropped"]
+    assert len(dropped) == 1 and dropped[0].stage == "ladder"  # reported, and rate-limited
+    assert runner.metrics.dropped.labels("test", "ladder")._value.get() == runner.dropped

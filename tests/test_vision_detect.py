@@ -1,4 +1,8 @@
-"""Person detection and tracking on real images: the bundled YOLOv8s, ultralytics' ByteTrack, the detect stage."""
+"""Person detection and tracking on real images: the bundled YOLOv8s, ultralytics' ByteTrack, the detect stage.
+
+Exports for ONNX Runtime / OpenVINO go to the user cache (``~/.cache/sensorium/detector``), shared by the
+test files so each size is exported once per machine.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import images
 import numpy as np
 import pytest
 
+from models.detector import default_cache_dir
 from nodes.detect import DetectOptions, DetectStage, check_frame, jpeg_size
 from pipeline.messages import Detections, InputError, Message, VideoFrame
 from pipeline.stage import StageContext
 
 pytestmark = pytest.mark.slow
+CACHE = default_cache_dir()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ async def make_stage(**opts: object) -> tuple[DetectStage, list[Message]]:
     async def emit(msg: Message) -> None:
         out.append(msg)
 
-    opts_ = DetectOptions(**opts)
+    opts_ = DetectOptions(**({"cache_dir": str(CACHE)} | opts))
     ctx = StageContext(name="detect", worker="test", options=opts_, rooms=("hall", "kitchen"), emit=emit)
     stage = DetectStage(ctx)
     await stage.start()
@@ -135,15 +141,30 @@ def test_frame_checks_without_decoding() -> None:
 
 async def test_degrade_steps() -> None:
     stage, out = await make_stage()
+    assert stage.degrade_steps == ("smaller-input", "fewer-checks", "skip-alternate-frames")
     bus = images.load(images.BUS)
-    stage.apply_degrade(1)  # half resolution: still finds people
-    await stage.handle(frame(bus, seq=1))
+    stage.apply_degrade(1)  # whole frames at the region size: still finds people
+    assert stage.regions.settings.full_size == 320
+    await stage.handle(frame(bus, seq=1, t=1.0))
     assert out and isinstance(out[-1], Detections) and out[-1].persons >= 3
-    stage.apply_degrade(2)  # and skips every other frame of a camera
+    stage.apply_degrade(2)  # keep-alive passes and still-track checks four times rarer
+    assert stage.regions.settings.keepalive_s == 20.0 and stage.regions.settings.recheck_s == 4.0
+    stage.apply_degrade(3)  # and every other frame of a camera is skipped
     out.clear()
     for seq in range(2, 6):
-        await stage.handle(frame(bus, seq=seq))
+        await stage.handle(frame(bus, seq=seq, t=1.0 + seq / 5))
     assert len([d for d in out if isinstance(d, Detections)]) == 2
+    stage.apply_degrade(0)
+    assert stage.regions.settings.full_size == 640 and stage.regions.settings.keepalive_s == 5.0
+    await stage.stop()
+
+
+async def test_degrade_without_motion_turns_motion_regions_on() -> None:
+    stage, _ = await make_stage(motion=False)
+    assert stage.degrade_steps == ("smaller-input", "motion-regions", "skip-alternate-frames")
+    assert not stage.regions.settings.motion
+    stage.apply_degrade(2)
+    assert stage.regions.settings.motion and stage.regions.settings.full_size == 320
     await stage.stop()
 
 
@@ -184,3 +205,15 @@ def test_vision_options_validate_in_the_deployment_file() -> None:
         from_dict(base | {"stages": {"face": {"treshold": 0.5}}}, opts)
     with pytest.raises(ConfigError, match="left_after"):
         from_dict(base | {"stages": {"presence": {"left_after": "soon"}}}, opts)
+    d = from_dict(base | {"stages": {"detect": {"backend": "openvino", "imgsz": 416, "keepalive": "10s"}}}, opts)
+    assert d.stages["detect"].options.backend == "openvino" and d.stages["detect"].options.imgsz == 416
+    for bad, key in (
+        ({"backend": "coreml"}, "backend"),
+        ({"precision": "fp8"}, "precision"),
+        ({"imgsz": 600}, "imgsz"),
+        ({"region_size": 800}, "region_size"),
+        ({"keepalive": "often"}, "keepalive"),
+        ({"motion_threshold": 0}, "motion_threshold"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            from_dict(base | {"stages": {"detect": bad}}, opts)

@@ -289,3 +289,38 @@ async def test_corrupt_frame_is_rejected_and_the_stage_keeps_serving(detector, t
     await stage.handle(Detections(time=2.0, room="hall", camera="cam", persons=2, boxes=boxes, frame_seq=2))
     assert len([m for m in out if isinstance(m, FaceRecognized)]) == 2
     await stage.stop()
+
+
+async def test_gate_looks_at_a_faceless_track_again_only_when_it_comes_closer(detector, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    astro = images.load(images.ASTRONAUT).copy()
+    astro[20:200, 140:310] = (128, 128, 128)  # her face covered: a person the face detector finds no face on
+    room = images.empty_room()
+
+    def scene(scale: float, dx: int) -> np.ndarray:
+        small = cv2.resize(astro, (int(512 * scale), int(512 * scale)))
+        frame = room.copy()
+        x = 320 - small.shape[1] // 2 + dx
+        frame[480 - small.shape[0] :, x : x + small.shape[1]] = small
+        return frame
+
+    looks: dict[bool, list[int]] = {}
+    for gate in (True, False):
+        detector.reset()
+        stage, out = await make_stage(tmp_path / str(gate), gate=gate, retry_s=1.0)
+        now = [0.0]
+        stage.now = lambda now=now: now[0]  # type: ignore[method-assign]
+        feed = Feeder(detector, stage, out)
+        counts = []
+        for i in range(12):  # 2.4 s at 5 fps: standing still (a little sway), then two steps closer
+            now[0] = i * 0.2
+            before = stage.looks
+            await feed.frame(scene(0.6 if i < 10 else 0.6 * 1.2 ** (i - 9), 2 * (i % 3)), camera="cam")
+            counts.append(stage.looks - before)
+        looks[gate] = counts
+        assert not [m for m in out if isinstance(m, FaceRecognized)]  # nothing to recognize either way
+        await stage.stop()
+    assert looks[False][:10] == [1] * 10  # without the gate: every frame
+    # with it: the first frame, then once a second while she stands still, and at once when she comes closer
+    assert looks[True] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1], looks[True]

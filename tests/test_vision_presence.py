@@ -176,7 +176,9 @@ async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) ->
         return StageContext(name=name, worker="w", options=options, clock=clock, data_dir=tmp_path, emit=route)
 
     left_after = 5.0  # longer than one frame's trip through the chain on a busy 2-core box
-    detect = DetectStage(ctx("detect", DetectOptions()))
+    from models.detector import default_cache_dir
+
+    detect = DetectStage(ctx("detect", DetectOptions(cache_dir=str(default_cache_dir()))))  # exports shared across runs
     face = FaceStage(ctx("face", FaceOptions(recognizer="facenet")))
     presence = PresenceStage(ctx("presence", PresenceOptions(left_after=left_after, tick=0.05)))
     stages.update(face=face, presence=presence)

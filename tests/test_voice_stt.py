@@ -5,6 +5,7 @@ The stages run chained (wake → stt) with audio paced at real time, as on a liv
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -380,5 +381,37 @@ async def test_node_that_loses_the_arbitration_drops_its_utterance() -> None:
         assert [f.room for f in finals] == ["kitchen"] and "kitchen" in norm(finals[0].text)
         assert [u.room for u in chain.of(Utterance)] == ["kitchen"]
         assert stt.counts["stood_down"] == 1
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
+async def test_stream_state_only_for_known_sources_never_ahead_and_freed_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nodes.stt
+
+    chain = Chain()
+    sources = {"kitchen": ("kitchen-pi",), "office": ("office-pi",)}
+    stt = await chain.add(SttStage, cpu_threads=2, speaker_wait=0.0, sources=sources)
+    assert isinstance(stt, SttStage)
+    try:
+        quiet = np.zeros(1280, "<i2").tobytes()
+        for i in range(3):  # anyone can publish on the bus: unknown names get no ring, no VAD
+            chain.offer(audio_chunk(source=f"intruder-{i}", time=T0 + i, data=quiet))
+        chain.offer(WakeDetected(room="kitchen", node="intruder-0", time=T0, word="hey_jarvis"))
+        ahead = stt.ctx.clock.now() + 3600.0  # a lying wake an hour ahead would hold an utterance open
+        chain.offer(WakeDetected(room="kitchen", node="kitchen-pi", time=ahead, word="hey_jarvis"))
+        await chain.settle()
+        reasons = [e.reason for e in chain.of(InputError)]
+        assert stt._streams == {}, list(stt._streams)
+        assert any("unknown source 'intruder-0'" in r for r in reasons)
+        assert any("ahead of the hub clock" in r for r in reasons)
+        monkeypatch.setattr(nodes.stt, "IDLE_S", 0.3)
+        chain.offer(audio_chunk(time=T0, data=quiet))
+        await chain.settle()
+        assert list(stt._streams) == [KITCHEN]
+        await asyncio.sleep(0.8)  # the watchdog sweeps every 0.1 s
+        assert stt._streams == {}
     finally:
         await chain.close()

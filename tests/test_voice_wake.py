@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import media
@@ -21,13 +22,17 @@ OTHER = [
 ]
 
 
-async def make_stage(rooms: tuple[str, ...] = ("kitchen", "office"), **opts) -> tuple[WakeStage, list[Message]]:
+async def make_stage(
+    rooms: tuple[str, ...] = ("kitchen", "office"), ctx_kw: dict | None = None, **opts
+) -> tuple[WakeStage, list[Message]]:
     out: list[Message] = []
 
     async def emit(msg: Message) -> None:
         out.append(msg)
 
-    ctx = StageContext(name="wake", worker="test", options=WakeStage.Options(**opts), rooms=rooms, emit=emit)
+    ctx = StageContext(
+        name="wake", worker="test", options=WakeStage.Options(**opts), rooms=rooms, emit=emit, **(ctx_kw or {})
+    )
     stage = WakeStage(ctx)
     await stage.start()
     return stage, out
@@ -64,6 +69,7 @@ def test_check_audio_rejects_bad_chunks() -> None:
         "clipped": AudioChunk(time=10.0, room="kitchen", data=np.full(1280, 32767, "<i2").tobytes()),
         "channels": AudioChunk(time=10.0, room="kitchen", channels=2, data=good.data),
         "empty": AudioChunk(time=10.0, room="kitchen", data=b""),
+        "312.5 s of audio, limit 2 s": AudioChunk(time=10.0, room="kitchen", data=bytes(10_000_000)),
     }
     for reason, msg in cases.items():
         assert reason in (check_audio(msg, ("kitchen",)) or ""), reason
@@ -192,3 +198,53 @@ async def test_stage_loads_a_model_by_path_with_its_own_threshold(tmp_path) -> N
     assert stage.threshold_of("kitchen_word") == 0.6
     await feed(stage, media.concat(0.5, media.speech("hey jarvis", "flite:awb"), 1.0))
     assert [w.word for w in wakes(out)] == ["kitchen_word"]
+
+
+@pytest.fixture(scope="module")
+def hey_jarvis() -> np.ndarray:
+    return media.concat(0.5, media.speech("hey jarvis", "piper:joe"), 1.0)
+
+
+@pytest.mark.slow
+async def test_a_chunk_stamped_in_the_future_cannot_mute_the_room(hey_jarvis: np.ndarray) -> None:
+    stage, out = await make_stage()  # the hub clock is the real one: 1e6 (1970) is the past
+    ahead = stage.ctx.clock.now() + 3600.0
+    await feed(stage, hey_jarvis, t0=ahead)  # a lying edge, an hour ahead
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert not wakes(out) and errors and "ahead of the hub clock" in errors[0].reason
+    await feed(stage, hey_jarvis, t0=1e6)
+    assert len(wakes(out)) == 1 and wakes(out)[0].time < 1e6 + 2
+
+
+@pytest.mark.slow
+async def test_a_stream_reset_also_resets_the_refractory_time(hey_jarvis: np.ndarray) -> None:
+    # A replay faster than real time stamps ahead on purpose (the check is off): when the stream
+    # then jumps back to the present, the refractory time of the replayed wake must not mute it.
+    stage, out = await make_stage(ctx_kw={"max_future": None}, refractory="2s")
+    await feed(stage, hey_jarvis, t0=5e6)
+    await feed(stage, hey_jarvis, t0=1e6)
+    assert [round(w.time) // 1_000_000 for w in wakes(out)] == [5, 1]
+
+
+@pytest.mark.slow
+async def test_stream_state_only_for_known_sources_and_freed_when_idle(
+    hey_jarvis: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nodes.wake
+
+    sources = {"kitchen": ("kitchen-pi",), "office": ("office-pi",)}
+    stage, out = await make_stage(ctx_kw={"sources": sources})
+    silence = media.concat(0.4)
+    for i in range(20):  # anyone can publish on the bus: unknown names get no model state
+        await feed(stage, silence, source=f"intruder-{i}", t0=1e6 + i)
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert stage.streams == 0 and "unknown source 'intruder-0' in room 'kitchen'" in errors[0].reason
+    await feed(stage, silence, room="office", source="office-pi", t0=1e6)
+    await feed(stage, silence, source="kitchen-pi", t0=1e6)
+    assert stage.streams == 2
+    monkeypatch.setattr(nodes.wake, "IDLE_S", 0.3)
+    await asyncio.sleep(0.5)
+    stage._swept = 0.0  # the next chunk sweeps (every 5 s otherwise)
+    await feed(stage, hey_jarvis, source="kitchen-pi", t0=1e6 + 0.4)
+    assert stage.streams == 1  # the office went quiet and was forgotten; the kitchen still wakes
+    assert [(w.room, w.node) for w in wakes(out)] == [("kitchen", "kitchen-pi")]

@@ -29,8 +29,8 @@ class Chain:
         self._tasks: list[asyncio.Task] = []
 
     async def add(self, cls: type[Stage], rooms: tuple[str, ...] = ("kitchen", "office"), **kw: Any) -> Stage:
-        """Create, start and wire a stage (``kw``: its options, plus ``device`` / ``data_dir``)."""
-        ctx_kw = {k: kw.pop(k) for k in ("device", "data_dir") if k in kw}
+        """Create, start and wire a stage (``kw``: its options, plus context fields such as ``device``)."""
+        ctx_kw = {k: kw.pop(k) for k in ("device", "data_dir", "sources", "max_future") if k in kw}
         ctx = StageContext(
             name=cls.name, worker="test", options=cls.Options(**kw), rooms=rooms, emit=self._emit, **ctx_kw
         )

@@ -12,7 +12,9 @@ What it models (the path of a Wyoming satellite in Home Assistant):
   the audio from the end of the wake word (a satellite's pre-roll, so the peer is not penalised for
   wake latency) and then every chunk as it is spoken; `AudioStop` goes out at the endpoint —
   end of speech plus the endpoint silence (0.7 s in Home Assistant), at the first chunk boundary
-  past it, as a VAD on 80 ms chunks would — and the `Transcript` is the final result.
+  past it, as a VAD on 80 ms chunks would — and the `Transcript` is the final result. With
+  ``--read-early`` it reads while it streams and stops at the transcript, as a satellite does with a
+  server that endpoints itself (``requires_external_vad: false``).
 
 All times in the output are seconds on the session's audio clock: 0 = the moment the first sample
 was "spoken", so audio time T is wall time ``t0 + T`` and a latency is ``arrival - T``.
@@ -109,24 +111,35 @@ class Satellite:
             async with AsyncClient.from_uri(self.args.stt_uri) as client:
                 await client.write_event(Transcribe(language=self.args.language).event())
                 await client.write_event(AudioStart(rate=RATE, width=WIDTH, channels=1).event())
-                while True:
-                    data = await rec["queue"].get()
+                # --read-early: a satellite of a server without external VAD reads while it streams and
+                # stops streaming at the transcript (which may come before its own endpoint).
+                reader = asyncio.create_task(self.read_transcript(client, rec)) if self.args.read_early else None
+                while reader is None or not reader.done():
+                    get = asyncio.ensure_future(rec["queue"].get())
+                    await asyncio.wait({get} | ({reader} if reader else set()), return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        break
+                    data = get.result()
                     if data is None:
                         break
                     await client.write_event(AudioChunk(rate=RATE, width=WIDTH, channels=1, audio=data).event())
                 await client.write_event(AudioStop().event())
                 rec["t_stop"] = self.now()
-                while True:
-                    event = await client.read_event()
-                    if event is None:
-                        rec["error"] = "connection closed before a transcript"
-                        return
-                    if Transcript.is_type(event.type):
-                        rec["t_transcript"] = self.now()
-                        rec["text"] = Transcript.from_event(event).text.strip()
-                        return
+                await (reader if reader is not None else self.read_transcript(client, rec))
         except Exception as exc:  # a broken peer is a result to report, not a crash of the benchmark
             rec["error"] = f"{type(exc).__name__}: {exc}"
+
+    async def read_transcript(self, client: AsyncClient, rec: dict[str, Any]) -> None:
+        while True:
+            event = await client.read_event()
+            if event is None:
+                rec["error"] = "connection closed before a transcript"
+                return
+            if Transcript.is_type(event.type):
+                rec["t_transcript"] = self.now()
+                rec["text"] = Transcript.from_event(event).text.strip()
+                return
 
     async def run(self) -> dict[str, Any]:
         async with AsyncClient.from_uri(self.args.wake_uri) as wake:
@@ -179,6 +192,7 @@ def main() -> int:
     parser.add_argument("--language", default="en")
     parser.add_argument("--chunk-ms", type=int, default=80)
     parser.add_argument("--endpoint-s", type=float, default=0.7, help="silence after speech before AudioStop")
+    parser.add_argument("--read-early", action="store_true", help="read while streaming; stop at a transcript")
     parser.add_argument("--out", required=True, help="where to write the result JSON")
     args = parser.parse_args()
     result = asyncio.run(Satellite(args).run())

@@ -193,22 +193,50 @@ class PeerServers:
             self._tmp.cleanup()
             self._tmp = None
 
-    def run_client(self, session_json: dict[str, Any], *, endpoint_s: float, chunk_ms: int = 80) -> dict[str, Any]:
+    def run_client(
+        self, session_json: dict[str, Any], *, endpoint_s: float, chunk_ms: int = 80, read_early: bool = False
+    ) -> dict[str, Any]:
         """Stream a session through the peers with ``client.py`` under ``.venv-peers``; its JSON result."""
-        with tempfile.TemporaryDirectory(prefix="peers-client-") as tmp:
-            session_path, out_path = Path(tmp) / "session.json", Path(tmp) / "out.json"
-            session_path.write_text(json.dumps(session_json))
-            cmd = [
-                str(WHISPER_VENV / "bin" / "python"), str(CLIENT),
-                "--session", str(session_path), "--out", str(out_path),
-                "--wake-uri", self.wake_uri, "--stt-uri", self.stt_uri,
-                "--wake-word", self.options.wake_word, "--language", self.options.language,
-                "--endpoint-s", str(endpoint_s), "--chunk-ms", str(chunk_ms),
-            ]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"peer client failed ({done.returncode}):\n{done.stderr[-3000:]}")
-            return json.loads(out_path.read_text())
+        o = self.options
+        return run_client(
+            session_json,
+            wake_uri=self.wake_uri,
+            stt_uri=self.stt_uri,
+            endpoint_s=endpoint_s,
+            chunk_ms=chunk_ms,
+            wake_word=o.wake_word,
+            language=o.language,
+            read_early=read_early,
+        )
+
+
+def run_client(
+    session_json: dict[str, Any],
+    *,
+    wake_uri: str,
+    stt_uri: str,
+    endpoint_s: float,
+    chunk_ms: int = 80,
+    wake_word: str = "hey_jarvis",
+    language: str = "en",
+    read_early: bool = False,
+) -> dict[str, Any]:
+    """Stream a session through any Wyoming wake + STT servers with ``client.py`` (under ``.venv-peers``)."""
+    with tempfile.TemporaryDirectory(prefix="peers-client-") as tmp:
+        session_path, out_path = Path(tmp) / "session.json", Path(tmp) / "out.json"
+        session_path.write_text(json.dumps(session_json))
+        cmd = [
+            str(WHISPER_VENV / "bin" / "python"), str(CLIENT),
+            "--session", str(session_path), "--out", str(out_path),
+            "--wake-uri", wake_uri, "--stt-uri", stt_uri,
+            "--wake-word", wake_word, "--language", language,
+            "--endpoint-s", str(endpoint_s), "--chunk-ms", str(chunk_ms),
+            *(["--read-early"] if read_early else []),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"Wyoming client failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(out_path.read_text())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
+    from pipeline.eventlog import EventLogError
     from pipeline.hub import Hub, SecurityError
     from sensorium.deployment import load_deployment
 
@@ -29,9 +30,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"hub: {', '.join(hub.endpoints.all())}; event log at seq {hub.log.last_seq}", flush=True)
     try:
         if dep.hub.metrics_port:
-            hub.metrics.serve(dep.hub.metrics_port)
+            hub.metrics.serve(dep.hub.metrics_port, dep.hub.metrics_host)
         asyncio.run(hub.run_forever())
     except SecurityError as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
         return 2
+    except EventLogError as exc:  # non-zero: systemd restarts the hub, and the journal says why
+        print(f"sensorium hub: {exc}; stopped rather than run without its event log", file=sys.stderr)
+        return 1
     return 0

@@ -45,7 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("session", type=Path, nargs="+", help="session file(s) (.mcap); rotated parts in order")
     p.add_argument("--speed", type=_speed, default=1.0, help="1 (real time, default), 2 … or max")
     p.add_argument("--rooms", nargs="+", metavar="ROOM", help="replay only these rooms")
-    p.add_argument("--hub", help="replay against a running deployment at this hub address (default: embedded)")
+    p.add_argument(
+        "--hub",
+        help="replay against a running deployment at this hub address (default: embedded); its workers take "
+        "audio only from their deployment's edge nodes, and faster than real time only with max_future = 0",
+    )
     p.add_argument("--keys", help="CURVE key folder of this client (with hub.key) for a remote hub")
     p.add_argument("--name", default="replay", help="client name (its key file name with --keys)")
     p.add_argument("--config", type=Path, help="deployment TOML for the embedded run (default: all stages on CPU)")

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     worker = Worker(dep, args.name, classes, curve=curve)
     if wcfg.metrics_port:
-        worker.metrics.serve(wcfg.metrics_port)
+        worker.metrics.serve(wcfg.metrics_port, wcfg.metrics_host)
     print(f"worker {args.name}: loading {', '.join(wcfg.stages)} (devices: {', '.join(wcfg.devices())})", flush=True)
     try:
         asyncio.run(worker.run_forever())

@@ -1,0 +1,395 @@
+"""The Wyoming gateway: Home Assistant's voice services and one satellite per room, served from the hub.
+
+One process (``sensorium wyoming``) listens on the ``[wyoming]`` ports with the wyoming package's
+``AsyncTcpServer``: each service port answers ``describe`` and the requests of its roles (wake, stt,
+tts, handle; roles may share a port), each satellite port is one room. It loads no model: audio and
+text go over the bus to the stages the deployment runs, wherever they are placed, and their answers
+come back over the bus (``bridges.wyoming.bus``).
+
+Requests and the bus meet here:
+
+* ``requests``: speech-to-text requests by ``request_id`` (the stt stage's transcripts carry it);
+* ``questions``: the texts Home Assistant was given recently, with the room and speaker behind them,
+  so a conversation request for that text can say where it comes from and who asked;
+* stream slots: the audio of Home Assistant's requests is published as streams
+  ``<name>-wake-N`` / ``<name>-stt-N`` of the ``[wyoming] room``; a slot is reused, and its clock jumps
+  on reuse so the stages restart the stream's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from wyoming.server import AsyncTcpServer
+
+from bridges.wyoming.audio import RATE
+from bridges.wyoming.bus import Bus
+from bridges.wyoming.offer import Offer
+from pipeline.bus import Endpoints
+from pipeline.clock import Clock
+from pipeline.config import Deployment, WyomingConfig, parse_duration
+from pipeline.messages import AudioChunk as BusChunk
+from pipeline.messages import InputError, Message, Say, Transcript, TtsAudio
+from pipeline.security import CurveKeys
+
+if TYPE_CHECKING:
+    from bridges.wyoming.satellite import Satellite
+
+log = logging.getLogger("sensorium.wyoming")
+
+MATCH_BYTES = 6400
+AHEAD_S = 1.0
+"""Home Assistant may send audio faster than real time; its stamps run at most this far ahead of the hub
+clock (the workers refuse input stamped from further in the future, ``[workers] max_future``)."""
+"""Audio (0.2 s) compared to recognise a satellite's stream coming back through Home Assistant's STT."""
+QUESTION_TTL = 120.0
+"""How long a transcript given to Home Assistant is remembered for its conversation request."""
+
+
+def norm_text(text: str) -> str:
+    """Text as a lookup key: lower case, words only."""
+    return " ".join(re.findall(r"[\w']+", text.lower()))
+
+
+@dataclass
+class Request:
+    """One speech-to-text request: the stt stage's transcripts for it, as they arrive."""
+
+    request_id: str
+    room: str
+    final: Transcript | None = None
+    items: list[Transcript] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+    _queues: list[asyncio.Queue[Transcript]] = field(default_factory=list)
+
+    def add(self, tr: Transcript) -> None:
+        if self.final is not None:
+            return
+        self.items.append(tr)
+        if tr.final:
+            self.final = tr
+        for q in self._queues:
+            q.put_nowait(tr)
+
+    def subscribe(self) -> asyncio.Queue[Transcript]:
+        """A queue of this request's transcripts, starting with those already here."""
+        q: asyncio.Queue[Transcript] = asyncio.Queue()
+        for tr in self.items:
+            q.put_nowait(tr)
+        self._queues.append(q)
+        return q
+
+
+@dataclass
+class Answer:
+    """An answer of the agent to Home Assistant's conversation request, and the tts stage's audio of it."""
+
+    answer_id: str
+    text: str = ""
+    complete: bool = False
+    audio: list[TtsAudio] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Question:
+    """Where a text Home Assistant got from us came from."""
+
+    room: str
+    speaker: str | None
+    score: float
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Metrics:
+    """The gateway's own cost, for the benchmark."""
+
+    chunk_us: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
+    """Microseconds to take one Wyoming audio chunk in and publish it (convert, cut, encode, send)."""
+    answer_us: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    """Microseconds from a stage's answer leaving the bus socket to its Wyoming event written."""
+    request_us: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    """Microseconds of gateway work per request outside audio chunks (set-up, claim, answer, clean-up)."""
+    cached_answers: int = 0
+    """Synthesis requests answered with audio already made for the agent's answer."""
+
+
+class PoolFull(RuntimeError):
+    """Every stream name is in use: too many requests at once."""
+
+
+class StreamPool:
+    """Names for the audio streams of Home Assistant's requests, reused; each reuse starts later in time.
+
+    The stages accept only the names the deployment lists (``WyomingConfig.stream_names``), so there
+    are at most ``limit`` of each kind.
+    """
+
+    def __init__(self, prefix: str, clock: Clock, limit: int = 8) -> None:
+        self.prefix = prefix
+        self.clock = clock
+        self.limit = limit
+        self._used: set[str] = set()
+        self._end: dict[str, float] = {}
+
+    def acquire(self, kind: str) -> tuple[str, float]:
+        """A free stream name and the hub time its first sample gets."""
+        i = 0
+        while f"{self.prefix}-{kind}-{i}" in self._used:
+            i += 1
+        if i >= self.limit:
+            raise PoolFull(f"{self.limit} {kind} requests are running already ([wyoming] max_streams)")
+        name = f"{self.prefix}-{kind}-{i}"
+        self._used.add(name)
+        # The stages restart a stream's state on a jump in capture time: make sure there is one.
+        return name, max(self.clock.now(), self._end.get(name, 0.0) + 0.5)
+
+    def release(self, name: str, end: float) -> None:
+        self._used.discard(name)
+        self._end[name] = max(end, self._end.get(name, 0.0))
+
+
+class Gateway:
+    """Serves Home Assistant's voice over Wyoming from the stages of a sensorium deployment."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        offer: Offer,
+        *,
+        config: WyomingConfig | None = None,
+        endpoints: Endpoints | None = None,
+        clock: Clock | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        cfg = config or deployment.wyoming
+        if cfg is None:
+            raise ValueError(f"{deployment.path}: no [wyoming] table")
+        self.deployment = deployment
+        self.config = cfg
+        self.offer = offer
+        self.name = cfg.name
+        self.room = cfg.room or next(iter(deployment.rooms), "")
+        self.timeout = parse_duration(cfg.timeout, "[wyoming] timeout")
+        self.block = 16 * cfg.block_ms
+        self.clock = clock or Clock()
+        endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
+        prefixes = ["wake/", "transcript/", "say/", "tts/-/", "error/", "arbitration/", "playback/"]
+        prefixes += [f"audio/{room}/" for room in cfg.satellites]
+        self.bus = Bus(
+            endpoints,
+            cfg.name,
+            prefixes,
+            clock=self.clock,
+            curve=curve,
+            heartbeat=parse_duration(deployment.hub.heartbeat),
+        )
+        self.pool = StreamPool(cfg.name, self.clock, cfg.max_streams)
+        self.metrics = Metrics()
+        self.requests: dict[str, Request] = {}
+        self.questions: OrderedDict[str, Question] = OrderedDict()
+        self.replies: dict[str, asyncio.Queue[Say]] = {}
+        """Conversation requests waiting for the agent: reply_to token → its ``Say`` pieces."""
+        self.audio: dict[str, list[asyncio.Queue[Message]]] = {}
+        """Synthesis requests waiting for the tts stage: answer id → queues of its ``TtsAudio`` (or ``InputError``)."""
+        self.answers: OrderedDict[str, Answer] = OrderedDict()
+        """The agent's recent answers to Home Assistant's conversation requests, with their audio (see ``Answer``)."""
+        self.satellites: dict[str, Satellite] = {}
+        self.servers: list[AsyncTcpServer] = []
+        self.zeroconf: list[Any] = []
+        """The zeroconf announcements, kept alive as long as the gateway runs."""
+        self._closers: list[Any] = []
+
+    # --------------------------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        """Connect to the hub, then open every port (and announce them over zeroconf)."""
+        from bridges.wyoming.handlers import ServiceHandler
+        from bridges.wyoming.satellite import Satellite, SatelliteHandler
+
+        await self.bus.start()
+        self._closers += [
+            self.bus.listen("transcript", self._on_transcript),
+            self.bus.listen("say", self._on_say),
+            self.bus.listen("tts", self._on_tts),
+            self.bus.listen("error", self._on_error),
+        ]
+        by_port: dict[int, list[str]] = {}
+        for role, port in self.config.ports().items():
+            by_port.setdefault(port, []).append(role)
+        for port, roles in by_port.items():
+            await self._serve(port, partial(ServiceHandler, self, tuple(roles)))
+        for room, port in self.config.satellites.items():
+            sat = Satellite(self, room, port)
+            sat.start()
+            self.satellites[room] = sat
+            await self._serve(port, partial(SatelliteHandler, sat))
+        if self.config.zeroconf:
+            await self._announce({**{p: "-".join(r) for p, r in by_port.items()}, **self._satellite_ports()})
+        served = ", ".join(f"{'+'.join(r)} on {p}" for p, r in by_port.items())
+        sats = ", ".join(f"{r} on {p}" for r, p in self.config.satellites.items())
+        log.info("wyoming gateway %s: %s%s", self.name, served or "no services", f"; satellites {sats}" if sats else "")
+
+    def _satellite_ports(self) -> dict[int, str]:
+        return {p: f"satellite-{re.sub(r'[^A-Za-z0-9-]+', '-', r)}" for r, p in self.config.satellites.items()}
+
+    async def _serve(self, port: int, factory: Any) -> None:
+        server = AsyncTcpServer(self.config.host, port)
+        try:
+            await server.start(factory)
+        except OSError as exc:
+            await self.stop()
+            raise OSError(f"[wyoming] cannot listen on {self.config.host}:{port}: {exc.strerror or exc}") from None
+        self.servers.append(server)
+
+    async def _announce(self, ports: dict[int, str]) -> None:
+        """One ``_wyoming._tcp`` name per port; a failure is logged, the services still run."""
+        try:
+            from wyoming.zeroconf import HomeAssistantZeroconf
+
+            for port, what in ports.items():
+                zc = HomeAssistantZeroconf(port=port, name=f"{self.name}-{what}", host=self.config.advertise or None)
+                self.zeroconf.append(zc)
+            await asyncio.gather(*(zc.register_server() for zc in self.zeroconf))  # each probes the LAN ~1.5 s
+            for zc in self.zeroconf:
+                log.info("zeroconf: %s._wyoming._tcp.local. on %s:%d", zc.name, zc.host, zc.port)
+        except Exception as exc:  # no multicast route, a name taken on the LAN …: the services still run
+            log.warning("zeroconf announcement failed (%s); add the services to Home Assistant by host and port", exc)
+
+    async def stop(self) -> None:
+        """Close every port and connection, withdraw the zeroconf names, leave the hub."""
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.stop()
+        self.servers.clear()
+        for sat in self.satellites.values():
+            await sat.stop()
+        for zc in self.zeroconf:
+            with contextlib.suppress(Exception):
+                await zc._aiozc.async_close()
+        self.zeroconf.clear()
+        for close in self._closers:
+            close()
+        self._closers.clear()
+        await self.bus.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------------------ requests
+
+    async def publish_audio(self, node: str, t: float, block: bytes) -> None:
+        """Publish a block of Home Assistant's 16 kHz audio as stream ``node``, stamped ``t``.
+
+        Audio that arrives faster than real time is held back until its stamp is within ``AHEAD_S``
+        of the clock: the stamps stay contiguous and never lie about the future.
+        """
+        ahead = t - self.clock.now() - AHEAD_S
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        await self.bus.publish(BusChunk(time=t, room=self.room, source=node, rate=RATE, data=block))
+
+    def new_request(self, request_id: str, room: str) -> Request:
+        self._expire()
+        req = self.requests[request_id] = Request(request_id, room)
+        return req
+
+    def remember(self, text: str, room: str, speaker: str | None, score: float) -> None:
+        """Home Assistant got ``text`` from us: a conversation request for it comes from ``room``/``speaker``."""
+        q = Question(room, speaker, score)
+        for key in {text.strip(), norm_text(text)}:
+            self.questions[key] = q
+            self.questions.move_to_end(key)
+        while len(self.questions) > 64:
+            self.questions.popitem(last=False)
+
+    def recall(self, text: str) -> Question | None:
+        """Where a question Home Assistant asks came from (None: not from us, or too long ago)."""
+        for key in (text.strip(), norm_text(text)):
+            q = self.questions.get(key)
+            if q is not None and time.monotonic() - q.at < QUESTION_TTL:
+                return q
+        return None
+
+    def match_satellite(self, head: bytes) -> Any:
+        """The satellite run whose audio ``head`` is (Home Assistant relaying it to our STT), or None."""
+        best = None
+        for sat in self.satellites.values():
+            run = sat.run
+            if run is None or run.linked or len(run.head) < min(len(head), MATCH_BYTES):
+                continue
+            n = min(len(head), len(run.head), MATCH_BYTES)
+            if n >= 3200 and len(set(head[:n])) > 1 and run.head[:n] == head[:n]:
+                if best is None or run.started > best.started:
+                    best = run
+        return best
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for rid in [r for r, q in self.requests.items() if now - q.created > 300.0]:
+            del self.requests[rid]
+
+    # ------------------------------------------------------------------------ bus → requests
+
+    def _on_transcript(self, msg: Message) -> None:
+        if isinstance(msg, Transcript) and msg.request_id:
+            req = self.requests.get(msg.request_id)
+            if req is not None:
+                req.add(msg)
+
+    def _on_say(self, msg: Message) -> None:
+        if isinstance(msg, Say) and msg.reply_to:
+            q = self.replies.get(msg.reply_to)
+            if q is not None:
+                q.put_nowait(msg)
+            if msg.reply_to.startswith(f"{self.name}-") and not msg.voice:
+                ans = self.answers.get(msg.answer_id)
+                if ans is None:
+                    ans = self.answers[msg.answer_id] = Answer(msg.answer_id)
+                    while len(self.answers) > 16:
+                        self.answers.popitem(last=False)
+                ans.text += msg.text
+                ans.complete = not msg.more
+
+    def _on_tts(self, msg: Message) -> None:
+        if isinstance(msg, TtsAudio):
+            ans = self.answers.get(msg.answer_id)
+            if ans is not None:
+                ans.audio.append(msg)
+            for q in self.audio.get(msg.answer_id, ()):
+                q.put_nowait(msg)
+
+    def spoken(self, text: str) -> Answer | None:
+        """The agent's answer whose audio the tts stage is making (or made) for ``text``, if any.
+
+        The agent's ``Say`` to Home Assistant (``reply_to``) is voiced by the tts stage for no room while
+        Home Assistant is still processing its reply; when it then asks our TTS for that very text, the
+        audio is already there.
+        """
+        key = norm_text(text)
+        for ans in reversed(self.answers.values()):
+            if ans.complete and norm_text(ans.text) == key and time.monotonic() - ans.at < 60.0:
+                return ans
+        return None
+
+    def _on_error(self, msg: Message) -> None:
+        # The tts stage names the Say it rejected by topic; each synthesis request has its own source.
+        if isinstance(msg, InputError) and msg.input_topic.startswith("say/"):
+            source = msg.input_topic.rsplit("/", 1)[-1]
+            prefix = f"{self.name}-tts-"
+            if source.startswith(prefix):
+                for q in self.audio.get(source[len(prefix) :], ()):
+                    q.put_nowait(msg)

@@ -1,0 +1,116 @@
+"""Helpers for the Wyoming gateway tests: free ports, a deployment with a ``[wyoming]`` table, a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+
+from bridges.wyoming.gateway import Gateway
+from bridges.wyoming.offer import Offer
+from pipeline.bus import Endpoints
+from pipeline.config import Deployment
+from sensorium.deployment import deployment_from_dict
+
+ROOMS = ("kitchen", "office")
+
+
+def ports() -> dict[str, int]:
+    """A free port per service role and per room's satellite, all different."""
+    socks = []
+    try:
+        for _ in range(6):  # held open together, so the OS cannot hand out one port twice
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        keys = ("wake", "stt", "tts", "handle", *ROOMS)
+        return {k: int(s.getsockname()[1]) for k, s in zip(keys, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+def deployment(
+    tmp_path: Path,
+    address: str,
+    p: dict[str, int],
+    *,
+    stages: list[str] | None = None,
+    with_satellites: bool = True,
+    edges: dict[str, dict[str, Any]] | None = None,
+    stage_opts: dict[str, dict[str, Any]] | None = None,
+    wyoming: dict[str, Any] | None = None,
+) -> Deployment:
+    """Two rooms with a microphone edge each; ``stages`` on one worker (none: only the hub)."""
+    raw: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "hub": {"address": address, "heartbeat": "250ms"},
+        "rooms": {r: {} for r in ROOMS},
+        "edges": edges or {f"{r}-pi": {"room": r, "microphone": {}} for r in ROOMS},
+        "workers": {"local": {"stages": stages}} if stages else {},
+        "stages": stage_opts or {},
+        "wyoming": {
+            "host": "127.0.0.1",
+            "zeroconf": False,
+            "timeout": "5s",
+            **{f"{r}_port": p[r] for r in ("wake", "stt", "tts", "handle")},
+            **({"satellites": {r: p[r] for r in ROOMS}} if with_satellites else {}),
+            **(wyoming or {}),
+        },
+    }
+    return deployment_from_dict(raw, "<test>")
+
+
+@contextlib.asynccontextmanager
+async def running(
+    dep: Deployment, endpoints: Endpoints, offer: Offer | None = None, down_after: float | None = None, **kw: Any
+) -> AsyncIterator[Gateway]:
+    """A started gateway; stopped on exit."""
+    from sensorium.commands.wyoming import offer_for
+
+    gw = Gateway(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
+    if down_after is not None:
+        gw.bus.down_after = down_after
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+class Conn:
+    """A Wyoming client connection with a read timeout."""
+
+    def __init__(self, port: int) -> None:
+        self.client = AsyncTcpClient("127.0.0.1", port)
+
+    async def __aenter__(self) -> Conn:
+        await self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.disconnect()
+
+    async def send(self, *events: Any) -> None:
+        for e in events:
+            await self.client.write_event(e if isinstance(e, Event) else e.event())
+
+    async def recv(self, timeout: float = 10.0) -> Event | None:
+        return await asyncio.wait_for(self.client.read_event(), timeout)
+
+    async def until(self, *types: str, timeout: float = 20.0) -> list[Event]:
+        """Events up to and including the first of ``types`` (the last one is None if the server closed)."""
+        out: list[Event] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                ev = await self.client.read_event()
+                if ev is None or ev.type in types:
+                    out.append(ev)  # type: ignore[arg-type]
+                    return out
+                out.append(ev)
