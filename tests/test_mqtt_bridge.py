@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -237,6 +238,7 @@ async def test_restart_neither_repeats_nor_skips(
         await pub.publish(WakeDetected(time=hub.clock.now(), room="kitchen", source="wake", word=f"w{i}", score=0.9))
 
     async with running(make_bridge(hub, broker, tmp_path)) as b:
+        await observer.wait_for(f"{S}/person/bob/room", "not_home")  # the first states are out
         for i in range(10):
             await wake(i)
         await pub.publish(presence(hub, "bob", "kitchen"))
@@ -258,6 +260,37 @@ async def test_restart_neither_repeats_nor_skips(
     # a reconnect re-publishes the saved state (the same value again), then the change made meanwhile
     rooms = observer.on(f"{S}/person/bob/room")
     assert [p for i, p in enumerate(rooms) if i == 0 or rooms[i - 1] != p] == [b"not_home", b"kitchen", b"not_home"]
+
+
+async def test_events_the_hub_no_longer_holds_are_replaced_by_its_snapshot(
+    hub_address: str, broker: Mosquitto, observer: Observer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5, event_log=20), state_dir=tmp_path / "hub")
+    await hub.start()
+    pub = Publisher(hub.endpoints)
+    await asyncio.sleep(0.2)
+    try:
+        async with running(make_bridge(hub, broker, tmp_path)):
+            await pub.publish(presence(hub, "alice", "kitchen"))
+            await observer.wait_for(f"{S}/person/alice/room", "kitchen")
+        # while the bridge is away, alice leaves, bob comes, and 40 wakes push both out of the 20-event log
+        await pub.publish(presence(hub, "alice", "kitchen", "left"))
+        await pub.publish(presence(hub, "bob", "living_room"))
+        for i in range(40):
+            await pub.publish(WakeDetected(time=hub.clock.now(), room="kitchen", source="wake", word=f"w{i}", score=1))
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        assert hub.log.first_seq > 3
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="sensorium.mqtt")
+        async with running(make_bridge(hub, broker, tmp_path)):
+            await observer.wait_for(f"{S}/person/bob/room", "living_room")
+            await observer.wait_for(f"{S}/person/alice/room", "not_home")
+            assert observer.latest[f"{S}/room/kitchen/occupancy"] == b"OFF"
+        assert "resuming after hub event" in caplog.text and "were lost" in caplog.text
+    finally:
+        pub.close()
+        await hub.stop()
 
 
 async def test_broker_restart_mid_session_loses_nothing(

@@ -3,8 +3,9 @@
 Three loops around one state (``bridges.mqtt.state.House``):
 
 * **hub → queue**: the exactly-once event stream (``Client.events``), resumed after the last sequence
-  number whose messages reached the broker (saved in ``<data_dir>/mqtt-<site>.json`` with the state);
-  a first start without that file takes who is where from the hub's presence snapshot.
+  number whose messages reached the broker (saved in ``<data_dir>/mqtt-<site>.json`` with the state).
+  A first start without that file, and a resume that finds the events it needs gone from the hub's
+  bounded log (``EventsLost``), take who is where from the hub's presence snapshot.
 * **queue → broker** (while connected): each event is folded into the state, the retained state
   topics that changed are published (QoS 1, retained), then the event's own messages; only then is
   the state file written. A broker that drops in the middle leaves the event's messages queued for
@@ -44,7 +45,7 @@ from pipeline.client import Client
 from pipeline.clock import Clock
 from pipeline.codec import to_json
 from pipeline.config import MqttConfig, parse_duration
-from pipeline.messages import Event, InputError, Presence, Transcript
+from pipeline.messages import Event, EventsLost, InputError, Presence, Transcript
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.mqtt")
@@ -137,8 +138,8 @@ class Bridge:
         self._stop = asyncio.Event()
         self._people_changed = asyncio.Event()
         self._recheck_people = asyncio.Event()
-        self._forward_from = 0.0
         self._hub_online = False
+        self._first_read: int | None = None
         self._last_refresh = 0.0
         self.connected = asyncio.Event()
         """Set while connected to the broker."""
@@ -207,18 +208,33 @@ class Bridge:
         except state.StateFileError as exc:
             log.warning("%s; starting from the hub's presence snapshot", exc)
             saved = None
-        since: int | None
+        self.house = state.House(self.rooms, saved)
         if saved is not None and saved.seq > 0:
-            self.house = state.House(self.rooms, saved)
-            since = saved.seq
-            log.info("resuming after hub event %d (%s)", since, self.state_path)
-        else:
-            self.house = state.House(self.rooms, saved)
-            since = await self._rebase(client)
-        self._ready.set()
+            log.info("resuming after hub event %d (%s)", saved.seq, self.state_path)
+            self._ready.set()
+            await self._read(client, saved.seq)
+            return
+        # A first start: the stream begins at the hub's newest event, and only then is the snapshot taken,
+        # so nothing falls between the two (what both hold is applied twice, which changes nothing).
+        reader = asyncio.create_task(self._read(client, None), name="mqtt-events")
+        try:
+            await self._stream_started(client, reader)
+            # where the stream began: before the first event it queued (the reader may be ahead already)
+            start = self._first_read - 1 if self._first_read is not None else client.last_seq
+            await self._rebase(client)
+            self.house.seq = max(self.house.seq, start)  # a restart from here resumes the stream where it began
+            self._unsaved = True
+            self._ready.set()
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _read(self, client: Client, since: int | None) -> None:
         while True:
             try:
                 async for ev in client.events(state.EVENT_TYPES, since=since):
+                    if self._first_read is None:
+                        self._first_read = ev.seq
                     await self._queue.put(ev)
                     since = ev.seq
             except asyncio.CancelledError:
@@ -229,7 +245,22 @@ class Bridge:
                 log.warning("hub event stream interrupted (%s); resuming after event %s", exc, since)
                 await asyncio.sleep(1.0)
 
-    async def _rebase(self, client: Client) -> int | None:
+    @staticmethod
+    async def _stream_started(client: Client, reader: asyncio.Task[None]) -> None:
+        """Wait until ``client.events`` has asked the hub for its newest event (``last_seq`` is set then;
+        an empty log stays at 0, and then the stream replays everything from the first event anyway)."""
+        answering_since = 0.0
+        while client.last_seq == 0 and not reader.done():
+            if client.link.connected:
+                answering_since = answering_since or time.monotonic()
+                if time.monotonic() - answering_since > 1.0:
+                    return
+            else:
+                answering_since = 0.0
+            await asyncio.sleep(0.05)
+
+    async def _rebase(self, client: Client) -> None:
+        """Who is where, from the hub's presence snapshot (retried until the hub answers)."""
         assert self.house is not None
         while True:
             if await client.wait_connected(10.0):
@@ -241,10 +272,7 @@ class Bridge:
             else:
                 log.warning("hub at %s is not answering; waiting for it to start", client.endpoints.control)
         self.house.rebase(snapshot)
-        # Events already in the log are folded into the states, but not re-sent as MQTT events.
-        self._forward_from = client.clock.now() - 1.0
-        log.info("no saved state: took %d people from the hub's presence snapshot", len(snapshot))
-        return max((p.seq for p in snapshot), default=None) or None
+        log.info("took %d people and counts from the hub's presence snapshot", len(snapshot))
 
     async def _load_people(self) -> None:
         try:
@@ -429,8 +457,20 @@ class Bridge:
                 ev = await asyncio.wait_for(self._queue.get(), 1.0)
             except TimeoutError:
                 continue
-            self._handle(ev)
+            if isinstance(ev, EventsLost):
+                await self._lost(ev)
+            else:
+                self._handle(ev)
             await self._sync_states(mq)
+
+    async def _lost(self, ev: EventsLost) -> None:
+        """The hub's log no longer held events the states depend on: start over from its snapshot."""
+        assert self.house is not None and self.client is not None
+        log.warning("hub events %d..%d were lost (the bridge was away longer than the hub's log holds); "
+                    "taking the states from the hub's presence snapshot", ev.first_seq, ev.last_seq)  # fmt: skip
+        await self._rebase(self.client)
+        self.house.seq = max(self.house.seq, ev.seq)
+        self._unsaved = True
 
     def _handle(self, ev: Event) -> None:
         assert self.house is not None
@@ -440,8 +480,7 @@ class Bridge:
         if isinstance(ev, Presence) and ev.person not in ("unknown", "") and ev.person not in self.people:
             self._recheck_people.set()  # enrolled since the last look?
         self.house.apply(ev)
-        if ev.time >= self._forward_from:
-            self._outbox.extend(state.forwarded(ev, self.topics))
+        self._outbox.extend(state.forwarded(ev, self.topics))
         self._unsaved = True
 
     async def _maybe_refresh(self, mq: aiomqtt.Client) -> None:
