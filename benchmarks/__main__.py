@@ -28,8 +28,8 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
-#: then the whole pipeline.
-BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay"]
+#: the whole pipeline, then the whole pipeline into Home Assistant over MQTT.
+BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "mqtt"]
 #: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches).
 OPT_IN = {"setup"}
 LIBRARIES = [
@@ -50,6 +50,8 @@ LIBRARIES = [
     "opencv-python-headless",
     "piper-tts",
     "mcap",
+    "aiomqtt",
+    "paho-mqtt",
 ]
 
 

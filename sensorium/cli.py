@@ -23,6 +23,7 @@ COMMANDS = [
     "enroll",
     "keys",
     "agent",
+    "mqtt",
     "wyoming",
     "record",
     "replay",
