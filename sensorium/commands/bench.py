@@ -21,9 +21,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="results folder (default: benchmarks/results)")
 
 
+def import_benchmarks() -> None:
+    """Make the checkout's ``benchmarks/`` importable: an installed ``sensorium`` script does not start in it."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "benchmarks" / "__main__.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    import_benchmarks()
     try:
         from benchmarks.__main__ import main
     except ImportError:
