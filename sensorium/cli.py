@@ -28,6 +28,7 @@ COMMANDS = [
     "replay",
     "session",
     "bench",
+    "soak",
     "doctor",
 ]
 
