@@ -342,6 +342,8 @@ class SoakOptions:
     """MiB per hour a process may grow over the last half."""
     fd_limit: float = FD_LIMIT_H
     """Descriptors per hour a process may grow over the last half."""
+    split: bool = False
+    """Each stage in a worker process of its own (to find which one grows)."""
     cache: Path = CACHE
     """Where the sample session is built (once)."""
     json_path: Path | None = None
@@ -384,8 +386,15 @@ def _address(opts: SoakOptions) -> str:
     return f"ipc://{sock_dir}/hub"
 
 
-def deployment_toml(data: Path, address: str, edges: dict[str, str], event_log: int, wav_dir: Path) -> str:
-    """The soak's deployment: every stage on one CPU worker, one loudspeaker edge per microphone of the session."""
+def workers_of(split: bool) -> dict[str, list[str]]:
+    """Every stage on one worker, or (``split``) each stage in a worker of its own, to find the one that grows."""
+    return {f"{WORKER}-{s}": [s] for s in STAGES} if split else {WORKER: list(STAGES)}
+
+
+def deployment_toml(
+    data: Path, address: str, edges: dict[str, str], event_log: int, wav_dir: Path, workers: dict[str, list[str]]
+) -> str:
+    """The soak's deployment: the stages on CPU workers, one loudspeaker edge per microphone of the session."""
     lines = [
         f'data_dir = "{data}"',
         "[hub]",
@@ -402,10 +411,9 @@ def deployment_toml(data: Path, address: str, edges: dict[str, str], event_log: 
             f'room = "{room}"',
             f'playback = {{ wav_dir = "{wav_dir}", rate = 22050 }}',
         ]
+    for name, stages in workers.items():
+        lines += [f"[workers.{name}]", 'device = "cpu"', f"stages = {json.dumps(stages)}"]
     lines += [
-        f"[workers.{WORKER}]",
-        'device = "cpu"',
-        f"stages = {json.dumps(STAGES)}",
         "[stages.presence]",
         f'left_after = "{LEFT_AFTER:g}s"',
         'present_every = "20s"',
@@ -460,11 +468,15 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
             edges.setdefault(source, room)
     address = _address(opts)
     cfg = out / "deploy.toml"
-    cfg.write_text(deployment_toml(data, address, edges, opts.event_log, wav_dir))
+    workers = workers_of(opts.split)
+    cfg.write_text(deployment_toml(data, address, edges, opts.event_log, wav_dir, workers))
     loops_file, client_file = out / "loops.jsonl", out / "events.jsonl"
     argv = {
         "hub": [*SENSORIUM, "hub", "--config", str(cfg)],
-        "worker": [*SENSORIUM, "worker", "--config", str(cfg), "--name", WORKER],
+        **{
+            "worker" if len(workers) == 1 else f"worker-{w}": [*SENSORIUM, "worker", "--config", str(cfg), "--name", w]
+            for w in workers
+        },
         **{f"edge-{n}": [*SENSORIUM, "edge", "--config", str(cfg), "--name", n] for n in edges},
         "agent": [*SENSORIUM, "agent", "--config", str(cfg)],
         "client": [*SENSORIUM, "events", "--config", str(cfg), "--since", "0"],
@@ -493,6 +505,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         "transport": opts.transport,
         "address": address,
         "stages": STAGES,
+        "workers": workers,
         "event_log_capacity": opts.event_log,
         "session": {"name": session.name, "duration_s": round(session.duration, 2)},
         "limits": {"rss_mib_h": opts.rss_limit, "fds_h": opts.fd_limit, "significance_se": SIGNIFICANCE},

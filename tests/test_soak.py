@@ -165,3 +165,19 @@ def test_three_minutes_of_loops_through_real_processes(tmp_path: Path) -> None:
     assert results["client"]["events"] == results["client"]["last_seq"] > 100
     assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loops of the sample session" in r.stdout
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_the_generated_deployment_is_valid_and_runs_every_stage_once(tmp_path: Path, split: bool) -> None:
+    from benchmarks.soak import STAGES, deployment_toml, workers_of
+    from sensorium.deployment import load_deployment
+
+    edges = {"kitchen-pi": "kitchen", "living-pi": "living_room"}
+    cfg = tmp_path / "deploy.toml"
+    text = deployment_toml(tmp_path / "data", "ipc:///tmp/x/hub", edges, 1000, tmp_path / "tts", workers_of(split))
+    cfg.write_text(text)
+    dep = load_deployment(cfg)
+    placed = [s for w in dep.workers.values() for s in w.stages]
+    assert sorted(placed) == sorted(STAGES) and len(dep.workers) == (len(STAGES) if split else 1)
+    assert dep.hub.event_log == 1000 and set(dep.rooms) == {"kitchen", "living_room"}
+    assert all(dep.speaker_of(room) == name for name, room in edges.items())

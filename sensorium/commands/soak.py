@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="results file (default: OUT/soak.json)")
     p.add_argument("--plot", type=Path, help="plot file (default: OUT/soak.png)")
     p.add_argument("--tcp", action="store_true", help="loopback tcp instead of ipc sockets")
+    p.add_argument(
+        "--worker-per-stage", action="store_true", help="each stage in a worker of its own (which one grows?)"
+    )
     p.add_argument("--event-log", type=int, default=1000, help="events the hub keeps (default 1000, ~7 loops)")
     p.add_argument("--rss-limit", type=float, default=1.0, help="MiB/h a process may grow (default 1)")
     p.add_argument("--fd-limit", type=float, default=2.0, help="descriptors/h a process may grow (default 2)")
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         interval=interval,
         transport="tcp" if args.tcp else "ipc",
+        split=args.worker_per_stage,
         event_log=args.event_log,
         rss_limit=args.rss_limit,
         fd_limit=args.fd_limit,
