@@ -54,6 +54,16 @@ def test_descriptors_held_for_the_last_samples_only_are_not_a_leak() -> None:
     assert grows(trend(leak), 2.0)
 
 
+def test_one_step_is_not_growth_but_steps_that_go_on_are() -> None:
+    # The allocator takes another 20 MiB arena once, late in the run: a level change, not a leak.
+    step = [(t, 2092.0 + (20.0 if t >= 700 else 0.0)) for t in range(0, 900, 15)]
+    tr = trend(step)
+    assert tr["slope_h"] > 3 * tr["stderr_h"] > 1.0  # least squares alone would call it growth
+    assert not grows(tr, 1.0)
+    stairs = [(t, 2092.0 + 20.0 * (t // 180)) for t in range(0, 1800, 30)]  # 20 MiB every 3 minutes
+    assert grows(trend(stairs), 1.0)
+
+
 def test_growth_judges_each_process_over_the_last_half_only() -> None:
     rng = random.Random(2)
     samples = []
