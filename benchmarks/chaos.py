@@ -327,7 +327,7 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
         say(f"chaos: serving; {opts.kills} kills (seed {opts.seed}): {' '.join(order)}")
         for i, target in enumerate(order):
             time.sleep(rng.uniform(*opts.pause))
-            held = resume_point(received)
+            held = max((e["seq"] for e in events_in(received)), default=0)  # read only: the client is writing
             t_kill = time.time()
             procs.kill(target)
             entry: dict[str, Any] = {"n": i + 1, "target": target, "at_s": round(time.monotonic() - t_start, 2)}

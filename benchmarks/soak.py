@@ -245,6 +245,44 @@ def per_loop(events: list[dict[str, Any]], loops: list[dict[str, Any]]) -> tuple
     return rows, problems
 
 
+def loops_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the loops did that is not compared (timing decides it): ranges over the loops."""
+    if not rows:
+        return {}
+
+    def span(values: list[Any]) -> list[Any]:
+        vals = [v for v in values if v is not None]
+        return [min(vals), max(vals)] if vals else []
+
+    answers: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        for kind, a in r.get("answers", {}).items():
+            for key in ("p50_ms", "p95_ms"):
+                if a.get(key) is not None:
+                    answers.setdefault(kind, {}).setdefault(key, []).append(a[key])
+    stages: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for name, st in r.get("stages", {}).items():
+            tot = stages.setdefault(name, {"dropped": 0, "violations": 0})
+            tot["dropped"] += st.get("dropped", 0)
+            tot["violations"] += st.get("violations", 0)
+    return {
+        "wake": Counter(r["accuracy"].get("wake") for r in rows),
+        "wer": span([r["accuracy"].get("wer") for r in rows]),
+        "speaker_accuracy": span([r["accuracy"].get("speaker") for r in rows]),
+        "events": span([r["events"] for r in rows]),
+        "detections": span([r["counts"].get("detections", 0) for r in rows]),
+        "faces": span([r["counts"].get("face", 0) for r in rows]),
+        "unknown_presence_events": span([sum(r["unknown_presence"].values()) for r in rows]),
+        "answers_ms": {
+            k: {"p50_median": statistics.median(v["p50_ms"]), "p95_max": max(v.get("p95_ms", [0.0]))}
+            for k, v in sorted(answers.items())
+            if v.get("p50_ms")
+        },
+        "stages": stages,
+    }
+
+
 # ---------------------------------------------------------------------------------------- publisher
 
 
@@ -581,6 +619,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     results.update(
         wall_s=round(time.monotonic() - t0, 1),
         loops=rows,
+        per_loop=loops_summary(rows),
         trends=trends,
         client={"events": len(events), "last_seq": events[-1]["seq"] if events else 0},
         samples=samples,
@@ -680,6 +719,17 @@ def render(results: dict[str, Any]) -> str:
             f"{r['theil_sen_h']:+.2f}) | {f['first']:.0f} → {f['last']:.0f} | {f['slope_h']:+.2f} | "
             f"{th['first']:.0f} → {th['last']:.0f} |"
         )
+    rest = results.get("per_loop") or {}
+    if rest:
+        wake = ", ".join(f"{k} in {v} loops" for k, v in rest["wake"].items())
+        drops = sum(st["dropped"] for st in rest["stages"].values())
+        viol = sum(st["violations"] for st in rest["stages"].values())
+        lines += [
+            "",
+            f"per loop, not compared: wake {wake}; WER {rest['wer']}; speaker accuracy {rest['speaker_accuracy']}; "
+            f"detections {rest['detections']}; unknown-people events {rest['unknown_presence_events']}",
+            f"inputs dropped {drops}, budget violations {viol} over all loops (latency per loop: the JSON's loops)",
+        ]
     if results.get("samples"):
         log = [s["event_log"][0] for s in results["samples"]]
         keeps = results["event_log_capacity"]
