@@ -110,6 +110,25 @@ async def ticker(address: str, rate: float) -> None:
             await asyncio.sleep(burst / rate)
 
 
+class Tail:
+    """The complete lines appended to a file since the last look (a torn last line waits for its end)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def lines(self) -> list[bytes]:
+        """New complete lines."""
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [ln for ln in data[:end].split(b"\n") if ln]
+
+
 def events_in(path: Path) -> list[dict[str, Any]]:
     """JSON lines of ``path``; the last piece may be a line being written and is left out."""
     if not path.exists():
@@ -298,12 +317,19 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
     client_kills = [i for i, t in enumerate(order) if t == "client"]
     long_ones = set(rng.sample(client_kills, min(opts.long_outages, len(client_kills))))
 
+    events_tail, arrivals_tail = Tail(received), Tail(arrivals_file)
+    wake_times: list[tuple[float, int]] = []  # (capture time, seq) of every "hey jarvis" the client holds
+    arrived: dict[int, float] = {}
+
     def wakes_after(t: float) -> float | None:
-        arrived = arrivals_in(arrivals_file)
-        for ev in events_in(received):
-            if ev["type"] == "wake" and ev["word"] == "hey_jarvis" and ev["time"] > t and ev["seq"] in arrived:
-                return arrived[ev["seq"]]
-        return None
+        for ln in arrivals_tail.lines():
+            seq, at = ln.split()
+            arrived.setdefault(int(seq), float(at))
+        for ln in events_tail.lines():
+            ev = json.loads(ln)
+            if ev["type"] == "wake" and ev["word"] == "hey_jarvis":
+                wake_times.append((ev["time"], ev["seq"]))
+        return next((arrived[seq] for tm, seq in wake_times if tm > t and seq in arrived), None)
 
     def wait(what: str, cond: Callable[[], Any], timeout: float) -> Any:
         deadline = time.monotonic() + timeout
