@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
         json_path=args.json,
         plot_path=args.plot,
     )
-    results = run_soak(opts)
+    try:
+        results = run_soak(opts)
+    except ValueError as exc:
+        return fail(str(exc))
     print(render(results))
     print(f"results in {opts.json_path or opts.out / 'soak.json'}, plot in {results.get('plot', '-')}")
     return 0 if results["ok"] else 1
