@@ -29,6 +29,7 @@ COMMANDS = [
     "replay",
     "session",
     "bench",
+    "soak",
     "doctor",
 ]
 
