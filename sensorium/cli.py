@@ -23,11 +23,13 @@ COMMANDS = [
     "enroll",
     "keys",
     "agent",
+    "mqtt",
     "wyoming",
     "record",
     "replay",
     "session",
     "bench",
+    "soak",
     "doctor",
     "graph",
 ]
