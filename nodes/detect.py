@@ -265,8 +265,8 @@ class DetectStage(Stage):
     def _check(self, msg: Message) -> str | None:
         if not isinstance(msg, VideoFrame):
             return f"expected a video frame, got {type(msg).__name__}"
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            return f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})"
+        if problem := self.ctx.room_problem(msg.room):
+            return problem
         return check_frame(msg, self.opts.max_pixels, self.opts.max_bytes)
 
     @staticmethod

@@ -121,8 +121,8 @@ class PresenceStage(Stage):
     # -------------------------------------------------------------------------------------- input
 
     async def handle(self, msg: Message) -> None:
-        if self.ctx.rooms and msg.room and msg.room not in self.ctx.rooms:
-            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+        if msg.room and (problem := self.ctx.room_problem(msg.room)):
+            await self.ctx.reject(msg, problem)
             return
         if isinstance(msg, FaceRecognized):
             self._tracks[(msg.room, msg.camera, msg.track)] = (msg.person, msg.score)

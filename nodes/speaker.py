@@ -76,8 +76,8 @@ class SpeakerStage(Stage):
         if not isinstance(msg, Utterance):
             await self.ctx.reject(msg, f"speaker consumes utterances, got {type(msg).__name__}")
             return
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            await self.ctx.reject(msg, f"unknown room {msg.room!r}")
+        if problem := self.ctx.room_problem(msg.room):
+            await self.ctx.reject(msg, problem)
             return
         if msg.rate != RATE:
             await self.ctx.reject(msg, f"sample rate {msg.rate} Hz, expected {RATE} Hz")

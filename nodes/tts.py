@@ -130,8 +130,8 @@ class TtsStage(Stage):
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)
                 return
-            if room and self.ctx.rooms and room not in self.ctx.rooms:
-                await self.ctx.reject(msg, f"unknown room {room!r} (known: {', '.join(self.ctx.rooms)})")
+            if room and (problem := self.ctx.room_problem(room)):
+                await self.ctx.reject(msg, problem)
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)
                 return

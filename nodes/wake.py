@@ -24,42 +24,14 @@ import numpy as np
 
 from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Duration, Library, Stage, StageOptions
+from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageOptions, check_audio
 
 RATE = 16000
 FRAME = 1280
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost: the stream's state restarts."""
-CLIP_SHARE = 0.2
-"""A chunk with more than this share of samples at full scale is rejected as clipped."""
 IDLE_S = 60.0
 """A stream that sent nothing for this long is forgotten (its model state freed)."""
-MAX_STREAMS = 64
-"""Most streams at once when the deployment names no sources (tests, ad-hoc runs)."""
-MAX_CHUNK_S = 2.0
-"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
-
-
-def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
-    """Why ``msg`` cannot be used as 16 kHz mono int16 speech, or None if it can (shared by voice stages)."""
-    if rooms and msg.room not in rooms:
-        return f"unknown room {msg.room!r} (known: {', '.join(rooms)})"
-    if msg.rate != RATE:
-        return f"sample rate {msg.rate} Hz, expected {RATE} Hz"
-    if msg.channels != 1:
-        return f"{msg.channels} channels, expected mono"
-    if len(msg.data) == 0:
-        return "empty audio chunk"
-    if len(msg.data) % 2:
-        return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
-    if len(msg.data) > MAX_CHUNK_S * RATE * 2:
-        return f"chunk of {len(msg.data) / (2 * RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
-    if not math.isfinite(msg.time) or msg.time <= 0:
-        return f"invalid capture time {msg.time!r}"
-    pcm = msg.pcm()
-    if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
-        return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
-    return None
 
 
 def dbfs(pcm: np.ndarray) -> float:

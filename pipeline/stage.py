@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar
 
 import msgspec
+import numpy as np
 
 from pipeline.clock import Clock
 from pipeline.config import parse_duration
@@ -26,6 +28,43 @@ from pipeline.messages import AudioChunk, InputError, Message
 from pipeline.ratelimit import RateLimit, kind_of
 
 T = TypeVar("T")
+
+
+AUDIO_RATE = 16000
+"""The rate voice stages take: 16 kHz mono int16."""
+CLIP_SHARE = 0.2
+"""A chunk with more than this share of samples at full scale is rejected as clipped."""
+MAX_STREAMS = 64
+"""Most streams a stage keeps state for when the deployment names no sources (tests, ad-hoc runs)."""
+MAX_CHUNK_S = 2.0
+"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
+
+
+def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
+    """Why ``msg`` cannot be used as 16 kHz mono int16 speech, or None if it can (shared by voice stages)."""
+    if rooms and msg.room not in rooms:
+        return unknown_room(msg.room, rooms)
+    if msg.rate != AUDIO_RATE:
+        return f"sample rate {msg.rate} Hz, expected {AUDIO_RATE} Hz"
+    if msg.channels != 1:
+        return f"{msg.channels} channels, expected mono"
+    if len(msg.data) == 0:
+        return "empty audio chunk"
+    if len(msg.data) % 2:
+        return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
+    if len(msg.data) > MAX_CHUNK_S * AUDIO_RATE * 2:
+        return f"chunk of {len(msg.data) / (2 * AUDIO_RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
+    if not math.isfinite(msg.time) or msg.time <= 0:
+        return f"invalid capture time {msg.time!r}"
+    pcm = msg.pcm()
+    if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
+        return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
+    return None
+
+
+def unknown_room(room: str, rooms: tuple[str, ...]) -> str:
+    """The one wording of an input for a room the deployment does not have."""
+    return f"unknown room {room!r} (known: {', '.join(rooms)})"
 
 
 @dataclass
@@ -95,8 +134,8 @@ class StageContext:
         Per-stream state (model buffers, audio rings) is created only for streams that pass, so an
         unknown or lying sender cannot make a stage grow.
         """
-        if self.rooms and room not in self.rooms:
-            return f"unknown room {room!r} (known: {', '.join(self.rooms)})"
+        if problem := self.room_problem(room):
+            return problem
         if self.sources and source not in self.sources.get(room, ()):
             nodes = ", ".join(self.sources.get(room, ())) or "none"
             return f"unknown source {source[:64]!r} in room {room!r} (its edge nodes: {nodes})"
@@ -105,6 +144,10 @@ class StageContext:
             if ahead > self.max_future:
                 return f"stamped {ahead:.1f} s ahead of the hub clock (limit {self.max_future:g} s): clock not synced?"
         return None
+
+    def room_problem(self, room: str) -> str | None:
+        """Why input for ``room`` is refused (a room the deployment does not have), or None."""
+        return unknown_room(room, self.rooms) if self.rooms and room not in self.rooms else None
 
     async def reject(self, msg: Message, reason: str) -> None:
         """Report bad input as an ``error`` event (rate-limited) and carry on."""

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 import uuid
 from collections import deque
@@ -55,8 +54,8 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from nodes.wake import MAX_STREAMS, check_audio
-from pipeline.config import parse_duration
+from nodes.stt.speaker_wait import SpeakerWait
+from nodes.stt.text import command_words, complete_command, stabilize
 from pipeline.messages import (
     AudioChunk,
     Listen,
@@ -68,7 +67,7 @@ from pipeline.messages import (
     WakeDetected,
     Word,
 )
-from pipeline.stage import Duration, Library, Stage, StageOptions
+from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageContext, StageOptions, check_audio
 
 RATE = 16000
 GAP_S = 0.25
@@ -81,51 +80,6 @@ MIN_SPEECH_S = 0.15
 """Speech needed after the wake word before trailing silence can end the utterance."""
 SPEC_PAUSE_S = 0.2
 """Silence after which the utterance so far is decoded speculatively (capped by the endpoints)."""
-SPEAKER_SLACK_S = 0.05
-"""Added to the learnt speaker-ID latency before a final gives up waiting for its speaker."""
-DANGLING = frozenset(
-    "a an the and or but nor so to of for with at from into onto by about than as if because "
-    "my your our their his her its this that these those some any every each set make".split()
-)
-"""Words that leave an English command open when they come last ("turn on the", "set a timer for")."""
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w']+", "", word.lower())
-
-
-def complete_command(words: list[str], prev: list[str], fixed: list[str]) -> bool:
-    """True if ``words`` (a decode of the command so far) reads as a finished command.
-
-    Whisper ended it with sentence-final punctuation (not an ellipsis), it has at least two words,
-    the last word does not leave the sentence open (``DANGLING``), the fixed partial words are its
-    start, and so is the previous partial except its last (possibly cut) word.
-    """
-    if len(words) < 2:
-        return False
-    last = words[-1].strip()
-    if not last.endswith((".", "?", "!")) or last.endswith("..") or _norm(last) in DANGLING:
-        return False
-    cur = [_norm(w) for w in words]
-    for ref in (fixed, prev[:-1]):
-        r = [_norm(w) for w in ref]
-        if cur[: len(r)] != r:
-            return False
-    return True
-
-
-def stabilize(fixed: list[str], prev: list[str], cur: list[str]) -> tuple[list[str], str]:
-    """Fix the words two consecutive passes agree on; return the new fixed words and the partial text.
-
-    Fixed words never change: later passes only extend them, and the partial text is the fixed
-    words followed by the current pass's words after them.
-    """
-    k = 0
-    while k < min(len(cur), len(prev)) and _norm(cur[k]) == _norm(prev[k]):
-        k += 1
-    if k > len(fixed):
-        fixed = fixed + cur[len(fixed) : k]
-    return fixed, " ".join(fixed + cur[len(fixed) :])
 
 
 @dataclass
@@ -265,10 +219,10 @@ class SttStage(Stage):
 
     # ------------------------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        o = self.ctx.options
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
         d = {
-            k: parse_duration(getattr(o, k), f"[stages.stt] {k}")
+            k: self.ctx.options.seconds(k)
             for k in (
                 "preroll",
                 "trailing_silence",
@@ -294,12 +248,8 @@ class SttStage(Stage):
         self._model_loading: asyncio.Task | None = None
         self.decode_seconds: deque[float] = deque(maxlen=100)
         """Wall-clock seconds of recent decodes (diagnostics, tests)."""
-        self._sent: dict[str, float] = {}
-        """Monotonic time each recent Utterance was published (speaker-ID latency)."""
-        self._speaker_lat: float | None = None
-        """Recent speaker-ID latency (Utterance published → speaker event here), seconds."""
-        self._speaker_missing = 0
-        """Finals in a row whose speaker event never came (no speaker stage is running)."""
+        self._speaker_wait = SpeakerWait(d["speaker_wait"])
+        """How long a final waits for its speaker event, learnt from speaker ID's latency."""
         self.counts = {
             "partials": 0,
             "finals": 0,
@@ -310,6 +260,13 @@ class SttStage(Stage):
             "stood_down": 0,
         }
         """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
+        self._vad_pool: ThreadPoolExecutor | None = None
+        """VAD's own thread (made in ``start``)."""
+        self._watchdog: asyncio.Task | None = None
+        """Closes utterances of streams that went quiet (made in ``start``)."""
+
+    async def start(self) -> None:
+        o = self.ctx.options
         # VAD runs on its own thread so endpointing never waits behind a whisper decode.
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.ctx.name}-vad")
         self._models[o.model] = await self.ctx.run_blocking(self._load, o.model)
@@ -334,13 +291,15 @@ class SttStage(Stage):
         )
 
     async def stop(self) -> None:
-        self._watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for st in self._streams.values():
             if st.utt is not None:
                 self._close(st, st.end_time, "worker stopping")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10.0)
-        self._vad_pool.shutdown(wait=False, cancel_futures=True)
+        if self._vad_pool is not None:
+            self._vad_pool.shutdown(wait=False, cancel_futures=True)
 
     def apply_degrade(self, level: int) -> None:
         self.level = level
@@ -386,11 +345,7 @@ class SttStage(Stage):
         elif isinstance(msg, Listen):
             await self._listen(msg)
         elif isinstance(msg, SpeakerIdentified):
-            sent = self._sent.pop(msg.utterance_id, None)
-            if sent is not None:
-                lat = time.monotonic() - sent
-                self._speaker_lat = lat if self._speaker_lat is None else 0.7 * self._speaker_lat + 0.3 * lat
-                self._speaker_missing = 0
+            self._speaker_wait.speaker_arrived(msg.utterance_id)
             fut = self._speakers.get(msg.utterance_id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -671,16 +626,7 @@ class SttStage(Stage):
         # that ends before the command's speech began (the VAD's first speech after the wake) is not
         # part of the command.
         cut = max(utt.wake_time - utt.t0 + 0.05, utt.onset if utt.onset is not None else 0.0)
-        i = 0
-        while i < len(words) and words[i].end <= cut:
-            i += 1
-        rest = list(words[i:])
-        for phrase in self.ctx.options.wake_phrases:
-            p = [_norm(x) for x in phrase.split()]
-            if p and [_norm(w.word) for w in rest[: len(p)]] == p:
-                rest = rest[len(p) :]
-                break
-        return rest
+        return command_words(words, cut, self.ctx.options.wake_phrases)
 
     async def _finish(self, st: _Stream, utt: _Utt, t_end: float, reason: str, reuse: Any, spoke: bool) -> None:
         t1 = t_end
@@ -705,8 +651,7 @@ class SttStage(Stage):
             await self.ctx.publish(
                 Utterance(time=t1, room=st.room, utterance_id=utt.id, t0=utt.t0, t1=t1, rate=RATE, data=pcm.tobytes())
             )
-            sent = time.monotonic()
-            self._sent[utt.id] = sent
+            sent = self._speaker_wait.utterance_sent(utt.id)
             result = None
             if reuse is not None:
                 with contextlib.suppress(Exception):
@@ -716,7 +661,7 @@ class SttStage(Stage):
                 result = await self._decode(utt, utt.n)
             words = self._command_words(utt, result.words)
             text = " ".join(w.word.strip() for w in words).strip()
-            remaining = self._speaker_budget() - (time.monotonic() - sent)
+            remaining = self._speaker_wait.budget() - (time.monotonic() - sent)
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):
@@ -725,7 +670,7 @@ class SttStage(Stage):
                 ev: SpeakerIdentified = fut.result()
                 speaker, score = ev.person, ev.score
             else:
-                self._speaker_missing += 1  # reset when any speaker event arrives, even a late one
+                self._speaker_wait.gave_up()  # until a speaker event arrives again, even a late one
             final = Transcript(
                 time=t1,
                 room=st.room,
@@ -747,21 +692,6 @@ class SttStage(Stage):
             self.ctx.log.info("stt: %s/%s %s (%s): %r", st.room, st.source, utt.id, reason, text)
         finally:
             self._speakers.pop(utt.id, None)
-
-    def _speaker_budget(self) -> float:
-        """How long after its Utterance a final may wait for the speaker event (see ``speaker_wait``)."""
-        limit = self._d["speaker_wait"]
-        if self._speaker_missing:
-            return 0.0  # the last final's speaker never came: no speaker stage is answering
-        if self._speaker_lat is not None:
-            if self._speaker_lat > limit:
-                return 0.0  # it would not arrive in time anyway
-            limit = min(limit, self._speaker_lat + SPEAKER_SLACK_S)
-        now = time.monotonic()
-        for uid, t in list(self._sent.items()):  # forget utterances whose speaker never came
-            if now - t > 30.0:
-                del self._sent[uid]
-        return limit
 
     # ---------------------------------------------------------------------------------- helpers
 
