@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -64,9 +64,14 @@ class StageHarness:
         device: str = "cpu",
         budget_ms: float | None = None,
         data_dir: Path | None = None,
+        sources: Mapping[str, tuple[str, ...]] | None = None,
+        max_future: float | Literal["harness"] | None = "harness",
         **opts: Any,
     ) -> Stage:
-        """Create and start a stage with ``options`` (or its ``Options(**opts)``) and run it."""
+        """Create and start a stage with ``options`` (or its ``Options(**opts)``) and run it.
+
+        ``sources`` and ``max_future`` override the harness's for this stage.
+        """
         ctx = StageContext(
             name=cls.name,
             worker="test",
@@ -76,8 +81,8 @@ class StageHarness:
             clock=self.clock,
             data_dir=data_dir or self.data_dir,
             rooms=self.rooms,
-            sources=self.sources,
-            max_future=self.max_future,
+            sources=self.sources if sources is None else dict(sources),
+            max_future=self.max_future if max_future == "harness" else max_future,
             emit=self._emit,
         )
         stage = cls(ctx)

@@ -116,7 +116,9 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         cwd=ROOT,
         timeout=120,
     )
-    assert r.returncode == 2 and "unknown stage 'wak' (available: wake," in r.stderr
+    from sensorium.registry import STAGES  # every stage of nodes/, in the registry's order
+
+    assert r.returncode == 2 and f"unknown stage 'wak' (available: {', '.join(STAGES)})" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "sensorium", "replay", str(session), "--rooms", "garage"],
         capture_output=True,
