@@ -153,30 +153,49 @@ async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) ->
     with Gallery(tmp_path / "gallery.db") as g:
         g.add("eileen", "face", model_id, emb)
 
+    clock = Clock()
+    events: list[Message] = []
+    stages: dict[str, object] = {}
+
+    async def route(msg: Message) -> None:
+        events.append(msg)
+        if isinstance(msg, Detections):
+            await stages["face"].handle(msg)  # type: ignore[attr-defined]
+        if isinstance(msg, Detections | FaceRecognized):
+            await stages["presence"].handle(msg)  # type: ignore[attr-defined]
+
+    def ctx(name: str, options: object) -> StageContext:
+        return StageContext(name=name, worker="w", options=options, clock=clock, data_dir=tmp_path, emit=route)
+
     left_after = 5.0  # longer than one frame's trip through the chain on a busy 2-core box
     from models.detector import default_cache_dir
 
-    async with StageHarness(rooms=("living_room",), data_dir=tmp_path) as h:  # detect → face → presence, real runners
-        await h.add(DetectStage, DetectOptions(cache_dir=str(default_cache_dir())))  # exports shared across runs
-        await h.add(FaceStage, FaceOptions(recognizer="facenet"))
-        await h.add(PresenceStage, PresenceOptions(left_after=left_after, tick=0.05))
-        events, clock = h.out, h.clock
+    detect = DetectStage(ctx("detect", DetectOptions(cache_dir=str(default_cache_dir()))))  # exports shared across runs
+    face = FaceStage(ctx("face", FaceOptions(recognizer="facenet")))
+    presence = PresenceStage(ctx("presence", PresenceOptions(left_after=left_after, tick=0.05)))
+    stages.update(face=face, presence=presence)
+    for s in (detect, face, presence):
+        await s.start()
 
-        frames = images.visit_frames(images.load(images.ASTRONAUT), before=2, during=5, after=3)
-        times = []
-        for seq, img in enumerate(frames, 1):
-            t = clock.now()
-            times.append(t)
-            h.offer(VideoFrame(seq=seq, time=t, room="living_room", source="cam", data=images.jpeg(img)))
-            await asyncio.sleep(0.05)
-        await wait_for(lambda: presences(events, "eileen")[-1:] and presences(events, "eileen")[-1].state == "left", 10)
-        p = presences(events, "eileen")
-        assert [(x.state, x.room) for x in p] == [("entered", "living_room"), ("left", "living_room")]
-        assert p[0].time in (times[2], times[3])  # her first frame, or the next one (the tracker confirms new tracks)
-        assert "face" in p[0].sources and p[0].confidence >= 0.6
-        last_seen = times[6]  # her last frame
-        assert left_after <= p[1].time - last_seen <= left_after + 1.0
-        assert p[1].unknown == 0 and p[1].people == 0  # nobody else was ever counted
+    frames = images.visit_frames(images.load(images.ASTRONAUT), before=2, during=5, after=3)
+    times = []
+    for seq, img in enumerate(frames, 1):
+        t = clock.now()
+        times.append(t)
+        f = VideoFrame(seq=seq, time=t, room="living_room", source="cam", data=images.jpeg(img))
+        await face.handle(f)
+        await detect.handle(f)
+        await asyncio.sleep(0.05)
+    await wait_for(lambda: presences(events, "eileen")[-1:] and presences(events, "eileen")[-1].state == "left", 10)
+    p = presences(events, "eileen")
+    assert [(x.state, x.room) for x in p] == [("entered", "living_room"), ("left", "living_room")]
+    assert p[0].time in (times[2], times[3])  # her first frame, or the next one (the tracker confirms new tracks)
+    assert "face" in p[0].sources and p[0].confidence >= 0.6
+    last_seen = times[6]  # her last frame
+    assert left_after <= p[1].time - last_seen <= left_after + 1.0
+    assert p[1].unknown == 0 and p[1].people == 0  # nobody else was ever counted
+    for s in (detect, face, presence):
+        await s.stop()
 
 
 @pytest.mark.slow
