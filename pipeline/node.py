@@ -60,6 +60,8 @@ class NodeLink:
         self.interval = heartbeat
         self.detail = ""
         """Free-form state sent with each heartbeat (e.g. "degraded: stt -> no-partials")."""
+        self.exhausted: list[str] = []
+        """Stages on the last step of their degrade ladder (sent with each heartbeat, for placement)."""
         self._ctx = ctx or context()
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,6 +148,7 @@ class NodeLink:
                     sent=time.monotonic(),
                     offset_ms=(self.clock.offset - (time.time() - time.monotonic())) * 1000,
                     detail=self.detail,
+                    exhausted=self.exhausted,
                 )
             )
             await asyncio.sleep(self.interval)

@@ -1,0 +1,229 @@
+"""Placement of replicated stages: the pure assignment rules, the worker's stream gate, the config."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import ConfigError, from_dict
+from pipeline.messages import AudioChunk, Detections, PlacementTable, SpeakerIdentified, Transcript, VideoFrame
+from pipeline.messages import WakeDetected as Wake
+from pipeline.placement import StageSpec, StreamGate, WorkerState, assign, specs, stream_of, to_message
+
+CAMS = ("cam1", "cam2", "cam3", "cam4")
+DETECT = {"detect": StageSpec("camera", CAMS, (("a", 0), ("b", 0)))}
+STT = {"stt": StageSpec("room", ("kitchen", "hall"), (("big", 0), ("small", 1)))}
+
+
+def live(since: float = -100.0, **kw: object) -> WorkerState:
+    return WorkerState(live=True, up_since=since, **kw)  # type: ignore[arg-type]
+
+
+def counts(table: dict[tuple[str, str], str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for w in table.values():
+        out[w] = out.get(w, 0) + 1
+    return out
+
+
+def test_equals_share_cameras_and_a_dead_one_gives_all_to_the_other() -> None:
+    table, moves = assign(DETECT, {"a": live(), "b": live()}, {}, 0.0, 10.0)
+    assert counts(table) == {"a": 2, "b": 2}
+    assert {m.reason for m in moves} == {"start"}
+    table, moves = assign(DETECT, {"a": live(), "b": WorkerState()}, table, 1.0, 10.0)
+    assert counts(table) == {"a": 4}
+    assert sorted(m.stream for m in moves) == sorted(s for (_, s), w in table.items() if w == "a" and m_old(moves, s))
+    assert {m.reason for m in moves} == {"down"} and len(moves) == 2
+
+
+def m_old(moves: list, stream: str) -> bool:
+    return any(m.stream == stream for m in moves)
+
+
+def test_returning_worker_gets_half_back_only_after_hysteresis_and_once() -> None:
+    table, _ = assign(DETECT, {"a": live(), "b": WorkerState()}, {}, 0.0, 10.0)
+    assert counts(table) == {"a": 4}
+    workers = {"a": live(), "b": live(since=100.0)}
+    for now in (100.0, 105.0, 109.9):  # back, but not settled: nothing moves
+        table, moves = assign(DETECT, workers, table, now, 10.0)
+        assert counts(table) == {"a": 4} and not moves
+    table, moves = assign(DETECT, workers, table, 110.0, 10.0)
+    assert counts(table) == {"a": 2, "b": 2}
+    assert [m.reason for m in moves] == ["balance", "balance"]
+    again, moves = assign(DETECT, workers, table, 111.0, 10.0)  # stable: no flapping
+    assert again == table and not moves
+
+
+def test_standby_takes_over_at_once_and_hands_back_at_a_boundary_after_hysteresis() -> None:
+    table, _ = assign(STT, {"big": live(), "small": live()}, {}, 0.0, 10.0)
+    assert set(table.values()) == {"big"}
+    table, moves = assign(STT, {"big": WorkerState(), "small": live()}, table, 1.0, 10.0)
+    assert set(table.values()) == {"small"} and {m.reason for m in moves} == {"down"}
+    back = {"big": live(since=50.0), "small": live()}
+    table, moves = assign(STT, back, table, 55.0, 10.0)
+    assert set(table.values()) == {"small"} and not moves
+    kitchen_busy = lambda stage, stream: stream == "kitchen"  # noqa: E731
+    table, moves = assign(STT, back, table, 60.0, 10.0, kitchen_busy)
+    assert table[("stt", "hall")] == "big" and table[("stt", "kitchen")] == "small"
+    assert [(m.stream, m.reason) for m in moves] == [("hall", "handback")]
+    table, moves = assign(STT, back, table, 61.0, 10.0)
+    assert table[("stt", "kitchen")] == "big" and [m.reason for m in moves] == ["handback"]
+
+
+def test_drain_and_last_degrade_step_move_at_the_boundary_and_none_left_is_said() -> None:
+    start, _ = assign(STT, {"big": live(), "small": live()}, {}, 0.0, 10.0)
+    busy = lambda stage, stream: stream == "kitchen"  # noqa: E731
+    table, moves = assign(STT, {"big": live(drained=True), "small": live()}, start, 1.0, 10.0, busy)
+    assert table == {("stt", "kitchen"): "big", ("stt", "hall"): "small"}
+    assert [(m.stream, m.reason) for m in moves] == [("hall", "drained")]
+    table, moves = assign(STT, {"big": live(drained=True), "small": live()}, table, 2.0, 10.0)
+    assert set(table.values()) == {"small"}
+    table, moves = assign(STT, {"big": live(exhausted=frozenset({"stt"})), "small": live()}, start, 1.0, 10.0)
+    assert set(table.values()) == {"small"} and {m.reason for m in moves} == {"degraded"}
+    # everyone on the last step: degraded service beats none
+    both = {"big": live(exhausted=frozenset({"stt"})), "small": live(exhausted=frozenset({"stt"}))}
+    table, moves = assign(STT, both, start, 1.0, 10.0)
+    assert table == start and not moves
+    table, moves = assign(STT, {"big": WorkerState(), "small": WorkerState()}, start, 1.0, 10.0)
+    assert set(table.values()) == {""} and {m.reason for m in moves} == {"none-left"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sets(st.sampled_from("abc")),
+            st.sets(st.sampled_from("abc")),
+            st.sets(st.sampled_from(CAMS)),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_every_stream_has_exactly_one_live_worker_whenever_one_can_serve(steps: list) -> None:
+    spec = {"detect": StageSpec("camera", CAMS, (("a", 0), ("b", 0), ("c", 1)))}
+    table: dict[tuple[str, str], str] = {}
+    up: dict[str, float] = {}
+    for i, (alive, drained, busy) in enumerate(steps):
+        now = float(i * 3)
+        for w in "abc":
+            if w in alive:
+                up.setdefault(w, now)
+            else:
+                up.pop(w, None)
+        workers = {w: WorkerState(live=w in alive, up_since=up.get(w, 0.0), drained=w in drained) for w in "abc"}
+        before = dict(table)
+        table, moves = assign(spec, workers, table, now, 5.0, lambda s, c: c in busy)
+        assert set(table) == {("detect", c) for c in CAMS}
+        for (_, cam), w in table.items():
+            if w:
+                assert workers[w].live
+            else:
+                assert not [x for x in alive if x not in drained]
+            if before.get(("detect", cam), "") != w:
+                assert any(m.stream == cam and m.new == w for m in moves)
+        settled = [w for w in "ab" if w in alive and w not in drained and now - up[w] >= 5.0]
+        if settled and not busy:  # a settled preferred worker leaves nothing on the standby
+            assert "c" not in table.values()
+
+
+def test_stream_of_each_kind_of_input() -> None:
+    assert stream_of("room", AudioChunk(room="kitchen", source="pi")) == "kitchen"
+    assert stream_of("room", Wake(room="kitchen", source="w", node="pi")) == "kitchen"
+    assert stream_of("room", SpeakerIdentified(room="kitchen")) is None  # every replica gets it
+    assert stream_of("camera", VideoFrame(room="hall", source="cam2")) == "cam2"
+    assert stream_of("camera", Detections(room="hall", source="cam2", camera="cam2")) == "cam2"
+    assert stream_of("house", Transcript(room="hall")) == "*"
+
+
+def _chunk(t: float) -> AudioChunk:
+    return AudioChunk(room="kitchen", source="pi", time=t, data=b"\0\0" * 1280)
+
+
+def test_gate_replays_what_came_after_the_last_final_of_the_old_worker() -> None:
+    gate = StreamGate("small", "stt", "room", takeover_s=16.0)
+    table = to_message({("stt", "kitchen"): "big"}, 1, ["big", "small"], [])
+    assert gate.update(table)[0] == []
+    first = [_chunk(100.0 + 0.08 * i) for i in range(10)]  # 100.0 … 100.8
+    assert not any(gate.admit(m) for m in first)
+    gate.observe(Transcript(room="kitchen", source="big", final=True, t1=100.4))  # big finished one
+    gate.observe(Transcript(room="kitchen", source="small", final=True, t1=100.79))  # our own: ignored
+    wake = Wake(room="kitchen", source="small", node="pi", time=100.6)
+    assert not gate.admit(wake)
+    assert gate.admit(SpeakerIdentified(room="kitchen", utterance_id="x"))
+    replay, gained, lost = gate.update(to_message({("stt", "kitchen"): "small"}, 2, ["small"], []))
+    assert gained == {"kitchen"} and not lost
+    assert replay == [m for m in first if m.time + 0.08 > 100.4] + [wake]
+    assert gate.admit(_chunk(101.0))
+    stale = to_message({("stt", "kitchen"): "big"}, 1, ["big"], [])
+    assert gate.update(stale) == ([], set(), set())  # an older table changes nothing
+    assert gate.owned == {"kitchen"}
+
+
+def test_table_message_round_trips_through_the_codec() -> None:
+    from pipeline.codec import decode, encode
+
+    msg = to_message({("detect", "cam1"): "a", ("detect", "cam2"): "b"}, 7, ["a", "b"], ["c"], ["stt/kitchen"])
+    back = decode(encode(msg))
+    assert isinstance(back, PlacementTable) and back.version == 7
+    assert [(a.stream, a.worker) for a in back.assignments] == [("cam1", "a"), ("cam2", "b")]
+
+
+def test_specs_only_for_stages_on_several_workers() -> None:
+    out = specs({"stt": [("big", 0), ("small", 1)], "wake": [("small", 0)]}, {"stt": "room"}, ["k", "h"], [])
+    assert list(out) == ["stt"] and out["stt"].streams == ("k", "h")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+class Opts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+OPTS = {"wake": Opts, "stt": Opts, "detect": Opts}
+BASE = {"rooms": {"kitchen": {}}, "edges": {"pi": {"room": "kitchen"}}}
+
+
+def test_standby_config_gives_ranks_in_order() -> None:
+    dep = from_dict(
+        BASE
+        | {
+            "workers": {
+                "big": {"stages": ["stt", "detect"], "device": ["cuda:0", "cpu"]},
+                "always_on": {"stages": ["wake"], "standby": ["stt", "detect"]},
+            }
+        },
+        OPTS,
+        path="house.toml",
+    )
+    assert dep.replicas("stt") == [("big", 0), ("always_on", 1)]
+    assert dep.replicas("wake") == [("always_on", 0)]
+    assert dep.worker("always_on").runs() == ["wake", "stt", "detect"]
+
+
+@pytest.mark.parametrize(
+    ("workers", "stages", "expected"),
+    [
+        ({"w": {"stages": ["wake"], "standby": ["sst"]}}, {}, r"house.toml: \[workers.w\] standby: unknown stage 'sst'"),
+        ({"w": {"stages": ["wake"], "standby": ["wake"]}}, {}, r"\[workers.w\] standby: 'wake' is also in stages"),
+        ({"w": {"stages": ["wake", "wake"]}}, {}, r"\[workers.w\] stages: stage 'wake' listed twice"),
+        ({"w": {"stages": ["wake"]}}, {"stt": {}}, r"house.toml: \[stages.stt\] no worker runs this stage"),
+    ],
+)
+def test_placement_config_errors_name_file_table_and_key(workers: dict, stages: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        from_dict(BASE | {"workers": workers, "stages": stages}, OPTS, path="house.toml")
+
+
+def test_example_deployments_still_load_and_replicate_nothing() -> None:
+    from pathlib import Path
+
+    from sensorium.deployment import load_deployment, placement_specs
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("deploy-phase0.toml", "deploy-4gpu.toml"):
+        dep = load_deployment(root / "examples" / name)
+        assert placement_specs(dep) == {}
