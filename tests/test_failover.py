@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,3 +205,75 @@ async def test_four_cameras_two_then_four_then_two_again_without_flapping(hub_ad
         sub.close()
         with contextlib.suppress(Exception):
             await hub.stop()
+
+
+def _cli(cfg: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sensorium", "placement", "--config", str(cfg), *args],
+        cwd=fp.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def test_drain_until_idle_waits_for_the_command_in_flight_then_undrain_hands_back(
+    hub_address: str, tmp_path: Path
+) -> None:
+    cmds = ["turn on the kitchen lights", "what time is it", "set a timer for ten minutes"]
+    pcm = media.concat(*(x for c in cmds for x in (0.5, media.speech(f"hey jarvis, {c}", "piper:joe"), 2.5)))
+    cfg = _stt_config(tmp_path, hub_address)
+    hub = fp.make_hub(cfg, tmp_path / "state")
+    await hub.start()
+    procs = [fp.start_worker(cfg, n, tmp_path / "logs") for n in ("big", "small")]
+    pub = Publisher(hub.endpoints)
+    sub = Subscriber(hub.endpoints, ["stats/"])
+    stop = asyncio.Event()
+    streamer = None
+    try:
+        await _ready(sub, {"big", "small"})
+        await fp.wait_for(lambda: hub.assignments.get(("stt", "kitchen")) == "big", 20, "kitchen's stt on big")
+        await asyncio.sleep(0.5)
+        start = hub.log.last_seq
+        streamer = asyncio.create_task(fp.stream_audio(pub, hub.clock, "kitchen", "kitchen-pi", pcm, stop))
+
+        def events(kind: type) -> list:
+            return [e for e in fp.logged(hub, start) if isinstance(e, kind)]
+
+        await fp.wait_for(lambda: events(WakeDetected), 30, "the first wake word")
+        await asyncio.sleep(0.3)
+        assert not [t for t in events(Transcript) if t.final]
+        drain = await asyncio.to_thread(lambda: _cli(cfg, "drain", "big", "--until-idle").communicate(timeout=60)[0])
+        print(drain)
+        assert "big is idle after" in drain and "stt        kitchen              small" in drain
+        finals = [t for t in events(Transcript) if t.final]
+        assert [t.source for t in finals] == ["big"], "big finishes the command in flight before it is idle"
+        assert {"kitchen", "lights"} <= _words(finals[0].text)
+
+        await fp.wait_for(lambda: len([t for t in events(Transcript) if t.final]) >= 3, 40, "three finals")
+        await asyncio.sleep(2.0)
+        finals = [t for t in events(Transcript) if t.final]
+        assert [t.source for t in finals] == ["big", "small", "small"], [(t.source, t.text) for t in finals]
+        assert {"time"} <= _words(finals[1].text) and {"timer", "minutes"} <= _words(finals[2].text)
+        assert len(events(WakeDetected)) == 3
+
+        shown = await asyncio.to_thread(lambda: _cli(cfg).communicate(timeout=60)[0])
+        assert "drained: big" in shown and "live: big, small" in shown
+        undrain = await asyncio.to_thread(lambda: _cli(cfg, "undrain", "big").communicate(timeout=60)[0])
+        assert "undrained big" in undrain
+        await fp.wait_for(lambda: hub.assignments.get(("stt", "kitchen")) == "big", 10, "kitchen back on big")
+        moves = [(m.from_worker, m.to_worker, m.reason) for m in events(Placement)]
+        assert moves == [("big", "small", "drained"), ("small", "big", "handback")]
+        gauge = hub.metrics.registry.get_sample_value(
+            "sensorium_placement_assigned", {"stage": "stt", "stream": "kitchen", "worker": "big"}
+        )
+        assert gauge == 1.0
+    finally:
+        stop.set()
+        if streamer is not None:
+            await asyncio.gather(streamer, return_exceptions=True)
+        for p in procs:
+            fp.kill(p)
+        pub.close()
+        sub.close()
+        await hub.stop()
