@@ -29,7 +29,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
 #: then the whole pipeline.
-BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay"]
+BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "failover"]
 #: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches).
 OPT_IN = {"setup"}
 LIBRARIES = [
