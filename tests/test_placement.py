@@ -227,3 +227,66 @@ def test_example_deployments_still_load_and_replicate_nothing() -> None:
     for name in ("deploy-phase0.toml", "deploy-4gpu.toml"):
         dep = load_deployment(root / "examples" / name)
         assert placement_specs(dep) == {}
+
+
+# ------------------------------------------------------------------------------------- the hub's table
+
+
+async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(hub_address: str, tmp_path) -> None:
+    import asyncio
+
+    from pipeline.client import Client
+    from pipeline.codec import from_json
+    from pipeline.config import HubConfig
+    from pipeline.hub import Hub
+    from pipeline.messages import Placement
+    from pipeline.node import NodeLink
+
+    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.3, handback_after=0.6)
+    hub = Hub(cfg, state_dir=tmp_path / "state", placement=dict(STT))
+    await hub.start()
+    big = NodeLink("big", "worker", hub.endpoints, stages=["stt"], heartbeat=0.1)
+    small = NodeLink("small", "worker", hub.endpoints, stages=["stt"], heartbeat=0.1)
+
+    async def until(worker: str, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if set(hub.assignments.values()) == {worker}:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not all on {worker}: {hub.assignments}")
+
+    def moves() -> list[tuple[str, str, str, str]]:
+        evs = [from_json(e.json) for e in hub.log.since(0, ("placement/",))]
+        return [(e.stream, e.from_worker, e.to_worker, e.reason) for e in evs if isinstance(e, Placement)]
+
+    try:
+        await big.start()
+        await small.start()
+        await until("big")
+        big.exhausted = ["stt"]  # the stage sits on the last step of its ladder there
+        await until("small")
+        big.exhausted = []
+        await until("big")  # after handback_after
+        async with Client(hub.endpoints, name="cli") as client:
+            with pytest.raises(ValueError, match=r"drain: 'nobody' runs no replicated stage \(known: big, small\)"):
+                await client.placement("drain", "nobody")
+            table = await client.placement("drain", "big")
+            assert table.drained == ["big"] and {a.worker for a in table.assignments} == {"small"}
+            table = await client.placement("undrain", "big")
+            assert table.drained == []
+        await until("big")
+        await big.close()  # no more heartbeats: taken over after takeover_after
+        await until("small")
+        for _ in range(100):  # the events reach the log through the bus
+            if len(moves()) >= 12:
+                break
+            await asyncio.sleep(0.02)
+        got = moves()
+        assert got[:2] == [("kitchen", "", "big", "start"), ("hall", "", "big", "start")]
+        reasons = [r for _, _, _, r in got[2:]]
+        assert reasons == ["degraded"] * 2 + ["handback"] * 2 + ["drained"] * 2 + ["handback"] * 2 + ["down"] * 2
+        assert (tmp_path / "state" / "drained.json").read_text() == "[]"
+    finally:
+        await small.close()
+        await big.close()
+        await hub.stop()
