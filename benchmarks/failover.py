@@ -159,13 +159,13 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
         await until(lambda: hub.assignments.get(("stt", "kitchen")) == "big", 30, "the table")
         speaker = asyncio.create_task(speak())
         for i in range(kills):
-            w = len(arrivals)
-            await next_wake()
+            wake = await next_wake()
             await asyncio.sleep(random.uniform(0.2, 0.8))
             n = len(arrivals)
             _kill(procs["big"])
             t_kill = time.monotonic()
-            mid = not any(isinstance(m, Transcript) and m.final for _, m in arrivals[w:n])
+            done = [m for _, m in arrivals[:n] if isinstance(m, Transcript) and m.final]
+            mid = not any(m.t0 - 0.01 <= wake.time <= m.t1 + 0.01 for m in done)
 
             def standby_answered(n: int = n) -> bool:
                 after = [m for _, m in arrivals[n:]]
