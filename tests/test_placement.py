@@ -290,3 +290,15 @@ async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(
         await small.close()
         await big.close()
         await hub.stop()
+
+
+def test_top_and_placement_show_where_each_stream_runs() -> None:
+    from sensorium.commands import placement, top
+
+    table = to_message({("stt", "kitchen"): "big", ("stt", "hall"): ""}, 3, ["big"], ["small"], ["stt/kitchen"])
+    shown = top.render({}, {"big": "up"}, table)
+    assert "placement stt       hall→(none)  kitchen→big" in shown and "drained: small" in shown
+    text = placement.render(table)
+    assert "stt        kitchen              big              utterance in flight" in text
+    assert "stt        hall                 (none)" in text and "live: big" in text
+    assert "no stage runs on more than one worker" in placement.render(to_message({}, 0, [], []))
