@@ -28,10 +28,13 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
-#: then the whole pipeline.
-BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "failover"]
-#: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches).
-OPT_IN = {"setup"}
+#: the whole pipeline, the whole pipeline into Home Assistant over MQTT, processes killed at random, a
+#: replicated stage's worker killed mid-command, then
+#: an hour of it.
+BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "mqtt", "chaos", "failover", "soak"]
+#: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches; the soak
+#: takes an hour).
+OPT_IN = {"setup", "soak"}
 LIBRARIES = [
     "pyzmq",
     "msgspec",
@@ -50,6 +53,8 @@ LIBRARIES = [
     "opencv-python-headless",
     "piper-tts",
     "mcap",
+    "aiomqtt",
+    "paho-mqtt",
 ]
 
 

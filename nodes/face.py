@@ -9,6 +9,10 @@ Face work only where it pays (``gate``): a track whose last look found no face (
 far, face hidden) is looked at again only when it comes toward the camera (its box grew by
 ``approach_ratio``) or after ``retry_s`` (people turn round), not on every frame. Under load the
 degrade ladder first re-checks less often, then looks only at tracks never looked at ("skip-faces").
+
+A track that comes back after it was out of view (the camera's detections went on without it for
+``return_s``) is recognized afresh: the tracker hands a returning person their old track id, while
+presence has forgotten whose track it was (and may have seen them leave), so it needs a new face event.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class FaceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """If a detection's own frame was dropped, use a kept frame of the camera this close in time."""
     track_ttl_s: float = 60.0
     """Forget a track not seen for this long."""
+    return_s: float = 2.0
+    """A track back after this long out of view is recognized again (shorter than presence keeps a name:
+    its ``count_window`` + ``settle``)."""
 
 
 @dataclass
@@ -70,6 +77,8 @@ class _Track:
     """The last look found no face."""
     height: float = 0.0
     """Box height at the last look."""
+    missed: bool = False
+    """A detection of its camera came without it since it was last seen."""
 
 
 class FaceStage(Stage):
@@ -142,11 +151,18 @@ class FaceStage(Stage):
         self._expire(now)
         recheck = self.opts.recheck_s * (4 if self.level >= 1 else 1)  # "recheck-less"
         todo: list[Box] = []
+        shown = {b.track for b in det.boxes}
+        for (c, track), t in self._tracks.items():
+            if c == cam and track not in shown:
+                t.missed = True
         for b in det.boxes:
             if b.track < 0:
                 continue  # untracked boxes: we could not tell whether we already know this face
-            t = self._tracks.setdefault((cam, b.track), _Track())
+            t = self._tracks.get((cam, b.track))
+            if t is None or (t.missed and now - t.seen >= self.opts.return_s):
+                t = self._tracks[(cam, b.track)] = _Track()  # new, or back in view: whose it is must be said again
             t.seen = now
+            t.missed = False
             if self._due(t, b, now, recheck):
                 todo.append(b)
         if not todo:

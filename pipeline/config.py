@@ -181,6 +181,67 @@ class WorkerConfig(_Strict):
         return [*self.stages, *self.standby]
 
 
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class MqttConfig(_Strict):
+    """The MQTT bridge (``sensorium mqtt``): broker, credentials, topics, Home Assistant discovery."""
+
+    host: str = "localhost"
+    """Broker host name or address."""
+    port: int = 1883
+    """Broker port (8883 is the usual one with TLS)."""
+    username: str = ""
+    """User at the broker ("" = anonymous)."""
+    password_file: str = ""
+    """File whose first line is the password, so the secret stays out of this file (needs ``username``)."""
+    tls: bool = False
+    """Connect with TLS."""
+    ca_file: str = ""
+    """CA certificate to verify the broker with ("" = the system's CAs; needs ``tls``)."""
+    base_topic: str = "sensorium"
+    """First topic level(s) of everything the bridge publishes and listens to."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
+    site: str = "home"
+    """This house (letters, digits, _ and -): the topic level after ``base_topic``, so homes can share a broker."""
+    client_id: str = ""
+    """MQTT client id ("" = ``sensorium-<site>``); two clients with one id push each other off the broker."""
+    keepalive: int = 30
+    """Seconds between keepalive pings; the broker publishes the last will after 1.5 times that without one."""
+    people: list[str] = []
+    """Enrolled people to publish; empty = everyone in the gallery."""
+    gallery: str = ""
+    """Gallery to read the enrolled people from ("" = <data_dir>/gallery.db)."""
+    refresh: str | float = "60s"
+    """States are re-published this often while the hub answers; Home Assistant shows occupancy, people
+    counts and rooms as unavailable after three intervals without one (0 = never re-publish, never expire)."""
+    max_command: int = 1024
+    """Largest command payload accepted, bytes."""
+    keys: str = ""
+    """Folder with the bridge's CURVE key pair and the hub's public key (a hub off loopback)."""
+
+    def __post_init__(self) -> None:
+        # Checked when the file loads, so a mistake names [mqtt] and the key rather than failing at connect.
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if self.keepalive < 5:
+            raise ValueError(f"keepalive must be at least 5 seconds, got {self.keepalive}")
+        if not _TOPIC_LEVEL.match(self.site):
+            raise ValueError(f"site must be letters, digits, '_' or '-' (one topic level), got {self.site!r}")
+        for key in ("base_topic", "discovery_prefix"):
+            value = getattr(self, key)
+            if not value or any(c in value for c in "+#\0") or "" in value.split("/"):
+                raise ValueError(f"{key} must be topic levels without '+', '#' or empty levels, got {value!r}")
+        if self.password_file and not self.username:
+            raise ValueError("password_file needs a username")
+        if self.ca_file and not self.tls:
+            raise ValueError("ca_file is only used with tls = true")
+        if not 0 < self.max_command <= 65536:
+            raise ValueError(f"max_command must be 1-65536 bytes, got {self.max_command}")
+        parse_duration(self.refresh, "refresh")
+
+
 class WyomingConfig(_Strict):
     """``[wyoming]``: the Wyoming gateway (``sensorium wyoming``) that serves Home Assistant's voice."""
 
@@ -237,6 +298,7 @@ class DeployFile(_Strict):
     stages: dict[str, dict[str, Any]] = {}
     wyoming: dict[str, Any] | None = None
     data_dir: str = ".sensorium"
+    mqtt: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -249,6 +311,7 @@ class DeployParsed(msgspec.Struct):
     stages: dict[str, dict[str, Any]]
     data_dir: str
     wyoming: WyomingConfig | None = None
+    mqtt: MqttConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -273,6 +336,8 @@ class Deployment(msgspec.Struct):
     data_dir: Path
     wyoming: WyomingConfig | None = None
     """The Wyoming gateway's table (None when the file has no ``[wyoming]``)."""
+    mqtt: MqttConfig | None = None
+    """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -383,6 +448,7 @@ def from_dict(
         stages=raw_file.stages,
         data_dir=raw_file.data_dir,
         wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
+        mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -458,6 +524,7 @@ def from_dict(
         stages=stages,
         data_dir=Path(f.data_dir),
         wyoming=f.wyoming,
+        mqtt=f.mqtt,
     )
 
 

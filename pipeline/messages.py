@@ -207,7 +207,7 @@ class Detections(Event, tag="detections"):
 
 
 class FaceRecognized(Event, tag="face"):
-    """A face on a person track was recognized (once per track, again on a better face)."""
+    """A face on a person track was recognized (once per track; again on a better face or back in view)."""
 
     kind: ClassVar[str] = "face"
     camera: str = ""

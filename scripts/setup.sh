@@ -140,7 +140,7 @@ ha_python() {
 homeassistant_step() {
   local py
   py=$(ha_python) || exit 1
-  peer_env .venv-homeassistant requirements/homeassistant.txt "$py" "homeassistant.components.mqtt, paho.mqtt, hass_frontend"
+  peer_env .venv-homeassistant requirements/homeassistant.txt "$py" "homeassistant.const, paho.mqtt, hass_frontend"
 }
 peers_step() {
   peer_env .venv-peers requirements/peers.txt "$PYTHON" "wyoming_faster_whisper, wyoming.client"

@@ -24,11 +24,13 @@ COMMANDS = [
     "enroll",
     "keys",
     "agent",
+    "mqtt",
     "wyoming",
     "record",
     "replay",
     "session",
     "bench",
+    "soak",
     "doctor",
 ]
 

@@ -17,7 +17,6 @@ so the test then cuts the log at a random byte after that size to play the power
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -26,42 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def resume_point(path: Path) -> int:
-    """Sequence number of the last complete event in ``path``; cuts off a torn last line."""
-    if not path.exists():
-        return 0
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    if end < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    lines = raw[:end].splitlines()
-    return int(json.loads(lines[-1])["seq"]) if lines else 0
-
-
-async def subscriber(address: str, out: Path) -> None:
-    from pipeline.client import Client
-    from pipeline.codec import to_json
-    from pipeline.node import HubUnavailable
-
-    since = resume_point(out)
-    print(f"subscriber: resuming after seq {since}", flush=True)
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    delay = 0.2
-    async with Client(address, name="power-loss-subscriber", heartbeat=0.2) as client:
-        while True:
-            try:
-                async for ev in client.events(since=since):
-                    os.write(fd, to_json(ev) + b"\n")
-                    os.fsync(fd)
-                    since = ev.seq
-                    delay = 0.2
-            except (ConnectionError, HubUnavailable) as exc:
-                # No hub (yet): wait with backoff and ask again from the last event we hold.
-                print(f"subscriber: {exc}; retrying in {delay:.1f}s", flush=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+from benchmarks.chaos import subscriber  # the chaos runs use the same client
 
 
 def gallery_writer(path: Path, log: Path) -> None:

@@ -24,6 +24,7 @@ NAMES = [
     "sensorium-worker@.service",
     "sensorium-edge.service",
     "sensorium-wyoming.service",
+    "sensorium-mqtt.service",
 ]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]
@@ -129,13 +130,22 @@ def test_units_restart_always_after_network_as_unprivileged_user(name: str) -> N
 
 
 def test_start_order_hub_then_workers_then_edges() -> None:
-    hub, worker, edge, wyoming = (parse(n) for n in NAMES)
+    hub, worker, edge, wyoming = (parse(n) for n in NAMES[:4])
     assert "sensorium-hub.service" in words(wyoming, "Unit", "After")
     assert "sensorium-hub.service" in words(worker, "Unit", "After")
     assert "sensorium-edge.service" in words(worker, "Unit", "Before")
     assert "sensorium-hub.service" in words(edge, "Unit", "After")
     assert "sensorium-hub.service" not in words(hub, "Unit", "After")
     assert "--state" in hub["Service"]["ExecStart"][0], "the hub must keep its event log across restarts"
+
+
+def test_mqtt_bridge_after_the_hub_keeps_its_state_and_is_restarted_after_refused_credentials() -> None:
+    unit = parse("sensorium-mqtt.service")
+    assert "sensorium-hub.service" in words(unit, "Unit", "After")
+    start = unit["Service"]["ExecStart"][0]
+    assert " mqtt --config /etc/sensorium/deploy.toml --state /var/lib/sensorium/" in start
+    # exit 1 (credentials refused) must stay a failure that Restart= acts on
+    assert "1" not in words(unit, "Service", "SuccessExitStatus")
 
 
 def test_edge_keeps_audio_and_video_access() -> None:

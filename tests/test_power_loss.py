@@ -336,3 +336,27 @@ def test_power_cut_never_takes_back_a_sequence_number_a_client_saw(tmp_path: Pat
         assert not differ, f"numbers handed out twice (the client holds other events under them): {differ[:20]}"
     finally:
         dep.stop()
+
+
+def test_chaos_twenty_kills_of_random_processes_while_a_session_streams(tmp_path: Path) -> None:
+    """The power cut as a loop (``benchmarks/chaos.py``, which the benchmark runs with more kills): 20 times
+    a random process among hub, worker, edge and client gets SIGKILL at a random moment and is restarted
+    with its normal command line. Each time the pipeline serves again (a new "hey jarvis" reaches the
+    client), and the client holds every number the hub gave out exactly once, as the hub logged it, with
+    an explicit ``events_lost`` only where its outage outlasted the log."""
+    from collections import Counter
+
+    from benchmarks.chaos import TARGETS, ChaosOptions, render, run_chaos
+
+    seed = int(os.environ.get("CHAOS_SEED", random.randrange(10**6)))
+    r = run_chaos(ChaosOptions(folder=tmp_path, kills=20, seed=seed, progress=print))
+    print(f"seed {seed}\n{render(r)}")
+    assert Counter(r["order"]) == dict.fromkeys(TARGETS, 5)
+    assert r["kills"] == 20 and all(k["recovery_s"] > 0 for k in r["rounds"])
+    s = r["stream"]
+    assert s["duplicates"] == 0 and s["gaps"] == 0, s
+    assert not s["differ_from_log"], s
+    assert s["lost"] and all(x["contiguous"] and x["rolled_over"] for x in s["lost"]), s["lost"]
+    assert r["starts"] == {"hub": 6, "worker": 6, "edge": 6, "client": 6, "ticker": 1}
+    assert r["ok"], r["problems"]
+    assert r["recovery_s"]["p95"] < 30

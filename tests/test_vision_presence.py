@@ -204,3 +204,78 @@ async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) ->
     assert p[1].unknown == 0 and p[1].people == 0  # nobody else was ever counted
     for s in (detect, face, presence):
         await s.stop()
+
+
+@pytest.mark.slow
+async def test_real_frames_person_who_comes_back_under_the_same_track_enters_again(tmp_path: Path) -> None:
+    """She visits, walks out until presence says she left, and comes back to the same spot: the tracker
+    gives her back her old track id, and she must be seen entering again (not counted as a stranger)."""
+    from models.faces import FacePipeline
+    from models.gallery import Gallery
+    from nodes.detect import DetectOptions, DetectStage
+    from nodes.face import FaceOptions, FaceStage
+    from pipeline.messages import VideoFrame
+
+    pipe = FacePipeline(recognizer="facenet")
+    emb, model_id = pipe.embed_image_file(images.ASTRONAUT or "")
+    pipe.close()
+    with Gallery(tmp_path / "gallery.db") as g:
+        g.add("eileen", "face", model_id, emb)
+
+    clock = Clock()
+    events: list[Message] = []
+    stages: dict[str, object] = {}
+
+    async def route(msg: Message) -> None:
+        events.append(msg)
+        if isinstance(msg, Detections):
+            await stages["face"].handle(msg)  # type: ignore[attr-defined]
+        if isinstance(msg, Detections | FaceRecognized):
+            await stages["presence"].handle(msg)  # type: ignore[attr-defined]
+
+    def ctx(name: str, options: object) -> StageContext:
+        return StageContext(name=name, worker="w", options=options, clock=clock, data_dir=tmp_path, emit=route)
+
+    detect = DetectStage(ctx("detect", DetectOptions()))
+    face = FaceStage(ctx("face", FaceOptions(recognizer="facenet")))
+    presence = PresenceStage(ctx("presence", PresenceOptions(left_after=3.0, tick=0.05)))
+    stages.update(face=face, presence=presence)
+    for s in (detect, face, presence):
+        await s.start()
+    visit = images.visit_frames(images.load(images.ASTRONAUT), before=1, during=4, after=0)
+    room = images.empty_room()
+    seq = 0
+
+    async def show(img: object) -> None:
+        nonlocal seq
+        seq += 1
+        f = VideoFrame(seq=seq, time=clock.now(), room="living_room", source="cam", data=images.jpeg(img))
+        await face.handle(f)
+        await detect.handle(f)
+
+    def states() -> list[str]:
+        return [p.state for p in presences(events, "eileen")]
+
+    for img in visit:
+        await show(img)
+        await asyncio.sleep(0.05)
+    while states()[-1:] != ["left"]:  # the camera keeps sending frames of the empty room meanwhile
+        await show(room)
+        await asyncio.sleep(0.5)
+        assert seq < 40, f"she never left: {states()}"
+    for img in visit[1:]:
+        await show(img)
+        await asyncio.sleep(0.05)
+    for _ in range(5):  # she stays a little: longer than presence waits before it counts a stranger (settle)
+        await show(visit[-1])
+        await asyncio.sleep(0.5)
+    tracks = {b.track for m in events if isinstance(m, Detections) for b in m.boxes if b.track >= 0}
+    assert len(tracks) == 1, f"the tracker gave her a new track {tracks}: this test needs the old one back"
+    assert states() == ["entered", "left", "entered"]
+    back = presences(events, "eileen")[1].time
+    unknown = [
+        p for p in events if isinstance(p, Presence) and p.person == "unknown" and p.state != "left" and p.time > back
+    ]
+    assert not unknown, f"back under her old track, she was counted as a stranger: {unknown}"
+    for s in (detect, face, presence):
+        await s.stop()

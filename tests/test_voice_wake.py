@@ -173,6 +173,27 @@ async def test_stage_rooms_are_independent_and_bad_input_is_rejected() -> None:
 
 
 @pytest.mark.slow
+def test_a_stream_restart_restores_the_first_state_without_loading_the_models_again() -> None:
+    """A stream restarts at every gap in its audio (an edge that reconnects, a local wake gate that streams only
+    around the wake word): its model must start over from the state it was loaded in, the same every time, and
+    not load its ONNX sessions again (~80 ms each time, and memory the allocator kept: a soak saw hundreds of MiB)."""
+    import psutil
+
+    model = WakeWordModel(["hey_jarvis"])
+    pcm = media.concat(0.3, media.speech("hey jarvis", "piper:joe"), 0.5)
+    frames = [pcm[i : i + FRAME] for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+    first = [model.score(f)["hey_jarvis"] for f in frames]
+    assert max(first) > 0.8
+    rss = psutil.Process().memory_info().rss
+    for _ in range(30):
+        model.reset()
+        again = [model.score(f)["hey_jarvis"] for f in frames]
+        assert again == first  # exactly: the state after a reset is the state it was loaded in
+    grown = (psutil.Process().memory_info().rss - rss) / 2**20
+    assert grown < 20, f"30 stream restarts grew the process by {grown:.0f} MiB"
+
+
+@pytest.mark.slow
 def test_wake_cost_per_frame(model: WakeWordModel) -> None:
     """Cost of one 80 ms frame with two wake words (reported; generous bound on a busy machine)."""
     pcm = media.speech("hey jarvis, turn on the kitchen lights", "piper:joe")

@@ -1,4 +1,4 @@
-"""Run the benchmarks (bus, voice, Wyoming, vision, talk-back, end-to-end replay) and write results.
+"""Run the benchmarks (bus, voice, Wyoming, vision, talk-back, end-to-end replay, chaos) and write results.
 
 Same as ``python -m benchmarks``: each benchmark writes ``benchmarks/results/<name>.json`` and
 ``benchmarks/results/SUMMARY.md`` gathers them with the machine they ran on. Run it on a quiet
@@ -16,14 +16,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI-sized runs")
     p.add_argument(
         "--only",
-        help="comma-separated subset: bus,voice,wyoming,vision,talk,replay; setup (a cold set-up) only when named",
+        help="comma-separated subset: bus,voice,wyoming,vision,talk,replay,chaos; setup (a cold set-up) and soak "
+        "(an hour) only when named",
     )
     p.add_argument("--out", help="results folder (default: benchmarks/results)")
+
+
+def import_benchmarks() -> None:
+    """Make the checkout's ``benchmarks/`` importable: an installed ``sensorium`` script does not start in it."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "benchmarks" / "__main__.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    import_benchmarks()
     try:
         from benchmarks.__main__ import main
     except ImportError:
