@@ -200,6 +200,7 @@ class Hub:
         self.handback_after = parse_duration(config.handback_after, "hub.handback_after")
         self.assignments: dict[tuple[str, str], str] = {}
         self.placement_version = 0
+        self._epoch = uuid.uuid4().hex[:12]
         self.drained: set[str] = set()
         self._pworkers = {w: WorkerState() for sp in self.placement_spec.values() for w, _ in sp.replicas}
         self._load_drained()
@@ -632,7 +633,7 @@ class Hub:
     def _table(self, request_id: int = 0) -> object:
         live = [w for w, s in self._pworkers.items() if s.live]
         busy = [f"{st}/{r}" for st, r in sorted(self.busy_streams())]
-        return to_message(self.assignments, self.placement_version, live, self.drained, busy, request_id)
+        return to_message(self.assignments, self.placement_version, live, self.drained, busy, request_id, self._epoch)
 
     def _refresh_liveness(self, now: float) -> None:
         grace = now - self._t_start < self.takeover_after

@@ -410,8 +410,10 @@ class PlacementTable(Message, tag="placement_table"):
     answer to ``PlacementRequest`` (not logged; the ``placement`` events are the audit trail)."""
 
     kind: ClassVar[str] = "assign"
+    epoch: str = ""
+    """Changes when the hub restarts (its versions start again)."""
     version: int = 0
-    """Increases with every change (workers ignore an older table)."""
+    """Increases with every change within an epoch (workers ignore an older table)."""
     assignments: list[Assignment] = msgspec.field(default_factory=list)
     """One entry per stage and stream of every stage placed on more than one worker."""
     live: list[str] = msgspec.field(default_factory=list)

@@ -188,10 +188,12 @@ def to_message(
     drained: Iterable[str],
     busy: Iterable[str] = (),
     request_id: int = 0,
+    epoch: str = "",
 ) -> PlacementTable:
     """The table as the message the hub publishes and answers with."""
     return PlacementTable(
         source="hub",
+        epoch=epoch,
         version=version,
         assignments=[Assignment(stage, stream, w) for (stage, stream), w in sorted(table.items())],
         live=sorted(live),
@@ -228,6 +230,8 @@ class StreamGate:
     """Streams the hub handed to this worker."""
     version: int = -1
     """Version of the table applied last."""
+    epoch: str = ""
+    """Epoch of the hub that sent it (a restarted hub counts versions from 1 again)."""
     _rings: dict[str, deque[tuple[float, Message]]] = field(default_factory=dict)
     _done: dict[str, float] = field(default_factory=dict)
     """Per stream, the end of the last result another worker published (nothing before it is replayed)."""
@@ -255,10 +259,10 @@ class StreamGate:
 
     def update(self, table: PlacementTable) -> tuple[list[Message], set[str], set[str]]:
         """Apply a newer table: the inputs to replay for streams gained (oldest first), and the streams
-        gained and lost. An older or equal version changes nothing."""
-        if table.version <= self.version:
+        gained and lost. An older or equal version of the same hub changes nothing."""
+        if table.epoch == self.epoch and table.version <= self.version:
             return [], set(), set()
-        self.version = table.version
+        self.version, self.epoch = table.version, table.epoch
         owned = {a.stream for a in table.assignments if a.stage == self.stage and a.worker == self.worker}
         gained, lost = owned - self.owned, self.owned - owned
         self.owned = owned

@@ -160,6 +160,8 @@ def test_gate_replays_what_came_after_the_last_final_of_the_old_worker() -> None
     stale = to_message({("stt", "kitchen"): "big"}, 1, ["big"], [])
     assert gate.update(stale) == ([], set(), set())  # an older table changes nothing
     assert gate.owned == {"kitchen"}
+    restarted = to_message({("stt", "kitchen"): "big"}, 1, ["big"], [], epoch="new-hub")
+    assert gate.update(restarted)[2] == {"kitchen"}  # a restarted hub counts from 1 again: applied
 
 
 def test_table_message_round_trips_through_the_codec() -> None:
