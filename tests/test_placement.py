@@ -304,3 +304,58 @@ def test_top_and_placement_show_where_each_stream_runs() -> None:
     assert "stt        kitchen              big              utterance in flight" in text
     assert "stt        hall                 (none)" in text and "live: big" in text
     assert "no stage runs on more than one worker" in placement.render(to_message({}, 0, [], []))
+
+
+async def test_a_restarted_hub_keeps_the_drain_and_places_every_stream_again(hub_address: str, tmp_path) -> None:
+    import asyncio
+
+    from pipeline.client import Client
+    from pipeline.config import HubConfig
+    from pipeline.hub import Hub
+    from pipeline.node import NodeLink
+
+    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.3, handback_after=0.6)
+    links = [NodeLink(n, "worker", Hub(cfg).endpoints, stages=["stt"], heartbeat=0.1) for n in ("big", "small")]
+
+    async def placed(hub: Hub, want: dict) -> None:
+        for _ in range(250):
+            if hub.assignments == want:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{hub.assignments} != {want}")
+
+    hub = Hub(cfg, state_dir=tmp_path / "state", placement=dict(STT))
+    await hub.start()
+    try:
+        for link in links:
+            await link.start()
+        await placed(hub, {("stt", "kitchen"): "big", ("stt", "hall"): "big"})
+        async with Client(hub.endpoints, name="cli") as client:
+            await client.placement("drain", "big")
+        await placed(hub, {("stt", "kitchen"): "small", ("stt", "hall"): "small"})
+        first = await asyncio.wait_for(_table_from_bus(hub), 5)
+    finally:
+        await hub.stop()
+    hub = Hub(cfg, state_dir=tmp_path / "state", placement=dict(STT))
+    await hub.start()
+    try:
+        await placed(hub, {("stt", "kitchen"): "small", ("stt", "hall"): "small"})  # still drained
+        again = await asyncio.wait_for(_table_from_bus(hub), 5)
+        assert again.epoch != first.epoch and again.drained == ["big"]
+    finally:
+        for link in links:
+            await link.close()
+        await hub.stop()
+
+
+async def _table_from_bus(hub: object) -> PlacementTable:
+    from pipeline.bus import Subscriber
+
+    sub = Subscriber(hub.endpoints, ["assign/"])  # type: ignore[attr-defined]
+    try:
+        while True:
+            msg = await sub.recv()
+            if isinstance(msg, PlacementTable):
+                return msg
+    finally:
+        sub.close()
