@@ -205,6 +205,8 @@ class Hub:
         self._pworkers = {w: WorkerState() for sp in self.placement_spec.values() for w, _ in sp.replicas}
         self._load_drained()
         self._busy_rooms: dict[str, float] = {}
+        self._serving: dict[str, bool] = {}
+        """Per worker: its last heartbeat said its stages are loaded (only then does it get streams)."""
         self._t_start = time.monotonic()
         self._assigned = Gauge(
             "sensorium_placement_assigned",
@@ -508,9 +510,12 @@ class Hub:
                 await self._status(node, "up", "heartbeats resumed")
             exhausted = frozenset(msg.exhausted[:64])
             ps = self._pworkers.get(msg.node)
-            if ps is not None and ps.exhausted != exhausted:
-                ps.exhausted = exhausted
-                await self._replan()
+            if ps is not None:
+                serving = bool(msg.serving)
+                if ps.exhausted != exhausted or self._serving.get(msg.node) != serving:
+                    ps.exhausted = exhausted
+                    self._serving[msg.node] = serving
+                    await self._replan()
             detail = msg.detail[:500]
             if detail != node.detail:
                 node.detail = detail
@@ -639,7 +644,8 @@ class Hub:
         grace = now - self._t_start < self.takeover_after
         for name, ps in self._pworkers.items():
             node = self.nodes.get(name)
-            live = node is not None and node.role == "worker" and now - node.last_seen < self.takeover_after
+            fresh = node is not None and node.role == "worker" and now - node.last_seen < self.takeover_after
+            live = fresh and self._serving.get(name, False)
             if live and not ps.live:
                 # live when the hub (re)started: it has been serving all along, no hysteresis wait
                 ps.up_since = -1e9 if grace else now
@@ -687,10 +693,15 @@ class Hub:
 
     async def _placement_loop(self) -> None:
         tick = min(self.heartbeat / 2, self.takeover_after / 4)
-        last_sent = 0.0
+        last_sent = last_tick = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             try:
+                now = time.monotonic()
+                stalled = now - last_tick > tick + self.takeover_after / 2
+                last_tick = now
+                if stalled:  # the hub itself was held up: the heartbeats queued meanwhile are read first
+                    continue
                 version = self.placement_version
                 await self._replan()
                 now = time.monotonic()

@@ -455,6 +455,8 @@ class Heartbeat(Message, tag="heartbeat"):
     """Optional state, e.g. "degraded: stt -> tiny"."""
     exhausted: list[str] = msgspec.field(default_factory=list)
     """Stages on the last step of their degrade ladder here: the hub moves their streams elsewhere if it can."""
+    serving: list[str] = msgspec.field(default_factory=list)
+    """Stages loaded and fed here (a worker; empty while its models load): only these get streams."""
 
 
 class HeartbeatAck(Message, tag="heartbeat_ack"):

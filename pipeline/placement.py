@@ -12,8 +12,9 @@ Rules of ``assign``, in order:
   available: a streaming decode or a tracker keeps its state.
 * **Preferred.** Rank 0 are the workers that list the stage in ``stages``, rank 1 its standbys. A
   stream whose worker died (missed heartbeats) goes at once to the least loaded usable worker of
-  the best rank. A drained worker, or one whose stage sits on the last step of its degrade ladder,
-  gives its streams up at their next boundary (no utterance in flight).
+  the best rank (and stays where it was if there is none: no churn while everything is down). A
+  drained worker, or one whose stage sits on the last step of its degrade ladder, gives its streams
+  up at their next boundary (no utterance in flight).
 * **Hand-back with hysteresis.** A better-ranked worker gets streams back only after it has been
   up ``handback_after`` without a break, and only at a boundary, so a flapping node never bounces
   them.
@@ -61,7 +62,7 @@ class WorkerState:
     """The hub's view of one worker, for placement."""
 
     live: bool = False
-    """Heartbeats arrive (within ``takeover_after``)."""
+    """Heartbeats arrive (within ``takeover_after``) and say its stages are loaded."""
     up_since: float = 0.0
     """Monotonic time it became live this time (hysteresis)."""
     drained: bool = False
@@ -157,6 +158,9 @@ def assign(
 
         for stream, old, reason in pending:
             pool = (settled or top) if reason == "handback" else top
+            if not pool and reason == "down":
+                table[(stage, stream)] = old  # nobody else can: it stays put and resumes if its worker returns
+                continue
             new = min(pool, key=lambda w: (load[w], order[w])) if pool else ""
             table[(stage, stream)] = new
             if new:

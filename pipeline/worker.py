@@ -197,6 +197,7 @@ class Worker:
             asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}"),
             asyncio.create_task(self._stats(), name=f"stats-{self.name}"),
         ]
+        self._link.serving = self.config.runs()  # only now may the hub hand this worker streams
         self.ready.set()
         log.info("worker %s serving %s on %s", self.name, ", ".join(self.config.runs()), self.device)
 

@@ -86,7 +86,10 @@ def test_drain_and_last_degrade_step_move_at_the_boundary_and_none_left_is_said(
     both = {"big": live(exhausted=frozenset({"stt"})), "small": live(exhausted=frozenset({"stt"}))}
     table, moves = assign(STT, both, start, 1.0, 10.0)
     assert table == start and not moves
+    # nobody left: a dead worker's streams stay put (no churn), a drained one's are given up
     table, moves = assign(STT, {"big": WorkerState(), "small": WorkerState()}, start, 1.0, 10.0)
+    assert table == start and not moves
+    table, moves = assign(STT, {"big": live(drained=True), "small": WorkerState()}, start, 1.0, 10.0)
     assert set(table.values()) == {""} and {m.reason for m in moves} == {"none-left"}
 
 
@@ -118,9 +121,7 @@ def test_every_stream_has_exactly_one_live_worker_whenever_one_can_serve(steps: 
         table, moves = assign(spec, workers, table, now, 5.0, lambda s, c, busy=busy: c in busy)
         assert set(table) == {("detect", c) for c in CAMS}
         for (_, cam), w in table.items():
-            if w:
-                assert workers[w].live
-            else:
+            if not w or not workers[w].live:  # none, or kept on a dead worker: only when no one can serve
                 assert not [x for x in alive if x not in drained]
             if before.get(("detect", cam), "") != w:
                 assert any(m.stream == cam and m.new == w for m in moves)
@@ -244,11 +245,12 @@ async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(
     from pipeline.messages import Placement
     from pipeline.node import NodeLink
 
-    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.3, handback_after=0.6)
+    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.5, handback_after=0.6)
     hub = Hub(cfg, state_dir=tmp_path / "state", placement=dict(STT))
     await hub.start()
     big = NodeLink("big", "worker", hub.endpoints, stages=["stt"], heartbeat=0.1)
     small = NodeLink("small", "worker", hub.endpoints, stages=["stt"], heartbeat=0.1)
+    small.serving = ["stt"]
 
     async def until(worker: str, timeout: float = 5.0) -> None:
         for _ in range(int(timeout / 0.02)):
@@ -264,7 +266,9 @@ async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(
     try:
         await big.start()
         await small.start()
-        await until("big")
+        await until("small")  # big is up but still loading its models: no stream for it yet
+        big.serving = ["stt"]
+        await until("big")  # loaded: the preferred worker takes them (after handback_after)
         big.exhausted = ["stt"]  # the stage sits on the last step of its ladder there
         await until("small")
         big.exhausted = []
@@ -280,13 +284,14 @@ async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(
         await big.close()  # no more heartbeats: taken over after takeover_after
         await until("small")
         for _ in range(100):  # the events reach the log through the bus
-            if len(moves()) >= 12:
+            if len(moves()) >= 14:
                 break
             await asyncio.sleep(0.02)
         got = moves()
-        assert got[:2] == [("kitchen", "", "big", "start"), ("hall", "", "big", "start")]
+        assert got[:2] == [("kitchen", "", "small", "start"), ("hall", "", "small", "start")]
         reasons = [r for _, _, _, r in got[2:]]
-        assert reasons == ["degraded"] * 2 + ["handback"] * 2 + ["drained"] * 2 + ["handback"] * 2 + ["down"] * 2
+        expected = ["handback", "degraded", "handback", "drained", "handback", "down"]
+        assert reasons == [r for r in expected for _ in range(2)]
         assert (tmp_path / "state" / "drained.json").read_text() == "[]"
     finally:
         await small.close()
@@ -304,18 +309,25 @@ def test_top_and_placement_show_where_each_stream_runs() -> None:
     assert "stt        kitchen              big              utterance in flight" in text
     assert "stt        hall                 (none)" in text and "live: big" in text
     assert "no stage runs on more than one worker" in placement.render(to_message({}, 0, [], []))
+    assert "worker down and no other can serve it" in placement.render(to_message({("stt", "hall"): "big"}, 1, [], []))
 
 
 async def test_a_restarted_hub_keeps_the_drain_and_places_every_stream_again(hub_address: str, tmp_path) -> None:
     import asyncio
 
+    from pipeline.bus import Endpoints
     from pipeline.client import Client
     from pipeline.config import HubConfig
     from pipeline.hub import Hub
     from pipeline.node import NodeLink
 
-    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.3, handback_after=0.6)
-    links = [NodeLink(n, "worker", Hub(cfg).endpoints, stages=["stt"], heartbeat=0.1) for n in ("big", "small")]
+    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.5, handback_after=0.6)
+    links = [
+        NodeLink(n, "worker", Endpoints.from_address(hub_address), stages=["stt"], heartbeat=0.1)
+        for n in ("big", "small")
+    ]
+    for link in links:
+        link.serving = ["stt"]
 
     async def placed(hub: Hub, want: dict) -> None:
         for _ in range(250):

@@ -37,6 +37,8 @@ def render(table: object) -> str:
     rows = [f"{'stage':<10} {'stream':<20} {'worker':<16} note"]
     for a in t.assignments:  # type: ignore[attr-defined]
         note = "utterance in flight" if f"{a.stage}/{a.stream}" in busy else ""
+        if a.worker and a.worker not in t.live:  # type: ignore[attr-defined]
+            note = "worker down and no other can serve it"
         rows.append(f"{a.stage:<10} {a.stream:<20} {a.worker or '(none)':<16} {note}".rstrip())
     if len(rows) == 1:
         rows = ["no stage runs on more than one worker: each stage serves every stream where it runs"]
