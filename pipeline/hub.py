@@ -641,14 +641,12 @@ class Hub:
         return to_message(self.assignments, self.placement_version, live, self.drained, busy, request_id, self._epoch)
 
     def _refresh_liveness(self, now: float) -> None:
-        grace = now - self._t_start < self.takeover_after
         for name, ps in self._pworkers.items():
             node = self.nodes.get(name)
             fresh = node is not None and node.role == "worker" and now - node.last_seen < self.takeover_after
             live = fresh and self._serving.get(name, False)
             if live and not ps.live:
-                # live when the hub (re)started: it has been serving all along, no hysteresis wait
-                ps.up_since = -1e9 if grace else now
+                ps.up_since = now  # a stream nobody holds goes to it at once; taking one from a standby waits
             ps.live = live
             ps.drained = name in self.drained
 
