@@ -283,6 +283,10 @@ class Hub:
             s.setsockopt(zmq.LINGER, 0)
             if self._keys is not None:
                 self._keys.apply_server(s)
+        # A node back under its name (restarted after a network cut left its old TCP connection half-open,
+        # or re-created before its old socket's close went through) takes the name over; without this the
+        # hub drops the new connection until the old one times out, and the node is never answered.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.bind(self.endpoints.control)
         self.events_pub.bind(self.endpoints.events)
 

@@ -56,6 +56,21 @@ async def test_node_up_then_down_then_up(hub: Hub) -> None:
     sub.close()
 
 
+async def test_a_node_back_under_its_name_is_answered_while_its_old_connection_lingers(hub: Hub) -> None:
+    """A node restarted after a network cut (its old TCP connection half-open at the hub) or re-created in
+    the same process before the old socket's close went through: the new connection takes the name over."""
+    old = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
+    await old.start()
+    assert await old.wait_connected(3)
+    new = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
+    await new.start()
+    try:
+        assert await new.wait_connected(3), "the hub never answered the node's new connection"
+    finally:
+        await new.close()
+        await old.close()
+
+
 async def test_events_get_increasing_hub_sequence_numbers(hub: Hub) -> None:
     async with Client(hub.endpoints) as client:
         assert await client.wait_connected(3)
