@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, from_dict
-from pipeline.messages import AudioChunk, Detections, PlacementTable, SpeakerIdentified, Transcript, VideoFrame
+from pipeline.messages import (
+    AudioChunk,
+    Detections,
+    Message,
+    PlacementTable,
+    SpeakerIdentified,
+    Transcript,
+    VideoFrame,
+)
 from pipeline.messages import WakeDetected as Wake
 from pipeline.placement import StageSpec, StreamGate, WorkerState, assign, specs, stream_of, to_message
+from pipeline.stage import Stage
 
 CAMS = ("cam1", "cam2", "cam3", "cam4")
 DETECT = {"detect": StageSpec("camera", CAMS, (("a", 0), ("b", 0)))}
@@ -371,3 +382,89 @@ async def _table_from_bus(hub: object) -> PlacementTable:
                 return msg
     finally:
         sub.close()
+
+
+# ------------------------------------------------------------------------------ workers honour the table
+
+
+class Peak(Stage):
+    """A cheap real stage serving rooms: names the loudest sample of each chunk it is given."""
+
+    name = "peak"
+    serves = "room"
+    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
+    degrade_steps: ClassVar[tuple[str, ...]] = ("coarse", "coarser")
+
+    async def handle(self, msg: Message) -> None:
+        import numpy as np
+
+        peak = int(np.abs(np.frombuffer(msg.data, "<i2")).max(initial=0))  # type: ignore[attr-defined]
+        await self.ctx.publish(SpeakerIdentified(room=msg.room, time=msg.time, utterance_id=str(msg.seq), score=peak))
+
+
+async def test_workers_feed_a_stage_only_its_streams_and_a_last_degrade_step_moves_them(
+    hub_address: str, tmp_path
+) -> None:
+    import asyncio
+
+    import numpy as np
+
+    from pipeline.bus import Publisher, Subscriber
+    from pipeline.hub import Hub
+    from pipeline.worker import Worker
+
+    raw = {
+        "hub": {"address": hub_address, "heartbeat": "100ms", "takeover_after": "500ms", "handback_after": "500ms"},
+        "rooms": {"kitchen": {}, "hall": {}},
+        "edges": {"pi": {"room": "kitchen"}, "pi2": {"room": "hall"}},
+        "workers": {"w1": {"stages": ["peak"]}, "w2": {"stages": [], "standby": ["peak"]}},
+    }
+    dep = from_dict(raw, {"peak": Opts}, {"peak": 1.0}, "test.toml")
+    spec = specs({"peak": dep.replicas("peak")}, {"peak": "room"}, dep.rooms, [])
+    hub = Hub(dep.hub, state_dir=tmp_path / "state", placement=spec)
+    await hub.start()
+    workers = [Worker(dep, n, {"peak": Peak}, endpoints=hub.endpoints, stats_interval=0.1) for n in ("w1", "w2")]
+    pub = Publisher(hub.endpoints)
+    sub = Subscriber(hub.endpoints, ["speaker/"])
+    loud = (np.ones(1280) * 5000).astype(np.int16).tobytes()
+
+    async def placed(worker: str) -> None:
+        for _ in range(250):
+            if set(hub.assignments.values()) == {worker}:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not all on {worker}: {hub.assignments}")
+
+    async def who_answers(n: int = 10) -> list[str]:
+        while await sub.recv_timeout(0.05) is not None:
+            pass
+        await asyncio.sleep(0.3)  # the new table reaches both workers
+        for _ in range(n):
+            for room, pi in (("kitchen", "pi"), ("hall", "pi2")):
+                await pub.publish(AudioChunk(room=room, source=pi, time=hub.clock.now(), data=loud))
+            await asyncio.sleep(0.01)
+        got = []
+        while (msg := await sub.recv_timeout(0.5)) is not None:
+            got.append(msg.source)
+        return got
+
+    try:
+        for w in workers:
+            await w.start()
+        await placed("w1")
+        got = await who_answers()
+        assert got and set(got) == {"w1"} and len(got) == 20, got  # each chunk once, by the worker it belongs to
+        runner = workers[0].runners[0]
+        runner._set_level(len(Peak.degrade_steps))  # overloaded: the stage sits on its last step
+        await placed("w2")
+        got = await who_answers()
+        assert set(got) == {"w2"} and len(got) == 20, got
+        runner._set_level(0)
+        await placed("w1")
+        assert set(await who_answers()) == {"w1"}
+    finally:
+        for w in workers:
+            await w.stop()
+        pub.close()
+        sub.close()
+        await hub.stop()
