@@ -175,7 +175,9 @@ class Stage(abc.ABC):
     "camera", or "house" (one stream for the whole house)."""
     takeover_s: ClassVar[float] = 0.0
     """Seconds of input a standby keeps per stream it does not serve, replayed when it takes one over
-    (an utterance in flight survives its worker); 0 keeps none."""
+    (an utterance in flight survives its worker); 0 keeps none. Only what came after the ``t1`` of the
+    last result event the serving worker published is replayed, so a stage that sets it must put the end
+    of what each final result covers in ``t1`` (STT's final transcripts do)."""
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
