@@ -136,6 +136,7 @@ class DetectStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = DetectOptions
     name: ClassVar[str] = "detect"
+    serves: ClassVar[str] = "camera"
     consumes: ClassVar[tuple[str, ...]] = ("video/",)
     emits: ClassVar[tuple[str, ...]] = ("detections",)
     droppable: ClassVar[bool] = True

@@ -45,6 +45,7 @@ class SpeakerStage(Stage):
         """Where downloaded speechbrain models are kept."""
 
     name: ClassVar[str] = "speaker"
+    serves: ClassVar[str] = "room"
     consumes: ClassVar[tuple[str, ...]] = ("utterance/",)
     emits: ClassVar[tuple[str, ...]] = ("speaker",)
     droppable: ClassVar[bool] = False

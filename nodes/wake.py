@@ -102,6 +102,7 @@ class WakeStage(Stage):
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
 
     name: ClassVar[str] = "wake"
+    serves: ClassVar[str] = "room"
     consumes: ClassVar[tuple[str, ...]] = ("audio/",)
     emits: ClassVar[tuple[str, ...]] = ("wake",)
     droppable: ClassVar[bool] = False
