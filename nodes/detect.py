@@ -135,6 +135,7 @@ class DetectStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = DetectOptions
     name: ClassVar[str] = "detect"
+    serves: ClassVar[str] = "camera"
     consumes: ClassVar[tuple[type[Message], ...]] = (VideoFrame,)
     emits: ClassVar[tuple[type[Message], ...]] = (Detections,)
     answers: ClassVar[tuple[type[Message], ...]] = (Detections,)

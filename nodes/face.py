@@ -86,6 +86,7 @@ class FaceStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = FaceOptions
     name: ClassVar[str] = "face"
+    serves: ClassVar[str] = "camera"
     consumes: ClassVar[tuple[type[Message], ...]] = (
         VideoFrame,
         Detections,

@@ -44,6 +44,7 @@ class SpeakerStage(Stage):
         """Where downloaded speechbrain models are kept."""
 
     name: ClassVar[str] = "speaker"
+    serves: ClassVar[str] = "room"
     consumes: ClassVar[tuple[type[Message], ...]] = (Utterance,)
     emits: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)
     answers: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)

@@ -74,6 +74,7 @@ class WakeStage(Stage):
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
 
     name: ClassVar[str] = "wake"
+    serves: ClassVar[str] = "room"
     consumes: ClassVar[tuple[type[Message], ...]] = (AudioChunk,)
     emits: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)
     answers: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)

@@ -28,10 +28,13 @@ from pipeline.clock import Clock
 from pipeline.codec import CodecError, from_json
 from pipeline.messages import (
     TYPE_TO_KIND,
+    ControlError,
     Event,
     EventsLost,
     EventsReply,
     EventsRequest,
+    PlacementRequest,
+    PlacementTable,
     Presence,
     Say,
     SnapshotRequest,
@@ -199,6 +202,16 @@ class Client:
         if not isinstance(reply, EventsReply):
             raise RuntimeError(f"hub answered {type(reply).__name__} to a snapshot request")
         return [ev for ev in (from_json(r) for r in reply.events) if isinstance(ev, Presence)]
+
+    async def placement(self, action: str = "get", worker: str = "") -> PlacementTable:
+        """The hub's placement table (which worker serves each stream of a replicated stage), after
+        ``action`` "drain" or "undrain" of ``worker`` if given; ``ValueError`` with the hub's reason if refused."""
+        reply = await self.link.request(PlacementRequest(action=action, worker=worker), 10.0)  # type: ignore[arg-type]
+        if isinstance(reply, ControlError):
+            raise ValueError(reply.reason)
+        if not isinstance(reply, PlacementTable):
+            raise RuntimeError(f"hub answered {type(reply).__name__} to a placement request")
+        return reply
 
     # ---------------------------------------------------------------- talking back
 

@@ -64,6 +64,12 @@ class HubConfig(_Strict):
     """Explicitly allow a non-loopback bind without CURVE (not recommended)."""
     record: str = ""
     """MCAP file to record the bus into ("" = off)."""
+    takeover_after: str | float = "1s"
+    """A worker silent this long loses its streams to the next worker of their stage (placement; before
+    ``down_after`` on purpose: a missed utterance costs more than a stream moved back later)."""
+    handback_after: str | float = "10s"
+    """A returning preferred worker gets its streams back only after it has been up this long, and only
+    at an utterance or frame boundary (hysteresis: a flapping node does not bounce streams)."""
 
 
 class RoomConfig(_Strict):
@@ -148,7 +154,11 @@ class WorkerConfig(_Strict):
     """A worker process (one per GPU container) and the stages placed on it."""
 
     stages: list[str]
-    """Stage names this worker runs."""
+    """Stage names this worker runs, preferred here: the hub hands their streams to this worker first
+    (shared equally with other workers that also list a stage here)."""
+    standby: list[str] = []
+    """Stages this worker runs as a standby: models loaded, streams taken over only while no worker that
+    lists the stage in ``stages`` can serve them (down, drained or on its last degrade step)."""
     device: str | list[str] = "cpu"
     """Device, or devices in order of preference ("cuda:0", then "cpu")."""
     metrics_port: int = 0
@@ -165,6 +175,10 @@ class WorkerConfig(_Strict):
     def devices(self) -> list[str]:
         """Devices in order of preference."""
         return [self.device] if isinstance(self.device, str) else list(self.device)
+
+    def runs(self) -> list[str]:
+        """Every stage this worker loads: preferred ones, then standbys."""
+        return [*self.stages, *self.standby]
 
 
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -331,6 +345,11 @@ class Deployment(msgspec.Struct):
             raise ConfigError(f"{self.path}: no worker named {name!r} (known: {', '.join(self.workers) or 'none'})")
         return self.workers[name]
 
+    def replicas(self, stage: str) -> list[tuple[str, int]]:
+        """Workers that run ``stage`` with their rank: 0 where it is preferred (``stages``), 1 as a standby."""
+        out = [(n, 0) for n, w in self.workers.items() if stage in w.stages]
+        return out + [(n, 1) for n, w in self.workers.items() if stage in w.standby]
+
     def edge(self, name: str) -> EdgeConfig:
         """An edge node by name, or ``ConfigError`` listing the known ones."""
         if name not in self.edges:
@@ -435,7 +454,7 @@ def from_dict(
     )
 
     known = ", ".join(sorted(stage_options))
-    for key in ("heartbeat", "down_after"):
+    for key in ("heartbeat", "down_after", "takeover_after", "handback_after"):
         parse_duration(getattr(f.hub, key), f"{path}: [hub] {key}")
 
     for name, edge in f.edges.items():
@@ -456,10 +475,21 @@ def from_dict(
 
     placed: set[str] = set()
     for wname, w in f.workers.items():
-        for s in w.stages:
-            if s not in stage_options:
-                raise ConfigError(f"{path}: [workers.{wname}] stages: unknown stage {s!r} (expected one of: {known})")
-            placed.add(s)
+        for key, names in (("stages", w.stages), ("standby", w.standby)):
+            for s in names:
+                if s not in stage_options:
+                    raise ConfigError(
+                        f"{path}: [workers.{wname}] {key}: unknown stage {s!r} (expected one of: {known})"
+                    )
+                if names.count(s) > 1:
+                    raise ConfigError(f"{path}: [workers.{wname}] {key}: stage {s!r} listed twice")
+                placed.add(s)
+        both = [s for s in w.standby if s in w.stages]
+        if both:
+            raise ConfigError(
+                f"{path}: [workers.{wname}] standby: {both[0]!r} is also in stages (a worker either prefers a stage "
+                "or stands by for it)"
+            )
         for d in w.devices():
             if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
                 raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
@@ -469,6 +499,10 @@ def from_dict(
     for sname in f.stages:
         if sname not in stage_options:
             raise ConfigError(f"{path}: [stages.{sname}] unknown stage (expected one of: {known})")
+        if f.workers and sname not in placed:
+            raise ConfigError(
+                f"{path}: [stages.{sname}] no worker runs this stage (add it to a [workers.NAME] stages or standby)"
+            )
     for sname, opts_type in stage_options.items():
         table = dict(f.stages.get(sname, {}))
         budget = table.pop("budget", None)

@@ -46,11 +46,16 @@ from pipeline.messages import (
     Heartbeat,
     HeartbeatAck,
     NodeStatus,
+    Placement,
+    PlacementRequest,
     Presence,
     Register,
     SnapshotRequest,
+    Transcript,
+    WakeDetected,
 )
 from pipeline.metrics import Metrics
+from pipeline.placement import StageSpec, WorkerState, assign, to_message
 from pipeline.ratelimit import RateLimit
 from pipeline.security import CurveKeys, KeyError_, hub_keys
 
@@ -70,6 +75,8 @@ MAX_PRESENCE = 1024
 MAX_NODES = 256
 """Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
 ROLES = ("edge", "worker", "client")
+UTTERANCE_S = 15.0
+"""Longest a room counts as busy (an utterance in flight) after a wake word without a final transcript."""
 
 
 class SecurityError(RuntimeError):
@@ -141,6 +148,7 @@ class Hub:
         state_dir: str | Path | None = None,
         clock: Clock | None = None,
         bind: str | None = None,
+        placement: dict[str, StageSpec] | None = None,
     ) -> None:
         self.config = config
         self.endpoints = Endpoints.from_address(bind or config.address)
@@ -186,6 +194,32 @@ class Hub:
         self._steer: zmq.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
+        # Placement of replicated stages (pipeline.placement): the hub owns the table.
+        self.placement_spec = placement or {}
+        self.takeover_after = parse_duration(config.takeover_after, "hub.takeover_after")
+        self.handback_after = parse_duration(config.handback_after, "hub.handback_after")
+        self.assignments: dict[tuple[str, str], str] = {}
+        self.placement_version = 0
+        self._epoch = uuid.uuid4().hex[:12]
+        self.drained: set[str] = set()
+        self._pworkers = {w: WorkerState() for sp in self.placement_spec.values() for w, _ in sp.replicas}
+        self._load_drained()
+        self._busy_rooms: dict[str, float] = {}
+        self._serving: dict[str, bool] = {}
+        """Per worker: its last heartbeat said its stages are loaded (only then does it get streams)."""
+        self._t_start = time.monotonic()
+        self._assigned = Gauge(
+            "sensorium_placement_assigned",
+            "1 where a worker serves a stream of a replicated stage now",
+            ["stage", "stream", "worker"],
+            registry=self.metrics.registry,
+        )
+        self._placement_moves = Counter(
+            "sensorium_placement_moves_total",
+            "Streams handed from one worker to another",
+            ["stage", "reason"],
+            registry=self.metrics.registry,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -272,6 +306,8 @@ class Hub:
             asyncio.create_task(self._tap_loop(), name="hub-events"),
             asyncio.create_task(self._health_loop(), name="hub-health"),
         ]
+        if self.placement_spec:
+            self._tasks.append(asyncio.create_task(self._placement_loop(), name="hub-placement"))
         self._started.set()
         log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
 
@@ -384,6 +420,10 @@ class Hub:
 
     def _publish_event(self, msg: Event, js: bytes) -> None:
         self.metrics.count_message(msg.topic().encode(), len(js), "in")
+        if isinstance(msg, WakeDetected):
+            self._busy_rooms[msg.room] = time.monotonic()
+        elif isinstance(msg, Transcript) and msg.final:
+            self._busy_rooms.pop(msg.room, None)
         if isinstance(msg, Presence):
             key = (msg.person, msg.room)
             if msg.state == "left":
@@ -472,6 +512,14 @@ class Hub:
             node.offset_ms = msg.offset_ms
             if node.state == "down":
                 await self._status(node, "up", "heartbeats resumed")
+            exhausted = frozenset(msg.exhausted[:64])
+            ps = self._pworkers.get(msg.node)
+            if ps is not None:
+                serving = bool(msg.serving)
+                if ps.exhausted != exhausted or self._serving.get(msg.node) != serving:
+                    ps.exhausted = exhausted
+                    self._serving[msg.node] = serving
+                    await self._replan()
             detail = msg.detail[:500]
             if detail != node.detail:
                 node.detail = detail
@@ -492,6 +540,25 @@ class Hub:
             self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
             if old is None or old.state != "up":
                 await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
+            if msg.node in self._pworkers:
+                await self._replan()
+        elif isinstance(msg, PlacementRequest):
+            if msg.action != "get":
+                if msg.worker not in self._pworkers:
+                    known = ", ".join(sorted(self._pworkers)) or "none: no stage runs on more than one worker"
+                    await self._refuse(
+                        ident,
+                        f"{msg.action}: {msg.worker[:64]!r} runs no replicated stage (known: {known})",
+                        msg.request_id,
+                    )
+                    return
+                was = msg.worker in self.drained
+                (self.drained.add if msg.action == "drain" else self.drained.discard)(msg.worker)
+                if was != (msg.action == "drain"):
+                    log.info("placement: %s %sed", msg.worker, msg.action)
+                    self._save_drained()
+                    await self._replan()
+            await self._reply(ident, self._table(msg.request_id))
         elif isinstance(msg, EventsRequest):
             if len(msg.prefixes) > MAX_PREFIXES:
                 await self._refuse(
@@ -546,6 +613,107 @@ class Hub:
             for node in list(self.nodes.values()):
                 if node.state != "down" and now - node.last_seen > self.down_after:
                     await self._status(node, "down", f"no heartbeat for {now - node.last_seen:.1f}s")
+
+    # ------------------------------------------------------------------ placement
+
+    def _drained_file(self) -> Path | None:
+        return self.state_dir / "drained.json" if self.state_dir else None
+
+    def _load_drained(self) -> None:
+        f = self._drained_file()
+        if f is not None and f.exists():
+            with contextlib.suppress(OSError, msgspec.DecodeError):
+                names = msgspec.json.decode(f.read_bytes(), type=list[str])
+                self.drained = {n for n in names if n in self._pworkers}
+
+    def _save_drained(self) -> None:
+        f = self._drained_file()
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(msgspec.json.encode(sorted(self.drained)))
+
+    def busy_streams(self) -> set[tuple[str, str]]:
+        """(stage, room) of room stages with an utterance in flight now."""
+        now = time.monotonic()
+        rooms = {r for r, t in self._busy_rooms.items() if now - t < UTTERANCE_S}
+        return {(st, r) for st, sp in self.placement_spec.items() if sp.serves == "room" for r in rooms}
+
+    def _table(self, request_id: int = 0) -> object:
+        live = [w for w, s in self._pworkers.items() if s.live]
+        busy = [f"{st}/{r}" for st, r in sorted(self.busy_streams())]
+        return to_message(self.assignments, self.placement_version, live, self.drained, busy, request_id, self._epoch)
+
+    def _refresh_liveness(self, now: float) -> None:
+        for name, ps in self._pworkers.items():
+            node = self.nodes.get(name)
+            fresh = node is not None and node.role == "worker" and now - node.last_seen < self.takeover_after
+            live = fresh and self._serving.get(name, False)
+            if live and not ps.live:
+                ps.up_since = now  # a stream nobody holds goes to it at once; taking one from a standby waits
+            ps.live = live
+            ps.drained = name in self.drained
+
+    async def _replan(self) -> None:
+        """Recompute the table; publish a ``placement`` event per move and the table if anything moved."""
+        now = time.monotonic()
+        if now - self._t_start < self.takeover_after:
+            return  # right after a (re)start: let every live worker re-register before handing anything out
+        self._refresh_liveness(now)
+        busy = self.busy_streams()
+        table, moves = assign(
+            self.placement_spec,
+            self._pworkers,
+            self.assignments,
+            now,
+            self.handback_after,
+            lambda stage, stream: (stage, stream) in busy,
+        )
+        if table == self.assignments and not moves:
+            return
+        for (stage, stream), w in self.assignments.items():
+            self._assigned.labels(stage, stream, w).set(0)
+        self.assignments = table
+        self.placement_version += 1
+        for (stage, stream), w in table.items():
+            self._assigned.labels(stage, stream, w).set(1)
+        await self.publisher.publish(self._table())  # type: ignore[arg-type]
+        for m in moves:
+            self._placement_moves.labels(m.stage, m.reason).inc()
+            log.info("placement: %s %s %s -> %s (%s)", m.stage, m.stream, m.old or "-", m.new or "-", m.reason)
+            await self.publisher.publish(
+                Placement(
+                    source="hub",
+                    time=self.clock.now(),
+                    stage=m.stage,
+                    stream=m.stream,
+                    from_worker=m.old,
+                    to_worker=m.new,
+                    reason=m.reason,
+                )
+            )
+
+    async def _placement_loop(self) -> None:
+        tick = min(self.heartbeat / 2, self.takeover_after / 4)
+        last_sent = last_tick = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                now = time.monotonic()
+                stalled = now - last_tick > tick + self.takeover_after / 2
+                last_tick = now
+                if stalled:  # the hub itself was held up: the heartbeats queued meanwhile are read first
+                    continue
+                version = self.placement_version
+                await self._replan()
+                now = time.monotonic()
+                if self.placement_version == version and now - last_sent >= self.heartbeat:
+                    # again every heartbeat: a worker that (re)connected learns the table within one
+                    await self.publisher.publish(self._table())  # type: ignore[arg-type]
+                    last_sent = now
+            except Exception:  # the table is stale until the next tick; the hub keeps serving
+                if self._noisy.admit("placement") is not None:
+                    log.exception("hub: placement failed")
 
     def node_table(self) -> list[dict[str, object]]:
         """Registered nodes as plain dicts (for tools)."""

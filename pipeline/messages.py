@@ -336,6 +336,22 @@ class EventsLost(Event, tag="events_lost"):
     """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
 
 
+class Placement(Event, tag="placement"):
+    """A stream of a stage was handed to another worker (or to its first, or to none)."""
+
+    kind: ClassVar[str] = "placement"
+    stage: str = ""
+    """Stage name."""
+    stream: str = ""
+    """What moved: a room (microphone stages), a camera (camera stages) or "*" (house-wide stages)."""
+    from_worker: str = ""
+    """Worker that served it ("" when none did)."""
+    to_worker: str = ""
+    """Worker that serves it now ("" when no worker can)."""
+    reason: str = ""
+    """Why: "start", "down", "drained", "degraded", "handback", "balance" or "none-left"."""
+
+
 # -------------------------------------------------------------------------------------- commands
 
 
@@ -407,6 +423,38 @@ class StageStats(Stream, tag="stats"):
     """Device the stage runs on."""
 
 
+class Assignment(msgspec.Struct):
+    """Which worker serves one stream of one stage."""
+
+    stage: str
+    """Stage name."""
+    stream: str
+    """A room, a camera, or "*" for a house-wide stage."""
+    worker: str
+    """Worker that serves it ("" when none can)."""
+
+
+class PlacementTable(Stream, tag="placement_table"):
+    """The hub's assignment of streams to workers: on the bus at every change and each second, and as the
+    answer to ``PlacementRequest`` (not logged; the ``placement`` events are the audit trail)."""
+
+    kind: ClassVar[str] = "assign"
+    epoch: str = ""
+    """Changes when the hub restarts (its versions start again)."""
+    version: int = 0
+    """Increases with every change within an epoch (workers ignore an older table)."""
+    assignments: list[Assignment] = msgspec.field(default_factory=list)
+    """One entry per stage and stream of every stage placed on more than one worker."""
+    live: list[str] = msgspec.field(default_factory=list)
+    """Workers the hub hears from now."""
+    drained: list[str] = msgspec.field(default_factory=list)
+    """Workers drained (``sensorium placement drain``)."""
+    busy: list[str] = msgspec.field(default_factory=list)
+    """Streams with an utterance in flight now (``stage/stream``), which move only once it ends."""
+    request_id: int = 0
+    """The ``request_id`` of the request this answers (0 on the bus)."""
+
+
 # --------------------------------------------------------------------------------------- control
 
 
@@ -434,6 +482,10 @@ class Heartbeat(Control, tag="heartbeat"):
     """The node's current estimate of its offset to the hub."""
     detail: str = ""
     """Optional state, e.g. "degraded: stt -> tiny"."""
+    exhausted: list[str] = msgspec.field(default_factory=list)
+    """Stages on the last step of their degrade ladder here: the hub moves their streams elsewhere if it can."""
+    serving: list[str] = msgspec.field(default_factory=list)
+    """Stages loaded and fed here (a worker; empty while its models load): only these get streams."""
 
 
 class HeartbeatAck(Control, tag="heartbeat_ack"):
@@ -476,6 +528,18 @@ class SnapshotRequest(Control, tag="snapshot_request"):
     """Ask who is where now; the hub answers from the latest ``presence`` events in its log."""
 
     kind: ClassVar[str] = "ctl"
+    request_id: int = 0
+    """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
+
+
+class PlacementRequest(Control, tag="placement_request"):
+    """Ask the hub for its placement table, or drain or undrain a worker (answered with ``PlacementTable``)."""
+
+    kind: ClassVar[str] = "ctl"
+    action: Literal["get", "drain", "undrain"] = "get"
+    """What to do: "get" only answers; "drain" moves every stream off ``worker`` at its next boundary."""
+    worker: str = ""
+    """The worker to drain or undrain."""
     request_id: int = 0
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 

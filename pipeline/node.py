@@ -60,6 +60,10 @@ class NodeLink:
         self.interval = heartbeat
         self.detail = ""
         """Free-form state sent with each heartbeat (e.g. "degraded: stt -> no-partials")."""
+        self.exhausted: list[str] = []
+        """Stages on the last step of their degrade ladder (sent with each heartbeat, for placement)."""
+        self.serving: list[str] = []
+        """Stages loaded and fed (a worker, once its models are loaded; sent with each heartbeat)."""
         self._ctx = ctx or context()
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,6 +150,8 @@ class NodeLink:
                     sent=time.monotonic(),
                     offset_ms=(self.clock.offset - (time.time() - time.monotonic())) * 1000,
                     detail=self.detail,
+                    exhausted=self.exhausted,
+                    serving=self.serving,
                 )
             )
             await asyncio.sleep(self.interval)

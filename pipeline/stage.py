@@ -254,6 +254,14 @@ class Stage(abc.ABC):
     """True if the stage reports its outputs' latency itself (``ctx.report``) instead of per input."""
     max_batch: ClassVar[int] = 1
     """Most inputs handed to ``handle_batch`` at once (e.g. one frame per camera per tick)."""
+    serves: ClassVar[str] = "house"
+    """Streams it serves, which placement hands to one worker each: "room" (a room's microphone audio),
+    "camera", or "house" (one stream for the whole house)."""
+    takeover_s: ClassVar[float] = 0.0
+    """Seconds of input a standby keeps per stream it does not serve, replayed when it takes one over
+    (an utterance in flight survives its worker); 0 keeps none. Only what came after the ``t1`` of the
+    last result event the serving worker published is replayed, so a stage that sets it must put the end
+    of what each final result covers in ``t1`` (STT's final transcripts do)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -17,9 +17,10 @@ from pipeline.bus import Endpoints, Publisher, Subscriber
 from pipeline.clock import Clock
 from pipeline.codec import CodecError
 from pipeline.config import Deployment, parse_duration
-from pipeline.messages import InputError, Message, NodeStatus
+from pipeline.messages import EVENT_KINDS, InputError, Message, NodeStatus, PlacementTable
 from pipeline.metrics import Metrics
 from pipeline.node import NodeLink
+from pipeline.placement import StreamGate
 from pipeline.ratelimit import RateLimit, kind_of
 from pipeline.runtime import LadderPolicy, StageRunner
 from pipeline.security import CurveKeys
@@ -91,6 +92,8 @@ class Worker:
         self._publisher: Publisher | None = None
         self._errors: RateLimit[InputError] = RateLimit()
         self._reports: set[asyncio.Task[None]] = set()
+        self.gates: dict[str, StreamGate] = {}
+        """Replicated stages (on other workers too): which of their streams the hub handed to this worker."""
 
     async def _publish(self, msg: Message) -> None:
         assert self._publisher is not None
@@ -114,7 +117,7 @@ class Worker:
         sources = dep.sources()
         max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
         try:
-            for sname in self.config.stages:
+            for sname in self.config.runs():
                 settings = self.deployment.stages[sname]
                 cls = self.stage_classes[sname]
                 ctx = StageContext(
@@ -149,7 +152,7 @@ class Worker:
             self.name,
             "worker",
             self.endpoints,
-            stages=self.config.stages,
+            stages=self.config.runs(),
             clock=self.clock,
             curve=self.curve,
             heartbeat=hb,
@@ -178,7 +181,15 @@ class Worker:
             raise DeviceUnavailable(f"worker {self.name}: no usable device: " + "; ".join(problems))
         if problems:
             await self._status("degraded", f"{'; '.join(problems)} — running on {self.device}")
-        prefixes = sorted({p for r in self.runners for p in r.stage.topics()})
+        prefixes = {p for r in self.runners for p in r.stage.topics()}
+        for r in self.runners:
+            if len(self.deployment.replicas(r.name)) > 1:
+                st = r.stage
+                self.gates[r.name] = StreamGate(self.name, r.name, st.serves, st.takeover_s)  # type: ignore[arg-type]
+                prefixes.add(f"{PlacementTable.kind}/")
+                if st.takeover_s > 0:  # the other workers' results mark what a takeover need not redo
+                    prefixes.update(f"{m.kind}/" for m in st.emits if m.kind in EVENT_KINDS)
+        prefixes = sorted(prefixes)
         self._subscriber = Subscriber(self.endpoints, prefixes, curve=self.curve, on_error=self._bad_input)
         for r in self.runners:
             r.start()
@@ -186,8 +197,9 @@ class Worker:
             asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}"),
             asyncio.create_task(self._stats(), name=f"stats-{self.name}"),
         ]
+        self._link.serving = self.config.runs()  # only now may the hub hand this worker streams
         self.ready.set()
-        log.info("worker %s serving %s on %s", self.name, ", ".join(self.config.stages), self.device)
+        log.info("worker %s serving %s on %s", self.name, ", ".join(self.config.runs()), self.device)
 
     def _bad_input(self, topic: bytes, exc: CodecError) -> None:
         # Rate-limited by topic family and kind of reason: a hostile sender varies the rest at will.
@@ -216,9 +228,35 @@ class Worker:
             msg = await self._subscriber.recv()
             topic = msg.topic()
             self.metrics.count_message(topic.encode(), len(getattr(msg, "data", b"")), "in")
+            if isinstance(msg, PlacementTable):
+                self._placement(msg)
+                continue
             for r in self.runners:
-                if r.wants(topic):
+                gate = self.gates.get(r.name)
+                if gate is not None:
+                    gate.observe(msg)
+                if r.wants(topic) and (gate is None or gate.admit(msg)):
                     r.offer(msg)
+
+    def _placement(self, table: PlacementTable) -> None:
+        """Apply the hub's table: gained streams get their takeover ring replayed first."""
+        for r in self.runners:
+            gate = self.gates.get(r.name)
+            if gate is None:
+                continue
+            replay, gained, lost = gate.update(table)
+            if gained or lost:
+                log.info(
+                    "worker %s: %s now serves %s (gained %s, lost %s; replaying %d inputs)",
+                    self.name,
+                    r.name,
+                    ", ".join(sorted(gate.owned)) or "nothing",
+                    ", ".join(sorted(gained)) or "-",
+                    ", ".join(sorted(lost)) or "-",
+                    len(replay),
+                )
+            for msg in replay:
+                r.offer(msg)
 
     async def _stats(self) -> None:
         last = {r.name: 0 for r in self.runners}
@@ -226,6 +264,8 @@ class Worker:
         while True:
             await asyncio.sleep(self.stats_interval)
             now = time.monotonic()
+            if self._link is not None:
+                self._link.exhausted = [r.name for r in self.runners if 0 < len(r.stage.degrade_steps) <= r.stage.level]
             for r in self.runners:
                 await self._publish(r.stats(r.inputs - last[r.name], now - t_last))
                 last[r.name] = r.inputs

@@ -19,6 +19,7 @@ COMMANDS = [
     "edge",
     "events",
     "top",
+    "placement",
     "say",
     "enroll",
     "keys",

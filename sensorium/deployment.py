@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from pipeline.config import ConfigError, Deployment, from_dict, load
+from pipeline.placement import Serves, StageSpec, specs
 from sensorium.registry import STAGES, stage_class
 
 log = logging.getLogger("sensorium.deployment")
@@ -22,6 +24,17 @@ def stage_options() -> tuple[dict[str, type], dict[str, float]]:
         options[name] = cls.Options
         budgets[name] = cls.default_budget_ms / 1000.0
     return options, budgets
+
+
+def placement_specs(dep: Deployment) -> dict[str, StageSpec]:
+    """The stages the deployment runs on more than one worker, with the streams each serves (for the hub)."""
+    serves: dict[str, Serves] = {}
+    for name in {s for w in dep.workers.values() for s in w.runs()}:
+        with contextlib.suppress(ImportError, KeyError):
+            serves[name] = stage_class(name).serves  # type: ignore[assignment]
+    replicas = {s: dep.replicas(s) for s in serves}
+    cameras = [c for e in dep.edges.values() for c in e.cameras]
+    return specs(replicas, serves, dep.rooms, cameras)
 
 
 def load_deployment(path: str | Path, *, check_graph: bool = True) -> Deployment:

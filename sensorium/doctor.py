@@ -170,7 +170,7 @@ class Doctor:
         from sensorium.registry import STAGES, stage_class
 
         for wname in workers:
-            for sname in dep.workers[wname].stages:
+            for sname in dep.workers[wname].runs():
                 if sname not in STAGES:
                     continue
                 try:
@@ -776,7 +776,7 @@ class Doctor:
         device = self.check_devices(name, worker)
         if device is None:
             return
-        for sname in worker.stages:
+        for sname in worker.runs():
             self.check_stage(name, sname, device)
 
     def check_devices(self, name: str, worker: WorkerConfig) -> str | None:

@@ -20,6 +20,7 @@ from pipeline.config import Deployment
 from pipeline.hub import Hub
 from pipeline.runtime import LadderPolicy
 from pipeline.worker import Worker
+from sensorium.deployment import placement_specs
 from sensorium.registry import stage_class
 
 log = logging.getLogger("sensorium.embedded")
@@ -58,13 +59,13 @@ async def embedded(
     address = address or f"inproc://sensorium-{uuid.uuid4().hex[:8]}"
     clock = Clock()
     hub_cfg = deployment.hub
-    hub = Hub(hub_cfg, clock=clock, bind=address)
+    hub = Hub(hub_cfg, clock=clock, bind=address, placement=placement_specs(deployment))
     await hub.start()
     env = Embedded(deployment, hub.endpoints, address, hub, clock)
     try:
         for name in workers if workers is not None else deployment.workers:
             wcfg = deployment.worker(name)
-            classes = {s: stage_class(s) for s in wcfg.stages}
+            classes = {s: stage_class(s) for s in wcfg.runs()}
             w = Worker(deployment, name, classes, endpoints=hub.endpoints, clock=clock, policy=policy)
             await w.start()
             env.workers.append(w)

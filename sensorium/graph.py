@@ -96,7 +96,7 @@ def build(dep: Deployment) -> Graph:
     g = Graph()
     for wname, w in dep.workers.items():
         device = w.device if isinstance(w.device, str) else " or ".join(w.device)
-        for sname in w.stages:
+        for sname in w.runs():  # standbys produce what they take over
             try:
                 cls = stage_class(sname)
             except (ImportError, KeyError):

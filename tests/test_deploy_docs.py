@@ -38,7 +38,9 @@ def commands() -> list[str]:
     texts += re.findall(r"`([^`\n]*sensorium [a-z-]+[^`\n]*)`", DOC)
     for text in texts:
         for line in text.splitlines():
-            m = re.search(r"(?:^|[\s/])sensorium ((?:keys|doctor|events|top|hub|worker|edge|soak)\b[^#|]*)", line)
+            m = re.search(
+                r"(?:^|[\s/])sensorium ((?:keys|doctor|events|top|hub|worker|edge|soak|placement)\b[^#|]*)", line
+            )
             if m and "…" not in m.group(1) and " " in m.group(1).strip():  # a bare name is prose
                 found.append(" ".join(m.group(1).split()))
     return found

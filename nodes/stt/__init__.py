@@ -199,6 +199,8 @@ class SttStage(Stage):
         """Where joined/downloaded models are kept."""
 
     name: ClassVar[str] = "stt"
+    serves: ClassVar[str] = "room"
+    takeover_s: ClassVar[float] = 16.0  # pre-roll plus the longest utterance: a standby can decode any in flight
     consumes: ClassVar[tuple[type[Message], ...]] = (
         AudioChunk,
         WakeDetected,

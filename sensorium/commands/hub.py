@@ -19,11 +19,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.eventlog import EventLogError
     from pipeline.hub import Hub, SecurityError
-    from sensorium.deployment import load_deployment
+    from sensorium.deployment import load_deployment, placement_specs
 
     try:
         dep = load_deployment(args.config)
-        hub = Hub(dep.hub, state_dir=args.state or dep.data_dir / "hub", bind=args.bind)
+        hub = Hub(dep.hub, state_dir=args.state or dep.data_dir / "hub", bind=args.bind, placement=placement_specs(dep))
     except (ConfigError, ValueError) as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
         return 2

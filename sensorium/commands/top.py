@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=3.0, help="seconds to collect before printing with --once")
 
 
-def render(stats: dict[tuple[str, str], object], nodes: dict[str, str]) -> str:
+def render(stats: dict[tuple[str, str], object], nodes: dict[str, str], placement: object = None) -> str:
     lines = [
         f"{'worker':<12} {'stage':<10} {'device':<7} {'rate/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'budget':>7} "
         f"{'drops':>6} {'viol':>5} {'queue':>5} {'level':>5}"
@@ -29,6 +29,14 @@ def render(stats: dict[tuple[str, str], object], nodes: dict[str, str]) -> str:
             f"{worker:<12} {stage:<10} {s.device:<7} {s.rate:>7.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "  # type: ignore[attr-defined]
             f"{s.budget_ms:>7.0f} {s.dropped:>6} {s.violations:>5} {s.queue:>5} {s.level:>5}"  # type: ignore[attr-defined]
         )
+    if placement is not None and placement.assignments:  # type: ignore[attr-defined]
+        by_stage: dict[str, list[str]] = {}
+        for a in placement.assignments:  # type: ignore[attr-defined]
+            by_stage.setdefault(a.stage, []).append(f"{a.stream}→{a.worker or '(none)'}")
+        lines.append("")
+        lines.extend(f"placement {stage:<9} {'  '.join(streams)}" for stage, streams in sorted(by_stage.items()))
+        if placement.drained:  # type: ignore[attr-defined]
+            lines.append(f"drained: {', '.join(placement.drained)}")  # type: ignore[attr-defined]
     if nodes:
         lines.append("")
         lines.append("nodes: " + ", ".join(f"{n} {st}" for n, st in sorted(nodes.items())))
@@ -37,7 +45,7 @@ def render(stats: dict[tuple[str, str], object], nodes: dict[str, str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.bus import Endpoints, Subscriber
-    from pipeline.messages import NodeStatus, StageStats
+    from pipeline.messages import NodeStatus, PlacementTable, StageStats
     from pipeline.security import KeyError_, node_keys
     from sensorium.commands.events import resolve_hub
 
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        sub = Subscriber(endpoints, ["stats/", "status/"], curve=curve)
+        sub = Subscriber(endpoints, ["stats/", "status/", "assign/"], curve=curve)
+        placement: PlacementTable | None = None
         stats: dict[tuple[str, str], StageStats] = {}
         nodes: dict[str, str] = {}
         t0 = time.monotonic()
@@ -61,13 +70,15 @@ def run(args: argparse.Namespace) -> int:
                     stats[(msg.source, msg.stage)] = msg
                 elif isinstance(msg, NodeStatus):
                     nodes[msg.node] = msg.state
+                elif isinstance(msg, PlacementTable):
+                    placement = msg
                 now = time.monotonic()
                 if args.once:
                     if now - t0 >= args.wait:
-                        print(render(stats, nodes) if stats else "no worker is publishing stats")
+                        print(render(stats, nodes, placement) if stats else "no worker is publishing stats")
                         return 0 if stats else 1
                 elif now - last_draw > 1.0:
-                    sys.stdout.write("\x1b[2J\x1b[H" + render(stats, nodes) + "\n")
+                    sys.stdout.write("\x1b[2J\x1b[H" + render(stats, nodes, placement) + "\n")
                     sys.stdout.flush()
                     last_draw = now
         finally:

@@ -25,14 +25,14 @@ def run(args: argparse.Namespace) -> int:
         dep = load_deployment(args.config)
         wcfg = dep.worker(args.name)
         curve = node_keys(wcfg.keys, args.name) if wcfg.keys else None
-        classes = {s: stage_class(s) for s in wcfg.stages}
+        classes = {s: stage_class(s) for s in wcfg.runs()}
     except (ConfigError, KeyError_, KeyError) as exc:
         print(f"sensorium worker: {exc}", file=sys.stderr)
         return 2
     worker = Worker(dep, args.name, classes, curve=curve)
     if wcfg.metrics_port:
         worker.metrics.serve(wcfg.metrics_port, wcfg.metrics_host)
-    print(f"worker {args.name}: loading {', '.join(wcfg.stages)} (devices: {', '.join(wcfg.devices())})", flush=True)
+    print(f"worker {args.name}: loading {', '.join(wcfg.runs())} (devices: {', '.join(wcfg.devices())})", flush=True)
     try:
         asyncio.run(worker.run_forever())
     except DeviceUnavailable as exc:
