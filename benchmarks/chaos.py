@@ -218,7 +218,7 @@ def check_stream(
 
 def percentile(xs: list[float], p: float) -> float | None:
     """Nearest-rank percentile (None for no samples)."""
-    from pipeline.report import nearest_rank
+    from evaluation.report import nearest_rank
 
     return nearest_rank(xs, (p,)).get(f"p{p:g}") if xs else None
 
@@ -254,7 +254,7 @@ class ChaosOptions:
 def _wav(folder: Path) -> Path:
     import numpy as np
 
-    from pipeline.media import RATE, speech, write_wav
+    from evaluation.media import RATE, speech, write_wav
 
     cache = REPO / ".cache" / "chaos"
     cache.mkdir(parents=True, exist_ok=True)

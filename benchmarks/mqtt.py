@@ -320,14 +320,14 @@ async def run_session(
 
     from bridges.mqtt.bridge import Bridge
     from edge.agent import EdgeAgent
+    from evaluation.replay import ReplayOptions, load, replay_embedded
+    from evaluation.sample import prepare, sample_deployment
     from pipeline.bus import Subscriber
     from pipeline.client import Client
     from pipeline.config import MqttConfig
     from pipeline.messages import PlaybackStatus, Presence, SpeakerIdentified, Transcript, TtsAudio
-    from pipeline.replay import ReplayOptions, load, replay_embedded
     from sensorium.commands.mqtt import gallery_people
     from sensorium.embedded import embedded
-    from sensorium.sample import prepare, sample_deployment
 
     say = progress or (lambda _s: None)
     session_path = prepare(out, cache)

@@ -27,11 +27,11 @@ def enroll_sample(data_dir: Path, cache: Path = CACHE) -> dict[str, list[str]]:
     """Enrol the sample session's people (voices from other sentences, the face from its package image)."""
     import numpy as np
 
+    from evaluation.session import sample_enrollment
     from models.faces import FacePipeline
     from models.gallery import Gallery
     from models.speaker import load_encoder
     from pipeline.media import read_wav
-    from pipeline.session import sample_enrollment
 
     media = sample_enrollment(cache)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,9 +63,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Build the sample, enrol its people, replay it (max speed; and real time unless ``quick``)."""
-    from pipeline.replay import ReplayOptions, default_deployment, load, replay
-    from pipeline.report import make_report
-    from pipeline.session import build_sample
+    from evaluation.replay import ReplayOptions, default_deployment, load, replay
+    from evaluation.report import make_report
+    from evaluation.session import build_sample
 
     results: dict[str, Any] = {"benchmark": "replay", "quick": quick, "stages": STAGES, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:

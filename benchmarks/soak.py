@@ -4,7 +4,7 @@ Real separate processes on ipc (or loopback tcp), from a generated deployment fi
 ``sensorium worker`` with every stage on the CPU; one ``sensorium edge`` per room as its loudspeaker
 (answers written as WAV files); ``sensorium agent`` answering; ``sensorium events --since 0`` as the
 subscribing client, its JSON lines kept; and a replay publisher that plays the sample session's
-microphones and cameras into the hub again and again, as its edge nodes did (``pipeline.replay``).
+microphones and cameras into the hub again and again, as its edge nodes did (``evaluation.replay``).
 
 Every ``interval`` (30 s) the RSS, open file descriptors and threads of each process (children
 included) and the size of the hub's event log are sampled. Per loop the client's events are cut out by
@@ -68,14 +68,14 @@ SIGNIFICANCE = 3.0
 
 
 def soak_signature(msg: Any) -> tuple[Any, ...] | None:
-    """What must be the same in every loop: ``pipeline.report.signature`` without what timing decides.
+    """What must be the same in every loop: ``evaluation.report.signature`` without what timing decides.
 
     A final transcript's ``speaker`` field is left out (it is filled only if speaker ID answered within
     ``speaker_wait``; the ``speaker`` event itself is compared), and presence counts only named people
     entering and leaving (``present`` repeats on a timer; unknown counts follow the detector's frames).
     """
+    from evaluation.report import signature
     from pipeline.messages import Presence, SpeakerIdentified, Transcript, WakeDetected
-    from pipeline.report import signature
 
     if isinstance(msg, WakeDetected | SpeakerIdentified):
         return signature(msg)
@@ -307,10 +307,10 @@ async def publish_loops(
 ) -> int:
     """The replay publisher: once every stage reports, replay the session in real time until ``duration`` is
     up (only whole loops), one JSON line per loop in ``loops_file`` (its time window and its report)."""
+    from evaluation.replay import ReplayOptions, load, replay_hub
+    from evaluation.report import make_report
     from pipeline.bus import Endpoints, Subscriber
     from pipeline.messages import StageStats
-    from pipeline.replay import ReplayOptions, load, replay_hub
-    from pipeline.report import make_report
 
     session = load(session_path)
     latest: dict[str, StageStats] = {}
@@ -497,8 +497,8 @@ def _sample(procs: Processes, log_file: Path, client_file: Path, t0: float) -> d
 def run_soak(opts: SoakOptions) -> dict[str, Any]:
     """Run the soak; the results (``ok``, ``problems``, samples, trends, loops) are also written as JSON."""
     from benchmarks.replay import enroll_sample
-    from pipeline.replay import load
-    from sensorium.sample import prepare
+    from evaluation.replay import load
+    from evaluation.sample import prepare
 
     say = opts.progress
     out = opts.out.resolve()

@@ -170,11 +170,11 @@ async def bench_stop(repeats: int) -> dict[str, Any]:
 async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
     from benchmarks.voice_media import build_session
     from edge.agent import EdgeAgent
+    from evaluation.demo import demo_deployment
     from pipeline.bus import Subscriber
     from pipeline.client import Client
     from pipeline.messages import PlaybackStatus, Transcript, TtsAudio, WakeDetected
     from sensorium.agent import Turn, run_builtin_agent
-    from sensorium.demo import demo_deployment
     from sensorium.embedded import embedded
 
     session = build_session(count)

@@ -32,26 +32,10 @@ import numpy as np
 from edge.audio import output_closed, output_stream
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
+from pipeline.media import resample
 from pipeline.messages import Message, PlaybackStatus, TtsAudio
 
 log = logging.getLogger("sensorium.playback")
-
-
-def resample_linear(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Resample int16 mono audio (polyphase with scipy when installed, linear otherwise)."""
-    if src_rate == dst_rate or len(audio) == 0:
-        return audio.astype(np.int16, copy=False)
-    try:
-        import math
-
-        from scipy.signal import resample_poly
-
-        g = math.gcd(src_rate, dst_rate)
-        out = resample_poly(audio.astype(np.float32), dst_rate // g, src_rate // g)
-    except ImportError:
-        n = round(len(audio) * dst_rate / src_rate)
-        out = np.interp(np.arange(n) * (src_rate / dst_rate), np.arange(len(audio)), audio.astype(np.float32))
-    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
 # ------------------------------------------------------------------------------------------ sinks
@@ -257,7 +241,7 @@ class Player:
             sink = SoundDeviceSink(config.device, config.rate, self.block)
         self.sink = sink
         # Import the resampler now: a first import of scipy.signal takes ~1 s, too long inside the first answer.
-        resample_linear(np.zeros(2, np.int16), 16000, 22050)
+        resample(np.zeros(2, np.int16), 16000, 22050)
         self._answers: dict[str, _Answer] = {}
         self._order: collections.deque[str] = collections.deque()
         self._stopped_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -415,7 +399,7 @@ class Player:
         lead = max(dur, self.sink.lead)
         while ans.chunks and not ans.stopped:
             chunk = ans.chunks.popleft()
-            pcm = resample_linear(np.frombuffer(chunk.data, "<i2"), chunk.rate, rate)
+            pcm = resample(np.frombuffer(chunk.data, "<i2"), chunk.rate, rate)
             if not ans.started:
                 ans.started = True
                 self.current = ans.answer_id

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import io
-import math
 import re
 import shutil
 import subprocess
@@ -192,17 +191,6 @@ def load_backend(spec: str | None, device: str = "cpu") -> TtsBackend:
 
 
 # ------------------------------------------------------------------------------------- resampling
-
-
-def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Resample int16 mono audio with a polyphase filter; returns int16."""
-    if src_rate == dst_rate or len(audio) == 0:
-        return audio.astype(np.int16, copy=False)
-    from scipy.signal import resample_poly
-
-    g = math.gcd(src_rate, dst_rate)
-    out = resample_poly(audio.astype(np.float32), dst_rate // g, src_rate // g)
-    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
 # ------------------------------------------------------------------------------ sentence splitting

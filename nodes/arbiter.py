@@ -38,11 +38,10 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-
-import msgspec
+from typing import ClassVar
 
 from pipeline.messages import Message, PlaybackStatus, Say, StopPlayback, WakeArbitrated, WakeDetected
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Stage, StageContext, StageOptions
 
 _FILLER = {"hey", "hi", "ok", "okay", "hello", "v0", "v1", "v2"}
 
@@ -77,7 +76,7 @@ def rank(candidates: list[WakeDetected], score_tie: float) -> list[WakeDetected]
     return tied + rest
 
 
-class ArbiterOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class ArbiterOptions(StageOptions):
     """``[stages.arbiter]``."""
 
     window_ms: int = 400
@@ -117,8 +116,15 @@ class ArbiterStage(Stage):
 
     Options = ArbiterOptions
     name = "arbiter"
-    consumes = ("wake/", "playback/", "say/")
-    emits = ("arbitration", "stop_playback")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        WakeDetected,
+        PlaybackStatus,
+        Say,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        WakeArbitrated,
+        StopPlayback,
+    )
     droppable = False
     default_budget_ms = 100.0
 

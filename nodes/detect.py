@@ -23,10 +23,10 @@ from models.backends import BACKENDS, PRECISIONS
 from models.detector import DEFAULT_CLASS_MAP
 from pipeline.config import ConfigError, parse_duration
 from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Duration, Library, Stage, StageContext, StageOptions
 
 
-class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class DetectOptions(StageOptions):
     """``[stages.detect]``."""
 
     weights: str = "bundled"
@@ -45,9 +45,9 @@ class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Detect only where something moved (plus track checks and keep-alive passes); False: every whole frame."""
     region_size: int = 320
     """Detector input size for motion regions (a multiple of 32, at most ``imgsz``)."""
-    keepalive: str | float = "5s"
+    keepalive: Duration = "5s"
     """With ``motion``: longest time between whole-frame passes of a camera."""
-    recheck: str | float = "1s"
+    recheck: Duration = "1s"
     """With ``motion``: longest time between looks at a person who stands still."""
     motion_threshold: int = 25
     """Grey-level change that counts as motion (1–255)."""
@@ -67,6 +67,7 @@ class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Publish frames without people too (otherwise only the first empty frame after people)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # durations
         # Bad values fail when the config loads, naming the key, not when the stage starts.
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -80,8 +81,6 @@ class DetectOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ConfigError(f"region_size: {self.region_size} is larger than imgsz {self.imgsz}")
         if not 1 <= self.motion_threshold <= 255:
             raise ConfigError(f"motion_threshold: expected 1–255, got {self.motion_threshold}")
-        for key in ("keepalive", "recheck"):
-            parse_duration(getattr(self, key), key)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -137,8 +136,12 @@ class DetectStage(Stage):
     Options: ClassVar[type[msgspec.Struct]] = DetectOptions
     name: ClassVar[str] = "detect"
     serves: ClassVar[str] = "camera"
-    consumes: ClassVar[tuple[str, ...]] = ("video/",)
-    emits: ClassVar[tuple[str, ...]] = ("detections",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (VideoFrame,)
+    emits: ClassVar[tuple[type[Message], ...]] = (Detections,)
+    answers: ClassVar[tuple[type[Message], ...]] = (Detections,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("ultralytics", "ultralytics-opencv-headless (sensorium[workers])"),
+    )
     droppable: ClassVar[bool] = True
     # The cheap steps come before dropping frames; with motion off, the second one turns motion on.
     degrade_steps: ClassVar[tuple[str, ...]] = ("smaller-input", "fewer-checks", "skip-alternate-frames")
@@ -263,8 +266,8 @@ class DetectStage(Stage):
     def _check(self, msg: Message) -> str | None:
         if not isinstance(msg, VideoFrame):
             return f"expected a video frame, got {type(msg).__name__}"
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            return f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})"
+        if problem := self.ctx.room_problem(msg.room):
+            return problem
         return check_frame(msg, self.opts.max_pixels, self.opts.max_bytes)
 
     @staticmethod

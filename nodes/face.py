@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import msgspec
 
 from pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
-class FaceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class FaceOptions(StageOptions):
     """``[stages.face]``."""
 
     recognizer: str = "auto"
@@ -87,8 +87,13 @@ class FaceStage(Stage):
     Options: ClassVar[type[msgspec.Struct]] = FaceOptions
     name: ClassVar[str] = "face"
     serves: ClassVar[str] = "camera"
-    consumes: ClassVar[tuple[str, ...]] = ("video/", "detections/")
-    emits: ClassVar[tuple[str, ...]] = ("face",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        VideoFrame,
+        Detections,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (FaceRecognized,)
+    answers: ClassVar[tuple[type[Message], ...]] = (FaceRecognized,)
+    libraries: ClassVar[tuple[Library, ...]] = (Library("cv2", "opencv-python-headless (sensorium[workers])"),)
     droppable: ClassVar[bool] = True
     degrade_steps: ClassVar[tuple[str, ...]] = ("recheck-less", "skip-faces")
     default_budget_ms: ClassVar[float] = 2000.0  # from the frame's capture: detection time is in it

@@ -27,21 +27,20 @@ from pipeline.messages import (
     FaceRecognized,
     Message,
     Presence,
-    SnapshotRequest,
     SpeakerIdentified,
     Transcript,
 )
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Duration, Stage, StageContext, StageOptions
 
 UNKNOWN = "unknown"
 
 
-class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class PresenceOptions(StageOptions):
     """``[stages.presence]``."""
 
-    left_after: str | float = "30s"
+    left_after: Duration = "30s"
     """Time without any evidence after which a person has left the room."""
-    present_every: str | float = "60s"
+    present_every: Duration = "60s"
     """Interval of periodic ``present`` events per person (0 = off)."""
     enter_confidence: float = 0.5
     """Evidence needed to mark a person entered (staying needs any evidence: hysteresis)."""
@@ -49,17 +48,12 @@ class PresenceOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Face or voice evidence needed in another room to move a person there."""
     track_factor: float = 0.9
     """Confidence of track evidence relative to the face that named the track."""
-    count_window: str | float = "3s"
+    count_window: Duration = "3s"
     """People counts are the most seen over this window."""
-    settle: str | float = "1s"
+    settle: Duration = "1s"
     """Unknown counts lag this much, so a face can name a new track before it counts as a stranger."""
-    tick: str | float = "250ms"
+    tick: Duration = "250ms"
     """How often timers (left, present) are checked."""
-
-    def __post_init__(self) -> None:
-        # Bad durations fail when the config loads, naming the key, not when the stage starts.
-        for key in ("left_after", "present_every", "count_window", "settle", "tick"):
-            parse_duration(getattr(self, key), key)
 
 
 @dataclass
@@ -85,8 +79,14 @@ class PresenceStage(Stage):
 
     Options: ClassVar[type[msgspec.Struct]] = PresenceOptions
     name: ClassVar[str] = "presence"
-    consumes: ClassVar[tuple[str, ...]] = ("face/", "speaker/", "transcript/", "detections/")
-    emits: ClassVar[tuple[str, ...]] = ("presence",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        FaceRecognized,
+        SpeakerIdentified,
+        Transcript,
+        Detections,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (Presence,)
+    answers: ClassVar[tuple[type[Message], ...]] = (Presence,)
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 3000.0  # from the frame's capture: detect + face are in it
 
@@ -121,8 +121,8 @@ class PresenceStage(Stage):
     # -------------------------------------------------------------------------------------- input
 
     async def handle(self, msg: Message) -> None:
-        if self.ctx.rooms and msg.room and msg.room not in self.ctx.rooms and not isinstance(msg, SnapshotRequest):
-            await self.ctx.reject(msg, f"unknown room {msg.room!r} (known: {', '.join(self.ctx.rooms)})")
+        if msg.room and (problem := self.ctx.room_problem(msg.room)):
+            await self.ctx.reject(msg, problem)
             return
         if isinstance(msg, FaceRecognized):
             self._tracks[(msg.room, msg.camera, msg.track)] = (msg.person, msg.score)
@@ -137,9 +137,6 @@ class PresenceStage(Stage):
                 await self._evidence(msg.speaker, msg.room, "voice", msg.speaker_score, msg.t1 or msg.time)
         elif isinstance(msg, Detections):
             await self._on_detections(msg)
-        elif isinstance(msg, SnapshotRequest):
-            for ev in self.snapshot():
-                await self.ctx.publish(ev)
         else:
             await self.ctx.reject(msg, f"presence does not take {type(msg).__name__}")
 
@@ -267,39 +264,3 @@ class PresenceStage(Stage):
                 unknown=unknown,
             )
         )
-
-    def snapshot(self) -> list[Presence]:
-        """Who is where now: a ``present`` event per person, and the unknown count of every room."""
-        now = self.ctx.clock.now()
-        out = []
-        for person, p in self._people.items():
-            people, unknown = self.counts(p.room, now)
-            since = now - self.left_after
-            out.append(
-                Presence(
-                    time=now,
-                    room=p.room,
-                    person=person,
-                    state="present",
-                    confidence=p.confidence(since),
-                    sources=sorted(s for s, (ts, _) in p.sources.items() if ts >= since),
-                    people=people,
-                    unknown=unknown,
-                )
-            )
-        for room in sorted({r for r, _ in self._frames}):
-            people, unknown = self.counts(room, now)
-            if unknown:
-                out.append(
-                    Presence(
-                        time=now,
-                        room=room,
-                        person=UNKNOWN,
-                        state="present",
-                        confidence=1.0,
-                        sources=["track"],
-                        people=people,
-                        unknown=unknown,
-                    )
-                )
-        return out

@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgspec
 import numpy as np
 
 from pipeline.messages import Message, SpeakerIdentified, Utterance
-from pipeline.stage import Stage
+from pipeline.stage import Library, Stage, StageOptions
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
@@ -32,7 +31,7 @@ def default_threshold(model: str) -> float:
 class SpeakerStage(Stage):
     """Who spoke each utterance, from the voice gallery."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.speaker]``."""
 
         model: str = "resemblyzer"
@@ -46,8 +45,12 @@ class SpeakerStage(Stage):
 
     name: ClassVar[str] = "speaker"
     serves: ClassVar[str] = "room"
-    consumes: ClassVar[tuple[str, ...]] = ("utterance/",)
-    emits: ClassVar[tuple[str, ...]] = ("speaker",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (Utterance,)
+    emits: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)
+    answers: ClassVar[tuple[type[Message], ...]] = (SpeakerIdentified,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("resemblyzer", "Resemblyzer (sensorium[workers]; install it from uv.lock: deploy/install-worker.sh)"),
+    )
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 500.0
 
@@ -74,8 +77,8 @@ class SpeakerStage(Stage):
         if not isinstance(msg, Utterance):
             await self.ctx.reject(msg, f"speaker consumes utterances, got {type(msg).__name__}")
             return
-        if self.ctx.rooms and msg.room not in self.ctx.rooms:
-            await self.ctx.reject(msg, f"unknown room {msg.room!r}")
+        if problem := self.ctx.room_problem(msg.room):
+            await self.ctx.reject(msg, problem)
             return
         if msg.rate != RATE:
             await self.ctx.reject(msg, f"sample rate {msg.rate} Hz, expected {RATE} Hz")
@@ -86,7 +89,7 @@ class SpeakerStage(Stage):
         if len(msg.data) < 2 * MIN_AUDIO_S * RATE:
             await self.ctx.reject(msg, f"utterance too short for speaker ID ({len(msg.data) / 2 / RATE:.2f} s)")
             return
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         try:
             emb = await self.ctx.run_blocking(self.encoder.embed, pcm, RATE)
         except ValueError as exc:  # e.g. no speech left after trimming

@@ -14,16 +14,17 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import msgspec
 import numpy as np
 
-from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend, resample
-from pipeline.messages import Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import Stage, StageContext
+from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend
+from pipeline.media import resample
+from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
+from pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
-class TtsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TtsOptions(StageOptions):
     """``[stages.tts]``."""
 
     backend: str = "piper"
@@ -57,8 +58,19 @@ class TtsStage(Stage):
 
     Options = TtsOptions
     name = "tts"
-    consumes = ("say/", "stop/", "presence/")
-    emits = ("tts_audio", "error")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        Say,
+        StopPlayback,
+        Presence,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        TtsAudio,
+        InputError,
+    )
+    answers: ClassVar[tuple[type[Message], ...]] = (TtsAudio,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("piper", "piper-tts (sensorium[tts]), or the flite / espeak-ng Debian packages"),
+    )
     droppable = False
     degrade_steps = ("fallback_voice",)
     default_budget_ms = 1500.0
@@ -118,8 +130,8 @@ class TtsStage(Stage):
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)
                 return
-            if room and self.ctx.rooms and room not in self.ctx.rooms:
-                await self.ctx.reject(msg, f"unknown room {room!r} (known: {', '.join(self.ctx.rooms)})")
+            if room and (problem := self.ctx.room_problem(room)):
+                await self.ctx.reject(msg, problem)
                 if msg.more:
                     self.answers[aid] = _Answer("", None, SentenceSplitter(), cancelled=True)
                 return

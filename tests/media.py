@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import media as pipeline_media
-from pipeline.media import SPEECH_VERSION
+from evaluation import media as pipeline_media
+from evaluation.media import SPEECH_VERSION
 
 RATE = 16000
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "media"
@@ -41,7 +41,7 @@ resample = pipeline_media.resample
 
 
 def _piper(text: str) -> tuple[np.ndarray, int]:
-    from pipeline.media import _piper as piper  # the same deterministic synthesis as sample sessions
+    from evaluation.media import _piper as piper  # the same deterministic synthesis as sample sessions
 
     return piper(text)
 

@@ -392,7 +392,7 @@ class Peak(Stage):
 
     name = "peak"
     serves = "room"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (AudioChunk,)
     degrade_steps: ClassVar[tuple[str, ...]] = ("coarse", "coarser")
 
     async def handle(self, msg: Message) -> None:

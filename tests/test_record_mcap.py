@@ -106,7 +106,7 @@ def test_rotation_by_size_splits_into_complete_files(tmp_path: Path) -> None:
     assert not res.damage
     assert [r.msg.seq for r in items] == list(range(400))
     # replay finds the later parts by itself when given the first
-    from pipeline.replay import load
+    from evaluation.replay import load
 
     assert load(path).paths == rec.paths and len(load(path).items) == 400
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import media
+from evaluation import media
+from evaluation.replay import ReplayError, ReplayOptions, default_deployment, load, replay, replay_embedded, replay_hub
+from evaluation.report import make_report, signatures
+from evaluation.session import build, parse_spec
 from pipeline.recorder import Recorder, RecordingError, recording
-from pipeline.replay import ReplayError, ReplayOptions, default_deployment, load, replay, replay_embedded, replay_hub
-from pipeline.report import make_report, signatures
-from pipeline.session import build, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "sample"
@@ -116,7 +116,9 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         cwd=ROOT,
         timeout=120,
     )
-    assert r.returncode == 2 and "unknown stage 'wak' (available: wake," in r.stderr
+    from sensorium.registry import STAGES  # every stage of nodes/, in the registry's order
+
+    assert r.returncode == 2 and f"unknown stage 'wak' (available: {', '.join(STAGES)})" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "sensorium", "replay", str(session), "--rooms", "garage"],
         capture_output=True,
@@ -171,9 +173,9 @@ def test_truncated_session_replays_up_to_the_damage(tmp_path: Path) -> None:
 def _enroll_voices(data_dir: Path) -> None:
     import numpy as np
 
+    from evaluation.session import SAMPLE_ENROLL_TEXT, SAMPLE_VOICES
     from models.gallery import Gallery
     from models.speaker import load_encoder
-    from pipeline.session import SAMPLE_ENROLL_TEXT, SAMPLE_VOICES
 
     enc = load_encoder("resemblyzer", "cpu")
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.report import RunResult, StageRun, compare, format_table, make_report, normalize_text, plot, wer
+from evaluation.session import PeopleLabel, SpeechLabel
 from pipeline.messages import (
     BudgetViolation,
     Detections,
@@ -17,8 +19,6 @@ from pipeline.messages import (
     Transcript,
     WakeDetected,
 )
-from pipeline.report import RunResult, StageRun, compare, format_table, make_report, normalize_text, plot, wer
-from pipeline.session import PeopleLabel, SpeechLabel
 
 T0 = 1000.0  # session time of the labels; the run's stamps are T0 + SHIFT
 SHIFT = 500.0

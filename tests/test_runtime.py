@@ -23,7 +23,7 @@ class FrameStage(Stage):
     """Decodes each frame for real, then works ``cost`` seconds on the stage's thread."""
 
     name = "frames"
-    consumes = ("video/",)
+    consumes = (VideoFrame,)
     droppable = True
     max_batch = 4
     cost = 0.08
@@ -47,7 +47,7 @@ class LadderStage(Stage):
     """Audio-like stage whose cost falls with each degrade step."""
 
     name = "ladder"
-    consumes = ("audio/",)
+    consumes = (AudioChunk,)
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
     costs = (0.25, 0.15, 0.01)
 
@@ -57,7 +57,7 @@ class LadderStage(Stage):
 
 class FailingStage(Stage):
     name = "fragile"
-    consumes = ("audio/",)
+    consumes = (AudioChunk,)
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -202,7 +202,7 @@ class BackgroundStage(Stage):
     """Answers later, from a background task, like STT's final transcript after the endpoint."""
 
     name = "background"
-    consumes = ("audio/",)
+    consumes = (AudioChunk,)
     reports_latency = True
     degrade_steps: ClassVar[tuple[str, ...]] = ("faster",)
 
@@ -238,7 +238,7 @@ class FlappingStage(Stage):
     """Over budget at full quality, far under it one step down: the case that makes ladders flap."""
 
     name = "flappy"
-    consumes = ("audio/",)
+    consumes = (AudioChunk,)
     degrade_steps: ClassVar[tuple[str, ...]] = ("half-resolution",)
 
     def __init__(self, ctx: StageContext) -> None:

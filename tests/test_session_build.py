@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import media
+from evaluation import media
+from evaluation.replay import load
+from evaluation.session import PeopleLabel, SessionError, SpeechLabel, build, build_sample, load_spec
 from pipeline.messages import AudioChunk, VideoFrame
 from pipeline.recorder import read_all
-from pipeline.replay import load
-from pipeline.session import PeopleLabel, SessionError, SpeechLabel, build, build_sample, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "sample"

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from edge.playback import Player
-from models.tts import resample
 from nodes.arbiter import ArbiterStage, rank, says_wake_word, wake_phrase_words
 from nodes.tts import TtsStage
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
+from pipeline.harness import StageHarness
+from pipeline.media import resample
 from pipeline.messages import (
     Message,
     PlaybackStatus,
@@ -30,15 +31,11 @@ ROOMS = ("kitchen", "office")
 
 
 async def make_arbiter(**opts: object) -> tuple[ArbiterStage, list[Message]]:
-    out: list[Message] = []
-
-    async def emit(msg: Message) -> None:
-        out.append(msg)
-
-    ctx = StageContext(name="arbiter", worker="test", options=ArbiterStage.Options(**opts), rooms=ROOMS, emit=emit)
-    stage = ArbiterStage(ctx)
-    await stage.start()
-    return stage, out
+    """The arbiter as a worker runs it (StageHarness); the tests call ``handle`` directly for exact steps."""
+    h = StageHarness(rooms=ROOMS)
+    stage = await h.add(ArbiterStage, **opts)
+    assert isinstance(stage, ArbiterStage)
+    return stage, h.out
 
 
 def wake(room: str, score: float, level: float, t: float = 100.0, word: str = "hey_jarvis") -> WakeDetected:

@@ -16,9 +16,10 @@ import pulse
 import pytest
 from media import read_wav
 
-from edge.playback import Player, resample_linear
+from edge.playback import Player
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
+from pipeline.media import resample
 from pipeline.messages import Message, PlaybackStatus, TtsAudio
 
 
@@ -136,7 +137,7 @@ async def test_malformed_chunk_is_dropped_and_playback_continues(tmp_path) -> No
 @pytest.mark.parametrize(("src", "dst"), [(16000, 22050), (22050, 48000), (22050, 16000)])
 def test_resample_linear_matches_durations(src: int, dst: int) -> None:
     pcm = np.frombuffer(tone(0.5, src), "<i2")
-    out = resample_linear(pcm, src, dst)
+    out = resample(pcm, src, dst)
     assert out.dtype == np.int16 and abs(len(out) - dst // 2) <= 1
 
 
@@ -197,7 +198,7 @@ def _recording(sink: str, path: Path) -> Iterator[list[np.ndarray]]:
 async def test_sounddevice_plays_to_the_speaker_and_barge_in_silences_it(null_sink, tmp_path, monkeypatch) -> None:
     """One player for the whole test, as on an edge node (PortAudio's ALSA "pulse" device stalls a second
     output stream opened in the same process after the first was closed)."""
-    from models.tts import FliteTts, resample
+    from models.tts import FliteTts
 
     monkeypatch.setenv("PULSE_SINK", null_sink)
     # A fresh application name: PulseAudio's stream-restore must not send us to a sink remembered from before.

@@ -14,10 +14,10 @@ from models.tts import (
     SentenceSplitter,
     TtsError,
     load_backend,
-    resample,
     split_sentences,
 )
 from nodes.tts import TtsStage
+from pipeline.media import resample
 from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
 from pipeline.stage import StageContext
 

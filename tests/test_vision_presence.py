@@ -14,6 +14,7 @@ import pytest
 
 from nodes.presence import PresenceOptions, PresenceStage
 from pipeline.clock import Clock
+from pipeline.harness import StageHarness
 from pipeline.messages import (
     Box,
     Detections,
@@ -29,24 +30,12 @@ from pipeline.stage import StageContext
 
 
 async def make_stage(**opts: object) -> tuple[PresenceStage, list[Message], Clock]:
-    out: list[Message] = []
-
-    async def emit(msg: Message) -> None:
-        out.append(msg)
-
-    clock = Clock()
+    """The presence stage as a worker runs it (StageHarness); the tests call ``handle`` directly for exact steps."""
     defaults: dict[str, object] = {"left_after": 0.6, "present_every": 0, "tick": 0.02, "settle": 0.1}
-    ctx = StageContext(
-        name="presence",
-        worker="test",
-        options=PresenceOptions(**(defaults | opts)),  # type: ignore[arg-type]
-        clock=clock,
-        rooms=("hall", "kitchen"),
-        emit=emit,
-    )
-    stage = PresenceStage(ctx)
-    await stage.start()
-    return stage, out, clock
+    h = StageHarness(rooms=("hall", "kitchen"))
+    stage = await h.add(PresenceStage, PresenceOptions(**(defaults | opts)))  # type: ignore[arg-type]
+    assert isinstance(stage, PresenceStage)
+    return stage, h.out, h.clock
 
 
 def presences(out: list[Message], person: str | None = None) -> list[Presence]:
@@ -124,15 +113,18 @@ async def test_unknown_people_counted_per_room() -> None:
     await stage.stop()
 
 
-async def test_periodic_present_and_snapshot() -> None:
+async def test_periodic_present_and_no_snapshot_in_the_stage() -> None:
+    """``present`` repeats; the snapshot is the hub's (tests/test_talk_agent.py), never the stage's input."""
     stage, out, clock = await make_stage(left_after=5, present_every=0.2)
     await stage.handle(FaceRecognized(time=clock.now(), room="hall", camera="c1", person="ana", score=0.9, track=1))
     await wait_for(lambda: len(presences(out, "ana")) >= 3)
     assert [p.state for p in presences(out, "ana")][:3] == ["entered", "present", "present"]
+    assert SnapshotRequest not in type(stage).consumes
     out.clear()
     await stage.handle(SnapshotRequest())
-    snap = presences(out)
-    assert [(p.person, p.room, p.state) for p in snap] == [("ana", "hall", "present")]
+    assert presences(out) == []
+    errors = [m for m in out if isinstance(m, InputError)]
+    assert len(errors) == 1 and "does not take SnapshotRequest" in errors[0].reason
     await stage.stop()
 
 

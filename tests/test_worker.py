@@ -23,7 +23,7 @@ class Loudness(Stage):
         threshold: int = 1000
 
     name = "loud"
-    consumes: ClassVar[tuple[str, ...]] = ("audio/",)
+    consumes: ClassVar[tuple[type[Message], ...]] = (AudioChunk,)
 
     async def start(self) -> None:
         self.device_seen = self.ctx.device

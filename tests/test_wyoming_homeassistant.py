@@ -27,7 +27,7 @@ from wyoming.asr import Transcribe
 from wyoming.audio import AudioStart, AudioStop
 from wyoming_help import deployment, ports, running
 
-from models.tts import resample
+from pipeline.media import resample
 from sensorium.embedded import embedded
 
 pytestmark = pytest.mark.slow

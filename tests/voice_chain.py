@@ -1,9 +1,9 @@
-"""A small in-process router for voice stage tests: wake → stt → speaker, no bus.
+"""Voice stage chains for tests: wake → stt → speaker through the real StageRunner (``pipeline.harness``), no bus.
 
-Each stage gets its own queue and one task calling ``handle`` in order, like the runtime does;
-whatever a stage publishes goes to ``out`` and to every other stage that consumes its topic.
 Audio is fed paced at real time (or ``speed`` times faster), because streaming behaviour (partials
-while the person speaks) depends on audio arriving over time.
+while the person speaks) depends on audio arriving over time. The session's times (``t0``) are put
+on the harness's clock when the audio starts, so the runners measure real latencies; the degrade
+ladder is held still (a busy test machine must not switch stt to its cheaper modes mid-test).
 """
 
 from __future__ import annotations
@@ -14,51 +14,33 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.harness import StageHarness
 from pipeline.messages import AudioChunk, Message
-from pipeline.stage import Stage, StageContext
+from pipeline.runtime import LadderPolicy
+from pipeline.stage import Stage
 
 
 class Chain:
-    """Stages wired to each other through queues."""
+    """Stages wired to each other by what they consume, each under its real runner."""
 
     def __init__(self) -> None:
+        self.harness = StageHarness(rooms=("kitchen", "office"), policy=LadderPolicy(overrun_after=10**9))
         self.stages: list[Stage] = []
-        self.out: list[tuple[float, Message]] = []
-        """Every published message with the monotonic time it was published."""
-        self._queues: dict[Stage, asyncio.Queue] = {}
-        self._tasks: list[asyncio.Task] = []
 
-    async def add(self, cls: type[Stage], rooms: tuple[str, ...] = ("kitchen", "office"), **kw: Any) -> Stage:
+    @property
+    def out(self) -> list[tuple[float, Message]]:
+        """Every published message with the monotonic time it was published."""
+        return list(zip(self.harness.published_at, self.harness.out, strict=True))
+
+    async def add(self, cls: type[Stage], **kw: Any) -> Stage:
         """Create, start and wire a stage (``kw``: its options, plus context fields such as ``device``)."""
         ctx_kw = {k: kw.pop(k) for k in ("device", "data_dir", "sources", "max_future") if k in kw}
-        ctx = StageContext(
-            name=cls.name, worker="test", options=cls.Options(**kw), rooms=rooms, emit=self._emit, **ctx_kw
-        )
-        stage = cls(ctx)
-        await stage.start()
+        stage = await self.harness.add(cls, cls.Options(**kw), **ctx_kw)
         self.stages.append(stage)
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues[stage] = q
-        self._tasks.append(asyncio.create_task(self._pump(stage, q)))
         return stage
 
-    async def _pump(self, stage: Stage, q: asyncio.Queue) -> None:
-        while True:
-            msg = await q.get()
-            try:
-                await stage.handle(msg)
-            finally:
-                q.task_done()
-
-    async def _emit(self, msg: Message) -> None:
-        self.out.append((time.monotonic(), msg))
-        self.offer(msg)
-
     def offer(self, msg: Message) -> None:
-        topic = msg.topic()
-        for stage, q in self._queues.items():
-            if topic.startswith(stage.consumes):
-                q.put_nowait(msg)
+        self.harness.offer(msg)
 
     async def play(
         self,
@@ -76,6 +58,10 @@ class Chain:
         per = {k: chunks(pcm, room=k[0], source=k[1], t0=t0) for k, pcm in streams.items()}
         n = max(len(c) for c in per.values())
         start = time.monotonic()
+        self.harness.clock.offset = t0 - start  # the session's time is now
+        if speed > 1:  # audio played faster than real time is stamped ahead on purpose
+            for r in self.harness.runners:
+                r.ctx.max_future = None
         for i in range(n):
             for key, cs in per.items():
                 if i < len(cs) and (stop_at is None or cs[i].time - t0 < stop_at.get(key, 1e9)):
@@ -86,33 +72,23 @@ class Chain:
         return start
 
     async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until every queue is empty and every stage's background work is done."""
+        """Wait until every stage handled everything queued and its background work is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for q in self._queues.values():
-                await q.join()
-            for s in self.stages:
-                drain = getattr(s, "drain", None)
-                if drain is not None:
-                    await asyncio.wait_for(drain(), max(0.1, deadline - time.monotonic()))
-            if all(q.empty() for q in self._queues.values()):
-                await asyncio.sleep(0.05)
-                if all(q.empty() for q in self._queues.values()) and not any(
-                    getattr(s, "_tasks", None) for s in self.stages
-                ):
-                    return
+            await self.harness.drain(max(0.1, deadline - time.monotonic()))
+            await asyncio.sleep(0.05)
+            if not any(r.depth for r in self.harness.runners) and not any(
+                getattr(s, "_tasks", None) for s in self.stages
+            ):
+                return
         raise TimeoutError("voice chain did not settle")
 
     def of(self, cls: type[Message]) -> list:
         """Published messages of one type, in order."""
-        return [m for _, m in self.out if isinstance(m, cls)]
+        return self.harness.of(cls)
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for s in self.stages:
-            await s.stop()
-            s.ctx.close()
+        await self.harness.close()
 
 
 def audio_chunk(**kw: Any) -> AudioChunk:

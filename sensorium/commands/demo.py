@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evaluation import demo
     from pipeline.config import ConfigError
-    from sensorium import demo
 
     try:
         audio = demo.parse_media(args.audio, "--audio")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not audio and not video:
-        from sensorium.sample import run_sample
+        from evaluation.sample import run_sample
 
         return run_sample(args)
     try:

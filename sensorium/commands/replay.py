@@ -68,10 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evaluation.replay import ReplayError, ReplayOptions, default_deployment, load, replay
+    from evaluation.report import compare, format_table, make_report, plot
     from pipeline.config import ConfigError
     from pipeline.recorder import RecordingError
-    from pipeline.replay import ReplayError, ReplayOptions, default_deployment, load, replay
-    from pipeline.report import compare, format_table, make_report, plot
 
     def fail(text: str) -> int:
         print(f"sensorium replay: {text}", file=sys.stderr)

@@ -6,7 +6,7 @@
 
 A spec places WAV clips on room microphones and images or videos on cameras at given times, with
 their labels (wake word, words said, speaker, people on camera); see
-pipeline/session.py for the format (its module docstring is the reference).
+evaluation/session.py for the format (its module docstring is the reference).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evaluation.session import SessionError
     from pipeline.recorder import RecordingError
-    from pipeline.session import SessionError
 
     try:
         if args.action == "build":
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe(res: object) -> str:
-    from pipeline.session import PeopleLabel, SpeechLabel
+    from evaluation.session import PeopleLabel, SpeechLabel
 
     labels = getattr(res, "labels", [])
     speech = [lb for lb in labels if isinstance(lb, SpeechLabel)]
@@ -63,7 +63,7 @@ def _describe(res: object) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from pipeline.session import build
+    from evaluation.session import build
 
     print(f"building {args.output} from {args.spec} …", file=sys.stderr)
     res = build(args.spec, args.output, progress=lambda s: print(s, file=sys.stderr))
@@ -75,8 +75,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from evaluation.session import build_sample
     from pipeline.media import MediaError
-    from pipeline.session import build_sample
 
     print(f"building the sample session (speech cached in {args.cache}) …", file=sys.stderr)
     try:
@@ -91,7 +91,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from pipeline.replay import ReplayError, load
+    from evaluation.replay import ReplayError, load
 
     try:
         s = load(args.session)

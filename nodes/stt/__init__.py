@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 import uuid
 from collections import deque
@@ -55,8 +54,8 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from nodes.wake import MAX_STREAMS, check_audio
-from pipeline.config import parse_duration
+from nodes.stt.speaker_wait import SpeakerWait
+from nodes.stt.text import command_words, complete_command, stabilize
 from pipeline.messages import (
     AudioChunk,
     Listen,
@@ -68,7 +67,7 @@ from pipeline.messages import (
     WakeDetected,
     Word,
 )
-from pipeline.stage import Stage
+from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageContext, StageOptions, check_audio
 
 RATE = 16000
 GAP_S = 0.25
@@ -81,51 +80,6 @@ MIN_SPEECH_S = 0.15
 """Speech needed after the wake word before trailing silence can end the utterance."""
 SPEC_PAUSE_S = 0.2
 """Silence after which the utterance so far is decoded speculatively (capped by the endpoints)."""
-SPEAKER_SLACK_S = 0.05
-"""Added to the learnt speaker-ID latency before a final gives up waiting for its speaker."""
-DANGLING = frozenset(
-    "a an the and or but nor so to of for with at from into onto by about than as if because "
-    "my your our their his her its this that these those some any every each set make".split()
-)
-"""Words that leave an English command open when they come last ("turn on the", "set a timer for")."""
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w']+", "", word.lower())
-
-
-def complete_command(words: list[str], prev: list[str], fixed: list[str]) -> bool:
-    """True if ``words`` (a decode of the command so far) reads as a finished command.
-
-    Whisper ended it with sentence-final punctuation (not an ellipsis), it has at least two words,
-    the last word does not leave the sentence open (``DANGLING``), the fixed partial words are its
-    start, and so is the previous partial except its last (possibly cut) word.
-    """
-    if len(words) < 2:
-        return False
-    last = words[-1].strip()
-    if not last.endswith((".", "?", "!")) or last.endswith("..") or _norm(last) in DANGLING:
-        return False
-    cur = [_norm(w) for w in words]
-    for ref in (fixed, prev[:-1]):
-        r = [_norm(w) for w in ref]
-        if cur[: len(r)] != r:
-            return False
-    return True
-
-
-def stabilize(fixed: list[str], prev: list[str], cur: list[str]) -> tuple[list[str], str]:
-    """Fix the words two consecutive passes agree on; return the new fixed words and the partial text.
-
-    Fixed words never change: later passes only extend them, and the partial text is the fixed
-    words followed by the current pass's words after them.
-    """
-    k = 0
-    while k < min(len(cur), len(prev)) and _norm(cur[k]) == _norm(prev[k]):
-        k += 1
-    if k > len(fixed):
-        fixed = fixed + cur[len(fixed) : k]
-    return fixed, " ".join(fixed + cur[len(fixed) :])
 
 
 @dataclass
@@ -181,7 +135,7 @@ class _Stream:
 class SttStage(Stage):
     """faster-whisper streaming speech-to-text for wake-word-opened utterances."""
 
-    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    class Options(StageOptions):
         """``[stages.stt]``."""
 
         model: str = "tiny.en"
@@ -196,11 +150,11 @@ class SttStage(Stage):
         """Beam width; 1 (greedy) keeps partials cheap."""
         language: str = "en"
         """Language for multilingual models (English-only ".en" models ignore it)."""
-        preroll: str | float = "2s"
+        preroll: Duration = "2s"
         """Audio before the wake detection included in the utterance (wake phrase and first word)."""
-        trailing_silence: str | float = "0.7s"
+        trailing_silence: Duration = "0.7s"
         """Silence after speech that ends the command (Home Assistant uses 0.7 s)."""
-        early_endpoint: str | float = "0.3s"
+        early_endpoint: Duration = "0.3s"
         """Silence that ends a command whose pause decode reads as complete (``complete_command``).
 
         Trade-off: someone who pauses this long after a clause that reads as a whole sentence
@@ -208,7 +162,7 @@ class SttStage(Stage):
         Open endings ("turn on the", "set a timer for") and text that changed between decodes
         always wait for ``trailing_silence``. ``early_endpoint = 0`` turns this off.
         """
-        decode_margin: str | float = "1s"
+        decode_margin: Duration = "1s"
         """Whisper decodes from this long before the wake detection, not from the start of the pre-roll.
 
         The detection's audio time is within about -0.05…+0.2 s of the end of the wake phrase (the
@@ -217,25 +171,25 @@ class SttStage(Stage):
         as "who is on" and "set a timer" as "said a timer"; the decode costs the same (the encoder
         window, not the audio, sets it). The ``Utterance`` for speaker ID keeps the whole pre-roll.
         """
-        encoder_window: str | float = "10s"
+        encoder_window: Duration = "10s"
         """Shortest whisper encoder window (clips longer than it get a longer one; "30s" = whisper's own)."""
-        max_length: str | float = "12s"
+        max_length: Duration = "12s"
         """Longest utterance, counted from the wake detection."""
-        no_speech_timeout: str | float = "3s"
+        no_speech_timeout: Duration = "3s"
         """Close an utterance with no speech this long after the wake word."""
         vad_threshold: float = 0.5
         """Silero speech probability that counts as speech."""
         partials: bool = True
         """Publish partial transcripts while the person speaks."""
-        partial_interval: str | float = "0.6s"
+        partial_interval: Duration = "0.6s"
         """New audio between partial re-decodes."""
-        speaker_wait: str | float = "0.3s"
+        speaker_wait: Duration = "0.3s"
         """Longest the final transcript waits (from the endpoint) for the speaker event of its utterance.
 
         It waits only as long as speaker ID has recently taken (plus 50 ms), never when the event is
         already there, and not at all while no speaker stage answers (until an event arrives again).
         """
-        stream_timeout: str | float = "1s"
+        stream_timeout: Duration = "1s"
         """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
         keep_wake_phrase: bool = False
         """Keep the wake phrase in the transcript text."""
@@ -247,8 +201,19 @@ class SttStage(Stage):
     name: ClassVar[str] = "stt"
     serves: ClassVar[str] = "room"
     takeover_s: ClassVar[float] = 16.0  # pre-roll plus the longest utterance: a standby can decode any in flight
-    consumes: ClassVar[tuple[str, ...]] = ("audio/", "wake/", "speaker/", "arbitration/", "listen/")
-    emits: ClassVar[tuple[str, ...]] = ("transcript", "utterance")
+    consumes: ClassVar[tuple[type[Message], ...]] = (
+        AudioChunk,
+        WakeDetected,
+        SpeakerIdentified,
+        WakeArbitrated,
+        Listen,
+    )
+    emits: ClassVar[tuple[type[Message], ...]] = (
+        Transcript,
+        Utterance,
+    )
+    answers: ClassVar[tuple[type[Message], ...]] = (Transcript,)
+    libraries: ClassVar[tuple[Library, ...]] = (Library("faster_whisper", "faster-whisper (sensorium[workers])"),)
     droppable: ClassVar[bool] = False
     degrade_steps: ClassVar[tuple[str, ...]] = ("no-partials", "smaller-model")
     reports_latency: ClassVar[bool] = True  # partials and finals come from background decodes
@@ -256,10 +221,10 @@ class SttStage(Stage):
 
     # ------------------------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        o = self.ctx.options
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
         d = {
-            k: parse_duration(getattr(o, k), f"[stages.stt] {k}")
+            k: self.ctx.options.seconds(k)
             for k in (
                 "preroll",
                 "trailing_silence",
@@ -285,12 +250,8 @@ class SttStage(Stage):
         self._model_loading: asyncio.Task | None = None
         self.decode_seconds: deque[float] = deque(maxlen=100)
         """Wall-clock seconds of recent decodes (diagnostics, tests)."""
-        self._sent: dict[str, float] = {}
-        """Monotonic time each recent Utterance was published (speaker-ID latency)."""
-        self._speaker_lat: float | None = None
-        """Recent speaker-ID latency (Utterance published → speaker event here), seconds."""
-        self._speaker_missing = 0
-        """Finals in a row whose speaker event never came (no speaker stage is running)."""
+        self._speaker_wait = SpeakerWait(d["speaker_wait"])
+        """How long a final waits for its speaker event, learnt from speaker ID's latency."""
         self.counts = {
             "partials": 0,
             "finals": 0,
@@ -301,6 +262,13 @@ class SttStage(Stage):
             "stood_down": 0,
         }
         """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
+        self._vad_pool: ThreadPoolExecutor | None = None
+        """VAD's own thread (made in ``start``)."""
+        self._watchdog: asyncio.Task | None = None
+        """Closes utterances of streams that went quiet (made in ``start``)."""
+
+    async def start(self) -> None:
+        o = self.ctx.options
         # VAD runs on its own thread so endpointing never waits behind a whisper decode.
         self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.ctx.name}-vad")
         self._models[o.model] = await self.ctx.run_blocking(self._load, o.model)
@@ -325,13 +293,15 @@ class SttStage(Stage):
         )
 
     async def stop(self) -> None:
-        self._watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for st in self._streams.values():
             if st.utt is not None:
                 self._close(st, st.end_time, "worker stopping")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10.0)
-        self._vad_pool.shutdown(wait=False, cancel_futures=True)
+        if self._vad_pool is not None:
+            self._vad_pool.shutdown(wait=False, cancel_futures=True)
 
     def apply_degrade(self, level: int) -> None:
         self.level = level
@@ -377,11 +347,7 @@ class SttStage(Stage):
         elif isinstance(msg, Listen):
             await self._listen(msg)
         elif isinstance(msg, SpeakerIdentified):
-            sent = self._sent.pop(msg.utterance_id, None)
-            if sent is not None:
-                lat = time.monotonic() - sent
-                self._speaker_lat = lat if self._speaker_lat is None else 0.7 * self._speaker_lat + 0.3 * lat
-                self._speaker_missing = 0
+            self._speaker_wait.speaker_arrived(msg.utterance_id)
             fut = self._speakers.get(msg.utterance_id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -402,7 +368,7 @@ class SttStage(Stage):
         if problem:
             await self.ctx.reject(msg, problem)
             return
-        pcm = np.frombuffer(msg.data, dtype="<i2").astype(np.int16)
+        pcm = msg.pcm().astype(np.int16)
         new = (msg.room, msg.source) not in self._streams
         st = self._stream(msg.room, msg.source, msg.time)
         if isinstance(st, str):
@@ -662,16 +628,7 @@ class SttStage(Stage):
         # that ends before the command's speech began (the VAD's first speech after the wake) is not
         # part of the command.
         cut = max(utt.wake_time - utt.t0 + 0.05, utt.onset if utt.onset is not None else 0.0)
-        i = 0
-        while i < len(words) and words[i].end <= cut:
-            i += 1
-        rest = list(words[i:])
-        for phrase in self.ctx.options.wake_phrases:
-            p = [_norm(x) for x in phrase.split()]
-            if p and [_norm(w.word) for w in rest[: len(p)]] == p:
-                rest = rest[len(p) :]
-                break
-        return rest
+        return command_words(words, cut, self.ctx.options.wake_phrases)
 
     async def _finish(self, st: _Stream, utt: _Utt, t_end: float, reason: str, reuse: Any, spoke: bool) -> None:
         t1 = t_end
@@ -696,8 +653,7 @@ class SttStage(Stage):
             await self.ctx.publish(
                 Utterance(time=t1, room=st.room, utterance_id=utt.id, t0=utt.t0, t1=t1, rate=RATE, data=pcm.tobytes())
             )
-            sent = time.monotonic()
-            self._sent[utt.id] = sent
+            sent = self._speaker_wait.utterance_sent(utt.id)
             result = None
             if reuse is not None:
                 with contextlib.suppress(Exception):
@@ -707,7 +663,7 @@ class SttStage(Stage):
                 result = await self._decode(utt, utt.n)
             words = self._command_words(utt, result.words)
             text = " ".join(w.word.strip() for w in words).strip()
-            remaining = self._speaker_budget() - (time.monotonic() - sent)
+            remaining = self._speaker_wait.budget() - (time.monotonic() - sent)
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):
@@ -716,7 +672,7 @@ class SttStage(Stage):
                 ev: SpeakerIdentified = fut.result()
                 speaker, score = ev.person, ev.score
             else:
-                self._speaker_missing += 1  # reset when any speaker event arrives, even a late one
+                self._speaker_wait.gave_up()  # until a speaker event arrives again, even a late one
             final = Transcript(
                 time=t1,
                 room=st.room,
@@ -738,21 +694,6 @@ class SttStage(Stage):
             self.ctx.log.info("stt: %s/%s %s (%s): %r", st.room, st.source, utt.id, reason, text)
         finally:
             self._speakers.pop(utt.id, None)
-
-    def _speaker_budget(self) -> float:
-        """How long after its Utterance a final may wait for the speaker event (see ``speaker_wait``)."""
-        limit = self._d["speaker_wait"]
-        if self._speaker_missing:
-            return 0.0  # the last final's speaker never came: no speaker stage is answering
-        if self._speaker_lat is not None:
-            if self._speaker_lat > limit:
-                return 0.0  # it would not arrive in time anyway
-            limit = min(limit, self._speaker_lat + SPEAKER_SLACK_S)
-        now = time.monotonic()
-        for uid, t in list(self._sent.items()):  # forget utterances whose speaker never came
-            if now - t > 30.0:
-                del self._sent[uid]
-        return limit
 
     # ---------------------------------------------------------------------------------- helpers
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
@@ -40,16 +41,18 @@ from pipeline.messages import (
 
 REPORT_VERSION = 1
 
-#: Which stage produced each event type (for latency measured from events).
-EVENT_STAGE: dict[str, str] = {
-    "wake": "wake",
-    "transcript": "stt",
-    "speaker": "speaker",
-    "detections": "detect",
-    "face": "face",
-    "presence": "presence",
-    "tts_audio": "tts",
-}
+
+@functools.cache
+def event_stages() -> dict[str, str]:
+    """Which stage answers with each event type (for latency measured from events), from the stages' declarations."""
+    from sensorium.registry import available
+
+    return {
+        str(m.__struct_config__.tag): name  # type: ignore[attr-defined]
+        for name, cls in available().items()
+        for m in cls.answers
+    }
+
 
 WAKE_EARLY = 0.5
 """A wake detection may come this long before a labelled clip starts (buffering)…"""
@@ -169,7 +172,7 @@ def latency_ms(result: RunResult, seen: float, msg: Message) -> float:
 def event_stage(msg: Message) -> str:
     """The stage that produced an event (its type name if unknown)."""
     tag = type(msg).__struct_config__.tag  # type: ignore[attr-defined]
-    return EVENT_STAGE.get(str(tag), str(tag))
+    return event_stages().get(str(tag), str(tag))
 
 
 def signature(msg: Message) -> tuple[Any, ...] | None:
@@ -205,7 +208,7 @@ def answer_table(result: RunResult) -> dict[str, dict[str, Any]]:
     """
     samples: dict[str, list[float]] = defaultdict(list)
     for seen, msg in result.events:
-        if not msg.time or isinstance(msg, BudgetViolation) or event_stage(msg) not in EVENT_STAGE.values():
+        if not msg.time or isinstance(msg, BudgetViolation) or event_stage(msg) not in event_stages().values():
             continue
         tag = str(type(msg).__struct_config__.tag)  # type: ignore[attr-defined]
         if isinstance(msg, Transcript):
@@ -223,7 +226,7 @@ def stage_table(result: RunResult, budgets: dict[str, float] | None = None) -> d
             if isinstance(msg, BudgetViolation) or not msg.time:
                 continue
             name = event_stage(msg)
-            if name not in EVENT_STAGE.values():
+            if name not in event_stages().values():
                 continue
             if isinstance(msg, Transcript) and not msg.final:
                 name = "stt.partial"
@@ -263,7 +266,7 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
     """Accuracy of the run's events against the session's labels (session time)."""
-    from pipeline.session import PeopleLabel, SpeechLabel
+    from evaluation.session import PeopleLabel, SpeechLabel
 
     ts = result.to_session
     speech = [lb for lb in labels if isinstance(lb, SpeechLabel)]
@@ -525,7 +528,7 @@ def plot(result: RunResult, out_dir: str | Path, report: dict | None = None, ste
     stages = {k: v for k, v in result.stages.items() if v.samples_ms}
     if not stages:  # measured from events
         for seen, m in result.events:
-            if m.time and not isinstance(m, BudgetViolation) and event_stage(m) in EVENT_STAGE.values():
+            if m.time and not isinstance(m, BudgetViolation) and event_stage(m) in event_stages().values():
                 stages.setdefault(event_stage(m), StageRun(source="events")).samples_ms.append(
                     latency_ms(result, seen, m)
                 )

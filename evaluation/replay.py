@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.report import RunResult, StageRun
 from pipeline import codec
 from pipeline.clock import Clock
 from pipeline.messages import (
@@ -52,7 +53,6 @@ from pipeline.messages import (
     WakeDetected,
 )
 from pipeline.recorder import Recorded, RecordingError, read_all
-from pipeline.report import RunResult, StageRun
 
 log = logging.getLogger("sensorium.replay")
 
@@ -105,7 +105,7 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
 
     A damaged file loads up to the damage (``Session.damage`` says where).
     """
-    from pipeline.session import decode_label
+    from evaluation.session import decode_label
 
     plist = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not plist:

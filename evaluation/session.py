@@ -52,7 +52,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline import media
+from evaluation import media
 from pipeline.config import ConfigError, parse_duration
 from pipeline.messages import AudioChunk, Message, VideoFrame
 from pipeline.recorder import LABELS_TOPIC, Recorder

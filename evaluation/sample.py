@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sensorium.demo import (
+from evaluation.demo import (
     DEMO_LEFT_AFTER,
     Collector,
     _settle,
@@ -34,8 +34,8 @@ CACHE = Path(".cache/sample")
 
 def prepare(out: Path, cache: Path = CACHE) -> Path:
     """Build the sample session once and enrol its people in ``out``/gallery.db; returns the session path."""
+    from evaluation.session import SAMPLE_GAP_S, build_sample, sample_enrollment
     from models.gallery import Gallery
-    from pipeline.session import SAMPLE_GAP_S, build_sample, sample_enrollment
 
     session = cache / f"sample-gap{SAMPLE_GAP_S:g}.mcap"  # a changed sample gets a new file
     if not session.exists():
@@ -72,8 +72,8 @@ def sample_deployment(rooms: list[str], out: Path) -> Any:
 
 async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
     from edge.agent import EdgeAgent
-    from pipeline.replay import ReplayOptions, load, replay_embedded
-    from pipeline.report import format_table, make_report
+    from evaluation.replay import ReplayOptions, load, replay_embedded
+    from evaluation.report import format_table, make_report
     from sensorium.agent import run_builtin_agent
 
     session = load([session_path])

@@ -265,15 +265,17 @@ def parse_media(items: list[str] | None, flag: str) -> dict[str, Path]:
 
 
 def enroll_pairs(items: list[str], gallery: Path) -> int:
-    """Enrol ``NAME=FILE`` pairs (a .wav is a voice, anything else a face) with ``sensorium enroll``."""
-    from sensorium.cli import main as cli
+    """Enrol ``NAME=FILE`` pairs (a .wav is a voice, anything else a face) as ``sensorium enroll`` does."""
+    from sensorium.enrollment import enroll
 
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--enroll {item!r}: expected NAME=FILE")
-        kind = "--voice" if path.lower().endswith(".wav") else "--face"
-        rc = cli(["enroll", name, kind, path, "--gallery", str(gallery)])
+        if path.lower().endswith(".wav"):
+            rc = enroll(name, gallery_path=str(gallery), voice=[path])
+        else:
+            rc = enroll(name, gallery_path=str(gallery), face=[path])
         if rc != 0:
             return rc
     return 0

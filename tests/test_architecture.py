@@ -1,0 +1,104 @@
+"""The layer table of docs/architecture.md, enforced: import-linter's contracts (pyproject.toml) hold,
+they fail on a back-import, the runtime core imports only light libraries, and every package is placed."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT = Path(sys.executable).with_name("lint-imports")
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+#: What the runtime core may import besides itself and the standard library (docs/architecture.md).
+LIGHT = {"zmq", "msgspec", "numpy", "prometheus_client", "mcap"}
+#: Optional, imported lazily where used: torch only to check a GPU placement (the one ignored import of the
+#: contracts), scipy only to resample a WAV file at another rate, zstandard only to compress a recording.
+LAZY = {("pipeline/worker.py", "torch"), ("pipeline/media.py", "scipy"), ("pipeline/recorder.py", "zstandard")}
+
+
+def _lint(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the tree under test, not the editable install's
+    return subprocess.run(
+        [str(LINT), str(root / "pyproject.toml"), *extra],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_import_contracts_hold() -> None:
+    r = _lint(ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 broken" in r.stdout
+
+
+def _copy_tree(dst: Path) -> None:
+    for pkg in CONFIG["root_packages"]:
+        shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "results"))
+    shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
+
+
+def test_a_back_import_breaks_the_layers(tmp_path: Path) -> None:
+    """The contracts can fail: the runtime core importing the wiring is reported, naming both modules."""
+    _copy_tree(tmp_path)
+    clock = tmp_path / "pipeline" / "clock.py"
+    clock.write_text(clock.read_text() + "\n\ndef _back() -> None:\n    import sensorium.registry  # noqa: F401\n")
+    r = _lint(tmp_path, "--no-cache")
+    assert r.returncode != 0, r.stdout
+    assert "BROKEN" in r.stdout
+    assert "pipeline.clock -> sensorium.registry" in r.stdout
+
+
+def test_the_edge_may_not_load_a_stage(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    agent = tmp_path / "edge" / "retry.py"
+    agent.write_text(agent.read_text() + "\n\ndef _stage() -> None:\n    import nodes.stt  # noqa: F401\n")
+    r = _lint(tmp_path, "--no-cache")
+    assert r.returncode != 0, r.stdout
+    assert "edge.retry -> nodes.stt" in r.stdout
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_runtime_core_imports_only_light_libraries() -> None:
+    """An allow-list (a forbidden contract cannot say this): a new library in the core is added here on purpose."""
+    wrong = []
+    for path in sorted((ROOT / "pipeline").glob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for name in _top_level_imports(path):
+            if name in sys.stdlib_module_names or name in LIGHT or name == "pipeline" or name == "__future__":
+                continue
+            if (rel, name) not in LAZY:
+                wrong.append(f"{rel} imports {name}")
+    assert not wrong, "the runtime core may import only " + ", ".join(sorted(LIGHT)) + ": " + "; ".join(wrong)
+
+
+def test_every_module_of_the_wiring_has_a_layer() -> None:
+    """A new module in sensorium/ must be placed in the layer table, or the contracts would not see it."""
+    named = {m.strip() for layer in CONFIG["contracts"][0]["layers"] for m in layer.replace("|", ":").split(":")}
+    missing = []
+    for path in sorted((ROOT / "sensorium").iterdir()):
+        if path.name in ("__init__.py", "__pycache__"):
+            continue
+        module = f"sensorium.{path.stem}"
+        if module not in named:
+            missing.append(module)
+    assert not missing, f"add {', '.join(missing)} to a layer of [tool.importlinter] in pyproject.toml"
+    assert set(CONFIG["root_packages"]) >= {
+        p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name != "tests"
+    }, "a top-level package is missing from root_packages"
