@@ -22,6 +22,7 @@ people as the float model on two other packaged photos (same count, every box ma
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import logging
@@ -66,7 +67,7 @@ class Loaded:
     """Why candidates before it (or INT8) were not used; empty when the first choice runs as asked."""
 
 
-class Backend:
+class Backend(abc.ABC):
     """Runs the detector on a batch: ``infer(batch) -> raw output`` (N, 4 + classes, anchors)."""
 
     name: str = ""
@@ -78,8 +79,9 @@ class Backend:
     path: Path | None = None
     """The exported model file (None for PyTorch)."""
 
+    @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The raw output for ``batch`` (N×3×H×W, as the detector prepares it)."""
 
     def describe(self) -> str:
         """ "openvino 320 bf16", "torch f32" (any size) and the like."""
