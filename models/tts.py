@@ -47,6 +47,8 @@ class PiperTts(TtsBackend):
         self.voice_path = Path(voice) if voice else None
         self.device = device
         self.length_scale = length_scale
+        self.variation = True
+        """Piper's voice noise, sampled afresh on every call (natural); False: the same samples every time."""
         self._voice: Any = None
         self._lock = threading.Lock()
         self.name = f"piper:{self.voice_path.stem if self.voice_path else 'en_US-joe-medium'}"
@@ -82,6 +84,8 @@ class PiperTts(TtsBackend):
         from piper import SynthesisConfig
 
         cfg = SynthesisConfig(length_scale=self.length_scale)
+        if not self.variation:
+            cfg.noise_scale = cfg.noise_w_scale = 0.0
         # One onnxruntime session: serialize calls from several threads.
         with self._lock:
             parts = [c.audio_int16_array for c in self._voice.synthesize(text, syn_config=cfg)]
