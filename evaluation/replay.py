@@ -473,7 +473,7 @@ def stage_runs(env: Any, marks: dict[str, int] | None = None) -> dict[str, Stage
     out: dict[str, StageRun] = {}
     for w in env.workers:
         for r in w.runners:
-            samples = list(w.metrics.samples[r.name])[(marks or {}).get(r.name, 0) :]
+            samples = w.metrics.samples[r.name].since((marks or {}).get(r.name, 0))
             out[r.name] = StageRun(
                 samples_ms=[s * 1000 for s in samples],
                 budget_ms=r.budget * 1000,
@@ -490,7 +490,7 @@ def _marks(env: Any) -> dict[str, int]:
     m: dict[str, int] = {}
     for w in env.workers:
         for r in w.runners:
-            m[r.name] = len(w.metrics.samples[r.name])
+            m[r.name] = w.metrics.samples[r.name].total
             m[f"{r.name}.violations"] = r.violations
             m[f"{r.name}.dropped"] = r.dropped
             m[f"{r.name}.ladder"] = len(r.ladder)

@@ -10,9 +10,14 @@ the hub.
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
+from array import array
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+SAMPLES_KEPT = 20000
+"""Latency samples kept per stage for reports and ``sensorium top`` (the most recent)."""
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
@@ -51,7 +56,7 @@ class Metrics:
             "sensorium_bus_bytes_total", "Bytes by topic family", ["node", "kind", "direction"], registry=self.registry
         )
         # Recent raw samples for reports and `sensorium top` (Prometheus histograms lose them).
-        self.samples: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
+        self.samples: defaultdict[str, SampleRing] = defaultdict(SampleRing)
 
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample."""
@@ -72,11 +77,63 @@ class Metrics:
         return server
 
 
-def percentiles(values: list[float] | deque[float], ps: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
+class SampleRing:
+    """The last ``capacity`` float samples in memory taken up front, so a process's size does not creep.
+
+    A ``deque(maxlen=…)`` of floats grows by a float object and a slot per sample until it is full: at
+    a quiet stage's few samples a minute that is days of slow growth, which reads as a leak.
+    """
+
+    __slots__ = ("_buf", "_next", "total")
+
+    def __init__(self, capacity: int = SAMPLES_KEPT) -> None:
+        if capacity < 1:
+            raise ValueError(f"sample ring capacity must be at least 1, got {capacity}")
+        self._buf = array("d", bytes(8 * capacity))  # written now: every page is resident from the start
+        self._next = 0
+        self.total = 0
+        """Samples appended since the start (also those no longer kept)."""
+
+    @property
+    def capacity(self) -> int:
+        """Most samples kept."""
+        return len(self._buf)
+
+    def append(self, value: float) -> None:
+        """Keep ``value``, forgetting the oldest sample when full."""
+        self._buf[self._next] = value
+        self._next = (self._next + 1) % len(self._buf)
+        self.total += 1
+
+    def last(self, n: int) -> list[float]:
+        """The ``n`` most recent samples (fewer if fewer were kept), oldest first."""
+        n = min(len(self), max(0, n))
+        if n == 0:
+            return []
+        start = (self._next - n) % len(self._buf)
+        if start < self._next:
+            return self._buf[start : self._next].tolist()
+        return (self._buf[start:] + self._buf[: self._next]).tolist()
+
+    def since(self, mark: int) -> list[float]:
+        """The kept samples appended after ``total`` was ``mark``, oldest first."""
+        return self.last(self.total - mark)
+
+    def __len__(self) -> int:
+        return min(self.total, len(self._buf))
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.last(len(self)))
+
+
+def percentiles(values: Iterable[float], ps: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
     """Nearest-rank percentiles of ``values`` (empty → {})."""
-    if not values:
-        return {}
     xs = sorted(values)
+    if not xs:
+        return {}
     out = {}
     for p in ps:
         k = max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))  # nearest rank

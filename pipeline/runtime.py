@@ -301,7 +301,7 @@ class StageRunner:
 
     def stats(self, interval_inputs: int, interval_s: float) -> StageStats:
         """Current numbers for ``sensorium top``."""
-        recent = list(self.metrics.samples[self.name])[-200:]
+        recent = self.metrics.samples[self.name].last(200)
         pct = percentiles(recent)
         return StageStats(
             time=self.ctx.clock.now(),
