@@ -9,10 +9,12 @@ Piper is imported inside ``PiperTts.load`` so importing this module stays cheap.
 from __future__ import annotations
 
 import abc
+import ctypes
 import io
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import wave
@@ -38,6 +40,43 @@ class TtsBackend(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str) -> tuple[np.ndarray, int]:
         """Speak ``text``: returns (int16 mono samples, sample rate). Blocking."""
+
+
+_decref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_DecRef", ctypes.pythonapi))
+_phonemes_lock = threading.Lock()
+
+
+def release_leaked_phonemes() -> bool:
+    """Make Piper's espeak bridge free what it phonemizes; True if its ``get_phonemes`` needed it.
+
+    piper-tts 1.8's ``espeakbridge.get_phonemes`` appends each new (phonemes, terminator, end) tuple to
+    its result list without dropping its own reference, so every clause spoken stays in memory for good
+    (~330 B a sentence: a worker speaking all day creeps). The wrapper drops that one reference. It is
+    installed only when a probe shows exactly one extra reference, so a fixed bridge is left alone.
+    Call it after espeak-ng is initialized (Piper does that on the first ``phonemize``).
+    """
+    from piper import espeakbridge
+
+    with _phonemes_lock:
+        get = espeakbridge.get_phonemes
+        if getattr(get, "releases_leak", False):
+            return True
+        probe = get("a.")
+        # A tuple held only by the list: references are the list's and getrefcount's argument.
+        extra = sys.getrefcount(probe[0]) - 2
+        if extra != 1:
+            return False
+        _decref(probe[0])
+
+        def get_phonemes(text: str) -> list[tuple[str, str, bool]]:
+            out = get(text)
+            for clause in out:
+                _decref(clause)
+            return out
+
+        get_phonemes.releases_leak = True  # type: ignore[attr-defined]
+        espeakbridge.get_phonemes = get_phonemes
+        return True
 
 
 class PiperTts(TtsBackend):
@@ -71,7 +110,11 @@ class PiperTts(TtsBackend):
             raise TtsError(f"Piper voice not found: {path}")
         if not Path(f"{path}.json").is_file():
             raise TtsError(f"Piper voice config not found: {path}.json (it must sit next to the .onnx)")
-        self._voice = PiperVoice.load(path, use_cuda=self.device.startswith("cuda"))
+        voice = PiperVoice.load(path, use_cuda=self.device.startswith("cuda"))
+        if voice.config.phoneme_type == "espeak":
+            voice.phonemize("Ready.")  # initializes espeak-ng for the probe
+            release_leaked_phonemes()
+        self._voice = voice
 
     @property
     def rate(self) -> int:

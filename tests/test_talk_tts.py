@@ -233,3 +233,28 @@ async def test_first_audio_leaves_before_the_whole_answer_is_synthesized() -> No
     chunks = [m for m in out if isinstance(m, TtsAudio)]
     assert len(chunks) >= 4 and chunks[-1].final
     assert whole_stream > first_at
+
+
+@pytest.mark.slow
+def test_piper_keeps_no_memory_for_what_it_has_said() -> None:
+    # piper-tts 1.8's espeak bridge kept every phonemized clause for good: a worker speaking all day crept.
+    import gc
+    import tracemalloc
+
+    tts = PiperTts()
+    tts.load()
+    text = "One, two, three, four, five, six, seven, eight."
+    first = tts._voice.phonemize(text)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(300):
+            assert tts._voice.phonemize(text) == first
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 16 * 1024, f"phonemizing 300 sentences kept {grown / 1024:.0f} KiB"
+    audio, rate = tts.synthesize("The kitchen light is on.")
+    assert rate == 22050 and len(audio) > rate // 2
