@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -338,10 +338,12 @@ class PersonDetector:
 
         shape = image.shape[:2] if image is not None else (1, 1)
         data = np.array([[*b.xyxy, b.score, 0.0] for b in boxes], np.float32).reshape(-1, 6)
-        for row in self._tracker(camera).update(Boxes(data, shape), image):
+        tracker = self._tracker(camera)
+        for row in tracker.update(Boxes(data, shape), image):
             idx = int(row[-1])
             if 0 <= idx < len(boxes):
                 boxes[idx].track = int(row[4])
+        forget_removed_tracks(tracker)
         return boxes
 
     def track(self, images: list[np.ndarray], cameras: list[str], imgsz: int | None = None) -> list[list[PersonBox]]:
@@ -361,3 +363,25 @@ class PersonDetector:
             self._trackers.clear()
         else:
             self._trackers.pop(camera, None)
+
+
+class RemovedTrack(NamedTuple):
+    """What ultralytics' trackers read of a removed track: its id (to keep it out of the lost pool)."""
+
+    track_id: int
+
+
+def forget_removed_tracks(tracker: Any) -> None:
+    """Keep only the ids of a tracker's removed tracks.
+
+    ultralytics keeps each camera's last 1000 removed tracks whole (Kalman state and history, ~2 KB
+    each) though it reads only their ids, so a camera's tracker kept growing for hours of visitors.
+    New removals are appended at the end, so the walk stops at the first one already reduced.
+    """
+    removed = getattr(tracker, "removed_stracks", None)
+    if not removed:
+        return
+    for i in range(len(removed) - 1, -1, -1):
+        if isinstance(removed[i], RemovedTrack):
+            break
+        removed[i] = RemovedTrack(int(removed[i].track_id))
