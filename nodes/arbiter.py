@@ -139,9 +139,9 @@ class ArbiterStage(Stage):
         """Room → answers sent to it (``Say``) that have not ended yet → when first seen (monotonic)."""
         self.windows: dict[str, _Window] = {}
         self.decisions: list[WakeArbitrated] = []
-        """Every decision made (for tests and ``sensorium top``)."""
+        """The last 100 decisions (for tests and ``sensorium top``)."""
         self.barge_ins: list[tuple[str, str, float]] = []
-        """(room, answer id, seconds from wake arrival to the stop being published)."""
+        """The last 100 barge-ins: (room, answer id, seconds from wake arrival to the stop being published)."""
 
     async def handle(self, msg: Message) -> None:
         if isinstance(msg, Say):
@@ -221,6 +221,7 @@ class ArbiterStage(Stage):
                 aid = next(iter(active)) if len(active) == 1 else ""
                 await self.ctx.publish(StopPlayback(room=msg.room, time=msg.time, answer_id=aid, reason="barge-in"))
                 self.barge_ins.append((msg.room, aid, time.monotonic() - arrived))
+                del self.barge_ins[:-100]
         window = self.windows.get(msg.word)
         if window is not None and msg.time - window.first_time > self.opts.window_ms / 1000:
             # A detection long after the window's first one is a new utterance: settle the old one first.

@@ -129,6 +129,20 @@ async def test_barge_in_also_cancels_answers_still_on_their_way() -> None:
     assert len(of(out, StopPlayback)) == 2
 
 
+async def test_a_day_of_answers_and_barge_ins_leaves_no_state_behind() -> None:
+    arb, out = await make_arbiter(window_ms=1)
+    for i in range(300):
+        aid = f"answer-{i}"
+        await arb.handle(Say(room="kitchen", answer_id=aid, text="Here is a long answer."))
+        await arb.handle(PlaybackStatus(room="kitchen", answer_id=aid, state="started"))
+        await arb.handle(wake("kitchen", 0.9, -20.0, t=100.0 + 10 * i))  # the person cuts in
+        await arb.handle(PlaybackStatus(room="kitchen", answer_id=aid, state="stopped"))
+    await asyncio.sleep(0.05)
+    assert len(of(out, StopPlayback)) == 300 and arb.barge_ins[-1][1] == "answer-299"
+    assert len(arb.barge_ins) <= 100 and len(arb.decisions) <= 100 and len(arb.texts) <= 64
+    assert not arb.windows and not any(arb.pending.values())
+
+
 async def test_the_rooms_own_speech_does_not_wake_it() -> None:
     arb, out = await make_arbiter(window_ms=100, echo_tail_ms=200)
     await arb.handle(Say(room="kitchen", answer_id="a1", text="Say hey Jar", more=True))
