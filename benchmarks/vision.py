@@ -61,6 +61,40 @@ def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float]:
     return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
 
 
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process (Linux; {} elsewhere)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_by_thread(before: dict[int, float], after: dict[int, float], wall: float) -> dict[str, float]:
+    """Share of one core per kind of thread: the stages' own threads, the event loop, library pools."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "")
+        kind = (
+            "event loop"
+            if name == "MainThread"
+            else name.removeprefix("stage-").rsplit("_", 1)[0]
+            if name.startswith("stage-")
+            else "other Python threads"
+            if name
+            else "library threads"
+        )
+        out[kind] = out.get(kind, 0.0) + cpu - before.get(tid, 0.0)
+    return {k: round(v / wall, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
 def _backends_for(device: str) -> tuple[str, ...]:
     return ("torch", "onnxruntime", "tensorrt") if device.startswith("cuda") else ("torch", "onnxruntime", "openvino")
 
@@ -324,6 +358,7 @@ async def _realtime_n(
     for r in runners:
         r.start()
     published = 0
+    threads0 = _thread_cpu()
     c0, w0 = time.process_time(), time.monotonic()
     t_end = time.monotonic() + seconds
     next_tick = time.monotonic()
@@ -337,6 +372,7 @@ async def _realtime_n(
     for r in runners:
         await r.drain(30)
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
+    by_thread = _cpu_by_thread(threads0, _thread_cpu(), wall)
     summary = {r.name: r.summary() for r in runners}
     await runners[2].stop()
     for r in runners[:2]:  # detect and face are reused: stop their loops, not the stages
@@ -361,6 +397,10 @@ async def _realtime_n(
         "frame_to_entered_ms": _pct(entered_lat),
         "entered_events": len(entered_lat),
         "cpu_share_of_one_core": round(cpu / wall, 3),
+        # Where that CPU went: the stages' threads (detect: decode, motion, inference, tracking; face),
+        # the event loop (routing, presence) and library thread pools (OpenVINO streams, BLAS).
+        "cpu_by_thread": by_thread,
+        "load_1m": round(os.getloadavg()[0], 2),
         "recall_vs_full_frame": round(count["matched"] / count["expected"], 3) if count["expected"] else None,
         "reference_persons": count["expected"],
         "work": dict(detect.work),
@@ -515,13 +555,13 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| backend | mode | cameras | frames/s answered | dropped | frame→presence p50 / p95 | CPU (% of one core) "
-        "| recall vs full frame | detector ran (none/regions/full) | degrade |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recall vs full frame | detector ran (none/regions/full) | degrade | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     nan = float("nan")
     for r in results["realtime"]:
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | | |")
             continue
         p = r["frame_to_presence_ms"]
         w = r["work"]
@@ -529,8 +569,14 @@ def render(results: dict[str, Any]) -> str:
             f"| {r['runs_on']} | {r['mode']} | {r['cameras']} | {r['fps_answered']:.1f} of {r['cameras'] * FPS:g} | "
             f"{100 * r['dropped_share']:.1f} % | {p.get('p50', nan):.0f} / {p.get('p95', nan):.0f} ms | "
             f"{100 * r['cpu_share_of_one_core']:.0f} % | {r['recall_vs_full_frame']} | "
-            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} |"
+            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} | {r.get('load_1m', '?')} |"
         )
+    one = [r for r in results["realtime"] if r.get("cameras") == 1 and r.get("cpu_by_thread")]
+    if one:
+        lines += ["", "One camera's CPU by thread (% of one core):", ""]
+        for r in one:
+            split = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu_by_thread"].items())
+            lines.append(f"- {r['runs_on']}, {r['mode']}: {split}")
     lines += [
         "",
         "| face gate | frames | looks | embeddings | face stage time | recognized (person@track) | first at |",
