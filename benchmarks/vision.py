@@ -11,7 +11,8 @@ Three parts, one run:
    detect → face → presence, for every backend, with whole frames ("full", what detect did before)
    and with motion regions. Reported: frames/s answered, dropped share (frames without an answer /
    frames published), frame → presence latency p50/p95 (capture → the presence stage has applied that
-   frame's detections), CPU share of the whole process (all stages, in % of one core), person recall
+   frame's detections), CPU share of the whole process (all stages, in % of one core) and how it splits
+   over threads (each stage's own, the event loop, library pools), the load average, person recall
    against full-frame detection (PyTorch, whole frame, every clip frame, no time limit; a person counts
    as found with IoU >= 0.5), what the detector ran (none / regions / full) and the degrade moves.
 3. **Face gating**: the clip through detect (regions) → face without time limits, with the gate
@@ -552,31 +553,11 @@ def render(results: dict[str, Any]) -> str:
             f"| {b['backend']} | {b['imgsz']} | {w['p50']:.0f} / {w['p95']:.0f} ms | {b['cpu_ms_p50']:.0f} ms | "
             f"{b['first_load_s']:.1f} s | {b['cached_load_s']:.1f} s |"
         )
-    lines += [
-        "",
-        "| backend | mode | cameras | frames/s answered | dropped | frame→presence p50 / p95 | CPU (% of one core) "
-        "| recall vs full frame | detector ran (none/regions/full) | degrade | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    nan = float("nan")
-    for r in results["realtime"]:
-        if "error" in r:
-            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | | |")
-            continue
-        p = r["frame_to_presence_ms"]
-        w = r["work"]
-        lines.append(
-            f"| {r['runs_on']} | {r['mode']} | {r['cameras']} | {r['fps_answered']:.1f} of {r['cameras'] * FPS:g} | "
-            f"{100 * r['dropped_share']:.1f} % | {p.get('p50', nan):.0f} / {p.get('p95', nan):.0f} ms | "
-            f"{100 * r['cpu_share_of_one_core']:.0f} % | {r['recall_vs_full_frame']} | "
-            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} | {r.get('load_1m', '?')} |"
-        )
-    one = [r for r in results["realtime"] if r.get("cameras") == 1 and r.get("cpu_by_thread")]
-    if one:
-        lines += ["", "One camera's CPU by thread (% of one core):", ""]
-        for r in one:
-            split = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu_by_thread"].items())
-            lines.append(f"- {r['runs_on']}, {r['mode']}: {split}")
+    lines += _realtime_table(results["realtime"])
+    for rerun in results.get("reruns", []):
+        lines += ["", f"Re-run: {rerun['why']}"]
+        lines += _realtime_table(rerun["realtime"])
+    lines += [line for note in results.get("notes", []) for line in ("", note)]
     lines += [
         "",
         "| face gate | frames | looks | embeddings | face stage time | recognized (person@track) | first at |",
@@ -588,6 +569,35 @@ def render(results: dict[str, Any]) -> str:
             f"{g['face_seconds']:.2f} s | {', '.join(g['recognized']) or '-'} | {g['first_recognized_s']} s |"
         )
     return "\n".join(lines)
+
+
+def _realtime_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "| backend | mode | cameras | frames/s answered | dropped | frame→presence p50 / p95 | CPU (% of one core) "
+        "| recall vs full frame | detector ran (none/regions/full) | degrade | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = float("nan")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | | |")
+            continue
+        p = r["frame_to_presence_ms"]
+        w = r["work"]
+        lines.append(
+            f"| {r['runs_on']} | {r['mode']} | {r['cameras']} | {r['fps_answered']:.1f} of {r['cameras'] * FPS:g} | "
+            f"{100 * r['dropped_share']:.1f} % | {p.get('p50', nan):.0f} / {p.get('p95', nan):.0f} ms | "
+            f"{100 * r['cpu_share_of_one_core']:.0f} % | {r['recall_vs_full_frame']} | "
+            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} | {r.get('load_1m', '?')} |"
+        )
+    one = [r for r in rows if r.get("cameras") == 1 and r.get("cpu_by_thread")]
+    if one:
+        lines += ["", "One camera's CPU by thread (% of one core):", ""]
+        for r in one:
+            split = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu_by_thread"].items())
+            lines.append(f"- {r['runs_on']}, {r['mode']}: {split}")
+    return lines
 
 
 def _ladder(r: dict[str, Any]) -> str:
