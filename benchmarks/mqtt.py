@@ -420,7 +420,8 @@ async def run_session(
         finally:
             bridge.stop()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(tasks[0]), 15)
+                async with asyncio.timeout(15):
+                    await asyncio.shield(tasks[0])
             for s in speakers:
                 with contextlib.suppress(Exception):
                     await s.stop()
@@ -512,7 +513,8 @@ async def bridge_cpu(n: int, folder: Path) -> dict[str, Any]:
         pub.close()
         proc.terminate()
         try:
-            rc = await asyncio.wait_for(proc.wait(), 15)
+            async with asyncio.timeout(15):
+                rc = await proc.wait()
         except TimeoutError:
             proc.kill()
             rc = await proc.wait()

@@ -11,7 +11,8 @@ Three parts, one run:
    detect → face → presence, for every backend, with whole frames ("full", what detect did before)
    and with motion regions. Reported: frames/s answered, dropped share (frames without an answer /
    frames published), frame → presence latency p50/p95 (capture → the presence stage has applied that
-   frame's detections), CPU share of the whole process (all stages, in % of one core), person recall
+   frame's detections), CPU share of the whole process (all stages, in % of one core) and how it splits
+   over threads (each stage's own, the event loop, library pools), the load average, person recall
    against full-frame detection (PyTorch, whole frame, every clip frame, no time limit; a person counts
    as found with IoU >= 0.5), what the detector ran (none / regions / full) and the degrade moves.
 3. **Face gating**: the clip through detect (regions) → face without time limits, with the gate
@@ -59,6 +60,40 @@ def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float]:
         return {}
     a = np.asarray(values) * scale
     return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process (Linux; {} elsewhere)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_by_thread(before: dict[int, float], after: dict[int, float], wall: float) -> dict[str, float]:
+    """Share of one core per kind of thread: the stages' own threads, the event loop, library pools."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "")
+        kind = (
+            "event loop"
+            if name == "MainThread"
+            else name.removeprefix("stage-").rsplit("_", 1)[0]
+            if name.startswith("stage-")
+            else "other Python threads"
+            if name
+            else "library threads"
+        )
+        out[kind] = out.get(kind, 0.0) + cpu - before.get(tid, 0.0)
+    return {k: round(v / wall, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def _backends_for(device: str) -> tuple[str, ...]:
@@ -324,6 +359,7 @@ async def _realtime_n(
     for r in runners:
         r.start()
     published = 0
+    threads0 = _thread_cpu()
     c0, w0 = time.process_time(), time.monotonic()
     t_end = time.monotonic() + seconds
     next_tick = time.monotonic()
@@ -337,6 +373,7 @@ async def _realtime_n(
     for r in runners:
         await r.drain(30)
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
+    by_thread = _cpu_by_thread(threads0, _thread_cpu(), wall)
     summary = {r.name: r.summary() for r in runners}
     await runners[2].stop()
     for r in runners[:2]:  # detect and face are reused: stop their loops, not the stages
@@ -361,6 +398,10 @@ async def _realtime_n(
         "frame_to_entered_ms": _pct(entered_lat),
         "entered_events": len(entered_lat),
         "cpu_share_of_one_core": round(cpu / wall, 3),
+        # Where that CPU went: the stages' threads (detect: decode, motion, inference, tracking; face),
+        # the event loop (routing, presence) and library thread pools (OpenVINO streams, BLAS).
+        "cpu_by_thread": by_thread,
+        "load_1m": round(os.getloadavg()[0], 2),
         "recall_vs_full_frame": round(count["matched"] / count["expected"], 3) if count["expected"] else None,
         "reference_persons": count["expected"],
         "work": dict(detect.work),
@@ -512,25 +553,11 @@ def render(results: dict[str, Any]) -> str:
             f"| {b['backend']} | {b['imgsz']} | {w['p50']:.0f} / {w['p95']:.0f} ms | {b['cpu_ms_p50']:.0f} ms | "
             f"{b['first_load_s']:.1f} s | {b['cached_load_s']:.1f} s |"
         )
-    lines += [
-        "",
-        "| backend | mode | cameras | frames/s answered | dropped | frame→presence p50 / p95 | CPU (% of one core) "
-        "| recall vs full frame | detector ran (none/regions/full) | degrade |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    nan = float("nan")
-    for r in results["realtime"]:
-        if "error" in r:
-            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | |")
-            continue
-        p = r["frame_to_presence_ms"]
-        w = r["work"]
-        lines.append(
-            f"| {r['runs_on']} | {r['mode']} | {r['cameras']} | {r['fps_answered']:.1f} of {r['cameras'] * FPS:g} | "
-            f"{100 * r['dropped_share']:.1f} % | {p.get('p50', nan):.0f} / {p.get('p95', nan):.0f} ms | "
-            f"{100 * r['cpu_share_of_one_core']:.0f} % | {r['recall_vs_full_frame']} | "
-            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} |"
-        )
+    lines += _realtime_table(results["realtime"])
+    for rerun in results.get("reruns", []):
+        lines += ["", f"Re-run: {rerun['why']}"]
+        lines += _realtime_table(rerun["realtime"])
+    lines += [line for note in results.get("notes", []) for line in ("", note)]
     lines += [
         "",
         "| face gate | frames | looks | embeddings | face stage time | recognized (person@track) | first at |",
@@ -542,6 +569,35 @@ def render(results: dict[str, Any]) -> str:
             f"{g['face_seconds']:.2f} s | {', '.join(g['recognized']) or '-'} | {g['first_recognized_s']} s |"
         )
     return "\n".join(lines)
+
+
+def _realtime_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "| backend | mode | cameras | frames/s answered | dropped | frame→presence p50 / p95 | CPU (% of one core) "
+        "| recall vs full frame | detector ran (none/regions/full) | degrade | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = float("nan")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['mode']} | | failed: {r['error']} | | | | | | | |")
+            continue
+        p = r["frame_to_presence_ms"]
+        w = r["work"]
+        lines.append(
+            f"| {r['runs_on']} | {r['mode']} | {r['cameras']} | {r['fps_answered']:.1f} of {r['cameras'] * FPS:g} | "
+            f"{100 * r['dropped_share']:.1f} % | {p.get('p50', nan):.0f} / {p.get('p95', nan):.0f} ms | "
+            f"{100 * r['cpu_share_of_one_core']:.0f} % | {r['recall_vs_full_frame']} | "
+            f"{w.get('none', 0)}/{w.get('regions', 0)}/{w.get('full', 0)} | {_ladder(r)} | {r.get('load_1m', '?')} |"
+        )
+    one = [r for r in rows if r.get("cameras") == 1 and r.get("cpu_by_thread")]
+    if one:
+        lines += ["", "One camera's CPU by thread (% of one core):", ""]
+        for r in one:
+            split = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu_by_thread"].items())
+            lines.append(f"- {r['runs_on']}, {r['mode']}: {split}")
+    return lines
 
 
 def _ladder(r: dict[str, Any]) -> str:

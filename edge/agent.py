@@ -512,7 +512,8 @@ class EdgeAgent:
                 while not self._stop.is_set() and not self._sources_done(capture):
                     await asyncio.wait({stopper}, timeout=0.1)
                 if not self._stop.is_set():
-                    await asyncio.wait_for(self.outbox.drain(), timeout=60.0)
+                    async with asyncio.timeout(60.0):
+                        await self.outbox.drain()
                     if self.player is not None:
                         await self.player.wait_idle()
             else:

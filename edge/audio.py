@@ -353,7 +353,8 @@ class MicrophoneSource:
                     # a device may take seconds to deliver its first block (PulseAudio through ALSA: ~2 s)
                     wait = self.stall_s if got_audio else max(self.stall_s, 5.0)
                     try:
-                        t_first, data = await asyncio.wait_for(queue.get(), wait)
+                        async with asyncio.timeout(wait):
+                            t_first, data = await queue.get()
                     except TimeoutError:
                         delay = self.backoff.next()
                         msg = f"microphone {self.name}: no audio for {wait:.1f}s; reopening in {delay:.1f}s"

@@ -352,7 +352,8 @@ class Player:
     async def _wait(self, seconds: float) -> None:
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         except TimeoutError:
             pass
 
@@ -411,7 +412,8 @@ class Player:
                 # (which drops the queue) is heard at once.
                 while not (self._stop_flag.is_set() or ans.stopped) and self.sink.queued() >= lead:
                     try:
-                        await asyncio.wait_for(self._stop_flag.wait(), max(self.sink.queued() - lead, 0.0) + 0.002)
+                        async with asyncio.timeout(max(self.sink.queued() - lead, 0.0) + 0.002):
+                            await self._stop_flag.wait()
                     except TimeoutError:
                         pass
                 if self._stop_flag.is_set() or ans.stopped:
@@ -432,7 +434,8 @@ class Player:
             rest = self.sink.queued() + self.sink.latency
             if rest > 0:  # let the last block sound, unless a stop comes first
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_flag.wait(), rest)
+                    async with asyncio.timeout(rest):
+                        await self._stop_flag.wait()
             if not ans.stopped:
                 ans.played.extend(text for _, text in ans.pending)
                 ans.pending.clear()

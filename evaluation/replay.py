@@ -403,7 +403,8 @@ async def _await_frame(collector: _Collector, frame: VideoFrame, timeout: float)
             return
         collector.answered.clear()
         try:
-            await asyncio.wait_for(collector.answered.wait(), min(left, 0.5))
+            async with asyncio.timeout(min(left, 0.5)):
+                await collector.answered.wait()
         except TimeoutError:
             pass
 

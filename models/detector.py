@@ -73,6 +73,32 @@ def resolve_weights(weights: str) -> str:
     return weights  # a production name ("yolo11n.pt"): ultralytics resolves or downloads it
 
 
+def single_thread_blas() -> bool:
+    """Keep numpy's and SciPy's OpenBLAS on the calling thread (process-wide); False if that cannot be done.
+
+    The trackers' Kalman update solves a 4×4 system (``np.linalg.solve``) for every track on every frame,
+    and OpenBLAS hands that solve to its thread pool whatever the size; the woken pool thread then spins
+    before it sleeps. At 5 fps that spinning cost one camera about as much CPU as its detector inferences
+    (more on an idle machine), for matrices one thread solves in microseconds. The other
+    stages' heavy maths run in their own libraries (OpenVINO, ONNX Runtime, torch, CTranslate2), and on a
+    small box a stage that wants more cores competes with the stages running beside it anyway.
+    """
+    global _blas_limited
+    if _blas_limited is None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            _blas_limited = False
+        else:
+            # Not used as a context manager: the limit stays for the life of the process.
+            threadpool_limits(limits=1, user_api="blas")
+            _blas_limited = True
+    return _blas_limited
+
+
+_blas_limited: bool | None = None
+
+
 def default_cache_dir() -> Path:
     """Where exports go when no cache folder is given: ``$XDG_CACHE_HOME/sensorium/detector``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sensorium" / "detector"
@@ -215,6 +241,7 @@ class PersonDetector:
     ) -> None:
         from ultralytics import YOLO
 
+        single_thread_blas()
         if backend not in backends.BACKENDS:
             raise ValueError(f"unknown detector backend {backend!r} (choose one of {', '.join(backends.BACKENDS)})")
         if imgsz % 32 or imgsz < 64:

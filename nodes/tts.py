@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.tts import SentenceSplitter, TtsBackend, TtsError, load_backend
+from models.tts import PiperTts, SentenceSplitter, TtsBackend, TtsError, load_backend
 from pipeline.media import resample
 from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
 from pipeline.stage import Library, Stage, StageContext, StageOptions
@@ -41,6 +41,9 @@ class TtsOptions(StageOptions):
     """Silence appended to each sentence (voices end sentences abruptly; streamed chunks need the gap)."""
     answer_timeout: float = 60.0
     """Seconds without a piece after which an unfinished answer's state is dropped."""
+    voice_noise: bool = True
+    """Piper's natural variation, drawn afresh for every sentence; false: the same text always gives the
+    same samples (reproducible recordings, tests and benchmarks)."""
 
 
 @dataclass
@@ -78,12 +81,18 @@ class TtsStage(Stage):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         self.opts: TtsOptions = ctx.options
-        self.backend: TtsBackend = load_backend(self.opts.backend, ctx.device)
+        self.backend: TtsBackend = self._load(self.opts.backend)
         self._fallback: TtsBackend | None = None
         self._voices: dict[str, TtsBackend] = {}
         self.answers: dict[str, _Answer] = {}
         self.where: dict[str, str] = {}
         """Person → room they are in now (from presence events)."""
+
+    def _load(self, spec: str) -> TtsBackend:
+        backend = load_backend(spec, self.ctx.device)
+        if isinstance(backend, PiperTts):
+            backend.variation = self.opts.voice_noise
+        return backend
 
     async def start(self) -> None:
         await self.ctx.run_blocking(self.backend.load)
@@ -216,14 +225,14 @@ class TtsStage(Stage):
         if voice not in self._voices:
             # A bare voice name picks a voice of the default backend's family ("rms" for flite).
             spec = voice if (":" in voice or voice.endswith(".onnx")) else f"{self.opts.backend.split(':')[0]}:{voice}"
-            backend = load_backend(spec, self.ctx.device)
+            backend = self._load(spec)
             await self.ctx.run_blocking(backend.load)
             self._voices[voice] = backend
         return self._voices[voice]
 
     async def _fallback_backend(self) -> TtsBackend:
         if self._fallback is None:
-            fb = load_backend(self.opts.fallback, self.ctx.device)
+            fb = self._load(self.opts.fallback)
             await self.ctx.run_blocking(fb.load)
             self._fallback = fb
         return self._fallback

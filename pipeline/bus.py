@@ -129,8 +129,13 @@ class Publisher:
         self.sent += 1
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket; a later publish raises ``ZMQError(ENOTSOCK)`` as on any closed socket."""
+        self._send = _closed_send  # the shadow would hand libzmq the freed socket
         self.socket.close(0)
+
+
+def _closed_send(*_: object, **__: object) -> None:
+    raise zmq.ZMQError(zmq.ENOTSOCK)
 
 
 class Subscriber:
@@ -213,7 +218,8 @@ class Subscriber:
     async def recv_timeout(self, timeout: float) -> Message | None:
         """The next message, or None after ``timeout`` seconds."""
         try:
-            return await asyncio.wait_for(self.recv(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.recv()
         except TimeoutError:
             return None
 

@@ -170,7 +170,8 @@ class Client:
                     yield ev
             while True:
                 try:
-                    _, raw = await asyncio.wait_for(sock.recv_multipart(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        _, raw = await sock.recv_multipart()
                 except TimeoutError:
                     # quiet or disconnected: ask the log whether we missed anything
                     for ev in await self._backlog(self.last_seq, prefixes):
@@ -273,5 +274,6 @@ async def collect(agen: AsyncIterator[Event], n: int, timeout: float) -> list[Ev
                 return
 
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(take(), timeout)
+        async with asyncio.timeout(timeout):
+            await take()
     return out

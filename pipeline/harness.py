@@ -120,7 +120,8 @@ class StageHarness:
                 await r.drain(max(0.0, deadline - time.monotonic()))
                 more = getattr(r.stage, "drain", None)
                 if more is not None:
-                    await asyncio.wait_for(more(), max(0.1, deadline - time.monotonic()))
+                    async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                        await more()
             await asyncio.sleep(0.02)
             if not any(r.depth or r._busy for r in self.runners):
                 return

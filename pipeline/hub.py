@@ -322,7 +322,8 @@ class Hub:
                 await t
         if self._flush is not None:  # a write in progress finishes before the file is closed
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._flush), 10.0)
+                async with asyncio.timeout(10.0):
+                    await asyncio.shield(self._flush)
         self._log_thread.shutdown(wait=False)
         if self._steer is not None:
             self._steer.send(b"TERMINATE")

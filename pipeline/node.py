@@ -125,7 +125,8 @@ class NodeLink:
                 return False
             self._ack_event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_event.wait(), min(remaining, self.interval))
+                async with asyncio.timeout(min(remaining, self.interval)):
+                    await self._ack_event.wait()
         return True
 
     async def _send(self, msg: Message) -> bool:
@@ -201,7 +202,8 @@ class NodeLink:
                     try:
                         left = deadline - time.monotonic()
                         # not sent (no hub yet): try again soon, so a restarted hub answers at once
-                        return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(wait if sent else 0.2, left)))
+                        async with asyncio.timeout(max(0.0, min(wait if sent else 0.2, left))):
+                            return await asyncio.shield(fut)
                     except TimeoutError:
                         if time.monotonic() >= deadline:
                             raise HubUnavailable(

@@ -348,7 +348,8 @@ async def record(
             if getter is None:
                 getter = asyncio.ensure_future(raw() if raw is not None else subscriber.recv())
             try:
-                item = await asyncio.wait_for(asyncio.shield(getter), drain)
+                async with asyncio.timeout(drain):
+                    item = await asyncio.shield(getter)
             except TimeoutError:
                 break
             getter = None

@@ -858,14 +858,15 @@ class Doctor:
         stage = cls(ctx)
 
         async def _load() -> float:
-            t0 = time.monotonic()
-            await stage.start()
-            took = time.monotonic() - t0
-            await stage.stop()
-            return took
+            async with asyncio.timeout(300):
+                t0 = time.monotonic()
+                await stage.start()
+                took = time.monotonic() - t0
+                await stage.stop()
+                return took
 
         try:
-            took = asyncio.run(asyncio.wait_for(_load(), 300))
+            took = asyncio.run(_load())
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
             fix = f"check the model options in [stages.{sname}] (name or local path) and that the files exist"

@@ -86,6 +86,43 @@ async def test_events_get_increasing_hub_sequence_numbers(hub: Hub) -> None:
     assert seqs == sorted(seqs) and len(set(seqs)) == 20
 
 
+async def test_an_event_stream_cancelled_while_events_flow_ends(hub: Hub) -> None:
+    """Cancelling a consumer (a client shutting down) ends it even when an event arrives in the same instant.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result of an awaitable that completed together with the
+    cancellation and drops the cancellation: the consumer went on reading and whoever awaited it hung
+    (the built-in agent never stopped while Home Assistant's pipeline was still publishing).
+    """
+    pub = Publisher(hub.endpoints)
+    flooding = True
+
+    async def flood() -> None:
+        i = 0
+        while flooding:
+            await pub.publish(WakeDetected(room="kitchen", source="w", word=f"w{i}", score=0.9))
+            i += 1
+            await asyncio.sleep(0)
+
+    async def consume(client: Client) -> None:
+        async for _ in client.events(["wake"]):
+            pass
+
+    flooder = asyncio.create_task(flood())
+    try:
+        async with Client(hub.endpoints) as client:
+            assert await client.wait_connected(3)
+            for _ in range(15):
+                task = asyncio.create_task(consume(client))
+                await asyncio.sleep(0.3)  # subscribed, with events streaming in
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=5)
+                assert done, "the cancelled event stream kept reading"
+    finally:
+        flooding = False
+        await flooder
+        pub.close()
+
+
 async def test_restarted_subscriber_gets_missed_events_exactly_once(hub: Hub) -> None:
     pub = Publisher(hub.endpoints)
     await asyncio.sleep(0.2)

@@ -188,6 +188,21 @@ def words(text: str) -> list[str]:
 
 
 @pytest.mark.slow
+async def test_voice_noise_off_says_the_same_text_with_the_same_samples() -> None:
+    async def twice(noise: bool) -> tuple[np.ndarray, np.ndarray]:
+        stage, out = make_stage(backend="piper", voice_noise=noise)
+        await stage.start()
+        for aid in ("a", "b"):
+            await stage.handle(Say(room="kitchen", answer_id=aid, text="The porch light is on."))
+        return audio_of(out, "a")[0], audio_of(out, "b")[0]
+
+    a, b = await twice(False)
+    assert np.array_equal(a, b)
+    a, b = await twice(True)  # Piper's default: a natural voice, a little different each time
+    assert len(a) != len(b) or not np.array_equal(a, b)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["piper", "flite"])
 async def test_round_trip_tts_then_stt_reads_back_the_answer(backend: str, transcriber) -> None:
     import jiwer

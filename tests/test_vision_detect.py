@@ -78,6 +78,18 @@ def test_tracks_are_stable_and_per_camera(detector) -> None:  # type: ignore[no-
     assert ids_b[-1] == [1, 2]  # the second camera numbers its own tracks: nothing leaked from the first
 
 
+def test_tracking_keeps_blas_on_one_thread(detector) -> None:  # type: ignore[no-untyped-def]
+    """The tracker's tiny Kalman solves must not wake OpenBLAS's pool, whose threads spin between frames."""
+    from threadpoolctl import threadpool_info
+
+    bus = images.load(images.BUS)
+    for _ in range(3):
+        assert len(detector.track([bus], ["cam-blas"])[0]) == 4
+    blas = [i for i in threadpool_info() if i["internal_api"] == "openblas" and "numpy" in i["filepath"]]
+    assert blas, "numpy's OpenBLAS not found"
+    assert all(i["num_threads"] == 1 for i in blas), blas
+
+
 async def test_stage_batches_cameras_and_stamps_capture_time() -> None:
     stage, out = await make_stage()
     assert stage.max_batch == 8

@@ -54,7 +54,8 @@ def deployment(
         "rooms": {r: {} for r in ROOMS},
         "edges": edges or {f"{r}-pi": {"room": r, "microphone": {}} for r in ROOMS},
         "workers": {"local": {"stages": stages}} if stages else {},
-        "stages": stage_opts or {},
+        # Piper without voice noise: what our STT reads back does not depend on a random draw
+        "stages": {**({"tts": {"voice_noise": False}} if "tts" in (stages or []) else {}), **(stage_opts or {})},
         "wyoming": {
             "host": "127.0.0.1",
             "zeroconf": False,

@@ -297,7 +297,8 @@ class Bridge:
     async def _watch_people(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck_people.wait(), PEOPLE_EVERY)
+                async with asyncio.timeout(PEOPLE_EVERY):
+                    await self._recheck_people.wait()
             self._recheck_people.clear()
             await self._load_people()
 
@@ -338,7 +339,8 @@ class Bridge:
             finally:
                 self.connected.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self, mq: aiomqtt.Client) -> None:
@@ -368,7 +370,8 @@ class Bridge:
                     raise t.exception()  # type: ignore[misc]
             if stopper in done:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pump, 10.0)  # the pump finishes the event in hand, then returns
+                    async with asyncio.timeout(10.0):
+                        await pump  # the pump finishes the event in hand, then returns
         finally:
             for t in tasks:
                 t.cancel()
@@ -440,7 +443,8 @@ class Bridge:
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await self._ready.wait()
         await self._sync_states(mq)
         while True:
             while self._outbox:  # what an earlier connection could not deliver goes first
@@ -454,7 +458,8 @@ class Bridge:
             if self._stop.is_set():
                 return
             try:
-                ev = await asyncio.wait_for(self._queue.get(), 1.0)
+                async with asyncio.timeout(1.0):
+                    ev = await self._queue.get()
             except TimeoutError:
                 continue
             if isinstance(ev, EventsLost):

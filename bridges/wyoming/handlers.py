@@ -370,7 +370,8 @@ class ServiceHandler(AsyncEventHandler):
             started = False
             while True:
                 try:
-                    say = await asyncio.wait_for(queue.get(), gw.timeout)
+                    async with asyncio.timeout(gw.timeout):
+                        say = await queue.get()
                 except TimeoutError:
                     if pieces:
                         break  # the agent stopped streaming: answer with what it said
@@ -603,7 +604,8 @@ class SttStream:
         started = False
         while True:
             try:
-                tr = await asyncio.wait_for(queue.get(), 0.25)
+                async with asyncio.timeout(0.25):
+                    tr = await queue.get()
             except TimeoutError:
                 if self.stopped_at is not None and time.monotonic() - self.stopped_at > gw.timeout:
                     raise RequestFailed(
@@ -719,7 +721,8 @@ class TtsStream:
         waited = time.monotonic()
         while True:
             try:
-                msg = await asyncio.wait_for(self.queue.get(), 0.25)
+                async with asyncio.timeout(0.25):
+                    msg = await self.queue.get()
             except TimeoutError:
                 # Before the text is complete the client sets the pace; after it, the stage has ``timeout``.
                 since = self.finished_at if self.finished_at is not None else None

@@ -112,7 +112,8 @@ class Run:
             deadline = time.monotonic() + MAX_COMMAND_S
             while True:
                 try:
-                    data = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0.01))
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+                        data = await self.queue.get()
                 except TimeoutError:
                     log.info("%s satellite: no end of command after %.0f s; stopping", self.room, MAX_COMMAND_S)
                     break

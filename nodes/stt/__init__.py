@@ -667,7 +667,8 @@ class SttStage(Stage):
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), remaining)
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(fut)
             if fut.done():
                 ev: SpeakerIdentified = fut.result()
                 speaker, score = ev.person, ev.score
