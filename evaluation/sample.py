@@ -106,7 +106,13 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
             print(format_table(report))
             wavs = sorted((args.out / "tts").glob("*.wav"))
             print(f"\nspoken answers: {len(wavs)} WAV file(s) in {args.out / 'tts'}")
-            return {"stages": env.summary(), "voice_to_voice": voice_breakdown(c), "accuracy": report.get("accuracy")}
+            return {
+                "stages": env.summary(),
+                "voice_to_voice": voice_breakdown(c),
+                "answers": report["answers"],
+                "accuracy": report.get("accuracy"),
+                "report": report,
+            }
     finally:
         if out is not None:
             out.close()

@@ -8,6 +8,7 @@ configured delay.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,17 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
 
 
 def test_demo_without_arguments_runs_the_whole_loop(tmp_path: Path) -> None:
+    from test_report import negative_latencies
+
     out = tmp_path / "events.jsonl"
-    r = _demo("--out", str(tmp_path / "d"), "--events-json", str(out), timeout=600)
+    summary = tmp_path / "summary.json"
+    r = _demo("--out", str(tmp_path / "d"), "--events-json", str(out), "--summary-json", str(summary), timeout=600)
     events = _events(out)
+    # every table the demo prints (stages, voice-to-voice, the replay report's answers): no latency below 0
+    numbers = json.loads(summary.read_text())
+    assert {"wake", "transcript", "speaker", "presence"} <= set(numbers["answers"]), numbers["answers"]
+    assert numbers["report"]["events"]["list"] and not negative_latencies(numbers), negative_latencies(numbers)
+    assert not re.search(r"p\d\d +-\d", r.stdout), r.stdout  # nor in the printed tables
     kinds = {e["type"] for e in events}
     assert {"wake", "transcript", "speaker", "presence", "playback"} <= kinds, kinds
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]
