@@ -98,6 +98,7 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
 
 def test_demo_without_arguments_runs_the_whole_loop(tmp_path: Path) -> None:
     from test_report import negative_latencies
+    from test_terminal import ours_only
 
     out = tmp_path / "events.jsonl"
     summary = tmp_path / "summary.json"
@@ -108,6 +109,8 @@ def test_demo_without_arguments_runs_the_whole_loop(tmp_path: Path) -> None:
     assert {"wake", "transcript", "speaker", "presence"} <= set(numbers["answers"]), numbers["answers"]
     assert numbers["report"]["events"]["list"] and not negative_latencies(numbers), negative_latencies(numbers)
     assert not re.search(r"p\d\d +-\d", r.stdout), r.stdout  # nor in the printed tables
+    # quiet by default: only our lines on the terminal (no banners of the model libraries)
+    assert ours_only(r.stdout, r.stderr) == [], ours_only(r.stdout, r.stderr)
     kinds = {e["type"] for e in events}
     assert {"wake", "transcript", "speaker", "presence", "playback"} <= kinds, kinds
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]

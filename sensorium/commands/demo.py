@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 HELP = "run everything in one process on bundled models and media"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

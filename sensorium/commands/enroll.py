@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "enroll a person's voice and/or face in the gallery"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
