@@ -128,6 +128,10 @@ def setup(verbose: int, *, capture_native: bool = False) -> None:
     if verbose < 2:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
+    root = logging.getLogger()
+    if root.handlers:
+        return  # called inside a program that owns logging and the terminal already (tests, embedding)
+    if verbose < 2:
         if capture_native and _native is None and _is_fd(2):
             _native = _NativeStderr()
             sys.stderr = _native.terminal
@@ -136,8 +140,7 @@ def setup(verbose: int, *, capture_native: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(ThirdPartyIsDebug(verbose))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.addHandler(handler)
     root.setLevel(logging.WARNING - 10 * min(verbose, 2))
 
 

@@ -42,7 +42,18 @@ def _events(path: Path) -> list[dict]:
 def test_demo_voice_wake_partials_and_final_transcript(tmp_path: Path) -> None:
     wav = media.speech_wav(f"hey jarvis, {COMMAND}", "piper:joe", lead=1.0, tail=2.5)
     out = tmp_path / "events.jsonl"
-    r = _demo("--audio", f"kitchen={wav}", "--events-json", str(out), "--out", str(tmp_path / "d"), "--no-agent")
+    r = _demo(
+        "--audio",
+        f"kitchen={wav}",
+        "--events-json",
+        str(out),
+        "--out",
+        str(tmp_path / "d"),
+        "--gallery",
+        str(tmp_path / "gallery.db"),
+        "--no-agent",
+    )
+    assert f"demo: gallery {tmp_path / 'gallery.db'}: nobody enrolled (enrol: sensorium enroll NAME" in r.stdout
     events = _events(out)
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 1 and wakes[0]["room"] == "kitchen" and wakes[0]["word"] == "hey_jarvis"
@@ -77,6 +88,8 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
         str(out),
         "--out",
         str(tmp_path / "d"),
+        "--gallery",
+        str(tmp_path / "gallery.db"),
         "--no-agent",
     )
     events = _events(out)
