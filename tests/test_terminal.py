@@ -97,6 +97,8 @@ def test_doctor_prints_only_our_lines(tmp_path: Path) -> None:
             [hub]
             address = "tcp://127.0.0.1:17900"
             [rooms.kitchen]
+            [edges.kitchen-pi]
+            room = "kitchen"
             [workers.box]
             device = "cpu"
             stages = ["wake", "stt", "speaker", "detect", "face", "presence"]
@@ -104,7 +106,7 @@ def test_doctor_prints_only_our_lines(tmp_path: Path) -> None:
         )
     )
     r = subprocess.run(
-        [sys.executable, "-m", "sensorium", "doctor", "--config", str(config), "--hub-timeout", "0.5"],
+        [sys.executable, "-m", "sensorium", "doctor", "--config", str(config), "--name", "box", "--hub-timeout", "0.5"],
         capture_output=True,
         text=True,
         cwd=ROOT,
