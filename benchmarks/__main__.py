@@ -137,14 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized runs")
     ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    ap.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="folder for every benchmark's JSON and SUMMARY.md"
+    )
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else [n for n in BENCHMARKS if n not in OPT_IN]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"benchmarks: unknown {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     host = machine()
     print(f"benchmarks on {host['cpu']} ({host['cores']} cores, GPU {host['gpu']})", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
@@ -166,21 +168,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             result = {"benchmark": name, "error": f"{type(exc).__name__}: {exc}"}
         result["machine"] = host
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        (args.results_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
         result["_seconds"] = time.monotonic() - t
         result["_rendered"] = _render(name, mod, result)
         print(result["_rendered"])
         results[name] = result
     for name in BENCHMARKS:  # keep earlier results of benchmarks this run skipped (--only)
-        path = args.out / f"{name}.json"
+        path = args.results_dir / f"{name}.json"
         if name not in results and path.exists():
             earlier = json.loads(path.read_text())
             earlier["_rendered"] = _render(name, importlib.import_module(f"benchmarks.{name}"), earlier)
             earlier["_rendered"] += f"\n(from an earlier run: {earlier.get('machine', {}).get('when', 'see JSON')})"
             results[name] = earlier
     results = {n: results[n] for n in BENCHMARKS if n in results}
-    (args.out / "SUMMARY.md").write_text(summary(results, host, args.quick))
-    print(f"results in {args.out} (SUMMARY.md)", file=sys.stderr)
+    (args.results_dir / "SUMMARY.md").write_text(summary(results, host, args.quick))
+    print(f"results in {args.results_dir} (SUMMARY.md)", file=sys.stderr)
     return 1 if failed else 0
 
 

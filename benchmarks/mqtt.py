@@ -42,6 +42,8 @@ for p in (ROOT, ROOT / "tests"):  # the Home Assistant and mosquitto harnesses l
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+
 SITE = "home"
 WELCOME = "welcome to the kitchen"
 #: Home Assistant configuration for the runs: an automation that greets whoever enters the kitchen,
@@ -617,11 +619,16 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mqtt.json")
-    a = ap.parse_args()
+    add_out(ap, ROOT / "benchmarks" / "results" / "mqtt.json")
+    a = ap.parse_args(argv)
     res = run(a.quick)
     a.out.write_text(json.dumps(res, indent=2, default=str))
     print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

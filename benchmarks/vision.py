@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
+from benchmarks.outfile import add_out
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision.json"
 FPS = vision_media.FPS
@@ -614,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--cameras", default="", help="comma-separated camera counts (default 1,4,8)")
     ap.add_argument("--backends", default="", help="comma-separated backends (default: torch, onnxruntime, openvino)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ultralytics", "sensorium"):

@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from benchmarks.outfile import add_out
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session
 
@@ -676,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an option of our stt stage, e.g. early_endpoint=0 or encoder_window=30s (repeatable)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out(parser, RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(
@@ -689,9 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         stt_model=args.stt_model,
         stt_opts=dict(_option(kv) for kv in args.stt),
     )
+    args.out.write_text(json.dumps(result, indent=1, default=str))  # first: the numbers are kept whatever follows
     print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import voice
+from benchmarks.outfile import add_out
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session, synthesize
 
@@ -384,13 +385,13 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 utterances, 2 two-room trials")
     parser.add_argument("--count", type=int, help="utterances in the session")
     parser.add_argument("--no-peers", action="store_true", help="ours only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    add_out(parser, RESULTS)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(args.quick, count=args.count, do_peers=not args.no_peers)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,12 @@ def demo_deployment(
     *,
     talk: bool = True,
     stage_overrides: dict[str, dict[str, Any]] | None = None,
+    gallery: Path | None = None,
 ) -> Deployment:
-    """A one-box deployment with an edge node per room that plays the given files."""
+    """A one-box deployment with an edge node per room that plays the given files.
+
+    Speaker and face stages read ``gallery`` (default: ``out_dir``/gallery.db).
+    """
     rooms = sorted(set(audio) | set(video))
     edges: dict[str, dict[str, Any]] = {}
     for room in rooms:
@@ -65,7 +69,9 @@ def demo_deployment(
     stages.append("presence")
     if talk:
         stages.append("tts")
-    overrides = {"presence": {"left_after": f"{DEMO_LEFT_AFTER}s", "present_every": "20s"}}
+    overrides: dict[str, dict[str, Any]] = {"presence": {"left_after": f"{DEMO_LEFT_AFTER}s", "present_every": "20s"}}
+    if gallery is not None:
+        overrides |= {s: {"gallery": str(gallery)} for s in ("speaker", "face") if s in stages}
     for name, table in (stage_overrides or {}).items():
         overrides[name] = overrides.get(name, {}) | table
     raw = {
@@ -265,20 +271,40 @@ def parse_media(items: list[str] | None, flag: str) -> dict[str, Path]:
 
 
 def enroll_pairs(items: list[str], gallery: Path) -> int:
-    """Enrol ``NAME=FILE`` pairs (a .wav is a voice, anything else a face) as ``sensorium enroll`` does."""
-    from sensorium.enrollment import enroll
+    """Enrol ``NAME=FILE`` pairs (a .wav is a voice, anything else a face) as ``sensorium enroll`` does.
 
+    One ``enroll`` per person with all their files; each model loads once for all of them.
+    """
+    from sensorium.enrollment import Enroller, enroll
+
+    people: dict[str, tuple[list[str], list[str]]] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--enroll {item!r}: expected NAME=FILE")
-        if path.lower().endswith(".wav"):
-            rc = enroll(name, gallery_path=str(gallery), voice=[path])
-        else:
-            rc = enroll(name, gallery_path=str(gallery), face=[path])
+        voices, faces = people.setdefault(name, ([], []))
+        (voices if path.lower().endswith(".wav") else faces).append(path)
+    models = Enroller()
+    for name, (voices, faces) in people.items():
+        rc = enroll(name, gallery_path=str(gallery), voice=voices, face=faces, enroller=models)
         if rc != 0:
             return rc
     return 0
+
+
+def describe_gallery(gallery: Path) -> str:
+    """One line: which gallery the demo reads, who is in it, and how to enrol someone there."""
+    from models.gallery import Gallery
+    from sensorium.enrollment import enroll_command
+
+    people: dict[str, dict[str, int]] = {}
+    if gallery.exists():
+        with Gallery(gallery) as g:
+            people = g.people()
+    if not people:
+        return f"demo: gallery {gallery}: nobody enrolled (enrol: {enroll_command('both', gallery=gallery)})"
+    who = ", ".join(f"{p} ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" for p, kinds in people.items())
+    return f"demo: gallery {gallery}: {who}"
 
 
 def summary_json(summary: list[dict[str, object]], breakdown: dict[str, dict[str, float]]) -> str:

@@ -49,6 +49,7 @@ from pipeline.messages import (
     SpeakerIdentified,
     StopPlayback,
     Transcript,
+    TtsAudio,
     VideoFrame,
     WakeDetected,
 )
@@ -171,62 +172,92 @@ def ready_time(rec: Recorded) -> float:
     return rec.log_time
 
 
+#: Two capture stamps closer than this are the same instant (float stamps of the same timeline).
+SAME_INSTANT = 1e-4
+
+
 class TimeMap:
-    """Per stream: capture stamp → hub time the message was published (to measure latency from publish)."""
+    """Per stream: what was captured when (stamp, end of its capture) → hub time it was published.
+
+    Latency is measured from the input an answer is about (see ``published_at`` and
+    ``evaluation.report.ANSWERED_FROM``).
+    """
 
     def __init__(self) -> None:
-        self._pairs: dict[str, list[tuple[float, float]]] = {}
-        self._series: dict[str, tuple[list[float], list[float]]] = {}
+        self._items: dict[str, list[tuple[float, float, float]]] = {}
+        self._series: dict[str, tuple[list[float], list[float], list[float]]] = {}
 
-    def add(self, topic: str, stamp: float, published: float) -> None:
-        """Record one published message."""
-        self._pairs.setdefault(topic, []).append((stamp, published))
+    def add(self, topic: str, stamp: float, published: float, end: float | None = None) -> None:
+        """Record one published message: captured from ``stamp`` to ``end`` (an instant for a frame)."""
+        self._items.setdefault(topic, []).append((stamp, stamp if end is None else max(end, stamp), published))
         self._series.pop(topic, None)
 
-    def _get(self, topic: str) -> tuple[list[float], list[float]]:
+    def _get(self, topic: str) -> tuple[list[float], list[float], list[float]]:
         if topic not in self._series:
-            pairs = sorted(self._pairs[topic])
-            stamps, pub, top = [], [], -1e300
-            for st, pt in pairs:
+            stamps, ends, pub, top = [], [], [], -1e300
+            for st, en, pt in sorted(self._items[topic]):
                 top = max(top, pt)  # an input is never available before an earlier one of its stream
                 stamps.append(st)
+                ends.append(en)
                 pub.append(top)
-            self._series[topic] = (stamps, pub)
+            self._series[topic] = (stamps, ends, pub)
         return self._series[topic]
 
-    def _at(self, topic: str, stamp: float) -> float:
-        stamps, pub = self._get(topic)
-        if stamp <= stamps[0]:
-            return pub[0]
-        if stamp >= stamps[-1]:
-            return pub[-1]
-        i = bisect.bisect_right(stamps, stamp)
-        s0, s1, p0, p1 = stamps[i - 1], stamps[i], pub[i - 1], pub[i]
-        return p0 + (p1 - p0) * ((stamp - s0) / (s1 - s0) if s1 > s0 else 0.0)
+    def holding(self, topic: str, stamp: float, seen: float | None = None) -> tuple[int, float, float] | None:
+        """The input of ``topic`` an answer stamped ``stamp`` is about, as (rank, gap s, publish time).
+
+        Rank 0: an input whose capture ends at ``stamp`` (a frame's instant, the last chunk of an
+        utterance); 1: a chunk whose capture spans ``stamp`` (the end of a wake word inside it); 2: no
+        input holds it (a decision made later, e.g. by a timer): the newest input before it, ``gap``
+        seconds earlier. Inputs published after ``seen`` cannot be what the answer is about.
+        """
+        stamps, ends, pub = self._get(topic)
+        i = bisect.bisect_left(stamps, stamp - SAME_INSTANT)  # inputs [0, i) began before the instant
+        if i < len(stamps) and abs(stamps[i] - stamp) <= SAME_INSTANT and ends[i] - stamps[i] <= SAME_INSTANT:
+            i += 1  # a frame at exactly this instant
+        while i > 0 and seen is not None and pub[i - 1] > seen + SAME_INSTANT:
+            i -= 1
+        if i == 0:
+            return None
+        k = i - 1
+        if abs(ends[k] - stamp) <= SAME_INSTANT:
+            return 0, 0.0, pub[k]
+        if stamps[k] < stamp < ends[k]:
+            return 1, 0.0, pub[k]
+        return 2, max(0.0, stamp - ends[k]), pub[k]
 
     def published_at(self, stamp: float, msg: Message | None = None, seen: float | None = None) -> float:
-        """When the input behind an answer stamped ``stamp`` (and seen at ``seen``) was published.
+        """When the input that an answer stamped ``stamp`` (and seen at ``seen``) is about was published.
 
-        The input stream is the room's video (detections, faces: that camera) or the room's audio
-        (wake, transcript, speaker: that node). For answers fed by several streams (presence), it
-        is the stream whose input arrived last before the answer was seen.
+        The streams looked at are the room's video for detections and faces (that camera), the
+        room's audio for wake, transcripts and speakers (that node), the room's ``Say`` commands for
+        synthesized speech, and every stream of the room otherwise (presence). Of those, the input
+        holding the answer's capture time (``holding``) is the one it answers. When none holds it, a
+        stamp on the hub clock (a timer's decision, a live agent's ``Say``) is its own start; else the
+        newest earlier input's publish time is.
         """
-        if not self._pairs:
+        if not self._items:
             return stamp
-        topics = list(self._pairs)
+        topics = list(self._items)
         if msg is not None and msg.room:
             room = [t for t in topics if t.split("/")[1:2] == [msg.room]]
             if isinstance(msg, Detections | FaceRecognized):
                 cams = [t for t in room if t.startswith("video/") and (not msg.camera or t.endswith("/" + msg.camera))]
-                room = cams or [t for t in room if t.startswith("video/")] or room
+                room = cams or [t for t in room if t.startswith("video/")]
             elif isinstance(msg, WakeDetected | Transcript | SpeakerIdentified):
                 node = getattr(msg, "node", "")
                 mics = [t for t in room if t.startswith("audio/") and (not node or t.endswith("/" + node))]
-                room = mics or [t for t in room if t.startswith("audio/")] or room
-            topics = room or topics
-        times = [self._at(t, stamp) for t in topics]
-        before = [t for t in times if seen is None or t <= seen]
-        return max(before) if before else min(times)
+                room = mics or [t for t in room if t.startswith("audio/")]
+            elif isinstance(msg, TtsAudio):
+                room = [t for t in room if t.startswith("say/")]
+            topics = room
+        found = [h for h in (self.holding(t, stamp, seen) for t in topics) if h is not None]
+        best = min(found, key=lambda h: (h[0], h[1], -h[2])) if found else None
+        if best is not None and best[0] < 2:
+            return best[2]
+        if seen is None or stamp <= seen:  # a stamp on the hub clock: the moment the answer was due
+            return max(stamp, best[2]) if best is not None else stamp
+        return best[2] if best is not None else stamp
 
 
 @dataclass
@@ -339,7 +370,7 @@ async def publish_session(
         await publish(out)
         if flow is not None:
             flow.published(topic)
-        tmap.add(topic, out.time, clock.now())
+        tmap.add(topic, out.time, clock.now(), out.time + ready_time(rec) - rec.log_time)
         done += 1
         if progress is not None and _time.monotonic() >= next_note:
             progress(

@@ -54,6 +54,21 @@ def event_stages() -> dict[str, str]:
     }
 
 
+#: Which capture time each kind of answer is measured from (its "capture → event" latency). The
+#: stamp is the answer's own ``time``; the latency counts from when the input holding that instant
+#: was published (at speed 1: when it was captured), so an answer can never come before its input.
+ANSWERED_FROM: dict[str, str] = {
+    "wake": "the end of the wake word (the audio chunk holding it)",
+    "transcript": "the end of the utterance (the endpoint)",
+    "transcript.partial": "the end of the audio heard so far",
+    "speaker": "the end of the utterance (the endpoint)",
+    "detections": "the frame",
+    "face": "the frame",
+    "presence": "the frame or utterance it reports; a timer's decision (left, present): its own time",
+    "tts_audio": "the say command it speaks",
+}
+
+
 WAKE_EARLY = 0.5
 """A wake detection may come this long before a labelled clip starts (buffering)…"""
 WAKE_LATE = 1.5
@@ -165,8 +180,13 @@ def _pct(samples: Iterable[float]) -> dict[str, float]:
 
 
 def latency_ms(result: RunResult, seen: float, msg: Message) -> float:
-    """Milliseconds from when the input behind ``msg`` was published to when ``msg`` was seen."""
+    """Milliseconds from when the input ``msg`` answers was published to when ``msg`` was seen (``ANSWERED_FROM``)."""
     return (seen - result.published_at(msg.time, msg, seen)) * 1000
+
+
+def is_answer(msg: Message) -> bool:
+    """An event a stage makes from its input (it has a capture → event latency); not a report about the run."""
+    return bool(msg.time) and not isinstance(msg, BudgetViolation) and event_stage(msg) in event_stages().values()
 
 
 def event_stage(msg: Message) -> str:
@@ -208,7 +228,7 @@ def answer_table(result: RunResult) -> dict[str, dict[str, Any]]:
     """
     samples: dict[str, list[float]] = defaultdict(list)
     for seen, msg in result.events:
-        if not msg.time or isinstance(msg, BudgetViolation) or event_stage(msg) not in event_stages().values():
+        if not is_answer(msg):
             continue
         tag = str(type(msg).__struct_config__.tag)  # type: ignore[attr-defined]
         if isinstance(msg, Transcript):
@@ -223,11 +243,9 @@ def stage_table(result: RunResult, budgets: dict[str, float] | None = None) -> d
     stages: dict[str, StageRun] = {k: v for k, v in result.stages.items()}
     if not stages:
         for seen, msg in result.events:
-            if isinstance(msg, BudgetViolation) or not msg.time:
+            if not is_answer(msg):
                 continue
             name = event_stage(msg)
-            if name not in event_stages().values():
-                continue
             if isinstance(msg, Transcript) and not msg.final:
                 name = "stt.partial"
             run = stages.setdefault(name, StageRun(source="events", budget_ms=budgets.get(name, 0.0)))
@@ -421,7 +439,7 @@ def make_report(result: RunResult, labels: Sequence[Any] = (), budgets: dict[str
             continue  # audio chunks: counted, not listed
         d = codec.to_dict(m)
         d["t"] = round(result.to_session(m.time) - start, 3) if m.time else None
-        d["latency_ms"] = round(latency_ms(result, seen, m), 3) if m.time else None
+        d["latency_ms"] = round(latency_ms(result, seen, m), 3) if is_answer(m) else None
         listed.append(d)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
@@ -479,7 +497,7 @@ def format_table(report: dict) -> str:
         for name, a in answers.items():
             lines.append(
                 f"  {name:<20} n={a['count']:<5} p50 {_ms(a.get('p50_ms'))} ms  p95 {_ms(a.get('p95_ms'))} ms  "
-                f"max {_ms(a.get('max_ms'))} ms"
+                f"max {_ms(a.get('max_ms'))} ms   from {ANSWERED_FROM.get(name, 'its capture time')}"
             )
     counts = report.get("events", {}).get("counts", {})
     lines.append("")
@@ -528,7 +546,7 @@ def plot(result: RunResult, out_dir: str | Path, report: dict | None = None, ste
     stages = {k: v for k, v in result.stages.items() if v.samples_ms}
     if not stages:  # measured from events
         for seen, m in result.events:
-            if m.time and not isinstance(m, BudgetViolation) and event_stage(m) in event_stages().values():
+            if is_answer(m):
                 stages.setdefault(event_stage(m), StageRun(source="events")).samples_ms.append(
                     latency_ms(result, seen, m)
                 )

@@ -21,6 +21,7 @@ from evaluation.demo import (
     DEMO_LEFT_AFTER,
     Collector,
     _settle,
+    describe_gallery,
     enroll_pairs,
     print_tables,
     recording_if,
@@ -32,8 +33,13 @@ from sensorium.embedded import embedded
 CACHE = Path(".cache/sample")
 
 
-def prepare(out: Path, cache: Path = CACHE) -> Path:
-    """Build the sample session once and enrol its people in ``out``/gallery.db; returns the session path."""
+def prepare(out: Path, cache: Path = CACHE, gallery: Path | None = None) -> Path:
+    """Build the sample session once and enrol its people in ``gallery`` (default ``out``/gallery.db).
+
+    The sample's people are synthetic voices and photos from installed packages: they go to the demo's
+    own gallery, not to the one ``sensorium enroll`` fills for a house, unless ``--gallery`` says so.
+    Returns the session path.
+    """
     from evaluation.session import SAMPLE_GAP_S, build_sample, sample_enrollment
     from models.gallery import Gallery
 
@@ -41,7 +47,7 @@ def prepare(out: Path, cache: Path = CACHE) -> Path:
     if not session.exists():
         print("demo: building the sample session (first run only: synthesizing speech) …", flush=True)
         build_sample(session, cache)
-    gallery = out / "gallery.db"
+    gallery = gallery or out / "gallery.db"
     with Gallery(gallery) as g:
         enrolled = set(g.people())
     pairs = []
@@ -56,8 +62,9 @@ def prepare(out: Path, cache: Path = CACHE) -> Path:
     return session
 
 
-def sample_deployment(rooms: list[str], out: Path) -> Any:
+def sample_deployment(rooms: list[str], out: Path, gallery: Path | None = None) -> Any:
     """Every stage on the CPU; one playback-only edge per room (the replay plays the microphones and cameras)."""
+    gallery = gallery or out / "gallery.db"
     stages = ["wake", "arbiter", "stt", "speaker", "detect", "face", "presence", "tts"]
     raw = {
         "data_dir": str(out),
@@ -65,7 +72,11 @@ def sample_deployment(rooms: list[str], out: Path) -> Any:
         "rooms": {r: {} for r in rooms},
         "edges": {f"{r}-speaker": {"room": r, "playback": {"wav_dir": str(out / "tts"), "rate": 22050}} for r in rooms},
         "workers": {"local": {"device": "cpu", "stages": stages}},
-        "stages": {"presence": {"left_after": f"{DEMO_LEFT_AFTER}s", "present_every": "20s"}},
+        "stages": {
+            "presence": {"left_after": f"{DEMO_LEFT_AFTER}s", "present_every": "20s"},
+            "speaker": {"gallery": str(gallery)},
+            "face": {"gallery": str(gallery)},
+        },
     }
     return deployment_from_dict(raw, "<sample demo>")
 
@@ -77,7 +88,9 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
     from sensorium.agent import run_builtin_agent
 
     session = load([session_path])
-    dep = sample_deployment(session.rooms, args.out)
+    gallery = getattr(args, "gallery", None) or args.out / "gallery.db"
+    dep = sample_deployment(session.rooms, args.out, gallery)
+    print(describe_gallery(gallery), flush=True)
     out = open(args.events_json, "w") if args.events_json else None
     try:
         async with embedded(dep) as env, recording_if(env, args.record):
@@ -106,7 +119,13 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
             print(format_table(report))
             wavs = sorted((args.out / "tts").glob("*.wav"))
             print(f"\nspoken answers: {len(wavs)} WAV file(s) in {args.out / 'tts'}")
-            return {"stages": env.summary(), "voice_to_voice": voice_breakdown(c), "accuracy": report.get("accuracy")}
+            return {
+                "stages": env.summary(),
+                "voice_to_voice": voice_breakdown(c),
+                "answers": report["answers"],
+                "accuracy": report.get("accuracy"),
+                "report": report,
+            }
     finally:
         if out is not None:
             out.close()
@@ -115,7 +134,7 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
 def run_sample(args: argparse.Namespace) -> int:
     """Entry point of ``sensorium demo`` without media."""
     try:
-        session = prepare(args.out)
+        session = prepare(args.out, gallery=getattr(args, "gallery", None))
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"sensorium demo: {exc}", file=sys.stderr)
         return 2

@@ -67,10 +67,14 @@ class SpeakerStage(Stage):
         self.encoder: Any = await self.ctx.run_blocking(lambda: load_encoder(o.model, device, o.cache_dir))
         n = self.gallery.count("voice", self.encoder.model_id)
         if n == 0:
+            model = "" if o.model == "resemblyzer" else f" --speaker-model {o.model}"
             self.ctx.log.warning(
-                "speaker: no voices enrolled for %s in %s; everyone is unknown (run: sensorium enroll NAME --voice …)",
+                "speaker: no voices enrolled for %s in %s; everyone is unknown "
+                "(enrol: sensorium enroll NAME --voice FILE.wav --gallery %s%s, or --config with this deployment)",
                 self.encoder.model_id,
                 path,
+                path.resolve(),
+                model,
             )
 
     async def handle(self, msg: Message) -> None:

@@ -2,14 +2,14 @@
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
 and imports anything heavy inside ``run``, so ``sensorium --help`` and ``sensorium edge`` start fast
-on a Raspberry Pi without torch.
+on a Raspberry Pi without torch. A command that loads models in its own process sets
+``LOADS_MODELS = True``: what C/C++ libraries print then goes to debug logging (``sensorium.terminal``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 COMMANDS = [
@@ -55,15 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=mod.HELP, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _loads_models=getattr(mod, "LOADS_MODELS", False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sensorium import terminal
+
+    terminal.setup(args.verbose, capture_native=getattr(args, "_loads_models", False))
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -881,8 +881,11 @@ class Doctor:
     def check_galleries(self) -> None:
         d = self.deployment.data_dir.expanduser()
         files = sorted({*d.glob("*.sqlite"), *d.glob("*.db"), *d.glob("**/gallery*.sqlite")}) if d.is_dir() else []
+        from sensorium.enrollment import enroll_command
+
         if not files:
-            self.add("PASS", "gallery", f"no gallery in {d} yet (enrol people with 'sensorium enroll')")
+            how = enroll_command("both", config=self.deployment.path)
+            self.add("PASS", "gallery", f"no gallery in {d} yet (enrol people with '{how}')")
             return
         for path in files:
             check = f"gallery {path.name}"
@@ -898,7 +901,8 @@ class Doctor:
                         people = len(g.people())
                     finally:
                         g.close()
-                    self.add("PASS", check, f"{path}: integrity ok, mode 0600, {people} people enrolled")
+                    how = "" if people else f" (enrol: {enroll_command('both', config=self.deployment.path)})"
+                    self.add("PASS", check, f"{path}: integrity ok, mode 0600, {people} people enrolled{how}")
                     continue
                 mode = stat.S_IMODE(path.stat().st_mode)
                 with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:

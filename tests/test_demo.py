@@ -8,6 +8,7 @@ configured delay.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,18 @@ def _events(path: Path) -> list[dict]:
 def test_demo_voice_wake_partials_and_final_transcript(tmp_path: Path) -> None:
     wav = media.speech_wav(f"hey jarvis, {COMMAND}", "piper:joe", lead=1.0, tail=2.5)
     out = tmp_path / "events.jsonl"
-    r = _demo("--audio", f"kitchen={wav}", "--events-json", str(out), "--out", str(tmp_path / "d"), "--no-agent")
+    r = _demo(
+        "--audio",
+        f"kitchen={wav}",
+        "--events-json",
+        str(out),
+        "--out",
+        str(tmp_path / "d"),
+        "--gallery",
+        str(tmp_path / "gallery.db"),
+        "--no-agent",
+    )
+    assert f"demo: gallery {tmp_path / 'gallery.db'}: nobody enrolled (enrol: sensorium enroll NAME" in r.stdout
     events = _events(out)
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 1 and wakes[0]["room"] == "kitchen" and wakes[0]["word"] == "hey_jarvis"
@@ -76,6 +88,8 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
         str(out),
         "--out",
         str(tmp_path / "d"),
+        "--gallery",
+        str(tmp_path / "gallery.db"),
         "--no-agent",
     )
     events = _events(out)
@@ -96,9 +110,20 @@ def test_demo_video_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
 
 
 def test_demo_without_arguments_runs_the_whole_loop(tmp_path: Path) -> None:
+    from test_report import negative_latencies
+    from test_terminal import ours_only
+
     out = tmp_path / "events.jsonl"
-    r = _demo("--out", str(tmp_path / "d"), "--events-json", str(out), timeout=600)
+    summary = tmp_path / "summary.json"
+    r = _demo("--out", str(tmp_path / "d"), "--events-json", str(out), "--summary-json", str(summary), timeout=600)
     events = _events(out)
+    # every table the demo prints (stages, voice-to-voice, the replay report's answers): no latency below 0
+    numbers = json.loads(summary.read_text())
+    assert {"wake", "transcript", "speaker", "presence"} <= set(numbers["answers"]), numbers["answers"]
+    assert numbers["report"]["events"]["list"] and not negative_latencies(numbers), negative_latencies(numbers)
+    assert not re.search(r"p\d\d +-\d", r.stdout), r.stdout  # nor in the printed tables
+    # quiet by default: only our lines on the terminal (no banners of the model libraries)
+    assert ours_only(r.stdout, r.stderr) == [], ours_only(r.stdout, r.stderr)
     kinds = {e["type"] for e in events}
     assert {"wake", "transcript", "speaker", "presence", "playback"} <= kinds, kinds
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]

@@ -307,6 +307,10 @@ async def test_labelled_session_every_stage_latency_and_accuracy(tmp_path: Path)
     for stage in ("wake", "stt", "speaker", "detect"):
         s = rep["stages"][stage]
         assert s["count"] > 0 and s["p50_ms"] > 0 and s["p99_ms"] >= s["p95_ms"] >= s["p50_ms"], (stage, s)
+    from test_report import negative_latencies
+
+    assert {"wake", "transcript", "speaker", "detections", "presence"} <= set(rep["answers"]), rep["answers"]
+    assert not negative_latencies(rep), negative_latencies(rep)
     acc = rep["accuracy"]
     assert acc["wake"]["hits"] >= 4 and acc["wake"]["false_alarms"] == 0, acc["wake"]
     assert acc["transcripts"]["wer"] < 0.25, acc["transcripts"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from evaluation.replay import TimeMap
 from evaluation.report import RunResult, StageRun, compare, format_table, make_report, normalize_text, plot, wer
 from evaluation.session import PeopleLabel, SpeechLabel
 from pipeline.messages import (
@@ -19,6 +24,27 @@ from pipeline.messages import (
     Transcript,
     WakeDetected,
 )
+
+
+def negative_latencies(report: dict) -> list[str]:
+    """Every latency of a report (or the demo's summary) below zero, named by where it is."""
+    bad: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and (k.endswith("_ms") or k[:1] == "p"):
+                    if k not in ("budget_ms",) and v < 0:
+                        bad.append(f"{where}.{k} = {v}")
+                else:
+                    walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(report, "report")
+    return bad
+
 
 T0 = 1000.0  # session time of the labels; the run's stamps are T0 + SHIFT
 SHIFT = 500.0
@@ -193,6 +219,7 @@ def test_replay_cli_gate_exit_codes(tmp_path: Path, factor: float, code: int) ->
     assert first.returncode == 0, first.stderr
     base = json.loads((tmp_path / "a.json").read_text())
     assert base["accuracy"]["wake"]["hits"] == 2
+    assert base["answers"]["wake"]["count"] >= 2 and not negative_latencies(base), negative_latencies(base)
     # a baseline 10x slower than this run passes; one 10x faster makes this run a regression
     for key in ("p50_ms", "p95_ms"):
         base["stages"]["wake"][key] *= factor
@@ -207,3 +234,107 @@ def test_replay_cli_gate_exit_codes(tmp_path: Path, factor: float, code: int) ->
     assert again.returncode == code, again.stdout + again.stderr
     assert ("slower" in again.stdout) == (code == 1)
     assert (tmp_path / "b-latency.png").exists()
+
+
+# ----------------------------------------------------------------------- which capture time an answer is about
+
+CHUNK = 0.08  # a microphone's chunk: captured over 80 ms, published once it is whole
+
+
+def _timemap(start: float = 100.0, lag: float = 0.0) -> TimeMap:
+    """Kitchen: 20 audio chunks of 80 ms and a camera at 5 fps, published as they were captured (+ ``lag``)."""
+    tm = TimeMap()
+    for k in range(20):
+        s = start + k * CHUNK
+        tm.add("audio/kitchen/pi", s, s + CHUNK + lag, s + CHUNK)
+    for k in range(8):
+        s = start + k * 0.2
+        tm.add("video/kitchen/cam", s, s + lag)
+    return tm
+
+
+def test_every_answer_type_says_which_capture_time_it_answers() -> None:
+    from evaluation.report import ANSWERED_FROM, event_stages
+
+    assert set(event_stages()) | {"transcript.partial"} <= set(ANSWERED_FROM)
+
+
+def test_wake_inside_a_chunk_is_measured_from_that_chunk_not_the_next() -> None:
+    """The end of a wake word lies inside the chunk that completed it: its latency counts from that chunk's publish.
+
+    Interpolating between chunk starts put the instant 50 ms after the chunk was published, so a wake
+    seen 5 ms after its chunk came out reported -45 ms.
+    """
+    tm = _timemap()
+    wake = WakeDetected(time=100.13, room="kitchen", word="hey_jarvis", node="pi")  # inside [100.08, 100.16]
+    assert tm.published_at(wake.time, wake, 100.165) == pytest.approx(100.16)
+    run = RunResult(events=[(100.165, wake)], to_session=lambda t: t, published_at=tm.published_at)
+    assert make_report(run)["answers"]["wake"]["p50_ms"] == pytest.approx(5.0)
+
+
+def test_transcript_and_speaker_answer_the_end_of_the_utterance() -> None:
+    tm = _timemap()
+    t1 = 100.0 + 5 * CHUNK  # the endpoint: the end of chunk 4, the start of chunk 5
+    final = Transcript(time=t1, room="kitchen", final=True, text="x", t0=100.0, t1=t1)
+    speaker = SpeakerIdentified(time=t1, room="kitchen", person="joe", utterance_id="u")
+    for msg in (final, speaker):
+        assert tm.published_at(msg.time, msg, t1 + 0.03) == pytest.approx(t1)  # chunk 4, not chunk 5 (80 ms later)
+
+
+def test_frames_and_presence_answer_their_input() -> None:
+    tm = _timemap(lag=0.01)
+    det = Detections(time=100.4, room="kitchen", camera="cam", persons=1)
+    assert tm.published_at(det.time, det, 100.5) == pytest.approx(100.41)
+    # presence from a frame: that frame, although an audio chunk spans the same instant
+    seen_face = Presence(time=100.4, room="kitchen", person="tom", state="entered", sources=["face"])
+    assert tm.published_at(seen_face.time, seen_face, 100.6) == pytest.approx(100.41)
+    # presence from a voice: the end of the utterance
+    heard = Presence(time=100.0 + 7 * CHUNK, room="kitchen", person="joe", state="entered", sources=["voice"])
+    assert tm.published_at(heard.time, heard, 100.7) == pytest.approx(100.0 + 7 * CHUNK + 0.01)
+
+
+def test_timer_decisions_and_live_commands_count_from_their_own_time() -> None:
+    from pipeline.messages import TtsAudio
+
+    tm = _timemap()
+    left = Presence(time=105.0, room="kitchen", person="joe", state="left")  # 5 s after the last input
+    assert tm.published_at(left.time, left, 105.002) == pytest.approx(105.0)
+    spoken = TtsAudio(time=104.0, room="kitchen", answer_id="a")  # a live agent's Say at hub time 104.0
+    assert tm.published_at(spoken.time, spoken, 104.3) == pytest.approx(104.0)
+
+
+def test_stamps_ahead_of_the_clock_fall_back_to_the_newest_earlier_input() -> None:
+    """At max speed stamps run ahead of the hub clock: a decision after the inputs counts from the last one."""
+    tm = TimeMap()
+    for k in range(10):  # stamped 1000 s ahead, published as fast as they went
+        tm.add("audio/kitchen/pi", 1100.0 + k * CHUNK, 100.0 + k * 0.001, 1100.0 + (k + 1) * CHUNK)
+    left = Presence(time=1106.0, room="kitchen", person="joe", state="left")
+    assert tm.published_at(left.time, left, 100.5) == pytest.approx(100.009)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(0.0, 2.0),
+    st.floats(0.0, 0.3),
+    st.floats(0.0, 0.05),
+    st.sampled_from(["wake", "transcript", "detections", "presence"]),
+)
+def test_an_answer_seen_after_its_input_never_has_negative_latency(
+    at: float, late: float, lag: float, kind: str
+) -> None:
+    """Whatever instant an answer is about, seen after the input holding it came out, its latency is >= 0."""
+    tm = _timemap(lag=lag)
+    t = 100.0 + at
+    msg: Any = {
+        "wake": WakeDetected(time=t, room="kitchen", word="w", node="pi"),
+        "transcript": Transcript(time=t, room="kitchen", final=True, text="x"),
+        "detections": Detections(time=t, room="kitchen", camera="cam"),
+        "presence": Presence(time=t, room="kitchen", person="p", state="present"),
+    }[kind]
+    # the earliest it can be seen: once the input holding t is out (a frame: the newest frame at or before t)
+    if kind == "detections" or (kind == "presence" and round(at / 0.2, 6) % 1 == 0):
+        holder = 100.0 + math.floor(at / 0.2 + 1e-9) * 0.2 + lag
+    else:
+        holder = 100.0 + max(1, math.ceil(at / CHUNK - 1e-9)) * CHUNK + lag
+    seen = max(holder, t) + late
+    assert seen - tm.published_at(t, msg, seen) >= -1e-9

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated subset: bus,voice,wyoming,vision,talk,replay,chaos; setup (a cold set-up) and soak "
         "(an hour) only when named",
     )
-    p.add_argument("--out", help="results folder (default: benchmarks/results)")
+    p.add_argument("--results-dir", help="results folder (default: benchmarks/results)")
 
 
 def import_benchmarks() -> None:
@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         argv.append("--quick")
     if args.only:
         argv += ["--only", args.only]
-    if args.out:
-        argv += ["--out", args.out]
+    if args.results_dir:
+        argv += ["--results-dir", args.results_dir]
     return main(argv)

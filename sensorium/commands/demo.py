@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 HELP = "run everything in one process on bundled models and media"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--video", action="append", metavar="ROOM=DIR_OR_VIDEO", help="a room's camera: video file or image folder"
     )
     p.add_argument("--events-json", type=Path, help="write every event as a JSON line to this file")
-    p.add_argument("--out", type=Path, default=Path(".sensorium-demo"), help="folder for the gallery, TTS WAVs, state")
+    p.add_argument("--out", type=Path, default=Path(".sensorium-demo"), help="folder for TTS WAVs and state")
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        help="enrolled people to recognise (default with --audio/--video: .sensorium/gallery.db, where "
+        "'sensorium enroll' writes; without media: the sample's people in OUT/gallery.db)",
+    )
     p.add_argument("--enroll", action="append", metavar="NAME=FILE", help="enrol a voice (.wav) or face (image) first")
     p.add_argument("--no-agent", action="store_true", help="do not answer (no built-in agent, no TTS)")
     p.add_argument("--speed", type=float, default=1.0, help="play media this many times faster than real time")
@@ -51,13 +58,17 @@ def run(args: argparse.Namespace) -> int:
         from evaluation.sample import run_sample
 
         return run_sample(args)
+    from sensorium.enrollment import DEFAULT_GALLERY
+
+    gallery = args.gallery or DEFAULT_GALLERY
     try:
-        if args.enroll and demo.enroll_pairs(args.enroll, args.out / "gallery.db") != 0:
+        if args.enroll and demo.enroll_pairs(args.enroll, gallery) != 0:
             return 2
-        dep = demo.demo_deployment(audio, video, args.out, talk=not args.no_agent)
+        dep = demo.demo_deployment(audio, video, args.out, talk=not args.no_agent, gallery=gallery)
     except (ConfigError, ValueError) as exc:
         print(f"sensorium demo: {exc}", file=sys.stderr)
         return 2
+    print(demo.describe_gallery(gallery))
     print(f"demo: rooms {', '.join(sorted(dep.rooms))}; stages {', '.join(dep.worker('local').stages)} on cpu")
     _, summary, breakdown = asyncio.run(
         demo.run_media(

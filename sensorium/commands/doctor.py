@@ -12,6 +12,7 @@ import socket
 import sys
 
 HELP = "check this machine against the deployment (devices, GPU, models, hub, keys, clock)"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

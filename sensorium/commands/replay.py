@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 HELP = "replay a recorded session and report latency and accuracy"
+LOADS_MODELS = True
 
 
 def _speed(value: str) -> float:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 HELP = "build labelled sessions from media files and inspect them"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

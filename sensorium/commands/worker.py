@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 HELP = "run the stages placed on one worker"
+LOADS_MODELS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +34,19 @@ def run(args: argparse.Namespace) -> int:
     if wcfg.metrics_port:
         worker.metrics.serve(wcfg.metrics_port, wcfg.metrics_host)
     print(f"worker {args.name}: loading {', '.join(wcfg.runs())} (devices: {', '.join(wcfg.devices())})", flush=True)
+
+    async def serve() -> None:
+        running = asyncio.create_task(worker.run_forever())
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            print(f"worker {args.name}: serving {', '.join(wcfg.runs())} on {worker.device}", flush=True)
+        else:
+            ready.cancel()
+        await running
+
     try:
-        asyncio.run(worker.run_forever())
+        asyncio.run(serve())
     except DeviceUnavailable as exc:
         print(f"sensorium worker: {exc}", file=sys.stderr)
         return 3
