@@ -148,13 +148,22 @@ class Live:
             if len(self.names) > 4096:
                 self.names.pop(next(iter(self.names)))
 
-    def known_alone(self, room: str, exclude: str = "") -> str:
-        """The one known person in ``room`` (no unknown there), else ""."""
+    def known_alone(self, room: str, kind: str) -> str:
+        """The known person an unknown ``kind`` sample in ``room`` most likely is, by the other sense, else "".
+
+        An unknown voice: exactly one person is in the room, known by face, and the cameras see no
+        unknown person. An unknown face: exactly one known person is in the room, known by voice only,
+        and the cameras see at most that one unknown face.
+        """
         r = self.rooms.get(room)
-        if r is None or r.unknown > 1:
+        if r is None or len(r.people) != 1:
             return ""
-        known = [p for p in r.people if p != exclude]
-        return known[0] if len(known) == 1 else ""
+        person, here = next(iter(r.people.items()))
+        if kind == "voice" and r.unknown == 0 and "face" in here.sources:
+            return person
+        if kind == "face" and r.unknown <= 1 and "voice" in here.sources and "face" not in here.sources:
+            return person
+        return ""
 
 
 def event_person(ev: Event) -> str:
@@ -338,19 +347,23 @@ class Console:
             if emb is None:
                 return None
             self._face_seen[key] = ev.time
-            kind, threshold, suffix, media = "face", self.identity.face_threshold, "jpg", emb.media
-            other = self.live.known_alone(ev.room)
-        elif isinstance(ev, SpeakerIdentified):
+            return await self.keep(ev, "face", emb, "jpg")
+        if isinstance(ev, SpeakerIdentified):
             utt = self.utterances.get(ev.utterance_id)
             if utt is None:
                 return None
             pcm = utt.pcm()
             emb = await asyncio.to_thread(self.identity.embed_voice, pcm, utt.rate)
-            clip = pcm[: int(self.clip_s * utt.rate)]
-            kind, threshold, suffix, media = "voice", self.identity.voice_threshold, "wav", wav_bytes(clip, utt.rate)
-            other = self.live.known_alone(ev.room)
-        else:
-            return None
+            emb.media = wav_bytes(pcm[: int(self.clip_s * utt.rate)], utt.rate)
+            return await self.keep(ev, "voice", emb, "wav")
+        return None
+
+    async def keep(self, ev: Event, kind: str, emb: Embedding, suffix: str) -> int:
+        """Cluster one embedded sample of an unknown; notes the one known person in the room, if any
+        (the evidence for a cross-modal proposal). Returns the cluster id."""
+        assert self.identity is not None
+        threshold = self.identity.face_threshold if kind == "face" else self.identity.voice_threshold
+        alone = self.live.known_alone(ev.room, kind)
         _, cid = await asyncio.to_thread(
             lambda: self.store.add_sample(
                 kind=kind,
@@ -359,9 +372,9 @@ class Console:
                 time_=ev.time,
                 room=ev.room,
                 seq=ev.seq,
-                media=media,
+                media=emb.media,
                 suffix=suffix,
-                alone=other,
+                alone=alone,
                 threshold=threshold,
             )
         )
