@@ -8,7 +8,6 @@ checked on known vectors; tests/test_console_browser.py embeds real faces with t
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 from collections.abc import Iterator
