@@ -53,8 +53,9 @@ def person_vectors(seed: int, n: int, dim: int = 128, noise: float = 0.25) -> li
 
 def keep(rig: Rig, ev: FaceRecognized | SpeakerIdentified, vec: np.ndarray, media: bytes | None = b"\xff\xd8x") -> int:
     """Publish an unknown's event and hand the console its embedding, as the models would."""
+    before = rig.store.last_seq
     rig.publish(ev)
-    rig.wait(lambda: rig.store.last_seq >= 1 and any(e["seq"] for e in rig.store.events(limit=1)), what="event kept")
+    rig.wait(lambda: rig.store.last_seq > before, what="event kept")
     seq = rig.store.last_seq
     ev.seq = seq
     kind = "face" if isinstance(ev, FaceRecognized) else "voice"
@@ -156,6 +157,15 @@ def test_inbox_clusters_names_ignores_merges_and_undoes(rig: Rig, tmp_path: Path
     with Gallery(tmp_path / "gallery.db") as g:
         assert g.people() == {}
     assert json.loads(rig.post("api/undo")[1])["done"] == "nothing to undo"
+
+
+def test_two_faces_of_one_frame_are_two_clusters(rig: Rig) -> None:
+    (v,) = person_vectors(21, 1)
+    t = time.time()
+    one = keep(rig, FaceRecognized(time=t, room="kitchen", source="face", camera="cam", person="unknown", track=1), v)
+    two = keep(rig, FaceRecognized(time=t, room="kitchen", source="face", camera="cam", person="unknown", track=2), v)
+    three = keep(rig, FaceRecognized(room="kitchen", source="face", camera="cam", person="unknown", track=3), v)
+    assert one != two and three in (one, two)
 
 
 def test_cross_modal_proposal_names_a_voice_from_the_face_in_the_room(rig: Rig, tmp_path: Path) -> None:

@@ -376,6 +376,7 @@ class Console:
                 suffix=suffix,
                 alone=alone,
                 threshold=threshold,
+                group=f"{ev.room}/{ev.camera}@{ev.time:.3f}" if isinstance(ev, FaceRecognized) else "",
             )
         )
         self.notify("inbox")

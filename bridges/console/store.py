@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS clusters(
   id INTEGER PRIMARY KEY, kind TEXT, model_id TEXT, status TEXT, name TEXT, merged_into INTEGER, created REAL);
 CREATE TABLE IF NOT EXISTS samples(
   id INTEGER PRIMARY KEY, kind TEXT, model_id TEXT, vector BLOB, time REAL, room TEXT, seq INTEGER,
-  media TEXT, cluster INTEGER, alone TEXT);
+  media TEXT, cluster INTEGER, alone TEXT, grp TEXT DEFAULT '');
 CREATE INDEX IF NOT EXISTS samples_cluster ON samples(cluster);
 CREATE TABLE IF NOT EXISTS actions(id INTEGER PRIMARY KEY, time REAL, action TEXT, payload TEXT, undone INTEGER);
 CREATE TABLE IF NOT EXISTS consent(name TEXT, time REAL, detail TEXT);
@@ -195,10 +195,15 @@ class Store:
         suffix: str,
         alone: str,
         threshold: float,
+        group: str = "",
     ) -> tuple[int, int]:
-        """Keep one sample of an unknown, clustered; returns ``(sample id, cluster id)``."""
+        """Keep one sample of an unknown, clustered; returns ``(sample id, cluster id)``.
+
+        ``group`` names what the sample was seen with (a face: its camera frame): two faces of one
+        frame are two people, so a sample never joins a cluster that holds another of its group.
+        """
         vec = _unit(vector)
-        cid = self._nearest(kind, model_id, vec, threshold)
+        cid = self._nearest(kind, model_id, vec, threshold, group)
         with self._lock:
             self._db.execute("BEGIN")
             if cid is None:
@@ -212,9 +217,9 @@ class Store:
                 )
             sid = int(
                 self._db.execute(
-                    "INSERT INTO samples(kind, model_id, vector, time, room, seq, media, cluster, alone) "
-                    "VALUES (?,?,?,?,?,?,'',?,?)",
-                    (kind, model_id, vec.astype("<f4").tobytes(), time_, room, seq, cid, alone),
+                    "INSERT INTO samples(kind, model_id, vector, time, room, seq, media, cluster, alone, grp) "
+                    "VALUES (?,?,?,?,?,?,'',?,?,?)",
+                    (kind, model_id, vec.astype("<f4").tobytes(), time_, room, seq, cid, alone, group),
                 ).lastrowid
                 or 0
             )
@@ -227,9 +232,12 @@ class Store:
             self._db.execute("COMMIT")
         return sid, cid
 
-    def _nearest(self, kind: str, model_id: str, vec: np.ndarray, threshold: float) -> int | None:
+    def _nearest(self, kind: str, model_id: str, vec: np.ndarray, threshold: float, group: str = "") -> int | None:
         best, best_score = None, threshold
+        apart = {r[0] for r in self._q("SELECT cluster FROM samples WHERE grp = ?", (group,))} if group else set()
         for cid, vectors in self._cluster_vectors(kind, model_id).items():
+            if cid in apart:
+                continue
             c = _unit(np.mean(vectors, axis=0))
             s = float(c @ vec) if c.shape == vec.shape else -1.0
             if s >= best_score:
@@ -271,6 +279,13 @@ class Store:
         out = [c for c in (self.cluster(i) for i in ids) if c is not None and c.samples]
         out.sort(key=lambda c: -c.last)
         return out
+
+    def sample_events(self, cid: int) -> list[dict[str, Any]]:
+        """The events (as kept) behind a cluster's samples."""
+        rows = self._q(
+            "SELECT e.json FROM samples s JOIN events e ON e.seq = s.seq WHERE s.cluster = ? ORDER BY s.id", (cid,)
+        )
+        return [json.loads(r[0]) for r in rows]
 
     def vectors(self, cid: int) -> list[np.ndarray]:
         return [
