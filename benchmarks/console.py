@@ -129,17 +129,29 @@ def inbox(quick: bool = False) -> dict[str, Any]:
         by_person: dict[str, list[int]] = {}
         for cid, m in members.items():
             by_person.setdefault(m.most_common(1)[0][0], []).append(cid)
+        # A user names each person's largest cluster: name field, consent, Name (3 clicks). The page offers
+        # the similar clusters ticked: each wrong one costs a click to untick; a cluster of the person that is
+        # not offered costs a merge (pick it, Merge into: 2 clicks).
         clicks: dict[str, int] = {}
-        for person, cids in sorted(by_person.items()):
+        named: set[int] = set()
+        for person, cids in sorted(by_person.items(), key=lambda kv: -max(sum(members[c].values()) for c in kv[1])):
+            cids = [c for c in cids if c not in named]
+            if not cids:
+                continue
             cids.sort(key=lambda c: -sum(members[c].values()))
+            head = cids[0]
+            offered = [o for o, _ in rig.console.similar(head)]
+            also = [o for o in offered if o in cids]
+            wrong = [o for o in offered if o not in cids]
             for extra in cids[1:]:
-                status, body = rig.post(f"api/clusters/{extra}/merge", json.dumps({"into": cids[0]}).encode())
-                assert status == 200, body
-            status, body = rig.post(
-                f"api/clusters/{cids[0]}/name", json.dumps({"name": person, "consent": "bench"}).encode()
-            )
+                if extra not in also:
+                    status, body = rig.post(f"api/clusters/{extra}/merge", json.dumps({"into": head}).encode())
+                    assert status == 200, body
+            body_json = {"name": person, "consent": "bench", "also": also}
+            status, body = rig.post(f"api/clusters/{head}/name", json.dumps(body_json).encode())
             assert status == 200, body
-            clicks[person] = 3 + 2 * (len(cids) - 1)
+            named.update(cids)
+            clicks[person] = 3 + len(wrong) + 2 * (len(cids) - 1 - len(also))
         with_faces = identity.people()
 
         # voices while the named faces are in rooms

@@ -159,6 +159,37 @@ def test_inbox_clusters_names_ignores_merges_and_undoes(rig: Rig, tmp_path: Path
     assert json.loads(rig.post("api/undo")[1])["done"] == "nothing to undo"
 
 
+def test_naming_takes_the_similar_clusters_along_and_undo_splits_them_again(rig: Rig, tmp_path: Path) -> None:
+    vs = person_vectors(31, 3)
+    centre = np.mean(vs, axis=0) / np.linalg.norm(np.mean(vs, axis=0))
+    orth = person_vectors(32, 1)[0]
+    orth = orth - (orth @ centre) * centre
+    orth /= np.linalg.norm(orth)
+    near = 0.45 * centre + np.sqrt(1 - 0.45**2) * orth  # below the 0.5 threshold, within the 0.1 margin
+    other = person_vectors(33, 1)[0]
+    other = other - (other @ centre) * centre - (other @ orth) * orth
+    other /= np.linalg.norm(other)
+    far = 0.2 * centre + np.sqrt(1 - 0.2**2) * other
+    face = lambda track: FaceRecognized(room="kitchen", source="face", camera="cam", person="unknown", track=track)  # noqa: E731
+    head = {keep(rig, face(1), v) for v in vs}.pop()
+    close = keep(rig, face(2), near.astype(np.float32))
+    keep(rig, face(3), far.astype(np.float32))
+    clusters = {c["id"]: c for c in api(rig, "api/clusters")["clusters"]}
+    assert len(clusters) == 3
+    assert [s["cluster"] for s in clusters[head]["similar"]] == [close]
+    _, page = rig.get("inbox")
+    assert f'class="also-{head}" value="{close}"' in page.decode()
+    body = json.dumps({"name": "erin", "consent": "yes", "also": [close]}).encode()
+    assert rig.post(f"api/clusters/{head}/name", body)[0] == 200
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {"erin": {"face": 4}}
+    assert len(api(rig, "api/clusters")["clusters"]) == 1
+    assert rig.post("api/undo")[0] == 200
+    assert len(api(rig, "api/clusters")["clusters"]) == 3
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {}
+
+
 def test_two_faces_of_one_frame_are_two_clusters(rig: Rig) -> None:
     (v,) = person_vectors(21, 1)
     t = time.time()

@@ -149,7 +149,10 @@ SCRIPT = """
       hub.className=up?'up':'down';});
     es.addEventListener('rooms',()=>refresh('rooms','fragment/rooms'));
     es.addEventListener('frame',()=>refresh('rooms','fragment/rooms'));
-    es.addEventListener('inbox',()=>refresh('inbox','fragment/inbox'));
+    es.addEventListener('inbox',()=>{const box=document.getElementById('inbox'); if(!box) return;
+      // never redraw under someone typing a name or ticking boxes: the next action redraws
+      const typing=box.contains(document.activeElement)||[...box.querySelectorAll('input[id^=name-]')].some(e=>e.value);
+      if(!typing) refresh('inbox','fragment/inbox');});
     es.addEventListener('stats',()=>refresh('health','fragment/health'));
     es.addEventListener('event',e=>{const tl=document.getElementById('timeline-body');
       if(!tl||tl.dataset.live!=='1') return; const row=JSON.parse(e.data);
@@ -165,7 +168,8 @@ SCRIPT = """
       refresh('inbox','fragment/inbox');}));};
   window.nameCluster=function(id){const n=document.getElementById('name-'+id).value;
     const c=document.getElementById('consent-'+id).checked;
-    act('api/clusters/'+id+'/name',{name:n,consent:c?'consent given (recorded in the console)':''});};
+    const also=[...document.querySelectorAll('.also-'+id)].filter(e=>e.checked).map(e=>+e.value);
+    act('api/clusters/'+id+'/name',{name:n,also:also,consent:c?'consent given (recorded in the console)':''});};
   window.acceptProposal=function(id,person){const c=document.getElementById('consent-'+id).checked;
     act('api/clusters/'+id+'/name',{name:person,consent:c?'consent given (recorded in the console)':''});};
 })();
@@ -271,7 +275,7 @@ def event_row(ev: dict[str, Any]) -> str:
     )
 
 
-def cluster_card(c: Cluster, others: list[Cluster]) -> str:
+def cluster_card(c: Cluster, others: list[Cluster], similar: list[tuple[int, float]] | None = None) -> str:
     media = "".join(
         f'<img class="crop" src="media/{esc(m)}" alt="face">'
         if m.endswith(".jpg")
@@ -291,6 +295,21 @@ def cluster_card(c: Cluster, others: list[Cluster]) -> str:
             f"<button class=accept onclick=\"acceptProposal({c.id},'{esc(person)}')\">"
             f"Accept: {esc(person)}</button></div>"
         )
+    by_id = {o.id: o for o in others}
+    also = ""
+    for oid, sim in similar or []:
+        o = by_id.get(oid)
+        if o is None:
+            continue
+        thumbs = "".join(
+            f'<img class="crop" src="media/{esc(m)}" alt="face">' for m in o.media[:3] if m.endswith(".jpg")
+        )
+        also += (
+            f'<label class="also"><input type=checkbox checked class="also-{c.id}" value="{oid}"> '
+            f"cluster {oid} (similarity {sim:.2f}) {thumbs}</label> "
+        )
+    if also:
+        also = f'<div class="similar">Probably the same person, named together unless unticked: {also}</div>'
     merge = "".join(f'<option value="{o.id}">cluster {o.id}</option>' for o in others if o.id != c.id)
     pick = f"+document.getElementById(&quot;merge-{c.id}&quot;).value"
     merge_html = (
@@ -302,7 +321,7 @@ def cluster_card(c: Cluster, others: list[Cluster]) -> str:
     return f"""<section class="card cluster" data-cluster="{c.id}" data-kind="{c.kind}">
 <div><b>{c.kind} cluster {c.id}</b><div class=muted>{len(c.samples)} samples · {esc(", ".join(c.rooms))} ·
 last {clock(c.last)}</div>{media}</div>
-<div>{proposal}
+<div>{proposal}{also}
 <input id="name-{c.id}" placeholder="name" aria-label="name for cluster {c.id}">
 <label><input type=checkbox id="consent-{c.id}"> consent given</label>
 <button class=name onclick="nameCluster({c.id})">Name</button>
@@ -314,7 +333,8 @@ last {clock(c.last)}</div>{media}</div>
 def inbox_fragment(console: Console) -> str:
     clusters = console.store.clusters("open")
     by_kind = {k: [c for c in clusters if c.kind == k] for k in ("face", "voice")}
-    parts = [cluster_card(c, by_kind[c.kind]) for c in sorted(clusters, key=lambda c: (c.proposal() is None, -c.last))]
+    order = sorted(clusters, key=lambda c: (c.proposal() is None, -len(c.samples), -c.last))
+    parts = [cluster_card(c, by_kind[c.kind], console.similar(c.id)) for c in order]
     ignored = len(console.store.clusters("ignored"))
     return (
         "".join(parts) or "<p class=muted>no unknown faces or voices to review</p>"
@@ -520,7 +540,8 @@ def make_app(console: Console, access: Access | None = None) -> Starlette:
         data = await body_of(request)
         try:
             if action == "name":
-                await console.name(cid, str(data.get("name", "")), str(data.get("consent", "")))
+                also = [int(x) for x in data.get("also", []) or []]
+                await console.name(cid, str(data.get("name", "")), str(data.get("consent", "")), also)
                 return JSONResponse({"done": f"cluster {cid} enrolled as {data.get('name')}"})
             if action == "ignore":
                 console.ignore(cid)
@@ -555,6 +576,7 @@ def make_app(console: Console, access: Access | None = None) -> Starlette:
                     "name": c.name,
                     "rooms": c.rooms,
                     "proposal": {"person": prop[0], "alone": prop[1], "samples": prop[2]} if prop else None,
+                    "similar": [{"cluster": o, "similarity": round(sim, 3)} for o, sim in console.similar(c.id)],
                 }
             )
         return JSONResponse({"clusters": out})

@@ -43,6 +43,8 @@ from pipeline.messages import (
 )
 
 log = logging.getLogger("sensorium.console")
+#: Clusters this far below the recognition threshold are offered (ticked) to be named together.
+SUGGEST_MARGIN = 0.1
 
 
 @dataclass
@@ -384,8 +386,18 @@ class Console:
 
     # ---------------------------------------------------------------------------- user actions
 
-    async def name(self, cid: int, name: str, consent: str) -> None:
-        """Enrol a cluster as ``name`` (consent recorded); ``ValueError`` saying what was wrong."""
+    def similar(self, cid: int) -> list[tuple[int, float]]:
+        """Open clusters that are probably the same person as ``cid``: within ``SUGGEST_MARGIN`` below the
+        recognition threshold, never sharing a frame. The page offers them ticked when naming ``cid``."""
+        c = self.store.cluster(cid)
+        if c is None or self.identity is None:
+            return []
+        threshold = self.identity.face_threshold if c.kind == "face" else self.identity.voice_threshold
+        return self.store.similar(cid, threshold - SUGGEST_MARGIN)
+
+    async def name(self, cid: int, name: str, consent: str, also: list[int] | None = None) -> None:
+        """Enrol a cluster as ``name`` (consent recorded), with the clusters ``also`` merged into it first;
+        ``ValueError`` saying what was wrong."""
         name = name.strip()
         if not name or name.lower() == UNKNOWN or len(name) > 64:
             raise ValueError(f"{name!r} is not a name for a person (1-64 characters, not 'unknown')")
@@ -394,12 +406,21 @@ class Console:
         c = self.store.cluster(cid)
         if c is None or c.status != "open":
             raise ValueError(f"cluster {cid} is not in the inbox")
+        merged: list[tuple[int, list[int]]] = []
+        for other in also or []:
+            o = self.store.cluster(other)
+            if o is None or o.status != "open" or o.kind != c.kind or o.model_id != c.model_id or other == cid:
+                raise ValueError(f"cluster {other} is not another {c.kind} cluster in the inbox")
+        for other in also or []:
+            merged.append((other, self.store.merge(other, cid)))
         assert self.identity is not None
         vectors = self.store.vectors(cid)
         await asyncio.to_thread(self.identity.enroll, name, c.kind, c.model_id, vectors)
         self.store.set_status(cid, "named", name)
         self.store.record_consent(name, consent.strip())
-        self.store.log_action("name", {"cluster": cid, "name": name, "kind": c.kind, "model_id": c.model_id})
+        self.store.log_action(
+            "name", {"cluster": cid, "name": name, "kind": c.kind, "model_id": c.model_id, "merged": merged}
+        )
         self.notify("inbox")
 
     def ignore(self, cid: int) -> None:
@@ -431,6 +452,8 @@ class Console:
             vectors = self.store.vectors(p["cluster"])
             await asyncio.to_thread(self.identity.unenroll, p["name"], p["kind"], p["model_id"], vectors)
             self.store.set_status(p["cluster"], "open")
+            for other, moved in p.get("merged", []):
+                self.store.unmerge(other, moved)
             said = f"naming of cluster {p['cluster']} as {p['name']}"
         elif action == "ignore":
             self.store.set_status(p["cluster"], "open")

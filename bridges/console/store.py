@@ -255,6 +255,32 @@ class Store:
             out.setdefault(cid, []).append(np.frombuffer(blob, dtype="<f4"))
         return out
 
+    def similar(self, cid: int, floor: float) -> list[tuple[int, float]]:
+        """Open clusters of ``cid``'s kind and model whose centroid is at least ``floor`` similar to its
+        centroid and that share no frame with it, most similar first."""
+        c = self.cluster(cid)
+        if c is None:
+            return []
+        vectors = self._cluster_vectors(c.kind, c.model_id)
+        if cid not in vectors:
+            return []
+        mine = _unit(np.mean(vectors[cid], axis=0))
+        groups = {r[0] for r in self._q("SELECT grp FROM samples WHERE cluster = ? AND grp != ''", (cid,))}
+        apart = {
+            r[0]
+            for g in groups
+            for r in self._q("SELECT cluster FROM samples WHERE grp = ? AND cluster != ?", (g, cid))
+        }
+        status = dict(self._q("SELECT id, status FROM clusters"))
+        out = []
+        for other, vs in vectors.items():
+            if other == cid or other in apart or status.get(other) != "open":
+                continue
+            sim = float(_unit(np.mean(vs, axis=0)) @ mine)
+            if sim >= floor:
+                out.append((other, sim))
+        return sorted(out, key=lambda x: -x[1])
+
     def cluster(self, cid: int) -> Cluster | None:
         rows = self._q("SELECT id, kind, model_id, status, name FROM clusters WHERE id = ?", (cid,))
         if not rows:
