@@ -1,8 +1,8 @@
 """The console: unknowns clustered and named on a labelled session, and the page's speed with a full log.
 
 * **inbox** (real models, in-process): a labelled session with three unknown people. Their faces are
-  real photos (the astronaut, the two people of ``zidane.jpg``) in five changed copies each (light,
-  blur, JPEG damage, mirror, rotation), every copy on a new camera (a new track), through the real
+  real photos (the astronaut, the two people of ``zidane.jpg``) in six changed copies each (light,
+  blur, JPEG damage, mirror, dark, reframed), every copy on a new camera (a new track), through the real
   person detector and face stage onto a real hub; the console embeds each unknown with the face
   model the workers use and clusters it. Reported: clusters found against the three true people,
   purity (share of samples in their cluster's majority person), and the clicks to name each person
@@ -40,7 +40,9 @@ for p in (ROOT, ROOT / "tests"):  # the console rig and the test images live wit
 
 from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
 
-AUGMENT = ("bright", "blur", "jpeg", "mirror", "rotate")
+#: Changed copies of each photo; not "rotate": its reflected border puts a mirrored partial copy of the person
+#: into the frame, a second face the labels cannot name.
+AUGMENT = ("bright", "blur", "jpeg", "mirror", "dark", "reframe")
 VOICES = {"P1": "flite:slt", "P2": "flite:rms", "P3": "flite:awb"}
 LINES = ["turn on the lights", "what is the weather tomorrow", "play some music in here", "set a timer"]
 

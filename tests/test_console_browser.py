@@ -78,7 +78,7 @@ def session(rig: Rig) -> None:
             camera="kitchen-cam",
             persons=2,
             frame_seq=1,
-            boxes=[Box(120, 60, 760, 720, 0.92, 1), Box(700, 40, 1150, 720, 0.9, 2)],
+            boxes=[Box(90, 150, 760, 720, 0.92, 1), Box(760, 60, 1160, 720, 0.9, 2)],
         ),
         FaceRecognized(room="kitchen", source="face", camera="kitchen-cam", person="alice", score=0.71, track=1),
         Presence(room="kitchen", source="presence", person="alice", state="entered", confidence=0.71, sources=["face"]),

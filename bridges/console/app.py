@@ -127,8 +127,8 @@ main{padding:16px;display:grid;gap:16px}
 .card{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px #0002}
 .rooms{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px}
 .person{display:flex;justify-content:space-between;padding:2px 0}.muted{color:#78716c;font-size:12px}
-.cam{position:relative;display:inline-block;max-width:100%}.cam img{max-width:100%;display:block}
-.cam svg{position:absolute;left:0;top:0;width:100%;height:100%}
+.cam{max-width:100%}.frame{position:relative;display:inline-block;max-width:100%}
+.frame img{max-width:100%;display:block}.frame svg{position:absolute;left:0;top:0;width:100%;height:100%}
 table{border-collapse:collapse;width:100%}td,th{padding:4px 6px;border-bottom:1px solid #e7e5e4;text-align:left}
 .crop{width:64px;height:64px;object-fit:cover;border-radius:4px}
 .cluster{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}
@@ -211,18 +211,21 @@ def rooms_fragment(console: Console) -> str:
             if frame is None:
                 continue
             det = live.detections.get(key)
+            sw, fs = max(2.0, frame.width / 250), max(14.0, frame.width / 24)  # readable once scaled to the card
             boxes = []
             for b in det.boxes if det else []:
                 who = live.names.get((key, b.track), ("", 0.0))[0]
                 boxes.append(
                     f'<rect x="{b.x1:.0f}" y="{b.y1:.0f}" width="{b.x2 - b.x1:.0f}" height="{b.y2 - b.y1:.0f}" '
-                    f'fill="none" stroke="#22c55e" stroke-width="3"/>'
-                    f'<text x="{b.x1 + 4:.0f}" y="{b.y1 + 22:.0f}" fill="#22c55e" font-size="22" class="boxname">'
+                    f'fill="none" stroke="#22c55e" stroke-width="{sw}"/>'
+                    f'<text x="{b.x1 + sw:.0f}" y="{b.y1 + fs:.0f}" fill="#22c55e" font-size="{fs:.0f}" '
+                    f'font-weight="bold" class="boxname">'
                     f"{esc(who or 'person')}</text>"
                 )
             cams.append(
-                f'<div class="cam"><img src="api/frame/{esc(name)}/{esc(cam)}?t={frame.seq}" alt="{esc(cam)}">'
-                f'<svg viewBox="0 0 {frame.width} {frame.height}" preserveAspectRatio="none">{"".join(boxes)}</svg>'
+                f'<div class="cam"><div class="frame"><img src="api/frame/{esc(name)}/{esc(cam)}?t={frame.seq}" '
+                f'alt="{esc(cam)}"><svg viewBox="0 0 {frame.width} {frame.height}" preserveAspectRatio="none">'
+                f"{''.join(boxes)}</svg></div>"
                 f'<div class="muted">{esc(cam)} · {ago(frame.time)} ago</div></div>'
             )
         count = len(r.people) + r.unknown
