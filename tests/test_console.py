@@ -245,6 +245,28 @@ def test_remove_person_forgets_everything_kept(rig: Rig, tmp_path: Path) -> None
     assert "dave" not in api(rig, "api/rooms")["rooms"]["kitchen"]["people"]
 
 
+def test_a_wrong_recognition_is_reassigned_and_undone(rig: Rig, tmp_path: Path) -> None:
+    bob, alice = person_vectors(41, 2), person_vectors(42, 1)
+    rig.console.identity.enroll("bob", "face", "test-face", bob)  # type: ignore[union-attr]
+    # the face stage said "bob", but it was alice (whose face is not enrolled yet)
+    keep(rig, FaceRecognized(room="kitchen", source="face", camera="cam", person="bob", score=0.52, track=4), alice[0])
+    assert api(rig, "api/clusters")["clusters"] == []  # a recognition is not an unknown
+    _, page = rig.get("person/bob")
+    (sid,) = [int(x.split('"')[0]) for x in page.decode().split('data-sample="')[1:]]
+    assert "0.52" in page.decode()
+    status, body = rig.post(f"api/samples/{sid}/reassign", b'{"name": "alice"}')
+    assert status == 200, body
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {"alice": {"face": 1}, "bob": {"face": 2}}
+        assert g.identify("face", "test-face", alice[0], 0.5)[0] == "alice"
+    _, page = rig.get("person/alice")
+    assert f'data-sample="{sid}"' in page.decode()
+    assert rig.post(f"api/samples/{sid}/reassign", b'{"name": "alice"}')[0] == 400
+    assert rig.post("api/undo")[0] == 200
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {"bob": {"face": 2}}
+
+
 def test_media_files_are_private_and_expire(rig: Rig) -> None:
     keep(
         rig,

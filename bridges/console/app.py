@@ -411,9 +411,32 @@ def person_page(console: Console, name: str) -> str:
         for m in c.media
     )
     consents = "".join(f"<li>{clock(t)} {esc(d)}</li>" for t, d in console.store.consents(name))
+    recs = []
+    for r in console.store.recognitions(name):
+        m = r["media"]
+        thumb = (
+            f'<img class="crop" src="media/{esc(m)}">'
+            if m.endswith(".jpg")
+            else f'<audio controls preload="none" src="media/{esc(m)}"></audio>'
+            if m
+            else ""
+        )
+        recs.append(
+            f'<tr data-sample="{r["id"]}"><td>{clock(r["time"])}</td><td>{esc(r["room"])}</td><td>{r["kind"]}</td>'
+            f'<td>{float(r["score"]):.2f}</td><td>{thumb}</td><td><input id="to-{r["id"]}" placeholder="right name">'
+            f"<button class=reassign onclick=\"act('api/samples/{r['id']}/reassign',"
+            f'{{name:document.getElementById(&quot;to-{r["id"]}&quot;).value}}).then(()=>location.reload())">'
+            "Not them: re-assign</button></td></tr>"
+        )
+    recognitions = (
+        "<h4>Recent recognitions</h4><table><tr><th>time</th><th>room</th><th>kind</th><th>score</th><th></th>"
+        f"<th></th></tr>{''.join(recs)}</table>"
+        if recs
+        else ""
+    )
     return f"""<section class=card><h2>{esc(name)}</h2>
 <p>enrolled: {esc(", ".join(f"{n} {k}" for k, n in sorted(enrolled.items())) or "not in the gallery")}</p>
-{media}<ul>{consents}</ul>{"".join(charts) or "<p class=muted>no recognitions kept</p>"}
+{media}<ul>{consents}</ul>{"".join(charts) or "<p class=muted>no recognitions kept</p>"}{recognitions}
 <button class=remove onclick="if(confirm('Remove {esc(name)} and everything kept about them?'))
 act('api/people/{esc(name)}/remove').then(()=>location.href='./')">Remove {esc(name)} and everything kept</button>
 <p id=msg></p></section>"""
@@ -561,6 +584,14 @@ def make_app(console: Console, access: Access | None = None) -> Starlette:
         said = await console.undo()
         return JSONResponse({"done": f"undid {said}" if said else "nothing to undo"})
 
+    async def reassign(request: Request) -> Response:
+        data = await body_of(request)
+        try:
+            await console.reassign(int(request.path_params["sid"]), str(data.get("name", "")))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse({"done": f"re-assigned to {data.get('name')}"})
+
     async def remove(request: Request) -> Response:
         name = request.path_params["name"]
         n = await console.remove_person(name)
@@ -627,6 +658,7 @@ def make_app(console: Console, access: Access | None = None) -> Starlette:
         Route("/api/clusters", api_clusters),
         Route("/api/clusters/{cid:int}/{action}", cluster_action, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/samples/{sid:int}/reassign", reassign, methods=["POST"]),
         Route("/api/people/{name}/remove", remove, methods=["POST"]),
         Route("/api/frame/{room}/{camera}", frame),
         Route("/media/{name}", media),

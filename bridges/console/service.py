@@ -267,7 +267,7 @@ class Console:
         self.live.apply(ev)
         raw = to_json(ev).decode()
         self.store.add_events([(ev.seq, ev.__struct_config__.tag, ev.room, event_person(ev), ev.time, raw)])  # type: ignore[misc]
-        if isinstance(ev, FaceRecognized | SpeakerIdentified) and ev.person == UNKNOWN and self.identity is not None:
+        if isinstance(ev, FaceRecognized | SpeakerIdentified) and self.identity is not None:
             try:
                 self._work.put_nowait(ev)
             except asyncio.QueueFull:
@@ -365,7 +365,9 @@ class Console:
         (the evidence for a cross-modal proposal). Returns the cluster id."""
         assert self.identity is not None
         threshold = self.identity.face_threshold if kind == "face" else self.identity.voice_threshold
-        alone = self.live.known_alone(ev.room, kind)
+        person = getattr(ev, "person", UNKNOWN)
+        person = "" if person == UNKNOWN else person
+        alone = "" if person else self.live.known_alone(ev.room, kind)
         _, cid = await asyncio.to_thread(
             lambda: self.store.add_sample(
                 kind=kind,
@@ -379,10 +381,32 @@ class Console:
                 alone=alone,
                 threshold=threshold,
                 group=f"{ev.room}/{ev.camera}@{ev.time:.3f}" if isinstance(ev, FaceRecognized) else "",
+                person=person,
             )
         )
-        self.notify("inbox")
+        if not person:
+            self.notify("inbox")
         return cid
+
+    async def reassign(self, sid: int, name: str) -> None:
+        """A recognition was wrong: its embedding goes to ``name`` in the gallery (and leaves the person it was
+        given to, where a naming had put it there); ``ValueError`` saying what was wrong."""
+        name = name.strip()
+        if not name or name.lower() == UNKNOWN or len(name) > 64:
+            raise ValueError(f"{name!r} is not a name for a person (1-64 characters, not 'unknown')")
+        got = self.store.sample(sid)
+        if got is None or not got[2]:
+            raise ValueError(f"sample {sid} is not a kept recognition")
+        kind, model_id, wrong, vec = got
+        if wrong == name:
+            raise ValueError(f"sample {sid} is already {name}'s")
+        assert self.identity is not None
+        await asyncio.to_thread(self.identity.unenroll, wrong, kind, model_id, [vec])
+        await asyncio.to_thread(self.identity.enroll, name, kind, model_id, [vec])
+        self.store.set_sample_person(sid, name)
+        self.store.log_action(
+            "reassign", {"sample": sid, "from": wrong, "to": name, "kind": kind, "model_id": model_id}
+        )
 
     # ---------------------------------------------------------------------------- user actions
 
@@ -455,6 +479,13 @@ class Console:
             for other, moved in p.get("merged", []):
                 self.store.unmerge(other, moved)
             said = f"naming of cluster {p['cluster']} as {p['name']}"
+        elif action == "reassign":
+            assert self.identity is not None
+            got = self.store.sample(p["sample"])
+            if got is not None:
+                await asyncio.to_thread(self.identity.unenroll, p["to"], p["kind"], p["model_id"], [got[3]])
+                self.store.set_sample_person(p["sample"], p["from"])
+            said = f"re-assigning a recognition of {p['from']} to {p['to']}"
         elif action == "ignore":
             self.store.set_status(p["cluster"], "open")
             said = f"ignoring cluster {p['cluster']}"

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS clusters(
   id INTEGER PRIMARY KEY, kind TEXT, model_id TEXT, status TEXT, name TEXT, merged_into INTEGER, created REAL);
 CREATE TABLE IF NOT EXISTS samples(
   id INTEGER PRIMARY KEY, kind TEXT, model_id TEXT, vector BLOB, time REAL, room TEXT, seq INTEGER,
-  media TEXT, cluster INTEGER, alone TEXT, grp TEXT DEFAULT '');
+  media TEXT, cluster INTEGER, alone TEXT, grp TEXT DEFAULT '', person TEXT DEFAULT '');
+CREATE INDEX IF NOT EXISTS samples_person ON samples(person);
 CREATE INDEX IF NOT EXISTS samples_cluster ON samples(cluster);
 CREATE TABLE IF NOT EXISTS actions(id INTEGER PRIMARY KEY, time REAL, action TEXT, payload TEXT, undone INTEGER);
 CREATE TABLE IF NOT EXISTS consent(name TEXT, time REAL, detail TEXT);
@@ -196,6 +197,7 @@ class Store:
         alone: str,
         threshold: float,
         group: str = "",
+        person: str = "",
     ) -> tuple[int, int]:
         """Keep one sample of an unknown, clustered; returns ``(sample id, cluster id)``.
 
@@ -203,10 +205,11 @@ class Store:
         frame are two people, so a sample never joins a cluster that holds another of its group.
         """
         vec = _unit(vector)
-        cid = self._nearest(kind, model_id, vec, threshold, group)
+        # a recognized person's sample is kept for re-assigning, outside the inbox's clusters
+        cid = None if person else self._nearest(kind, model_id, vec, threshold, group)
         with self._lock:
             self._db.execute("BEGIN")
-            if cid is None:
+            if cid is None and not person:
                 cid = int(
                     self._db.execute(
                         "INSERT INTO clusters(kind, model_id, status, name, merged_into, created) "
@@ -217,9 +220,9 @@ class Store:
                 )
             sid = int(
                 self._db.execute(
-                    "INSERT INTO samples(kind, model_id, vector, time, room, seq, media, cluster, alone, grp) "
-                    "VALUES (?,?,?,?,?,?,'',?,?,?)",
-                    (kind, model_id, vec.astype("<f4").tobytes(), time_, room, seq, cid, alone, group),
+                    "INSERT INTO samples(kind, model_id, vector, time, room, seq, media, cluster, alone, grp, person) "
+                    "VALUES (?,?,?,?,?,?,'',?,?,?,?)",
+                    (kind, model_id, vec.astype("<f4").tobytes(), time_, room, seq, cid, alone, group, person),
                 ).lastrowid
                 or 0
             )
@@ -230,7 +233,31 @@ class Store:
                 self._db.execute("UPDATE samples SET media = ? WHERE id = ?", (name, sid))
             self._db.execute("UPDATE events SET sample = ? WHERE seq = ?", (sid, seq))
             self._db.execute("COMMIT")
-        return sid, cid
+        return sid, cid or 0
+
+    def recognitions(self, person: str, limit: int = 24) -> list[dict[str, Any]]:
+        """The kept samples of ``person``'s recognitions, newest first (for re-assigning a wrong one)."""
+        rows = self._q(
+            "SELECT s.id, s.kind, s.time, s.room, s.media, e.json FROM samples s LEFT JOIN events e ON e.seq = s.seq "
+            "WHERE s.person = ? ORDER BY s.time DESC LIMIT ?",
+            (person, limit),
+        )
+        return [
+            {"id": i, "kind": k, "time": t, "room": r, "media": m, "score": json.loads(j or "{}").get("score", 0.0)}
+            for i, k, t, r, m, j in rows
+        ]
+
+    def sample(self, sid: int) -> tuple[str, str, str, np.ndarray] | None:
+        """``(kind, model_id, person, vector)`` of a kept sample."""
+        rows = self._q("SELECT kind, model_id, person, vector FROM samples WHERE id = ?", (sid,))
+        if not rows:
+            return None
+        k, m, p, v = rows[0]
+        return k, m, p, np.frombuffer(v, dtype="<f4").copy()
+
+    def set_sample_person(self, sid: int, person: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE samples SET person = ? WHERE id = ?", (person, sid))
 
     def _nearest(self, kind: str, model_id: str, vec: np.ndarray, threshold: float, group: str = "") -> int | None:
         best, best_score = None, threshold
@@ -389,6 +416,10 @@ class Store:
                 self._db.execute("DELETE FROM samples WHERE cluster = ?", (cid,))
                 self._db.execute("DELETE FROM clusters WHERE id = ?", (cid,))
             self._db.execute("UPDATE samples SET alone = '' WHERE alone = ?", (name,))
+            media += [
+                r[0] for r in self._db.execute("SELECT media FROM samples WHERE person = ? AND media != ''", (name,))
+            ]
+            self._db.execute("DELETE FROM samples WHERE person = ?", (name,))
             self._db.execute("DELETE FROM consent WHERE name = ?", (name,))
             n = self._db.execute("DELETE FROM events WHERE person = ?", (name,)).rowcount
             self._db.execute("COMMIT")
