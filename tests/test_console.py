@@ -223,6 +223,17 @@ def test_cross_modal_proposal_names_a_voice_from_the_face_in_the_room(rig: Rig, 
         assert g.people() == {"alice": {"voice": 3}}
 
 
+def test_cross_modal_proposal_names_a_face_from_the_voice_in_the_room(rig: Rig) -> None:
+    # bob is known by voice in the hall; the camera sees one person whose face nobody knows
+    rig.publish(Presence(room="hall", source="presence", person="bob", state="entered", sources=["voice"]))
+    rig.publish(Presence(room="hall", source="presence", person="unknown", state="entered", unknown=1, people=1))
+    rig.wait(lambda: api(rig, "api/rooms")["rooms"].get("hall", {}).get("unknown") == 1, what="hall")
+    for i, v in enumerate(person_vectors(51, 2)):
+        cid = keep(rig, FaceRecognized(room="hall", source="face", camera="hall-cam", person="unknown", track=i), v)
+    (c,) = api(rig, "api/clusters")["clusters"]
+    assert c["id"] == cid and c["proposal"] == {"person": "bob", "alone": 2, "samples": 2}
+
+
 def test_remove_person_forgets_everything_kept(rig: Rig, tmp_path: Path) -> None:
     cid = keep(
         rig,
