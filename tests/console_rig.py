@@ -72,6 +72,7 @@ class Rig:
         host: str = "127.0.0.1",
         media: bool = True,
         event_log: int = 20000,
+        start_hub: bool = True,
     ) -> None:
         self.tmp = tmp
         self.address = f"ipc://{tmp}/hub"
@@ -84,7 +85,7 @@ class Rig:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.hub: Hub | None = None
-        self.call(self._start(access, host))
+        self.call(self._start(access, host, start_hub))
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -96,8 +97,9 @@ class Rig:
         )
         await self.hub.start()
 
-    async def _start(self, access: Access | None, host: str) -> None:
-        await self._start_hub()
+    async def _start(self, access: Access | None, host: str, start_hub: bool) -> None:
+        if start_hub:  # else the test starts a deployment on ``address`` itself
+            await self._start_hub()
         self.client = Client(self.address, name="console", heartbeat=0.1)
         await self.client.__aenter__()
         self.console = Console(self.client, self.store, self.identity, face_every=0.0)

@@ -154,6 +154,50 @@ def test_cross_modal_proposal_appears_and_is_accepted(rig: Rig, browser: webdriv
 
 
 @pytest.mark.slow
+def test_rooms_fill_while_the_sample_session_replays(tmp_path: Path, browser: webdriver.Browser) -> None:
+    """The bundled sample session (recorded MCAP: two rooms, people on camera) replayed through the real
+    detect, face and presence stages on the hub the console follows."""
+    import asyncio
+
+    from evaluation import replay as rp
+    from evaluation.media import package_image
+    from evaluation.session import build_sample
+    from sensorium.enrollment import enroll
+
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "sample"
+    session_path = tmp_path / "sample.mcap"
+    build_sample(session_path, cache)
+    gallery = tmp_path / "gallery.db"
+    assert enroll("tom_hanks", gallery_path=gallery, face=[str(package_image("tom_hanks"))], face_model="facenet") == 0
+    session = rp.load(session_path)
+    dep = rp.default_deployment(
+        session, data_dir=tmp_path, stages=["detect", "face", "presence"], options={"face": {"recognizer": "facenet"}}
+    )
+    rig = Rig(tmp_path, start_hub=False)
+    done = asyncio.Event()
+
+    async def play() -> None:
+        from sensorium.embedded import embedded
+
+        async with embedded(dep, address=rig.address) as env:
+            await rp.replay_embedded(session, rp.ReplayOptions(speed=2.0, settle=1.0), env)
+            await done.wait()
+
+    try:
+        running = asyncio.run_coroutine_threadsafe(play(), rig.loop)
+        browser.get(rig.url)
+        browser.wait_for(lambda: "tom_hanks" in browser.text("#rooms"), timeout=240, what="tom_hanks on camera")
+        assert not running.done(), "the page filled only after the replay ended"
+        browser.wait_for(lambda: "unknown" in browser.text('[data-room="kitchen"]'), timeout=120, what="kitchen")
+        assert "face" in browser.text('[data-room="living_room"]')
+        rig.loop.call_soon_threadsafe(done.set)
+        running.result(300)
+    finally:
+        rig.loop.call_soon_threadsafe(done.set)
+        rig.close()
+
+
+@pytest.mark.slow
 def test_unknown_face_is_named_and_the_next_recognition_carries_the_name(
     tmp_path: Path, browser: webdriver.Browser
 ) -> None:

@@ -102,7 +102,11 @@ class Browser:
         self._s("POST", f"/element/{self.find(css)}/value", {"text": text})
 
     def text(self, css: str = "body") -> str:
-        return str(self._s("GET", f"/element/{self.find(css)}/text"))
+        """The element's rendered text, read in one step (live pages replace elements under a find-then-read)."""
+        got = self.script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css)
+        if got is None:
+            raise WebDriverError(f"no element matches {css!r}")
+        return str(got)
 
     def script(self, js: str, *args: Any) -> Any:
         return self._s("POST", "/execute/sync", {"script": js, "args": list(args)})
