@@ -1,7 +1,8 @@
 """The console in a real browser (Debian's chromium through chromedriver, headless).
 
 A real hub, the console's real app under uvicorn; the page is driven as a user would: it loads, a
-room fills while a session plays onto the bus, an unknown face found by the real detector and face
+room fills while a session plays onto the bus (and, slow, while the bundled sample session replays
+through the real vision stages), an unknown face found by the real detector and face
 stage is named in the inbox (three clicks) and the face stage's next recognition of that person
 carries the name, a cross-modal proposal is accepted, and the live view reconnects after the hub
 restarts. ``SCREENSHOTS=docs/console`` saves the pages as PNG for docs/console.md.
