@@ -266,11 +266,21 @@ class ConsoleIdentity:
         crop = img[cy1:cy2, cx1:cx2]
         if crop.size == 0:
             return None
+        from nodes.face import _centrality
+        from pipeline.messages import Box
+
         pipe = self.enroller.faces()
-        faces = pipe.detect(crop)
-        if not faces:
+        person = Box(x1, y1, x2, y2, 1.0)
+        # the face the face stage gives this person box: the one in its head region, most central
+        scored = []
+        for f in pipe.detect(crop):
+            fb = (f.box[0] + cx1, f.box[1] + cy1, f.box[2] + cx1, f.box[3] + cy1)
+            c = _centrality(fb, f.score, person)
+            if c > 0:
+                scored.append((c, f))
+        if not scored:
             return None
-        face = max(faces, key=lambda f: f.quality)
+        face = max(scored, key=lambda cf: cf[0])[1]
         vec = pipe.embed(crop, [face])[0]
         fx1, fy1, fx2, fy2 = (int(v) for v in face.box)
         m = int(0.25 * (fx2 - fx1))

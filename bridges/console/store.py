@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS clusters(
 CREATE TABLE IF NOT EXISTS samples(
   id INTEGER PRIMARY KEY, kind TEXT, model_id TEXT, vector BLOB, time REAL, room TEXT, seq INTEGER,
   media TEXT, cluster INTEGER, alone TEXT, grp TEXT DEFAULT '', person TEXT DEFAULT '');
-CREATE INDEX IF NOT EXISTS samples_person ON samples(person);
 CREATE INDEX IF NOT EXISTS samples_cluster ON samples(cluster);
 CREATE TABLE IF NOT EXISTS actions(id INTEGER PRIMARY KEY, time REAL, action TEXT, payload TEXT, undone INTEGER);
 CREATE TABLE IF NOT EXISTS consent(name TEXT, time REAL, detail TEXT);
@@ -107,6 +106,11 @@ class Store:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
+        for col in ("grp", "person"):  # a file from an earlier console
+            if col not in have:
+                self._db.execute(f"ALTER TABLE samples ADD COLUMN {col} TEXT DEFAULT ''")
+        self._db.execute("CREATE INDEX IF NOT EXISTS samples_person ON samples(person)")
 
     def close(self) -> None:
         with self._lock:
