@@ -349,6 +349,9 @@ class Console:
             if emb is None:
                 return None
             self._face_seen[key] = ev.time
+            if len(self._face_seen) > 4096:  # tracks end; keep only the recent ones
+                horizon = ev.time - max(self.face_every, 60.0)
+                self._face_seen = {k: t for k, t in self._face_seen.items() if t >= horizon}
             return await self.keep(ev, "face", emb, "jpg")
         if isinstance(ev, SpeakerIdentified):
             utt = self.utterances.get(ev.utterance_id)
