@@ -154,6 +154,31 @@ def test_cross_modal_proposal_appears_and_is_accepted(rig: Rig, browser: webdriv
         assert g.people() == {"alice": {"voice": 3}}
 
 
+def test_person_page_reassigns_a_wrong_recognition_and_removes_the_person(
+    rig: Rig, browser: webdriver.Browser, tmp_path: Path
+) -> None:
+    bob, alice = person_vectors(61, 2), person_vectors(62, 1)
+    rig.identity.enroll("bob", "face", "test-face", bob)  # type: ignore[union-attr]
+    rig.publish(FaceRecognized(room="kitchen", source="face", camera="cam", person="bob", score=0.55, track=1))
+    rig.wait(lambda: rig.store.events(type_="face", limit=1), what="the recognition")
+    ev = FaceRecognized(seq=rig.store.last_seq, time=time.time(), room="kitchen", camera="cam", person="bob", track=1)
+    rig.call(rig.console.keep(ev, "face", Embedding(vector=alice[0], model_id="test-face", media=b"\xff\xd8"), "jpg"))
+    browser.get(rig.url + "person/bob")
+    assert "2 face" in browser.text("main")
+    sid = browser.script("return document.querySelector('[data-sample]').dataset.sample")
+    browser.type(f"#to-{sid}", "alice")
+    browser.click(f"[data-sample='{sid}'] button.reassign")
+    browser.wait_for(lambda: not browser.finds(f"[data-sample='{sid}']"), what="the recognition leaves bob's page")
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {"alice": {"face": 1}, "bob": {"face": 2}}
+    shot(browser, "person")
+    browser.click("button.remove")
+    browser.accept_alert()
+    browser.wait_for(lambda: browser.script("return location.pathname") == "/", what="back to the rooms")
+    with Gallery(tmp_path / "gallery.db") as g:
+        assert g.people() == {"alice": {"face": 1}}
+
+
 @pytest.mark.slow
 def test_rooms_fill_while_the_sample_session_replays(tmp_path: Path, browser: webdriver.Browser) -> None:
     """The bundled sample session (recorded MCAP: two rooms, people on camera) replayed through the real

@@ -108,6 +108,10 @@ class Browser:
             raise WebDriverError(f"no element matches {css!r}")
         return str(got)
 
+    def accept_alert(self) -> None:
+        """Press OK on the page's ``confirm()``."""
+        self._s("POST", "/alert/accept")
+
     def script(self, js: str, *args: Any) -> Any:
         return self._s("POST", "/execute/sync", {"script": js, "args": list(args)})
 
