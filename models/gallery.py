@@ -64,6 +64,7 @@ class Gallery:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         self._cache: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
+        self._version = -1
 
     # ------------------------------------------------------------------------------------ writes
 
@@ -87,6 +88,32 @@ class Gallery:
                 self._db.execute("ROLLBACK")
                 raise
             self._cache.pop((kind, model_id), None)
+
+    def remove_vectors(self, name: str, kind: str, model_id: str, embeddings: list[np.ndarray]) -> int:
+        """Delete exactly these stored embeddings of ``name`` (an undone enrolment); the person goes when
+        nothing of theirs is left. Returns how many were deleted."""
+        blobs = [_check_vector(e).astype("<f4").tobytes() for e in embeddings]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                n = 0
+                for b in blobs:
+                    row = self._db.execute(
+                        "SELECT id FROM embeddings WHERE name = ? AND kind = ? AND model_id = ? AND vector = ? LIMIT 1",
+                        (name, kind, model_id, b),
+                    ).fetchone()
+                    if row is not None:
+                        self._db.execute("DELETE FROM embeddings WHERE id = ?", (row[0],))
+                        n += 1
+                left = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE name = ?", (name,)).fetchone()[0]
+                if not left:
+                    self._db.execute("DELETE FROM people WHERE name = ?", (name,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._cache.clear()
+        return n
 
     def remove(self, name: str) -> bool:
         """Forget a person and all their embeddings; False if there was no such person."""
@@ -114,6 +141,13 @@ class Gallery:
 
     def _centroids(self, kind: str, model_id: str) -> tuple[list[str], np.ndarray]:
         key = (kind, model_id)
+        # Another process (``sensorium enroll``, the console) may have changed the file: SQLite's
+        # data_version moves then, and the next recognition reads the people as they are now.
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
         if key not in self._cache:
             with self._lock:
                 rows = self._db.execute(

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import msgspec
 
 T = TypeVar("T")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class ConfigError(ValueError):
@@ -288,6 +288,44 @@ class WyomingConfig(_Strict):
         return {role: port for role, port in roles.items() if port}
 
 
+class ConsoleConfig(_Strict):
+    """``[console]``: the web console (``sensorium console``): who is where, the timeline, the unknowns inbox."""
+
+    host: str = "127.0.0.1"
+    """Address the page listens on. Any address but loopback needs ``token_file`` or ``ingress_from``."""
+    port: int = 8780
+    """TCP port of the page."""
+    token_file: str = ""
+    """File whose first line is the access token (``Authorization: Bearer``, or ``?token=`` once, then a cookie)."""
+    ingress_from: list[str] = []
+    """Addresses allowed in without a token when they send Home Assistant's ``X-Ingress-Path`` (its Supervisor:
+    172.30.32.2)."""
+    media: bool = True
+    """Keep face crops and voice clips of unknowns (false = embeddings only, like ``--no-media``)."""
+    retention: str | float = "7d"
+    """How long crops and clips of unknowns are kept (the embeddings stay until the cluster is dropped)."""
+    clip_s: float = 5.0
+    """Longest voice clip kept of an unknown utterance, seconds."""
+    face_every: str | float = "10s"
+    """At most one face sample per camera track this often (the face stage reports an unknown track often)."""
+    keys: str = ""
+    """Folder with the console's CURVE key pair and the hub's public key (a hub off loopback)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if not loopback and not self.token_file and not self.ingress_from:
+            raise ValueError(
+                f"host = {self.host!r} is not loopback: set token_file (a file holding the access token) "
+                "or ingress_from (Home Assistant's ingress proxy), or listen on 127.0.0.1"
+            )
+        if not 0 < self.clip_s <= 30:
+            raise ValueError(f"clip_s must be 0-30 seconds, got {self.clip_s}")
+        parse_duration(self.retention, "retention")
+        parse_duration(self.face_every, "face_every")
+
+
 class DeployFile(_Strict):
     """The raw file layout; named tables are checked one by one so errors can name them."""
 
@@ -299,6 +337,7 @@ class DeployFile(_Strict):
     wyoming: dict[str, Any] | None = None
     data_dir: str = ".sensorium"
     mqtt: dict[str, Any] | None = None
+    console: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -312,6 +351,7 @@ class DeployParsed(msgspec.Struct):
     data_dir: str
     wyoming: WyomingConfig | None = None
     mqtt: MqttConfig | None = None
+    console: ConsoleConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -338,6 +378,8 @@ class Deployment(msgspec.Struct):
     """The Wyoming gateway's table (None when the file has no ``[wyoming]``)."""
     mqtt: MqttConfig | None = None
     """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
+    console: ConsoleConfig | None = None
+    """The web console's settings (None without a ``[console]`` table: its defaults apply)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -451,6 +493,7 @@ def from_dict(
         data_dir=raw_file.data_dir,
         wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
+        console=convert(raw_file.console, ConsoleConfig, "console") if raw_file.console is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -527,6 +570,7 @@ def from_dict(
         data_dir=Path(f.data_dir),
         wyoming=f.wyoming,
         mqtt=f.mqtt,
+        console=f.console,
     )
 
 

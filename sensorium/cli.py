@@ -26,6 +26,7 @@ COMMANDS = [
     "agent",
     "mqtt",
     "wyoming",
+    "console",
     "record",
     "replay",
     "session",

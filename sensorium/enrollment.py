@@ -210,3 +210,117 @@ def enroll(
             + ", ".join(f"{n} {k} embedding{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
         )
     return 0
+
+
+class ConsoleIdentity:
+    """The console's ``Identity``: the deployment's own speaker and face models and its galleries.
+
+    A cluster the console names is enrolled here exactly as ``sensorium enroll --config`` would, so
+    the workers' next recognition of that face or voice carries the name (the gallery notices the
+    write). Models load on first use, once.
+    """
+
+    def __init__(
+        self, galleries: Galleries, *, face_threshold: float | None = None, voice_threshold: float | None = None
+    ):
+        from nodes.speaker import default_threshold
+
+        self.galleries = galleries
+        self.enroller = Enroller(galleries.speaker_model, galleries.face_model, "cpu", galleries.speaker_cache)
+        self.voice_threshold = (
+            voice_threshold if voice_threshold is not None else default_threshold(galleries.speaker_model)
+        )
+        self._face_threshold = face_threshold
+
+    @classmethod
+    def for_deployment(cls, dep: Deployment) -> ConsoleIdentity:
+        face = dep.stages["face"].options if "face" in dep.stages else None
+        speaker = dep.stages["speaker"].options if "speaker" in dep.stages else None
+        return cls(
+            deployment_galleries(dep),
+            face_threshold=getattr(face, "threshold", None),
+            voice_threshold=getattr(speaker, "threshold", None),
+        )
+
+    @property
+    def face_threshold(self) -> float:
+        if self._face_threshold is None:
+            self._face_threshold = float(self.enroller.faces().default_threshold)
+        return self._face_threshold
+
+    def embed_face(self, jpeg: bytes, box: tuple[float, float, float, float]) -> Any:
+        """The face in the top part of a person box of a JPEG frame (as the face stage finds it), or None."""
+        import cv2
+        import numpy as np
+
+        from bridges.console.service import Embedding
+
+        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError("the camera frame is not a readable JPEG")
+        h, w = img.shape[:2]
+        x1, y1, x2, y2 = box
+        bw, bh = x2 - x1, y2 - y1
+        cx1, cx2 = int(max(0, x1 - 0.1 * bw)), int(min(w, x2 + 0.1 * bw))
+        cy1, cy2 = int(max(0, y1 - 0.05 * bh)), int(min(h, y2))
+        crop = img[cy1:cy2, cx1:cx2]
+        if crop.size == 0:
+            return None
+        from nodes.face import _centrality
+        from pipeline.messages import Box
+
+        pipe = self.enroller.faces()
+        person = Box(x1, y1, x2, y2, 1.0)
+        # the face the face stage gives this person box: the one in its head region, most central
+        scored = []
+        for f in pipe.detect(crop):
+            fb = (f.box[0] + cx1, f.box[1] + cy1, f.box[2] + cx1, f.box[3] + cy1)
+            c = _centrality(fb, f.score, person)
+            if c > 0:
+                scored.append((c, f))
+        if not scored:
+            return None
+        face = max(scored, key=lambda cf: cf[0])[1]
+        vec = pipe.embed(crop, [face])[0]
+        fx1, fy1, fx2, fy2 = (int(v) for v in face.box)
+        m = int(0.25 * (fx2 - fx1))
+        thumb = crop[max(0, fy1 - m) : fy2 + m, max(0, fx1 - m) : fx2 + m]
+        ok, enc = cv2.imencode(
+            ".jpg", cv2.resize(thumb, (96, 96)) if thumb.size else crop, [cv2.IMWRITE_JPEG_QUALITY, 85]
+        )
+        return Embedding(vector=vec, model_id=pipe.model_id, media=enc.tobytes() if ok else None)
+
+    def embed_voice(self, pcm: np.ndarray, rate: int) -> Any:
+        from bridges.console.service import Embedding
+
+        enc = self.enroller.encoder()
+        return Embedding(vector=enc.embed(pcm, rate), model_id=enc.model_id)
+
+    def _gallery(self, kind: str) -> Any:
+        from models.gallery import Gallery
+
+        return Gallery(self.galleries.face if kind == "face" else self.galleries.voice)
+
+    def enroll(self, name: str, kind: str, model_id: str, vectors: list[np.ndarray]) -> None:
+        with self._gallery(kind) as g:
+            for v in vectors:
+                g.add(name, kind, model_id, v)
+
+    def unenroll(self, name: str, kind: str, model_id: str, vectors: list[np.ndarray]) -> None:
+        with self._gallery(kind) as g:
+            g.remove_vectors(name, kind, model_id, vectors)
+
+    def remove(self, name: str) -> bool:
+        removed = False
+        for kind in ("voice", "face"):
+            with self._gallery(kind) as g:
+                removed = g.remove(name) or removed
+        return removed
+
+    def people(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for kind in ("voice", "face"):
+            with self._gallery(kind) as g:
+                for name, kinds in g.people().items():
+                    out.setdefault(name, {}).update({k: n for k, n in kinds.items() if k == kind})
+        return out
