@@ -288,6 +288,38 @@ class WyomingConfig(_Strict):
         return {role: port for role, port in roles.items() if port}
 
 
+class McpConfig(_Strict):
+    """``[mcp]``: the Model Context Protocol server (``sensorium mcp``) that LLM agents call for presence and voice."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP transports (streamable HTTP on ``/mcp``, SSE on ``/sse``) listen on; any address off
+    loopback needs ``token_file``."""
+    port: int = 8765
+    """TCP port of the HTTP transports."""
+    token_file: str = ""
+    """File whose first line is the bearer token clients send (``Authorization: Bearer …``); required off
+    loopback, optional on it (set, every client must send it)."""
+    speak: bool = True
+    """Offer ``say``, ``ask`` and ``stop``; false makes a read-only server for agents that may only look."""
+    name: str = "sensorium-mcp"
+    """Name on the hub (and the server's name in MCP)."""
+    transcripts: int = 200
+    """Final transcripts kept for ``recent_transcripts``."""
+    ask_timeout: str | float = "15s"
+    """Longest ``ask`` waits for the answer when the agent names no timeout (at most 120 s)."""
+    keys: str = ""
+    """Folder with this client's CURVE key pair and the hub's public key (a hub off loopback)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if not 1 <= self.transcripts <= 100000:
+            raise ValueError(f"transcripts must be 1-100000, got {self.transcripts}")
+        t = parse_duration(self.ask_timeout, "ask_timeout")
+        if not 0 < t <= 120:
+            raise ValueError(f"ask_timeout must be more than 0 and at most 120 s, got {self.ask_timeout!r}")
+
+
 class DeployFile(_Strict):
     """The raw file layout; named tables are checked one by one so errors can name them."""
 
@@ -299,6 +331,7 @@ class DeployFile(_Strict):
     wyoming: dict[str, Any] | None = None
     data_dir: str = ".sensorium"
     mqtt: dict[str, Any] | None = None
+    mcp: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -312,6 +345,7 @@ class DeployParsed(msgspec.Struct):
     data_dir: str
     wyoming: WyomingConfig | None = None
     mqtt: MqttConfig | None = None
+    mcp: McpConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -338,6 +372,8 @@ class Deployment(msgspec.Struct):
     """The Wyoming gateway's table (None when the file has no ``[wyoming]``)."""
     mqtt: MqttConfig | None = None
     """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
+    mcp: McpConfig | None = None
+    """The MCP server's settings (None without an ``[mcp]`` table)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -451,6 +487,7 @@ def from_dict(
         data_dir=raw_file.data_dir,
         wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
+        mcp=convert(raw_file.mcp, McpConfig, "mcp") if raw_file.mcp is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -527,6 +564,7 @@ def from_dict(
         data_dir=Path(f.data_dir),
         wyoming=f.wyoming,
         mqtt=f.mqtt,
+        mcp=f.mcp,
     )
 
 

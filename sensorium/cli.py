@@ -26,6 +26,7 @@ COMMANDS = [
     "agent",
     "mqtt",
     "wyoming",
+    "mcp",
     "record",
     "replay",
     "session",
