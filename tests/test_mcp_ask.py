@@ -54,22 +54,26 @@ class Mic:
             await asyncio.sleep(max(0.0, start + sent - loop.time()))  # real time, like a microphone
 
 
-@pytest.fixture(scope="module")
-def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def prepare_voices(folder: Path) -> dict[str, Any]:
+    """joe's and rob's voices enrolled in ``folder``/gallery.db, and an answer each speaks (synthesized)."""
     import media
 
     from evaluation.demo import enroll_pairs
     from evaluation.session import sample_enrollment
 
-    cache = Path(".cache/sample")
-    gallery = tmp_path_factory.mktemp("gallery") / "gallery.db"
-    people = {p: k for p, k in sample_enrollment(cache).items() if p in ("joe", "rob")}
+    gallery = folder / "gallery.db"
+    people = {p: k for p, k in sample_enrollment(Path(".cache/sample")).items() if p in ("joe", "rob")}
     assert enroll_pairs([f"{p}={w}" for p, k in people.items() for w in k["voice"]], gallery) == 0
     return {
         "gallery": gallery,
         "joe": media.speech("Yes please, I would love pasta with tomato sauce for dinner tonight.", "piper:joe"),
         "rob": media.speech("He went out for a walk, he will be back in about an hour.", "flite:rms"),
     }
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return prepare_voices(tmp_path_factory.mktemp("gallery"))
 
 
 @contextlib.asynccontextmanager

@@ -31,10 +31,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.session import ServerSession
@@ -166,7 +168,7 @@ class _Server(FastMCP):
 
     owner: "SensoriumMcp"
 
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
         ctx = self.get_context()
         t0 = time.perf_counter()
         try:
@@ -175,6 +177,12 @@ class _Server(FastMCP):
             await self.owner._called(ctx, name, arguments, t0, str(exc))
             raise
         await self.owner._called(ctx, name, arguments, t0, "")
+        if isinstance(result, tuple) and len(result) == 2:
+            # (text, structured) from a tool's pydantic result: it was built and validated by its model already,
+            # so hand the SDK a finished result; it would validate it against the JSON schema again (about 10 ms,
+            # most of a call, re-checking the schema itself each time).
+            content, structured = result
+            return types.CallToolResult(content=list(content), structuredContent=structured, isError=False)
         return result
 
 
@@ -215,6 +223,8 @@ class SensoriumMcp:
         self._enrolled_at = 0.0
         self.calls = 0
         """Tool calls served."""
+        self.timings: deque[tuple[str, float]] = deque(maxlen=10000)
+        """(tool, milliseconds in the server) of the latest calls."""
         self.mcp = self._build()
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -331,9 +341,15 @@ class SensoriumMcp:
             if is_loopback(host)
             else TransportSecuritySettings(enable_dns_rebinding_protection=False)  # the bearer token guards it
         )
-        mcp = _Server(self.name, instructions=INSTRUCTIONS, host=host, port=self.cfg.port, transport_security=security)
+        mcp = _Server(
+            self.name,
+            instructions=INSTRUCTIONS,
+            host=host,
+            port=self.cfg.port,
+            transport_security=security,
+            log_level="WARNING",  # the SDK logs every request at INFO
+        )
         mcp.owner = self
-        mcp.settings.log_level = "WARNING"
         self._tools(mcp)
         self._resources(mcp)
         low = mcp._mcp_server
@@ -480,18 +496,19 @@ class SensoriumMcp:
 
         @mcp.tool(annotations=read_only)
         async def recent_transcripts(
-            room: Annotated[str | None, Field(description="Only what was said in this room")] = None,
-            person: Annotated[str | None, Field(description="Only what this person said")] = None,
+            room: Annotated[str, Field(description="Only what was said in this room ('' = every room)")] = "",
+            person: Annotated[str, Field(description="Only what this person said ('' = anyone)")] = "",
             since: Annotated[
-                float | None, Field(description="Only the last this-many seconds (600 = the last ten minutes)", ge=0)
-            ] = None,
+                float,
+                Field(description="Only the last this-many seconds (600 = the last ten minutes; 0 = all kept)", ge=0),
+            ] = 0,
             limit: Annotated[int, Field(description="At most this many, the newest", ge=1, le=200)] = 20,
         ) -> Transcripts:
             """What was said in the house recently (final speech-to-text, with who said it), oldest first."""
             house = await self._state()
-            r = self._room(room) if room is not None else None
-            who = self._person(person) if person is not None else None
-            after = self._now() - since if since is not None else 0.0
+            r = self._room(room) if room else None
+            who = self._person(person) if person else None
+            after = self._now() - since if since > 0 else 0.0
             out = [
                 Utterance(time=iso(h.time) or "", room=h.room, speaker=h.speaker, text=h.text)
                 for h in house.transcripts
@@ -505,14 +522,14 @@ class SensoriumMcp:
         @mcp.tool(annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": True})
         async def say(
             text: Annotated[str, Field(description="What to say (plain sentences)")],
-            room: Annotated[str | None, Field(description="Speak in this room")] = None,
-            person: Annotated[str | None, Field(description="Or: speak wherever this person is")] = None,
+            room: Annotated[str, Field(description="Speak in this room")] = "",
+            person: Annotated[str, Field(description="Or: speak wherever this person is")] = "",
         ) -> Said:
             """Speak text aloud in a room, or in the room a person is in (give room or person, not both)."""
             text = _text(text, "text")
             room = await self._target(room, person)
             assert self.client is not None
-            answer_id = await self.client.say(room, text, person=person or "")
+            answer_id = await self.client.say(room, text, person=self._person(person) if person else "")
             return Said(answer_id=answer_id, room=room)
 
         @mcp.tool(annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": True})
@@ -528,18 +545,17 @@ class SensoriumMcp:
             person: Person,
             question: Annotated[str, Field(description="The question to speak")],
             timeout: Annotated[
-                float | None,
-                Field(description=f"Seconds to wait for the answer (default {self.ask_timeout:g})", gt=0, le=MAX_ASK_S),
-            ] = None,
+                float, Field(description="Seconds to wait for the spoken answer", ge=1, le=MAX_ASK_S)
+            ] = self.ask_timeout,
         ) -> Answer:
             """Ask a person a question aloud in the room they are in and return their spoken answer (no wake word
             needed); status tells answered, someone_else answered, no_answer, or not_home."""
             return await self.ask(person, question, timeout)
 
-    async def _target(self, room: str | None, person: str | None) -> str:
-        if (room is None) == (person is None) or (room == "" and person == ""):
+    async def _target(self, room: str, person: str) -> str:
+        if bool(room) == bool(person):
             raise ToolError("give either room or person (one of them)")
-        if room is not None:
+        if room:
             return self._room(room)
         house = await self._state()
         name = self._person(person)
@@ -679,6 +695,7 @@ class SensoriumMcp:
     async def _called(self, ctx: Context, tool: str, arguments: dict[str, Any], t0: float, error: str) -> None:
         self.calls += 1
         ms = (time.perf_counter() - t0) * 1000
+        self.timings.append((tool, ms))
         who = self._client_name(ctx)
         args = json.dumps(arguments, default=str, sort_keys=True)
         if len(args) > 500:
