@@ -25,6 +25,7 @@ NAMES = [
     "sensorium-edge.service",
     "sensorium-wyoming.service",
     "sensorium-mqtt.service",
+    "sensorium-mcp.service",
 ]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]

@@ -377,3 +377,67 @@ def test_cli_refuses_to_serve_off_loopback_without_a_token(tmp_path: Path, hub_a
     )  # fmt: skip
     assert r.returncode == 2, r.stdout + r.stderr
     assert "host = '0.0.0.0' is reachable from other machines: set token_file" in r.stderr
+
+
+# ------------------------------------------------------------------------------ the example agent
+
+
+class _FakeChat:
+    """An OpenAI-compatible chat endpoint that calls where_is for sara, then answers from the tool's result."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
+                if not tool_msgs:
+                    call = {"id": "c1", "type": "function",
+                            "function": {"name": "where_is", "arguments": json.dumps({"person": "sara"})}}  # fmt: skip
+                    message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                else:
+                    where = json.loads(tool_msgs[-1]["content"])
+                    message = {"role": "assistant", "content": f"Sara is in the {where['room'].replace('_', ' ')}."}
+                data = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_example_agent_answers_through_the_mcp_tools(hub: Hub, pub: Publisher) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mcp_agent", ROOT / "examples" / "mcp_agent.py")
+    agent = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(agent)  # type: ignore[union-attr]
+    await play_session(hub, pub)
+    chat = _FakeChat()
+    try:
+        async with serving(hub) as (server, url):
+            answer = await agent.run("Where is Sara?", url=f"{url}/mcp", model="test", base_url=chat.url)
+            assert answer == "Sara is in the living room."
+            offered = {t["function"]["name"] for t in chat.requests[0]["tools"]}
+            assert offered == STATE_TOOLS | SPEAK_TOOLS
+            assert chat.requests[0]["tools"][0]["function"]["parameters"]["type"] == "object"
+            assert [tool for tool, _ in server.timings] == ["where_is"]
+    finally:
+        chat.close()
