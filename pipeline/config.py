@@ -316,8 +316,8 @@ class McpConfig(_Strict):
         if not 1 <= self.transcripts <= 100000:
             raise ValueError(f"transcripts must be 1-100000, got {self.transcripts}")
         t = parse_duration(self.ask_timeout, "ask_timeout")
-        if not 0 < t <= 120:
-            raise ValueError(f"ask_timeout must be more than 0 and at most 120 s, got {self.ask_timeout!r}")
+        if not 1 <= t <= 120:
+            raise ValueError(f"ask_timeout must be 1-120 s, got {self.ask_timeout!r}")
 
 
 class DeployFile(_Strict):

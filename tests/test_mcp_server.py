@@ -441,3 +441,19 @@ async def test_example_agent_answers_through_the_mcp_tools(hub: Hub, pub: Publis
             assert [tool for tool, _ in server.timings] == ["where_is"]
     finally:
         chat.close()
+
+
+async def test_one_question_at_a_time_per_room(hub: Hub, pub: Publisher) -> None:
+    """Nothing plays the question here (no tts stage): the first ask ends with no_answer at its timeout,
+    and while it waits, a second question in the same room is refused rather than stealing its answer."""
+    await play_session(hub, pub)
+    async with serving(hub) as (_server, url), session(url) as s1, session(url) as s2:
+        first = asyncio.create_task(s1.call_tool("ask", {"person": "joe", "question": "Pasta?", "timeout": 3}))
+        await asyncio.sleep(0.5)
+        assert "kitchen is already waiting" in await refused(s2, "ask", person="rob", question="Tea?")
+        r = await first
+        assert r.structuredContent is not None
+        assert (r.structuredContent["status"], r.structuredContent["room"]) == ("no_answer", "kitchen")
+        assert 2.9 < r.structuredContent["seconds"] < 6
+        answer = await call(s2, "ask", person="sara", question="Tea?", timeout=1)  # another room: its own question
+        assert answer["status"] == "no_answer" and answer["room"] == "living_room"

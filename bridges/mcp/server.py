@@ -219,6 +219,7 @@ class SensoriumMcp:
         self._ready = asyncio.Event()
         self._listeners: set[Callable[[Event], None]] = set()
         self._subs: dict[str, set[ServerSession]] = {}
+        self._asking: set[str] = set()
         self._enrolled: set[str] = set()
         self._enrolled_at = 0.0
         self.calls = 0
@@ -578,6 +579,9 @@ class SensoriumMcp:
         mics = self.microphones.get(room) or []
         if not mics:
             raise ToolError(f"room {room} has no microphone to hear the answer with")
+        if room in self._asking:  # one claim per microphone: a second question would take the first one's answer
+            raise ToolError(f"{room} is already waiting for the answer to another question; ask again after it")
+        self._asking.add(room)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._listeners.add(queue.put_nowait)
         rid = f"mcp-ask-{uuid.uuid4().hex[:10]}"
@@ -589,6 +593,7 @@ class SensoriumMcp:
         except TimeoutError:
             text, speaker = "", None
         finally:
+            self._asking.discard(room)
             self._listeners.discard(queue.put_nowait)
             for node in mics:  # whatever is still open for this question is not anyone's command
                 await self._publisher.publish(
