@@ -241,17 +241,21 @@ async def ask(rounds: int) -> dict[str, Any]:
                     answering = asyncio.create_task(answer_after_the_question(env, mic, voices["joe"]))
                     t0 = time.perf_counter()
                     r = await s.call_tool("ask", {"person": "joe", "question": "Would you like pasta for dinner?"})
-                    total = time.perf_counter() - t0
-                    await answering
+                    t1 = time.perf_counter()
+                    spoke = await answering
                     got = r.structuredContent or {}
                     results.append({"status": got.get("status"), "speaker": got.get("speaker"),
-                                    "answer": got.get("answer"), "seconds": round(total, 3)})  # fmt: skip
+                                    "answer": got.get("answer"), "seconds": round(t1 - t0, 3),
+                                    "question_played_s": round(spoke - 0.4 - t0, 3),
+                                    "after_answer_speech_s": round(t1 - (spoke + speech_s), 3)})  # fmt: skip
                     await asyncio.sleep(1.0)
     totals = [r["seconds"] for r in results]
     return {
         "rounds": results,
         "answer_speech_s": round(speech_s, 2),
         "question_to_answer_s_median": round(statistics.median(totals), 3),
+        "question_played_s_median": round(statistics.median(r["question_played_s"] for r in results), 3),
+        "after_answer_speech_s_median": round(statistics.median(r["after_answer_speech_s"] for r in results), 3),
         "correct": sum(r["status"] == "answered" and r["speaker"] == "joe" for r in results),
     }
 
@@ -288,7 +292,9 @@ def render(r: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"ask question → answer: median {a['question_to_answer_s_median']} s over {len(a['rounds'])} rounds "
-        f"({a['correct']} answered by the right person; the answer itself is {a['answer_speech_s']} s of speech)"
+        f"({a['correct']} answered by the right person): question spoken and played {a['question_played_s_median']} s, "
+        f"the answer {a['answer_speech_s']} s of speech (starting 0.4 s later), its result "
+        f"{a['after_answer_speech_s_median']} s after the speech ended"
     )
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -135,8 +136,9 @@ async def house(tmp_path: Path, gallery: Path) -> AsyncIterator[Any]:
                 pub.close()
 
 
-async def answer_after_the_question(env: Any, mic: Mic, pcm: np.ndarray) -> None:
-    """Whoever answers speaks once the question has been played in the kitchen."""
+async def answer_after_the_question(env: Any, mic: Mic, pcm: np.ndarray) -> float:
+    """Whoever answers speaks once the question has been played in the kitchen; returns when they start
+    (``time.perf_counter``)."""
     from pipeline.client import Client
 
     async with Client(env.endpoints, clock=env.clock) as c:
@@ -144,7 +146,8 @@ async def answer_after_the_question(env: Any, mic: Mic, pcm: np.ndarray) -> None
             if isinstance(ev, PlaybackStatus) and ev.state == "ended":
                 await asyncio.sleep(0.4)
                 await mic.pending.put(pcm.astype(np.int16))
-                return
+                return time.perf_counter()
+        raise AssertionError("the event stream ended")
 
 
 async def test_ask_gets_the_spoken_answer_and_who_gave_it(tmp_path: Path, voices: dict[str, Any]) -> None:
