@@ -457,3 +457,28 @@ async def test_one_question_at_a_time_per_room(hub: Hub, pub: Publisher) -> None
         assert 2.9 < r.structuredContent["seconds"] < 6
         answer = await call(s2, "ask", person="sara", question="Tea?", timeout=1)  # another room: its own question
         assert answer["status"] == "no_answer" and answer["room"] == "living_room"
+
+
+async def test_cli_serves_http_and_stops_cleanly_on_sigterm(hub: Hub, pub: Publisher, tmp_path: Path) -> None:
+    import signal
+
+    await play_session(hub, pub)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sensorium", "mcp", "--config", str(_deploy(tmp_path, hub.config.address)),
+        "--port", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            banner = (await proc.stdout.readline()).decode()
+        assert f"serving http://127.0.0.1:{port}/mcp (streamable HTTP) and http://127.0.0.1:{port}/sse" in banner
+        async with session(f"http://127.0.0.1:{port}") as s:
+            assert (await call(s, "where_is", person="joe"))["room"] == "kitchen"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
