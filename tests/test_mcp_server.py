@@ -482,3 +482,19 @@ async def test_cli_serves_http_and_stops_cleanly_on_sigterm(hub: Hub, pub: Publi
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_cli_names_a_port_in_use_and_exits_1(tmp_path: Path, hub_address: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "sensorium", "mcp", "--config", str(_deploy(tmp_path, hub_address)),
+             "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"sensorium mcp: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr

@@ -302,28 +302,41 @@ class SensoriumMcp:
         return BearerAuth(app, self.token) if self.token else app
 
     async def serve_http(self, host: str, port: int, started: asyncio.Event | None = None) -> None:
-        """Serve both HTTP transports until cancelled."""
+        """Serve both HTTP transports until cancelled; ``OSError`` naming the address when it cannot listen."""
+        import socket
+
         import uvicorn
 
         check_bind(host, self.token)
-        config = uvicorn.Config(self.http_app(), host=host, port=port, log_level="warning", lifespan="on")
+        # The socket is bound here, not by uvicorn: a port in use is an OSError to report, where uvicorn
+        # would end the whole process with sys.exit.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        config = uvicorn.Config(self.http_app(), log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             while not server.started:
                 if task.done():
-                    await task
-                    raise OSError(f"the MCP server could not listen on {host}:{port}")
+                    with contextlib.suppress(SystemExit):
+                        await task
+                    raise OSError(f"the MCP server could not start on {host}:{port} (see the log above)")
                 await asyncio.sleep(0.02)
             if started is not None:
                 started.set()
             await asyncio.shield(task)  # cancelled: uvicorn is asked to exit below, and closes its connections
         finally:
             server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError, Exception, SystemExit):
                 async with asyncio.timeout(5.0):
                     await asyncio.shield(task)
             task.cancel()
+            sock.close()
 
     async def serve_stdio(self) -> None:
         """Serve one client on this process's stdin/stdout."""

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 waiter.cancel()
                 if serving.done():
                     exc = serving.exception()
-                    print(f"sensorium mcp: cannot serve on {cfg.host}:{cfg.port}: {exc}", file=sys.stderr)
+                    print(f"sensorium mcp: {exc}", file=sys.stderr)
                     return 1
                 base = f"http://{cfg.host}:{cfg.port}"
                 print(
