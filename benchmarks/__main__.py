@@ -28,8 +28,8 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
-#: the whole pipeline, the whole pipeline into Home Assistant over MQTT, the web console, processes killed at random, a
-#: replicated stage's worker killed mid-command, then
+#: the whole pipeline, the whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP,
+#: processes killed at random, a replicated stage's worker killed mid-command, then
 #: an hour of it.
 BENCHMARKS = [
     "setup",
@@ -41,6 +41,7 @@ BENCHMARKS = [
     "replay",
     "mqtt",
     "console",
+    "mcp",
     "chaos",
     "failover",
     "soak",
@@ -68,6 +69,7 @@ LIBRARIES = [
     "mcap",
     "aiomqtt",
     "paho-mqtt",
+    "mcp",
 ]
 
 

@@ -43,6 +43,7 @@ from pipeline.messages import (
     AudioChunk,
     Detections,
     FaceRecognized,
+    McpCall,
     Message,
     Presence,
     Say,
@@ -57,8 +58,10 @@ from pipeline.recorder import Recorded, RecordingError, read_all
 
 log = logging.getLogger("sensorium.replay")
 
-#: Topic prefixes the replay listens to for answers: every event family plus TTS audio.
-ANSWER_PREFIXES: tuple[str, ...] = tuple(sorted({f"{cls.kind}/" for cls in EVENTS} | {"tts/"}))
+#: Topic prefixes the replay listens to for answers: every event family plus TTS audio, except the audit
+#: events of agents' calls (``mcp_call``): an agent polling the MCP server while a session replays is not the
+#: pipeline answering, and would keep the replay from ever settling.
+ANSWER_PREFIXES: tuple[str, ...] = tuple(sorted({f"{cls.kind}/" for cls in EVENTS if cls is not McpCall} | {"tts/"}))
 _PUBLISHED = (AudioChunk, VideoFrame, Say, StopPlayback)
 
 

@@ -197,6 +197,13 @@ class Client:
         finally:
             sock.close(0)
 
+    async def backlog(
+        self, since: int = 0, types: Iterable[str] | None = None, rooms: Iterable[str] | None = None
+    ) -> list[Event]:
+        """The hub log's events (optionally of ``types`` in ``rooms``) after ``since``, oldest first; an
+        ``EventsLost`` item first where the log no longer holds some of them. ``events(since=…)`` continues live."""
+        return await self._backlog(since, prefixes_for(types, rooms))
+
     async def snapshot(self) -> list[Presence]:
         """Who is where now: the latest presence of every person (and unknown counts) per room."""
         reply = await self.link.request(SnapshotRequest(), 10.0)

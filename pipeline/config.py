@@ -326,6 +326,38 @@ class ConsoleConfig(_Strict):
         parse_duration(self.face_every, "face_every")
 
 
+class McpConfig(_Strict):
+    """``[mcp]``: the Model Context Protocol server (``sensorium mcp``) that LLM agents call for presence and voice."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP transports (streamable HTTP on ``/mcp``, SSE on ``/sse``) listen on; any address off
+    loopback needs ``token_file``."""
+    port: int = 8765
+    """TCP port of the HTTP transports."""
+    token_file: str = ""
+    """File whose first line is the bearer token clients send (``Authorization: Bearer …``); required off
+    loopback, optional on it (set, every client must send it)."""
+    speak: bool = True
+    """Offer ``say``, ``ask`` and ``stop``; false makes a read-only server for agents that may only look."""
+    name: str = "sensorium-mcp"
+    """Name on the hub (and the server's name in MCP)."""
+    transcripts: int = 200
+    """Final transcripts kept for ``recent_transcripts``."""
+    ask_timeout: str | float = "15s"
+    """Longest ``ask`` waits for the answer when the agent names no timeout (at most 120 s)."""
+    keys: str = ""
+    """Folder with this client's CURVE key pair and the hub's public key (a hub off loopback)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if not 1 <= self.transcripts <= 100000:
+            raise ValueError(f"transcripts must be 1-100000, got {self.transcripts}")
+        t = parse_duration(self.ask_timeout, "ask_timeout")
+        if not 1 <= t <= 120:
+            raise ValueError(f"ask_timeout must be 1-120 s, got {self.ask_timeout!r}")
+
+
 class DeployFile(_Strict):
     """The raw file layout; named tables are checked one by one so errors can name them."""
 
@@ -338,6 +370,7 @@ class DeployFile(_Strict):
     data_dir: str = ".sensorium"
     mqtt: dict[str, Any] | None = None
     console: dict[str, Any] | None = None
+    mcp: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -352,6 +385,7 @@ class DeployParsed(msgspec.Struct):
     wyoming: WyomingConfig | None = None
     mqtt: MqttConfig | None = None
     console: ConsoleConfig | None = None
+    mcp: McpConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -380,6 +414,8 @@ class Deployment(msgspec.Struct):
     """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
     console: ConsoleConfig | None = None
     """The web console's settings (None without a ``[console]`` table: its defaults apply)."""
+    mcp: McpConfig | None = None
+    """The MCP server's settings (None without an ``[mcp]`` table)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -494,6 +530,7 @@ def from_dict(
         wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
         console=convert(raw_file.console, ConsoleConfig, "console") if raw_file.console is not None else None,
+        mcp=convert(raw_file.mcp, McpConfig, "mcp") if raw_file.mcp is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -571,6 +608,7 @@ def from_dict(
         wyoming=f.wyoming,
         mqtt=f.mqtt,
         console=f.console,
+        mcp=f.mcp,
     )
 
 

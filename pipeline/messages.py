@@ -352,6 +352,24 @@ class Placement(Event, tag="placement"):
     """Why: "start", "down", "drained", "degraded", "handback", "balance" or "none-left"."""
 
 
+class McpCall(Event, tag="mcp_call"):
+    """An LLM agent called a tool of the MCP server (``sensorium mcp``): the household sees what agents did."""
+
+    kind: ClassVar[str] = "mcp"
+    tool: str = ""
+    """The tool called."""
+    client: str = ""
+    """Who called: the MCP client's name and version as it introduced itself, and its transport and address."""
+    arguments: str = ""
+    """The call's arguments as JSON (cut at 500 characters)."""
+    ok: bool = True
+    """False when the call was refused or failed."""
+    error: str = ""
+    """Why it was refused or failed ("" when ok)."""
+    duration_ms: float = 0.0
+    """How long the call took."""
+
+
 # -------------------------------------------------------------------------------------- commands
 
 

@@ -27,6 +27,7 @@ COMMANDS = [
     "mqtt",
     "wyoming",
     "console",
+    "mcp",
     "record",
     "replay",
     "session",

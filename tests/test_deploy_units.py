@@ -26,6 +26,7 @@ NAMES = [
     "sensorium-wyoming.service",
     "sensorium-mqtt.service",
     "sensorium-console.service",
+    "sensorium-mcp.service",
 ]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]

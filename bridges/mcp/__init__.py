@@ -1,0 +1,1 @@
+"""The Model Context Protocol server (``sensorium mcp``): LLM agents ask the house about presence and voice."""
