@@ -58,3 +58,22 @@ def test_a_final_waits_as_long_as_speaker_id_takes_and_not_at_all_when_nobody_an
     wait.latency = 0.1
     wait.budget()
     assert "u3" not in wait.sent  # forgotten
+
+
+def test_a_final_covered_by_a_partial_waits_from_when_speaker_id_began() -> None:
+    t = [100.0]
+    wait = SpeakerWait(limit=0.3, now=lambda: t[0])
+    since = t[0]  # the partial Utterance went out at the pause
+    t[0] += 0.2
+    sent = wait.utterance_sent("u1", since)  # the endpoint's, covered by it
+    assert abs(wait.deadline(sent, since) - (sent + 0.3)) < 1e-9  # nothing learnt: the limit
+    t[0] += 0.05
+    wait.speaker_arrived("u1")
+    assert wait.latency is not None and abs(wait.latency - 0.25) < 1e-9  # learnt from the pause
+    since = t[0]
+    t[0] += 0.1
+    sent = wait.utterance_sent("u2", since)
+    assert abs(wait.deadline(sent, since) - (since + 0.3)) < 1e-9  # latency + slack after the pause
+    assert abs(wait.deadline(sent) - (sent + 0.3)) < 1e-9  # not covered: from the endpoint, capped
+    wait.gave_up()
+    assert wait.deadline(sent, since) == sent  # nobody answers: no wait

@@ -31,11 +31,26 @@ class SpeakerWait:
         self.missing = 0
         """Finals in a row whose speaker event never came."""
 
-    def utterance_sent(self, utterance_id: str) -> float:
-        """Note that the Utterance went out now; returns the time."""
+    def utterance_sent(self, utterance_id: str, since: float | None = None) -> float:
+        """Note that the Utterance went out now; returns the time.
+
+        ``since``: when the audio its answer comes from went out, if earlier (a partial Utterance that
+        covers it); speaker ID's latency is learnt from there.
+        """
         t = self.now()
-        self.sent[utterance_id] = t
+        self.sent[utterance_id] = t if since is None else min(since, t)
         return t
+
+    def deadline(self, sent: float, since: float | None = None) -> float:
+        """Until when (``now`` clock) a final whose Utterance went out at ``sent`` waits for its speaker:
+        the learnt latency after ``since`` (or ``sent``) plus the slack, never past ``sent`` + the limit;
+        ``sent`` itself (no wait) when no speaker stage answers or it is slower than the limit."""
+        wait = self.budget()
+        if wait <= 0:
+            return sent
+        if self.latency is None:
+            return sent + wait  # nothing learnt yet: the limit, from the endpoint
+        return min(sent + self.limit, (sent if since is None else min(since, sent)) + wait)
 
     def speaker_arrived(self, utterance_id: str) -> None:
         """A speaker event came (in time or late): learn its latency; speaker ID is answering again."""

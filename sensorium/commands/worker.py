@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 HELP = "run the stages placed on one worker"
 
@@ -33,8 +34,24 @@ def run(args: argparse.Namespace) -> int:
     if wcfg.metrics_port:
         worker.metrics.serve(wcfg.metrics_port, wcfg.metrics_host)
     print(f"worker {args.name}: loading {', '.join(wcfg.runs())} (devices: {', '.join(wcfg.devices())})", flush=True)
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        await worker.start()
+        try:
+            slowest = max(worker.load_s, key=worker.load_s.__getitem__, default="")
+            print(
+                f"worker {args.name}: ready: {', '.join(wcfg.runs())} loaded, warm and serving on {worker.device} "
+                f"in {time.monotonic() - t0:.1f} s"
+                + (f" (slowest: {slowest} {worker.load_s[slowest]:.1f} s)" if slowest else ""),
+                flush=True,
+            )
+            await asyncio.Event().wait()
+        finally:
+            await worker.stop()
+
     try:
-        asyncio.run(worker.run_forever())
+        asyncio.run(main())
     except DeviceUnavailable as exc:
         print(f"sensorium worker: {exc}", file=sys.stderr)
         return 3
