@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -22,11 +23,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+log = logging.getLogger("sensorium.metrics")
+
 SAMPLES_KEPT = 20000
 """Latency samples kept per stage for reports and ``sensorium top`` (the most recent)."""
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STALL_S = 0.25
+"""A loop lag this long is logged (at most once every 10 s): something held every stage of the process."""
 LAG_TICK_S = 0.025
 """How often the loop-lag probe asks to be woken: its lateness is what any ready callback waits."""
 
@@ -89,12 +94,16 @@ class Metrics:
         another thread that keeps it) shows up here, for every stage of the process at once.
         """
         loop = asyncio.get_running_loop()
+        warned = -1e9
         while True:
             due = loop.time() + tick
             await asyncio.sleep(tick)
             lag = max(0.0, loop.time() - due)
             self.loop_lag.labels(self.node).observe(lag)
             self.lags.append(lag)
+            if lag >= STALL_S and time.monotonic() - warned >= 10.0:
+                warned = time.monotonic()
+                log.warning("%s: the event loop was held %.2f s (every stage waited)", self.node, lag)
 
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample."""
