@@ -229,8 +229,7 @@ def deployment(folder: Path, cameras: int, clip: Path, port: int, metrics_port: 
         f"[edges.{MIC}]",
         f'room = "{ROOM}"',
         "microphone = { block_ms = 80 }",
-        f'playback = {{ wav_dir = "{folder / "answers"}" }}',
-    ]
+    ]  # no loudspeaker: the agent's answers are synthesized, but never heard by the next command's wake word
     for c in range(1, cameras + 1):
         lines += [
             "",
@@ -268,6 +267,14 @@ async def _observe(address: str, session: Any, procs: Processes, metrics_port: i
                 events.append((time.time(), ev))
 
         listener = asyncio.create_task(listen())
+        utterances = Subscriber(endpoints, [f"utterance/{ROOM}/"])  # the bus itself: partials are not events
+
+        async def listen_utterances() -> None:
+            while True:
+                u = await utterances.recv()
+                events.append((time.time(), u))
+
+        bus = asyncio.create_task(listen_utterances())
         first = Subscriber(endpoints, [f"audio/{ROOM}/{MIC}"])
         await asyncio.sleep(0.5)
         before = scrape(metrics_port)
@@ -287,17 +294,19 @@ async def _observe(address: str, session: Any, procs: Processes, metrics_port: i
             await asyncio.sleep(0.1)
         after = scrape(metrics_port)
         numbers = worker_numbers(before, after, time.monotonic() - t_before)
-        listener.cancel()
-        try:
-            await listener
-        except asyncio.CancelledError:
-            pass
+        for task in (listener, bus):
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        utterances.close()
     return {"start": start, "events": events, "worker": numbers}
 
 
 def rows_of(session: Any, start: float, events: list[tuple[float, Any]]) -> list[dict[str, Any]]:
     """One row per utterance: wake, end of speech → final and → speaker, the speaker the final carried."""
-    from pipeline.messages import SpeakerIdentified, Transcript, WakeDetected
+    from pipeline.messages import SpeakerIdentified, Transcript, Utterance, WakeDetected
 
     rows = []
     for i, u in enumerate(session.utterances):
@@ -328,6 +337,10 @@ def rows_of(session: Any, start: float, events: list[tuple[float, Any]]) -> list
             if spk:
                 row["eos_speaker_ms"] = 1000 * (spk[0][0] - (start + u.speech_end))
                 row["speaker"] = spk[0][1].person
+                row["speaker_score"] = round(spk[0][1].score, 3)
+            mine = [(a, e) for a, e in events if isinstance(e, Utterance) and e.utterance_id == tr.utterance_id]
+            row["partials"] = sum(e.partial for _, e in mine)
+            row["covered"] = any(e.covered for _, e in mine if not e.partial)
         rows.append(row)
     return rows
 
@@ -358,7 +371,6 @@ def one_run(folder: Path, cameras: int, m: dict[str, Any], session: Any) -> dict
     port, metrics_port = _free_port(), _free_port()
     run_dir = folder / f"run-{cameras}cam-{time.monotonic_ns()}"
     (run_dir / "data").mkdir(parents=True)
-    (run_dir / "answers").mkdir()
     data = run_dir / "data"
     dep = deployment(run_dir, cameras, m["clip"], port, metrics_port)
     cfg = str(dep)
