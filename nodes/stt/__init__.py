@@ -114,8 +114,6 @@ class _Utt:
     """The client request that claimed this utterance (``Listen``); its transcripts carry it."""
     spec_n: int = 0
     """Samples in the partial ``Utterance`` sent at the last pause (with the speculative decode)."""
-    spec_sent: float = 0.0
-    """Monotonic time that partial ``Utterance`` went out."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -192,8 +190,9 @@ class SttStage(Stage):
         speaker_wait: Duration = "0.3s"
         """Longest the final transcript waits (from the endpoint) for the speaker event of its utterance.
 
-        It waits only as long as speaker ID has recently taken (plus 50 ms), never when the event is
-        already there, and not at all while no speaker stage answers (until an event arrives again).
+        It waits only as long as speaker ID has recently taken (plus 50 ms), or up to all of it when
+        speaker ID embedded the speech at the last pause already (its answer is due at once), never when
+        the event is already there, and not at all while no speaker stage answers (until one arrives).
         """
         stream_timeout: Duration = "1s"
         """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
@@ -504,7 +503,7 @@ class SttStage(Stage):
                 self.counts["speculative"] += 1
                 # Speaker ID embeds the speech so far meanwhile: if this pause is the endpoint, the speaker
                 # is known when the final is (the endpoint's Utterance says it is ``covered``).
-                utt.spec_n, utt.spec_sent = utt.n, time.monotonic()
+                utt.spec_n = utt.n
                 await self.ctx.publish(
                     Utterance(
                         time=utt.t0 + utt.n / RATE,
@@ -688,8 +687,7 @@ class SttStage(Stage):
                     covered=utt.spec_n if reuse is not None else 0,  # no speech after the last pause
                 )
             )
-            since = utt.spec_sent if reuse is not None and utt.spec_n else None  # speaker ID began at the pause
-            sent = self._speaker_wait.utterance_sent(utt.id, since)
+            sent = self._speaker_wait.utterance_sent(utt.id)
             result = None
             if reuse is not None:
                 with contextlib.suppress(Exception):
@@ -699,7 +697,8 @@ class SttStage(Stage):
                 result = await self._decode(utt, utt.n)
             words = self._command_words(utt, result.words)
             text = " ".join(w.word.strip() for w in words).strip()
-            remaining = self._speaker_wait.deadline(sent, since) - time.monotonic()
+            covered = reuse is not None and utt.spec_n > 0  # speaker ID embedded this speech at the pause
+            remaining = self._speaker_wait.deadline(sent, covered) - time.monotonic()
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):

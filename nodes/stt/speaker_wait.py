@@ -31,26 +31,24 @@ class SpeakerWait:
         self.missing = 0
         """Finals in a row whose speaker event never came."""
 
-    def utterance_sent(self, utterance_id: str, since: float | None = None) -> float:
-        """Note that the Utterance went out now; returns the time.
-
-        ``since``: when the audio its answer comes from went out, if earlier (a partial Utterance that
-        covers it); speaker ID's latency is learnt from there.
-        """
+    def utterance_sent(self, utterance_id: str) -> float:
+        """Note that the Utterance went out now; returns the time."""
         t = self.now()
-        self.sent[utterance_id] = t if since is None else min(since, t)
+        self.sent[utterance_id] = t
         return t
 
-    def deadline(self, sent: float, since: float | None = None) -> float:
-        """Until when (``now`` clock) a final whose Utterance went out at ``sent`` waits for its speaker:
-        the learnt latency after ``since`` (or ``sent``) plus the slack, never past ``sent`` + the limit;
-        ``sent`` itself (no wait) when no speaker stage answers or it is slower than the limit."""
+    def deadline(self, sent: float, covered: bool = False) -> float:
+        """Until when (``now`` clock) a final whose Utterance went out at ``sent`` waits for its speaker.
+
+        ``covered``: speaker ID embedded the speech at the last pause already, so its answer comes as soon
+        as that embedding is done (usually at once): the final may wait up to the limit for it, as that
+        costs nothing unless speaker ID is slow. Otherwise the learnt latency plus the slack, capped by
+        the limit. No wait (``sent``) while no speaker stage answers or it is slower than the limit.
+        """
         wait = self.budget()
         if wait <= 0:
             return sent
-        if self.latency is None:
-            return sent + wait  # nothing learnt yet: the limit, from the endpoint
-        return min(sent + self.limit, (sent if since is None else min(since, sent)) + wait)
+        return sent + (self.limit if covered else wait)
 
     def speaker_arrived(self, utterance_id: str) -> None:
         """A speaker event came (in time or late): learn its latency; speaker ID is answering again."""
