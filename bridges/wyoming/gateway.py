@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -296,15 +297,19 @@ class Gateway:
 
     # ------------------------------------------------------------------------------ requests
 
-    async def publish_audio(self, node: str, t: float, block: bytes) -> None:
+    async def publish_audio(self, node: str, t: float, block: bytes, live: Callable[[], bool] | None = None) -> None:
         """Publish a block of Home Assistant's 16 kHz audio as stream ``node``, stamped ``t``.
 
         Audio that arrives faster than real time is held back until its stamp is within ``AHEAD_S``
-        of the clock: the stamps stay contiguous and never lie about the future.
+        of the clock: the stamps stay contiguous and never lie about the future. A block whose request
+        ended while it was held back (``live()`` false: answered, so its stream name may be the next
+        request's already) is dropped: sent late, it would land inside the next request's audio.
         """
         ahead = t - self.clock.now() - AHEAD_S
         if ahead > 0:
             await asyncio.sleep(ahead)
+            if live is not None and not live():
+                return
         await self.bus.publish(BusChunk(time=t, room=self.room, source=node, rate=RATE, data=block))
 
     def new_request(self, request_id: str, room: str) -> Request:

@@ -436,7 +436,7 @@ class WakeStream:
     async def _publish(self, block: bytes) -> None:
         t = self.t0 + self.sent / RATE
         self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block)
+        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
 
     def _on_wake(self, msg: Message) -> None:
         gw = self.h.gw
@@ -542,7 +542,7 @@ class SttStream:
     async def _publish(self, block: bytes) -> None:
         t = self.t0 + self.sent / RATE
         self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block)
+        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
 
     async def stop(self) -> None:
         """``audio-stop``: the client sent everything; the stage finishes the utterance now."""
