@@ -86,10 +86,27 @@ def who(voice: str) -> str:
     return "unknown"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int, avoid: int = 0) -> int:
+    """The first of ``n`` consecutive free loopback ports (the hub binds its address and the next three)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + n > 65535 or avoid in range(base, base + n):
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 def pct(values: list[float]) -> dict[str, float | int | None]:
@@ -368,7 +385,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def one_run(folder: Path, cameras: int, m: dict[str, Any], session: Any) -> dict[str, Any]:
     """Fresh processes, ``cameras`` camera edges, one voice session; the run's rows and numbers."""
-    port, metrics_port = _free_port(), _free_port()
+    port = _free_ports(4)
+    metrics_port = _free_ports(1, avoid=port)
+    while metrics_port in range(port, port + 4):
+        metrics_port = _free_ports(1)
     run_dir = folder / f"run-{cameras}cam-{time.monotonic_ns()}"
     (run_dir / "data").mkdir(parents=True)
     data = run_dir / "data"
