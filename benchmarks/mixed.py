@@ -33,7 +33,8 @@ Goals (one camera): speaker p95 within its 500 ms budget (endpoint → speaker e
 Run: ``.venv/bin/python -m benchmarks.mixed [--quick] [--utterances N] [--cameras 0,1,2] [--restarts K]
 [--out FILE]``; prints a table and writes ``benchmarks/results/mixed.json`` (after every run, so a run cut
 short keeps what it measured). ``run(quick=False) -> dict`` is the module API; ``--quick`` (CI-sized) is
-voice only and one camera, four utterances each, no extra restarts.
+voice only and one camera, four utterances each, no extra restarts. ``SENSORIUM_MIXED_DIR`` keeps the
+run folders (deployment files, every process's log) there instead of a temporary folder.
 """
 
 from __future__ import annotations
