@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
-#: the whole pipeline, the whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP,
-#: processes killed at random, a replicated stage's worker killed mid-command, then
+#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, voice while
+#: vision shares the cores (and the first command after a worker starts), talk-back, the whole pipeline, the
+#: whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP, processes killed at
+#: random, a replicated stage's worker killed mid-command, then
 #: an hour of it.
 BENCHMARKS = [
     "setup",
@@ -37,6 +38,7 @@ BENCHMARKS = [
     "voice",
     "wyoming",
     "vision",
+    "mixed",
     "talk",
     "replay",
     "mqtt",

@@ -127,9 +127,23 @@ def _rows(session: Session, raw: dict[str, Any]) -> list[dict[str, Any]]:
                 "text": text,
                 "wer": voice.wer(u.command, voice._strip_wake(text)) if t_tr is not None else None,
                 "error": req.get("error"),
+                "speaker": req.get("speaker"),
+                "enrolled": ENROLLED.get(u.voice.split(":")[0] + ":" + u.voice.split(":")[1]),
             }
         )
     return rows
+
+
+ENROLLED = {"piper:joe": "joe", "flite:slt": "sally"}
+"""The voices ``voice._enroll`` enrols (Piper joe at any speaking rate is joe)."""
+
+
+def _speaker_rate(rows: list[dict[str, Any]], present: bool = False) -> float | None:
+    """Share (%) of the transcripts of enrolled voices that named the right speaker (``present``: any
+    speaker, "unknown" included: speaker ID answered in time)."""
+    mine = [r for r in rows if r["enrolled"] and r["eos_to_final_ms"] is not None]
+    ok = [r["speaker"] is not None if present else r["speaker"] == r["enrolled"] for r in mine]
+    return round(100 * sum(ok) / len(mine), 1) if mine else None
 
 
 def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[str, Any]:
@@ -175,6 +189,8 @@ def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[st
         "wake_ms": voice.stats([r["wake_ms"] for r in rows]),
         "eos_to_final_ms": voice.stats([r["eos_to_final_ms"] for r in rows]),
         "transcripts_before_audio_stop": sum(bool(r["before_stop"]) for r in rows),
+        "speaker_on_enrolled_transcripts_pct": _speaker_rate(rows),
+        "speaker_named_on_enrolled_transcripts_pct": _speaker_rate(rows, present=True),
         "wer": voice._mean([r["wer"] for r in rows]),
         "wake_detected": sum(r["wake_ms"] is not None for r in rows),
         "process_cpu_core_share": round(cpu / session.duration, 3),
@@ -364,6 +380,9 @@ def render(result: dict[str, Any]) -> str:
             f"{_f(100 * t['wer'], 1) if t.get('wer') is not None else '—'} % | |",
             f"| transcripts before the client's audio-stop | {o['transcripts_before_audio_stop']}/"
             f"{result['utterances']} | 0 (needs audio-stop) | |",
+            "| transcripts of enrolled voices with a speaker (the right one) | "
+            f"{o.get('speaker_named_on_enrolled_transcripts_pct', '—')} % "
+            f"({o.get('speaker_on_enrolled_transcripts_pct', '—')} %) | — (no speaker ID) | |",
         ]
         c, a, q = o["gateway_chunk_us"], o["gateway_answer_us"], o["gateway_request_us"]
         lines += [

@@ -46,6 +46,17 @@ class SpeakerEncoder(Protocol):
         """Unit-norm embedding of one utterance (int16 or float32 mono at ``rate``)."""
         ...
 
+    def warm_up(self) -> None:
+        """Run every code path of ``embed`` once, so the first utterance costs what the others cost."""
+        ...
+
+
+def voiced(seconds: float = 4.0, rate: int = RATE) -> np.ndarray:
+    """A voice-like test signal (a 140 Hz buzz with harmonics, at a syllable rate), float32 in [-1, 1]."""
+    t = np.arange(int(seconds * rate)) / rate
+    buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 6))
+    return (0.2 * buzz * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
 
 class ResemblyzerEncoder:
     """Resemblyzer's GE2E encoder (256-d) with the weights bundled in the package."""
@@ -70,6 +81,20 @@ class ResemblyzerEncoder:
             raise ValueError(f"too little speech for a voice embedding ({len(wav) / RATE:.2f} s after trimming)")
         return unit(self._encoder.embed_utterance(wav))
 
+    def warm_up(self) -> None:
+        """Embed a voice-like clip once, through the trimming and the mel spectrogram.
+
+        The first call in a process is seconds, not milliseconds: librosa imports its feature modules
+        (and SciPy's signal and stats) lazily and numba compiles, or loads from its cache, its
+        vectorized helpers while they import, all holding the interpreter lock. Paid at load it stalls
+        nothing; paid on the first utterance it stalled every stage of the worker for 5-7 s.
+        """
+        from resemblyzer import preprocess_wav
+
+        clip = voiced()
+        preprocess_wav(clip, source_sr=RATE)
+        self._encoder.embed_utterance(clip)
+
 
 class EcapaEncoder:
     """speechbrain ECAPA-TDNN ``EncoderClassifier`` from a local directory or a hub id."""
@@ -90,7 +115,7 @@ class EcapaEncoder:
         self.device = device
         ckpt = local / "embedding_model.ckpt" if local.is_dir() else None
         self.model_id = f"ecapa:{source if ckpt is None or not ckpt.exists() else _file_tag(ckpt)}"
-        self.dim = int(self.embed(np.zeros(RATE, np.float32) + 1e-3 * np.sin(np.arange(RATE) / 5)).shape[0])
+        self.dim = int(self.embed(voiced(1.0)).shape[0])
 
     def embed(self, pcm: np.ndarray, rate: int = RATE) -> np.ndarray:
         import torch
@@ -101,6 +126,10 @@ class EcapaEncoder:
         with torch.inference_mode():
             emb = self._model.encode_batch(wav)
         return unit(emb.squeeze().detach().cpu().numpy())
+
+    def warm_up(self) -> None:
+        """Embed a voice-like clip once (torch's first passes allocate and pick kernels)."""
+        self.embed(voiced(2.0))
 
 
 def _file_tag(path: Path) -> str:

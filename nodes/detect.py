@@ -143,6 +143,7 @@ class DetectStage(Stage):
         Library("ultralytics", "ultralytics-opencv-headless (sensorium[workers])"),
     )
     droppable: ClassVar[bool] = True
+    nice: ClassVar[int] = 10  # voice first when the cores are short: vision falls behind and degrades first
     # The cheap steps come before dropping frames; with motion off, the second one turns motion on.
     degrade_steps: ClassVar[tuple[str, ...]] = ("smaller-input", "fewer-checks", "skip-alternate-frames")
     default_budget_ms: ClassVar[float] = 1000.0

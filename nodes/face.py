@@ -95,6 +95,7 @@ class FaceStage(Stage):
     answers: ClassVar[tuple[type[Message], ...]] = (FaceRecognized,)
     libraries: ClassVar[tuple[Library, ...]] = (Library("cv2", "opencv-python-headless (sensorium[workers])"),)
     droppable: ClassVar[bool] = True
+    nice: ClassVar[int] = 10  # voice first when the cores are short: vision falls behind and degrades first
     degrade_steps: ClassVar[tuple[str, ...]] = ("recheck-less", "skip-faces")
     default_budget_ms: ClassVar[float] = 2000.0  # from the frame's capture: detection time is in it
     max_batch: ClassVar[int] = 32

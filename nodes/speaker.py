@@ -1,4 +1,9 @@
-"""Speaker identification: embed each endpointed utterance and match it against the gallery.
+"""Speaker identification: embed each utterance and match it against the gallery.
+
+Speaker ID keeps up with the utterance while it streams: the stt stage sends the audio so far at each
+pause in the speech (a partial ``Utterance``) and the stage embeds it then, while whisper decodes. When
+that pause becomes the endpoint (the endpoint's ``Utterance`` is ``covered`` by it: no speech came
+after), the answer is that embedding's, published at once; otherwise the whole utterance is embedded.
 
 The answer is an enrolled name only when the cosine similarity to that person's voice print
 reaches the threshold; otherwise it is "unknown", never the nearest enrolled person. Default
@@ -9,6 +14,8 @@ Resemblyzer same-speaker scores on new sentences were 0.82–0.92 and different 
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +26,8 @@ from pipeline.stage import Library, Stage, StageOptions
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
+MAX_HEARD = 64
+"""Open utterances whose speech-so-far embedding is kept (the oldest forgotten first)."""
 DEFAULT_THRESHOLDS = {"resemblyzer": 0.78, "ecapa": 0.30}
 """Cosine thresholds per backend (ECAPA's is the usual VoxCeleb operating point)."""
 
@@ -54,6 +63,13 @@ class SpeakerStage(Stage):
     droppable: ClassVar[bool] = False
     default_budget_ms: ClassVar[float] = 500.0
 
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._heard: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        """Utterance id → (samples, embedding) of its latest partial ``Utterance`` (speech heard so far)."""
+        self.from_partial = 0
+        """Endpoints answered from the embedding of a partial (no embedding left to compute)."""
+
     async def start(self) -> None:
         from models.gallery import Gallery
         from models.speaker import load_encoder
@@ -65,6 +81,9 @@ class SpeakerStage(Stage):
         self.gallery.check()
         device = self.ctx.device
         self.encoder: Any = await self.ctx.run_blocking(lambda: load_encoder(o.model, device, o.cache_dir))
+        # The first embedding imports and compiles seconds of library code under the interpreter lock:
+        # at load, not on the first utterance, where it held up every stage of the worker.
+        await self.ctx.run_blocking(self.encoder.warm_up)
         n = self.gallery.count("voice", self.encoder.model_id)
         if n == 0:
             model = "" if o.model == "resemblyzer" else f" --speaker-model {o.model}"
@@ -90,15 +109,28 @@ class SpeakerStage(Stage):
         if len(msg.data) % 2:
             await self.ctx.reject(msg, f"{len(msg.data)} bytes is not a whole number of 16-bit samples")
             return
-        if len(msg.data) < 2 * MIN_AUDIO_S * RATE:
-            await self.ctx.reject(msg, f"utterance too short for speaker ID ({len(msg.data) / 2 / RATE:.2f} s)")
+        n = len(msg.data) // 2
+        if msg.partial:
+            if n >= MIN_AUDIO_S * RATE:  # a short one is no error: the endpoint's Utterance follows
+                with contextlib.suppress(ValueError):
+                    emb = await self.ctx.run_blocking(self.encoder.embed, msg.pcm().astype(np.int16), RATE)
+                    self._heard[msg.utterance_id] = (n, emb)
+                    while len(self._heard) > MAX_HEARD:
+                        self._heard.popitem(last=False)
             return
-        pcm = msg.pcm().astype(np.int16)
-        try:
-            emb = await self.ctx.run_blocking(self.encoder.embed, pcm, RATE)
-        except ValueError as exc:  # e.g. no speech left after trimming
-            await self.ctx.reject(msg, str(exc))
-            return
+        heard = self._heard.pop(msg.utterance_id, None)
+        if heard is not None and msg.covered and heard[0] == msg.covered:
+            emb = heard[1]  # no speech after the pause that partial ended at: its embedding is the answer
+            self.from_partial += 1
+        else:
+            if n < MIN_AUDIO_S * RATE:
+                await self.ctx.reject(msg, f"utterance too short for speaker ID ({n / RATE:.2f} s)")
+                return
+            try:
+                emb = await self.ctx.run_blocking(self.encoder.embed, msg.pcm().astype(np.int16), RATE)
+            except ValueError as exc:  # e.g. no speech left after trimming
+                await self.ctx.reject(msg, str(exc))
+                return
         person, score = self.gallery.identify("voice", self.encoder.model_id, emb, self.threshold)
         await self.ctx.publish(
             SpeakerIdentified(

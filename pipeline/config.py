@@ -267,6 +267,9 @@ class WyomingConfig(_Strict):
     """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
     speaker_prefix: bool = False
     """Put the identified speaker in front of transcripts ("[alice] turn on the lights")."""
+    speaker_wait: str | float = "0.5s"
+    """Longest a transcript for Home Assistant waits for its speaker when the final came without one and a
+    speaker stage is up (it usually carries it: speaker ID finishes at the endpoint); "0s" = never."""
     voices: list[str] = []
     """TTS voices offered besides the tts stage's default ("flite:slt", "espeak:en-gb", a Piper .onnx …)."""
     timeout: str | float = "10s"

@@ -92,7 +92,8 @@ class VideoFrame(Stream, tag="video"):
 
 
 class Utterance(Stream, tag="utterance"):
-    """The audio of one endpointed command (pre-wake buffer included), for speaker ID."""
+    """The audio of one command (pre-wake buffer included), for speaker ID: at each pause in the speech
+    the audio so far (``partial``), at the endpoint all of it."""
 
     kind: ClassVar[str] = "utterance"
     utterance_id: str = ""
@@ -105,6 +106,12 @@ class Utterance(Stream, tag="utterance"):
     """Sample rate in Hz."""
     data: bytes = b""
     """Signed 16-bit little-endian mono PCM."""
+    partial: bool = False
+    """The audio so far, sent at a pause while the person may still go on (speaker ID embeds it before the
+    endpoint); the endpoint's Utterance of the same id follows."""
+    covered: int = 0
+    """At the endpoint: the sample count of the last partial of this utterance when no speech came after it
+    (its speaker embedding stands for the whole utterance); 0 = none."""
 
     def pcm(self) -> np.ndarray:
         """The samples as int16 (a read-only view of ``data``)."""
@@ -439,6 +446,14 @@ class StageStats(Stream, tag="stats"):
     """Degrade steps applied now."""
     device: str = ""
     """Device the stage runs on."""
+    cpu_pct: float = 0.0
+    """Share of one core the stage's own threads used over the last interval, in %."""
+    loop_lag_ms: float = 0.0
+    """The worker's event-loop lag over the last interval, p99 (the same on each of its stages)."""
+    loop_cpu_pct: float = 0.0
+    """Share of one core the worker's event-loop thread used over the last interval, in %."""
+    library_cpu_pct: float = 0.0
+    """Share of one core the worker's other threads (library pools) used over the last interval, in %."""
 
 
 class Assignment(msgspec.Struct):

@@ -9,17 +9,31 @@ the hub.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
+import os
+import threading
+import time
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("sensorium.metrics")
 
 SAMPLES_KEPT = 20000
 """Latency samples kept per stage for reports and ``sensorium top`` (the most recent)."""
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STALL_S = 0.25
+"""A loop lag this long is logged (at most once every 10 s): something held every stage of the process."""
+LAG_TICK_S = 0.025
+"""How often the loop-lag probe asks to be woken: its lateness is what any ready callback waits."""
 
 
 class Metrics:
@@ -55,8 +69,41 @@ class Metrics:
         self.bytes = Counter(
             "sensorium_bus_bytes_total", "Bytes by topic family", ["node", "kind", "direction"], registry=self.registry
         )
+        self.loop_lag = Histogram(
+            "sensorium_loop_lag_seconds",
+            "How late the event loop woke a timer: what every callback of the process waited beyond its time",
+            ["node"],
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.thread_cpu = Counter(
+            "sensorium_thread_cpu_seconds_total",
+            "CPU seconds by thread group: a stage's own threads, the event loop, library thread pools",
+            ["node", "thread"],
+            registry=self.registry,
+        )
         # Recent raw samples for reports and `sensorium top` (Prometheus histograms lose them).
         self.samples: defaultdict[str, SampleRing] = defaultdict(SampleRing)
+        self.lags = SampleRing(4096)
+        """Recent loop-lag samples, seconds."""
+
+    async def watch_loop(self, tick: float = LAG_TICK_S) -> None:
+        """Measure the event loop's lag until cancelled: a timer due every ``tick``, and how late it fires.
+
+        Anything that holds the loop (a blocking call on it) or the interpreter lock (library code on
+        another thread that keeps it) shows up here, for every stage of the process at once.
+        """
+        loop = asyncio.get_running_loop()
+        warned = -1e9
+        while True:
+            due = loop.time() + tick
+            await asyncio.sleep(tick)
+            lag = max(0.0, loop.time() - due)
+            self.loop_lag.labels(self.node).observe(lag)
+            self.lags.append(lag)
+            if lag >= STALL_S and time.monotonic() - warned >= 10.0:
+                warned = time.monotonic()
+                log.warning("%s: the event loop was held %.2f s (every stage waited)", self.node, lag)
 
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample."""
@@ -127,6 +174,47 @@ class SampleRing:
 
     def __iter__(self) -> Iterator[float]:
         return iter(self.last(len(self)))
+
+
+class ThreadCpu:
+    """CPU time of this process's threads, grouped: each stage's threads (named ``stage-<name>…``), the
+    event loop (the thread that made this object), and the rest (library pools: OpenMP, ONNX Runtime,
+    OpenVINO, BLAS, and threads of our own without a stage's name). Linux only; elsewhere empty."""
+
+    def __init__(self) -> None:
+        self._loop_tid = threading.get_native_id()
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last: dict[int, float] = self._read()
+        self._last_t = time.monotonic()
+
+    def _read(self) -> dict[int, float]:
+        out = {}
+        with contextlib.suppress(OSError):
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    out[int(tid)] = (int(fields[11]) + int(fields[12])) / self._tick
+        return out
+
+    def group(self, tid: int, names: dict[int, str]) -> str:
+        """The group a thread counts in: ``loop``, a stage's name, or ``libraries``."""
+        if tid == self._loop_tid:
+            return "loop"
+        name = names.get(tid, "")
+        if name.startswith("stage-"):
+            return name[6:].split("-", 1)[0].split("_", 1)[0]
+        return "libraries"
+
+    def sample(self) -> tuple[dict[str, float], float]:
+        """CPU seconds per group since the last call, and the wall seconds it covers."""
+        now, cur = time.monotonic(), self._read()
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        out: dict[str, float] = defaultdict(float)
+        for tid, cpu in cur.items():
+            out[self.group(tid, names)] += max(0.0, cpu - self._last.get(tid, 0.0))
+        wall, self._last, self._last_t = now - self._last_t, cur, now
+        return dict(out), wall
 
 
 def percentiles(values: Iterable[float], ps: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:

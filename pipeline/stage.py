@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,15 +103,24 @@ class StageContext:
     """Logger for this stage."""
     errors: RateLimit[InputError] = field(default_factory=RateLimit)
     """Rate limit of this stage's ``error`` events (see ``report_error``)."""
+    nice: int = 0
+    """How much lower than the process the stage's thread runs (Linux nice; set from ``Stage.nice``)."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call (model inference) on the stage's own worker thread.
 
-        One thread per stage keeps calls into a model ordered and off the event loop.
+        One thread per stage keeps calls into a model ordered and off the event loop. A stage with
+        ``nice`` gets its thread at that lower priority, and so do the thread pools its libraries
+        start from it (threads inherit it): vision yields the cores to voice when they are short.
         """
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.name}")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"stage-{self.name}",
+                initializer=lower_priority,
+                initargs=(self.nice,),
+            )
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def publish(self, msg: Message) -> None:
@@ -189,6 +201,15 @@ class StageContext:
             self._executor = None
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux: per thread; elsewhere nothing)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
 class Library(NamedTuple):
     """A library a stage needs, as ``sensorium doctor`` checks it."""
 
@@ -257,6 +278,9 @@ class Stage(abc.ABC):
     serves: ClassVar[str] = "house"
     """Streams it serves, which placement hands to one worker each: "room" (a room's microphone audio),
     "camera", or "house" (one stream for the whole house)."""
+    nice: ClassVar[int] = 0
+    """How much lower its threads run than voice's (Linux nice): vision stages set 10, so when the cores are
+    short the wake word, STT and speaker ID get them first and vision falls behind (and degrades) first."""
     takeover_s: ClassVar[float] = 0.0
     """Seconds of input a standby keeps per stream it does not serve, replayed when it takes one over
     (an utterance in flight survives its worker); 0 keeps none. Only what came after the ``t1`` of the
@@ -279,6 +303,7 @@ class Stage(abc.ABC):
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
+        ctx.nice = max(ctx.nice, type(self).nice)
         self.level = 0
         """How many degrade steps are applied now."""
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from pipeline.bus import Endpoints, Publisher, Subscriber
 from pipeline.clock import Clock
 from pipeline.codec import CodecError
 from pipeline.config import Deployment, parse_duration
 from pipeline.messages import EVENT_KINDS, InputError, Message, NodeStatus, PlacementTable
-from pipeline.metrics import Metrics
+from pipeline.metrics import Metrics, ThreadCpu, percentiles
 from pipeline.node import NodeLink
 from pipeline.placement import StreamGate
 from pipeline.ratelimit import RateLimit, kind_of
@@ -92,6 +94,8 @@ class Worker:
         self._publisher: Publisher | None = None
         self._errors: RateLimit[InputError] = RateLimit()
         self._reports: set[asyncio.Task[None]] = set()
+        self.load_s: dict[str, float] = {}
+        """Seconds each stage took to load and warm up (``Stage.start``)."""
         self.gates: dict[str, StreamGate] = {}
         """Replicated stages (on other workers too): which of their streams the hub handed to this worker."""
 
@@ -137,7 +141,10 @@ class Worker:
                 stage = cls(ctx)
                 runner = StageRunner(stage, self.metrics, self.policy, self._publish)
                 runners.append(runner)
-                await stage.start()
+                t = time.monotonic()
+                await stage.start()  # loads its models and runs them once: the first input costs what the rest do
+                self.load_s[sname] = time.monotonic() - t
+                log.info("worker %s: %s loaded and warm in %.1f s", self.name, sname, self.load_s[sname])
         except BaseException:
             for r in runners:
                 await r.stop()
@@ -145,7 +152,10 @@ class Worker:
         return runners
 
     async def start(self) -> None:
-        """Connect, choose a device, load the stages and start serving."""
+        """Connect, choose a device, load and warm the stages, and only then start serving."""
+        # numba (librosa under Resemblyzer) compiles at import; its cache next to the installed package
+        # is often not writable by the service, so it would compile again at every start.
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(self.deployment.data_dir) / "cache" / "numba"))
         hb = parse_duration(self.deployment.hub.heartbeat)
         self._publisher = Publisher(self.endpoints, curve=self.curve)
         self._link = NodeLink(
@@ -196,6 +206,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}"),
             asyncio.create_task(self._stats(), name=f"stats-{self.name}"),
+            asyncio.create_task(self.metrics.watch_loop(), name=f"loop-lag-{self.name}"),
         ]
         self._link.serving = self.config.runs()  # only now may the hub hand this worker streams
         self.ready.set()
@@ -261,13 +272,26 @@ class Worker:
     async def _stats(self) -> None:
         last = {r.name: 0 for r in self.runners}
         t_last = time.monotonic()
+        cpu = ThreadCpu()
+        lags = self.metrics.lags.total
         while True:
             await asyncio.sleep(self.stats_interval)
             now = time.monotonic()
             if self._link is not None:
                 self._link.exhausted = [r.name for r in self.runners if 0 < len(r.stage.degrade_steps) <= r.stage.level]
+            used, wall = cpu.sample()
+            for group, seconds in used.items():
+                self.metrics.thread_cpu.labels(self.name, group).inc(seconds)
+            share = {g: 100.0 * s / wall for g, s in used.items()} if wall > 0 else {}
+            lag = percentiles(self.metrics.lags.since(lags), (99,)).get("p99", 0.0)
+            lags = self.metrics.lags.total
             for r in self.runners:
-                await self._publish(r.stats(r.inputs - last[r.name], now - t_last))
+                st = r.stats(r.inputs - last[r.name], now - t_last)
+                st.cpu_pct = share.get(r.name, 0.0)
+                st.loop_lag_ms = lag * 1000
+                st.loop_cpu_pct = share.get("loop", 0.0)
+                st.library_cpu_pct = share.get("libraries", 0.0)
+                await self._publish(st)
                 last[r.name] = r.inputs
                 await r.ctx.flush_errors(r.publish)
             for err, held in self._errors.due():

@@ -311,3 +311,50 @@ async def test_an_audio_stage_that_falls_far_behind_drops_its_oldest_inputs_and_
     dropped = [m for m in out if isinstance(m, BudgetViolation) and m.action == "dropped"]
     assert len(dropped) == 1 and dropped[0].stage == "ladder"  # reported, and rate-limited
     assert runner.metrics.dropped.labels("test", "ladder")._value.get() == runner.dropped
+
+
+async def test_a_vision_stage_runs_below_voice_and_so_do_the_threads_it_starts() -> None:
+    """Stage.nice lowers the stage's model thread and the library threads started from it; voice stays."""
+    import os
+    import threading
+
+    def priority() -> tuple[int, int]:
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        t.start()
+        t.join()
+        return own, seen[0]
+
+    class Vision(Stage):
+        name: ClassVar[str] = "vision"
+        nice: ClassVar[int] = 10
+
+        async def handle(self, msg: Message) -> None: ...
+
+    class Voice(Vision):
+        nice: ClassVar[int] = 0
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    vision = Vision(StageContext(name="vision", worker="w", options=None))
+    voice = Voice(StageContext(name="voice", worker="w", options=None))
+    try:
+        assert await vision.ctx.run_blocking(priority) == (min(19, base + 10), min(19, base + 10))
+        assert await voice.ctx.run_blocking(priority) == (base, base)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the event loop's own: untouched
+    finally:
+        vision.ctx.close()
+        voice.ctx.close()
+
+
+async def test_the_loop_lag_probe_sees_a_blocked_loop() -> None:
+    metrics = Metrics("w")
+    probe = asyncio.create_task(metrics.watch_loop(0.01))
+    await asyncio.sleep(0.05)
+    time.sleep(0.2)  # noqa: ASYNC251 - a call that blocks the loop is what the probe exists to catch
+    await asyncio.sleep(0.05)
+    probe.cancel()
+    lags = list(metrics.lags)
+    assert max(lags) >= 0.15 and sorted(lags)[len(lags) // 2] < 0.05
+    count = metrics.registry.get_sample_value("sensorium_loop_lag_seconds_count", {"node": "w"})
+    assert count == len(lags)

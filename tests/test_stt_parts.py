@@ -58,3 +58,18 @@ def test_a_final_waits_as_long_as_speaker_id_takes_and_not_at_all_when_nobody_an
     wait.latency = 0.1
     wait.budget()
     assert "u3" not in wait.sent  # forgotten
+
+
+def test_a_final_covered_by_a_partial_waits_up_to_the_limit_for_its_speaker() -> None:
+    """Speaker ID embedded the speech at the pause: its answer comes when that embedding is done, so the
+    final may wait up to the limit (the learnt latency, small when it was done, would cut it off)."""
+    t = [100.0]
+    wait = SpeakerWait(limit=0.3, now=lambda: t[0])
+    sent = wait.utterance_sent("u1")
+    t[0] += 0.005
+    wait.speaker_arrived("u1")  # at once: the partial's embedding was ready
+    sent = wait.utterance_sent("u2")
+    assert abs(wait.deadline(sent) - (sent + 0.055)) < 1e-9  # not covered: the learnt latency + slack
+    assert abs(wait.deadline(sent, covered=True) - (sent + 0.3)) < 1e-9
+    wait.gave_up()
+    assert wait.deadline(sent, covered=True) == sent  # nobody answers: no wait

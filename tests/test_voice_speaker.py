@@ -105,8 +105,39 @@ async def test_pipeline_final_transcript_carries_the_speaker(gallery_path) -> No
         ids = chain.of(SpeakerIdentified)
         assert [f.speaker for f in finals] == ["joe", UNKNOWN], [(f.text, f.speaker, f.speaker_score) for f in finals]
         assert [i.person for i in ids] == ["joe", UNKNOWN]
-        assert [i.utterance_id for i in ids] == [u.utterance_id for u in chain.of(Utterance)]
+        assert [i.utterance_id for i in ids] == [u.utterance_id for u in chain.of(Utterance) if not u.partial]
         assert finals[0].speaker_score == ids[0].score and ids[0].time == finals[0].t1
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
+async def test_speaker_keeps_up_with_the_utterance_and_is_on_the_final_without_waiting(gallery_path) -> None:
+    """The speech so far goes to speaker ID at each pause; at the endpoint the speaker is already known, so
+    finals carry it with the default ``speaker_wait`` (a fresh worker: the first utterance too)."""
+    chain = Chain()
+    await chain.add(WakeStage)
+    await chain.add(SttStage, cpu_threads=2)
+    speaker = await chain.add(SpeakerStage, gallery=str(gallery_path))
+    try:
+        pcm = media.concat(
+            0.5,
+            media.speech("hey jarvis, turn on the kitchen lights", "piper:joe"),
+            1.6,
+            media.speech("hey jarvis, set a timer for ten minutes", "flite:slt"),
+            1.6,
+        )
+        await chain.play({("kitchen", "kitchen-pi"): pcm}, t0=T0)
+        await chain.settle()
+        finals = [m for m in chain.of(Transcript) if m.final]
+        assert [f.speaker for f in finals] == ["joe", "sally"], [(f.text, f.speaker) for f in finals]
+        utts = chain.of(Utterance)
+        ends = [u for u in utts if not u.partial]
+        for end in ends:
+            partials = [u for u in utts if u.partial and u.utterance_id == end.utterance_id]
+            assert partials and all(p.t1 < end.t1 and len(p.data) < len(end.data) for p in partials)
+            assert end.covered == len(partials[-1].data) // 2  # no speech after the last pause
+        assert speaker.from_partial == 2  # both answered from the embedding made before the endpoint
     finally:
         await chain.close()
 
@@ -134,13 +165,19 @@ async def test_speaker_stage_rejects_bad_utterances(gallery_path) -> None:
     await stage.handle(Utterance(room="attic", utterance_id="d", t1=T0, data=good))
     await stage.handle(Utterance(room="kitchen", utterance_id="e", t1=T0, data=bytes(32000 * 2)))  # silence
     await stage.handle(Utterance(room="kitchen", utterance_id="f", t1=T0, data=good))
+    # The speech so far, too short or silent, is no error (the endpoint's Utterance follows) and no answer.
+    await stage.handle(Utterance(room="kitchen", utterance_id="g", t1=T0, data=good[:8000], partial=True))
+    await stage.handle(Utterance(room="kitchen", utterance_id="h", t1=T0, data=bytes(32000 * 2), partial=True))
+    # An endpoint that claims a partial covered it, when none was heard, is embedded whole.
+    await stage.handle(Utterance(room="kitchen", utterance_id="i", t1=T0, data=good, covered=len(good) // 4))
     errors = [m for m in out if isinstance(m, InputError)]
     reasons = " | ".join(e.reason for e in errors)
     assert len(errors) == 5, reasons
     for part in ("8000 Hz", "bytes", "too short", "unknown room", "speech"):
         assert part in reasons
     ids = [m for m in out if isinstance(m, SpeakerIdentified)]
-    assert [(i.utterance_id, i.person) for i in ids] == [("f", "sally")]
+    assert [(i.utterance_id, i.person) for i in ids] == [("f", "sally"), ("i", "sally")]
+    assert stage.from_partial == 0
     await stage.stop()
 
 

@@ -40,6 +40,7 @@ from pipeline.messages import (
     Message,
     PlaybackStatus,
     Say,
+    SpeakerIdentified,
     StageStats,
     TtsAudio,
     WakeArbitrated,
@@ -457,6 +458,45 @@ async def test_home_assistants_stt_gets_the_satellites_transcript(hub: Hub, tmp_
         assert gw.recall("[alice] what time is it").room == "kitchen"
     bus.close()
     pub.close()
+
+
+async def test_a_final_without_its_speaker_waits_for_it_when_speaker_id_is_up(hub: Hub, tmp_path) -> None:
+    """The final left the stt stage just before speaker ID answered: Home Assistant's transcript still names
+    the speaker. With no speaker stage reporting, nothing is waited for."""
+    p = ports()
+    dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p, wyoming={"speaker_prefix": True})
+    listens = Subscriber(hub.endpoints, ["listen/"])
+    async with running(dep, hub.endpoints, down_after=1.0), stages_up(hub, "stt", "speaker") as pub:
+        async with Conn(p["stt"]) as stt:
+            await stt.send(Transcribe(language="en"), AudioStart(rate=RATE, width=2, channels=1))
+            await stt.send(AudioChunk(rate=RATE, width=2, channels=1, audio=pcm_noise(0.5, 3)))
+            claim = await listens.recv_timeout(3)
+            await stt.send(AudioStop())
+            await pub.publish(
+                BusTranscript(room="kitchen", utterance_id="u1", final=True, text="lights on",
+                              request_id=claim.request_id)
+            )  # fmt: skip
+            await asyncio.sleep(0.15)
+            await pub.publish(SpeakerIdentified(room="kitchen", utterance_id="u1", person="bob", score=0.9))
+            t0 = time.perf_counter()
+            events = await stt.until("transcript")
+        assert events[-1].data["text"] == "[bob] lights on" and events[-1].data["speaker"] == "bob"
+        assert time.perf_counter() - t0 < 0.5  # it came as soon as the speaker did
+    async with running(dep, hub.endpoints, down_after=1.0), stages_up(hub, "stt") as pub:
+        async with Conn(p["stt"]) as stt:
+            await stt.send(Transcribe(language="en"), AudioStart(rate=RATE, width=2, channels=1))
+            await stt.send(AudioChunk(rate=RATE, width=2, channels=1, audio=pcm_noise(0.5, 3)))
+            claim = await listens.recv_timeout(3)
+            while claim is not None and claim.action != "open":  # the first request's close
+                claim = await listens.recv_timeout(3)
+            await stt.send(AudioStop())
+            await pub.publish(
+                BusTranscript(room="kitchen", utterance_id="u2", final=True, text="lights off",
+                              request_id=claim.request_id)
+            )  # fmt: skip
+            events = await stt.until("transcript")
+        assert events[-1].data["text"] == "lights off" and "speaker" not in events[-1].data
+    listens.close()
 
 
 # ------------------------------------------------------------------------------- conversation

@@ -139,6 +139,7 @@ class Satellite:
             if Transcript.is_type(event.type):
                 rec["t_transcript"] = self.now()
                 rec["text"] = Transcript.from_event(event).text.strip()
+                rec["speaker"] = (event.data or {}).get("speaker")  # ours names who spoke; the peers cannot
                 return
 
     async def run(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from pipeline.bus import Endpoints
 from pipeline.clock import Clock
 from pipeline.config import Deployment, WyomingConfig, parse_duration
 from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import InputError, Message, Say, Transcript, TtsAudio
+from pipeline.messages import InputError, Message, Say, SpeakerIdentified, Transcript, TtsAudio
 from pipeline.security import CurveKeys
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ class Gateway:
         self.block = 16 * cfg.block_ms
         self.clock = clock or Clock()
         endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
-        prefixes = ["wake/", "transcript/", "say/", "tts/-/", "error/", "arbitration/", "playback/"]
+        self.speaker_wait = parse_duration(cfg.speaker_wait, "[wyoming] speaker_wait")
+        prefixes = ["wake/", "transcript/", "speaker/", "say/", "tts/-/", "error/", "arbitration/", "playback/"]
         prefixes += [f"audio/{room}/" for room in cfg.satellites]
         self.bus = Bus(
             endpoints,
@@ -203,6 +205,9 @@ class Gateway:
         """Synthesis requests waiting for the tts stage: answer id → queues of its ``TtsAudio`` (or ``InputError``)."""
         self.answers: OrderedDict[str, Answer] = OrderedDict()
         """The agent's recent answers to Home Assistant's conversation requests, with their audio (see ``Answer``)."""
+        self.speakers: OrderedDict[str, SpeakerIdentified] = OrderedDict()
+        """Recent speaker events by utterance id (a final that came without its speaker may wait for one)."""
+        self._speaker_waits: dict[str, asyncio.Future[SpeakerIdentified]] = {}
         self.satellites: dict[str, Satellite] = {}
         self.servers: list[AsyncTcpServer] = []
         self.zeroconf: list[Any] = []
@@ -219,6 +224,7 @@ class Gateway:
         await self.bus.start()
         self._closers += [
             self.bus.listen("transcript", self._on_transcript),
+            self.bus.listen("speaker", self._on_speaker),
             self.bus.listen("say", self._on_say),
             self.bus.listen("tts", self._on_tts),
             self.bus.listen("error", self._on_error),
@@ -291,15 +297,19 @@ class Gateway:
 
     # ------------------------------------------------------------------------------ requests
 
-    async def publish_audio(self, node: str, t: float, block: bytes) -> None:
+    async def publish_audio(self, node: str, t: float, block: bytes, live: Callable[[], bool] | None = None) -> None:
         """Publish a block of Home Assistant's 16 kHz audio as stream ``node``, stamped ``t``.
 
         Audio that arrives faster than real time is held back until its stamp is within ``AHEAD_S``
-        of the clock: the stamps stay contiguous and never lie about the future.
+        of the clock: the stamps stay contiguous and never lie about the future. A block whose request
+        ended while it was held back (``live()`` false: answered, so its stream name may be the next
+        request's already) is dropped: sent late, it would land inside the next request's audio.
         """
         ahead = t - self.clock.now() - AHEAD_S
         if ahead > 0:
             await asyncio.sleep(ahead)
+            if live is not None and not live():
+                return
         await self.bus.publish(BusChunk(time=t, room=self.room, source=node, rate=RATE, data=block))
 
     def new_request(self, request_id: str, room: str) -> Request:
@@ -349,6 +359,31 @@ class Gateway:
             req = self.requests.get(msg.request_id)
             if req is not None:
                 req.add(msg)
+
+    def _on_speaker(self, msg: Message) -> None:
+        if isinstance(msg, SpeakerIdentified) and msg.utterance_id:
+            self.speakers[msg.utterance_id] = msg
+            while len(self.speakers) > 64:
+                self.speakers.popitem(last=False)
+            fut = self._speaker_waits.get(msg.utterance_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    async def speaker_of(self, final: Transcript) -> SpeakerIdentified | None:
+        """The speaker event of ``final``'s utterance, waiting up to ``speaker_wait`` for it when a speaker
+        stage is up (the final went out without it: speaker ID was a little late), else None."""
+        uid = final.utterance_id
+        got = self.speakers.get(uid)
+        if got is not None or self.speaker_wait <= 0 or not uid or not self.bus.stage_up("speaker"):
+            return got
+        fut = self._speaker_waits[uid] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.speaker_wait):
+                return await fut
+        except TimeoutError:
+            return None
+        finally:
+            self._speaker_waits.pop(uid, None)
 
     def _on_say(self, msg: Message) -> None:
         if isinstance(msg, Say) and msg.reply_to:

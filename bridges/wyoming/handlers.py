@@ -436,7 +436,7 @@ class WakeStream:
     async def _publish(self, block: bytes) -> None:
         t = self.t0 + self.sent / RATE
         self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block)
+        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
 
     def _on_wake(self, msg: Message) -> None:
         gw = self.h.gw
@@ -542,7 +542,7 @@ class SttStream:
     async def _publish(self, block: bytes) -> None:
         t = self.t0 + self.sent / RATE
         self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block)
+        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
 
     async def stop(self) -> None:
         """``audio-stop``: the client sent everything; the stage finishes the utterance now."""
@@ -635,15 +635,19 @@ class SttStream:
         self.over = True
         self._release()
         text = final.text
-        who = final.speaker
+        who, score = final.speaker, final.speaker_score
+        if who is None and text:
+            ev = await gw.speaker_of(final)
+            if ev is not None:
+                who, score = ev.person, ev.score
         if gw.config.speaker_prefix and who and who != "unknown" and text:
             text = f"[{who}] {text}"
         event = Transcript(text=text, language=self.language).event()
         if who is not None:
             event.data["speaker"] = who
-            event.data["speaker_score"] = round(final.speaker_score, 3)
+            event.data["speaker_score"] = round(score, 3)
         if text:
-            gw.remember(text, final.room, who, final.speaker_score)
+            gw.remember(text, final.room, who, score)
         await self.h.write(event)
         if started:
             await self.h.write(TranscriptStop().event())

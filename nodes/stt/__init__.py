@@ -29,8 +29,10 @@ the one opened near its time on that stream, or opens one there without a wake w
 "drop" discards it. The claimed utterance's transcripts carry the ``request_id``, and arbitration no
 longer drops it.
 
-At the endpoint the stage publishes the ``Utterance`` (audio for speaker ID) first, then the final
-``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
+At each pause in the speech it publishes the audio so far as a partial ``Utterance`` (speaker ID embeds
+it while the speculative decode runs); at the endpoint it publishes the whole ``Utterance`` (``covered``
+when no speech came after the last pause, so speaker ID answers from the embedding it has), then the
+final ``Transcript`` with word timestamps; it carries the speaker if the matching ``speaker`` event
 arrives in time (see ``speaker_wait``). The wake phrase is removed from the text (it is the
 address, not the command): the leading words that end before the wake detection, or before the
 first speech the VAD hears after it, are dropped, and a leading "hey jarvis" that whisper placed
@@ -110,6 +112,8 @@ class _Utt:
     """Seconds from ``t0`` to the first speech the VAD heard after the wake detection."""
     request_id: str = ""
     """The client request that claimed this utterance (``Listen``); its transcripts carry it."""
+    spec_n: int = 0
+    """Samples in the partial ``Utterance`` sent at the last pause (with the speculative decode)."""
 
     def audio(self, n: int | None = None) -> np.ndarray:
         pcm = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
@@ -186,8 +190,9 @@ class SttStage(Stage):
         speaker_wait: Duration = "0.3s"
         """Longest the final transcript waits (from the endpoint) for the speaker event of its utterance.
 
-        It waits only as long as speaker ID has recently taken (plus 50 ms), never when the event is
-        already there, and not at all while no speaker stage answers (until an event arrives again).
+        It waits only as long as speaker ID has recently taken (plus 50 ms), or up to all of it when
+        speaker ID embedded the speech at the last pause already (its answer is due at once), never when
+        the event is already there, and not at all while no speaker stage answers (until one arrives).
         """
         stream_timeout: Duration = "1s"
         """An open utterance whose stream sends nothing this long is closed (stream stopped)."""
@@ -275,6 +280,11 @@ class SttStage(Stage):
         # The first decode allocates CTranslate2's buffers; pay for it now, not on the first command.
         quiet = (np.random.default_rng(0).standard_normal(RATE) * 30).astype(np.int16)
         await self.ctx.run_blocking(self._models[o.model].transcribe, quiet)
+        # Silero's ONNX session is made on the first wake word otherwise (and its first runs allocate).
+        from models.vad import StreamingVad
+
+        vad = StreamingVad(threshold=o.vad_threshold)
+        await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed, quiet)
         self._watchdog = asyncio.create_task(self._watch(), name="stt-watchdog")
 
     def _load(self, name: str) -> Any:
@@ -491,6 +501,21 @@ class SttStage(Stage):
                 self._cancel_partial(utt)
                 utt.spec_task = self._spawn(self._speculate(st, utt, utt.n, s.speech_s))
                 self.counts["speculative"] += 1
+                # Speaker ID embeds the speech so far meanwhile: if this pause is the endpoint, the speaker
+                # is known when the final is (the endpoint's Utterance says it is ``covered``).
+                utt.spec_n = utt.n
+                await self.ctx.publish(
+                    Utterance(
+                        time=utt.t0 + utt.n / RATE,
+                        room=st.room,
+                        utterance_id=utt.id,
+                        t0=utt.t0,
+                        t1=utt.t0 + utt.n / RATE,
+                        rate=RATE,
+                        data=utt.audio(utt.n).tobytes(),
+                        partial=True,
+                    )
+                )
             partial_due = utt.n - utt.last_partial_n >= d["partial_interval"] * RATE
             busy = any(t is not None and not t.done() for t in (utt.partial_task, utt.spec_task))
             # Partials only while the person speaks, and never queued in front of a speculative decode.
@@ -651,7 +676,16 @@ class SttStage(Stage):
         self._speakers[utt.id] = fut
         try:
             await self.ctx.publish(
-                Utterance(time=t1, room=st.room, utterance_id=utt.id, t0=utt.t0, t1=t1, rate=RATE, data=pcm.tobytes())
+                Utterance(
+                    time=t1,
+                    room=st.room,
+                    utterance_id=utt.id,
+                    t0=utt.t0,
+                    t1=t1,
+                    rate=RATE,
+                    data=pcm.tobytes(),
+                    covered=utt.spec_n if reuse is not None else 0,  # no speech after the last pause
+                )
             )
             sent = self._speaker_wait.utterance_sent(utt.id)
             result = None
@@ -663,7 +697,8 @@ class SttStage(Stage):
                 result = await self._decode(utt, utt.n)
             words = self._command_words(utt, result.words)
             text = " ".join(w.word.strip() for w in words).strip()
-            remaining = self._speaker_wait.budget() - (time.monotonic() - sent)
+            covered = reuse is not None and utt.spec_n > 0  # speaker ID embedded this speech at the pause
+            remaining = self._speaker_wait.deadline(sent, covered) - time.monotonic()
             speaker, score = None, 0.0
             if remaining > 0 and not fut.done():
                 with contextlib.suppress(TimeoutError):

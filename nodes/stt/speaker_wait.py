@@ -37,6 +37,19 @@ class SpeakerWait:
         self.sent[utterance_id] = t
         return t
 
+    def deadline(self, sent: float, covered: bool = False) -> float:
+        """Until when (``now`` clock) a final whose Utterance went out at ``sent`` waits for its speaker.
+
+        ``covered``: speaker ID embedded the speech at the last pause already, so its answer comes as soon
+        as that embedding is done (usually at once): the final may wait up to the limit for it, as that
+        costs nothing unless speaker ID is slow. Otherwise the learnt latency plus the slack, capped by
+        the limit. No wait (``sent``) while no speaker stage answers or it is slower than the limit.
+        """
+        wait = self.budget()
+        if wait <= 0:
+            return sent
+        return sent + (self.limit if covered else wait)
+
     def speaker_arrived(self, utterance_id: str) -> None:
         """A speaker event came (in time or late): learn its latency; speaker ID is answering again."""
         sent = self.sent.pop(utterance_id, None)

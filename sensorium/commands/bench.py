@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI-sized runs")
     p.add_argument(
         "--only",
-        help="comma-separated subset: bus,voice,wyoming,vision,talk,replay,chaos; setup (a cold set-up) and soak "
+        help="comma-separated subset: bus,voice,wyoming,vision,mixed,talk,replay,chaos; setup (a cold set-up) and soak "
         "(an hour) only when named",
     )
     p.add_argument("--results-dir", help="results folder (default: benchmarks/results)")

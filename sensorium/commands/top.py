@@ -22,12 +22,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def render(stats: dict[tuple[str, str], object], nodes: dict[str, str], placement: object = None) -> str:
     lines = [
         f"{'worker':<12} {'stage':<10} {'device':<7} {'rate/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'budget':>7} "
-        f"{'drops':>6} {'viol':>5} {'queue':>5} {'level':>5}"
+        f"{'drops':>6} {'viol':>5} {'queue':>5} {'level':>5} {'cpu %':>6}"
     ]
+    workers: dict[str, object] = {}
     for (worker, stage), s in sorted(stats.items()):
+        workers[worker] = s
         lines.append(
             f"{worker:<12} {stage:<10} {s.device:<7} {s.rate:>7.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "  # type: ignore[attr-defined]
-            f"{s.budget_ms:>7.0f} {s.dropped:>6} {s.violations:>5} {s.queue:>5} {s.level:>5}"  # type: ignore[attr-defined]
+            f"{s.budget_ms:>7.0f} {s.dropped:>6} {s.violations:>5} {s.queue:>5} {s.level:>5} {s.cpu_pct:>6.0f}"  # type: ignore[attr-defined]
+        )
+    if workers:
+        lines.append("")
+    for worker, s in workers.items():  # loop lag and thread CPU are the worker's, the same on each stage
+        lines.append(
+            f"{worker:<12} event loop: lag p99 {s.loop_lag_ms:.1f} ms, cpu {s.loop_cpu_pct:.0f} %; "  # type: ignore[attr-defined]
+            f"library threads cpu {s.library_cpu_pct:.0f} %"  # type: ignore[attr-defined]
         )
     if placement is not None and placement.assignments:  # type: ignore[attr-defined]
         by_stage: dict[str, list[str]] = {}

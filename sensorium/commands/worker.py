@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 HELP = "run the stages placed on one worker"
 LOADS_MODELS = True
@@ -35,18 +36,23 @@ def run(args: argparse.Namespace) -> int:
         worker.metrics.serve(wcfg.metrics_port, wcfg.metrics_host)
     print(f"worker {args.name}: loading {', '.join(wcfg.runs())} (devices: {', '.join(wcfg.devices())})", flush=True)
 
-    async def serve() -> None:
-        running = asyncio.create_task(worker.run_forever())
-        ready = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            print(f"worker {args.name}: serving {', '.join(wcfg.runs())} on {worker.device}", flush=True)
-        else:
-            ready.cancel()
-        await running
+    async def main() -> None:
+        t0 = time.monotonic()
+        await worker.start()
+        try:
+            slowest = max(worker.load_s, key=worker.load_s.__getitem__, default="")
+            print(
+                f"worker {args.name}: ready: {', '.join(wcfg.runs())} loaded, warm and serving on {worker.device} "
+                f"in {time.monotonic() - t0:.1f} s"
+                + (f" (slowest: {slowest} {worker.load_s[slowest]:.1f} s)" if slowest else ""),
+                flush=True,
+            )
+            await asyncio.Event().wait()
+        finally:
+            await worker.stop()
 
     try:
-        asyncio.run(serve())
+        asyncio.run(main())
     except DeviceUnavailable as exc:
         print(f"sensorium worker: {exc}", file=sys.stderr)
         return 3
