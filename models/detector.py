@@ -170,8 +170,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def suppress_contained(boxes: np.ndarray, scores: np.ndarray, ratio: float) -> np.ndarray:
-    """Indices (best score first) of boxes kept when a box mostly inside a better one, or mostly holding
-    it, goes: intersection >= ``ratio`` × the smaller box's area. ``ratio`` 0 keeps every box."""
+    """Indices (best score first) of the boxes kept when boxes of one person are merged: a box mostly inside
+    a better one (intersection >= ``ratio`` × its area) goes; a weaker box that holds a better one (the
+    whole person around a part of them) takes that box's place, so the person keeps one box of the same
+    extent from frame to frame (their track follows it). ``ratio`` 0 keeps every box."""
     order = np.argsort(-scores, kind="stable")
     if ratio <= 0 or len(order) < 2:
         return order
@@ -182,7 +184,11 @@ def suppress_contained(boxes: np.ndarray, scores: np.ndarray, ratio: float) -> n
             k = np.asarray(keep)
             ix = np.clip(np.minimum(boxes[i, 2], boxes[k, 2]) - np.maximum(boxes[i, 0], boxes[k, 0]), 0, None)
             iy = np.clip(np.minimum(boxes[i, 3], boxes[k, 3]) - np.maximum(boxes[i, 1], boxes[k, 1]), 0, None)
-            if np.any(ix * iy >= ratio * np.minimum(areas[i], areas[k])):
+            same = np.flatnonzero(ix * iy >= ratio * np.minimum(areas[i], areas[k]))
+            if same.size:
+                j = int(same[0])
+                if areas[i] > areas[keep[j]]:  # the whole person around a better-scored part of them
+                    keep[j] = int(i)
                 continue
         keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
