@@ -34,6 +34,8 @@ NMS_IOU = 0.7
 #: and goes. IoU-based NMS keeps those: a head-and-shoulders box inside a whole-body box has a low IoU with it.
 #: Calibrated with ``benchmarks/counting.py`` on the labelled photos (0 = off, as before).
 CONTAIN = 0.9
+#: Boxes wider than this × their height are not merged with the boxes inside them (see ``suppress_contained``).
+WIDE = 1.2
 #: Score floor for a person, calibrated on the same photos (ultralytics' own default is 0.25; the bundled
 #: model gives parts and doubles of one person scores of 0.25-0.35).
 CONF = 0.25
@@ -173,20 +175,24 @@ def suppress_contained(boxes: np.ndarray, scores: np.ndarray, ratio: float) -> n
     """Indices (best score first) of the boxes kept when boxes of one person are merged: a box mostly inside
     a better one (intersection >= ``ratio`` × its area) goes; a weaker box that holds a better one (the
     whole person around a part of them) takes that box's place, so the person keeps one box of the same
-    extent from frame to frame (their track follows it). ``ratio`` 0 keeps every box."""
+    extent from frame to frame (their track follows it). A box wider than ``WIDE`` × its height is left
+    out of this: that is the model's box over several people side by side (a group at a table), and the
+    people inside it are people. ``ratio`` 0 keeps every box."""
     order = np.argsort(-scores, kind="stable")
     if ratio <= 0 or len(order) < 2:
         return order
-    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    areas = np.maximum(w * h, 1e-9)
+    wide = w > WIDE * h
     keep: list[int] = []
     for i in order:
-        if keep:
-            k = np.asarray(keep)
+        k = np.asarray([j for j in keep if not wide[j]], dtype=np.int64)
+        if k.size and not wide[i]:
             ix = np.clip(np.minimum(boxes[i, 2], boxes[k, 2]) - np.maximum(boxes[i, 0], boxes[k, 0]), 0, None)
             iy = np.clip(np.minimum(boxes[i, 3], boxes[k, 3]) - np.maximum(boxes[i, 1], boxes[k, 1]), 0, None)
             same = np.flatnonzero(ix * iy >= ratio * np.minimum(areas[i], areas[k]))
             if same.size:
-                j = int(same[0])
+                j = keep.index(int(k[same[0]]))
                 if areas[i] > areas[keep[j]]:  # the whole person around a better-scored part of them
                     keep[j] = int(i)
                 continue
