@@ -22,8 +22,8 @@ Counting: a track counts as a person (``FrameOut.people``, its box's ``track`` >
 detector has found it in ``confirm_frames`` frames — new boxes and young tracks are looked at again
 on the next frames until then — so a one-frame box (a part of someone, a shadow) never counts. A
 counted track that the detector misses stays counted, at its last box, for ``MISSED_FRAMES`` frames
-while it is looked for again, then is forgotten. Boxes not (yet) counted are still reported, with
-``track=-1``.
+while it is looked for again (with ``score`` 0: not seen in this frame), then is forgotten. Boxes not
+(yet) counted are still reported, with ``track=-1``.
 
 With ``motion=False`` every frame is a whole-frame pass: what the detect stage did before regions.
 """
@@ -320,7 +320,8 @@ class RegionDetector:
         if job.image is None:  # nothing to look at: the tracks are where they were
             cam.pending = []
             held = [tr for tid, tr in cam.missing.items() if tid in cam.counted and self.settings.hold_missed]
-            return FrameOut(boxes=[self._out(cam, tr.box) for tr in [*cam.tracks.values(), *held]], work="none")
+            out = [self._out(cam, tr.box) for tr in cam.tracks.values()]
+            return FrameOut(boxes=out + [self._out(cam, tr.box, held=True) for tr in held], work="none")
         contain = self.detector.contain if self.settings.contain is None else self.settings.contain
         fresh = _merge([b for boxes in job.found for b in boxes if b.size], contain)
         examined = job.regions
@@ -365,7 +366,7 @@ class RegionDetector:
         ]
         held = [tr.box for tid, tr in missing.items() if tid in cam.counted] if self.settings.hold_missed else []
         return FrameOut(
-            boxes=[self._out(cam, b) for b in [*boxes, *held]],
+            boxes=[self._out(cam, b) for b in boxes] + [self._out(cam, b, held=True) for b in held],
             work="full" if job.full else "regions",
             regions=list(job.regions),
             crops=len(job.regions),
@@ -374,9 +375,10 @@ class RegionDetector:
         )
 
     @staticmethod
-    def _out(cam: _Camera, b: PersonBox) -> PersonBox:
-        """A copy of a box for the output: ``track=-1`` unless its track counts (is confirmed)."""
-        return PersonBox(b.x1, b.y1, b.x2, b.y2, b.score, b.track if b.track in cam.counted else -1)
+    def _out(cam: _Camera, b: PersonBox, held: bool = False) -> PersonBox:
+        """A copy of a box for the output: ``track=-1`` unless its track counts (is confirmed); score 0 for a
+        held track (missed in this frame: still counted, but no evidence that the person is there)."""
+        return PersonBox(b.x1, b.y1, b.x2, b.y2, 0.0 if held else b.score, b.track if b.track in cam.counted else -1)
 
 
 def _grow_cut(box: np.ndarray, region: Rect, width: int, height: int) -> tuple[float, float, float, float]:

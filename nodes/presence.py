@@ -149,7 +149,7 @@ class PresenceStage(Stage):
     async def _on_detections(self, det: Detections) -> None:
         for b in det.boxes:
             person, conf = self._tracks.get((det.room, det.camera, b.track), (UNKNOWN, 0.0))
-            if b.track >= 0 and person != UNKNOWN:
+            if b.track >= 0 and b.score > 0 and person != UNKNOWN:  # score 0: a counted track held, not seen
                 await self._evidence(person, det.room, "track", conf * self.opts.track_factor, det.time)
         # Track names outlive an empty frame: the frames before it still count, and a person who walked out
         # must not turn into a stranger there. The timers forget a name once no frame in the window has it.

@@ -157,7 +157,8 @@ class Box(msgspec.Struct):
     y2: float
     """Bottom edge."""
     score: float
-    """Detector confidence 0–1."""
+    """Detector confidence 0–1; 0 for a counted person missed in this frame (kept at their last box for a few
+    frames while the detector looks for them again)."""
     track: int = -1
     """Tracker id, stable per camera while the person stays in view (-1 while not counted: untracked, or a track
     found in too few frames yet)."""
