@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, voice while
-#: vision shares the cores (and the first command after a worker starts), talk-back, the whole pipeline, the
-#: whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP, processes killed at
-#: random, a replicated stage's worker killed mid-command, then
+#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, counting people,
+#: voice while vision shares the cores (and the first command after a worker starts), talk-back, the whole
+#: pipeline, the whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP, processes
+#: killed at random, a replicated stage's worker killed mid-command, then
 #: an hour of it.
 BENCHMARKS = [
     "setup",
@@ -38,6 +38,7 @@ BENCHMARKS = [
     "voice",
     "wyoming",
     "vision",
+    "counting",
     "mixed",
     "talk",
     "replay",

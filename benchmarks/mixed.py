@@ -57,6 +57,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.outfile import add_out
 from benchmarks.processes import SENSORIUM, Processes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mixed.json"
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utterances", type=int, help="utterances per run (default 12; quick 4)")
     ap.add_argument("--cameras", help="comma-separated camera counts (default 0,1,2)")
     ap.add_argument("--restarts", type=int, help="extra voice-only runs for the first utterance (default 3)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results FILE (JSON)")
+    add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     cams = tuple(int(c) for c in args.cameras.split(",")) if args.cameras else None
     result = run(args.quick, args.utterances, cams, args.restarts, args.out)

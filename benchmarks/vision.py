@@ -20,9 +20,12 @@ Three parts, one run:
    looks, embeddings, seconds in the face stage, and which tracks were recognized as the enrolled
    person.
 
+OpenVINO runs twice, in its own precision (bfloat16 on CPUs with AVX-512 BF16 or AMX) and in float32
+(``precision = "f32"``, what an AVX2-only CPU runs): the rows say which (``openvino 640 bf16`` / ``f32``).
+
 Run: ``.venv/bin/python -m benchmarks.vision [--quick] [--device cuda:0] [--backends torch,openvino]
-[--cameras 1,4]``; prints tables and writes ``benchmarks/results/vision.json``. ``run(quick=False) ->
-dict`` is the module API. Numbers taken on a busy machine are not final: say where they came from.
+[--cameras 1,4] [--precisions auto,f32]``; prints tables and writes ``benchmarks/results/vision.json``.
+``run(quick=False) -> dict`` is the module API. Numbers taken on a busy machine are not final: say where they came from.
 """
 
 from __future__ import annotations
@@ -165,21 +168,23 @@ def _gallery(path: Path) -> None:
 # ------------------------------------------------------------------------------------- backends
 
 
-def backends_part(device: str, names: tuple[str, ...], cache: Path, repeats: int) -> list[dict[str, Any]]:
+def backends_part(
+    device: str, names: tuple[str, ...], cache: Path, repeats: int, precisions: tuple[str, ...] = ("auto",)
+) -> list[dict[str, Any]]:
     """Per-inference time of each backend at 640 and 320 px, and first (export) vs cached load."""
     from models.detector import PersonDetector
 
     rows = []
-    for name in names:
+    for name, precision in [(n, p) for n in names for p in (precisions if n == "openvino" else ("auto",))]:
         for size in (640, 320):
             t0 = time.perf_counter()
             fresh = Path(tempfile.mkdtemp(prefix="bench-export-", dir=cache))
             try:
-                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh)
+                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=precision)
                 det.backend(size)
                 first = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh)
+                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=precision)
                 be = det.backend(size)
                 cached = time.perf_counter() - t0
             except Exception as exc:
@@ -214,7 +219,15 @@ def backends_part(device: str, names: tuple[str, ...], cache: Path, repeats: int
 
 
 async def _stages(
-    backend: str, mode: str, data_dir: Path, device: str, clock: Any, emit: Any, batch: int, threads: int
+    backend: str,
+    mode: str,
+    data_dir: Path,
+    device: str,
+    clock: Any,
+    emit: Any,
+    batch: int,
+    threads: int,
+    precision: str = "auto",
 ) -> Any:
     from nodes.detect import DetectOptions, DetectStage
     from nodes.face import FaceOptions, FaceStage
@@ -239,6 +252,7 @@ async def _stages(
         emit_empty=True,
         cache_dir=str(data_dir / "cache"),
         threads=threads,
+        precision=precision,
     )
     detect = DetectStage(ctx("detect", opts, DetectStage.default_budget_ms))
     face = FaceStage(ctx("face", FaceOptions(recognizer="facenet"), FaceStage.default_budget_ms))
@@ -256,6 +270,7 @@ async def realtime(
     device: str,
     ref: Reference,
     threads: int = 0,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """N cameras at 5 fps through the runtime's runners, for each N, with one set of loaded stages."""
     from pipeline.clock import Clock
@@ -267,7 +282,7 @@ async def realtime(
     async def route(msg: Message) -> None:
         await router["route"](msg)
 
-    detect, face = await _stages(backend, mode, data_dir, device, clock, route, max(cameras), threads)
+    detect, face = await _stages(backend, mode, data_dir, device, clock, route, max(cameras), threads, precision)
     rows = []
     for n in cameras:
         rows.append(await _realtime_n(n, detect, face, router, clock, seconds, data_dir, ref))
@@ -493,8 +508,10 @@ def run(
     device: str = "cpu",
     cameras: tuple[int, ...] | None = None,
     backends: tuple[str, ...] | None = None,
+    precisions: tuple[str, ...] = ("auto", "f32"),
 ) -> dict[str, Any]:
-    """All three parts; returns JSON-ready results."""
+    """All three parts; returns JSON-ready results. ``precisions``: OpenVINO's runs ("auto": bf16 where the CPU
+    has it; "f32": float32, as on an AVX2-only CPU)."""
     cameras = cameras or ((1, 4) if quick else (1, 4, 8))
     backends = backends or _backends_for(device)
     seconds = 6.0 if quick else 20.0
@@ -514,17 +531,22 @@ def run(
         },
     }
     log.info("backends: %s", ", ".join(backends))
-    results["backends"] = backends_part(device, backends, data_dir / "cache", 10 if quick else 30)
+    results["backends"] = backends_part(device, backends, data_dir / "cache", 10 if quick else 30, precisions)
     ref = Reference()
     results["realtime"] = []
     for backend in backends:
-        for mode in MODES:
-            log.info("real time: %s, %s", backend, mode)
-            try:
-                results["realtime"] += asyncio.run(realtime(backend, mode, cameras, seconds, data_dir, device, ref))
-            except Exception as exc:  # one backend failing must not lose the others' numbers
-                log.exception("real time %s/%s failed", backend, mode)
-                results["realtime"].append({"backend": backend, "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+        for precision in precisions if backend == "openvino" else ("auto",):
+            for mode in MODES:
+                log.info("real time: %s (%s), %s", backend, precision, mode)
+                try:
+                    results["realtime"] += asyncio.run(
+                        realtime(backend, mode, cameras, seconds, data_dir, device, ref, precision=precision)
+                    )
+                except Exception as exc:  # one backend failing must not lose the others' numbers
+                    log.exception("real time %s/%s failed", backend, mode)
+                    results["realtime"].append(
+                        {"backend": backend, "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
+                    )
     face_backend = "openvino" if "openvino" in backends else backends[-1]
     log.info("face gating (%s, regions)", face_backend)
     results["face_gating"] = asyncio.run(
@@ -615,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--cameras", default="", help="comma-separated camera counts (default 1,4,8)")
     ap.add_argument("--backends", default="", help="comma-separated backends (default: torch, onnxruntime, openvino)")
+    ap.add_argument("--precisions", default="auto,f32", help="OpenVINO's runs: auto (bf16 where the CPU has it), f32")
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -622,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cams = tuple(int(x) for x in args.cameras.split(",") if x) or None
     bes = tuple(x for x in args.backends.split(",") if x) or None
-    results = run(args.quick, args.device, cams, bes)
+    precisions = tuple(x for x in args.precisions.split(",") if x) or ("auto",)
+    results = run(args.quick, args.device, cams, bes, precisions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str))
     print(render(results))

@@ -18,6 +18,10 @@ AVX-512 BF16 or AMX, float32 elsewhere; PyTorch and TensorRT float16 on a GPU), 
 the same quantized graph). INT8 is calibrated on packaged photos and kept only if it finds the same
 people as the float model on two other packaged photos (same count, every box matched with IoU >=
 ``INT8_MIN_IOU``); otherwise the float model runs and a note says why.
+
+``SENSORIUM_OPENVINO_PRECISION=f32`` in the environment makes ``auto`` mean float32 on OpenVINO, as
+on a CPU without bfloat16 (AVX2 only): the way to run and test, on a bf16 machine, what the common
+mini-PC runs. ``bf16`` or ``auto`` (or unset) leaves OpenVINO's own choice.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("auto", "f32", "int8")
 #: Smallest IoU between a float box and its INT8 twin for the INT8 model to be used.
 INT8_MIN_IOU = 0.9
+#: Environment variable that forces OpenVINO's inference precision ("f32") where the config says "auto".
+PRECISION_ENV = "SENSORIUM_OPENVINO_PRECISION"
 #: Bumped when the export recipe changes, so older cached exports are not reused.
 EXPORT_VERSION = 1
 
@@ -379,6 +385,15 @@ class OrtBackend(Backend):
         return np.concatenate(outs, axis=0)
 
 
+def openvino_precision(precision: str) -> str:
+    """The precision OpenVINO is asked for: ``precision``, or "f32" where it is "auto" and the environment
+    says ``SENSORIUM_OPENVINO_PRECISION=f32``."""
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced not in ("", "auto", "bf16", "f32"):
+        raise BackendError(f"{PRECISION_ENV}={forced!r}: expected f32, bf16 or auto")
+    return "f32" if precision == "auto" and forced == "f32" else precision
+
+
 class OpenVinoBackend(Backend):
     """OpenVINO on the CPU: one image on one thread, several as parallel streams (one per core).
 
@@ -397,6 +412,7 @@ class OpenVinoBackend(Backend):
         self._ov = ov
         self.core = ov.Core()
         self.config: dict[str, Any] = {"CACHE_DIR": str(path.parent / "openvino-cache")}
+        precision = openvino_precision(precision)
         if precision == "f32":
             self.config["INFERENCE_PRECISION_HINT"] = "f32"
         single = {**self.config, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(1, threads)}

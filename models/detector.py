@@ -29,8 +29,23 @@ from models.backends import Backend
 DEFAULT_CLASS_MAP: dict[str, str] = {"person": "person", "Normal": "person", "Fall": "person"}
 #: ultralytics' defaults: NMS IoU and most boxes per image.
 NMS_IOU = 0.7
+#: A box with at least this share of its area inside a better-scored box (or that holds this share of the
+#: better box) is the same person again — a part of them, or their body box from the model's other class —
+#: and goes. IoU-based NMS keeps those: a head-and-shoulders box inside a whole-body box has a low IoU with it.
+#: Calibrated with ``benchmarks/counting.py`` on the labelled photos (0 = off, as before).
+CONTAIN = 0.9
+#: Boxes wider than this × their height are not merged with the boxes inside them (see ``suppress_contained``).
+WIDE = 1.2
+#: Score floor for a person, calibrated on the same photos (ultralytics' own default is 0.25; the bundled
+#: model gives parts and doubles of one person scores of 0.25-0.35).
+CONF = 0.25
 MAX_DET = 300
 PAD_VALUE = 114
+#: Changes to ultralytics' tracker settings. ``fuse_score`` off: with the score fused in, a box of a person the
+#: bundled model scores 0.3-0.4 matched its own track only at IoU > 0.55-0.65, so a still person whose box
+#: wobbles between looks (320 px regions, 640 px whole frames) started a new track on every look and was never
+#: confirmed; IoU alone (>= 0.2, ``match_thresh`` 0.8) keeps one track.
+TRACKER: dict[str, Any] = {"fuse_score": False}
 
 
 @dataclass
@@ -156,18 +171,52 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def postprocess(raw: np.ndarray, person_classes: list[int], conf: float, iou: float = NMS_IOU) -> list[np.ndarray]:
+def suppress_contained(boxes: np.ndarray, scores: np.ndarray, ratio: float) -> np.ndarray:
+    """Indices (best score first) of the boxes kept when boxes of one person are merged: a box mostly inside
+    a better one (intersection >= ``ratio`` × its area) goes; a weaker box that holds a better one (the
+    whole person around a part of them) takes that box's place, so the person keeps one box of the same
+    extent from frame to frame (their track follows it). A box wider than ``WIDE`` × its height is left
+    out of this: that is the model's box over several people side by side (a group at a table), and the
+    people inside it are people. ``ratio`` 0 keeps every box."""
+    order = np.argsort(-scores, kind="stable")
+    if ratio <= 0 or len(order) < 2:
+        return order
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    areas = np.maximum(w * h, 1e-9)
+    wide = w > WIDE * h
+    keep: list[int] = []
+    for i in order:
+        k = np.asarray([j for j in keep if not wide[j]], dtype=np.int64)
+        if k.size and not wide[i]:
+            ix = np.clip(np.minimum(boxes[i, 2], boxes[k, 2]) - np.maximum(boxes[i, 0], boxes[k, 0]), 0, None)
+            iy = np.clip(np.minimum(boxes[i, 3], boxes[k, 3]) - np.maximum(boxes[i, 1], boxes[k, 1]), 0, None)
+            same = np.flatnonzero(ix * iy >= ratio * np.minimum(areas[i], areas[k]))
+            if same.size:
+                j = keep.index(int(k[same[0]]))
+                if areas[i] > areas[keep[j]]:  # the whole person around a better-scored part of them
+                    keep[j] = int(i)
+                continue
+        keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(
+    raw: np.ndarray, person_classes: list[int], conf: float, iou: float = NMS_IOU, contain: float = 0.0
+) -> list[np.ndarray]:
     """Raw outputs → per image an array of person boxes (x1, y1, x2, y2, score) in input pixels.
 
     Two output layouts: anchor-style (N, 4 + classes, anchors; YOLOv8/11) — the best class of each anchor
     must be a person class, then class-agnostic NMS (ultralytics with ``classes`` and ``agnostic_nms``) —
-    and end-to-end (N, boxes, 6: x1, y1, x2, y2, score, class; YOLOv10/26), already suppressed.
+    and end-to-end (N, boxes, 6: x1, y1, x2, y2, score, class; YOLOv10/26), already suppressed. Then,
+    with ``contain`` > 0, boxes inside (or holding) a better box of any person class go
+    (``suppress_contained``): one person, one box.
     """
     out = []
     for pred in raw:
         if pred.ndim == 2 and pred.shape[-1] == 6 and pred.shape[0] != 4 + 2:
             keep = (pred[:, 4] > conf) & np.isin(pred[:, 5].astype(int), person_classes)
-            out.append(pred[keep, :5].astype(np.float32))
+            found = pred[keep, :5].astype(np.float32)
+            out.append(found[suppress_contained(found[:, :4], found[:, 4], contain)])
             continue
         cls = pred[4:]
         best = cls.argmax(0)
@@ -180,6 +229,7 @@ def postprocess(raw: np.ndarray, person_classes: list[int], conf: float, iou: fl
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         s = score[keep]
         idx = nms(boxes, s, iou)[:MAX_DET]
+        idx = idx[suppress_contained(boxes[idx], s[idx], contain)]
         out.append(np.concatenate([boxes[idx], s[idx, None]], axis=1).astype(np.float32))
     return out
 
@@ -230,7 +280,7 @@ class PersonDetector:
         self,
         weights: str = "bundled",
         device: str = "cpu",
-        conf: float = 0.25,
+        conf: float = CONF,
         imgsz: int = 640,
         class_map: dict[str, str] | None = None,
         tracker: str = "bytetrack",
@@ -238,6 +288,8 @@ class PersonDetector:
         cache_dir: str | Path | None = None,
         precision: str = "auto",
         threads: int = 0,
+        contain: float = CONTAIN,
+        tracker_settings: dict[str, Any] | None = None,
     ) -> None:
         from ultralytics import YOLO
 
@@ -255,6 +307,9 @@ class PersonDetector:
         self.weights_path = Path(getattr(model, "ckpt_path", None) or self.weights)
         self.device = device
         self.conf = conf
+        self.contain = contain
+        self.tracker_settings = TRACKER if tracker_settings is None else tracker_settings
+        """Changes to the tracker's ultralytics settings ({}: ultralytics' own)."""
         self.imgsz = imgsz
         self.tracker_name = tracker
         self.requested = backend
@@ -343,7 +398,7 @@ class PersonDetector:
         rect = backend.dynamic and len({im.shape for im in images}) == 1
         boxed = [letterbox(im, size, rect) for im in images]
         raw = backend.infer(to_tensor([b[0] for b in boxed]))
-        found = postprocess(raw, self.person_classes, self.conf)
+        found = postprocess(raw, self.person_classes, self.conf, contain=self.contain)
         return [unletterbox(f, s, p, im.shape) for f, (_, s, p), im in zip(found, boxed, images, strict=True)]
 
     # ------------------------------------------------------------------------------------ tracking
@@ -354,7 +409,8 @@ class PersonDetector:
             from ultralytics.utils import YAML, IterableSimpleNamespace
             from ultralytics.utils.checks import check_yaml
 
-            cfg = IterableSimpleNamespace(**YAML.load(check_yaml(f"{self.tracker_name}.yaml")))
+            settings = {**YAML.load(check_yaml(f"{self.tracker_name}.yaml")), **self.tracker_settings}
+            cfg = IterableSimpleNamespace(**settings)
             cfg.device = self.device
             self._trackers[camera] = TRACKER_MAP[cfg.tracker_type](args=cfg)
         return self._trackers[camera]

@@ -7,17 +7,23 @@ Per camera and frame, ``RegionDetector.process`` decides what the detector must 
 * **regions** (crops of at least ``region_size`` around motion, grown to the tracks it touches, plus
   crops around still tracks every ``recheck_s``, around tracks that were just missed and around new
   boxes the tracker has yet to confirm), each run
-  at ``region_size``; a person cut by a region's edge is looked at again in a larger region; when
-  the regions would cover most of the frame, the whole frame runs at ``region_size`` instead;
+  at ``region_size``; a person cut by a region's edge is looked at again in a larger region;
 * **the whole frame** at ``full_size`` for a camera's first frame, after a global change (lights),
   when the regions would cover most of the frame anyway, and at least every ``keepalive_s`` (at most
   one camera's keep-alive per batch, so they spread out) — this is what finds a person who walked in
   while something else was moving, or who came in too slowly to count as motion.
 
-Boxes found in regions are mapped to frame pixels and merged (NMS across overlapping regions); the
-tracks outside every examined region are carried into the camera's tracker unchanged, so they keep
-their ids. A track examined and not found is dropped from the output and looked for again in the
-next few frames before it is forgotten.
+Boxes found in regions are mapped to frame pixels and merged (NMS across overlapping regions, then a
+box mostly inside another — a part of a person cut by a region's edge, or one person seen by two
+regions — goes); the tracks outside every examined region are carried into the camera's tracker
+unchanged, so they keep their ids.
+
+Counting: a track counts as a person (``FrameOut.people``, its box's ``track`` >= 0) only once the
+detector has found it in ``confirm_frames`` frames — new boxes and young tracks are looked at again
+on the next frames until then — so a one-frame box (a part of someone, a shadow) never counts. A
+counted track that the detector misses stays counted, at its last box, for ``MISSED_FRAMES`` frames
+while it is looked for again (with ``score`` 0: not seen in this frame), then is forgotten. Boxes not
+(yet) counted are still reported, with ``track=-1``.
 
 With ``motion=False`` every frame is a whole-frame pass: what the detect stage did before regions.
 """
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.detector import PersonBox, PersonDetector, iou, nms
+from models.detector import PersonBox, PersonDetector, iou, nms, suppress_contained
 from models.motion import MotionDetector, Rect, area, intersection, plan_regions, square_around, touches_inner_edge
 
 #: Frames a missed track is still looked for before it is forgotten.
@@ -56,7 +62,7 @@ class FrameOut:
     """What one frame gave."""
 
     boxes: list[PersonBox] = field(default_factory=list)
-    """People in the frame; carried tracks included."""
+    """Boxes in the frame; carried and held tracks included. Counted people have ``track`` >= 0."""
     work: str = "none"
     """"full", "regions" or "none" (no detector run)."""
     regions: list[Rect] = field(default_factory=list)
@@ -67,9 +73,14 @@ class FrameOut:
     """Of those, larger second looks at people cut by a region's edge."""
     why: str = ""
     """Why the whole frame was looked at: "first", "keep-alive", "global change", "no motion" (at full
-    size), "regions cover it" (at region size)."""
+    size), "regions cover it" (the regions would cover most of the frame)."""
     error: str = ""
     """Why the frame could not be used ("" if it could)."""
+
+    @property
+    def people(self) -> int:
+        """People counted in this frame: boxes of confirmed tracks."""
+        return sum(1 for b in self.boxes if b.track >= 0)
 
 
 @dataclass
@@ -88,6 +99,16 @@ class Settings:
     """Longest time between looks at a still track."""
     threshold: int = 25
     """Motion threshold in grey levels."""
+    confirm_frames: int = 2
+    """Frames with a tracker id a track must be found in before it counts as a person (1: as soon as the
+    tracker gives an id; ByteTrack gives one on a box's second frame, on a camera's first frame at once)."""
+    hold_missed: bool = True
+    """Keep a counted track that was missed (at its last box) while it is looked for again."""
+    contain: float | None = None
+    """Merge ratio across regions (``models.detector.suppress_contained``); None: the detector's."""
+    cover_full: bool = True
+    """Where the regions would cover most of the frame, run the whole frame at ``full_size`` (False: at
+    ``region_size``, cheaper but a person filling the frame splits into parts there)."""
 
 
 @dataclass
@@ -108,6 +129,10 @@ class _Camera:
     """Tracks examined and not found recently: looked for again."""
     pending: list[PersonBox] = field(default_factory=list)
     """New boxes the tracker has not confirmed yet: looked at again next frame, so it can."""
+    found: dict[int, int] = field(default_factory=dict)
+    """Track id → frames the detector found it in (carried frames do not count)."""
+    counted: set[int] = field(default_factory=set)
+    """Tracks found in ``confirm_frames`` frames: they count as people."""
 
 
 @dataclass
@@ -180,15 +205,17 @@ class RegionDetector:
         live = [t.box.xyxy for t in cam.tracks.values()]
         regions = plan_regions(motion.boxes, live, f.width, f.height, s.region_size)
         looked = regions[:]
-        due = [t.box for t in cam.tracks.values() if f.time - t.checked >= s.recheck_s]
+        due = [t.box for tid, t in cam.tracks.items() if f.time - t.checked >= s.recheck_s or tid not in cam.counted]
         for box in [*due, *(t.box for t in cam.missing.values()), *cam.pending]:
             if not any(_inside(box.xyxy, r) for r in looked):
                 r = square_around(box.xyxy, s.region_size, f.width, f.height)
                 regions.append(r)
                 looked.append(r)
         if any(area(r) >= 0.9 * f.width * f.height for r in regions):
-            # Cheaper than crops and than a full-size pass: the whole frame at the region size.
+            # The whole frame at full size: at the region size a person filling much of the frame splits into
+            # parts and a small one is missed (a panning camera was counted right on half the frames).
             job.regions, job.why = [(0, 0, f.width, f.height)], "regions cover it"
+            job.full = s.cover_full
         else:
             job.regions = regions
         return "", False
@@ -292,14 +319,17 @@ class RegionDetector:
         cam, t = job.cam, job.frame.time
         if job.image is None:  # nothing to look at: the tracks are where they were
             cam.pending = []
-            return FrameOut(boxes=[_copy(tr.box) for tr in cam.tracks.values()], work="none")
-        fresh = _merge([b for boxes in job.found for b in boxes if b.size])
+            held = [tr for tid, tr in cam.missing.items() if tid in cam.counted and self.settings.hold_missed]
+            out = [self._out(cam, tr.box) for tr in cam.tracks.values()]
+            return FrameOut(boxes=out + [self._out(cam, tr.box, held=True) for tr in held], work="none")
+        contain = self.detector.contain if self.settings.contain is None else self.settings.contain
+        fresh = _merge([b for boxes in job.found for b in boxes if b.size], contain)
         examined = job.regions
         carried = [
             _copy(tr.box)
             for tr in cam.tracks.values()
             if not any(_inside(tr.box.xyxy, r) for r in examined)
-            and not any(iou(tr.box.xyxy, b.xyxy) > 0.3 for b in fresh)
+            and not any(iou(tr.box.xyxy, b.xyxy) > 0.3 or _same(tr.box.xyxy, b.xyxy, contain) for b in fresh)
         ]
         boxes = self.detector.update_tracks(job.frame.camera, fresh + carried, job.image)
         ids_before = {**cam.missing, **cam.tracks}
@@ -312,6 +342,10 @@ class RegionDetector:
                 continue
             old = ids_before.get(b.track)
             seen[b.track] = _Track(b, t if k < n_fresh else (old.checked if old else t))
+            if k < n_fresh:
+                cam.found[b.track] = cam.found.get(b.track, 0) + 1
+                if cam.found[b.track] >= self.settings.confirm_frames:
+                    cam.counted.add(b.track)
         missing = {}
         for tid, tr in ids_before.items():
             if tid in seen:
@@ -319,6 +353,9 @@ class RegionDetector:
             if tr.missed + 1 <= MISSED_FRAMES and any(_inside(tr.box.xyxy, r) for r in examined):
                 missing[tid] = _Track(tr.box, tr.checked, tr.missed + 1)
         cam.tracks, cam.missing = seen, missing
+        for tid in [tid for tid in cam.found if tid not in seen and tid not in missing]:
+            del cam.found[tid]
+            cam.counted.discard(tid)
         # A new box over a known person is more likely a second, weaker box of them (the bundled model makes
         # those) than a new person: only new boxes away from the tracks get the extra look.
         known = [b.xyxy for b in boxes if b.track >= 0]
@@ -327,14 +364,21 @@ class RegionDetector:
             for b in boxes
             if b.track < 0 and not any(intersection(b.xyxy, k) > 0.5 * min(area(b.xyxy), area(k)) for k in known)
         ]
+        held = [tr.box for tid, tr in missing.items() if tid in cam.counted] if self.settings.hold_missed else []
         return FrameOut(
-            boxes=[_copy(b) for b in boxes],
+            boxes=[self._out(cam, b) for b in boxes] + [self._out(cam, b, held=True) for b in held],
             work="full" if job.full else "regions",
             regions=list(job.regions),
             crops=len(job.regions),
             retries=job.retries,
             why=job.why,
         )
+
+    @staticmethod
+    def _out(cam: _Camera, b: PersonBox, held: bool = False) -> PersonBox:
+        """A copy of a box for the output: ``track=-1`` unless its track counts (is confirmed); score 0 for a
+        held track (missed in this frame: still counted, but no evidence that the person is there)."""
+        return PersonBox(b.x1, b.y1, b.x2, b.y2, 0.0 if held else b.score, b.track if b.track in cam.counted else -1)
 
 
 def _grow_cut(box: np.ndarray, region: Rect, width: int, height: int) -> tuple[float, float, float, float]:
@@ -352,6 +396,11 @@ def _grow_cut(box: np.ndarray, region: Rect, width: int, height: int) -> tuple[f
     return max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
 
 
+def _same(a: tuple[float, ...], b: tuple[float, ...], contain: float) -> bool:
+    """True if one box lies mostly inside the other (``contain`` of the smaller one's area; 0: never)."""
+    return contain > 0 and intersection(a, b) >= contain * min(area(a), area(b))
+
+
 def _inside(box: tuple[float, ...] | np.ndarray, region: Rect) -> bool:
     """True if the box's centre is inside the region."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -362,13 +411,15 @@ def _copy(b: PersonBox) -> PersonBox:
     return PersonBox(b.x1, b.y1, b.x2, b.y2, b.score, b.track)
 
 
-def _merge(rows: list[np.ndarray]) -> list[PersonBox]:
-    """One box per person from boxes of overlapping regions: NMS, then a part of a person cut by a region's
+def _merge(rows: list[np.ndarray], contain: float = 0.0) -> list[PersonBox]:
+    """One box per person from boxes of overlapping regions: NMS, then boxes mostly inside (or holding) a
+    better one go (``contain``, as within one detector input), then a part of a person cut by a region's
     edge goes if it lies mostly inside a larger box (that region's neighbour saw the whole person)."""
     if not rows:
         return []
     arr = np.stack(rows).astype(np.float32)
     keep = nms(arr[:, :4], arr[:, 4], MERGE_IOU)
+    keep = keep[suppress_contained(arr[keep, :4], arr[keep, 4], contain)]
     kept = [arr[i] for i in keep]
     out = []
     for i, a in enumerate(kept):

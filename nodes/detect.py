@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from models.backends import BACKENDS, PRECISIONS
-from models.detector import DEFAULT_CLASS_MAP
+from models.detector import CONF, CONTAIN, DEFAULT_CLASS_MAP
 from pipeline.config import ConfigError, parse_duration
 from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
 from pipeline.stage import Duration, Library, Stage, StageContext, StageOptions
@@ -33,8 +33,13 @@ class DetectOptions(StageOptions):
     """YOLO weights: "bundled" (offline YOLOv8s person model), a name like "yolo11n.pt", or a path."""
     class_map: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_CLASS_MAP))
     """Model class name → "person" for the classes that are people."""
-    conf: float = 0.25
-    """Minimum detector confidence."""
+    conf: float = CONF
+    """Minimum detector confidence (calibrated on labelled photos: ``benchmarks/counting.py``)."""
+    contain: float = CONTAIN
+    """A box with this share of its area inside a better box (or holding it) is the same person and goes (0 = off)."""
+    confirm_frames: int = 2
+    """Frames with a tracker id a track must be found in before it counts as a person (``persons``, presence,
+    Home Assistant); the tracker gives ids from a box's second frame, so a person counts from the third."""
     imgsz: int = 640
     """Input size for whole frames in pixels (a multiple of 32: 320, 416, 640)."""
     backend: str = "auto"
@@ -79,6 +84,10 @@ class DetectOptions(StageOptions):
                 raise ConfigError(f"{key}: expected a multiple of 32 of at least 64 (320, 416, 640), got {v}")
         if self.region_size > self.imgsz:
             raise ConfigError(f"region_size: {self.region_size} is larger than imgsz {self.imgsz}")
+        if not 0.0 <= self.contain <= 1.0:
+            raise ConfigError(f"contain: expected 0–1, got {self.contain}")
+        if self.confirm_frames < 1:
+            raise ConfigError(f"confirm_frames: expected at least 1, got {self.confirm_frames}")
         if not 1 <= self.motion_threshold <= 255:
             raise ConfigError(f"motion_threshold: expected 1–255, got {self.motion_threshold}")
 
@@ -185,9 +194,11 @@ class DetectStage(Stage):
                 cache,
                 o.precision,
                 o.threads,
+                o.contain,
             )
         )
-        self.regions = RegionDetector(self.detector, Settings(threshold=o.motion_threshold))
+        settings = Settings(threshold=o.motion_threshold, confirm_frames=o.confirm_frames)
+        self.regions = RegionDetector(self.detector, settings)
         self.apply_degrade(self.level)
         # Export, load and run every input size now: the first frame must meet its budget too.
         sizes = tuple(sorted({o.imgsz, o.region_size, self.small_size}, reverse=True))
@@ -258,7 +269,8 @@ class DetectStage(Stage):
                     # detections of EACH camera, not one per room.
                     source=msg.source,
                     camera=msg.source,
-                    persons=len(boxes),
+                    # People counted: confirmed tracks (boxes not confirmed yet come with track -1).
+                    persons=res.people,
                     boxes=[Box(b.x1, b.y1, b.x2, b.y2, round(b.score, 4), b.track) for b in boxes],
                     frame_seq=msg.seq,
                 )

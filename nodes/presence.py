@@ -7,9 +7,15 @@ every frame that still shows the track keeps the person present without recogniz
 A person ``entered`` a room on evidence of at least ``enter_confidence``; moving to another room
 needs face or voice evidence of ``move_confidence`` there (a lingering track cannot pull anyone
 back); ``left`` comes after ``left_after`` without any evidence. ``present`` repeats every
-``present_every``. Unknown people are counted per room from the tracks not named by a face, as the
-most seen over ``count_window`` (so one missed detection does not make a person "leave"), and
-reported as ``person="unknown"`` events whenever the count changes.
+``present_every``.
+
+Counting: only confirmed person tracks count (the detect stage gives a box ``track`` >= 0 once it has
+found the track in a few frames; ``track=-1`` boxes never count). Unknown people in a room are the
+confirmed tracks no face named, less the people present by voice alone (a named voice in the room
+is most likely one of the unnamed tracks there, not one more person), taken per camera as the most
+seen over ``count_window`` (so one missed detection does not make a person "leave"); people = the
+named people present + unknown. A ``person="unknown"`` event goes out whenever the unknown count
+changes; every presence event carries both counts (the MQTT bridge's ``people`` entities read them).
 """
 
 from __future__ import annotations
@@ -143,7 +149,7 @@ class PresenceStage(Stage):
     async def _on_detections(self, det: Detections) -> None:
         for b in det.boxes:
             person, conf = self._tracks.get((det.room, det.camera, b.track), (UNKNOWN, 0.0))
-            if b.track >= 0 and person != UNKNOWN:
+            if b.track >= 0 and b.score > 0 and person != UNKNOWN:  # score 0: a counted track held, not seen
                 await self._evidence(person, det.room, "track", conf * self.opts.track_factor, det.time)
         # Track names outlive an empty frame: the frames before it still count, and a person who walked out
         # must not turn into a stranger there. The timers forget a name once no frame in the window has it.
@@ -212,7 +218,9 @@ class PresenceStage(Stage):
                 continue
 
             def unnamed(tracks: tuple[int, ...], cam: str = cam) -> int:
-                return sum(1 for tr in tracks if self._tracks.get((room, cam, tr), (UNKNOWN, 0.0))[0] == UNKNOWN)
+                return sum(
+                    1 for tr in tracks if tr >= 0 and self._tracks.get((room, cam, tr), (UNKNOWN, 0.0))[0] == UNKNOWN
+                )
 
             settled = [f for f in frames if f[0] <= end]
             recent = [unnamed(tr) for t, tr in settled if end - t <= self.count_window]
@@ -223,8 +231,18 @@ class PresenceStage(Stage):
             # Keep only what the window or the last-frame rule can still use.
             last = settled[-1:] if settled else []
             frames[:] = [f for f in frames if end - f[0] <= self.count_window] or last
-        known = sum(1 for p in self._people.values() if p.room == room)
-        return known + unknown, unknown
+        here = {name for name, p in self._people.items() if p.room == room}
+        on_tracks = {
+            self._tracks[(r, c, tr)][0]
+            for (r, c), frames in self._frames.items()
+            if r == room
+            for _, trs in frames
+            for tr in trs
+            if (r, c, tr) in self._tracks
+        }
+        # Present but on no track here (named by voice alone): most likely one of the unnamed tracks.
+        unknown = max(0, unknown - len(here - on_tracks))
+        return len(here) + unknown, unknown
 
     async def _report_counts(self, room: str, t: float) -> None:
         people, unknown = self.counts(room, max(t, self.ctx.clock.now()))

@@ -164,9 +164,11 @@ class Box(msgspec.Struct):
     y2: float
     """Bottom edge."""
     score: float
-    """Detector confidence 0–1."""
+    """Detector confidence 0–1; 0 for a counted person missed in this frame (kept at their last box for a few
+    frames while the detector looks for them again)."""
     track: int = -1
-    """Tracker id, stable per camera while the person stays in view (-1 if untracked)."""
+    """Tracker id, stable per camera while the person stays in view (-1 while not counted: untracked, or a track
+    found in too few frames yet)."""
 
 
 class Event(Message):
@@ -234,9 +236,9 @@ class Detections(Event, tag="detections"):
     camera: str = ""
     """Camera that took the frame."""
     persons: int = 0
-    """Number of people in the frame."""
+    """People counted in the frame: tracks confirmed over a few frames (boxes with ``track`` >= 0)."""
     boxes: list[Box] = msgspec.field(default_factory=list)
-    """One box per person."""
+    """One box per person; a box whose track is not confirmed yet has ``track`` -1 and does not count."""
     frame_seq: int = 0
     """``seq`` of the frame these come from."""
 
@@ -268,9 +270,10 @@ class Presence(Event, tag="presence"):
     sources: list[str] = msgspec.field(default_factory=list)
     """Evidence kinds: "face", "voice", "track"."""
     people: int = 0
-    """People in the room now, known and unknown."""
+    """People in the room now: the named people present plus ``unknown``."""
     unknown: int = 0
-    """Unknown people in the room now."""
+    """Unknown people in the room now: counted person tracks (seen over a few frames) that no face named, less
+    the people present by voice alone."""
 
 
 class BudgetViolation(Event, tag="budget_violation"):

@@ -94,7 +94,7 @@ async def test_failed_export_falls_back_to_pytorch_with_a_node_status(tmp_path: 
     assert "running torch" in status[0].detail
     bus = images.jpeg(images.load(images.BUS))
     await stage.handle(VideoFrame(seq=1, time=1.0, room="hall", source="cam", data=bus))
-    assert [m.persons for m in out if isinstance(m, Detections)] == [4]  # and it keeps detecting
+    assert [len(m.boxes) for m in out if isinstance(m, Detections)] == [4]  # and it keeps detecting
     await stage.stop()
 
 
@@ -118,3 +118,22 @@ def test_exporter_never_pip_installs(monkeypatch) -> None:  # type: ignore[no-un
     assert checks.AUTOINSTALL is True  # restored after the export
     checks.check_requirements("sensorium-no-such-package>=1")  # without the guard it would have tried
     assert calls
+
+
+def test_precision_env_forces_float32_where_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(backends.PRECISION_ENV, raising=False)
+    assert backends.openvino_precision("auto") == "auto"
+    monkeypatch.setenv(backends.PRECISION_ENV, "f32")
+    assert backends.openvino_precision("auto") == "f32"
+    assert backends.openvino_precision("int8") == "int8"  # an explicit precision is kept
+    monkeypatch.setenv(backends.PRECISION_ENV, "fp8")
+    with pytest.raises(backends.BackendError, match="SENSORIUM_OPENVINO_PRECISION='fp8'"):
+        backends.openvino_precision("auto")
+
+
+@pytest.mark.slow
+def test_openvino_runs_float32_when_the_environment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(backends.PRECISION_ENV, "f32")
+    det = PersonDetector(backend="openvino", cache_dir=default_cache_dir())
+    assert det.backend_name == "openvino 640 f32"
+    assert len(det.detect([images.load(images.ZIDANE)])[0]) == 2

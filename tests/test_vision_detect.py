@@ -100,9 +100,21 @@ async def test_stage_batches_cameras_and_stamps_capture_time() -> None:
         ]
     )
     dets = {d.room: d for d in out if isinstance(d, Detections)}
-    assert dets["hall"].persons == 4 and dets["hall"].frame_seq == 7 and dets["hall"].time == 1000.5
-    assert dets["kitchen"].persons == 2 and dets["kitchen"].camera == "cam2" and dets["kitchen"].time == 1000.7
-    assert all(b.track >= 1 for b in dets["hall"].boxes)  # the first frame of a tracker confirms its tracks
+    assert len(dets["hall"].boxes) == 4 and dets["hall"].frame_seq == 7 and dets["hall"].time == 1000.5
+    assert len(dets["kitchen"].boxes) == 2 and dets["kitchen"].camera == "cam2" and dets["kitchen"].time == 1000.7
+    # A camera's first frame counts nobody yet: a person counts once found again (one-frame boxes never do).
+    assert dets["hall"].persons == 0 and all(b.track == -1 for b in dets["hall"].boxes)
+    out.clear()
+    await stage.handle_batch(
+        [
+            frame(images.load(images.BUS), "hall", "cam1", seq=8, t=1000.7),
+            frame(images.load(images.ZIDANE), "kitchen", "cam2", seq=4, t=1000.9),
+        ]
+    )
+    dets = {d.room: d for d in out if isinstance(d, Detections)}
+    # Four counted tracks (a weak extra box the model makes in float32 may come along, not counted: track -1)
+    assert dets["hall"].persons == 4 and sum(b.track >= 1 for b in dets["hall"].boxes) == 4
+    assert dets["kitchen"].persons == 2 and dets["kitchen"].frame_seq == 4
     await stage.stop()
 
 
@@ -133,11 +145,11 @@ async def test_bad_frames_are_rejected_and_other_cameras_served() -> None:
     assert "truncated" in errors["truncated"] and "pixel limit" in errors["huge"] and "0 bytes" in errors["empty"]
     assert "room" in errors["cam9"]
     dets = [d for d in out if isinstance(d, Detections)]
-    assert len(dets) == 1 and dets[0].persons == 4 and dets[0].frame_seq == 5
+    assert len(dets) == 1 and len(dets[0].boxes) == 4 and dets[0].frame_seq == 5
     # And it keeps serving the broken camera once its frames are good again.
     out.clear()
     await stage.handle(VideoFrame(room="hall", source="truncated", seq=2, data=good))
-    assert [d.persons for d in out if isinstance(d, Detections)] == [4]
+    assert [len(d.boxes) for d in out if isinstance(d, Detections)] == [4]
     await stage.stop()
 
 
@@ -158,7 +170,7 @@ async def test_degrade_steps() -> None:
     stage.apply_degrade(1)  # whole frames at the region size: still finds people
     assert stage.regions.settings.full_size == 320
     await stage.handle(frame(bus, seq=1, t=1.0))
-    assert out and isinstance(out[-1], Detections) and out[-1].persons >= 3
+    assert out and isinstance(out[-1], Detections) and len(out[-1].boxes) >= 3
     stage.apply_degrade(2)  # keep-alive passes and still-track checks four times rarer
     assert stage.regions.settings.keepalive_s == 20.0 and stage.regions.settings.recheck_s == 4.0
     stage.apply_degrade(3)  # and every other frame of a camera is skipped

@@ -77,3 +77,24 @@ def test_a_camera_tracker_does_not_grow_with_visitors() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 48 * 1024, f"the tracker kept {grown / 1024:.0f} KiB for 180 visitors gone"
+
+
+def test_a_box_inside_a_better_one_goes_people_side_by_side_stay() -> None:
+    from models.detector import postprocess, suppress_contained
+
+    body = (100, 50, 200, 350)
+    part = (110, 60, 190, 200)  # head and shoulders of the same person: IoU 0.37, 100 % inside
+    other = (210, 50, 310, 350)  # the person beside them
+    boxes = np.array([part, body, other], np.float32)
+    scores = np.array([0.35, 0.6, 0.5], np.float32)
+    assert list(suppress_contained(boxes, scores, 0.9)) == [1, 2]
+    assert list(suppress_contained(boxes, scores, 0.0)) == [1, 2, 0]  # off: every box, best first
+    # A better-scored part inside a weaker body box: one box, the body's (the whole person, as on other frames).
+    assert list(suppress_contained(boxes[:2], np.array([0.6, 0.35], np.float32), 0.9)) == [1]
+    # Through the post-processing, across the model's two person classes (Normal, Fall): one box.
+    raw = np.zeros((1, 6, 3), np.float32)
+    for k, ((x1, y1, x2, y2), normal, fall) in enumerate([(body, 0.6, 0.1), (part, 0.1, 0.35), (other, 0.5, 0.0)]):
+        raw[0, :, k] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, normal, fall]
+    found = postprocess(raw, [0, 1], 0.25, contain=0.9)[0]
+    assert len(found) == 2 and sorted(found[:, 4].tolist()) == pytest.approx([0.5, 0.6])
+    assert len(postprocess(raw, [0, 1], 0.25)[0]) == 3  # IoU-based NMS alone keeps the part
