@@ -95,25 +95,69 @@ class NodeInfo:
     state: str = "up"
     offset_ms: float = 0.0
     detail: str = ""
+    ident: bytes = b""
+    """The control connection that registered the name (only it may heartbeat as this node)."""
+    instance: str = ""
+    """The registering link's private id: the same link back on a new connection keeps the name."""
+    key: str = ""
+    """With CURVE: the name of the enrolled key it registered with."""
 
 
 class _KeyDirectory:
-    """ZAP credentials: the enrolled keys in ``authorized/``, re-read on each handshake."""
+    """ZAP credentials: the enrolled keys in ``authorized/``, re-read on each handshake.
+
+    An enrolled key is known by its file's name (``authorized/kitchen-pi.key`` is "kitchen-pi"), the hub's
+    own key as "hub": that name is the ZAP User-Id of every message that arrives over its connection."""
 
     def __init__(self, folder: Path, own: bytes) -> None:
         self.folder = folder
         self.own = own
+        self.names: dict[bytes, str] = {own: "hub"}
+        self._lock = threading.Lock()
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        allowed = {self.own}
+    def read(self) -> dict[bytes, str]:
+        """Public key (Z85) → key name, as the folder holds them now."""
+        found = {self.own: "hub"}
         for f in self.folder.glob("*.key"):
             with contextlib.suppress(ValueError, OSError):
                 pub, _ = zmq.auth.load_certificate(str(f))
-                allowed.add(pub)
-        ok = zmq.utils.z85.encode(key) in allowed if len(key) == 32 else key in allowed
+                found.setdefault(pub, f.stem)
+        with self._lock:
+            self.names = found
+        return found
+
+    def enrolled(self, name: str) -> bool:
+        """True if an enrolled key has this name."""
+        return (self.folder / f"{name}.key").exists()
+
+    def name_of(self, key: bytes) -> str:
+        z = zmq.utils.z85.encode(key) if len(key) == 32 else key
+        with self._lock:
+            return self.names.get(z, "")
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = (zmq.utils.z85.encode(key) if len(key) == 32 else key) in self.read()
         if not ok:
             log.warning("refused unknown CURVE key %s", zmq.utils.z85.encode(key)[:12] if len(key) == 32 else key[:12])
         return ok
+
+
+class _Authenticator(ThreadAuthenticator):
+    """The ZAP handler: the User-Id of a connection is its key's name (``_KeyDirectory``)."""
+
+    directory: _KeyDirectory | None = None
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.directory.name_of(client_public_key) if self.directory is not None else ""
+
+
+def may_speak_as(key: str, node: str, role: str, enrolled: bool) -> bool:
+    """With CURVE: may the connection of key ``key`` register as ``node``? A key speaks as its own node;
+    a client may also take ``<key>-<anything>`` (one key, several client processes: ``events-cli-4711``)
+    unless that name is itself an enrolled key's."""
+    if node == key:
+        return True
+    return role == "client" and node.startswith(f"{key}-") and not enrolled
 
 
 def _register_problem(msg: Register) -> str | None:
@@ -190,6 +234,7 @@ class Hub:
         """Done with an exception (``EventLogError`` for a write) once events can no longer be logged."""
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
+        self._directory: _KeyDirectory | None = None
         self._proxy_thread: threading.Thread | None = None
         self._steer: zmq.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -242,12 +287,12 @@ class Hub:
         self._keys = self._security()
         sync_ctx = zmq.Context.instance()
         if self._keys is not None:
-            self._auth = ThreadAuthenticator(sync_ctx)
+            self._directory = _KeyDirectory(Path(self.config.keys) / "authorized", self._keys.public)
+            self._directory.read()
+            self._auth = _Authenticator(sync_ctx)
+            self._auth.directory = self._directory
             self._auth.start()
-            self._auth.configure_curve_callback(
-                domain="*",
-                credentials_provider=_KeyDirectory(Path(self.config.keys) / "authorized", self._keys.public),
-            )
+            self._auth.configure_curve_callback(domain="*", credentials_provider=self._directory)
         xsub = sync_ctx.socket(zmq.XSUB)
         xpub = sync_ctx.socket(zmq.XPUB)
         for s in (xsub, xpub):
@@ -283,10 +328,9 @@ class Hub:
             s.setsockopt(zmq.LINGER, 0)
             if self._keys is not None:
                 self._keys.apply_server(s)
-        # A node back under its name (restarted after a network cut left its old TCP connection half-open,
-        # or re-created before its old socket's close went through) takes the name over; without this the
-        # hub drops the new connection until the old one times out, and the node is never answered.
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Every connection gets its own routing id from libzmq (nodes set none); the node's name travels in
+        # its messages and is bound to the connection that registered it (``_register``). No ROUTER_HANDOVER:
+        # a peer choosing a victim's identity would cut the victim off.
         self.router.bind(self.endpoints.control)
         self.events_pub.bind(self.endpoints.events)
 
@@ -482,17 +526,20 @@ class Hub:
 
     async def _control_loop(self) -> None:
         while True:
-            frames = await self.router.recv_multipart()
-            ident, msg = frames[0], None
+            parts = await self.router.recv_multipart(copy=False)
+            ident, msg = parts[0].bytes, None
+            # with CURVE, the name of the key the message came in under (set by the ZAP handler, unforgeable)
+            user = (parts[1].get("User-Id") or "") if self._keys is not None and len(parts) > 1 else ""
+            frames = [p.bytes for p in parts[1:]]
             try:
                 try:
-                    msg = decode(frames[1:])
+                    msg = decode(frames)
                 except CodecError as exc:
                     self.bad_messages += 1
                     self._warn("control", "hub: bad control message from %r: %s", ident[:32], exc)
                     await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
-                await self._control(ident, msg)
+                await self._control(ident, msg, user)
             except Exception as exc:  # one bad request must never end the control plane
                 self.control_errors += 1
                 if self._noisy.admit("control-error") is not None:
@@ -501,12 +548,16 @@ class Hub:
                     reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
                     await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
 
-    async def _control(self, ident: bytes, msg: object) -> None:
+    async def _control(self, ident: bytes, msg: object, user: str = "") -> None:
         now = time.monotonic()
         if isinstance(msg, Heartbeat):
             node = self.nodes.get(msg.node)
-            if node is None:
+            if node is None or node.ident != ident:  # only the connection that registered the name
                 await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                return
+            if msg.leaving:
+                await self._status(node, "down", "left")
+                node.ident = b""
                 return
             await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
             node.last_seen = now
@@ -527,7 +578,7 @@ class Hub:
                 if detail.startswith(("degraded", "error")):
                     await self._status(node, "degraded" if detail.startswith("degraded") else "error", detail)
         elif isinstance(msg, Register):
-            why = _register_problem(msg)
+            why = _register_problem(msg) or self._name_problem(ident, msg, user, now)
             if why is None and msg.node not in self.nodes and len(self.nodes) >= MAX_NODES:
                 down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
                 if down:
@@ -538,7 +589,9 @@ class Hub:
                 await self._refuse(ident, f"register refused: {why}", kind="register")
                 return
             old = self.nodes.get(msg.node)
-            self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
+            self.nodes[msg.node] = NodeInfo(
+                msg.node, msg.role, msg.room, list(msg.stages), now, ident=ident, instance=msg.instance, key=user
+            )
             if old is None or old.state != "up":
                 await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
             if msg.node in self._pworkers:
@@ -606,6 +659,23 @@ class Hub:
             await self._refuse(
                 ident, f"unexpected {type(msg).__name__} on the control socket", getattr(msg, "request_id", 0)
             )
+
+    def _name_problem(self, ident: bytes, msg: Register, user: str, now: float) -> str | None:
+        """Why this connection may not have this name now, or None."""
+        if self._keys is not None and user != "hub":
+            enrolled = self._directory is not None and self._directory.enrolled(msg.node)
+            if not may_speak_as(user, msg.node, msg.role, enrolled):
+                return f"the key {user!r} may not speak as {msg.node!r} (a key registers only as its own node)"
+        old = self.nodes.get(msg.node)
+        if old is None or old.ident in (ident, b"") or old.state == "down":
+            return None
+        if msg.instance and msg.instance == old.instance:
+            return None  # the same link, back on a new connection
+        return (
+            f"the name {msg.node!r} is in use by a running {old.role} (last heartbeat "
+            f"{now - old.last_seen:.1f} s ago); stop that process or choose another name (it is free once "
+            f"that node leaves, or after {self.down_after:g} s without its heartbeats)"
+        )
 
     async def _health_loop(self) -> None:
         while True:

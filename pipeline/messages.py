@@ -468,6 +468,9 @@ class Register(Control, tag="register"):
     """"edge", "worker", "client"."""
     stages: list[str] = msgspec.field(default_factory=list)
     """Stages the node runs (workers) or streams it publishes (edges)."""
+    instance: str = ""
+    """A random id of this process's link, never shown to other peers: the same process back on a new
+    connection keeps its name; another process asking for a name in use is refused while the first lives."""
 
 
 class Heartbeat(Control, tag="heartbeat"):
@@ -486,6 +489,8 @@ class Heartbeat(Control, tag="heartbeat"):
     """Stages on the last step of their degrade ladder here: the hub moves their streams elsewhere if it can."""
     serving: list[str] = msgspec.field(default_factory=list)
     """Stages loaded and fed here (a worker; empty while its models load): only these get streams."""
+    leaving: bool = False
+    """The node is closing its link: its name is free at once (not only after ``down_after``)."""
 
 
 class HeartbeatAck(Control, tag="heartbeat_ack"):

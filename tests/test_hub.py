@@ -23,11 +23,13 @@ from pipeline.messages import (
     EventsLost,
     EventsReply,
     EventsRequest,
+    Heartbeat,
+    HeartbeatAck,
     NodeStatus,
     Transcript,
     WakeDetected,
 )
-from pipeline.node import NodeLink
+from pipeline.node import NameInUse, NodeLink
 
 
 async def _publish_wakes(pub: Publisher, n: int, start: int = 0) -> None:
@@ -56,19 +58,85 @@ async def test_node_up_then_down_then_up(hub: Hub) -> None:
     sub.close()
 
 
-async def test_a_node_back_under_its_name_is_answered_while_its_old_connection_lingers(hub: Hub) -> None:
-    """A node restarted after a network cut (its old TCP connection half-open at the hub) or re-created in
-    the same process before the old socket's close went through: the new connection takes the name over."""
+async def test_a_second_process_with_a_taken_name_is_refused_and_the_first_keeps_its_link(hub: Hub) -> None:
+    """Fixed by binding a name to the connection that registered it (no ROUTER_HANDOVER, no socket identity
+    from the name): before, the second link took the name's socket identity over and the first was cut off."""
+    first = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
+    await first.start()
+    assert await first.wait_connected(3)
+    second = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
+    await second.start()
+    try:
+        with pytest.raises(NameInUse, match="'kitchen-pi' is in use by a running edge"):
+            await second.wait_connected(1.5)
+        assert "kitchen-pi" in second.refused
+        acks = first._last_ack
+        await asyncio.sleep(0.5)
+        assert first.connected and first._last_ack > acks, "the running node lost its link to the hub"
+        assert hub.nodes["kitchen-pi"].instance == first.instance
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_name_is_free_once_its_node_leaves_or_goes_quiet(hub: Hub) -> None:
+    """A node restarted after a crash or a network cut (its old connection half-open at the hub) gets its
+    name back once the old one is down (``down_after``, 0.5 s here); one that closed cleanly frees it at once."""
     old = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
     await old.start()
     assert await old.wait_connected(3)
+    for t in old._tasks:  # the process froze or died: no goodbye, the connection stays open
+        t.cancel()
+    old._reader.cancel()
     new = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
     await new.start()
     try:
-        assert await new.wait_connected(3), "the hub never answered the node's new connection"
+        assert await new.wait_connected(3), "the hub never gave the name back"
+        assert hub.nodes["kitchen-pi"].instance == new.instance
     finally:
         await new.close()
-        await old.close()
+        assert old._sock is not None
+        old._sock.close(0)
+    again = NodeLink("kitchen-pi", "edge", hub.endpoints, heartbeat=0.1)
+    await again.start()
+    t0 = asyncio.get_running_loop().time()
+    assert await again.wait_connected(3)
+    assert asyncio.get_running_loop().time() - t0 < 0.4, "a name left cleanly waited for down_after"
+    await again.close()
+
+
+async def test_a_link_the_hub_stops_answering_opens_a_new_connection(tmp_path: Path) -> None:
+    """Fixed by rebuilding the socket after ``quiet_after`` without an answer: the hub here answers the
+    node's first connection for a while, then never again (as a hub that lost it would)."""
+    ep = Endpoints.from_address(f"ipc://{tmp_path}/fake")
+    router = context().socket(zmq.ROUTER)
+    router.bind(ep.control)
+    link = NodeLink("kitchen-pi", "edge", ep, heartbeat=0.1)
+    seen: list[bytes] = []
+
+    async def fake_hub() -> None:
+        t0 = asyncio.get_running_loop().time()
+        while True:
+            ident, *frames = await router.recv_multipart()
+            if ident not in seen:
+                seen.append(ident)
+            msg = decode(frames)
+            deaf = ident == seen[0] and asyncio.get_running_loop().time() - t0 > 0.5
+            if isinstance(msg, Heartbeat) and not deaf:
+                await router.send_multipart([ident, *encode(HeartbeatAck(sent=msg.sent, hub_time=0.0))])
+
+    task = asyncio.create_task(fake_hub())
+    await link.start()
+    try:
+        assert await link.wait_connected(2)
+        await asyncio.sleep(1.0)
+        assert not link.connected
+        assert await link.wait_connected(link.quiet_after + 2), "the link never opened a new connection"
+        assert link.rebuilds == 1 and len(seen) == 2
+    finally:
+        task.cancel()
+        await link.close()
+        router.close(0)
 
 
 async def test_events_get_increasing_hub_sequence_numbers(hub: Hub) -> None:
@@ -526,3 +594,82 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Pa
     finally:
         hub.terminate()
         hub.wait(15)
+
+
+def _curve_hub(tmp_path: Path, names: list[str]) -> tuple[Path, dict[str, security.CurveKeys]]:
+    hub_dir = tmp_path / "hub"
+    hub_pub = security.init_hub(hub_dir)
+    keys = {}
+    for n in names:
+        security.new_node(tmp_path / n, n, hub_pub)
+        security.enrol(hub_dir, tmp_path / n / f"{n}.key")
+        keys[n] = security.node_keys(tmp_path / n, n)
+    return hub_dir, keys
+
+
+async def test_with_curve_a_key_speaks_only_as_its_own_node(tmp_path: Path) -> None:
+    """Fixed by the ZAP handler naming each connection by its key (User-Id) and the hub checking it on
+    registration: before, any enrolled key could register (and so take over) any node's name."""
+    hub_dir, keys = _curve_hub(tmp_path, ["kitchen-pi", "lost", "events-cli"])
+    port = free_tcp_base()
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{port}", keys=str(hub_dir), heartbeat=0.1, down_after=0.5))
+    await h.start()
+    ep = Endpoints.from_address(f"tcp://127.0.0.1:{port}")
+    links = []
+    try:
+        own = NodeLink("kitchen-pi", "edge", ep, curve=keys["kitchen-pi"], heartbeat=0.1)
+        links.append(own)
+        await own.start()
+        assert await own.wait_connected(3)
+        await own.close()  # even with the name free, another key may not take it
+        for name, role in (("kitchen-pi", "edge"), ("kitchen-pi", "client"), ("gpu0", "worker")):
+            thief = NodeLink(name, role, ep, curve=keys["lost"], heartbeat=0.1)
+            links.append(thief)
+            await thief.start()
+            with pytest.raises(NameInUse, match=f"key 'lost' may not speak as '{name}'"):
+                await thief.wait_connected(1.0)
+        cli = NodeLink("events-cli-4711", "client", ep, curve=keys["events-cli"], heartbeat=0.1)
+        links.append(cli)
+        await cli.start()
+        assert await cli.wait_connected(3)  # one client key, one name per process
+        assert h.nodes["events-cli-4711"].key == "events-cli"
+    finally:
+        for link in links:
+            await link.close()
+        await h.stop()
+
+
+@pytest.mark.slow
+async def test_two_sensorium_events_at_once_both_get_every_event(hub: Hub) -> None:
+    """Fixed by default client names unique per process (``events-cli-<pid>``): before, the second
+    ``sensorium events`` took the first's name and the first heard nothing more."""
+    import sys
+
+    address = hub.config.address
+    cmd = [sys.executable, "-m", "sensorium", "events", "--hub", address, "--type", "wake", "--count", "2"]
+    procs = [
+        await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        for _ in range(300):
+            if len([n for n in hub.nodes if n.startswith("events-cli-")]) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(n for n in hub.nodes if n.startswith("events-cli-")) == sorted(
+            f"events-cli-{p.pid}" for p in procs
+        )
+        await asyncio.sleep(1.0)  # both past their first events request
+        pub = Publisher(hub.endpoints)
+        await asyncio.sleep(0.2)
+        await _publish_wakes(pub, 2)
+        outs = [await asyncio.wait_for(p.communicate(), 20) for p in procs]
+        pub.close()
+        for out, err in outs:
+            words = [msgspec.json.decode(line)["word"] for line in out.splitlines()]
+            assert words == ["w0", "w1"], err.decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
