@@ -75,6 +75,8 @@ MAX_PRESENCE = 1024
 MAX_NODES = 256
 """Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
 ROLES = ("edge", "worker", "client")
+REVOKE_CHECK_S = 0.5
+"""How often the hub looks for keys removed from ``authorized/`` (revocation)."""
 UTTERANCE_S = 15.0
 """Longest a room counts as busy (an utterance in flight) after a wake word without a final transcript."""
 
@@ -171,6 +173,19 @@ def _register_problem(msg: Register) -> str | None:
     if len(msg.stages) > 64 or any(len(s) > 64 for s in msg.stages):
         return "more than 64 stages or a stage name over 64 characters"
     return None
+
+
+def _bind(sock: zmq.Socket, endpoint: str, wait: float = 2.0) -> None:
+    """Bind, retrying while the address is still held by a socket just closed (libzmq closes in the background)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _connectable(endpoint: str) -> str:
@@ -293,33 +308,7 @@ class Hub:
             self._auth.directory = self._directory
             self._auth.start()
             self._auth.configure_curve_callback(domain="*", credentials_provider=self._directory)
-        xsub = sync_ctx.socket(zmq.XSUB)
-        xpub = sync_ctx.socket(zmq.XPUB)
-        for s in (xsub, xpub):
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 10000)
-            s.setsockopt(zmq.RCVHWM, 10000)
-            if self._keys is not None:
-                self._keys.apply_server(s)
-        xsub.bind(self.endpoints.publish)
-        xpub.bind(self.endpoints.subscribe)
-        steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
-        steer_peer = sync_ctx.socket(zmq.PAIR)
-        steer_peer.bind(steer_addr)
-        self._steer = sync_ctx.socket(zmq.PAIR)
-        self._steer.connect(steer_addr)
-
-        def _proxy() -> None:
-            try:
-                zmq.proxy_steerable(xsub, xpub, None, steer_peer)
-            except zmq.ContextTerminated:
-                pass
-            finally:
-                for s in (xsub, xpub, steer_peer):
-                    s.close(0)
-
-        self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
-        self._proxy_thread.start()
+        self._start_proxy()
 
         actx = context()
         self.router = actx.socket(zmq.ROUTER)
@@ -331,8 +320,8 @@ class Hub:
         # Every connection gets its own routing id from libzmq (nodes set none); the node's name travels in
         # its messages and is bound to the connection that registered it (``_register``). No ROUTER_HANDOVER:
         # a peer choosing a victim's identity would cut the victim off.
-        self.router.bind(self.endpoints.control)
-        self.events_pub.bind(self.endpoints.events)
+        _bind(self.router, self.endpoints.control)
+        _bind(self.events_pub, self.endpoints.events)
 
         own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
         local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
@@ -352,8 +341,75 @@ class Hub:
         ]
         if self.placement_spec:
             self._tasks.append(asyncio.create_task(self._placement_loop(), name="hub-placement"))
+        if self._directory is not None:
+            self._tasks.append(asyncio.create_task(self._watch_keys(), name="hub-keys"))
         self._started.set()
         log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
+
+    def _start_proxy(self) -> None:
+        """Bind the bus (XSUB, XPUB) and run libzmq's proxy between them on its own thread."""
+        sync_ctx = zmq.Context.instance()
+        xsub = sync_ctx.socket(zmq.XSUB)
+        xpub = sync_ctx.socket(zmq.XPUB)
+        for s in (xsub, xpub):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 10000)
+            s.setsockopt(zmq.RCVHWM, 10000)
+            if self._keys is not None:
+                self._keys.apply_server(s)
+        _bind(xsub, self.endpoints.publish)
+        _bind(xpub, self.endpoints.subscribe)
+        steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
+        steer_peer = sync_ctx.socket(zmq.PAIR)
+        steer_peer.bind(steer_addr)
+        self._steer = sync_ctx.socket(zmq.PAIR)
+        self._steer.connect(steer_addr)
+
+        def _proxy() -> None:
+            try:
+                zmq.proxy_steerable(xsub, xpub, None, steer_peer)
+            except zmq.ContextTerminated:
+                pass
+            finally:
+                for s in (xsub, xpub, steer_peer):
+                    s.close(0)
+
+        self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
+        self._proxy_thread.start()
+
+    async def _stop_proxy(self) -> None:
+        if self._steer is not None:
+            self._steer.send(b"TERMINATE")
+            if self._proxy_thread is not None:
+                await asyncio.to_thread(self._proxy_thread.join, 2.0)
+            self._steer.close(0)
+            self._steer = None
+
+    async def _cut_everyone(self) -> None:
+        """Close every connection to every hub socket (they reconnect, and the ZAP handler sees each key again)."""
+        await self._stop_proxy()
+        await asyncio.to_thread(self._start_proxy)
+        for sock, ep in ((self.router, self.endpoints.control), (self.events_pub, self.endpoints.events)):
+            sock.unbind(ep)  # closes the connections accepted there, too
+            await asyncio.to_thread(_bind, sock, ep)
+
+    async def _watch_keys(self) -> None:
+        """Revocation takes effect at once: a key gone from ``authorized/`` has its connections closed."""
+        assert self._directory is not None
+        known = set(self._directory.names.values())
+        while True:
+            await asyncio.sleep(REVOKE_CHECK_S)
+            now = set((await asyncio.to_thread(self._directory.read)).values())
+            gone = known - now
+            known = now
+            if not gone:
+                continue
+            log.warning("keys revoked: %s; closing every connection (the rest reconnect)", ", ".join(sorted(gone)))
+            for node in list(self.nodes.values()):
+                if node.key in gone:
+                    node.ident = b""
+                    await self._status(node, "down", f"key {node.key!r} revoked")
+            await self._cut_everyone()
 
     async def stop(self) -> None:
         """Stop loops, the recorder, the proxy and the authenticator; flush the event log."""
@@ -369,12 +425,7 @@ class Hub:
                 async with asyncio.timeout(10.0):
                     await asyncio.shield(self._flush)
         self._log_thread.shutdown(wait=False)
-        if self._steer is not None:
-            self._steer.send(b"TERMINATE")
-            if self._proxy_thread is not None:
-                await asyncio.to_thread(self._proxy_thread.join, 2.0)
-            self._steer.close(0)
-            self._steer = None
+        await self._stop_proxy()
         for s in (self.router, self.events_pub):
             s.close(0)
         self.tap.close()

@@ -673,3 +673,46 @@ async def test_two_sensorium_events_at_once_both_get_every_event(hub: Hub) -> No
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+async def test_a_revoked_key_is_cut_off_at_once_and_the_others_carry_on(tmp_path: Path) -> None:
+    """Fixed by the hub watching ``authorized/`` and closing every connection when a key goes (the ZAP
+    handler then refuses that key as they reconnect): before, a connected node kept publishing, subscribing
+    and getting control answers after ``sensorium keys revoke``."""
+    hub_dir, keys = _curve_hub(tmp_path, ["kitchen-pi", "lost"])
+    port = free_tcp_base()
+    h = Hub(HubConfig(address=f"tcp://0.0.0.0:{port}", keys=str(hub_dir), heartbeat=0.1, down_after=0.5))
+    await h.start()
+    ep = Endpoints.from_address(f"tcp://127.0.0.1:{port}")
+    peers = {n: (NodeLink(n, "edge", ep, curve=k, heartbeat=0.1), Publisher(ep, curve=k)) for n, k in keys.items()}
+    subs = {n: Subscriber(ep, ["wake/"], curve=k) for n, k in keys.items()}
+    try:
+        for link, _ in peers.values():
+            await link.start()
+            assert await link.wait_connected(3)
+        await asyncio.sleep(0.3)
+        for n, (_, pub) in peers.items():
+            await pub.publish(WakeDetected(room="kitchen", source=n, word=f"before-{n}"))
+        for sub in subs.values():
+            got = {m.word for m in [await sub.recv_timeout(2), await sub.recv_timeout(2)] if m is not None}
+            assert got == {"before-kitchen-pi", "before-lost"}
+        assert security.revoke(hub_dir, "lost")
+        await asyncio.sleep(1.5)  # the hub notices within 0.5 s; the good peers reconnect within ~0.2 s
+        lost_link = peers["lost"][0]
+        good_link = peers["kitchen-pi"][0]
+        assert not lost_link.connected, "the revoked key still gets control answers"
+        assert good_link.connected and h.nodes["lost"].state == "down"
+        for n, (_, pub) in peers.items():
+            await pub.publish(WakeDetected(room="kitchen", source=n, word=f"after-{n}"))
+        got = await subs["kitchen-pi"].recv_timeout(2)
+        assert got is not None and got.word == "after-kitchen-pi"
+        assert await subs["kitchen-pi"].recv_timeout(0.5) is None, "the revoked key still publishes"
+        assert await subs["lost"].recv_timeout(0.5) is None, "the revoked key still hears the bus"
+        assert not any(b"after-lost" in e.json for e in h.log.entries)
+    finally:
+        for link, pub in peers.values():
+            await link.close()
+            pub.close()
+        for sub in subs.values():
+            sub.close()
+        await h.stop()
