@@ -111,13 +111,27 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-class EventLog:
-    """Bounded, optionally persistent, sequenced event log."""
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""Default bound of the events held (their JSON and topics), beside the count."""
+_ENTRY_OVERHEAD = 120  # a LoggedEvent, its bytes and str objects, the deque slot
 
-    def __init__(self, capacity: int = 10000, path: Path | None = None) -> None:
+
+def _size(e: LoggedEvent) -> int:
+    return len(e.json) + len(e.topic) + _ENTRY_OVERHEAD
+
+
+class EventLog:
+    """Bounded (by count and by bytes), optionally persistent, sequenced event log."""
+
+    def __init__(self, capacity: int = 10000, path: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        """Most bytes of events held in memory; the file holds at most about twice as much before compaction."""
         self.path = path
-        self.entries: deque[LoggedEvent] = deque(maxlen=capacity)
+        self.entries: deque[LoggedEvent] = deque()
+        self.bytes = 0
+        """Bytes of the events held now (JSON, topic and per-entry overhead)."""
+        self._file_bytes = 0
         self.last_seq = 0
         """Newest sequence number that is durable and visible (what clients may have seen)."""
         self.damaged = 0
@@ -155,7 +169,7 @@ class EventLog:
         in_order = {valid[j] for j in _increasing([rows[k][1] for k in valid])}  # type: ignore[misc]
         for k, (lineno, seq, entry, why) in enumerate(rows):
             if k in in_order:
-                self.entries.append(entry)  # type: ignore[arg-type]
+                self._keep(entry)  # type: ignore[arg-type]
                 self.last_seq = seq  # type: ignore[assignment]
                 continue
             if entry is not None:
@@ -163,6 +177,7 @@ class EventLog:
             self.damaged += 1
             log.warning("event log %s: skipping damaged line %d: %s", path, lineno, why)
         self._lines_in_file = len(rows)
+        self._file_bytes = len(raw)
         if tail and tail_entry is None:
             log.warning("event log %s: dropping a torn last line (%d bytes)", path, len(tail))
             with open(path, "r+b") as f:
@@ -183,8 +198,10 @@ class EventLog:
         try:
             os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit about what the file holds
             data = [_line(e) for e in entries]
-            _write_all(fd, b"".join(data))
+            blob = b"".join(data)
+            _write_all(fd, blob)
             n = len(data)
+            self._file_bytes = len(blob)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -205,6 +222,8 @@ class EventLog:
         ``release`` returned it.
         """
         seq = self.last_seq + len(self._pending) + 1
+        if seq > MAX_SEQ:
+            raise EventLogError(0, f"event log {self.path}: sequence numbers exhausted (the next is above {MAX_SEQ})")
         entry = LoggedEvent(seq, topic, build(seq))
         self._pending.append(entry)
         return entry
@@ -226,11 +245,19 @@ class EventLog:
         if self._fd is None or not self._pending:
             return
         try:
-            _write_all(self._fd, b"".join(_line(e) for e in self._pending))
+            blob = b"".join(_line(e) for e in self._pending)
+            _write_all(self._fd, blob)
             os.fsync(self._fd)
             self._lines_in_file += len(self._pending)
-            if self._lines_in_file > 2 * self.capacity:
-                kept = (list(self.entries) + self._pending)[-self.capacity :]
+            self._file_bytes += len(blob)
+            if self._lines_in_file > 2 * self.capacity or self._file_bytes > 2 * self.max_bytes:
+                kept, size = [], 0
+                for e in reversed([*self.entries, *self._pending]):  # the newest that fit both bounds
+                    size += _size(e)
+                    if kept and (len(kept) >= self.capacity or size > self.max_bytes):
+                        break
+                    kept.append(e)
+                kept.reverse()
                 os.close(self._fd)
                 self._fd = None
                 self._lines_in_file = self._compact(kept)
@@ -241,7 +268,8 @@ class EventLog:
     def release(self) -> list[LoggedEvent]:
         """Make the flushed entries visible; returns them, oldest first (the caller publishes them)."""
         out, self._pending = self._pending, []
-        self.entries.extend(out)
+        for e in out:
+            self._keep(e)
         if out:
             self.last_seq = out[-1].seq
         return out
@@ -253,6 +281,13 @@ class EventLog:
         self.flush()
         self.release()
         return entry
+
+    def _keep(self, e: LoggedEvent) -> None:
+        """Hold ``e``, dropping the oldest while either bound is exceeded (the newest always stays)."""
+        self.entries.append(e)
+        self.bytes += _size(e)
+        while len(self.entries) > 1 and (len(self.entries) > self.capacity or self.bytes > self.max_bytes):
+            self.bytes -= _size(self.entries.popleft())
 
     @property
     def first_seq(self) -> int:

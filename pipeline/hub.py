@@ -215,7 +215,11 @@ class Hub:
         self.heartbeat = parse_duration(config.heartbeat, "hub.heartbeat")
         self.down_after = parse_duration(config.down_after, "hub.down_after")
         self.state_dir = Path(state_dir) if state_dir else None
-        self.log = EventLog(config.event_log, self.state_dir / "events.jsonl" if self.state_dir else None)
+        self.log = EventLog(
+            config.event_log,
+            self.state_dir / "events.jsonl" if self.state_dir else None,
+            max_bytes=config.event_log_bytes,
+        )
         self.nodes: dict[str, NodeInfo] = {}
         self.presence: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.metrics = Metrics("hub")
