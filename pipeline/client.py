@@ -151,6 +151,7 @@ class Client:
         prefixes = prefixes_for(types, rooms)
         sock = context().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # events are at most 60 KiB of JSON
         if self.curve is not None:
             self.curve.apply_client(sock)
         for p in prefixes:

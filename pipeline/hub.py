@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
 from pipeline.clock import Clock
-from pipeline.codec import MAX_HEADER, CodecError, decode, encode, to_json
+from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
 from pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
 from pipeline.messages import (
@@ -74,6 +76,22 @@ MAX_PRESENCE = 1024
 """Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
 MAX_NODES = 256
 """Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
+MAX_NAMES_PER_KEY = 16
+"""With CURVE: most node names one key holds (a client key may run several ``<key>-<pid>`` processes)."""
+MAX_NAMES_PER_ADDRESS = 64
+"""Most node names held from one remote IP address (loopback and ipc are not counted: one box)."""
+FORGET_AFTER = 120.0
+"""A node down this long is dropped from the table (its ``down`` status was published long ago)."""
+MAX_FRAME = MAX_PAYLOAD + MAX_HEADER
+"""Largest frame the bus takes (ZMQ_MAXMSGSIZE on the XSUB): a bigger one closes its sender's connection
+before any of it is held in memory."""
+MAX_CONTROL_FRAME = MAX_HEADER + 1024
+"""Largest frame of a control request."""
+MAX_SUBSCRIPTION = 4096
+"""Largest subscription message a subscriber may send (topic prefixes are at most 256 bytes)."""
+CONTROL_SNDHWM = 8
+"""Replies queued per control connection: a peer that asks and never reads loses replies beyond these, and
+holds at most 8 of ~64 KiB in the hub."""
 ROLES = ("edge", "worker", "client")
 REVOKE_CHECK_S = 0.5
 """How often the hub looks for keys removed from ``authorized/`` (revocation)."""
@@ -103,6 +121,13 @@ class NodeInfo:
     """The registering link's private id: the same link back on a new connection keeps the name."""
     key: str = ""
     """With CURVE: the name of the enrolled key it registered with."""
+    address: str = ""
+    """The remote IP address it registered from ("" for loopback and ipc)."""
+    registered: float = 0.0
+    """When it registered (monotonic)."""
+
+    def __post_init__(self) -> None:
+        self.registered = self.registered or self.last_seen
 
 
 class _KeyDirectory:
@@ -188,6 +213,18 @@ def _bind(sock: zmq.Socket, endpoint: str, wait: float = 2.0) -> None:
             time.sleep(0.02)
 
 
+def _peer_address(frame: zmq.Frame) -> str:
+    """The remote IP address a message came from; "" for ipc, inproc and loopback (one machine)."""
+    try:
+        addr = frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+    try:
+        return "" if not addr or ipaddress.ip_address(addr).is_loopback else addr
+    except ValueError:
+        return ""
+
+
 def _connectable(endpoint: str) -> str:
     """The address the hub's own clients use for one of its bound endpoints."""
     if endpoint.startswith("tcp://"):
@@ -208,8 +245,11 @@ class Hub:
         clock: Clock | None = None,
         bind: str | None = None,
         placement: dict[str, StageSpec] | None = None,
+        nodes: Iterable[str] = (),
     ) -> None:
         self.config = config
+        self.reserved = frozenset(nodes)
+        """The deployment's edges and workers: a full node table makes room for them."""
         self.endpoints = Endpoints.from_address(bind or config.address)
         self.clock = clock or Clock()
         self.heartbeat = parse_duration(config.heartbeat, "hub.heartbeat")
@@ -224,6 +264,8 @@ class Hub:
         self.presence: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.metrics = Metrics("hub")
         self.bad_messages = 0
+        self.control_messages = 0
+        """Control messages read (answered, refused or failed)."""
         self.control_errors = 0
         """Control messages whose handling failed (answered with a ControlError, the loop went on)."""
         self._control_errors = Counter(
@@ -321,6 +363,10 @@ class Hub:
             s.setsockopt(zmq.LINGER, 0)
             if self._keys is not None:
                 self._keys.apply_server(s)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME)
+        self.router.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)  # ROUTER drops what a full peer would not read
+        self.router.setsockopt(zmq.RCVHWM, 100)
+        self.events_pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
         # Every connection gets its own routing id from libzmq (nodes set none); the node's name travels in
         # its messages and is bound to the connection that registered it (``_register``). No ROUTER_HANDOVER:
         # a peer choosing a victim's identity would cut the victim off.
@@ -361,6 +407,8 @@ class Hub:
             s.setsockopt(zmq.RCVHWM, 10000)
             if self._keys is not None:
                 self._keys.apply_server(s)
+        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
         _bind(xsub, self.endpoints.publish)
         _bind(xpub, self.endpoints.subscribe)
         steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
@@ -582,9 +630,11 @@ class Hub:
     async def _control_loop(self) -> None:
         while True:
             parts = await self.router.recv_multipart(copy=False)
+            self.control_messages += 1
             ident, msg = parts[0].bytes, None
             # with CURVE, the name of the key the message came in under (set by the ZAP handler, unforgeable)
             user = (parts[1].get("User-Id") or "") if self._keys is not None and len(parts) > 1 else ""
+            address = _peer_address(parts[1]) if len(parts) > 1 else ""
             frames = [p.bytes for p in parts[1:]]
             try:
                 try:
@@ -594,7 +644,7 @@ class Hub:
                     self._warn("control", "hub: bad control message from %r: %s", ident[:32], exc)
                     await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
-                await self._control(ident, msg, user)
+                await self._control(ident, msg, user, address)
             except Exception as exc:  # one bad request must never end the control plane
                 self.control_errors += 1
                 if self._noisy.admit("control-error") is not None:
@@ -603,7 +653,7 @@ class Hub:
                     reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
                     await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
 
-    async def _control(self, ident: bytes, msg: object, user: str = "") -> None:
+    async def _control(self, ident: bytes, msg: object, user: str = "", address: str = "") -> None:
         now = time.monotonic()
         if isinstance(msg, Heartbeat):
             node = self.nodes.get(msg.node)
@@ -633,19 +683,29 @@ class Hub:
                 if detail.startswith(("degraded", "error")):
                     await self._status(node, "degraded" if detail.startswith("degraded") else "error", detail)
         elif isinstance(msg, Register):
-            why = _register_problem(msg) or self._name_problem(ident, msg, user, now)
+            why = (
+                _register_problem(msg)
+                or self._name_problem(ident, msg, user, now)
+                or self._quota_problem(ident, msg, user, address)
+            )
             if why is None and msg.node not in self.nodes and len(self.nodes) >= MAX_NODES:
-                down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
-                if down:
-                    del self.nodes[down[0].name]  # the one gone longest makes room
-                else:
-                    why = f"the hub already tracks {MAX_NODES} nodes, all up"
+                why = self._make_room(msg.node)
             if why is not None:
                 await self._refuse(ident, f"register refused: {why}", kind="register")
                 return
+            for other in [n for n in self.nodes.values() if n.ident == ident and n.name != msg.node]:
+                del self.nodes[other.name]  # one name per connection: a connection that renames frees the old
             old = self.nodes.get(msg.node)
             self.nodes[msg.node] = NodeInfo(
-                msg.node, msg.role, msg.room, list(msg.stages), now, ident=ident, instance=msg.instance, key=user
+                msg.node,
+                msg.role,
+                msg.room,
+                list(msg.stages),
+                now,
+                ident=ident,
+                instance=msg.instance,
+                key=user,
+                address=address,
             )
             if old is None or old.state != "up":
                 await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
@@ -732,10 +792,39 @@ class Hub:
             f"that node leaves, or after {self.down_after:g} s without its heartbeats)"
         )
 
+    def _quota_problem(self, ident: bytes, msg: Register, user: str, address: str) -> str | None:
+        """A flood from one key or one remote address: more names than it may hold, or None."""
+        if msg.node in self.nodes and self.nodes[msg.node].ident == ident:
+            return None
+        held = [n for n in self.nodes.values() if n.ident != ident and n.state != "down"]
+        if user and user != "hub" and sum(1 for n in held if n.key == user) >= MAX_NAMES_PER_KEY:
+            return f"the key {user!r} already holds {MAX_NAMES_PER_KEY} node names"
+        if address and sum(1 for n in held if n.address == address) >= MAX_NAMES_PER_ADDRESS:
+            return f"{address} already holds {MAX_NAMES_PER_ADDRESS} node names"
+        return None
+
+    def _make_room(self, name: str) -> str | None:
+        """Make room in a full node table for ``name``: the node down the longest goes; for a node of the
+        deployment, else the newest registered one that is not. None, or why the name is refused."""
+        down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
+        if down:
+            del self.nodes[down[0].name]
+            return None
+        if name in self.reserved:
+            strangers = [n for n in self.nodes.values() if n.name not in self.reserved]
+            if strangers:
+                newest = max(strangers, key=lambda n: n.registered)
+                log.warning("node table full: %s (a node of the deployment) replaces %s", name, newest.name)
+                del self.nodes[newest.name]
+                return None
+        return f"the hub already tracks {MAX_NODES} nodes, all up"
+
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat / 2)
             now = time.monotonic()
+            for node in [n for n in self.nodes.values() if n.state == "down" and now - n.last_seen > FORGET_AFTER]:
+                del self.nodes[node.name]
             for node in list(self.nodes.values()):
                 if node.state != "down" and now - node.last_seen > self.down_after:
                     await self._status(node, "down", f"no heartbeat for {now - node.last_seen:.1f}s")

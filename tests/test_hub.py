@@ -19,6 +19,7 @@ from pipeline.eventlog import EventLogError
 from pipeline.hub import Hub, SecurityError
 from pipeline.messages import (
     WIRE_VERSION,
+    AudioChunk,
     ControlError,
     EventsLost,
     EventsReply,
@@ -336,8 +337,7 @@ async def test_huge_events_requests_are_refused_and_heartbeats_stay_on_time(hub_
     assert isinstance(long, ControlError) and long.request_id == 8 and "limit 128" in long.reason
 
 
-async def test_registrations_are_checked_and_the_node_table_is_bounded(hub: Hub) -> None:
-    from pipeline.hub import MAX_NODES
+async def test_registrations_are_checked_and_one_connection_holds_one_name(hub: Hub) -> None:
     from pipeline.messages import Register
 
     raw = context().socket(zmq.DEALER)
@@ -347,12 +347,106 @@ async def test_registrations_are_checked_and_the_node_table_is_bounded(hub: Hub)
         await raw.send_multipart(encode(bad))
         reply = decode(await asyncio.wait_for(raw.recv_multipart(), 3))
         assert isinstance(reply, ControlError) and "register refused" in reply.reason
-    for i in range(MAX_NODES + 20):  # anyone on loopback may register: names are not free memory
+    for i in range(300):  # one connection renaming itself: each new name frees the one before
         await raw.send_multipart(encode(Register(node=f"fake-{i}", role="edge")))
-    refused = [decode(await asyncio.wait_for(raw.recv_multipart(), 3)) for _ in range(20)]
+    for _ in range(100):
+        if hub.control_messages >= 302:
+            break
+        await asyncio.sleep(0.02)
     raw.close(0)
-    assert len(hub.nodes) == MAX_NODES
-    assert all(isinstance(r, ControlError) and f"already tracks {MAX_NODES} nodes" in r.reason for r in refused)
+    assert list(hub.nodes) == ["fake-299"]
+
+
+async def test_a_flood_of_names_never_locks_the_deployment_out(hub_address: str, tmp_path: Path) -> None:
+    """Fixed by making room in a full table for the deployment's nodes (and by one name per connection, and
+    dropping nodes down for long): before, 256 names kept alive left no room for a restarted edge."""
+    from pipeline.hub import MAX_NODES
+
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=3.0), nodes=["kitchen-pi", "gpu0"])
+    await h.start()
+    flood = [NodeLink(f"fake-{i}", "client", h.endpoints, heartbeat=0.2) for i in range(MAX_NODES)]
+    try:
+        for link in flood:
+            await link.start()
+        for _ in range(200):
+            if len(h.nodes) == MAX_NODES:
+                break
+            await asyncio.sleep(0.05)
+        assert len(h.nodes) == MAX_NODES
+        stranger = NodeLink("late-client", "client", h.endpoints, heartbeat=0.1)
+        await stranger.start()
+        with pytest.raises(NameInUse, match=f"already tracks {MAX_NODES} nodes"):
+            await stranger.wait_connected(1.0)
+        await stranger.close()
+        edge = NodeLink("kitchen-pi", "edge", h.endpoints, heartbeat=0.1)
+        await edge.start()
+        assert await edge.wait_connected(3), "the deployment's edge could not register"
+        await edge.close()
+    finally:
+        for link in flood:
+            await link.close()
+        await h.stop()
+
+
+async def test_replies_nobody_reads_do_not_pile_up_in_the_hub(hub: Hub) -> None:
+    """Fixed by a small send queue per control connection (ROUTER SNDHWM 8): before, 20 connections asking
+    for big events replies without reading pinned every reply in the hub (+1.17 GB in the probe)."""
+    import psutil
+
+    pub = Publisher(hub.endpoints)
+    await asyncio.sleep(0.3)
+    text = "word " * 11_000
+    for i in range(300):  # ~55 KB each: every events reply carries one
+        await pub.publish(Transcript(room="kitchen", source="stt", text=text, final=True, seq=i + 1))
+        await asyncio.sleep(0.001)
+    for _ in range(200):
+        if hub.log.last_seq >= 300:
+            break
+        await asyncio.sleep(0.05)
+    pub.close()
+    rss0 = psutil.Process().memory_info().rss
+    socks = []
+    for _ in range(20):
+        raw = context().socket(zmq.DEALER)
+        raw.setsockopt(zmq.SNDHWM, 0)
+        raw.setsockopt(zmq.RCVHWM, 1)  # reads nothing, holds next to nothing itself
+        raw.connect(hub.endpoints.control)
+        socks.append(raw)
+    await asyncio.sleep(0.2)
+    n0 = hub.control_messages
+    for k in range(200):
+        for raw in socks:
+            await raw.send_multipart(encode(EventsRequest(since=k, request_id=k + 1)))
+    for _ in range(600):
+        if hub.control_messages >= n0 + 4000:
+            break
+        await asyncio.sleep(0.05)
+    assert hub.control_messages >= n0 + 4000
+    grown = (psutil.Process().memory_info().rss - rss0) / 2**20
+    async with NodeLink("probe", "client", hub.endpoints, heartbeat=0.1) as link:
+        assert await link.wait_connected(3)
+    for raw in socks:
+        raw.close(0)
+    assert grown < 60, f"the hub (this process) grew {grown:.0f} MiB holding replies nobody reads"
+
+
+async def test_a_frame_larger_than_any_message_never_enters_the_bus(hub: Hub) -> None:
+    """Fixed by ZMQ_MAXMSGSIZE on the hub's XSUB: before, a 20 MB frame was taken whole into the hub and
+    handed to every subscriber, which refused it only after receiving it."""
+    sub = Subscriber(hub.endpoints, ["audio/"])
+    rogue = context().socket(zmq.PUB)
+    rogue.connect(hub.endpoints.publish)
+    pub = Publisher(hub.endpoints)
+    await asyncio.sleep(0.3)
+    await rogue.send_multipart([b"audio/kitchen/kitchen-pi", b"\x01", b"\0" * (20 << 20)])
+    await asyncio.sleep(0.3)
+    await pub.publish(AudioChunk(room="kitchen", source="kitchen-pi", data=b"\0" * 2560))
+    got = await sub.recv_timeout(3)
+    assert isinstance(got, AudioChunk) and got.source == "kitchen-pi"
+    assert sub.errors == 0, "the oversized frame reached a subscriber"
+    for s in (sub, pub):
+        s.close()
+    rogue.close(0)
 
 
 async def test_the_control_loop_survives_a_request_that_fails(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:

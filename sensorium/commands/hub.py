@@ -23,7 +23,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dep = load_deployment(args.config)
-        hub = Hub(dep.hub, state_dir=args.state or dep.data_dir / "hub", bind=args.bind, placement=placement_specs(dep))
+        hub = Hub(
+            dep.hub,
+            state_dir=args.state or dep.data_dir / "hub",
+            bind=args.bind,
+            placement=placement_specs(dep),
+            nodes=[*dep.edges, *dep.workers],
+        )
     except (ConfigError, ValueError) as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
         return 2
