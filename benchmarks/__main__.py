@@ -29,9 +29,22 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, talk-back,
 #: the whole pipeline, the whole pipeline into Home Assistant over MQTT, processes killed at random, a
-#: replicated stage's worker killed mid-command, then
+#: replicated stage's worker killed mid-command, hostile clients against the hub's memory, then
 #: an hour of it.
-BENCHMARKS = ["setup", "bus", "voice", "wyoming", "vision", "talk", "replay", "mqtt", "chaos", "failover", "soak"]
+BENCHMARKS = [
+    "setup",
+    "bus",
+    "voice",
+    "wyoming",
+    "vision",
+    "talk",
+    "replay",
+    "mqtt",
+    "chaos",
+    "failover",
+    "hostile",
+    "soak",
+]
 #: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches; the soak
 #: takes an hour).
 OPT_IN = {"setup", "soak"}

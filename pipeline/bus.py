@@ -169,6 +169,8 @@ class Subscriber:
         """Malformed messages received and skipped."""
         self.received = 0
         """Messages received and decoded."""
+        self.last_size = 0
+        """Bytes (all frames) of the last message received."""
 
     async def recv_frames(self) -> list[bytes]:
         """The next raw multipart message.
@@ -182,6 +184,7 @@ class Subscriber:
             return await self.socket.recv_multipart()
 
     def _decode(self, frames: list[bytes]) -> Message | None:
+        self.last_size = sum(len(f) for f in frames)
         try:
             msg = decode(frames)
         except CodecError as exc:

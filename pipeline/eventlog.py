@@ -17,9 +17,11 @@ line) and keeps the rest, so one bad line never costs the history after it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import os
+import secrets
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -132,6 +134,8 @@ class EventLog:
         self.bytes = 0
         """Bytes of the events held now (JSON, topic and per-entry overhead)."""
         self._file_bytes = 0
+        self.epoch = secrets.token_hex(8)
+        """A random id made with the log (kept beside its file): clients resuming from another one re-base."""
         self.last_seq = 0
         """Newest sequence number that is durable and visible (what clients may have seen)."""
         self.damaged = 0
@@ -156,6 +160,27 @@ class EventLog:
                 os.chmod(path, 0o600)
             self._read(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._load_epoch(path, fresh=st is None or st.st_size == 0)
+
+    def _load_epoch(self, path: Path, fresh: bool) -> None:
+        """The epoch kept beside the log (``events.jsonl.epoch``); a new one when the log is new or was deleted."""
+        side = path.with_name(path.name + ".epoch")
+        if not fresh:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                old = side.read_text().strip()
+                if len(old) == 16 and all(c in "0123456789abcdef" for c in old):
+                    self.epoch = old
+                    return
+        try:
+            fd = os.open(side.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, self.epoch.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(side.with_suffix(".tmp"), side)
+        except OSError as exc:
+            log.warning("event log %s: cannot keep its epoch in %s: %s", path, side, exc)
 
     def _read(self, path: Path) -> None:
         raw = path.read_bytes()
@@ -197,11 +222,19 @@ class EventLog:
         n = 0
         try:
             os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit about what the file holds
-            data = [_line(e) for e in entries]
-            blob = b"".join(data)
-            _write_all(fd, blob)
-            n = len(data)
-            self._file_bytes = len(blob)
+            chunk: list[bytes] = []
+            size = chunked = 0
+            for e in entries:  # in pieces of ~1 MiB: never a second copy of the whole log in memory
+                line = _line(e)
+                chunk.append(line)
+                n += 1
+                size += len(line)
+                chunked += len(line)
+                if chunked >= 1 << 20:
+                    _write_all(fd, b"".join(chunk))
+                    chunk, chunked = [], 0
+            _write_all(fd, b"".join(chunk))
+            self._file_bytes = size
             os.fsync(fd)
         finally:
             os.close(fd)

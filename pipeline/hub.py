@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from pipeline.messages import (
     EventsRequest,
     Heartbeat,
     HeartbeatAck,
+    InputError,
     NodeStatus,
     Placement,
     PlacementRequest,
@@ -72,6 +74,10 @@ MAX_PREFIX_BYTES = 128
 """Longest topic prefix an events request may ask for."""
 MAX_BATCH = 1000
 """Most events numbered and written with one fsync."""
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Most bytes of events taken into one batch (1000 of the largest events would be 60 MB, several times over)."""
+TAP_HWM = 256
+"""Events queued for the hub's tap."""
 MAX_PRESENCE = 1024
 """Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
 MAX_NODES = 256
@@ -89,6 +95,12 @@ MAX_CONTROL_FRAME = MAX_HEADER + 1024
 """Largest frame of a control request."""
 MAX_SUBSCRIPTION = 4096
 """Largest subscription message a subscriber may send (topic prefixes are at most 256 bytes)."""
+BUS_HWM = 1000
+"""Messages queued per bus connection in the hub, each way (a publisher's, a subscriber's, the event tap's):
+at most ~1000 x 60 KiB of events for a subscriber that never reads, and ~10 s of a house's streams."""
+EVENTS_HWM = 256
+"""Events (JSON) queued per client on the events socket; a client that falls further behind sees a gap in the
+numbers and fetches it from the log."""
 CONTROL_SNDHWM = 8
 """Replies queued per control connection: a peer that asks and never reads loses replies beyond these, and
 holds at most 8 of ~64 KiB in the hub."""
@@ -97,6 +109,41 @@ REVOKE_CHECK_S = 0.5
 """How often the hub looks for keys removed from ``authorized/`` (revocation)."""
 UTTERANCE_S = 15.0
 """Longest a room counts as busy (an utterance in flight) after a wake word without a final transcript."""
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    """Who may publish which events, from the deployment (``sensorium.deployment.publish_policy``).
+
+    The hub checks each event its tap gets against it before numbering it: an edge publishes only its own
+    node's status and its room's playback and input errors; a worker only the events of the stages placed
+    on it (and its status, budget and input errors); nobody but the hub node status about another node or
+    placement. Events in a room the deployment does not have are refused too. What the check relies on is
+    the event's claimed ``source``: the bus does not say who sent a message (see docs/architecture.md)."""
+
+    rooms: frozenset[str]
+    kinds: dict[str, frozenset[str]]
+    """Node name → the event kinds (topic kinds) it may publish."""
+    edge_room: dict[str, str]
+    """Edge node → its room (its events are for that room only)."""
+
+    def problem(self, msg: Event) -> str | None:
+        """Why ``msg`` may not be logged, or None."""
+        allowed = self.kinds.get(msg.source)
+        if allowed is None:
+            return f"{msg.source[:64]!r} is no node of the deployment"
+        if msg.kind not in allowed:
+            return f"{msg.source[:64]!r} may not publish {msg.kind} events (it may: {', '.join(sorted(allowed))})"
+        if msg.room and msg.room not in self.rooms:
+            return f"room {msg.room[:64]!r} is not in the deployment"
+        room = self.edge_room.get(msg.source)
+        if room is not None and msg.room not in ("", room):
+            return f"edge {msg.source[:64]!r} is in {room!r}, not {msg.room[:64]!r}"
+        return None
+
+
+HUB_ONLY = (Placement,)
+"""Events only the hub publishes."""
 
 
 class SecurityError(RuntimeError):
@@ -246,8 +293,20 @@ class Hub:
         bind: str | None = None,
         placement: dict[str, StageSpec] | None = None,
         nodes: Iterable[str] = (),
+        policy: PublishPolicy | None = None,
     ) -> None:
         self.config = config
+        self.policy = policy
+        """Who may publish what (None: anyone any event, but node status and placement only from the hub)."""
+        self.rejected = 0
+        """Events refused because their sender may not publish them."""
+        self._own: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._rejections: list[tuple[str, str]] = []
+        self._topic_seq: OrderedDict[str, int] = OrderedDict()
+        self._early: list[Event] = []
+        self.tap_lost = 0
+        """Events the tap saw numbers of but never got (dropped at a high-water mark on the way)."""
+        self._reject_limit: RateLimit[None] = RateLimit(interval=1.0, burst=10)
         self.reserved = frozenset(nodes)
         """The deployment's edges and workers: a full node table makes room for them."""
         self.endpoints = Endpoints.from_address(bind or config.address)
@@ -272,6 +331,17 @@ class Hub:
             "sensorium_hub_control_errors_total",
             "Control messages refused or failed",
             ["reason"],
+            registry=self.metrics.registry,
+        )
+        self._tap_lost_total = Counter(
+            "sensorium_hub_events_lost_total",
+            "Events lost before the log (gaps in a publisher's numbers)",
+            registry=self.metrics.registry,
+        )
+        self._rejected_total = Counter(
+            "sensorium_hub_events_rejected_total",
+            "Events refused because their sender may not publish them",
+            ["kind"],
             registry=self.metrics.registry,
         )
         self._log_errors = Counter(
@@ -367,6 +437,7 @@ class Hub:
         self.router.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)  # ROUTER drops what a full peer would not read
         self.router.setsockopt(zmq.RCVHWM, 100)
         self.events_pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
+        self.events_pub.setsockopt(zmq.SNDHWM, EVENTS_HWM)  # a client that falls behind fills the gap from the log
         # Every connection gets its own routing id from libzmq (nodes set none); the node's name travels in
         # its messages and is bound to the connection that registered it (``_register``). No ROUTER_HANDOVER:
         # a peer choosing a victim's identity would cut the victim off.
@@ -375,8 +446,11 @@ class Hub:
 
         own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
         local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
-        self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event)
+        self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event, hwm=BUS_HWM)
         self.publisher = Publisher(local, curve=own)
+        # the hub's own events are known by (topic, seq); numbers start at random so nobody can send one first
+        self.publisher._seq = defaultdict(lambda: secrets.randbelow(2**40))
+        self._early = await self._await_tap()
         self._exit = contextlib.AsyncExitStack()
         if self.config.record:
             from pipeline.recorder import recording
@@ -403,8 +477,8 @@ class Hub:
         xpub = sync_ctx.socket(zmq.XPUB)
         for s in (xsub, xpub):
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 10000)
-            s.setsockopt(zmq.RCVHWM, 10000)
+            s.setsockopt(zmq.SNDHWM, BUS_HWM)
+            s.setsockopt(zmq.RCVHWM, BUS_HWM)
             if self._keys is not None:
                 self._keys.apply_server(s)
         xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
@@ -523,12 +597,44 @@ class Hub:
             if self.failed is not None and not self.failed.done():
                 self.failed.set_exception(exc)
 
+    async def _await_tap(self) -> list[Event]:
+        """Wait until a probe the hub publishes comes back through the bus to its own tap, so that its first
+        events are not lost (ZeroMQ drops what a PUB sends before the subscriptions have arrived). Returns
+        the events that arrived meanwhile (the tap loop logs them first)."""
+        token = f"probe-{uuid.uuid4().hex[:12]}"
+        prefix = f"ctl/{token}/".encode()
+        self.tap.socket.setsockopt(zmq.SUBSCRIBE, prefix)
+        early: list[Event] = []
+        deadline = time.monotonic() + 5.0
+        try:
+            while time.monotonic() < deadline:
+                await self.publisher.publish(Heartbeat(room=token, source="hub", node="hub"))
+                t_next = time.monotonic() + 0.02
+                while (left := t_next - time.monotonic()) > 0:
+                    msg = await self.tap.recv_timeout(left)
+                    if isinstance(msg, Heartbeat) and msg.room == token:
+                        return early
+                    if isinstance(msg, Event):
+                        early.append(msg)
+            log.warning("hub: its event tap did not hear the hub's own probe in 5 s; its first events may be lost")
+            return early
+        finally:
+            self.tap.socket.setsockopt(zmq.UNSUBSCRIBE, prefix)
+
     async def _tap(self) -> None:
         while True:
-            batch = [await self.tap.recv()]
-            while len(batch) < MAX_BATCH and (more := self.tap.recv_nowait()) is not None:
+            batch: list[object] = [*self._early] if self._early else [await self.tap.recv()]
+            self._early = []
+            size = self.tap.last_size
+            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES and (more := self.tap.recv_nowait()) is not None:
                 batch.append(more)
-            staged = [(msg, entry) for msg in batch if (entry := self._stage(msg)) is not None]
+                size += self.tap.last_size
+            self._check_gaps(batch)
+            staged = [
+                (msg, entry) for msg in batch if self._authorised(msg) and (entry := self._stage(msg)) is not None
+            ]
+            if self._rejections:
+                await self._report_rejections()
             if not staged:
                 continue
             if self.log.path is not None:
@@ -545,6 +651,76 @@ class Hub:
             for msg, entry in staged:
                 self._publish_event(msg, entry.json)
                 await self.events_pub.send_multipart([entry.topic.encode(), entry.json])
+
+    def _check_gaps(self, batch: list[object]) -> None:
+        """Publishers number each topic's messages: a gap is events lost on the way to the log (the tap's or
+        the bus's high-water mark), counted and reported as an ``error`` event."""
+        for msg in batch:
+            if not isinstance(msg, Event) or msg.seq <= 0:
+                continue
+            topic = msg.topic()
+            last = self._topic_seq.pop(topic, 0)
+            self._topic_seq[topic] = msg.seq
+            if len(self._topic_seq) > 4096:
+                self._topic_seq.popitem(last=False)
+            if last and msg.seq > last + 1 and msg.seq - last < 2**32:
+                lost = msg.seq - last - 1
+                self.tap_lost += lost
+                self._tap_lost_total.inc(lost)
+                self._rejections.append((topic[:128], f"lost: {lost} events before the hub's log (a queue was full)"))
+
+    async def publish_own(self, msg: Event) -> None:
+        """Publish one of the hub's own events (node status, placement, input errors): the tap logs it as the
+        hub's only because it knows the topic and number it went out with."""
+        if not msg.seq:
+            topic = msg.topic()
+            self.publisher._seq[topic] += 1
+            msg.seq = self.publisher._seq[topic]
+        self._own[(msg.topic(), msg.seq)] = None
+        while len(self._own) > 10000:
+            self._own.popitem(last=False)
+        await self.publisher.publish(msg)
+
+    def _authorised(self, msg: object) -> bool:
+        """May the event's sender publish it? Refusals are counted and reported (``_report_rejections``)."""
+        if not isinstance(msg, Event):
+            return True
+        hubs = msg.source == "hub" or isinstance(msg, HUB_ONLY) or (isinstance(msg, NodeStatus) and msg.role == "hub")
+        if hubs:
+            if self._own.pop((msg.topic(), msg.seq), 0) is None:
+                return True
+            why = "only the hub publishes this"
+        elif isinstance(msg, NodeStatus) and msg.node != msg.source:
+            why = f"{msg.source[:64]!r} may not publish the status of {msg.node[:64]!r}"
+        elif self.policy is not None:
+            why = self.policy.problem(msg)  # type: ignore[assignment]
+            if why is None:
+                return True
+        else:
+            return True
+        self.rejected += 1
+        self._rejected_total.labels(msg.kind).inc()
+        self._rejections.append((msg.topic()[:128], f"refused: {why}"))
+        return False
+
+    async def _report_rejections(self) -> None:
+        """One ``error`` event per topic kind a second at most (``suppressed`` counts the rest)."""
+        rejections, self._rejections = self._rejections, []
+        for topic, why in rejections:
+            held = self._reject_limit.admit((topic.split("/", 1)[0], why.split(":", 1)[0]))
+            if held is None:
+                continue
+            self._warn("reject", "hub refused an event on %r: %s", topic, why)
+            await self.publish_own(
+                InputError(
+                    source="hub",
+                    time=self.clock.now(),
+                    stage="hub",
+                    input_topic=topic,
+                    reason=why,
+                    suppressed=held,
+                )
+            )
 
     def _stage(self, msg: object) -> LoggedEvent | None:
         if not isinstance(msg, Event):
@@ -588,7 +764,7 @@ class Hub:
         self._log_ok.set(0)
         log.error("hub: %s; no event can be kept or numbered, so the hub stops (systemd restarts it)", exc)
         with contextlib.suppress(Exception):
-            await self.publisher.publish(
+            await self.publish_own(
                 NodeStatus(
                     source="hub",
                     time=self.clock.now(),
@@ -607,7 +783,7 @@ class Hub:
     async def _status(self, node: NodeInfo, state: str, detail: str) -> None:
         node.state = state
         log.info("node %s (%s) is %s%s", node.name, node.role, state, f": {detail}" if detail else "")
-        await self.publisher.publish(
+        await self.publish_own(
             NodeStatus(
                 room=node.room,
                 source="hub",
@@ -751,6 +927,7 @@ class Hub:
                     first_seq=self.log.first_seq,
                     last_seq=self.log.last_seq,
                     request_id=msg.request_id,
+                    epoch=self.log.epoch,
                 ),
             )
         elif isinstance(msg, SnapshotRequest):
@@ -768,6 +945,7 @@ class Hub:
                     first_seq=self.log.first_seq,
                     last_seq=self.log.last_seq,
                     request_id=msg.request_id,
+                    epoch=self.log.epoch,
                 ),
             )
         else:
@@ -896,7 +1074,7 @@ class Hub:
         for m in moves:
             self._placement_moves.labels(m.stage, m.reason).inc()
             log.info("placement: %s %s %s -> %s (%s)", m.stage, m.stream, m.old or "-", m.new or "-", m.reason)
-            await self.publisher.publish(
+            await self.publish_own(
                 Placement(
                     source="hub",
                     time=self.clock.now(),

@@ -334,6 +334,8 @@ class EventsLost(Event, tag="events_lost"):
     """First sequence number lost."""
     last_seq: int = 0
     """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
+    epoch: str = ""
+    """Set when the hub's log was replaced (another epoch): numbers restart after this item's seq; persist it too."""
 
 
 class Placement(Event, tag="placement"):
@@ -527,6 +529,8 @@ class EventsReply(Control, tag="events_reply"):
     """Newest sequence number in the log."""
     request_id: int = 0
     """The ``request_id`` of the request this answers."""
+    epoch: str = ""
+    """The log's random id, made with it: another epoch means the log was replaced and its numbers restarted."""
 
 
 class SnapshotRequest(Control, tag="snapshot_request"):

@@ -2,8 +2,8 @@
 
 Two checks. Fast: every name a benchmark imports, also the imports inside its functions (benchmarks import
 the heavy parts lazily, so importing the module proves little), resolves in this checkout. Slow: the
-failover benchmark's smoke run (one SIGKILL of a real worker mid-command, one drain) end to end through
-its command line, as ``python -m benchmarks.failover --smoke``.
+failover benchmark's smoke run (one SIGKILL of a real worker mid-command, one drain) and the hostile-clients
+benchmark's (5 % of each attack) end to end through their command lines (``--smoke``).
 """
 
 from __future__ import annotations
@@ -85,3 +85,19 @@ def test_failover_benchmark_smoke_run(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
     assert r["kills"] == 1 and r["takeover_placement_event_s"]["n"] == 1
     assert r["utterances"] >= 1 and r["utterances_lost"] == 0, r
+
+
+@pytest.mark.slow
+def test_hostile_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hostile", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [a["attack"] for a in r["attacks"]] == ["events", "unread", "names", "frame"]
+    assert all(a["wake_words_during"] > 0 for a in r["attacks"]), r

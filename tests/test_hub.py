@@ -810,3 +810,134 @@ async def test_a_revoked_key_is_cut_off_at_once_and_the_others_carry_on(tmp_path
         for sub in subs.values():
             sub.close()
         await h.stop()
+
+
+async def test_events_their_sender_may_not_publish_are_never_logged(hub_address: str, tmp_path: Path) -> None:
+    """Fixed by the hub's publish policy (from the deployment) and by node status and placement only from
+    the hub itself: before, a bus peer could log a "hub down", another room's edge events, presence in a
+    room that does not exist. A small spoofing fuzz: 0 of them logged, each counted, reported as rate-limited
+    ``error`` events; the real ones still logged."""
+    import random
+
+    from pipeline.hub import PublishPolicy
+    from pipeline.messages import InputError, Placement, PlaybackStatus, Presence
+
+    policy = PublishPolicy(
+        rooms=frozenset({"kitchen", "hall"}),
+        kinds={"kitchen-pi": frozenset({"status", "playback", "error"}), "cpu0": frozenset({"wake", "status"})},
+        edge_room={"kitchen-pi": "kitchen"},
+    )
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=policy)
+    await h.start()
+    pub = Publisher(h.endpoints)
+    rng = random.Random(7)
+    fakes = [
+        lambda i: NodeStatus(source="hub", node="hub", role="hub", state="down", detail=f"fake {i}"),
+        lambda i: NodeStatus(source="cpu0", node="kitchen-pi", role="edge", state="down", detail=f"fake {i}"),
+        lambda i: Placement(source="hub", stage="stt", stream="kitchen", to_worker=f"fake{i}"),
+        lambda i: WakeDetected(room="kitchen", source="intruder", word=f"fake{i}"),
+        lambda i: WakeDetected(room="kitchen", source="kitchen-pi", word=f"fake{i}"),  # an edge's wake
+        lambda i: Presence(room="attic", source="cpu0", person=f"fake{i}", state="entered"),
+        lambda i: PlaybackStatus(room="hall", source="kitchen-pi", state="stopped", played_text=f"fake{i}"),
+        lambda i: Transcript(room="kitchen", source="kitchen-pi", text=f"fake{i}", final=True),
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        for i in range(400):
+            await pub.publish(rng.choice(fakes)(i))
+        await pub.publish(WakeDetected(room="kitchen", source="cpu0", word="real"))
+        await pub.publish(NodeStatus(source="kitchen-pi", node="kitchen-pi", role="edge", state="up", detail="real"))
+        link = NodeLink("gpu9", "worker", h.endpoints, heartbeat=0.1)  # the hub's own status of a node: logged
+        await link.start()
+        assert await link.wait_connected(3)
+        for _ in range(100):
+            if h.rejected >= 400 and any(b'"gpu9"' in e.json for e in h.log.entries):
+                break
+            await asyncio.sleep(0.05)
+        await link.close()
+        logged = [from_json(e.json) for e in h.log.entries]
+        assert not [e for e in logged if "fake" in to_json(e).decode()], "a spoofed event was logged"
+        assert h.rejected == 400
+        assert any(isinstance(e, WakeDetected) and e.word == "real" for e in logged)
+        assert any(isinstance(e, NodeStatus) and e.node == "kitchen-pi" and e.detail == "real" for e in logged)
+        assert any(isinstance(e, NodeStatus) and e.node == "gpu9" and e.source == "hub" for e in logged)
+        errors = [e for e in logged if isinstance(e, InputError) and e.stage == "hub"]
+        assert errors and all(e.reason.startswith("refused: ") for e in errors)
+        assert len(errors) < 100 and sum(1 + e.suppressed for e in errors) <= 400  # rate-limited, counted
+    finally:
+        pub.close()
+        await h.stop()
+
+
+async def test_the_hubs_first_events_are_never_lost(hub_address: str, tmp_path: Path) -> None:
+    """Fixed by the hub waiting at start until its own probe came back through the bus to its tap: before, what
+    it published in its first milliseconds went out before the subscriptions had arrived and was dropped."""
+    for _ in range(5):
+        h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5))
+        await h.start()
+        try:
+            await h.publish_own(NodeStatus(source="hub", node="first", role="edge", state="up", time=h.clock.now()))
+            for _ in range(60):
+                if h.log.last_seq:
+                    break
+                await asyncio.sleep(0.05)
+            assert [from_json(e.json).node for e in h.log.entries] == ["first"]  # type: ignore[attr-defined]
+        finally:
+            await h.stop()
+
+
+async def test_events_lost_on_the_way_to_the_log_are_counted_and_reported(hub: Hub) -> None:
+    """Fixed by checking each topic's numbers in the tap: before, a drop at a high-water mark was silent."""
+    from pipeline.messages import InputError
+
+    pub = Publisher(hub.endpoints)
+    await asyncio.sleep(0.3)
+    for seq in (1, 2, 3, 10, 11):  # 4..9 never arrive
+        await pub.publish(WakeDetected(room="kitchen", source="w", word=f"w{seq}", seq=seq))
+    for _ in range(60):
+        if hub.tap_lost:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    pub.close()
+    assert hub.tap_lost == 6
+    errors = [from_json(e.json) for e in hub.log.entries if e.topic.startswith("error/")]
+    assert any(isinstance(e, InputError) and "lost: 6 events" in e.reason for e in errors)
+
+
+async def test_a_client_resuming_into_a_replaced_log_re_bases_and_says_so(hub_address: str, tmp_path: Path) -> None:
+    """Fixed by the log's epoch (a random id kept beside its file, sent with every events reply): before, a
+    client resuming after number 5 into a deleted and restarted log saw nothing until it passed 5 again."""
+    state = tmp_path / "state"
+    cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5)
+    h = Hub(cfg, state_dir=state)
+    await h.start()
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.2)
+    await _publish_wakes(pub, 5)
+    async with Client(h.endpoints) as client:
+        got = await collect(client.events(["wake"], since=0), 5, 10)
+        old_epoch = client.epoch
+    assert [e.seq for e in got] == [1, 2, 3, 4, 5] and len(old_epoch) == 16
+    pub.close()
+    await h.stop()
+    (state / "events.jsonl").unlink()  # deleted (or replaced): its numbers start again
+
+    h = Hub(cfg, state_dir=state)
+    await h.start()
+    assert h.log.epoch != old_epoch
+    pub = Publisher(h.endpoints)
+    await asyncio.sleep(0.2)
+    await _publish_wakes(pub, 2, start=100)
+    try:
+        async with Client(h.endpoints) as client:
+            got = await collect(client.events(["wake"], since=5, epoch=old_epoch), 3, 10)
+        assert isinstance(got[0], EventsLost) and got[0].epoch == h.log.epoch and got[0].seq == 0
+        assert [(e.seq, e.word) for e in got[1:]] == [(1, "w100"), (2, "w101")]  # type: ignore[attr-defined]
+        assert client.epoch == h.log.epoch and client.last_seq == 2
+    finally:
+        pub.close()
+        await h.stop()
+    h = Hub(cfg, state_dir=state)  # restarted with its log: the same epoch
+    assert h.log.epoch == client.epoch
+    h.log.close()

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.eventlog import EventLogError
     from pipeline.hub import Hub, SecurityError
-    from sensorium.deployment import load_deployment, placement_specs
+    from sensorium.deployment import load_deployment, placement_specs, publish_policy
 
     try:
         dep = load_deployment(args.config)
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
             bind=args.bind,
             placement=placement_specs(dep),
             nodes=[*dep.edges, *dep.workers],
+            policy=publish_policy(dep),
         )
     except (ConfigError, ValueError) as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
