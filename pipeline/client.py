@@ -95,9 +95,9 @@ class Client:
             self._publisher.close()
             self._publisher = None
 
-    async def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Wait until the hub answers."""
-        return await self.link.wait_connected(timeout)
+    async def wait_connected(self, timeout: float = 10.0, *, raise_refused: bool = False) -> bool:
+        """Wait until the hub answers (``NodeLink.wait_connected``)."""
+        return await self.link.wait_connected(timeout, raise_refused=raise_refused)
 
     # ---------------------------------------------------------------- events
 

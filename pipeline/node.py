@@ -11,9 +11,10 @@ retry) is ignored, so a hub slower than the retry interval cannot hand one reque
 A node's name is carried in its messages, not used as the socket's identity: the hub binds the name to
 the connection that registered it (and, with CURVE, to the key: a key speaks only as its own node). A
 second process asking for a name in use is refused with the hub's reason, which names the running node
-(``refused``; ``wait_connected`` raises ``NameInUse``), until the first leaves or goes quiet. A link that
-hears nothing from the hub for ``quiet_after`` seconds closes its socket and opens a new one (a new
-connection, however the old one was lost).
+(``refused``, logged as an error; ``wait_connected(raise_refused=True)`` raises ``NameInUse``), until the
+first leaves or goes quiet; it keeps asking meanwhile. A link that hears nothing from the hub for
+``quiet_after`` seconds closes its socket and opens a new one (a new connection, however the old one was
+lost).
 """
 
 from __future__ import annotations
@@ -167,13 +168,14 @@ class NodeLink:
             self._sock.close(linger=200 if self._registered else 0)  # the goodbye leaves in the background
             self._sock = None
 
-    async def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Wait until the hub answered; False after ``timeout`` seconds."""
+    async def wait_connected(self, timeout: float = 10.0, *, raise_refused: bool = False) -> bool:
+        """Wait until the hub answered; False after ``timeout`` seconds (``NameInUse`` with the hub's reason
+        instead, with ``raise_refused``, if the hub refused the registration)."""
         deadline = time.monotonic() + timeout
         while not self.connected:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                if self.refused:
+                if self.refused and raise_refused:
                     raise NameInUse(f"{self.name}: the hub at {self.endpoints.control} refused it: {self.refused}")
                 return False
             self._ack_event.clear()

@@ -69,7 +69,7 @@ async def test_a_second_process_with_a_taken_name_is_refused_and_the_first_keeps
     await second.start()
     try:
         with pytest.raises(NameInUse, match="'kitchen-pi' is in use by a running edge"):
-            await second.wait_connected(1.5)
+            await second.wait_connected(1.5, raise_refused=True)
         assert "kitchen-pi" in second.refused
         acks = first._last_ack
         await asyncio.sleep(0.5)
@@ -376,7 +376,7 @@ async def test_a_flood_of_names_never_locks_the_deployment_out(hub_address: str,
         stranger = NodeLink("late-client", "client", h.endpoints, heartbeat=0.1)
         await stranger.start()
         with pytest.raises(NameInUse, match=f"already tracks {MAX_NODES} nodes"):
-            await stranger.wait_connected(1.0)
+            await stranger.wait_connected(1.0, raise_refused=True)
         await stranger.close()
         edge = NodeLink("kitchen-pi", "edge", h.endpoints, heartbeat=0.1)
         await edge.start()
@@ -721,7 +721,7 @@ async def test_with_curve_a_key_speaks_only_as_its_own_node(tmp_path: Path) -> N
             links.append(thief)
             await thief.start()
             with pytest.raises(NameInUse, match=f"key 'lost' may not speak as '{name}'"):
-                await thief.wait_connected(1.0)
+                await thief.wait_connected(1.0, raise_refused=True)
         cli = NodeLink("events-cli-4711", "client", ep, curve=keys["events-cli"], heartbeat=0.1)
         links.append(cli)
         await cli.start()

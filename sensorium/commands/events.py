@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         n = 0
         async with Client(address, name=f"{args.name}-{os.getpid()}", curve=curve) as client:
-            if not await client.wait_connected(30):
+            if not await client.wait_connected(30, raise_refused=True):
                 print(f"sensorium events: hub at {address} is not answering", file=sys.stderr)
                 return 1
             async for ev in client.events(args.types, rooms=args.room, since=args.since):
