@@ -95,9 +95,9 @@ MAX_CONTROL_FRAME = MAX_HEADER + 1024
 """Largest frame of a control request."""
 MAX_SUBSCRIPTION = 4096
 """Largest subscription message a subscriber may send (topic prefixes are at most 256 bytes)."""
-BUS_HWM = 1000
-"""Messages queued per bus connection in the hub, each way (a publisher's, a subscriber's, the event tap's):
-at most ~1000 x 60 KiB of events for a subscriber that never reads, and ~10 s of a house's streams."""
+BUS_HWM = 10000
+"""Messages queued per bus connection in the proxy, each way: a replay at full speed needs the room (1000
+lost frames and chunks); it also means a subscriber that never reads can pin up to 10000 messages."""
 EVENTS_HWM = 256
 """Events (JSON) queued per client on the events socket; a client that falls further behind sees a gap in the
 numbers and fetches it from the log."""
@@ -449,7 +449,7 @@ class Hub:
         self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event, hwm=BUS_HWM)
         self.publisher = Publisher(local, curve=own)
         # the hub's own events are known by (topic, seq); numbers start at random so nobody can send one first
-        self.publisher._seq = defaultdict(lambda: secrets.randbelow(2**40))
+        self.publisher._seq = defaultdict(lambda: secrets.randbelow(2**31))  # MCAP keeps 32-bit numbers
         self._early = await self._await_tap()
         self._exit = contextlib.AsyncExitStack()
         if self.config.record:
