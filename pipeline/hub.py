@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ import zmq.asyncio
 from prometheus_client import Counter, Gauge
 from zmq.auth.thread import ThreadAuthenticator
 
-from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
+from pipeline.bus import Endpoints, Publisher, context, is_loopback
 from pipeline.clock import Clock
 from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
@@ -77,7 +77,9 @@ MAX_BATCH = 1000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Most bytes of events taken into one batch (1000 of the largest events would be 60 MB, several times over)."""
 TAP_HWM = 256
-"""Events queued for the hub's tap."""
+"""Events queued for the hub's tap in libzmq (its thread keeps this queue near empty)."""
+TAP_BYTES = 16 * 1024 * 1024
+"""Most bytes of events the tap's thread holds for the hub's loop; beyond it, events are dropped and reported."""
 MAX_PRESENCE = 1024
 """Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
 MAX_NODES = 256
@@ -144,6 +146,92 @@ class PublishPolicy:
 
 HUB_ONLY = (Placement,)
 """Events only the hub publishes."""
+
+
+class _TapReader:
+    """The hub's event tap, read on its own thread as fast as the bus delivers, into a queue bounded in bytes.
+
+    libzmq bounds its queues by message count only: a tap that falls behind a flood of the largest events
+    would pin thousands of them in the proxy's queue. This thread keeps that queue empty and holds at most
+    ``max_bytes`` itself; beyond that it drops (counted in ``dropped``: the hub reports them)."""
+
+    def __init__(self, endpoint: str, prefixes: list[str], curve: CurveKeys | None, max_bytes: int) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, TAP_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        if curve is not None:
+            curve.apply_client(sock)
+        for p in prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        sock.connect(endpoint)
+        self._sock = sock
+        self.max_bytes = max_bytes
+        self.queue: deque[list[bytes]] = deque()
+        self.bytes = 0
+        self.dropped = 0
+        """Messages dropped because the queue held ``max_bytes``."""
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-tap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    size = sum(len(f) for f in frames)
+                    with self._lock:
+                        if self.queue and self.bytes + size > self.max_bytes:
+                            self.dropped += 1
+                            continue
+                        was_empty = not self.queue
+                        self.queue.append(frames)
+                        self.bytes += size
+                    if was_empty:
+                        self._loop.call_soon_threadsafe(self._ready.set)
+        except (zmq.ContextTerminated, RuntimeError):  # the context or the event loop went away
+            pass
+        finally:
+            sock.close(0)
+
+    async def take(self, max_n: int, max_bytes: int, timeout: float | None = None) -> list[list[bytes]]:
+        """At least one message (or none after ``timeout``), at most ``max_n`` of at most ``max_bytes``."""
+        while True:
+            with self._lock:
+                if self.queue:
+                    out, size = [], 0
+                    while self.queue and len(out) < max_n and (not out or size + len(self.queue[0][-1]) <= max_bytes):
+                        frames = self.queue.popleft()
+                        n = sum(len(f) for f in frames)
+                        self.bytes -= n
+                        size += n
+                        out.append(frames)
+                    if not self.queue:
+                        self._ready.clear()
+                    return out
+                self._ready.clear()
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
 
 
 class SecurityError(RuntimeError):
@@ -304,6 +392,7 @@ class Hub:
         self._rejections: list[tuple[str, str]] = []
         self._topic_seq: OrderedDict[str, int] = OrderedDict()
         self._early: list[Event] = []
+        self._tap_dropped = 0
         self.tap_lost = 0
         """Events the tap saw numbers of but never got (dropped at a high-water mark on the way)."""
         self._reject_limit: RateLimit[None] = RateLimit(interval=1.0, burst=10)
@@ -446,7 +535,13 @@ class Hub:
 
         own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
         local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
-        self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event, hwm=BUS_HWM)
+        self._probe = f"probe-{uuid.uuid4().hex[:12]}"
+        self.tap = _TapReader(
+            local.subscribe,
+            [f"{k}/" for k in EVENT_KINDS] + [f"ctl/{self._probe}/"],
+            own,
+            TAP_BYTES,
+        )
         self.publisher = Publisher(local, curve=own)
         # the hub's own events are known by (topic, seq); numbers start at random so nobody can send one first
         self.publisher._seq = defaultdict(lambda: secrets.randbelow(2**31))  # MCAP keeps 32-bit numbers
@@ -554,7 +649,7 @@ class Hub:
         await self._stop_proxy()
         for s in (self.router, self.events_pub):
             s.close(0)
-        self.tap.close()
+        await asyncio.to_thread(self.tap.close)
         self.publisher.close()
         if self._auth is not None:
             self._auth.stop()
@@ -601,38 +696,41 @@ class Hub:
         """Wait until a probe the hub publishes comes back through the bus to its own tap, so that its first
         events are not lost (ZeroMQ drops what a PUB sends before the subscriptions have arrived). Returns
         the events that arrived meanwhile (the tap loop logs them first)."""
-        token = f"probe-{uuid.uuid4().hex[:12]}"
-        prefix = f"ctl/{token}/".encode()
-        self.tap.socket.setsockopt(zmq.SUBSCRIBE, prefix)
         early: list[Event] = []
         deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            await self.publisher.publish(Heartbeat(room=self._probe, source="hub", node="hub"))
+            for frames in await self.tap.take(MAX_BATCH, MAX_BATCH_BYTES, timeout=0.02):
+                msg = self._decode_tap(frames)
+                if isinstance(msg, Heartbeat) and msg.room == self._probe:
+                    return early
+                if isinstance(msg, Event):
+                    early.append(msg)
+        log.warning("hub: its event tap did not hear the hub's own probe in 5 s; its first events may be lost")
+        return early
+
+    def _decode_tap(self, frames: list[bytes]) -> object | None:
         try:
-            while time.monotonic() < deadline:
-                await self.publisher.publish(Heartbeat(room=token, source="hub", node="hub"))
-                t_next = time.monotonic() + 0.02
-                while (left := t_next - time.monotonic()) > 0:
-                    msg = await self.tap.recv_timeout(left)
-                    if isinstance(msg, Heartbeat) and msg.room == token:
-                        return early
-                    if isinstance(msg, Event):
-                        early.append(msg)
-            log.warning("hub: its event tap did not hear the hub's own probe in 5 s; its first events may be lost")
-            return early
-        finally:
-            self.tap.socket.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            return decode(frames)
+        except CodecError as exc:
+            self._bad_event(frames[0] if frames else b"", exc)
+            return None
 
     async def _tap(self) -> None:
         while True:
-            batch: list[object] = [*self._early] if self._early else [await self.tap.recv()]
+            batch: list[object] = [*self._early]
             self._early = []
-            size = self.tap.last_size
-            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES and (more := self.tap.recv_nowait()) is not None:
-                batch.append(more)
-                size += self.tap.last_size
-            self._check_gaps(batch)
-            staged = [
-                (msg, entry) for msg in batch if self._authorised(msg) and (entry := self._stage(msg)) is not None
-            ]
+            if not batch:
+                frames = await self.tap.take(MAX_BATCH, MAX_BATCH_BYTES)
+                batch = [m for f in frames if (m := self._decode_tap(f)) is not None]
+            if self.tap.dropped > self._tap_dropped:
+                lost, self._tap_dropped = self.tap.dropped - self._tap_dropped, self.tap.dropped
+                self.tap_lost += lost
+                self._tap_lost_total.inc(lost)
+                self._rejections.append(("events", f"lost: {lost} events at the hub's tap (its queue was full)"))
+            allowed = [msg for msg in batch if self._authorised(msg)]
+            self._check_gaps(allowed)  # only a sender's own numbers: a spoofer's share a topic with them
+            staged = [(msg, entry) for msg in allowed if (entry := self._stage(msg)) is not None]
             if self._rejections:
                 await self._report_rejections()
             if not staged:

@@ -796,11 +796,15 @@ async def test_a_revoked_key_is_cut_off_at_once_and_the_others_carry_on(tmp_path
         good_link = peers["kitchen-pi"][0]
         assert not lost_link.connected, "the revoked key still gets control answers"
         assert good_link.connected and h.nodes["lost"].state == "down"
-        for n, (_, pub) in peers.items():
-            await pub.publish(WakeDetected(room="kitchen", source=n, word=f"after-{n}"))
-        got = await subs["kitchen-pi"].recv_timeout(2)
-        assert got is not None and got.word == "after-kitchen-pi"
-        assert await subs["kitchen-pi"].recv_timeout(0.5) is None, "the revoked key still publishes"
+        heard: set[str] = set()
+        for _ in range(25):  # until the good peers' subscriptions are back through the new connections
+            for n, (_, pub) in peers.items():
+                await pub.publish(WakeDetected(room="kitchen", source=n, word=f"after-{n}"))
+            while (m := await subs["kitchen-pi"].recv_timeout(0.2)) is not None:
+                heard.add(m.word)  # type: ignore[attr-defined]
+            if heard:
+                break
+        assert heard == {"after-kitchen-pi"}, f"heard {heard}: the revoked key still publishes, or the good one not"
         assert await subs["lost"].recv_timeout(0.5) is None, "the revoked key still hears the bus"
         assert not any(b"after-lost" in e.json for e in h.log.entries)
     finally:
@@ -862,7 +866,7 @@ async def test_events_their_sender_may_not_publish_are_never_logged(hub_address:
         assert any(isinstance(e, NodeStatus) and e.node == "kitchen-pi" and e.detail == "real" for e in logged)
         assert any(isinstance(e, NodeStatus) and e.node == "gpu9" and e.source == "hub" for e in logged)
         errors = [e for e in logged if isinstance(e, InputError) and e.stage == "hub"]
-        assert errors and all(e.reason.startswith("refused: ") for e in errors)
+        assert errors and all(e.reason.startswith("refused: ") for e in errors), [e.reason for e in errors]
         assert len(errors) < 100 and sum(1 + e.suppressed for e in errors) <= 400  # rate-limited, counted
     finally:
         pub.close()
