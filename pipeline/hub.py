@@ -100,9 +100,9 @@ MAX_SUBSCRIPTION = 4096
 BUS_HWM = 10000
 """Messages queued per bus connection in the proxy, each way: a replay at full speed needs the room (1000
 lost frames and chunks); it also means a subscriber that never reads can pin up to 10000 messages."""
-EVENTS_HWM = 256
-"""Events (JSON) queued per client on the events socket; a client that falls further behind sees a gap in the
-numbers and fetches it from the log."""
+EVENTS_HWM = 1000
+"""Events (JSON) queued per client on the events socket (libzmq's default; at 256 the bus benchmark's flood lost a
+fifth): a client further behind sees a gap in the numbers and fetches it from the log."""
 CONTROL_SNDHWM = 8
 """Replies queued per control connection: a peer that asks and never reads loses replies beyond these, and
 holds at most 8 of ~64 KiB in the hub."""
