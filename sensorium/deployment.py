@@ -45,8 +45,11 @@ WORKER_EVENTS = frozenset({"status", "budget", "error"})
 """Event kinds every worker publishes besides its stages' own."""
 
 
-def publish_policy(dep: Deployment) -> PublishPolicy:
-    """Who may publish which events in this deployment (the hub refuses the rest)."""
+def publish_policy(dep: Deployment) -> PublishPolicy | None:
+    """Who may publish which events in this deployment (the hub refuses the rest); None for a file that
+    declares no edge and no worker (a bare hub, as in tests and tools: it then checks only what is the hub's)."""
+    if not dep.edges and not dep.workers:
+        return None
     kinds: dict[str, frozenset[str]] = {e: EDGE_EVENTS for e in dep.edges}
     for name, w in dep.workers.items():
         emitted = set(WORKER_EVENTS)
