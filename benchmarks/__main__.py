@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, counting people,
 #: voice while vision shares the cores (and the first command after a worker starts), talk-back, the whole
 #: pipeline, the whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP, processes
-#: killed at random, a replicated stage's worker killed mid-command, then
+#: killed at random, a replicated stage's worker killed mid-command, hostile clients against the hub's memory,
+#: then
 #: an hour of it.
 BENCHMARKS = [
     "setup",
@@ -47,6 +48,7 @@ BENCHMARKS = [
     "mcp",
     "chaos",
     "failover",
+    "hostile",
     "soak",
 ]
 #: Run only when named with --only (the set-up benchmark downloads a few GB into empty caches; the soak

@@ -94,7 +94,8 @@ async def subscriber(address: str, out: Path, arrivals: Path | None = None) -> N
 
 
 async def ticker(address: str, rate: float) -> None:
-    """Publish ``detections`` events for a camera nobody watches, ``rate`` a second, in small bursts."""
+    """Publish ``detections`` events for a camera nobody watches, ``rate`` a second, in small bursts (as the
+    deployment's worker "ticker", which the hub lets publish them)."""
     from pipeline.bus import Endpoints, Publisher
     from pipeline.clock import Clock
     from pipeline.messages import Detections
@@ -104,7 +105,7 @@ async def ticker(address: str, rate: float) -> None:
     burst = 4
     for i in range(1, 2**62):
         await pub.publish(
-            Detections(room="hall", source="ticker", camera="ticker", time=clock.now(), frame_seq=i, persons=0)
+            Detections(room="kitchen", source="ticker", camera="ticker", time=clock.now(), frame_seq=i, persons=0)
         )
         if i % burst == 0:
             await asyncio.sleep(burst / rate)
@@ -284,6 +285,8 @@ microphone = {{}}
 [workers.{WORKER}]
 stages = ["wake"]
 device = "cpu"
+[workers.ticker]
+stages = ["detect"]
 [stages.wake]
 refractory = "1s"
 """

@@ -13,7 +13,7 @@ utterances are counted over the whole run. Hub heartbeat 500 ms, takeover_after 
 handback_after 2 s to keep rounds short (it does not affect takeover). Results:
 ``benchmarks/results/failover.json``. On a shared 2-core machine the numbers are indicative only.
 
-  python -m benchmarks.failover [--kills 20] [--drains 5]
+  python -m benchmarks.failover [--kills 20] [--drains 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 
 async def _bench(kills: int, drains: int) -> dict[str, Any]:
-    from pipeline import media
+    from evaluation import media
     from pipeline.bus import Publisher, Subscriber
     from pipeline.client import Client
     from pipeline.hub import Hub
@@ -237,11 +237,18 @@ def media_concat(pcm: np.ndarray, silence_s: float) -> np.ndarray:
     return np.concatenate([pcm, np.zeros(int(silence_s * 16000), np.int16)])
 
 
-def run(quick: bool = False, kills: int = 20, drains: int = 5) -> dict[str, Any]:
-    """Run the benchmark (``quick``: 3 kills, 2 drains); returns the results, also written as JSON."""
-    result = asyncio.run(_bench(3 if quick else kills, 2 if quick else drains))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
+def run(
+    quick: bool = False, kills: int = 20, drains: int = 5, *, smoke: bool = False, out: Path = RESULTS
+) -> dict[str, Any]:
+    """Run the benchmark (``quick``: 3 kills, 2 drains; ``smoke``: 1 kill, 1 drain, for CI); returns the
+    results, also written as JSON to ``out``."""
+    if smoke:
+        kills, drains = 1, 1
+    elif quick:
+        kills, drains = 3, 2
+    result = asyncio.run(_bench(kills, drains))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     print(render(result))
     return result
 
@@ -266,6 +273,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--drains", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="3 kills, 2 drains")
+    ap.add_argument("--smoke", action="store_true", help="1 kill, 1 drain: does it still run (CI)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     a = ap.parse_args()
-    run(a.quick, a.kills, a.drains)
+    run(a.quick, a.kills, a.drains, smoke=a.smoke, out=a.out)

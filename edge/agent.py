@@ -426,7 +426,7 @@ class EdgeAgent:
     async def run(self, *, once: bool = False) -> None:
         """Connect, capture and publish until ``stop`` (``once``: until the WAV/video files ended and all was sent)."""
         from pipeline.bus import Endpoints, Publisher, is_loopback
-        from pipeline.node import NodeLink
+        from pipeline.node import NameInUse, NodeLink
 
         endpoints = Endpoints.from_address(self.address)
         curve = self._curve
@@ -512,8 +512,17 @@ class EdgeAgent:
                 while not self._stop.is_set() and not self._sources_done(capture):
                     await asyncio.wait({stopper}, timeout=0.1)
                 if not self._stop.is_set():
-                    async with asyncio.timeout(60.0):
-                        await self.outbox.drain()
+                    drain = asyncio.ensure_future(self.outbox.drain())
+                    try:
+                        async with asyncio.timeout(60.0):
+                            while not drain.done():
+                                if link.refused and not link.connected:  # another process has this name
+                                    why = f"edge {self.name}: the hub at {self.address} refused it: {link.refused}"
+                                    raise NameInUse(why)
+                                await asyncio.wait({drain}, timeout=0.2)
+                        await drain
+                    finally:
+                        drain.cancel()
                     if self.player is not None:
                         await self.player.wait_idle()
             else:

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import zmq
 import zmq.asyncio
 
-from pipeline.codec import CodecError, decode, encode
+from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode
 from pipeline.messages import Message
 from pipeline.security import CurveKeys
 
@@ -99,6 +99,7 @@ class Publisher:
         self.socket = (ctx or context()).socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # its only input: subscriptions (topic prefixes)
         if curve is not None:
             curve.apply_client(self.socket)
         self.socket.connect(endpoints.publish)
@@ -155,6 +156,7 @@ class Subscriber:
         self.socket = (ctx or context()).socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD + MAX_HEADER)  # no frame the codec would take is larger
         if curve is not None:
             curve.apply_client(self.socket)
         self.prefixes = list(prefixes)
@@ -167,6 +169,8 @@ class Subscriber:
         """Malformed messages received and skipped."""
         self.received = 0
         """Messages received and decoded."""
+        self.last_size = 0
+        """Bytes (all frames) of the last message received."""
 
     async def recv_frames(self) -> list[bytes]:
         """The next raw multipart message.
@@ -180,6 +184,7 @@ class Subscriber:
             return await self.socket.recv_multipart()
 
     def _decode(self, frames: list[bytes]) -> Message | None:
+        self.last_size = sum(len(f) for f in frames)
         try:
             msg = decode(frames)
         except CodecError as exc:

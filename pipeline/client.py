@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
@@ -76,6 +77,8 @@ class Client:
         self._publisher: Publisher | None = None
         self.last_seq = 0
         """Hub sequence number of the last event yielded."""
+        self.epoch = ""
+        """The epoch of the hub's log that ``last_seq`` counts in (persist it with the number)."""
 
     async def __aenter__(self) -> Client:
         await self.link.start()
@@ -92,19 +95,45 @@ class Client:
             self._publisher.close()
             self._publisher = None
 
-    async def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Wait until the hub answers."""
-        return await self.link.wait_connected(timeout)
+    async def wait_connected(self, timeout: float = 10.0, *, raise_refused: bool = False) -> bool:
+        """Wait until the hub answers (``NodeLink.wait_connected``)."""
+        return await self.link.wait_connected(timeout, raise_refused=raise_refused)
 
     # ---------------------------------------------------------------- events
 
     async def _backlog(self, since: int, prefixes: list[str]) -> list[Event]:
+        """What the log holds after ``since``, with ``EventsLost`` items in place of what it no longer holds.
+
+        If the log is another one than ``since`` counts in (another epoch, or it ends before ``since``), the
+        client re-bases: an ``EventsLost`` with the new ``epoch`` whose ``seq`` is the new base comes first,
+        ``last_seq`` is set to it, and the new log's events follow."""
         out: list[Event] = []
         while True:
             reply = await self.link.request(EventsRequest(since=since, prefixes=[p for p in prefixes if p]), 10.0)
             if not isinstance(reply, EventsReply):
                 raise RuntimeError(f"hub answered {type(reply).__name__} to an events request")
             batch: list[Event] = []
+            other_epoch = bool(self.epoch and reply.epoch and reply.epoch != self.epoch)
+            if other_epoch or reply.last_seq < since:
+                base = reply.first_seq - 1
+                log.warning(
+                    "the hub's event log was replaced (epoch %s -> %s, it ends at %d; this client was at %d): "
+                    "re-basing on the new log from %d; what happened in between is lost",
+                    self.epoch or "?",
+                    reply.epoch or "?",
+                    reply.last_seq,
+                    since,
+                    base,
+                )
+                self.epoch = reply.epoch
+                self.last_seq = since = base
+                out.append(
+                    EventsLost(
+                        seq=base, time=self.clock.now(), source="hub", first_seq=0, last_seq=base, epoch=reply.epoch
+                    )
+                )
+                continue
+            self.epoch = reply.epoch or self.epoch
             if reply.first_seq > since + 1:
                 log.warning("events %d..%d are no longer in the hub's log", since + 1, reply.first_seq - 1)
                 batch.append(
@@ -115,14 +144,6 @@ class Client:
                         first_seq=since + 1,
                         last_seq=reply.first_seq - 1,
                     )
-                )
-            elif reply.last_seq < since:
-                log.error(
-                    "the hub's log ends at %d, before %d: it was reset or replaced; events numbered up to %d "
-                    "will not be delivered",
-                    reply.last_seq,
-                    since,
-                    since,
                 )
             for raw in reply.events:
                 try:
@@ -136,21 +157,36 @@ class Client:
                 return out
             since = max(since, batch[-1].seq)
 
+    def _fresh(self, ev: Event) -> bool:
+        """True (and ``last_seq`` moved) for an event after ``last_seq``, or a re-base announcement."""
+        if isinstance(ev, EventsLost) and ev.epoch:
+            return True  # last_seq was set to its base by _backlog
+        if ev.seq > self.last_seq:
+            self.last_seq = ev.seq
+            return True
+        return False
+
     async def events(
         self,
         types: Iterable[str] | None = None,
         *,
         rooms: Iterable[str] | None = None,
         since: int | None = None,
+        epoch: str = "",
     ) -> AsyncIterator[Event]:
         """Yield events (optionally of ``types`` in ``rooms``) exactly once, oldest first.
 
-        ``since=None`` starts with new events only; ``since=N`` first replays the log after N. Where
-        the log no longer holds what was asked for, an ``EventsLost`` item stands in for it.
+        ``since=None`` starts with new events only; ``since=N`` first replays the log after N (``epoch``: the
+        log's epoch N counts in, as ``self.epoch`` or an ``EventsLost.epoch`` said). Where the log no longer
+        holds what was asked for, an ``EventsLost`` item stands in for it; one with ``epoch`` set says the log
+        was replaced and numbering restarted at its ``seq``.
         """
+        if epoch:
+            self.epoch = epoch
         prefixes = prefixes_for(types, rooms)
         sock = context().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # events are at most 60 KiB of JSON
         if self.curve is not None:
             self.curve.apply_client(sock)
         for p in prefixes:
@@ -162,21 +198,22 @@ class Client:
             if since is None:
                 reply = await self.link.request(EventsRequest(since=2**62), 10.0)
                 since = reply.last_seq if isinstance(reply, EventsReply) else 0
+                self.epoch = reply.epoch if isinstance(reply, EventsReply) else ""
             self.last_seq = since
             await asyncio.sleep(0.05)  # let the SUB connect before the backlog closes the gap
             for ev in await self._backlog(self.last_seq, prefixes):
-                if ev.seq > self.last_seq:
-                    self.last_seq = ev.seq
+                if self._fresh(ev):
                     yield ev
+            checked = time.monotonic()
             while True:
                 try:
                     async with asyncio.timeout(2.0):
                         _, raw = await sock.recv_multipart()
                 except TimeoutError:
                     # quiet or disconnected: ask the log whether we missed anything
+                    checked = time.monotonic()
                     for ev in await self._backlog(self.last_seq, prefixes):
-                        if ev.seq > self.last_seq:  # never twice, never backwards
-                            self.last_seq = ev.seq
+                        if self._fresh(ev):  # never twice, never backwards
                             yield ev
                     continue
                 try:
@@ -185,14 +222,19 @@ class Client:
                     log.warning("skipping unreadable event: %s", exc)
                     continue
                 if ev.seq <= self.last_seq:
+                    if time.monotonic() - checked > 2.0:  # old numbers for a while: a new log? the log says
+                        checked = time.monotonic()
+                        for missed in await self._backlog(self.last_seq, prefixes):
+                            if self._fresh(missed):
+                                yield missed
                     continue
                 if ev.seq > self.last_seq + 1:
+                    checked = time.monotonic()
                     for missed in await self._backlog(self.last_seq, prefixes):
-                        if self.last_seq < missed.seq < ev.seq:
-                            self.last_seq = missed.seq
+                        if (isinstance(missed, EventsLost) and missed.epoch) or self.last_seq < missed.seq < ev.seq:
+                            self._fresh(missed)
                             yield missed
-                if ev.seq > self.last_seq:
-                    self.last_seq = ev.seq
+                if self._fresh(ev):  # type: ignore[arg-type]
                     yield ev  # type: ignore[misc]
         finally:
             sock.close(0)

@@ -53,6 +53,9 @@ class HubConfig(_Strict):
     """A node that sent no heartbeat for this long is reported down."""
     event_log: int = 10000
     """Events kept for subscribers that reconnect."""
+    event_log_bytes: int = 32 * 1024 * 1024
+    """Most bytes of events kept (in memory; the file holds up to about twice as much between compactions):
+    the oldest go first when either this or ``event_log`` is reached."""
     metrics_port: int = 0
     """Prometheus port of the hub (0 = off)."""
     metrics_host: str = "127.0.0.1"

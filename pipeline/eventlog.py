@@ -17,9 +17,11 @@ line) and keeps the rest, so one bad line never costs the history after it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import os
+import secrets
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -111,13 +113,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-class EventLog:
-    """Bounded, optionally persistent, sequenced event log."""
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""Default bound of the events held (their JSON and topics), beside the count."""
+_ENTRY_OVERHEAD = 120  # a LoggedEvent, its bytes and str objects, the deque slot
 
-    def __init__(self, capacity: int = 10000, path: Path | None = None) -> None:
+
+def _size(e: LoggedEvent) -> int:
+    return len(e.json) + len(e.topic) + _ENTRY_OVERHEAD
+
+
+class EventLog:
+    """Bounded (by count and by bytes), optionally persistent, sequenced event log."""
+
+    def __init__(self, capacity: int = 10000, path: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        """Most bytes of events held in memory; the file holds at most about twice as much before compaction."""
         self.path = path
-        self.entries: deque[LoggedEvent] = deque(maxlen=capacity)
+        self.entries: deque[LoggedEvent] = deque()
+        self.bytes = 0
+        """Bytes of the events held now (JSON, topic and per-entry overhead)."""
+        self._file_bytes = 0
+        self.epoch = secrets.token_hex(8)
+        """A random id made with the log (kept beside its file): clients resuming from another one re-base."""
         self.last_seq = 0
         """Newest sequence number that is durable and visible (what clients may have seen)."""
         self.damaged = 0
@@ -142,6 +160,27 @@ class EventLog:
                 os.chmod(path, 0o600)
             self._read(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._load_epoch(path, fresh=st is None or st.st_size == 0)
+
+    def _load_epoch(self, path: Path, fresh: bool) -> None:
+        """The epoch kept beside the log (``events.jsonl.epoch``); a new one when the log is new or was deleted."""
+        side = path.with_name(path.name + ".epoch")
+        if not fresh:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                old = side.read_text().strip()
+                if len(old) == 16 and all(c in "0123456789abcdef" for c in old):
+                    self.epoch = old
+                    return
+        try:
+            fd = os.open(side.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, self.epoch.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(side.with_suffix(".tmp"), side)
+        except OSError as exc:
+            log.warning("event log %s: cannot keep its epoch in %s: %s", path, side, exc)
 
     def _read(self, path: Path) -> None:
         raw = path.read_bytes()
@@ -155,7 +194,7 @@ class EventLog:
         in_order = {valid[j] for j in _increasing([rows[k][1] for k in valid])}  # type: ignore[misc]
         for k, (lineno, seq, entry, why) in enumerate(rows):
             if k in in_order:
-                self.entries.append(entry)  # type: ignore[arg-type]
+                self._keep(entry)  # type: ignore[arg-type]
                 self.last_seq = seq  # type: ignore[assignment]
                 continue
             if entry is not None:
@@ -163,6 +202,7 @@ class EventLog:
             self.damaged += 1
             log.warning("event log %s: skipping damaged line %d: %s", path, lineno, why)
         self._lines_in_file = len(rows)
+        self._file_bytes = len(raw)
         if tail and tail_entry is None:
             log.warning("event log %s: dropping a torn last line (%d bytes)", path, len(tail))
             with open(path, "r+b") as f:
@@ -182,9 +222,19 @@ class EventLog:
         n = 0
         try:
             os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit about what the file holds
-            data = [_line(e) for e in entries]
-            _write_all(fd, b"".join(data))
-            n = len(data)
+            chunk: list[bytes] = []
+            size = chunked = 0
+            for e in entries:  # in pieces of ~1 MiB: never a second copy of the whole log in memory
+                line = _line(e)
+                chunk.append(line)
+                n += 1
+                size += len(line)
+                chunked += len(line)
+                if chunked >= 1 << 20:
+                    _write_all(fd, b"".join(chunk))
+                    chunk, chunked = [], 0
+            _write_all(fd, b"".join(chunk))
+            self._file_bytes = size
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -205,6 +255,8 @@ class EventLog:
         ``release`` returned it.
         """
         seq = self.last_seq + len(self._pending) + 1
+        if seq > MAX_SEQ:
+            raise EventLogError(0, f"event log {self.path}: sequence numbers exhausted (the next is above {MAX_SEQ})")
         entry = LoggedEvent(seq, topic, build(seq))
         self._pending.append(entry)
         return entry
@@ -226,11 +278,19 @@ class EventLog:
         if self._fd is None or not self._pending:
             return
         try:
-            _write_all(self._fd, b"".join(_line(e) for e in self._pending))
+            blob = b"".join(_line(e) for e in self._pending)
+            _write_all(self._fd, blob)
             os.fsync(self._fd)
             self._lines_in_file += len(self._pending)
-            if self._lines_in_file > 2 * self.capacity:
-                kept = (list(self.entries) + self._pending)[-self.capacity :]
+            self._file_bytes += len(blob)
+            if self._lines_in_file > 2 * self.capacity or self._file_bytes > 2 * self.max_bytes:
+                kept, size = [], 0
+                for e in reversed([*self.entries, *self._pending]):  # the newest that fit both bounds
+                    size += _size(e)
+                    if kept and (len(kept) >= self.capacity or size > self.max_bytes):
+                        break
+                    kept.append(e)
+                kept.reverse()
                 os.close(self._fd)
                 self._fd = None
                 self._lines_in_file = self._compact(kept)
@@ -241,7 +301,8 @@ class EventLog:
     def release(self) -> list[LoggedEvent]:
         """Make the flushed entries visible; returns them, oldest first (the caller publishes them)."""
         out, self._pending = self._pending, []
-        self.entries.extend(out)
+        for e in out:
+            self._keep(e)
         if out:
             self.last_seq = out[-1].seq
         return out
@@ -253,6 +314,13 @@ class EventLog:
         self.flush()
         self.release()
         return entry
+
+    def _keep(self, e: LoggedEvent) -> None:
+        """Hold ``e``, dropping the oldest while either bound is exceeded (the newest always stays)."""
+        self.entries.append(e)
+        self.bytes += _size(e)
+        while len(self.entries) > 1 and (len(self.entries) > self.capacity or self.bytes > self.max_bytes):
+            self.bytes -= _size(self.entries.popleft())
 
     @property
     def first_seq(self) -> int:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +35,9 @@ import zmq.asyncio
 from prometheus_client import Counter, Gauge
 from zmq.auth.thread import ThreadAuthenticator
 
-from pipeline.bus import Endpoints, Publisher, Subscriber, context, is_loopback
+from pipeline.bus import Endpoints, Publisher, context, is_loopback
 from pipeline.clock import Clock
-from pipeline.codec import MAX_HEADER, CodecError, decode, encode, to_json
+from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
 from pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
 from pipeline.messages import (
@@ -45,6 +48,7 @@ from pipeline.messages import (
     EventsRequest,
     Heartbeat,
     HeartbeatAck,
+    InputError,
     NodeStatus,
     Placement,
     PlacementRequest,
@@ -70,13 +74,166 @@ MAX_PREFIX_BYTES = 128
 """Longest topic prefix an events request may ask for."""
 MAX_BATCH = 1000
 """Most events numbered and written with one fsync."""
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Most bytes of events taken into one batch (1000 of the largest events would be 60 MB, several times over)."""
+TAP_HWM = 256
+"""Events queued for the hub's tap in libzmq (its thread keeps this queue near empty)."""
+TAP_BYTES = 16 * 1024 * 1024
+"""Most bytes of events the tap's thread holds for the hub's loop; beyond it, events are dropped and reported."""
 MAX_PRESENCE = 1024
 """Most (person, room) entries the presence snapshot keeps (the oldest go first)."""
 MAX_NODES = 256
 """Most nodes the hub tracks; a new name beyond it replaces the node down the longest, or is refused."""
+MAX_NAMES_PER_KEY = 16
+"""With CURVE: most node names one key holds (a client key may run several ``<key>-<pid>`` processes)."""
+MAX_NAMES_PER_ADDRESS = 64
+"""Most node names held from one remote IP address (loopback and ipc are not counted: one box)."""
+FORGET_AFTER = 120.0
+"""A node down this long is dropped from the table (its ``down`` status was published long ago)."""
+MAX_FRAME = MAX_PAYLOAD + MAX_HEADER
+"""Largest frame the bus takes (ZMQ_MAXMSGSIZE on the XSUB): a bigger one closes its sender's connection
+before any of it is held in memory."""
+MAX_CONTROL_FRAME = MAX_HEADER + 1024
+"""Largest frame of a control request."""
+MAX_SUBSCRIPTION = 4096
+"""Largest subscription message a subscriber may send (topic prefixes are at most 256 bytes)."""
+BUS_HWM = 10000
+"""Messages queued per bus connection in the proxy, each way: a replay at full speed needs the room (1000
+lost frames and chunks); it also means a subscriber that never reads can pin up to 10000 messages."""
+EVENTS_HWM = 1000
+"""Events (JSON) queued per client on the events socket (libzmq's default; at 256 the bus benchmark's flood lost a
+fifth): a client further behind sees a gap in the numbers and fetches it from the log."""
+CONTROL_SNDHWM = 8
+"""Replies queued per control connection: a peer that asks and never reads loses replies beyond these, and
+holds at most 8 of ~64 KiB in the hub."""
 ROLES = ("edge", "worker", "client")
+REVOKE_CHECK_S = 0.5
+"""How often the hub looks for keys removed from ``authorized/`` (revocation)."""
 UTTERANCE_S = 15.0
 """Longest a room counts as busy (an utterance in flight) after a wake word without a final transcript."""
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    """Who may publish which events, from the deployment (``sensorium.deployment.publish_policy``).
+
+    The hub checks each event its tap gets against it before numbering it: an edge publishes only its own
+    node's status and its room's playback and input errors; a worker only the events of the stages placed
+    on it (and its status, budget and input errors); nobody but the hub node status about another node or
+    placement. Events in a room the deployment does not have are refused too. What the check relies on is
+    the event's claimed ``source``: the bus does not say who sent a message (see docs/architecture.md)."""
+
+    rooms: frozenset[str]
+    kinds: dict[str, frozenset[str]]
+    """Node name → the event kinds (topic kinds) it may publish."""
+    edge_room: dict[str, str]
+    """Edge node → its room (its events are for that room only)."""
+
+    def problem(self, msg: Event) -> str | None:
+        """Why ``msg`` may not be logged, or None."""
+        allowed = self.kinds.get(msg.source)
+        if allowed is None:
+            return f"{msg.source[:64]!r} is no node of the deployment"
+        if msg.kind not in allowed:
+            return f"{msg.source[:64]!r} may not publish {msg.kind} events (it may: {', '.join(sorted(allowed))})"
+        if isinstance(msg, InputError):
+            return None  # input it refused may name any room (a fuzzed one, too)
+        if msg.room and msg.room not in self.rooms:
+            return f"room {msg.room[:64]!r} is not in the deployment"
+        room = self.edge_room.get(msg.source)
+        if room is not None and msg.room not in ("", room):
+            return f"edge {msg.source[:64]!r} is in {room!r}, not {msg.room[:64]!r}"
+        return None
+
+
+HUB_ONLY = (Placement,)
+"""Events only the hub publishes."""
+
+
+class _TapReader:
+    """The hub's event tap, read on its own thread as fast as the bus delivers, into a queue bounded in bytes.
+
+    libzmq bounds its queues by message count only: a tap that falls behind a flood of the largest events
+    would pin thousands of them in the proxy's queue. This thread keeps that queue empty and holds at most
+    ``max_bytes`` itself; beyond that it drops (counted in ``dropped``: the hub reports them)."""
+
+    def __init__(self, endpoint: str, prefixes: list[str], curve: CurveKeys | None, max_bytes: int) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, TAP_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        if curve is not None:
+            curve.apply_client(sock)
+        for p in prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        sock.connect(endpoint)
+        self._sock = sock
+        self.max_bytes = max_bytes
+        self.queue: deque[list[bytes]] = deque()
+        self.bytes = 0
+        self.dropped = 0
+        """Messages dropped because the queue held ``max_bytes``."""
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-tap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    size = sum(len(f) for f in frames)
+                    with self._lock:
+                        if self.queue and self.bytes + size > self.max_bytes:
+                            self.dropped += 1
+                            continue
+                        was_empty = not self.queue
+                        self.queue.append(frames)
+                        self.bytes += size
+                    if was_empty:
+                        self._loop.call_soon_threadsafe(self._ready.set)
+        except (zmq.ContextTerminated, RuntimeError):  # the context or the event loop went away
+            pass
+        finally:
+            sock.close(0)
+
+    async def take(self, max_n: int, max_bytes: int, timeout: float | None = None) -> list[list[bytes]]:
+        """At least one message (or none after ``timeout``), at most ``max_n`` of at most ``max_bytes``."""
+        while True:
+            with self._lock:
+                if self.queue:
+                    out, size = [], 0
+                    while self.queue and len(out) < max_n and (not out or size + len(self.queue[0][-1]) <= max_bytes):
+                        frames = self.queue.popleft()
+                        n = sum(len(f) for f in frames)
+                        self.bytes -= n
+                        size += n
+                        out.append(frames)
+                    if not self.queue:
+                        self._ready.clear()
+                    return out
+                self._ready.clear()
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
 
 
 class SecurityError(RuntimeError):
@@ -95,25 +252,76 @@ class NodeInfo:
     state: str = "up"
     offset_ms: float = 0.0
     detail: str = ""
+    ident: bytes = b""
+    """The control connection that registered the name (only it may heartbeat as this node)."""
+    instance: str = ""
+    """The registering link's private id: the same link back on a new connection keeps the name."""
+    key: str = ""
+    """With CURVE: the name of the enrolled key it registered with."""
+    address: str = ""
+    """The remote IP address it registered from ("" for loopback and ipc)."""
+    registered: float = 0.0
+    """When it registered (monotonic)."""
+
+    def __post_init__(self) -> None:
+        self.registered = self.registered or self.last_seen
 
 
 class _KeyDirectory:
-    """ZAP credentials: the enrolled keys in ``authorized/``, re-read on each handshake."""
+    """ZAP credentials: the enrolled keys in ``authorized/``, re-read on each handshake.
+
+    An enrolled key is known by its file's name (``authorized/kitchen-pi.key`` is "kitchen-pi"), the hub's
+    own key as "hub": that name is the ZAP User-Id of every message that arrives over its connection."""
 
     def __init__(self, folder: Path, own: bytes) -> None:
         self.folder = folder
         self.own = own
+        self.names: dict[bytes, str] = {own: "hub"}
+        self._lock = threading.Lock()
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        allowed = {self.own}
+    def read(self) -> dict[bytes, str]:
+        """Public key (Z85) → key name, as the folder holds them now."""
+        found = {self.own: "hub"}
         for f in self.folder.glob("*.key"):
             with contextlib.suppress(ValueError, OSError):
                 pub, _ = zmq.auth.load_certificate(str(f))
-                allowed.add(pub)
-        ok = zmq.utils.z85.encode(key) in allowed if len(key) == 32 else key in allowed
+                found.setdefault(pub, f.stem)
+        with self._lock:
+            self.names = found
+        return found
+
+    def enrolled(self, name: str) -> bool:
+        """True if an enrolled key has this name."""
+        return (self.folder / f"{name}.key").exists()
+
+    def name_of(self, key: bytes) -> str:
+        z = zmq.utils.z85.encode(key) if len(key) == 32 else key
+        with self._lock:
+            return self.names.get(z, "")
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = (zmq.utils.z85.encode(key) if len(key) == 32 else key) in self.read()
         if not ok:
             log.warning("refused unknown CURVE key %s", zmq.utils.z85.encode(key)[:12] if len(key) == 32 else key[:12])
         return ok
+
+
+class _Authenticator(ThreadAuthenticator):
+    """The ZAP handler: the User-Id of a connection is its key's name (``_KeyDirectory``)."""
+
+    directory: _KeyDirectory | None = None
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.directory.name_of(client_public_key) if self.directory is not None else ""
+
+
+def may_speak_as(key: str, node: str, role: str, enrolled: bool) -> bool:
+    """With CURVE: may the connection of key ``key`` register as ``node``? A key speaks as its own node;
+    a client may also take ``<key>-<anything>`` (one key, several client processes: ``events-cli-4711``)
+    unless that name is itself an enrolled key's."""
+    if node == key:
+        return True
+    return role == "client" and node.startswith(f"{key}-") and not enrolled
 
 
 def _register_problem(msg: Register) -> str | None:
@@ -127,6 +335,31 @@ def _register_problem(msg: Register) -> str | None:
     if len(msg.stages) > 64 or any(len(s) > 64 for s in msg.stages):
         return "more than 64 stages or a stage name over 64 characters"
     return None
+
+
+def _bind(sock: zmq.Socket, endpoint: str, wait: float = 2.0) -> None:
+    """Bind, retrying while the address is still held by a socket just closed (libzmq closes in the background)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    """The remote IP address a message came from; "" for ipc, inproc and loopback (one machine)."""
+    try:
+        addr = frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+    try:
+        return "" if not addr or ipaddress.ip_address(addr).is_loopback else addr
+    except ValueError:
+        return ""
 
 
 def _connectable(endpoint: str) -> str:
@@ -149,24 +382,57 @@ class Hub:
         clock: Clock | None = None,
         bind: str | None = None,
         placement: dict[str, StageSpec] | None = None,
+        nodes: Iterable[str] = (),
+        policy: PublishPolicy | None = None,
     ) -> None:
         self.config = config
+        self.policy = policy
+        """Who may publish what (None: anyone any event, but node status and placement only from the hub)."""
+        self.rejected = 0
+        """Events refused because their sender may not publish them."""
+        self._own: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._rejections: list[tuple[str, str]] = []
+        self._topic_seq: OrderedDict[str, int] = OrderedDict()
+        self._early: list[Event] = []
+        self._tap_dropped = 0
+        self.tap_lost = 0
+        """Events the tap saw numbers of but never got (dropped at a high-water mark on the way)."""
+        self._reject_limit: RateLimit[None] = RateLimit(interval=1.0, burst=10)
+        self.reserved = frozenset(nodes)
+        """The deployment's edges and workers: a full node table makes room for them."""
         self.endpoints = Endpoints.from_address(bind or config.address)
         self.clock = clock or Clock()
         self.heartbeat = parse_duration(config.heartbeat, "hub.heartbeat")
         self.down_after = parse_duration(config.down_after, "hub.down_after")
         self.state_dir = Path(state_dir) if state_dir else None
-        self.log = EventLog(config.event_log, self.state_dir / "events.jsonl" if self.state_dir else None)
+        self.log = EventLog(
+            config.event_log,
+            self.state_dir / "events.jsonl" if self.state_dir else None,
+            max_bytes=config.event_log_bytes,
+        )
         self.nodes: dict[str, NodeInfo] = {}
         self.presence: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.metrics = Metrics("hub")
         self.bad_messages = 0
+        self.control_messages = 0
+        """Control messages read (answered, refused or failed)."""
         self.control_errors = 0
         """Control messages whose handling failed (answered with a ControlError, the loop went on)."""
         self._control_errors = Counter(
             "sensorium_hub_control_errors_total",
             "Control messages refused or failed",
             ["reason"],
+            registry=self.metrics.registry,
+        )
+        self._tap_lost_total = Counter(
+            "sensorium_hub_events_lost_total",
+            "Events lost before the log (gaps in a publisher's numbers)",
+            registry=self.metrics.registry,
+        )
+        self._rejected_total = Counter(
+            "sensorium_hub_events_rejected_total",
+            "Events refused because their sender may not publish them",
+            ["kind"],
             registry=self.metrics.registry,
         )
         self._log_errors = Counter(
@@ -190,6 +456,7 @@ class Hub:
         """Done with an exception (``EventLogError`` for a write) once events can no longer be logged."""
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
+        self._directory: _KeyDirectory | None = None
         self._proxy_thread: threading.Thread | None = None
         self._steer: zmq.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -242,22 +509,79 @@ class Hub:
         self._keys = self._security()
         sync_ctx = zmq.Context.instance()
         if self._keys is not None:
-            self._auth = ThreadAuthenticator(sync_ctx)
+            self._directory = _KeyDirectory(Path(self.config.keys) / "authorized", self._keys.public)
+            self._directory.read()
+            self._auth = _Authenticator(sync_ctx)
+            self._auth.directory = self._directory
             self._auth.start()
-            self._auth.configure_curve_callback(
-                domain="*",
-                credentials_provider=_KeyDirectory(Path(self.config.keys) / "authorized", self._keys.public),
-            )
+            self._auth.configure_curve_callback(domain="*", credentials_provider=self._directory)
+        self._start_proxy()
+
+        actx = context()
+        self.router = actx.socket(zmq.ROUTER)
+        self.events_pub = actx.socket(zmq.PUB)
+        for s in (self.router, self.events_pub):
+            s.setsockopt(zmq.LINGER, 0)
+            if self._keys is not None:
+                self._keys.apply_server(s)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME)
+        self.router.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)  # ROUTER drops what a full peer would not read
+        self.router.setsockopt(zmq.RCVHWM, 100)
+        self.events_pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
+        self.events_pub.setsockopt(zmq.SNDHWM, EVENTS_HWM)  # a client that falls behind fills the gap from the log
+        # Every connection gets its own routing id from libzmq (nodes set none); the node's name travels in
+        # its messages and is bound to the connection that registered it (``_register``). No ROUTER_HANDOVER:
+        # a peer choosing a victim's identity would cut the victim off.
+        _bind(self.router, self.endpoints.control)
+        _bind(self.events_pub, self.endpoints.events)
+
+        own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
+        local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
+        self._probe = f"probe-{uuid.uuid4().hex[:12]}"
+        self.tap = _TapReader(
+            local.subscribe,
+            [f"{k}/" for k in EVENT_KINDS] + [f"ctl/{self._probe}/"],
+            own,
+            TAP_BYTES,
+        )
+        self.publisher = Publisher(local, curve=own)
+        # the hub's own events are known by (topic, seq); numbers start at random so nobody can send one first
+        self.publisher._seq = defaultdict(lambda: secrets.randbelow(2**31))  # MCAP keeps 32-bit numbers
+        self._early = await self._await_tap()
+        self._exit = contextlib.AsyncExitStack()
+        if self.config.record:
+            from pipeline.recorder import recording
+
+            await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
+            log.info("recording the bus to %s", self.config.record)
+        self.failed = asyncio.get_running_loop().create_future()
+        self._tasks = [
+            asyncio.create_task(self._control_loop(), name="hub-control"),
+            asyncio.create_task(self._tap_loop(), name="hub-events"),
+            asyncio.create_task(self._health_loop(), name="hub-health"),
+        ]
+        if self.placement_spec:
+            self._tasks.append(asyncio.create_task(self._placement_loop(), name="hub-placement"))
+        if self._directory is not None:
+            self._tasks.append(asyncio.create_task(self._watch_keys(), name="hub-keys"))
+        self._started.set()
+        log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
+
+    def _start_proxy(self) -> None:
+        """Bind the bus (XSUB, XPUB) and run libzmq's proxy between them on its own thread."""
+        sync_ctx = zmq.Context.instance()
         xsub = sync_ctx.socket(zmq.XSUB)
         xpub = sync_ctx.socket(zmq.XPUB)
         for s in (xsub, xpub):
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 10000)
-            s.setsockopt(zmq.RCVHWM, 10000)
+            s.setsockopt(zmq.SNDHWM, BUS_HWM)
+            s.setsockopt(zmq.RCVHWM, BUS_HWM)
             if self._keys is not None:
                 self._keys.apply_server(s)
-        xsub.bind(self.endpoints.publish)
-        xpub.bind(self.endpoints.subscribe)
+        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
+        _bind(xsub, self.endpoints.publish)
+        _bind(xpub, self.endpoints.subscribe)
         steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
         steer_peer = sync_ctx.socket(zmq.PAIR)
         steer_peer.bind(steer_addr)
@@ -276,40 +600,39 @@ class Hub:
         self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
         self._proxy_thread.start()
 
-        actx = context()
-        self.router = actx.socket(zmq.ROUTER)
-        self.events_pub = actx.socket(zmq.PUB)
-        for s in (self.router, self.events_pub):
-            s.setsockopt(zmq.LINGER, 0)
-            if self._keys is not None:
-                self._keys.apply_server(s)
-        # A node back under its name (restarted after a network cut left its old TCP connection half-open,
-        # or re-created before its old socket's close went through) takes the name over; without this the
-        # hub drops the new connection until the old one times out, and the node is never answered.
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.router.bind(self.endpoints.control)
-        self.events_pub.bind(self.endpoints.events)
+    async def _stop_proxy(self) -> None:
+        if self._steer is not None:
+            self._steer.send(b"TERMINATE")
+            if self._proxy_thread is not None:
+                await asyncio.to_thread(self._proxy_thread.join, 2.0)
+            self._steer.close(0)
+            self._steer = None
 
-        own = CurveKeys(self._keys.public, self._keys.secret, self._keys.public) if self._keys else None
-        local = Endpoints(*(_connectable(e) for e in self.endpoints.all()))
-        self.tap = Subscriber(local, [f"{k}/" for k in EVENT_KINDS], curve=own, on_error=self._bad_event)
-        self.publisher = Publisher(local, curve=own)
-        self._exit = contextlib.AsyncExitStack()
-        if self.config.record:
-            from pipeline.recorder import recording
+    async def _cut_everyone(self) -> None:
+        """Close every connection to every hub socket (they reconnect, and the ZAP handler sees each key again)."""
+        await self._stop_proxy()
+        await asyncio.to_thread(self._start_proxy)
+        for sock, ep in ((self.router, self.endpoints.control), (self.events_pub, self.endpoints.events)):
+            sock.unbind(ep)  # closes the connections accepted there, too
+            await asyncio.to_thread(_bind, sock, ep)
 
-            await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
-            log.info("recording the bus to %s", self.config.record)
-        self.failed = asyncio.get_running_loop().create_future()
-        self._tasks = [
-            asyncio.create_task(self._control_loop(), name="hub-control"),
-            asyncio.create_task(self._tap_loop(), name="hub-events"),
-            asyncio.create_task(self._health_loop(), name="hub-health"),
-        ]
-        if self.placement_spec:
-            self._tasks.append(asyncio.create_task(self._placement_loop(), name="hub-placement"))
-        self._started.set()
-        log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
+    async def _watch_keys(self) -> None:
+        """Revocation takes effect at once: a key gone from ``authorized/`` has its connections closed."""
+        assert self._directory is not None
+        known = set(self._directory.names.values())
+        while True:
+            await asyncio.sleep(REVOKE_CHECK_S)
+            now = set((await asyncio.to_thread(self._directory.read)).values())
+            gone = known - now
+            known = now
+            if not gone:
+                continue
+            log.warning("keys revoked: %s; closing every connection (the rest reconnect)", ", ".join(sorted(gone)))
+            for node in list(self.nodes.values()):
+                if node.key in gone:
+                    node.ident = b""
+                    await self._status(node, "down", f"key {node.key!r} revoked")
+            await self._cut_everyone()
 
     async def stop(self) -> None:
         """Stop loops, the recorder, the proxy and the authenticator; flush the event log."""
@@ -325,15 +648,10 @@ class Hub:
                 async with asyncio.timeout(10.0):
                     await asyncio.shield(self._flush)
         self._log_thread.shutdown(wait=False)
-        if self._steer is not None:
-            self._steer.send(b"TERMINATE")
-            if self._proxy_thread is not None:
-                await asyncio.to_thread(self._proxy_thread.join, 2.0)
-            self._steer.close(0)
-            self._steer = None
+        await self._stop_proxy()
         for s in (self.router, self.events_pub):
             s.close(0)
-        self.tap.close()
+        await asyncio.to_thread(self.tap.close)
         self.publisher.close()
         if self._auth is not None:
             self._auth.stop()
@@ -376,12 +694,47 @@ class Hub:
             if self.failed is not None and not self.failed.done():
                 self.failed.set_exception(exc)
 
+    async def _await_tap(self) -> list[Event]:
+        """Wait until a probe the hub publishes comes back through the bus to its own tap, so that its first
+        events are not lost (ZeroMQ drops what a PUB sends before the subscriptions have arrived). Returns
+        the events that arrived meanwhile (the tap loop logs them first)."""
+        early: list[Event] = []
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            await self.publisher.publish(Heartbeat(room=self._probe, source="hub", node="hub"))
+            for frames in await self.tap.take(MAX_BATCH, MAX_BATCH_BYTES, timeout=0.02):
+                msg = self._decode_tap(frames)
+                if isinstance(msg, Heartbeat) and msg.room == self._probe:
+                    return early
+                if isinstance(msg, Event):
+                    early.append(msg)
+        log.warning("hub: its event tap did not hear the hub's own probe in 5 s; its first events may be lost")
+        return early
+
+    def _decode_tap(self, frames: list[bytes]) -> object | None:
+        try:
+            return decode(frames)
+        except CodecError as exc:
+            self._bad_event(frames[0] if frames else b"", exc)
+            return None
+
     async def _tap(self) -> None:
         while True:
-            batch = [await self.tap.recv()]
-            while len(batch) < MAX_BATCH and (more := self.tap.recv_nowait()) is not None:
-                batch.append(more)
-            staged = [(msg, entry) for msg in batch if (entry := self._stage(msg)) is not None]
+            batch: list[object] = [*self._early]
+            self._early = []
+            if not batch:
+                frames = await self.tap.take(MAX_BATCH, MAX_BATCH_BYTES)
+                batch = [m for f in frames if (m := self._decode_tap(f)) is not None]
+            if self.tap.dropped > self._tap_dropped:
+                lost, self._tap_dropped = self.tap.dropped - self._tap_dropped, self.tap.dropped
+                self.tap_lost += lost
+                self._tap_lost_total.inc(lost)
+                self._rejections.append(("events", f"lost: {lost} events at the hub's tap (its queue was full)"))
+            allowed = [msg for msg in batch if self._authorised(msg)]
+            self._check_gaps(allowed)  # only a sender's own numbers: a spoofer's share a topic with them
+            staged = [(msg, entry) for msg in allowed if (entry := self._stage(msg)) is not None]
+            if self._rejections:
+                await self._report_rejections()
             if not staged:
                 continue
             if self.log.path is not None:
@@ -398,6 +751,76 @@ class Hub:
             for msg, entry in staged:
                 self._publish_event(msg, entry.json)
                 await self.events_pub.send_multipart([entry.topic.encode(), entry.json])
+
+    def _check_gaps(self, batch: list[object]) -> None:
+        """Publishers number each topic's messages: a gap is events lost on the way to the log (the tap's or
+        the bus's high-water mark), counted and reported as an ``error`` event."""
+        for msg in batch:
+            if not isinstance(msg, Event) or msg.seq <= 0:
+                continue
+            topic = msg.topic()
+            last = self._topic_seq.pop(topic, 0)
+            self._topic_seq[topic] = msg.seq
+            if len(self._topic_seq) > 4096:
+                self._topic_seq.popitem(last=False)
+            if last and msg.seq > last + 1 and msg.seq - last < 2**32:
+                lost = msg.seq - last - 1
+                self.tap_lost += lost
+                self._tap_lost_total.inc(lost)
+                self._rejections.append((topic[:128], f"lost: {lost} events before the hub's log (a queue was full)"))
+
+    async def publish_own(self, msg: Event) -> None:
+        """Publish one of the hub's own events (node status, placement, input errors): the tap logs it as the
+        hub's only because it knows the topic and number it went out with."""
+        if not msg.seq:
+            topic = msg.topic()
+            self.publisher._seq[topic] += 1
+            msg.seq = self.publisher._seq[topic]
+        self._own[(msg.topic(), msg.seq)] = None
+        while len(self._own) > 10000:
+            self._own.popitem(last=False)
+        await self.publisher.publish(msg)
+
+    def _authorised(self, msg: object) -> bool:
+        """May the event's sender publish it? Refusals are counted and reported (``_report_rejections``)."""
+        if not isinstance(msg, Event):
+            return True
+        hubs = msg.source == "hub" or isinstance(msg, HUB_ONLY) or (isinstance(msg, NodeStatus) and msg.role == "hub")
+        if hubs:
+            if self._own.pop((msg.topic(), msg.seq), 0) is None:
+                return True
+            why = "only the hub publishes this"
+        elif isinstance(msg, NodeStatus) and msg.node != msg.source:
+            why = f"{msg.source[:64]!r} may not publish the status of {msg.node[:64]!r}"
+        elif self.policy is not None:
+            why = self.policy.problem(msg)  # type: ignore[assignment]
+            if why is None:
+                return True
+        else:
+            return True
+        self.rejected += 1
+        self._rejected_total.labels(msg.kind).inc()
+        self._rejections.append((msg.topic()[:128], f"refused: {why}"))
+        return False
+
+    async def _report_rejections(self) -> None:
+        """One ``error`` event per topic kind a second at most (``suppressed`` counts the rest)."""
+        rejections, self._rejections = self._rejections, []
+        for topic, why in rejections:
+            held = self._reject_limit.admit((topic.split("/", 1)[0], why.split(":", 1)[0]))
+            if held is None:
+                continue
+            self._warn("reject", "hub refused an event on %r: %s", topic, why)
+            await self.publish_own(
+                InputError(
+                    source="hub",
+                    time=self.clock.now(),
+                    stage="hub",
+                    input_topic=topic,
+                    reason=why,
+                    suppressed=held,
+                )
+            )
 
     def _stage(self, msg: object) -> LoggedEvent | None:
         if not isinstance(msg, Event):
@@ -441,7 +864,7 @@ class Hub:
         self._log_ok.set(0)
         log.error("hub: %s; no event can be kept or numbered, so the hub stops (systemd restarts it)", exc)
         with contextlib.suppress(Exception):
-            await self.publisher.publish(
+            await self.publish_own(
                 NodeStatus(
                     source="hub",
                     time=self.clock.now(),
@@ -460,7 +883,7 @@ class Hub:
     async def _status(self, node: NodeInfo, state: str, detail: str) -> None:
         node.state = state
         log.info("node %s (%s) is %s%s", node.name, node.role, state, f": {detail}" if detail else "")
-        await self.publisher.publish(
+        await self.publish_own(
             NodeStatus(
                 room=node.room,
                 source="hub",
@@ -482,17 +905,22 @@ class Hub:
 
     async def _control_loop(self) -> None:
         while True:
-            frames = await self.router.recv_multipart()
-            ident, msg = frames[0], None
+            parts = await self.router.recv_multipart(copy=False)
+            self.control_messages += 1
+            ident, msg = parts[0].bytes, None
+            # with CURVE, the name of the key the message came in under (set by the ZAP handler, unforgeable)
+            user = (parts[1].get("User-Id") or "") if self._keys is not None and len(parts) > 1 else ""
+            address = _peer_address(parts[1]) if len(parts) > 1 else ""
+            frames = [p.bytes for p in parts[1:]]
             try:
                 try:
-                    msg = decode(frames[1:])
+                    msg = decode(frames)
                 except CodecError as exc:
                     self.bad_messages += 1
                     self._warn("control", "hub: bad control message from %r: %s", ident[:32], exc)
                     await self._refuse(ident, f"bad message: {exc}", kind="malformed")
                     continue
-                await self._control(ident, msg)
+                await self._control(ident, msg, user, address)
             except Exception as exc:  # one bad request must never end the control plane
                 self.control_errors += 1
                 if self._noisy.admit("control-error") is not None:
@@ -501,12 +929,16 @@ class Hub:
                     reason = f"hub error: {type(exc).__name__}: {exc}"[:500]
                     await self._refuse(ident, reason, getattr(msg, "request_id", 0), kind="error")
 
-    async def _control(self, ident: bytes, msg: object) -> None:
+    async def _control(self, ident: bytes, msg: object, user: str = "", address: str = "") -> None:
         now = time.monotonic()
         if isinstance(msg, Heartbeat):
             node = self.nodes.get(msg.node)
-            if node is None:
+            if node is None or node.ident != ident:  # only the connection that registered the name
                 await self._reply(ident, ControlError(time=self.clock.now(), reason="unregistered"))
+                return
+            if msg.leaving:
+                await self._status(node, "down", "left")
+                node.ident = b""
                 return
             await self._reply(ident, HeartbeatAck(sent=msg.sent, hub_time=self.clock.now()))
             node.last_seen = now
@@ -527,18 +959,30 @@ class Hub:
                 if detail.startswith(("degraded", "error")):
                     await self._status(node, "degraded" if detail.startswith("degraded") else "error", detail)
         elif isinstance(msg, Register):
-            why = _register_problem(msg)
+            why = (
+                _register_problem(msg)
+                or self._name_problem(ident, msg, user, now)
+                or self._quota_problem(ident, msg, user, address)
+            )
             if why is None and msg.node not in self.nodes and len(self.nodes) >= MAX_NODES:
-                down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
-                if down:
-                    del self.nodes[down[0].name]  # the one gone longest makes room
-                else:
-                    why = f"the hub already tracks {MAX_NODES} nodes, all up"
+                why = self._make_room(msg.node)
             if why is not None:
                 await self._refuse(ident, f"register refused: {why}", kind="register")
                 return
+            for other in [n for n in self.nodes.values() if n.ident == ident and n.name != msg.node]:
+                del self.nodes[other.name]  # one name per connection: a connection that renames frees the old
             old = self.nodes.get(msg.node)
-            self.nodes[msg.node] = NodeInfo(msg.node, msg.role, msg.room, list(msg.stages), now)
+            self.nodes[msg.node] = NodeInfo(
+                msg.node,
+                msg.role,
+                msg.room,
+                list(msg.stages),
+                now,
+                ident=ident,
+                instance=msg.instance,
+                key=user,
+                address=address,
+            )
             if old is None or old.state != "up":
                 await self._status(self.nodes[msg.node], "up", "registered" if old is None else "re-registered")
             if msg.node in self._pworkers:
@@ -583,6 +1027,7 @@ class Hub:
                     first_seq=self.log.first_seq,
                     last_seq=self.log.last_seq,
                     request_id=msg.request_id,
+                    epoch=self.log.epoch,
                 ),
             )
         elif isinstance(msg, SnapshotRequest):
@@ -600,6 +1045,7 @@ class Hub:
                     first_seq=self.log.first_seq,
                     last_seq=self.log.last_seq,
                     request_id=msg.request_id,
+                    epoch=self.log.epoch,
                 ),
             )
         else:
@@ -607,10 +1053,56 @@ class Hub:
                 ident, f"unexpected {type(msg).__name__} on the control socket", getattr(msg, "request_id", 0)
             )
 
+    def _name_problem(self, ident: bytes, msg: Register, user: str, now: float) -> str | None:
+        """Why this connection may not have this name now, or None."""
+        if self._keys is not None and user != "hub":
+            enrolled = self._directory is not None and self._directory.enrolled(msg.node)
+            if not may_speak_as(user, msg.node, msg.role, enrolled):
+                return f"the key {user!r} may not speak as {msg.node!r} (a key registers only as its own node)"
+        old = self.nodes.get(msg.node)
+        if old is None or old.ident in (ident, b"") or old.state == "down":
+            return None
+        if msg.instance and msg.instance == old.instance:
+            return None  # the same link, back on a new connection
+        return (
+            f"the name {msg.node!r} is in use by a running {old.role} (last heartbeat "
+            f"{now - old.last_seen:.1f} s ago); stop that process or choose another name (it is free once "
+            f"that node leaves, or after {self.down_after:g} s without its heartbeats)"
+        )
+
+    def _quota_problem(self, ident: bytes, msg: Register, user: str, address: str) -> str | None:
+        """A flood from one key or one remote address: more names than it may hold, or None."""
+        if msg.node in self.nodes and self.nodes[msg.node].ident == ident:
+            return None
+        held = [n for n in self.nodes.values() if n.ident != ident and n.state != "down"]
+        if user and user != "hub" and sum(1 for n in held if n.key == user) >= MAX_NAMES_PER_KEY:
+            return f"the key {user!r} already holds {MAX_NAMES_PER_KEY} node names"
+        if address and sum(1 for n in held if n.address == address) >= MAX_NAMES_PER_ADDRESS:
+            return f"{address} already holds {MAX_NAMES_PER_ADDRESS} node names"
+        return None
+
+    def _make_room(self, name: str) -> str | None:
+        """Make room in a full node table for ``name``: the node down the longest goes; for a node of the
+        deployment, else the newest registered one that is not. None, or why the name is refused."""
+        down = sorted((n for n in self.nodes.values() if n.state == "down"), key=lambda n: n.last_seen)
+        if down:
+            del self.nodes[down[0].name]
+            return None
+        if name in self.reserved:
+            strangers = [n for n in self.nodes.values() if n.name not in self.reserved]
+            if strangers:
+                newest = max(strangers, key=lambda n: n.registered)
+                log.warning("node table full: %s (a node of the deployment) replaces %s", name, newest.name)
+                del self.nodes[newest.name]
+                return None
+        return f"the hub already tracks {MAX_NODES} nodes, all up"
+
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat / 2)
             now = time.monotonic()
+            for node in [n for n in self.nodes.values() if n.state == "down" and now - n.last_seen > FORGET_AFTER]:
+                del self.nodes[node.name]
             for node in list(self.nodes.values()):
                 if node.state != "down" and now - node.last_seen > self.down_after:
                     await self._status(node, "down", f"no heartbeat for {now - node.last_seen:.1f}s")
@@ -682,7 +1174,7 @@ class Hub:
         for m in moves:
             self._placement_moves.labels(m.stage, m.reason).inc()
             log.info("placement: %s %s %s -> %s (%s)", m.stage, m.stream, m.old or "-", m.new or "-", m.reason)
-            await self.publisher.publish(
+            await self.publish_own(
                 Placement(
                     source="hub",
                     time=self.clock.now(),

@@ -344,6 +344,8 @@ class EventsLost(Event, tag="events_lost"):
     """First sequence number lost."""
     last_seq: int = 0
     """Last sequence number lost (lost events of types or rooms not asked for are counted too)."""
+    epoch: str = ""
+    """Set when the hub's log was replaced (another epoch): numbers restart after this item's seq; persist it too."""
 
 
 class Placement(Event, tag="placement"):
@@ -504,6 +506,9 @@ class Register(Control, tag="register"):
     """"edge", "worker", "client"."""
     stages: list[str] = msgspec.field(default_factory=list)
     """Stages the node runs (workers) or streams it publishes (edges)."""
+    instance: str = ""
+    """A random id of this process's link, never shown to other peers: the same process back on a new
+    connection keeps its name; another process asking for a name in use is refused while the first lives."""
 
 
 class Heartbeat(Control, tag="heartbeat"):
@@ -522,6 +527,8 @@ class Heartbeat(Control, tag="heartbeat"):
     """Stages on the last step of their degrade ladder here: the hub moves their streams elsewhere if it can."""
     serving: list[str] = msgspec.field(default_factory=list)
     """Stages loaded and fed here (a worker; empty while its models load): only these get streams."""
+    leaving: bool = False
+    """The node is closing its link: its name is free at once (not only after ``down_after``)."""
 
 
 class HeartbeatAck(Control, tag="heartbeat_ack"):
@@ -558,6 +565,8 @@ class EventsReply(Control, tag="events_reply"):
     """Newest sequence number in the log."""
     request_id: int = 0
     """The ``request_id`` of the request this answers."""
+    epoch: str = ""
+    """The log's random id, made with it: another epoch means the log was replaced and its numbers restarted."""
 
 
 class SnapshotRequest(Control, tag="snapshot_request"):

@@ -7,6 +7,14 @@ hub answers that it does not know the node, e.g. after the hub restarted.
 Requests carry a ``request_id`` that the hub's answer echoes; a request is re-sent (same id, with
 backoff) until answered, and an answer for any other id (a late answer to an earlier request or
 retry) is ignored, so a hub slower than the retry interval cannot hand one request another's answer.
+
+A node's name is carried in its messages, not used as the socket's identity: the hub binds the name to
+the connection that registered it (and, with CURVE, to the key: a key speaks only as its own node). A
+second process asking for a name in use is refused with the hub's reason, which names the running node
+(``refused``, logged as an error; ``wait_connected(raise_refused=True)`` raises ``NameInUse``), until the
+first leaves or goes quiet; it keeps asking meanwhile. A link that hears nothing from the hub for
+``quiet_after`` seconds closes its socket and opens a new one (a new connection, however the old one was
+lost).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Iterable
 
 import zmq
@@ -32,6 +41,10 @@ log = logging.getLogger("sensorium.node")
 
 class HubUnavailable(RuntimeError):
     """The hub did not answer in time."""
+
+
+class NameInUse(HubUnavailable):
+    """The hub refused the registration (the name is in use by a running node, or the key may not use it)."""
 
 
 class NodeLink:
@@ -75,6 +88,16 @@ class NodeLink:
         """Answers ignored because they were not for the request waiting (late answers to retries)."""
         self._lock = asyncio.Lock()
         self._ack_event = asyncio.Event()
+        self.instance = uuid.uuid4().hex
+        """This link's id for the hub (sent only to it): the same link on a new connection keeps its name."""
+        self.refused = ""
+        """The hub's reason for refusing the last registration ("" once registered)."""
+        self._refused_logged = ("", 0.0)
+        self.quiet_after = max(3.0, 6 * heartbeat)
+        """Seconds without an answer from the hub after which the socket is rebuilt."""
+        self.rebuilds = 0
+        """Times the socket was closed and opened again because the hub went quiet."""
+        self._last_life = 0.0
 
     @property
     def connected(self) -> bool:
@@ -88,40 +111,72 @@ class NodeLink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self) -> None:
-        """Open the control socket and start heartbeating."""
+    def _open(self) -> None:
+        # No IDENTITY: the hub's ROUTER gives every connection its own, so no peer can take this one's.
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue control messages for a hub that is not there
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # backoff while the hub is down, back within 2 s of it
-        sock.setsockopt_string(zmq.IDENTITY, f"{self.name}")
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # the hub's answers fit the codec's 64 KiB header
         if self.curve is not None:
             self.curve.apply_client(sock)
         sock.connect(self.endpoints.control)
         self._sock = sock
-        self._tasks = [
-            asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}"),
-            asyncio.create_task(self._read(), name=f"control-{self.name}"),
-        ]
+        self._last_life = time.monotonic()
+        self._reader = asyncio.create_task(self._read(), name=f"control-{self.name}")
 
-    async def close(self) -> None:
-        """Stop heartbeating and close the socket."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+    async def start(self) -> None:
+        """Open the control socket and start heartbeating."""
+        self._open()
+        self._tasks = [asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}")]
+
+    async def _rebuild(self) -> None:
+        """Close the socket and open a new one (a fresh connection to the hub)."""
+        self.rebuilds += 1
+        first = self._last_ack >= self._last_life  # the first rebuild since the hub last answered
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: no answer from the hub at %s for %.0f s: opening a new connection",
+            self.name,
+            self.endpoints.control,
+            time.monotonic() - max(self._last_life, self._last_ack),
+        )
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
         if self._sock is not None:
             self._sock.close(0)
+        self._registered = False
+        self._open()
+
+    async def close(self) -> None:
+        """Stop heartbeating, tell the hub the name is free, and close the socket."""
+        for t in [*self._tasks, getattr(self, "_reader", None)]:
+            if t is not None:
+                t.cancel()
+        for t in [*self._tasks, getattr(self, "_reader", None)]:
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if self._sock is not None:
+            if self._registered:
+                with contextlib.suppress(zmq.ZMQError):
+                    zmq.Socket.shadow(self._sock.underlying).send_multipart(
+                        encode(Heartbeat(node=self.name, sent=time.monotonic(), leaving=True)), flags=zmq.NOBLOCK
+                    )
+            self._sock.close(linger=200 if self._registered else 0)  # the goodbye leaves in the background
             self._sock = None
 
-    async def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Wait until the hub answered; False after ``timeout`` seconds."""
+    async def wait_connected(self, timeout: float = 10.0, *, raise_refused: bool = False) -> bool:
+        """Wait until the hub answered; False after ``timeout`` seconds (``NameInUse`` with the hub's reason
+        instead, with ``raise_refused``, if the hub refused the registration)."""
         deadline = time.monotonic() + timeout
         while not self.connected:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if self.refused and raise_refused:
+                    raise NameInUse(f"{self.name}: the hub at {self.endpoints.control} refused it: {self.refused}")
                 return False
             self._ack_event.clear()
             with contextlib.suppress(TimeoutError):
@@ -139,10 +194,19 @@ class NodeLink:
         return True
 
     def _register_msg(self) -> Register:
-        return Register(node=self.name, role=self.role, room=self.room, stages=self.stages, time=self.clock.now())
+        return Register(
+            node=self.name,
+            role=self.role,
+            room=self.room,
+            stages=self.stages,
+            time=self.clock.now(),
+            instance=self.instance,
+        )
 
     async def _beat(self) -> None:
         while True:
+            if time.monotonic() - max(self._last_life, self._last_ack) > self.quiet_after:
+                await self._rebuild()
             if not self._registered or not self.connected:
                 await self._send(self._register_msg())
             await self._send(
@@ -158,9 +222,10 @@ class NodeLink:
             await asyncio.sleep(self.interval)
 
     async def _read(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         while True:
-            frames = await self._sock.recv_multipart()
+            frames = await sock.recv_multipart()
             received = time.monotonic()
             try:
                 msg = decode(frames)
@@ -171,10 +236,18 @@ class NodeLink:
                 self.clock.observe(msg.sent, msg.hub_time, received)
                 self._last_ack = received
                 self._registered = True
+                self.refused = ""
                 self._ack_event.set()
             elif isinstance(msg, ControlError) and msg.reason == "unregistered":
                 self._registered = False
                 await self._send(self._register_msg())
+            elif isinstance(msg, ControlError) and msg.reason.startswith("register refused") and not msg.request_id:
+                self._registered = False
+                self.refused = msg.reason
+                last, at = self._refused_logged
+                if last != msg.reason or received - at > 30.0:
+                    self._refused_logged = (msg.reason, received)
+                    log.error("%s: %s", self.name, msg.reason)
             elif self._pending is not None and getattr(msg, "request_id", 0) == self._pending[0]:
                 if not self._pending[1].done():
                     self._pending[1].set_result(msg)

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 from pipeline.config import ConfigError, Deployment, from_dict, load
+from pipeline.hub import PublishPolicy
+from pipeline.messages import Event
 from pipeline.placement import Serves, StageSpec, specs
 from sensorium.registry import STAGES, stage_class
 
@@ -35,6 +37,29 @@ def placement_specs(dep: Deployment) -> dict[str, StageSpec]:
     replicas = {s: dep.replicas(s) for s in serves}
     cameras = [c for e in dep.edges.values() for c in e.cameras]
     return specs(replicas, serves, dep.rooms, cameras)
+
+
+EDGE_EVENTS = frozenset({"status", "playback", "error"})
+"""Event kinds an edge publishes (its own status, what its player did, input it refused)."""
+WORKER_EVENTS = frozenset({"status", "budget", "error"})
+"""Event kinds every worker publishes besides its stages' own."""
+
+
+def publish_policy(dep: Deployment) -> PublishPolicy | None:
+    """Who may publish which events in this deployment (the hub refuses the rest); None for a file that
+    declares no edge and no worker (a bare hub, as in tests and tools: it then checks only what is the hub's)."""
+    if not dep.edges and not dep.workers:
+        return None
+    kinds: dict[str, frozenset[str]] = {e: EDGE_EVENTS for e in dep.edges}
+    for name, w in dep.workers.items():
+        emitted = set(WORKER_EVENTS)
+        for stage in w.runs():
+            with contextlib.suppress(ImportError, KeyError):
+                emitted |= {m.kind for m in stage_class(stage).emits if issubclass(m, Event)}
+        kinds[name] = frozenset(emitted)
+    if dep.wyoming is not None:  # Home Assistant's questions, asked through the gateway
+        kinds.setdefault(dep.wyoming.name, frozenset({"transcript"}))
+    return PublishPolicy(rooms=frozenset(dep.rooms), kinds=kinds, edge_room={n: e.room for n, e in dep.edges.items()})
 
 
 def load_deployment(path: str | Path, *, check_graph: bool = True) -> Deployment:

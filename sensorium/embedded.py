@@ -59,7 +59,13 @@ async def embedded(
     address = address or f"inproc://sensorium-{uuid.uuid4().hex[:8]}"
     clock = Clock()
     hub_cfg = deployment.hub
-    hub = Hub(hub_cfg, clock=clock, bind=address, placement=placement_specs(deployment))
+    hub = Hub(
+        hub_cfg,
+        clock=clock,
+        bind=address,
+        placement=placement_specs(deployment),
+        nodes=[*deployment.edges, *deployment.workers],
+    )
     await hub.start()
     env = Embedded(deployment, hub.endpoints, address, hub, clock)
     try:

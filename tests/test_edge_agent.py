@@ -411,3 +411,40 @@ async def test_edge_command_stops_cleanly_on_a_signal_without_a_hub(tmp_path: Pa
     # nothing reached a hub and nothing crashed: ~1.5 s of audio still held when it stopped
     text = out.decode()
     assert re.search(rf"edge {NODE}: sent {{}}, (1[5-9]|[2-9]\d) unsent \(hub unreachable\)", text), text
+
+
+@pytest.mark.slow
+async def test_a_second_edge_under_a_running_edges_name_is_refused_and_the_first_keeps_streaming(
+    hub: Hub, hub_address: str, tmp_path: Path
+) -> None:
+    """The help's second example (``--name kitchen-pi --wav … --once``) while the kitchen edge runs. Fixed by
+    names bound to the connection that registered them: before, the second process took the name's socket
+    identity, exited after its file, and the running edge was cut off from the hub for good."""
+    wav = write_wav(tmp_path / "tone.wav", concat(0.2, speech("Good morning, kitchen.", "flite:slt"), 0.2))
+    cfg = _config(tmp_path, hub_address, "")
+    sub = Subscriber(hub.endpoints, [f"audio/kitchen/{NODE}"])
+    got: list[tuple[float, Message]] = []
+    reader = asyncio.create_task(receive(sub, got))
+    base = [sys.executable, "-m", "sensorium", "edge", "--config", str(cfg), "--name", NODE, "--wav", str(wav)]
+    first = await asyncio.create_subprocess_exec(*base, "--loop", cwd=REPO, stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(300):
+            if len(got) > 10:
+                break
+            await asyncio.sleep(0.05)
+        assert len(got) > 10, "the first edge never streamed"
+        second = await asyncio.create_subprocess_exec(
+            *base, "--once", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 120)
+        assert second.returncode == 1, err.decode()[-2000:]
+        assert "'kitchen-pi' is in use by a running edge" in err.decode()
+        n = len(got)
+        await asyncio.sleep(3.0)
+        assert len(got) - n >= 20, "the running edge stopped streaming after the second one ran"  # 12.5 chunks/s
+        assert hub.nodes[NODE].state == "up"
+    finally:
+        first.terminate()
+        await first.wait()
+        reader.cancel()
+        sub.close()

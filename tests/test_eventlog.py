@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.codec import encode, from_json, to_json
 from pipeline.config import HubConfig
-from pipeline.eventlog import MAX_SEQ, EventLog, LoggedEvent
+from pipeline.eventlog import MAX_SEQ, EventLog, EventLogError, LoggedEvent
 from pipeline.hub import Hub
 from pipeline.messages import EventsReply, EventsRequest, SnapshotRequest, Transcript, WakeDetected
 from pipeline.node import NodeLink
@@ -206,3 +206,34 @@ def test_loading_skips_exactly_the_damaged_lines(
     again = EventLog(capacity=capacity, path=path)
     assert [e.seq for e in again.entries][-1] == nxt.seq
     assert isinstance(again.entries[-1], LoggedEvent) and again.last_seq == nxt.seq
+
+
+def test_the_log_is_bounded_in_bytes_in_memory_and_on_disk(tmp_path: Path) -> None:
+    """Fixed by ``[hub] event_log_bytes``: before, 10,000 transcripts of 59 KB each were all kept (590 MB)."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(10000, path, max_bytes=1 << 20)
+    text = "word " * 11_000  # ~55 KB of JSON per event
+    for i in range(200):
+        log.stage(
+            "transcript/kitchen/stt",
+            lambda seq, i=i: to_json(Transcript(room="kitchen", source="stt", text=text, seq=seq)),
+        )
+        log.flush()
+        log.release()
+    assert log.last_seq == 200
+    assert log.bytes <= 1 << 20 and 15 <= len(log.entries) <= 19, (log.bytes, len(log.entries))
+    assert log.first_seq == 201 - len(log.entries)
+    assert path.stat().st_size <= 2 * (1 << 20) + 120_000  # compacted at twice the bound
+    log.close()
+    again = EventLog(10000, path, max_bytes=1 << 20)
+    assert again.last_seq == 200 and again.bytes <= 1 << 20 and again.entries[-1].seq == 200
+    again.close()
+
+
+def test_staging_never_hands_out_a_number_above_max_seq() -> None:
+    """Fixed by checking MAX_SEQ in ``stage``: before, loading refused such numbers but staging gave them out."""
+    log = EventLog(10)
+    log.last_seq = MAX_SEQ - 1
+    log.stage("wake/k/w", lambda seq: b"{}")
+    with pytest.raises(EventLogError, match="exhausted"):
+        log.stage("wake/k/w", lambda seq: b"{}")

@@ -355,6 +355,7 @@ class ServiceHandler(AsyncEventHandler):
                 BusTranscript(
                     time=now,
                     room=room,
+                    source=gw.name,
                     utterance_id=token,
                     final=True,
                     text=text.strip(),

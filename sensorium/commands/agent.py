@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 HELP = "run the built-in offline agent (time, who is home, echo)"
@@ -15,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="deployment TOML (for the hub address)")
     p.add_argument("--room", action="append", default=None, help="only answer in this room (repeatable)")
     p.add_argument("--since", type=int, default=None, help="also answer logged transcripts after this hub seq")
-    p.add_argument("--name", default="agent", help="client name shown by 'sensorium top'")
+    p.add_argument("--name", default="agent", help="client name, -PID appended")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{turn.room}] {who}: {turn.question}\n[{turn.room}] agent: {turn.answer}", flush=True)
 
     async def main() -> int:
-        async with Client(address, name=args.name) as client:
+        async with Client(address, name=f"{args.name}-{os.getpid()}") as client:
             if not await client.wait_connected(10):
                 print(f"sensorium agent: hub at {address} is not answering", file=sys.stderr)
                 return 1

@@ -139,8 +139,13 @@ def run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, agent.stop)
         await agent.run(once=args.once)
 
+    from pipeline.node import NameInUse
+
     try:
         asyncio.run(main())
+    except NameInUse as exc:
+        print(f"sensorium edge: {exc}", file=sys.stderr)
+        return 1
     finally:
         summary = agent.summary()
         if args.stats:

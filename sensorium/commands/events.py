@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 HELP = "print events as JSON lines"
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=int, help="replay the hub's log after this sequence number first")
     p.add_argument("--count", type=int, default=0, help="exit after this many events (0 = run forever)")
     p.add_argument("--keys", help="this client's CURVE key folder (with hub.key) for a remote hub")
-    p.add_argument("--name", default="events-cli", help="client name (its key file name with --keys)")
+    p.add_argument("--name", default="events-cli", help="client name, -PID appended (with --keys: its key file name)")
 
 
 def resolve_hub(args: argparse.Namespace) -> str:
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         n = 0
-        async with Client(address, name=args.name, curve=curve) as client:
-            if not await client.wait_connected(30):
+        async with Client(address, name=f"{args.name}-{os.getpid()}", curve=curve) as client:
+            if not await client.wait_connected(30, raise_refused=True):
                 print(f"sensorium events: hub at {address} is not answering", file=sys.stderr)
                 return 1
             async for ev in client.events(args.types, rooms=args.room, since=args.since):
@@ -57,8 +58,13 @@ def run(args: argparse.Namespace) -> int:
                     return 0
         return 0
 
+    from pipeline.node import NameInUse
+
     try:
         return asyncio.run(main())
+    except NameInUse as exc:
+        print(f"sensorium events: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"sensorium events: {exc}", file=sys.stderr)
         return 2

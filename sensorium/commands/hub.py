@@ -19,11 +19,18 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.eventlog import EventLogError
     from pipeline.hub import Hub, SecurityError
-    from sensorium.deployment import load_deployment, placement_specs
+    from sensorium.deployment import load_deployment, placement_specs, publish_policy
 
     try:
         dep = load_deployment(args.config)
-        hub = Hub(dep.hub, state_dir=args.state or dep.data_dir / "hub", bind=args.bind, placement=placement_specs(dep))
+        hub = Hub(
+            dep.hub,
+            state_dir=args.state or dep.data_dir / "hub",
+            bind=args.bind,
+            placement=placement_specs(dep),
+            nodes=[*dep.edges, *dep.workers],
+            policy=publish_policy(dep),
+        )
     except (ConfigError, ValueError) as exc:
         print(f"sensorium hub: {exc}", file=sys.stderr)
         return 2

@@ -49,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"enrolled {dest.stem}")
         elif args.action == "revoke":
             ok = security.revoke(args.hub_dir, args.name)
-            print(f"revoked {args.name}" if ok else f"{args.name} was not enrolled")
+            print(
+                f"revoked {args.name}: a running hub closes its connections within a second"
+                if ok
+                else f"{args.name} was not enrolled"
+            )
             return 0 if ok else 1
         elif args.action == "list":
             for f in sorted((Path(args.hub_dir) / "authorized").glob("*.key")):

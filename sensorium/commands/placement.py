@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
@@ -27,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", help="hub base address (default: [hub] address of --config, else ipc:///tmp/sensorium)")
     p.add_argument("--config", help="deployment TOML to read the hub address from")
     p.add_argument("--keys", help="this client's CURVE key folder (with hub.key) for a remote hub")
-    p.add_argument("--name", default="placement-cli", help="client name (its key file name with --keys)")
+    p.add_argument(
+        "--name", default="placement-cli", help="client name, -PID appended (with --keys: its key file name)"
+    )
 
 
 def render(table: object) -> str:
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        async with Client(address, name=args.name, curve=curve) as client:
+        async with Client(address, name=f"{args.name}-{os.getpid()}", curve=curve) as client:
             action = "get" if args.action == "show" else args.action
             table = await client.placement(action, args.worker)
             if args.action == "drain":

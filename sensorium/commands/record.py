@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", help="hub base address (default: from --config, else ipc:///tmp/sensorium)")
     p.add_argument("--config", help="deployment TOML to read the hub address from")
     p.add_argument("--keys", help="this client's CURVE key folder (with hub.key) for a remote hub")
-    p.add_argument("--name", default="recorder", help="client name (its key file name with --keys)")
+    p.add_argument("--name", default="recorder", help="client name, -PID appended (with --keys: its key file name)")
     p.add_argument("--topics", nargs="+", default=[""], metavar="PREFIX", help="topic prefixes (default: all)")
     p.add_argument("--duration", help="stop after this long, e.g. 90s or 10m (default: until Ctrl-C)")
     p.add_argument("--rotate-size", type=_size, default=0, help="start a new file past this size, e.g. 1GB")
@@ -77,7 +78,7 @@ async def _record(args: argparse.Namespace, address: str, curve: object, duratio
 
     endpoints = Endpoints.from_address(address)
     clock = Clock()
-    link = NodeLink(args.name, "client", endpoints, clock=clock, curve=curve)  # type: ignore[arg-type]
+    link = NodeLink(f"{args.name}-{os.getpid()}", "client", endpoints, clock=clock, curve=curve)  # type: ignore[arg-type]
     await link.start()
     sub = Subscriber(endpoints, args.topics, curve=curve)  # type: ignore[arg-type]
     rec = Recorder(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 HELP = "speak text in a room"
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     address = resolve_hub(args)
 
     async def main() -> int:
-        async with Client(address, name="say-cli") as client:
+        async with Client(address, name=f"say-cli-{os.getpid()}") as client:
             if not await client.wait_connected(10):
                 print(f"sensorium say: hub at {address} is not answering", file=sys.stderr)
                 return 1

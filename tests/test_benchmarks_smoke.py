@@ -1,0 +1,103 @@
+"""Every benchmark still runs: a broken benchmark fails CI, not the next person who wants its numbers.
+
+Two checks. Fast: every name a benchmark imports, also the imports inside its functions (benchmarks import
+the heavy parts lazily, so importing the module proves little), resolves in this checkout. Slow: the
+failover benchmark's smoke run (one SIGKILL of a real worker mid-command, one drain) and the hostile-clients
+benchmark's (5 % of each attack) end to end through their command lines (``--smoke``).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import BENCHMARKS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(path: Path) -> list[tuple[int, str, str | None]]:
+    """(line, module, name) of every ``import`` and ``from … import`` in the file, at any depth."""
+    out: list[tuple[int, str, str | None]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [(node.lineno, node.module, a.name) for a in node.names]
+    return out
+
+
+OURS = ("pipeline", "models", "nodes", "edge", "bridges", "sensorium", "evaluation", "benchmarks")
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_import_of_a_benchmark_resolves(name: str) -> None:
+    path = ROOT / "benchmarks" / f"{name}.py"
+    importlib.import_module(f"benchmarks.{name}")
+    broken = []
+    for line, module, attr in _imports(path):
+        if module.split(".")[0] not in OURS:
+            continue  # third-party libraries are the lock file's business (tests/test_locks.py)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            broken.append(f"line {line}: import {module}: {exc}")
+            continue
+        if attr is not None and attr != "*" and not hasattr(mod, attr):
+            try:
+                importlib.import_module(f"{module}.{attr}")
+            except ImportError:
+                broken.append(f"line {line}: {module} has no {attr!r}")
+    # module.attribute where the module is ours (``from pipeline import media`` … ``media.speech``)
+    modules: dict[str, object] = {}
+    for _, module, attr in _imports(path):
+        if module.split(".")[0] in OURS:
+            full = f"{module}.{attr}" if attr else module
+            with contextlib.suppress(ImportError):
+                modules[attr or module.split(".")[0]] = importlib.import_module(full if attr else module.split(".")[0])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            mod = modules[node.value.id]
+            if isinstance(mod, types.ModuleType) and not hasattr(mod, node.attr):
+                broken.append(f"line {node.lineno}: {mod.__name__} has no {node.attr!r}")
+    assert not broken, f"benchmarks/{name}.py: " + "; ".join(broken)
+
+
+@pytest.mark.slow
+def test_failover_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.failover", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["kills"] == 1 and r["takeover_placement_event_s"]["n"] == 1
+    assert r["utterances"] >= 1 and r["utterances_lost"] == 0, r
+
+
+@pytest.mark.slow
+def test_hostile_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hostile", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [a["attack"] for a in r["attacks"]] == ["events", "unread", "names", "frame"]
+    assert all(a["wake_words_during"] > 0 for a in r["attacks"]), r
