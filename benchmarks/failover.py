@@ -39,6 +39,9 @@ if __package__ in (None, ""):
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "failover.json"
+
+from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+
 COMMANDS = [
     "turn on the kitchen lights",
     "what time is it",
@@ -275,6 +278,6 @@ if __name__ == "__main__":
     ap.add_argument("--drains", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 kills, 2 drains")
     ap.add_argument("--smoke", action="store_true", help="1 kill, 1 drain: does it still run (CI)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    add_out(ap, RESULTS)
     a = ap.parse_args()
     run(a.quick, a.kills, a.drains, smoke=a.smoke, out=a.out)

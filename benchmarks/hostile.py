@@ -35,6 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.chaos import _wav, deployment
+from benchmarks.outfile import add_out
 from benchmarks.processes import SENSORIUM, Processes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hostile.json"
@@ -266,6 +267,6 @@ def render(r: dict[str, Any]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="5 %% of each attack: does it still run (CI)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    add_out(ap, RESULTS)
     a = ap.parse_args()
     run(smoke=a.smoke, out=a.out)

@@ -74,7 +74,7 @@ def test_rooms_fill_from_presence_and_show_nodes(rig: Rig) -> None:
         Presence(room="kitchen", source="presence", person="alice", state="entered", confidence=0.91, sources=["face"]),
         Presence(room="kitchen", source="presence", person="unknown", state="entered", people=2, unknown=1),
         Presence(room="office", source="presence", person="bob", state="entered", confidence=0.7, sources=["voice"]),
-        NodeStatus(source="hub", node="gpu0", role="worker", state="up", detail="serving"),
+        NodeStatus(source="gpu0", node="gpu0", role="worker", state="up", detail="serving"),
     )
     rig.wait(lambda: "bob" in rig.get("api/rooms")[1].decode(), what="bob in the office")
     rooms = api(rig, "api/rooms")["rooms"]

@@ -70,8 +70,8 @@ def session(rig: Rig) -> None:
     assert images.ZIDANE is not None
     frame = images.jpeg(images.load(images.ZIDANE), 80)
     steps = [
-        NodeStatus(source="hub", node="kitchen-pi", role="edge", state="up", detail="mic, camera"),
-        NodeStatus(source="hub", node="gpu0", role="worker", state="up", detail="serving 8 stages"),
+        NodeStatus(source="kitchen-pi", node="kitchen-pi", role="edge", state="up", detail="mic, camera"),
+        NodeStatus(source="gpu0", node="gpu0", role="worker", state="up", detail="serving 8 stages"),
         VideoFrame(seq=1, room="kitchen", source="kitchen-cam", width=1280, height=720, data=frame),
         Detections(
             room="kitchen",
