@@ -288,6 +288,31 @@ class WyomingConfig(_Strict):
         return {role: port for role, port in roles.items() if port}
 
 
+class EsphomeConfig(_Strict):
+    """``[esphome]``: ``sensorium esphome``, every room as an ESPHome native-API voice device for Home Assistant."""
+
+    name: str = "sensorium"
+    """Name on the hub; each device is named ``<name>-<room>`` (letters, digits, '-')."""
+    host: str = "0.0.0.0"
+    """Address the devices listen on."""
+    rooms: dict[str, int] = {}
+    """Room → port of its device ({} = every room with a microphone, from ``base_port`` on)."""
+    base_port: int = 6053
+    """First port when ``rooms`` is empty (6053 is ESPHome's own)."""
+    key_file: str = ""
+    """File holding the site's Noise key (base64, 32 bytes; created on first start; "" = no encryption)."""
+    zeroconf: bool = True
+    """Announce every device as ``_esphomelib._tcp`` so Home Assistant discovers it."""
+    advertise: str = ""
+    """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
+
+    def ports(self, mic_rooms: list[str]) -> dict[str, int]:
+        """Room → port of its device."""
+        if self.rooms:
+            return dict(self.rooms)
+        return {room: self.base_port + i for i, room in enumerate(mic_rooms)}
+
+
 class ConsoleConfig(_Strict):
     """``[console]``: the web console (``sensorium console``): who is where, the timeline, the unknowns inbox."""
 
@@ -338,6 +363,7 @@ class DeployFile(_Strict):
     data_dir: str = ".sensorium"
     mqtt: dict[str, Any] | None = None
     console: dict[str, Any] | None = None
+    esphome: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -352,6 +378,7 @@ class DeployParsed(msgspec.Struct):
     wyoming: WyomingConfig | None = None
     mqtt: MqttConfig | None = None
     console: ConsoleConfig | None = None
+    esphome: EsphomeConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -380,6 +407,8 @@ class Deployment(msgspec.Struct):
     """The MQTT bridge's settings (None without an ``[mqtt]`` table)."""
     console: ConsoleConfig | None = None
     """The web console's settings (None without a ``[console]`` table: its defaults apply)."""
+    esphome: EsphomeConfig | None = None
+    """The ESPHome devices' table (None when the file has no ``[esphome]``)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -494,6 +523,7 @@ def from_dict(
         wyoming=convert(raw_file.wyoming, WyomingConfig, "wyoming") if raw_file.wyoming is not None else None,
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
         console=convert(raw_file.console, ConsoleConfig, "console") if raw_file.console is not None else None,
+        esphome=convert(raw_file.esphome, EsphomeConfig, "esphome") if raw_file.esphome is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -515,6 +545,8 @@ def from_dict(
 
     if f.wyoming is not None:
         _check_wyoming(f, path)
+    if f.esphome is not None:
+        _check_esphome(f, path)
 
     placed: set[str] = set()
     for wname, w in f.workers.items():
@@ -571,7 +603,29 @@ def from_dict(
         wyoming=f.wyoming,
         mqtt=f.mqtt,
         console=f.console,
+        esphome=f.esphome,
     )
+
+
+def _check_esphome(f: DeployParsed, path: str) -> None:
+    """Validate ``[esphome]`` against the rooms and edges."""
+    e = f.esphome
+    assert e is not None
+    known = ", ".join(f.rooms) or "none"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", e.name):
+        raise ConfigError(f"{path}: [esphome] name = {e.name!r}: use letters, digits and '-' (a device name)")
+    mic_rooms = [r for r in f.rooms if any(x.room == r and x.microphone is not None for x in f.edges.values())]
+    seen: dict[int, str] = {}
+    for room, port in e.ports(mic_rooms).items():
+        if room not in f.rooms:
+            raise ConfigError(f"{path}: [esphome.rooms] {room}: not a room of [rooms] (known: {known})")
+        if room not in mic_rooms:
+            raise ConfigError(f"{path}: [esphome.rooms] {room}: no edge node with a microphone in this room")
+        if not 0 < port < 65536:
+            raise ConfigError(f"{path}: [esphome.rooms] {room} = {port}: expected a TCP port 1-65535")
+        if port in seen:
+            raise ConfigError(f"{path}: [esphome.rooms] {room} = {port}: port already used by {seen[port]}")
+        seen[port] = room
 
 
 def _check_wyoming(f: DeployParsed, path: str) -> None:
