@@ -305,6 +305,11 @@ class EsphomeConfig(_Strict):
     """Announce every device as ``_esphomelib._tcp`` so Home Assistant discovers it."""
     advertise: str = ""
     """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
+    greet: str = ""
+    """Greet a known person entering a room with a device ("Welcome home, {person}."), then listen without a wake
+    word in Home Assistant's pipeline ("" = off)."""
+    greet_cooldown: str | float = "1h"
+    """Nobody is greeted twice within this long."""
 
     def ports(self, mic_rooms: list[str]) -> dict[str, int]:
         """Room → port of its device."""
@@ -614,6 +619,7 @@ def _check_esphome(f: DeployParsed, path: str) -> None:
     known = ", ".join(f.rooms) or "none"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", e.name):
         raise ConfigError(f"{path}: [esphome] name = {e.name!r}: use letters, digits and '-' (a device name)")
+    parse_duration(e.greet_cooldown, f"{path}: [esphome] greet_cooldown")
     mic_rooms = [r for r in f.rooms if any(x.room == r and x.microphone is not None for x in f.edges.values())]
     seen: dict[int, str] = {}
     for room, port in e.ports(mic_rooms).items():

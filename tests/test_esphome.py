@@ -266,3 +266,81 @@ async def test_unknown_message_type_is_logged_and_the_connection_keeps_serving(t
         assert reply == bytes([0, 0, 8])  # PingResponse, empty
         assert "unknown message type 9999" in caplog.text
         writer.close()
+
+
+async def voice_client(server: Server, room: str) -> tuple[APIClient, list[str], list[Any]]:
+    """A connected client subscribed to the voice assistant: the phrases pipelines start with, announce-finished."""
+    c = client(server, room, server.key)
+    await c.connect(login=True)
+    started: list[str] = []
+    finished: list[Any] = []
+
+    async def on_start(conv: str, flags: int, settings: Any, phrase: str | None) -> int:
+        started.append(phrase or "")
+        return 0
+
+    async def on_stop(abort: bool) -> None:
+        pass
+
+    async def on_audio(data: bytes) -> None:
+        pass
+
+    async def on_finished(msg: Any) -> None:
+        finished.append(msg)
+
+    c.subscribe_voice_assistant(
+        handle_start=on_start, handle_stop=on_stop, handle_audio=on_audio, handle_announcement_finished=on_finished
+    )
+    await asyncio.sleep(0.3)
+    return c, started, finished
+
+
+async def test_greet_once_per_person_then_listen_without_wake_word(tmp_path: Path) -> None:
+    from pipeline.messages import Presence, Say
+
+    async with site(tmp_path, greet="Welcome home, {person}.") as (server, pub, _):
+        says = Subscriber(server.bus.endpoints, ["say/"])
+        await asyncio.sleep(0.3)
+        c, started, _ = await voice_client(server, "kitchen")
+        for person in ("alice", "alice", "unknown", "bob"):
+            await pub.publish(Presence(room="kitchen", person=person, state="entered", time=server.bus.clock.now()))
+            await asyncio.sleep(0.1)
+        got: list[Say] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                while True:
+                    m = await says.recv()
+                    if isinstance(m, Say):
+                        got.append(m)
+        assert sorted(m.text for m in got) == ["Welcome home, Alice.", "Welcome home, Bob."]
+        assert {m.room for m in got} == {"kitchen"}
+        assert started == []  # nobody listens before the greeting was played
+        await pub.publish(
+            PlaybackStatus(room="kitchen", source="kitchen-pi", answer_id=got[0].answer_id, state="ended")
+        )
+        await asyncio.sleep(0.5)
+        assert started == [""]  # a pipeline without a wake word
+        says.close()
+        await c.disconnect()
+
+
+async def test_agent_asking_back_continues_the_conversation(tmp_path: Path) -> None:
+    tone = (np.sin(np.arange(4000) * 0.2) * 4000).astype(np.int16)
+    url, media = serve_wav(tone, RATE)
+    async with site(tmp_path) as (server, pub, sub):
+        c, started, finished = await voice_client(server, "kitchen")
+        await pub.publish(
+            WakeArbitrated(room="kitchen", node="kitchen-pi", word="hey_jarvis", wake_time=server.bus.clock.now())
+        )
+        await until(sub, lambda m: isinstance(m, Listen))
+        c.send_voice_assistant_event(Ev.VOICE_ASSISTANT_STT_VAD_END, None)
+        c.send_voice_assistant_event(Ev.VOICE_ASSISTANT_INTENT_END, {"continue_conversation": "1"})
+        c.send_voice_assistant_event(Ev.VOICE_ASSISTANT_TTS_END, {"url": url})
+        c.send_voice_assistant_event(Ev.VOICE_ASSISTANT_RUN_END, None)
+        last = await until(sub, lambda m: isinstance(m, TtsAudio) and m.final)
+        assert isinstance(last, TtsAudio)
+        await pub.publish(PlaybackStatus(room="kitchen", source="kitchen-pi", answer_id=last.answer_id, state="ended"))
+        await asyncio.sleep(0.5)
+        assert started == ["hey_jarvis", ""] and len(finished) == 1  # asked back: listening again, no wake word
+        await c.disconnect()
+    media.shutdown()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 import secrets
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ from bridges.esphome.device import ESPHOME_VERSION, Device
 from bridges.wyoming.bus import Bus
 from pipeline.bus import Endpoints
 from pipeline.clock import Clock
-from pipeline.config import ConfigError, Deployment
+from pipeline.config import ConfigError, Deployment, parse_duration
+from pipeline.messages import Message, Presence, Say
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.esphome")
@@ -63,7 +66,7 @@ class Server:
         self.psk = decode_key(self.key) if self.key else None
         self.wake_words = wake_words or ["hey_jarvis"]
         endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
-        prefixes = ["audio/", "wake/", "arbitration/", "playback/", "transcript/"]
+        prefixes = ["audio/", "wake/", "arbitration/", "playback/", "transcript/", "presence/"]
         self.bus = Bus(endpoints, f"{cfg.name}-esphome", prefixes, clock=clock, curve=curve)
         mic_rooms = [r for r in deployment.rooms if deployment.microphones(r)]
         self.devices = {room: Device(self, room, port) for room, port in cfg.ports(mic_rooms).items()}
@@ -73,9 +76,15 @@ class Server:
         """Room → when its last played audio went to the edge (monotonic)."""
         self._zc: Any = None
         self.started = time.monotonic()
+        self.cooldown = parse_duration(cfg.greet_cooldown, "[esphome] greet_cooldown")
+        self.greeted: dict[str, float] = {}
+        """Person → when they were last greeted (monotonic)."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.bus.start()
+        if self.config.greet:
+            self.bus.listen("presence", self._on_presence)
         for d in self.devices.values():
             if not d.speaker:
                 log.warning(
@@ -85,7 +94,42 @@ class Server:
         if self.config.zeroconf:
             await self._announce()
 
+    def _on_presence(self, msg: Message) -> None:
+        if not isinstance(msg, Presence) or msg.state != "entered" or msg.person in ("", "unknown"):
+            return
+        device = self.devices.get(msg.room)
+        if device is None:
+            return
+        now = time.monotonic()
+        last = self.greeted.get(msg.person)
+        if last is not None and now - last < self.cooldown:
+            log.info("esphome: %s entered the %s; greeted %.0f s ago, not again", msg.person, msg.room, now - last)
+            return
+        self.greeted[msg.person] = now
+        task = asyncio.get_running_loop().create_task(self.greet(device, msg.person))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def greet(self, device: Device, person: str) -> None:
+        """Say the greeting in the device's room (our TTS), then listen there without a wake word."""
+        text = self.config.greet.replace("{person}", person.replace("_", " ").title())
+        aid = f"esphome-greet-{uuid.uuid4().hex[:8]}"
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        device.playing[aid] = fut
+        log.info("esphome: greeting %s in the %s", person, device.room)
+        await self.bus.publish(Say(room=device.room, answer_id=aid, text=text))
+        try:
+            async with asyncio.timeout(20.0):
+                await fut
+        except TimeoutError:
+            device.playing.pop(aid, None)
+            log.warning("esphome: the greeting for %s in the %s was not reported played", person, device.room)
+            return
+        device.listen_now()
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._zc is not None:
             await self._zc.async_unregister_all_services()
             await self._zc.async_close()
