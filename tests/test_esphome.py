@@ -344,3 +344,26 @@ async def test_agent_asking_back_continues_the_conversation(tmp_path: Path) -> N
         assert started == ["hey_jarvis", ""] and len(finished) == 1  # asked back: listening again, no wake word
         await c.disconnect()
     media.shutdown()
+
+
+def test_the_guides_esphome_table_and_commands() -> None:
+    import re
+    import shlex
+    import tomllib
+
+    from sensorium.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "home-assistant.md").read_text()
+    section = doc[doc.index("## Room devices (ESPHome)") :].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
+    [table] = [tomllib.loads(body) for lang, body in blocks if lang == "toml"]
+    raw = tomllib.loads((repo / "examples/deploy-phase0.toml").read_text())
+    raw["esphome"] = table["esphome"]
+    dep = deployment_from_dict(raw, "docs/home-assistant.md")
+    assert dep.esphome is not None and dep.esphome.greet and dep.esphome.key_file
+    mic_rooms = [r for r in dep.rooms if dep.microphones(r)]
+    assert list(dep.esphome.ports(mic_rooms).values()) == list(range(6053, 6053 + len(mic_rooms)))
+    lines = [ln for lang, b in blocks if lang == "sh" for ln in b.splitlines() if ln.startswith("sensorium ")]
+    assert lines == ["sensorium esphome --config deploy.toml"]
+    build_parser().parse_args(shlex.split(lines[0])[1:])

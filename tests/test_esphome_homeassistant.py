@@ -14,6 +14,7 @@ writing what it plays to WAV files.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,12 @@ from sensorium.deployment import deployment_from_dict
 from sensorium.embedded import embedded
 
 pytestmark = pytest.mark.slow
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "home-assistant.md").read_text()
+SECTION = DOC[DOC.index("## Room devices (ESPHome)") :].split("\n## ", 1)[0]
+#: the guide's automation: alice entering the kitchen starts a conversation there, once an hour
+HOMEASSISTANT_CONFIG = next(
+    b for b in re.findall(r"```yaml\n(.*?)```", SECTION, flags=re.S) if "start_conversation" in b
+)
 RATE = 16000
 ROOMS = ("kitchen", "office")
 
@@ -178,22 +185,18 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             assert words(heard) == words("the laundry is done"), heard
             assert not list((tmp_path / "played-office").glob("*.wav"))
 
-            # --- start_conversation (as an automation on alice entering the kitchen would): the prompt
-            # plays, then the kitchen listens without a wake word and the command is answered there
-            before = set((tmp_path / "played-kitchen").glob("*.wav"))
-            call = asyncio.create_task(
-                ha.request(
-                    "POST",
-                    "/api/services/assist_satellite/start_conversation",
-                    {"entity_id": sats["kitchen"], "start_message": "Welcome home.", "preannounce": False},
-                )
-            )
+            # --- the guide's automation: alice enters the kitchen (sensor.alice_room, as `sensorium mqtt` sets it)
+            # → start_conversation there: the prompt plays, then the kitchen listens without a wake word
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "hall"})
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "kitchen"})
             prompt = await played(tmp_path / "played-kitchen", before)
-            assert words(await read_back(p["stt"], prompt.read_bytes())) == words("welcome home")
-            await call
+            heard = await read_back(p["stt"], prompt.read_bytes())  # our STT ends at the first sentence
+            assert words(heard) == words("welcome home"), heard
             before.add(prompt)
-            await asyncio.sleep(0.3)
-            assert server.devices["kitchen"].run is not None  # listening, no wake word
+            async with asyncio.timeout(20):  # the edge reports the prompt played: listening, no wake word
+                while server.devices["kitchen"].run is None:
+                    await asyncio.sleep(0.05)
             mic.say(media.concat(0.3, media.speech("what time is it", "piper:joe")))
             answer = await played(tmp_path / "played-kitchen", before)
             said = await read_back(p["stt"], answer.read_bytes())
@@ -210,6 +213,14 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             events = {e["type"]: e.get("data") for e in run["events"]}
             assert words(events["stt-end"]["stt_output"]["text"]) == words("what time is it")
             assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0
+
+            # alice leaves and comes back within the hour: not welcomed again
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "hall"})
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "kitchen"})
+            await asyncio.sleep(5.0)
+            assert wavs(tmp_path / "played-kitchen") == before
+            assert server.devices["kitchen"].announcements == 2 and server.devices["kitchen"].pipelines == 1
             print(f"announce call took {announce_s:.2f} s; pipeline events {list(events)}")
         finally:
             mic_task.cancel()
