@@ -67,10 +67,14 @@ def dep_of(tmp_path: Path, address: str, rooms: dict[str, int] | None, **extra: 
 
 
 @contextlib.asynccontextmanager
-async def site(tmp_path: Path, **extra: Any) -> AsyncIterator[tuple[Server, Publisher, Subscriber]]:
+async def site(
+    tmp_path: Path, office_speaker: bool = True, **extra: Any
+) -> AsyncIterator[tuple[Server, Publisher, Subscriber]]:
     address = f"ipc://{tmp_path}/hub"
     p = free_ports(2)
     dep = dep_of(tmp_path, address, {"kitchen": p[0], "office": p[1]}, **extra)
+    if not office_speaker:
+        dep.edges["office-pi"].playback = None
     hub = Hub(dep.hub, bind=address)
     await hub.start()
     server = Server(dep, endpoints=hub.endpoints, clock=hub.clock)
@@ -367,3 +371,35 @@ def test_the_guides_esphome_table_and_commands() -> None:
     lines = [ln for lang, b in blocks if lang == "sh" for ln in b.splitlines() if ln.startswith("sensorium ")]
     assert lines == ["sensorium esphome --config deploy.toml"]
     build_parser().parse_args(shlex.split(lines[0])[1:])
+
+
+async def test_second_home_assistant_takes_over_and_a_room_without_loudspeaker_says_so(
+    tmp_path: Path, caplog: Any
+) -> None:
+    from aioesphomeapi import api_pb2 as pb
+
+    caplog.set_level(logging.INFO, "sensorium.esphome")
+    async with site(tmp_path, office_speaker=False) as (server, pub, sub):
+        first, started_1, _ = await voice_client(server, "kitchen")
+        second, started_2, _ = await voice_client(server, "kitchen")
+        assert "a second Home Assistant" in caplog.text
+        await pub.publish(
+            WakeArbitrated(room="kitchen", node="kitchen-pi", word="hey_jarvis", wake_time=server.bus.clock.now())
+        )
+        await until(sub, lambda m: isinstance(m, Listen))
+        await asyncio.sleep(0.3)
+        assert started_1 == [] and started_2 == ["hey_jarvis"]  # one pipeline, in the newest connection
+        assert (await first.device_info()).name == "sensorium-kitchen"  # the first still answers
+        await first.disconnect()
+        await second.disconnect()
+
+        # the office has a microphone but no loudspeaker: an announcement fails at once, with a log line
+        c, _, finished = await voice_client(server, "office")
+        c._get_connection().send_message(pb.VoiceAssistantAnnounceRequest(media_id="http://127.0.0.1:9/x.wav"))
+        async with asyncio.timeout(3):
+            while not finished:
+                await asyncio.sleep(0.05)
+        assert [f.success for f in finished] == [False]
+        assert "office device: no edge in this room plays audio" in caplog.text
+        assert (await c.device_info()).name == "sensorium-office"
+        await c.disconnect()

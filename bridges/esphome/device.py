@@ -10,7 +10,7 @@ arbiter's ``arbitration`` (or, without an arbiter, the room's first ``wake``) st
    (kept in a ring buffer while the arbiter decides) as ``VoiceAssistantAudio``;
 3. our stt stage's final transcript, or HA's ``STT_VAD_END``/``STT_END``, ends the command
    (``VoiceAssistantAudio(end=True)``);
-4. the answer's URL (``TTS_END``) is fetched, decoded to PCM and published as ``TtsAudio`` to the room;
+4. the answer's URL (``TTS_END``) is fetched at once, decoded to PCM and published as ``TtsAudio`` to the room;
    the edge plays it, and when the agent asked back (``continue_conversation``) the room listens again,
    without a wake word.
 
@@ -119,7 +119,10 @@ class Device:
         self.friendly = f"{server.name} {room.replace('_', ' ')}"
         self.mac = ":".join(f"{b:02X}" for b in hashlib.sha256(self.name.encode()).digest()[:6])
         self.mics = set(server.deployment.microphones(room))
-        self.speaker = server.deployment.speaker_of(room) if hasattr(server.deployment, "speaker_of") else ""
+        dep = server.deployment
+        speaker = dep.speaker_of(room)
+        self.speaker = speaker if speaker in dep.edges and dep.edges[speaker].playback is not None else ""
+        """The room's loudspeaker edge ("" = none: nothing is played)."""
         self.ring: dict[str, deque[tuple[float, bytes]]] = {}
         self.conn: Connection | None = None
         self.run: Run | None = None
@@ -410,18 +413,18 @@ class Connection:
             run.stop_streaming()
         elif ev == Ev.VOICE_ASSISTANT_INTENT_END and run is not None:
             run.continue_conversation = data.get("continue_conversation") == "1"
-        elif ev == Ev.VOICE_ASSISTANT_TTS_END and run is not None:
-            run.tts_url = data.get("url", "")
+        elif ev == Ev.VOICE_ASSISTANT_TTS_END and run is not None and data.get("url"):
+            run.tts_url = data["url"]
+            self.spawn(self._answer(run))  # the answer's audio is ready: play it now, not at run-end
         elif ev == Ev.VOICE_ASSISTANT_ERROR:
             log.info("%s device: Home Assistant pipeline error %s: %s", d.room, data.get("code"), data.get("message"))
             if run is not None:
                 run.stop_streaming()
         elif ev == Ev.VOICE_ASSISTANT_RUN_END and run is not None:
             d.server.pipeline_end[d.room] = time.monotonic()
-            if run.tts_url:
-                self.spawn(self._answer(run))
-            elif d.run is run:
-                d.run = None
+            run.stop_streaming()
+            if not run.tts_url and d.run is run:
+                d.run = None  # no answer to play
 
     async def _answer(self, run: Run) -> None:
         d = self.device
