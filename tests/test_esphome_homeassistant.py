@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from test_esphome import free_ports
 from test_wyoming_homeassistant import entities_of, read_back, words
+from test_wyoming_voice import enroll
 from wyoming_help import ports, running
 
 from bridges.esphome.server import Server
@@ -41,6 +42,11 @@ HOMEASSISTANT_CONFIG = next(
 )
 RATE = 16000
 ROOMS = ("kitchen", "office")
+
+
+def said(text: str) -> list[str]:
+    """The words our STT read back, without the speaker it names (our TTS's voice is an enrolled one)."""
+    return words(re.sub(r"^\[[^\]]*\]\s*", "", text))
 
 
 def wavs(folder: Path) -> set[Path]:
@@ -92,6 +98,8 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
     from sensorium.agent import run_builtin_agent
 
     p = ports()
+    gallery = tmp_path / "gallery.db"
+    enroll(gallery, "joe", "piper:joe")  # the voice that speaks the commands
     dev_ports = dict(zip(ROOMS, free_ports(2), strict=True))
     addr = f"ipc://{tmp_path}/hub"
     raw = {
@@ -105,12 +113,13 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
                 for r in ROOMS
             },
         },
-        "workers": {"local": {"stages": ["wake", "arbiter", "stt", "tts"]}},
-        "stages": {"tts": {"voice_noise": False}},
+        "workers": {"local": {"stages": ["wake", "arbiter", "stt", "speaker", "tts"]}},
+        "stages": {"tts": {"voice_noise": False}, "speaker": {"gallery": str(gallery)}},
         "wyoming": {
             "host": "127.0.0.1",
             "zeroconf": False,
             "timeout": "5s",
+            "speaker_prefix": True,  # who is speaking reaches HA's pipeline: "[joe] what time is it"
             **{f"{r}_port": p[r] for r in ("stt", "tts", "handle")},
             "wake_port": 0,
         },
@@ -182,7 +191,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             announce_s = time.monotonic() - t0
             wav = await played(tmp_path / "played-kitchen", before)
             heard = await read_back(p["stt"], wav.read_bytes())
-            assert words(heard) == words("the laundry is done"), heard
+            assert said(heard) == words("the laundry is done"), heard
             assert not list((tmp_path / "played-office").glob("*.wav"))
 
             # --- the guide's automation: alice enters the kitchen (sensor.alice_room, as `sensorium mqtt` sets it)
@@ -192,15 +201,15 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             await ha.request("POST", "/api/states/sensor.alice_room", {"state": "kitchen"})
             prompt = await played(tmp_path / "played-kitchen", before)
             heard = await read_back(p["stt"], prompt.read_bytes())  # our STT ends at the first sentence
-            assert words(heard) == words("welcome home"), heard
+            assert said(heard) == words("welcome home"), heard
             before.add(prompt)
             async with asyncio.timeout(20):  # the edge reports the prompt played: listening, no wake word
                 while server.devices["kitchen"].run is None:
                     await asyncio.sleep(0.05)
             mic.say(media.concat(0.3, media.speech("what time is it", "piper:joe")))
             answer = await played(tmp_path / "played-kitchen", before)
-            said = await read_back(p["stt"], answer.read_bytes())
-            assert words(said)[:2] == ["it", "is"], said
+            answer_text = await read_back(p["stt"], answer.read_bytes())
+            assert said(answer_text)[:2] == ["it", "is"], answer_text
             async with ha.websocket() as ws:
                 runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
                     "pipeline_runs"
@@ -211,7 +220,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
                     pipeline_run_id=runs[-1]["pipeline_run_id"],
                 )
             events = {e["type"]: e.get("data") for e in run["events"]}
-            assert words(events["stt-end"]["stt_output"]["text"]) == words("what time is it")
+            assert words(events["stt-end"]["stt_output"]["text"]) == words("[joe] what time is it"), events["stt-end"]
             assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0
 
             # alice leaves and comes back within the hour: not welcomed again
