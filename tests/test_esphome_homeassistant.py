@@ -3,8 +3,9 @@
 Each room's device is added through HA's esphome config flow with the site's Noise key, as a user does;
 HA's Assist pipeline is sensorium's (its Wyoming STT, conversation agent and TTS). Then HA's own
 services drive the devices: ``assist_satellite.announce`` is heard on the kitchen's edge (our STT reads
-it back), and an automation-style ``assist_satellite.start_conversation`` plays its prompt in the
-kitchen, after which the next command, spoken without a wake word, is answered there.
+it back), and the guide's automation (alice enters the kitchen → ``start_conversation``) plays its
+prompt in the kitchen, after which the next command, spoken without a wake word, is answered there;
+HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``).
 
 The kitchen's microphone is the test itself (it publishes the command's audio on the bus as the
 kitchen's microphone node would, after the prompt has played); its loudspeaker is a real edge agent
