@@ -403,3 +403,28 @@ async def test_second_home_assistant_takes_over_and_a_room_without_loudspeaker_s
         assert "office device: no edge in this room plays audio" in caplog.text
         assert (await c.device_info()).name == "sensorium-office"
         await c.disconnect()
+
+
+async def test_announce_skips_a_preannounce_path_and_plays_the_message(tmp_path: Path, caplog: Any) -> None:
+    from aioesphomeapi import api_pb2 as pb
+
+    caplog.set_level(logging.INFO, "sensorium.esphome")
+    tone = (np.sin(np.arange(3200) * 0.3) * 4000).astype(np.int16)
+    url, media = serve_wav(tone, RATE)
+    async with site(tmp_path) as (server, pub, sub):
+        c, _, finished = await voice_client(server, "kitchen")
+        c._get_connection().send_message(
+            pb.VoiceAssistantAnnounceRequest(
+                media_id=url, text="hello", preannounce_media_id="/api/assist_satellite/static/preannounce.mp3"
+            )
+        )
+        last = await until(sub, lambda m: isinstance(m, TtsAudio) and m.final)
+        assert isinstance(last, TtsAudio) and last.text == "hello"
+        await pub.publish(PlaybackStatus(room="kitchen", source="kitchen-pi", answer_id=last.answer_id, state="ended"))
+        async with asyncio.timeout(3):
+            while not finished:
+                await asyncio.sleep(0.05)
+        assert [f.success for f in finished] == [True]
+        assert "skipping the preannounce sound" in caplog.text
+        await c.disconnect()
+    media.shutdown()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -181,16 +182,17 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
                 assert states[sats[room]]["state"] == "idle", states[sats[room]]
                 assert states[sats[room]]["attributes"]["supported_features"] == 3  # ANNOUNCE | START_CONVERSATION
 
-            # --- announce in the kitchen: heard there, and only there
-            before = set()
+            # --- announce in the kitchen (after HA's preannounce sound): heard there, only there
             t0 = time.monotonic()
             await ha.request(
                 "POST",
                 "/api/services/assist_satellite/announce",
-                {"entity_id": sats["kitchen"], "message": "The laundry is done.", "preannounce": False},
+                {"entity_id": sats["kitchen"], "message": "The laundry is done."},
             )
-            announce_s = time.monotonic() - t0
-            wav = await played(tmp_path / "played-kitchen", before)
+            announce_s = time.monotonic() - t0  # HA's call returns when the device reports it played
+            chime, wav = sorted(wavs(tmp_path / "played-kitchen"), key=lambda f: f.stat().st_mtime)
+            with wave.open(str(chime)) as w:
+                assert w.getnframes() > 0.3 * w.getframerate()  # HA's preannounce sound, played first
             heard = await read_back(p["stt"], wav.read_bytes())
             assert said(heard) == words("the laundry is done"), heard
             assert not list((tmp_path / "played-office").glob("*.wav"))

@@ -396,7 +396,12 @@ class Connection:
         log.info("%s device: announcing %r%s", d.room, msg.text, " then listening" if msg.start_conversation else "")
         ok = True
         try:
-            if msg.preannounce_media_id:
+            if msg.preannounce_media_id.startswith("/"):
+                # HA passes its own sound's path unproxied when the device has no media player format
+                log.info(
+                    "%s device: skipping the preannounce sound %s (a path, not a URL)", d.room, msg.preannounce_media_id
+                )
+            elif msg.preannounce_media_id:
                 await d.play(msg.preannounce_media_id)
             ok = await d.play(msg.media_id, msg.text) in ("ended", "stopped")
         except (OSError, ValueError) as exc:
