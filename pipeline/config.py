@@ -294,6 +294,36 @@ class WyomingConfig(_Strict):
         return {role: port for role, port in roles.items() if port}
 
 
+class EsphomeConfig(_Strict):
+    """``[esphome]``: ``sensorium esphome``, every room as an ESPHome native-API voice device for Home Assistant."""
+
+    name: str = "sensorium"
+    """Name on the hub; each device is named ``<name>-<room>`` (letters, digits, '-')."""
+    host: str = "0.0.0.0"
+    """Address the devices listen on."""
+    rooms: dict[str, int] = {}
+    """Room → port of its device ({} = every room with a microphone, from ``base_port`` on)."""
+    base_port: int = 6053
+    """First port when ``rooms`` is empty (6053 is ESPHome's own)."""
+    key_file: str = ""
+    """File holding the site's Noise key (base64, 32 bytes; created on first start; "" = no encryption)."""
+    zeroconf: bool = True
+    """Announce every device as ``_esphomelib._tcp`` so Home Assistant discovers it."""
+    advertise: str = ""
+    """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
+    greet: str = ""
+    """Greet a known person entering a room with a device ("Welcome home, {person}."), then listen without a wake
+    word in Home Assistant's pipeline ("" = off)."""
+    greet_cooldown: str | float = "1h"
+    """Nobody is greeted twice within this long."""
+
+    def ports(self, mic_rooms: list[str]) -> dict[str, int]:
+        """Room → port of its device."""
+        if self.rooms:
+            return dict(self.rooms)
+        return {room: self.base_port + i for i, room in enumerate(mic_rooms)}
+
+
 class ConsoleConfig(_Strict):
     """``[console]``: the web console (``sensorium console``): who is where, the timeline, the unknowns inbox."""
 
@@ -377,6 +407,7 @@ class DeployFile(_Strict):
     mqtt: dict[str, Any] | None = None
     console: dict[str, Any] | None = None
     mcp: dict[str, Any] | None = None
+    esphome: dict[str, Any] | None = None
 
 
 class DeployParsed(msgspec.Struct):
@@ -392,6 +423,7 @@ class DeployParsed(msgspec.Struct):
     mqtt: MqttConfig | None = None
     console: ConsoleConfig | None = None
     mcp: McpConfig | None = None
+    esphome: EsphomeConfig | None = None
 
 
 class StageSettings(msgspec.Struct):
@@ -422,6 +454,8 @@ class Deployment(msgspec.Struct):
     """The web console's settings (None without a ``[console]`` table: its defaults apply)."""
     mcp: McpConfig | None = None
     """The MCP server's settings (None without an ``[mcp]`` table)."""
+    esphome: EsphomeConfig | None = None
+    """The ESPHome devices' table (None when the file has no ``[esphome]``)."""
 
     def worker(self, name: str) -> WorkerConfig:
         """A worker by name, or ``ConfigError`` listing the known ones."""
@@ -537,6 +571,7 @@ def from_dict(
         mqtt=convert(raw_file.mqtt, MqttConfig, "mqtt") if raw_file.mqtt is not None else None,
         console=convert(raw_file.console, ConsoleConfig, "console") if raw_file.console is not None else None,
         mcp=convert(raw_file.mcp, McpConfig, "mcp") if raw_file.mcp is not None else None,
+        esphome=convert(raw_file.esphome, EsphomeConfig, "esphome") if raw_file.esphome is not None else None,
     )
 
     known = ", ".join(sorted(stage_options))
@@ -558,6 +593,8 @@ def from_dict(
 
     if f.wyoming is not None:
         _check_wyoming(f, path)
+    if f.esphome is not None:
+        _check_esphome(f, path)
 
     placed: set[str] = set()
     for wname, w in f.workers.items():
@@ -615,7 +652,30 @@ def from_dict(
         mqtt=f.mqtt,
         console=f.console,
         mcp=f.mcp,
+        esphome=f.esphome,
     )
+
+
+def _check_esphome(f: DeployParsed, path: str) -> None:
+    """Validate ``[esphome]`` against the rooms and edges."""
+    e = f.esphome
+    assert e is not None
+    known = ", ".join(f.rooms) or "none"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", e.name):
+        raise ConfigError(f"{path}: [esphome] name = {e.name!r}: use letters, digits and '-' (a device name)")
+    parse_duration(e.greet_cooldown, f"{path}: [esphome] greet_cooldown")
+    mic_rooms = [r for r in f.rooms if any(x.room == r and x.microphone is not None for x in f.edges.values())]
+    seen: dict[int, str] = {}
+    for room, port in e.ports(mic_rooms).items():
+        if room not in f.rooms:
+            raise ConfigError(f"{path}: [esphome.rooms] {room}: not a room of [rooms] (known: {known})")
+        if room not in mic_rooms:
+            raise ConfigError(f"{path}: [esphome.rooms] {room}: no edge node with a microphone in this room")
+        if not 0 < port < 65536:
+            raise ConfigError(f"{path}: [esphome.rooms] {room} = {port}: expected a TCP port 1-65535")
+        if port in seen:
+            raise ConfigError(f"{path}: [esphome.rooms] {room} = {port}: port already used by {seen[port]}")
+        seen[port] = room
 
 
 def _check_wyoming(f: DeployParsed, path: str) -> None:

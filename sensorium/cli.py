@@ -26,6 +26,7 @@ COMMANDS = [
     "agent",
     "mqtt",
     "wyoming",
+    "esphome",
     "console",
     "mcp",
     "record",

@@ -1,0 +1,272 @@
+"""Home Assistant's pipeline through a room's ESPHome device vs through its Wyoming satellite, same audio.
+
+Everything real: Home Assistant 2025.4.4 (``.venv-homeassistant``), sensorium's hub and stages (wake,
+arbiter, stt, tts) and its Wyoming STT, agent and TTS as HA's preferred pipeline. The kitchen is an
+ESPHome device (``sensorium esphome``), the office a Wyoming satellite (``sensorium wyoming``); each
+room's microphone node hears the same "hey jarvis … what time is it" in turn (published on the bus in
+real time, as an edge does), and its loudspeaker edge plays the answer. Measured per command:
+
+* end of speech → Home Assistant's pipeline ``run-end`` (HA's own debug timestamps);
+* end of speech → the answer's first audio on the bus for the room's edge;
+* ``assist_satellite.start_conversation`` called → its prompt's first audio for the kitchen's edge.
+
+Run with ``python -m benchmarks.esphome [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tests"):  # the Home Assistant harness lives with the tests
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+
+ROOMS = {"kitchen": "esphome", "office": "wyoming"}
+
+
+def _pcts(xs: list[float]) -> dict[str, Any]:
+    if not xs:
+        return {"n": 0}
+    s = sorted(xs)
+    return {
+        "n": len(s),
+        "p50_ms": round(statistics.median(s) * 1000),
+        "p95_ms": round(s[min(len(s) - 1, round(0.95 * (len(s) - 1)))] * 1000),
+    }
+
+
+async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, Any]:
+    import media
+    from test_esphome import free_ports
+    from test_esphome_homeassistant import Mic, played, wavs
+    from test_wyoming_homeassistant import entities_of
+    from wyoming_help import ports, running
+
+    from bridges.esphome.server import Server
+    from edge.agent import EdgeAgent
+    from pipeline.bus import Publisher, Subscriber
+    from pipeline.messages import TtsAudio
+    from sensorium.agent import run_builtin_agent
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.embedded import embedded
+
+    p = ports()
+    [dev_port, sat_port] = free_ports(2)
+    addr = f"ipc://{folder}/hub"
+    raw = {
+        "data_dir": str(folder / "data"),
+        "hub": {"address": addr, "heartbeat": "250ms"},
+        "rooms": {r: {"speaker": f"{r}-speaker"} for r in ROOMS},
+        "edges": {
+            **{f"{r}-mic": {"room": r, "microphone": {}} for r in ROOMS},
+            **{f"{r}-speaker": {"room": r, "playback": {"wav_dir": str(folder / f"played-{r}")}} for r in ROOMS},
+        },
+        "workers": {"local": {"stages": ["wake", "arbiter", "stt", "tts"]}},
+        "stages": {"tts": {"voice_noise": False}},
+        "wyoming": {
+            "host": "127.0.0.1",
+            "zeroconf": False,
+            **{f"{r}_port": p[r] for r in ("stt", "tts", "handle")},
+            "wake_port": 0,
+            "satellites": {"office": sat_port},
+        },
+        "esphome": {
+            "host": "127.0.0.1",
+            "zeroconf": False,
+            "rooms": {"kitchen": dev_port},
+            "key_file": str(folder / "esphome.key"),
+        },
+    }
+    dep = deployment_from_dict(raw, "<benchmark>")
+    first_audio: dict[str, list[float]] = {r: [] for r in ROOMS}
+    out: dict[str, Any] = {}
+    async with embedded(dep, address=addr) as env, running(dep, env.endpoints, clock=env.clock):
+        server = Server(dep, endpoints=env.endpoints, clock=env.clock)
+        await server.start()
+        agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock))
+        speakers = [EdgeAgent(dep, f"{r}-speaker", hub_address=env.address, clock=env.clock) for r in ROOMS]
+        tasks = [asyncio.create_task(a.run()) for a in speakers]
+        pub = Publisher(env.endpoints)
+        mics = {r: Mic(pub, env.clock, r, f"{r}-mic") for r in ROOMS}
+        tasks += [asyncio.create_task(m.run()) for m in mics.values()]
+        sub = Subscriber(env.endpoints, ["tts/"])
+        seen: set[str] = set()
+
+        async def watch() -> None:
+            while True:
+                m = await sub.recv()
+                if isinstance(m, TtsAudio) and m.answer_id not in seen and m.room in first_audio:
+                    seen.add(m.answer_id)
+                    first_audio[m.room].append(time.monotonic())
+
+        tasks.append(asyncio.create_task(watch()))
+        try:
+            entries = {}
+            for key in ("stt", "tts", "handle"):
+                entries[key] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": p[key]}))["entry_id"]
+            entries["office"] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": sat_port}))[
+                "entry_id"
+            ]
+            entries["kitchen"] = (
+                await ha.add_integration("esphome", {"host": "127.0.0.1", "port": dev_port}, {"noise_psk": server.key})
+            )["entry_id"]
+            ents = await entities_of(ha, entries)
+            sat = next(e for e in ents["kitchen"] if e.startswith("assist_satellite."))
+            async with ha.websocket() as ws:
+                await ws.call("config/core/update", internal_url=ha.url)
+                pipeline = await ws.call(
+                    "assist_pipeline/pipeline/create",
+                    conversation_engine=ents["handle"][0],
+                    conversation_language="en",
+                    language="en",
+                    name="sensorium",
+                    stt_engine=ents["stt"][0],
+                    stt_language="en",
+                    tts_engine=ents["tts"][0],
+                    tts_language="en",
+                    tts_voice=None,
+                    wake_word_entity=None,
+                    wake_word_id=None,
+                )
+                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
+            utterance = media.concat(0.3, media.speech("hey jarvis", "piper:joe"), 0.4, media.speech("what time is it"))
+            offset = time.time() - time.monotonic()
+            res: dict[str, dict[str, list[float]]] = {r: {"run_end": [], "first_audio": []} for r in ROOMS}
+            answered = {r: 0 for r in ROOMS}
+            for _ in range(reps):
+                for room in ROOMS:
+                    before = wavs(folder / f"played-{room}")
+                    n_audio = len(first_audio[room])
+                    end = time.monotonic() + len(utterance) / 16000 + 0.1
+                    mics[room].say(utterance)
+                    try:
+                        await played(folder / f"played-{room}", before, timeout=40)
+                    except AssertionError:
+                        continue
+                    answered[room] += 1
+                    if len(first_audio[room]) > n_audio:
+                        res[room]["first_audio"].append(first_audio[room][n_audio] - end)
+                    async with ha.websocket() as ws:
+                        runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
+                            "pipeline_runs"
+                        ]
+                        run = await ws.call(
+                            "assist_pipeline/pipeline_debug/get",
+                            pipeline_id=pipeline["id"],
+                            pipeline_run_id=runs[-1]["pipeline_run_id"],
+                        )
+                    stamps = {e["type"]: e["timestamp"] for e in run["events"]}
+                    if "run-end" in stamps:
+                        t = datetime.fromisoformat(stamps["run-end"]).timestamp() - offset
+                        res[room]["run_end"].append(t - end)
+                    await asyncio.sleep(1.5)
+            for room, path in ROOMS.items():
+                out[path] = {
+                    "room": room,
+                    "commands": reps,
+                    "answered": answered[room],
+                    "end_of_speech_to_pipeline_end": _pcts(res[room]["run_end"]),
+                    "end_of_speech_to_first_answer_audio": _pcts(res[room]["first_audio"]),
+                }
+            prompt: list[float] = []
+            conv_answered = 0
+            for _ in range(convs):
+                before = wavs(folder / "played-kitchen")
+                n_audio = len(first_audio["kitchen"])
+                t0 = time.monotonic()
+                await ha.request(
+                    "POST",
+                    "/api/services/assist_satellite/start_conversation",
+                    {"entity_id": sat, "start_message": "Welcome home.", "preannounce": False},
+                )
+                if len(first_audio["kitchen"]) > n_audio:
+                    prompt.append(first_audio["kitchen"][n_audio] - t0)
+                mics["kitchen"].say(media.concat(0.3, media.speech("what time is it", "piper:joe")))
+                try:
+                    before.add(await played(folder / "played-kitchen", before, timeout=40))
+                    await played(folder / "played-kitchen", before, timeout=20)
+                    conv_answered += 1
+                except AssertionError:
+                    pass
+                await asyncio.sleep(1.5)
+            out["start_conversation_to_prompt_audio"] = _pcts(prompt)
+            out["start_conversation_commands_answered"] = f"{conv_answered}/{convs}"
+        finally:
+            for a in speakers:
+                a.stop()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+            sub.close()
+            pub.close()
+            await server.stop()
+    return out
+
+
+async def _main(quick: bool, folder: Path) -> dict[str, Any]:
+    from homeassistant import running
+
+    result: dict[str, Any] = {"benchmark": "esphome", "quick": quick}
+    with running(folder / "ha") as ha:
+        result.update(await _session(ha, folder / "s", reps=3 if quick else 10, convs=2 if quick else 5))
+    with open("/proc/loadavg") as f:
+        result["loadavg"] = f.read().split()[:3]
+    return result
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-esphome-") as d:
+        (Path(d) / "s").mkdir()
+        return asyncio.run(_main(quick, Path(d)))
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = []
+    for path in ("esphome", "wyoming"):
+        x = r[path]
+        e, a = x["end_of_speech_to_pipeline_end"], x["end_of_speech_to_first_answer_audio"]
+        lines.append(
+            f"{path:<8} ({x['room']}): {x['answered']}/{x['commands']} answered; end of speech → HA pipeline end"
+            f" p50 {e.get('p50_ms')} ms p95 {e.get('p95_ms')} ms; → first answer audio at the edge"
+            f" p50 {a.get('p50_ms')} ms p95 {a.get('p95_ms')} ms"
+        )
+    s = r["start_conversation_to_prompt_audio"]
+    lines.append(
+        f"start_conversation → prompt audio at the edge: p50 {s.get('p50_ms')} ms p95 {s.get('p95_ms')} ms;"
+        f" the command after it answered {r['start_conversation_commands_answered']}"
+    )
+    lines.append(f"load average {' '.join(r.get('loadavg', []))}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    add_out(ap, ROOT / "benchmarks" / "results" / "esphome.json")
+    a = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("sensorium.esphome").setLevel(logging.INFO)
+    res = run(a.quick)
+    a.out.write_text(json.dumps(res, indent=2, default=str))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""``sensorium esphome``: the room devices, their hub link, the site's Noise key and their mDNS announcements."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import secrets
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bridges.esphome.api import decode_key
+from bridges.esphome.device import ESPHOME_VERSION, Device
+from bridges.wyoming.bus import Bus
+from pipeline.bus import Endpoints
+from pipeline.clock import Clock
+from pipeline.config import ConfigError, Deployment, parse_duration
+from pipeline.messages import Message, Presence, Say
+from pipeline.security import CurveKeys
+
+log = logging.getLogger("sensorium.esphome")
+
+
+def load_key(path: str | Path) -> str:
+    """The site's Noise key from ``path`` (base64 of 32 bytes), created (mode 0600) when the file is missing."""
+    p = Path(path)
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        log.info("esphome: created the site's Noise key in %s (give it to Home Assistant)", p)
+        return key
+    key = p.read_text().strip()
+    try:
+        decode_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"[esphome] key_file {p}: {exc}") from None
+    return key
+
+
+class Server:
+    """All rooms' devices of one deployment."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        endpoints: Endpoints | None = None,
+        clock: Clock | None = None,
+        curve: CurveKeys | None = None,
+        wake_words: list[str] | None = None,
+    ) -> None:
+        cfg = deployment.esphome
+        if cfg is None:
+            raise ConfigError(f"{deployment.path}: no [esphome] table")
+        self.deployment = deployment
+        self.config = cfg
+        self.name = cfg.name
+        self.key = load_key(cfg.key_file) if cfg.key_file else ""
+        self.psk = decode_key(self.key) if self.key else None
+        self.wake_words = wake_words or ["hey_jarvis"]
+        endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
+        prefixes = ["audio/", "wake/", "arbitration/", "playback/", "transcript/", "presence/"]
+        self.bus = Bus(endpoints, f"{cfg.name}-esphome", prefixes, clock=clock, curve=curve)
+        mic_rooms = [r for r in deployment.rooms if deployment.microphones(r)]
+        self.devices = {room: Device(self, room, port) for room, port in cfg.ports(mic_rooms).items()}
+        self.pipeline_end: dict[str, float] = {}
+        """Room → when its last pipeline ended in Home Assistant (monotonic; for the benchmark)."""
+        self.first_audio: dict[str, float] = {}
+        """Room → when its last played audio went to the edge (monotonic)."""
+        self._zc: Any = None
+        self.started = time.monotonic()
+        self.cooldown = parse_duration(cfg.greet_cooldown, "[esphome] greet_cooldown")
+        self.greeted: dict[str, float] = {}
+        """Person → when they were last greeted (monotonic)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.bus.start()
+        if self.config.greet:
+            self.bus.listen("presence", self._on_presence)
+        for d in self.devices.values():
+            if not d.speaker:
+                log.warning(
+                    "esphome: %s has no edge with a loudspeaker: answers and announcements are not played", d.room
+                )
+            await d.start(self.config.host)
+        if self.config.zeroconf:
+            await self._announce()
+
+    def _on_presence(self, msg: Message) -> None:
+        if not isinstance(msg, Presence) or msg.state != "entered" or msg.person in ("", "unknown"):
+            return
+        device = self.devices.get(msg.room)
+        if device is None:
+            return
+        now = time.monotonic()
+        last = self.greeted.get(msg.person)
+        if last is not None and now - last < self.cooldown:
+            log.info("esphome: %s entered the %s; greeted %.0f s ago, not again", msg.person, msg.room, now - last)
+            return
+        self.greeted[msg.person] = now
+        task = asyncio.get_running_loop().create_task(self.greet(device, msg.person))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def greet(self, device: Device, person: str) -> None:
+        """Say the greeting in the device's room (our TTS), then listen there without a wake word."""
+        text = self.config.greet.replace("{person}", person.replace("_", " ").title())
+        aid = f"esphome-greet-{uuid.uuid4().hex[:8]}"
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        device.playing[aid] = fut
+        log.info("esphome: greeting %s in the %s", person, device.room)
+        await self.bus.publish(Say(room=device.room, answer_id=aid, text=text))
+        try:
+            async with asyncio.timeout(20.0):
+                await fut
+        except TimeoutError:
+            device.playing.pop(aid, None)
+            log.warning("esphome: the greeting for %s in the %s was not reported played", person, device.room)
+            return
+        device.listen_now()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._zc is not None:
+            await self._zc.async_unregister_all_services()
+            await self._zc.async_close()
+        for d in self.devices.values():
+            await d.stop()
+        await self.bus.close()
+
+    async def _announce(self) -> None:
+        from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+        addr = self.config.advertise or _lan_address()
+        self._zc = AsyncZeroconf()
+        for d in self.devices.values():
+            info = AsyncServiceInfo(
+                "_esphomelib._tcp.local.",
+                f"{d.name}._esphomelib._tcp.local.",
+                addresses=[socket.inet_aton(addr)],
+                port=d.port,
+                properties={
+                    "version": ESPHOME_VERSION,
+                    "mac": d.mac.replace(":", "").lower(),
+                    "board": "host",
+                    "platform": "HOST",
+                    "network": "ethernet",
+                    "friendly_name": d.friendly,
+                    "api_encryption": "Noise_NNpsk0_25519_ChaChaPoly_SHA256" if self.psk else "",
+                },
+                server=f"{d.name}.local.",
+            )
+            await self._zc.async_register_service(info)
+
+
+def _lan_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"

@@ -1,0 +1,245 @@
+"""Home Assistant 2025.4.4 itself as the client of ``sensorium esphome``'s room devices.
+
+Each room's device is added through HA's esphome config flow with the site's Noise key, as a user does;
+HA's Assist pipeline is sensorium's (its Wyoming STT, conversation agent and TTS). Then HA's own
+services drive the devices: ``assist_satellite.announce`` is heard on the kitchen's edge (our STT reads
+it back), and the guide's automation (alice enters the kitchen → ``start_conversation``) plays its
+prompt in the kitchen, after which the next command, spoken without a wake word, is answered there;
+HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``).
+
+The kitchen's microphone is the test itself (it publishes the command's audio on the bus as the
+kitchen's microphone node would, after the prompt has played); its loudspeaker is a real edge agent
+writing what it plays to WAV files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import media
+import numpy as np
+import pytest
+from test_esphome import free_ports
+from test_wyoming_homeassistant import entities_of, read_back, words
+from test_wyoming_voice import enroll
+from wyoming_help import ports, running
+
+from bridges.esphome.server import Server
+from pipeline.bus import Publisher
+from pipeline.messages import AudioChunk as BusChunk
+from sensorium.deployment import deployment_from_dict
+from sensorium.embedded import embedded
+
+pytestmark = pytest.mark.slow
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "home-assistant.md").read_text()
+SECTION = DOC[DOC.index("## Room devices (ESPHome)") :].split("\n## ", 1)[0]
+#: the guide's automation: alice entering the kitchen starts a conversation there, once an hour
+HOMEASSISTANT_CONFIG = next(
+    b for b in re.findall(r"```yaml\n(.*?)```", SECTION, flags=re.S) if "start_conversation" in b
+)
+RATE = 16000
+ROOMS = ("kitchen", "office")
+
+
+def said(text: str) -> list[str]:
+    """The words our STT read back, without the speaker it names (our TTS's voice is an enrolled one)."""
+    return words(re.sub(r"^\[[^\]]*\]\s*", "", text))
+
+
+def wavs(folder: Path) -> set[Path]:
+    return set(folder.glob("*.wav")) if folder.exists() else set()
+
+
+async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path:
+    """The next WAV file the edge wrote to ``folder``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(wavs(folder) - before)
+        if new:
+            await asyncio.sleep(0.5)  # written whole
+            return new[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing played in {folder} within {timeout:g} s")
+
+
+class Mic:
+    """The kitchen's microphone node: a quiet room on the bus in real time (80 ms blocks), and what is ``say``-d."""
+
+    def __init__(self, pub: Publisher, clock: Any, room: str, node: str) -> None:
+        self.pub, self.clock, self.room, self.node = pub, clock, room, node
+        self.pending = np.zeros(0, np.int16)
+        self.room_noise = media.noise(60.0, dbfs=-60, color="pink")
+
+    def say(self, pcm: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, pcm])
+
+    async def run(self) -> None:
+        block = 1280
+        t0, m0, i = self.clock.now(), time.monotonic(), 0
+        while True:
+            room = self.room_noise[(i % len(self.room_noise)) : (i % len(self.room_noise)) + block]
+            if len(room) < block:
+                room = np.resize(room, block)
+            if len(self.pending):
+                piece, self.pending = self.pending[:block], self.pending[block:]
+                room = media.mix(np.pad(piece, (0, block - len(piece))), room)
+            data = room.astype(np.int16).tobytes()
+            await self.pub.publish(BusChunk(room=self.room, source=self.node, time=t0 + i / RATE, rate=RATE, data=data))
+            i += block
+            await asyncio.sleep(max(0.0, m0 + i / RATE - time.monotonic()))
+
+
+async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path: Path) -> None:
+    ha = home_assistant
+    from edge.agent import EdgeAgent
+    from sensorium.agent import run_builtin_agent
+
+    p = ports()
+    gallery = tmp_path / "gallery.db"
+    enroll(gallery, "joe", "piper:joe")  # the voice that speaks the commands
+    dev_ports = dict(zip(ROOMS, free_ports(2), strict=True))
+    addr = f"ipc://{tmp_path}/hub"
+    raw = {
+        "data_dir": str(tmp_path / "data"),
+        "hub": {"address": addr, "heartbeat": "250ms"},
+        "rooms": {r: {"speaker": f"{r}-speaker"} for r in ROOMS},
+        "edges": {
+            **{f"{r}-mic": {"room": r, "microphone": {}} for r in ROOMS},
+            **{
+                f"{r}-speaker": {"room": r, "playback": {"wav_dir": str(tmp_path / f"played-{r}"), "rate": 22050}}
+                for r in ROOMS
+            },
+        },
+        "workers": {"local": {"stages": ["wake", "arbiter", "stt", "speaker", "tts"]}},
+        "stages": {"tts": {"voice_noise": False}, "speaker": {"gallery": str(gallery)}},
+        "wyoming": {
+            "host": "127.0.0.1",
+            "zeroconf": False,
+            "timeout": "5s",
+            "speaker_prefix": True,  # who is speaking reaches HA's pipeline: "[joe] what time is it"
+            **{f"{r}_port": p[r] for r in ("stt", "tts", "handle")},
+            "wake_port": 0,
+        },
+        "esphome": {
+            "host": "127.0.0.1",
+            "zeroconf": False,
+            "rooms": dev_ports,
+            "key_file": str(tmp_path / "esphome.key"),
+        },
+    }
+    dep = deployment_from_dict(raw, "<test>")
+    async with embedded(dep, address=addr) as env, running(dep, env.endpoints, clock=env.clock):
+        server = Server(dep, endpoints=env.endpoints, clock=env.clock)
+        await server.start()
+        agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock))
+        speakers = [EdgeAgent(dep, f"{r}-speaker", hub_address=env.address, clock=env.clock) for r in ROOMS]
+        edge_tasks = [asyncio.create_task(a.run()) for a in speakers]
+        pub = Publisher(env.endpoints)
+        mic = Mic(pub, env.clock, "kitchen", "kitchen-mic")
+        mic_task = asyncio.create_task(mic.run())
+        try:
+            # --- sensorium's STT, agent and TTS as HA's preferred pipeline (Wyoming)
+            entries = {}
+            for key in ("stt", "tts", "handle"):
+                entries[key] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": p[key]}))["entry_id"]
+            ents = await entities_of(ha, entries)
+            async with ha.websocket() as ws:
+                await ws.call("config/core/update", internal_url=ha.url)  # the URLs HA gives devices
+                pipeline = await ws.call(
+                    "assist_pipeline/pipeline/create",
+                    conversation_engine=ents["handle"][0],
+                    conversation_language="en",
+                    language="en",
+                    name="sensorium",
+                    stt_engine=ents["stt"][0],
+                    stt_language="en",
+                    tts_engine=ents["tts"][0],
+                    tts_language="en",
+                    tts_voice=None,
+                    wake_word_entity=None,
+                    wake_word_id=None,
+                )
+                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
+
+            # --- Settings → Devices & services → ESPHome: host, port, then the site's Noise key
+            dev_entries = {}
+            for room, port in dev_ports.items():
+                entry = await ha.add_integration(
+                    "esphome", {"host": "127.0.0.1", "port": port}, {"noise_psk": server.key}
+                )
+                assert entry["title"] == f"sensorium {room}"  # the friendly name
+                dev_entries[room] = entry["entry_id"]
+            dev_ents = await entities_of(ha, dev_entries)
+            print(f"Home Assistant entities of the room devices: {dev_ents}")
+            sats = {room: next(e for e in dev_ents[room] if e.startswith("assist_satellite.")) for room in ROOMS}
+            states = await ha.states()
+            for room in ROOMS:
+                assert states[sats[room]]["state"] == "idle", states[sats[room]]
+                assert states[sats[room]]["attributes"]["supported_features"] == 3  # ANNOUNCE | START_CONVERSATION
+
+            # --- announce in the kitchen (after HA's preannounce sound): heard there, only there
+            t0 = time.monotonic()
+            await ha.request(
+                "POST",
+                "/api/services/assist_satellite/announce",
+                {"entity_id": sats["kitchen"], "message": "The laundry is done."},
+            )
+            announce_s = time.monotonic() - t0  # HA's call returns when the device reports it played
+            chime, wav = sorted(wavs(tmp_path / "played-kitchen"), key=lambda f: f.stat().st_mtime)
+            with wave.open(str(chime)) as w:
+                assert w.getnframes() > 0.3 * w.getframerate()  # HA's preannounce sound, played first
+            heard = await read_back(p["stt"], wav.read_bytes())
+            assert said(heard) == words("the laundry is done"), heard
+            assert not list((tmp_path / "played-office").glob("*.wav"))
+
+            # --- the guide's automation: alice enters the kitchen (sensor.alice_room, as `sensorium mqtt` sets it)
+            # → start_conversation there: the prompt plays, then the kitchen listens without a wake word
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "hall"})
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "kitchen"})
+            prompt = await played(tmp_path / "played-kitchen", before)
+            heard = await read_back(p["stt"], prompt.read_bytes())  # our STT ends at the first sentence
+            assert said(heard) == words("welcome home"), heard
+            before.add(prompt)
+            async with asyncio.timeout(20):  # the edge reports the prompt played: listening, no wake word
+                while server.devices["kitchen"].run is None:
+                    await asyncio.sleep(0.05)
+            mic.say(media.concat(0.3, media.speech("what time is it", "piper:joe")))
+            answer = await played(tmp_path / "played-kitchen", before)
+            answer_text = await read_back(p["stt"], answer.read_bytes())
+            assert said(answer_text)[:2] == ["it", "is"], answer_text
+            async with ha.websocket() as ws:
+                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
+                    "pipeline_runs"
+                ]
+                run = await ws.call(
+                    "assist_pipeline/pipeline_debug/get",
+                    pipeline_id=pipeline["id"],
+                    pipeline_run_id=runs[-1]["pipeline_run_id"],
+                )
+            events = {e["type"]: e.get("data") for e in run["events"]}
+            assert words(events["stt-end"]["stt_output"]["text"]) == words("[joe] what time is it"), events["stt-end"]
+            assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0
+
+            # alice leaves and comes back within the hour: not welcomed again
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "hall"})
+            await ha.request("POST", "/api/states/sensor.alice_room", {"state": "kitchen"})
+            await asyncio.sleep(5.0)
+            assert wavs(tmp_path / "played-kitchen") == before
+            assert server.devices["kitchen"].announcements == 2 and server.devices["kitchen"].pipelines == 1
+            print(f"announce call took {announce_s:.2f} s; pipeline events {list(events)}")
+        finally:
+            mic_task.cancel()
+            for a in speakers:
+                a.stop()
+            await asyncio.gather(*edge_tasks, return_exceptions=True)
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+            pub.close()
+            await server.stop()
