@@ -170,3 +170,27 @@ async def test_edge_reads_a_room_that_hears_its_speaker(hub: Hub, hub_address: s
     clean = np.concatenate([c.pcm() for c in cancelled]).astype(float)
     h = len(raw) // 2
     assert 10 * np.log10(np.sum(raw[h:] ** 2) / np.sum(clean[h:] ** 2)) > 6.0  # the echo, 10 dB over speech, is gone
+
+
+def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
+    from sensorium.doctor import Doctor
+
+    write_scene(Scene(np.zeros(RATE, np.int16), np.zeros(RATE, np.int16)), tmp_path, "mic")
+    mic = {"file": str(tmp_path / "mic.mic.wav"), "reference_file": str(tmp_path / "mic.played.wav")}
+    raw = {
+        "hub": {"address": f"ipc://{tmp_path}/hub"},
+        "rooms": {ROOM: {}, "hall": {}},
+        "edges": {
+            NODE: {"room": ROOM, "microphone": {**mic, "echo_cancel": True}, "playback": {"wav_dir": str(tmp_path)}},
+            "hall-pi": {"room": "hall", "microphone": {"file": str(tmp_path / "mic.mic.wav")}},
+        },
+        "stages": {"wake": {"playback_threshold": 0.9}},
+        "workers": {"w": {"stages": ["wake"]}},
+    }
+    dep = from_dict(raw, {"wake": WakeStage.Options})
+    found = {f.check: f for f in Doctor(dep, None, hub_timeout=0.2, load_models=False).run()}
+    echo = found[f"echo {NODE}"]
+    assert echo.status == "PASS", echo
+    assert "wake bar while playing 0.90" in echo.detail and "echo cancellation on" in echo.detail
+    assert "own-voice wakes dropped" in echo.detail and "mic.played.wav" in echo.detail
+    assert found["echo hall-pi"].detail == "room hall has no speaker: nothing to hear of its own"
