@@ -82,7 +82,7 @@ def chunks(scene: Scene, t0: float, reference: bool, aec: bool = False) -> tuple
         ref = b""
         if tap is not None:
             c = time.process_time()
-            tap.add(t, scene.played[start : start + BLOCK])
+            tap.add(t, scene.played[start : start + BLOCK], join=False)
             ref = tap.take(t, len(data) // 2)
             if canceller is not None:
                 heard = np.frombuffer(ref, "<i2") if ref else np.zeros(len(data) // 2, np.int16)

@@ -360,7 +360,7 @@ class EdgeAgent:
                     n = len(pcm) // 2
                     start = pos % len(played) if self.loop_files and len(played) else pos
                     seg = played[start : start + n]
-                    self.reference.add(t, seg)
+                    self.reference.add(t, seg, join=False)  # on the microphone's own stamps
                     pos += n
                 if self.aec is not None and self.reference is not None:
                     heard = np.frombuffer(self.reference.take(t, len(pcm) // 2), "<i2")

@@ -15,6 +15,8 @@ import numpy as np
 
 from pipeline.media import resample
 
+JOIN_S = 0.02
+"""A block stamped this close to the end of the one before continues it exactly."""
 KEEP_S = 30.0
 """Played audio older than this (behind the newest block) is forgotten."""
 
@@ -28,13 +30,22 @@ class ReferenceTap:
         self.added = 0
         """Samples added since the tap was made."""
 
-    def add(self, t: float, pcm: np.ndarray, rate: int | None = None) -> None:
-        """``pcm`` (int16) starts sounding at hub time ``t``; resampled to the tap's rate when ``rate`` differs."""
+    def add(self, t: float, pcm: np.ndarray, rate: int | None = None, join: bool = True) -> None:
+        """``pcm`` (int16) starts sounding at hub time ``t``; resampled to the tap's rate when ``rate`` differs.
+
+        ``join``: a block stamped within ``JOIN_S`` of the previous one's end continues it (a player's blocks);
+        off for audio stamped like the microphone chunks it belongs to (a simulated room's ``reference_file``).
+        """
         if len(pcm) == 0:
             return
         block = np.asarray(pcm, dtype=np.int16)
         if rate is not None and rate != self.rate:
             block = resample(block, rate, self.rate)
+        if join and self._blocks:
+            t_prev, prev = self._blocks[-1]
+            end = t_prev + len(prev) / self.rate
+            if abs(t - end) < JOIN_S:
+                t = end  # a sound card plays queued blocks back to back: stamps jitter, the audio does not
         self._blocks.append((t, block))
         self.added += len(block)
         newest = t + len(block) / self.rate

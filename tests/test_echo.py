@@ -46,7 +46,7 @@ def edge_chunks(sc: Scene, t0: float, reference: bool) -> list[AudioChunk]:
     for start in range(0, len(sc.mic), 1280):
         t = t0 + start / RATE
         data = sc.mic[start : start + 1280].tobytes()
-        tap.add(t, sc.played[start : start + 1280])
+        tap.add(t, sc.played[start : start + 1280], join=False)
         ref = tap.take(t, len(data) // 2) if reference else b""
         out.append(AudioChunk(time=t, room=ROOM, source=NODE, data=data, reference=ref))
     return out
@@ -194,3 +194,33 @@ def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
     assert "wake bar while playing 0.90" in echo.detail and "echo cancellation on" in echo.detail
     assert "own-voice wakes dropped" in echo.detail and "mic.played.wav" in echo.detail
     assert found["echo hall-pi"].detail == "room hall has no speaker: nothing to hear of its own"
+
+
+async def test_player_hands_what_it_plays_to_the_tap(tmp_path: Path) -> None:
+    """The live path: every block the player writes reaches the tap at the hub time it leaves the speaker."""
+    from edge.playback import Player, WavSink
+    from pipeline.clock import Clock
+    from pipeline.config import PlaybackConfig
+    from pipeline.messages import TtsAudio
+
+    pcm = speech(PLAIN, OWN_VOICE, CACHE)
+    tap = ReferenceTap(16000)
+    statuses: list[Message] = []
+
+    async def publish(m: Message) -> None:
+        statuses.append(m)
+
+    cfg = PlaybackConfig(wav_dir=str(tmp_path), rate=16000)
+    player = Player(cfg, ROOM, NODE, Clock(), publish, sink=WavSink(tmp_path, 16000), tap=tap)
+    half = len(pcm) // 2
+    for i, part in enumerate((pcm[:half], pcm[half:])):
+        await player.feed(TtsAudio(room=ROOM, answer_id="a1", chunk=i, final=i == 1, rate=16000, data=part.tobytes()))
+    async with asyncio.timeout(30):
+        await player.wait_idle()
+    start = player.first_audio["a1"]
+    await player.close()
+    assert tap.added == len(pcm)
+    heard = np.frombuffer(tap.take(start - 0.001, len(pcm) + 32), "<i2")
+    # what played, sample for sample, from within a millisecond of the time it started
+    assert any(np.array_equal(heard[k : k + len(pcm)], pcm) for k in range(33)), "not contiguous or not aligned"
+    assert tap.take(start - 1.0, 8000) == b""
