@@ -88,7 +88,17 @@ def chunks(scene: Scene, t0: float, reference: bool, aec: bool = False) -> tuple
                 heard = np.frombuffer(ref, "<i2") if ref else np.zeros(len(data) // 2, np.int16)
                 data = canceller.process(np.frombuffer(data, "<i2"), heard).tobytes()
             cpu += time.process_time() - c
-        out.append(AudioChunk(time=t, room=ROOM, source=NODE, rate=16000, data=data, reference=ref))
+        out.append(
+            AudioChunk(
+                time=t,
+                room=ROOM,
+                source=NODE,
+                rate=16000,
+                data=data,
+                reference=ref,
+                echo_cancelled=canceller is not None,
+            )
+        )
     return out, cpu
 
 

@@ -373,7 +373,15 @@ class EdgeAgent:
                     blocks = [(t, pcm)]
                 for i, (bt, data) in enumerate(blocks):
                     ref = self.reference.take(bt, len(data) // 2) if self.reference is not None else b""
-                    chunk = AudioChunk(time=bt, room=self.room, source=self.name, rate=rate, data=data, reference=ref)
+                    chunk = AudioChunk(
+                        time=bt,
+                        room=self.room,
+                        source=self.name,
+                        rate=rate,
+                        data=data,
+                        reference=ref,
+                        echo_cancelled=self.aec is not None,
+                    )
                     self.outbox.put(self._stamp(chunk), measure=i == len(blocks) - 1)  # the live block only
         except AudioSourceError as exc:
             log.error("%s", exc)

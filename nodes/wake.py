@@ -88,6 +88,9 @@ class WakeStage(Stage):
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
         playback_threshold: float = 0.8
         """Score a wake word needs while the room's speaker plays (the edge sends what it plays); 0 = no raised bar."""
+        cancelled_threshold: float = 0.65
+        """The bar while playing when the edge cancelled the echo (``AudioChunk.echo_cancelled``): little of the
+        speaker is left to wake on, so a barge-in needs less; 0 = ``playback_threshold`` applies."""
         playback_tail: Duration = "0.5s"
         """A room counts as playing this long after its speaker went quiet (reverberation)."""
         self_reject: bool = True
@@ -117,6 +120,8 @@ class WakeStage(Stage):
         self._refractory = parse_duration(o.refractory, "[stages.wake] refractory")
         if not 0.0 <= o.playback_threshold <= 1.0:
             raise ValueError(f"[stages.wake] playback_threshold must be in [0, 1], got {o.playback_threshold}")
+        if not 0.0 <= o.cancelled_threshold <= 1.0:
+            raise ValueError(f"[stages.wake] cancelled_threshold must be in [0, 1], got {o.cancelled_threshold}")
         if not 0.0 < o.self_score <= 1.0:
             raise ValueError(f"[stages.wake] self_score must be in (0, 1], got {o.self_score}")
         self._tail = parse_duration(o.playback_tail, "[stages.wake] playback_tail")
@@ -140,9 +145,11 @@ class WakeStage(Stage):
         """The threshold that applies to ``word``."""
         return self.ctx.options.thresholds.get(word, self.ctx.options.threshold)
 
-    def playing_threshold_of(self, word: str) -> float:
-        """The threshold that applies to ``word`` while the room plays."""
-        return max(self.threshold_of(word), self.ctx.options.playback_threshold)
+    def playing_threshold_of(self, word: str, cancelled: bool = False) -> float:
+        """The threshold that applies to ``word`` while the room plays (``cancelled``: the edge removed the echo)."""
+        o = self.ctx.options
+        bar = o.cancelled_threshold if cancelled and o.cancelled_threshold else o.playback_threshold
+        return max(self.threshold_of(word), bar)
 
     async def _score_reference(self, st: _Stream, msg: AudioChunk, n_pcm: int) -> None:
         """Score what the speaker played during ``msg`` with the stream's second model state."""
@@ -226,15 +233,10 @@ class WakeStage(Stage):
             for word, score in s.items():
                 if score < self.threshold_of(word) or t < st.quiet_until.get(word, 0.0):
                     continue
-                if playing and score < self.playing_threshold_of(word):
+                bar = self.playing_threshold_of(word, msg.echo_cancelled)
+                if playing and score < bar:
                     self.rejected["playback_bar"] += 1
-                    self.ctx.log.info(
-                        "wake: %s/%s %s %.2f below the playback bar %.2f",
-                        *key,
-                        word,
-                        score,
-                        self.playing_threshold_of(word),
-                    )
+                    self.ctx.log.info("wake: %s/%s %s %.2f below the playback bar %.2f", *key, word, score, bar)
                     continue  # no refractory: a barge-in's score may rise past the bar a frame later
                 own = self._own_voice(st, word, t) if self.ctx.options.self_reject else 0.0
                 if own >= self.ctx.options.self_score:

@@ -69,6 +69,8 @@ class AudioChunk(Stream, tag="audio"):
     reference: bytes = b""
     """What the room's loudspeaker played while this chunk was captured, as mono 16-bit PCM at ``rate``
     sample-aligned with ``data`` (empty when it played nothing): the wake stage's own-voice check."""
+    echo_cancelled: bool = False
+    """The edge removed the echo of ``reference`` from ``data`` (``[edges.X.microphone] echo_cancel``)."""
 
     def pcm(self) -> np.ndarray:
         """The samples as int16 (a read-only view of ``data``; interleaved when ``channels`` > 1)."""

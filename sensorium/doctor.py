@@ -655,6 +655,11 @@ class Doctor:
             if mic.send_reference
             else "no reference sent",
             f"wake bar while playing {bar:.2f}" if bar else "no raised wake bar while playing",
+            *(
+                [f"{getattr(opts, 'cancelled_threshold', 0.65):.2f} when cancelled"]
+                if mic.echo_cancel and getattr(opts, "cancelled_threshold", 0.65)
+                else []
+            ),
             "own-voice wakes dropped" if own and mic.send_reference else "own-voice check off",
             "echo cancellation on (~1 % of a core)"
             if mic.echo_cancel and mic.send_reference

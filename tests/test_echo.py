@@ -122,6 +122,16 @@ async def test_wake_drops_the_rooms_own_voice_and_still_hears_a_barge_in() -> No
     assert stage.rejected["own_voice"] >= 1
 
 
+async def test_wake_bar_while_playing_is_lower_when_the_edge_cancelled_the_echo() -> None:
+    _, stage = await wake_on([], threshold=0.5, playback_threshold=0.8, cancelled_threshold=0.65)
+    assert stage.playing_threshold_of("hey_jarvis") == 0.8
+    assert stage.playing_threshold_of("hey_jarvis", cancelled=True) == 0.65
+    _, stage = await wake_on([], threshold=0.5, playback_threshold=0.8, cancelled_threshold=0.0)
+    assert stage.playing_threshold_of("hey_jarvis", cancelled=True) == 0.8
+    with pytest.raises(ValueError, match="cancelled_threshold must be in"):
+        await wake_on([], cancelled_threshold=1.5)
+
+
 async def test_wake_refuses_a_reference_of_the_wrong_length() -> None:
     msg = AudioChunk(time=time.time(), room=ROOM, source=NODE, data=b"\0\0" * 1280, reference=b"\1\0" * 10)
     out, stage = await wake_on([msg])
@@ -166,6 +176,7 @@ async def test_edge_reads_a_room_that_hears_its_speaker(hub: Hub, hub_address: s
     ref = np.concatenate([c.reference_pcm() if c.reference else np.zeros(len(c.pcm()), np.int16) for c in plain])
     assert np.array_equal(ref, sc.played[: len(ref)])  # what the speaker played, sample for sample
     assert np.array_equal(np.concatenate([c.pcm() for c in plain]), sc.mic[: len(ref)])
+    assert all(c.echo_cancelled for c in cancelled) and not any(c.echo_cancelled for c in plain)
     raw = np.concatenate([c.pcm() for c in plain]).astype(float)
     clean = np.concatenate([c.pcm() for c in cancelled]).astype(float)
     h = len(raw) // 2
@@ -191,7 +202,7 @@ def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
     found = {f.check: f for f in Doctor(dep, None, hub_timeout=0.2, load_models=False).run()}
     echo = found[f"echo {NODE}"]
     assert echo.status == "PASS", echo
-    assert "wake bar while playing 0.90" in echo.detail and "echo cancellation on" in echo.detail
+    assert "wake bar while playing 0.90; 0.65 when cancelled" in echo.detail and "echo cancellation on" in echo.detail
     assert "own-voice wakes dropped" in echo.detail and "mic.played.wav" in echo.detail
     assert found["echo hall-pi"].detail == "room hall has no speaker: nothing to hear of its own"
 
