@@ -64,6 +64,8 @@ class _Stream:
     ref_model: Any = None
     """A second model state scoring what the room's speaker played (made on the first reference)."""
     ref_pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    ref_live: bool = False
+    """The reference model state holds audio of the current playback."""
     ref_scores: deque = field(default_factory=lambda: deque(maxlen=64))
     """(capture time of a reference frame's end, its scores), the last ~5 s."""
     playing_until: float = 0.0
@@ -155,7 +157,8 @@ class WakeStage(Stage):
         """Score what the speaker played during ``msg`` with the stream's second model state."""
         ref = msg.reference_pcm()
         if len(ref) == 0:
-            if st.ref_model is not None and len(st.ref_pending):
+            if st.ref_live:  # the speaker went quiet: the next playback starts from a clean state
+                st.ref_live = False
                 st.ref_pending = np.zeros(0, np.int16)
                 await self.ctx.run_blocking(st.ref_model.reset)
             return
@@ -164,6 +167,7 @@ class WakeStage(Stage):
             return
         if st.ref_model is None:
             st.ref_model = await self.ctx.run_blocking(self._make)
+        st.ref_live = True
         buf = np.concatenate([st.ref_pending, ref])
         n = len(buf) // FRAME
         st.ref_pending = buf[n * FRAME :]
