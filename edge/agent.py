@@ -23,8 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
 from edge.camera import Camera, CameraError
+from edge.echo import ReferenceTap
+from pipeline.aec import EchoCanceller
 from pipeline.clock import Clock
 from pipeline.config import Deployment, EdgeConfig, parse_duration
 from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
@@ -245,6 +249,12 @@ class EdgeAgent:
         self._stop = asyncio.Event()
         self._gate_pool: ThreadPoolExecutor | None = None
         self.watch: LinkWatch | None = None
+        rate = mic.rate if mic else 16000
+        self.reference = ReferenceTap(rate) if mic is None or mic.send_reference else None
+        self.aec: EchoCanceller | None = None
+        if mic is not None and mic.echo_cancel and self.reference is not None:
+            self.aec = EchoCanceller()
+        """What this room's speaker played (answers, or ``reference_file``), sent with the microphone chunks."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -337,14 +347,41 @@ class EdgeAgent:
         mic = self.config.microphone
         rate = mic.rate if mic else 16000
         loop = asyncio.get_running_loop()
+        played = None
+        if mic is not None and mic.reference_file and isinstance(src, WavFileSource):
+            from pipeline.media import read_wav
+
+            played = await asyncio.to_thread(read_wav, Path(mic.reference_file), rate)
+        pos = 0
         try:
             async for t, pcm in src.blocks():
+                if played is not None and self.reference is not None:
+                    # A simulated room: the loudspeaker played this stretch of the reference file meanwhile.
+                    n = len(pcm) // 2
+                    start = pos % len(played) if self.loop_files and len(played) else pos
+                    seg = played[start : start + n]
+                    self.reference.add(t, seg, join=False)  # on the microphone's own stamps
+                    pos += n
+                if self.aec is not None and self.reference is not None:
+                    heard = np.frombuffer(self.reference.take(t, len(pcm) // 2), "<i2")
+                    if len(heard) == 0:
+                        heard = np.zeros(len(pcm) // 2, np.int16)  # the room's echo tail still rings
+                    pcm = self.aec.process(np.frombuffer(pcm, "<i2"), heard).tobytes()
                 if self.gate is not None:
                     blocks = await loop.run_in_executor(self._gate_pool, self.gate.process, t, pcm)
                 else:
                     blocks = [(t, pcm)]
                 for i, (bt, data) in enumerate(blocks):
-                    chunk = AudioChunk(time=bt, room=self.room, source=self.name, rate=rate, data=data)
+                    ref = self.reference.take(bt, len(data) // 2) if self.reference is not None else b""
+                    chunk = AudioChunk(
+                        time=bt,
+                        room=self.room,
+                        source=self.name,
+                        rate=rate,
+                        data=data,
+                        reference=ref,
+                        echo_cancelled=self.aec is not None,
+                    )
                     self.outbox.put(self._stamp(chunk), measure=i == len(blocks) - 1)  # the live block only
         except AudioSourceError as exc:
             log.error("%s", exc)
@@ -387,7 +424,7 @@ class EdgeAgent:
             self.status("error", f"playback unavailable: {exc}")
             return None
         try:
-            return Player(pb, self.room, self.name, self.clock, self._publish_event)
+            return Player(pb, self.room, self.name, self.clock, self._publish_event, tap=self.reference)
         except Exception as exc:  # a missing speaker must not stop capture
             log.error("playback device: %s", exc)
             self.status("error", f"playback device: {exc}")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge.audio import output_closed, output_stream
+from edge.echo import ReferenceTap
 from pipeline.clock import Clock
 from pipeline.config import PlaybackConfig
 from pipeline.media import resample
@@ -227,8 +228,11 @@ class Player:
         block_ms: int = 20,
         idle_timeout: float = 10.0,
         sink: Sink | None = None,
+        tap: ReferenceTap | None = None,
     ) -> None:
         self.config = config
+        self.tap = tap
+        """Gets every block written to the sink, stamped with the hub time it leaves the speaker."""
         self.room = room
         self.node = node
         self.clock = clock
@@ -418,7 +422,10 @@ class Player:
                         pass
                 if self._stop_flag.is_set() or ans.stopped:
                     return
-                self.sink.write(pcm[pos : pos + self.block])
+                block = pcm[pos : pos + self.block]
+                if self.tap is not None:
+                    self.tap.add(self.clock.now() + self.sink.queued() + self.sink.latency, block, rate)
+                self.sink.write(block)
                 self._mark_played(ans)
             if chunk.text:
                 ans.pending.append((self.sink.written, chunk.text))

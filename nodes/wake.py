@@ -9,6 +9,13 @@ A stream's state exists only for the deployment's rooms and edge nodes (``StageC
 at most ``MAX_STREAMS`` when the deployment does not say) and is freed after ``IDLE_S`` without
 audio. A jump in capture time restarts the stream, refractory timers included, and a chunk
 stamped ahead of the hub clock is refused, so one lying chunk cannot mute a room.
+
+Own voice. A chunk's ``reference`` is what the room's loudspeaker played meanwhile (the edge sends it:
+answers, music, a TV it plays). While a room plays (and ``playback_tail`` after), a wake word needs
+``playback_threshold``; and the reference itself is scored by a second model state of the stream: a
+detection is the room hearing itself, and dropped, when the played audio scored ``self_score`` or more
+for that word within ``self_window`` before it. A person saying the wake word over the playback (barge-in)
+is not in the reference, so it still wakes.
 """
 
 from __future__ import annotations
@@ -54,6 +61,15 @@ class _Stream:
     quiet_until: dict[str, float] = field(default_factory=dict)
     arrived: float = 0.0
     """Monotonic time of the stream's last chunk."""
+    ref_model: Any = None
+    """A second model state scoring what the room's speaker played (made on the first reference)."""
+    ref_pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    ref_live: bool = False
+    """The reference model state holds audio of the current playback."""
+    ref_scores: deque = field(default_factory=lambda: deque(maxlen=64))
+    """(capture time of a reference frame's end, its scores), the last ~5 s."""
+    playing_until: float = 0.0
+    """Capture time until which the room counts as playing (last reference sample + the tail)."""
 
 
 class WakeStage(Stage):
@@ -72,6 +88,19 @@ class WakeStage(Stage):
         """After a detection, the same word on the same stream is ignored for this long."""
         framework: str = "onnx"
         """openWakeWord inference framework: "onnx" (bundled runtime) or "tflite"."""
+        playback_threshold: float = 0.8
+        """Score a wake word needs while the room's speaker plays (the edge sends what it plays); 0 = no raised bar."""
+        cancelled_threshold: float = 0.65
+        """The bar while playing when the edge cancelled the echo (``AudioChunk.echo_cancelled``): little of the
+        speaker is left to wake on, so a barge-in needs less; 0 = ``playback_threshold`` applies."""
+        playback_tail: Duration = "0.5s"
+        """A room counts as playing this long after its speaker went quiet (reverberation)."""
+        self_reject: bool = True
+        """Drop a detection when the played audio itself said the wake word (the room hears its own voice)."""
+        self_score: float = 0.3
+        """Score of the played audio at which a detection in its time counts as the room's own voice."""
+        self_window: Duration = "1.5s"
+        """How far back from a detection the played audio's scores are looked at (speaker → room → microphone)."""
 
     name: ClassVar[str] = "wake"
     serves: ClassVar[str] = "room"
@@ -91,6 +120,16 @@ class WakeStage(Stage):
         if not 0.0 < o.threshold <= 1.0:
             raise ValueError(f"[stages.wake] threshold must be in (0, 1], got {o.threshold}")
         self._refractory = parse_duration(o.refractory, "[stages.wake] refractory")
+        if not 0.0 <= o.playback_threshold <= 1.0:
+            raise ValueError(f"[stages.wake] playback_threshold must be in [0, 1], got {o.playback_threshold}")
+        if not 0.0 <= o.cancelled_threshold <= 1.0:
+            raise ValueError(f"[stages.wake] cancelled_threshold must be in [0, 1], got {o.cancelled_threshold}")
+        if not 0.0 < o.self_score <= 1.0:
+            raise ValueError(f"[stages.wake] self_score must be in (0, 1], got {o.self_score}")
+        self._tail = parse_duration(o.playback_tail, "[stages.wake] playback_tail")
+        self._self_window = parse_duration(o.self_window, "[stages.wake] self_window")
+        self.rejected: dict[str, int] = {"own_voice": 0, "playback_bar": 0}
+        """Detections dropped: the played audio said the word; below ``playback_threshold`` while playing."""
         self._names = [resolve(m, o.framework)[0] for m in o.models]  # fails early on a bad model name
         unknown = set(o.thresholds) - set(self._names)
         if unknown:
@@ -107,6 +146,45 @@ class WakeStage(Stage):
     def threshold_of(self, word: str) -> float:
         """The threshold that applies to ``word``."""
         return self.ctx.options.thresholds.get(word, self.ctx.options.threshold)
+
+    def playing_threshold_of(self, word: str, cancelled: bool = False) -> float:
+        """The threshold that applies to ``word`` while the room plays (``cancelled``: the edge removed the echo)."""
+        o = self.ctx.options
+        bar = o.cancelled_threshold if cancelled and o.cancelled_threshold else o.playback_threshold
+        return max(self.threshold_of(word), bar)
+
+    async def _score_reference(self, st: _Stream, msg: AudioChunk, n_pcm: int) -> None:
+        """Score what the speaker played during ``msg`` with the stream's second model state."""
+        ref = msg.reference_pcm()
+        if len(ref) == 0:
+            if st.ref_live:  # the speaker went quiet: the next playback starts from a clean state
+                st.ref_live = False
+                st.ref_pending = np.zeros(0, np.int16)
+                await self.ctx.run_blocking(st.ref_model.reset)
+            return
+        st.playing_until = msg.time + n_pcm / RATE + self._tail
+        if not self.ctx.options.self_reject:
+            return
+        if st.ref_model is None:
+            st.ref_model = await self.ctx.run_blocking(self._make)
+        st.ref_live = True
+        buf = np.concatenate([st.ref_pending, ref])
+        n = len(buf) // FRAME
+        st.ref_pending = buf[n * FRAME :]
+        if n == 0:
+            return
+        model = st.ref_model
+        frames = [buf[i * FRAME : (i + 1) * FRAME] for i in range(n)]
+        scores = await self.ctx.run_blocking(lambda: [model.score(f) for f in frames])
+        end = msg.time + n_pcm / RATE
+        for i, s in enumerate(scores):
+            st.ref_scores.append((end - (len(st.ref_pending) + (n - 1 - i) * FRAME) / RATE, s))
+
+    def _own_voice(self, st: _Stream, word: str, t: float) -> float:
+        """The played audio's best score for ``word`` in the ``self_window`` before ``t`` (0 when none)."""
+        return max(
+            (s.get(word, 0.0) for rt, s in st.ref_scores if t - self._self_window <= rt <= t + 0.08), default=0.0
+        )
 
     async def handle(self, msg: Message) -> None:
         if not isinstance(msg, AudioChunk):
@@ -136,8 +214,15 @@ class WakeStage(Stage):
             st.pending = np.zeros(0, np.int16)
             st.recent.clear()
             st.quiet_until.clear()  # refractory times belong to the old timeline
+            st.ref_scores.clear()
+            st.ref_pending = np.zeros(0, np.int16)
+            st.playing_until = 0.0
+        if msg.reference and len(msg.reference) != len(pcm) * 2:
+            await self.ctx.reject(msg, f"reference holds {len(msg.reference)} bytes, the audio {len(pcm) * 2}")
+            return
         st.arrived = now
         st.end_time = msg.time + len(pcm) / RATE
+        await self._score_reference(st, msg, len(pcm))
         buf = np.concatenate([st.pending, pcm])
         n = len(buf) // FRAME
         st.pending = buf[n * FRAME :]
@@ -148,8 +233,22 @@ class WakeStage(Stage):
         for i, (frame, s) in enumerate(zip(frames, scores, strict=True)):
             st.recent.append(frame)
             t = st.end_time - (len(st.pending) + (n - 1 - i) * FRAME) / RATE
+            playing = t <= st.playing_until
             for word, score in s.items():
                 if score < self.threshold_of(word) or t < st.quiet_until.get(word, 0.0):
+                    continue
+                bar = self.playing_threshold_of(word, msg.echo_cancelled)
+                if playing and score < bar:
+                    self.rejected["playback_bar"] += 1
+                    self.ctx.log.info("wake: %s/%s %s %.2f below the playback bar %.2f", *key, word, score, bar)
+                    continue  # no refractory: a barge-in's score may rise past the bar a frame later
+                own = self._own_voice(st, word, t) if self.ctx.options.self_reject else 0.0
+                if own >= self.ctx.options.self_score:
+                    self.rejected["own_voice"] += 1
+                    self.ctx.log.info(
+                        "wake: %s/%s %s is the room's own voice (played audio scored %.2f)", *key, word, own
+                    )
+                    st.quiet_until[word] = t + self._refractory
                     continue
                 st.quiet_until[word] = t + self._refractory
                 await self.ctx.publish(

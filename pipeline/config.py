@@ -101,6 +101,14 @@ class MicrophoneConfig(_Strict):
     """With local_wake: audio streamed after the last detection."""
     wake_models: list[str] = msgspec.field(default_factory=lambda: ["hey_jarvis"])
     """With local_wake: wake words (bundled names or .onnx/.tflite paths), the same the workers use."""
+    reference_file: str = ""
+    """With ``file``: what the room's loudspeaker played, sample-aligned with ``file`` (a simulated room that
+    hears its own speaker: tests, benchmarks). Sent as the chunks' ``reference`` like the answers the player plays."""
+    send_reference: bool = True
+    """Send what this room's speaker plays with the microphone chunks (the wake stage's own-voice check)."""
+    echo_cancel: bool = False
+    """Subtract the echo of what this room's speaker plays from the microphone before sending it
+    (``pipeline.aec``; needs ``send_reference``): people are heard over the playback, at ~1 % of a core."""
 
 
 class CameraConfig(_Strict):

@@ -66,10 +66,19 @@ class AudioChunk(Stream, tag="audio"):
     """Interleaved channels."""
     data: bytes = b""
     """Signed 16-bit little-endian PCM."""
+    reference: bytes = b""
+    """What the room's loudspeaker played while this chunk was captured, as mono 16-bit PCM at ``rate``
+    sample-aligned with ``data`` (empty when it played nothing): the wake stage's own-voice check."""
+    echo_cancelled: bool = False
+    """The edge removed the echo of ``reference`` from ``data`` (``[edges.X.microphone] echo_cancel``)."""
 
     def pcm(self) -> np.ndarray:
         """The samples as int16 (a read-only view of ``data``; interleaved when ``channels`` > 1)."""
         return np.frombuffer(self.data, dtype="<i2")
+
+    def reference_pcm(self) -> np.ndarray:
+        """``reference`` as int16 (empty when nothing played)."""
+        return np.frombuffer(self.reference, dtype="<i2")
 
     @property
     def seconds(self) -> float:

