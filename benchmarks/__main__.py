@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming), vision, counting people,
+#: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming and ESPHome devices), voice
+#: beside the room's own loudspeaker, vision, counting people,
 #: voice while vision shares the cores (and the first command after a worker starts), talk-back, the whole
 #: pipeline, the whole pipeline into Home Assistant over MQTT, the web console, LLM agents over MCP, processes
 #: killed at random, a replicated stage's worker killed mid-command, hostile clients against the hub's memory,
@@ -38,6 +39,8 @@ BENCHMARKS = [
     "bus",
     "voice",
     "wyoming",
+    "esphome",
+    "echo",
     "vision",
     "counting",
     "mixed",

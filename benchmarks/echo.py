@@ -236,7 +236,9 @@ async def quiet(cache: Path, rounds: int = 3) -> dict[str, Any]:
     }
 
 
-async def run(minutes: float = 10.0, barge_minutes: float = 5.0, cache: Path = Path(".cache/echo")) -> dict[str, Any]:
+async def measure(
+    minutes: float = 10.0, barge_minutes: float = 5.0, cache: Path = Path(".cache/echo")
+) -> dict[str, Any]:
     await asyncio.to_thread(cache.mkdir, parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
@@ -250,6 +252,11 @@ async def run(minutes: float = 10.0, barge_minutes: float = 5.0, cache: Path = P
     return result
 
 
+def run(quick: bool = False) -> dict[str, Any]:
+    """``python -m benchmarks``' entry: the full run, or one minute of each scene for CI-sized runs."""
+    return asyncio.run(measure(1.0, 1.0) if quick else measure())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="playback simulated per SER (scaled to an hour)")
@@ -259,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("sensorium", "stage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = asyncio.run(run(args.minutes, args.barge_minutes))
+    result = asyncio.run(measure(args.minutes, args.barge_minutes))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
