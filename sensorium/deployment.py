@@ -6,7 +6,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from pipeline.config import ConfigError, Deployment, from_dict, load
+from pipeline.config import ConfigError, Deployment, McpConfig, from_dict, load
 from pipeline.hub import PublishPolicy
 from pipeline.messages import Event
 from pipeline.placement import Serves, StageSpec, specs
@@ -59,6 +59,8 @@ def publish_policy(dep: Deployment) -> PublishPolicy | None:
         kinds[name] = frozenset(emitted)
     if dep.wyoming is not None:  # Home Assistant's questions, asked through the gateway
         kinds.setdefault(dep.wyoming.name, frozenset({"transcript"}))
+    # the MCP server logs every agent's call as an ``mcp_call`` event (its defaults apply without ``[mcp]``)
+    kinds.setdefault((dep.mcp or McpConfig()).name, frozenset({"mcp", "error"}))
     return PublishPolicy(rooms=frozenset(dep.rooms), kinds=kinds, edge_room={n: e.room for n, e in dep.edges.items()})
 
 

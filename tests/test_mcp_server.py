@@ -498,3 +498,23 @@ def test_cli_names_a_port_in_use_and_exits_1(tmp_path: Path, hub_address: str) -
         )  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"sensorium mcp: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+
+
+def test_the_deployments_publish_policy_lets_the_mcp_server_log_agents_calls() -> None:
+    """A hub started from a deployment with edges and workers refuses events of unknown senders: the MCP
+    server's ``mcp_call`` audit events (under its configured or default name) must still be logged."""
+    from pipeline.messages import McpCall, WakeDetected
+    from sensorium.deployment import deployment_from_dict, publish_policy
+
+    base = {
+        "rooms": {"kitchen": {}},
+        "edges": {"kitchen-pi": {"room": "kitchen", "microphone": {}}},
+        "workers": {"cpu0": {"stages": ["wake"]}},
+    }
+    policy = publish_policy(deployment_from_dict(base, "<test>"))
+    assert policy is not None
+    assert policy.problem(McpCall(source="sensorium-mcp", tool="who_is_home")) is None
+    assert policy.problem(McpCall(source="intruder", tool="who_is_home")) is not None
+    assert policy.problem(WakeDetected(room="kitchen", source="sensorium-mcp", word="x")) is not None
+    named = publish_policy(deployment_from_dict({**base, "mcp": {"name": "agents"}}, "<test>"))
+    assert named is not None and named.problem(McpCall(source="agents", tool="say")) is None
