@@ -171,6 +171,7 @@ class DetectStage(Stage):
         self.regions: Any = None
         self._had_people: dict[str, bool] = {}
         self._frame_no: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
         self.work: Counter[str] = Counter()
         """Frames by what the detector did: "full", "regions", "none" (for tests and benchmarks)."""
         self.crops = 0
@@ -242,6 +243,14 @@ class DetectStage(Stage):
                 continue
             assert isinstance(msg, VideoFrame)
             cam = self._camera(msg)
+            last = self._last_seq.get(cam, 0)
+            if last and 0 < msg.seq <= last:
+                # The camera's stream started again (an edge restart, a session replayed): its tracks, motion
+                # background and counts belong to the old stream, and a count must not depend on them.
+                await self.ctx.run_blocking(self.regions.reset, cam)
+                self._had_people.pop(cam, None)
+                self._frame_no.pop(cam, None)
+            self._last_seq[cam] = msg.seq
             n = self._frame_no[cam] = self._frame_no.get(cam, 0) + 1
             if skip and n % 2 == 0:
                 continue
