@@ -519,7 +519,7 @@ class EdgeAgent:
             heartbeat=heartbeat,
         )
         self.link = link
-        pub = Publisher(endpoints, curve=curve)
+        pub = Publisher(endpoints, curve=curve, ready_check=False)  # LinkWatch monitors this socket
         if self.config.playback is not None:
             # the player's resampler imports scipy, seconds on a Pi: not on the event loop
             with contextlib.suppress(ImportError):  # without scipy the player resamples linearly

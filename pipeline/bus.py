@@ -95,13 +95,21 @@ class Publisher:
         curve: CurveKeys | None = None,
         hwm: int = 10000,
         ctx: zmq.asyncio.Context | None = None,
+        ready_check: bool = True,
     ) -> None:
+        """``ready_check=False``: no connection monitor for ``wait_ready`` (the caller monitors the socket itself)."""
         self.socket = (ctx or context()).socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # its only input: subscriptions (topic prefixes)
         if curve is not None:
             curve.apply_client(self.socket)
+        # Watched from before the connect so the handshake cannot be missed (see ``wait_ready``).
+        # inproc has no handshake to watch: its pipe is attached at connect.
+        watch = ready_check and not endpoints.publish.startswith("inproc://")
+        self._monitor: zmq.asyncio.Socket | None = (
+            self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if watch else None
+        )
         self.socket.connect(endpoints.publish)
         # PUB never blocks (it drops at the high-water mark), so sending needs no future: the
         # synchronous shadow of the same socket saves the asyncio round trip per message.
@@ -111,6 +119,31 @@ class Publisher:
         """Messages sent."""
         self.dropped = 0
         """Messages dropped at the high-water mark."""
+
+    async def wait_ready(self, timeout: float = 2.0) -> bool:
+        """Wait until the hub's proxy is connected (False if not within ``timeout`` s).
+
+        A PUB socket drops what it sends before the proxy's subscription reaches it, so a client that
+        publishes at once after starting (a Wyoming request the moment the gateway is up) would lose it.
+        """
+        if self._monitor is None:
+            await asyncio.sleep(0.02)  # inproc: the proxy's subscription is a command the next send reads
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._monitor.recv_multipart()
+        except TimeoutError:
+            return False
+        self._stop_monitor()
+        # The proxy sends its subscription right after the handshake; give it a moment to land.
+        await asyncio.sleep(0.05)
+        return True
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
 
     async def publish(self, msg: Message) -> None:
         """Send ``msg``; assigns the next sequence number of its topic if ``seq`` is 0."""
@@ -132,6 +165,7 @@ class Publisher:
     def close(self) -> None:
         """Close the socket; a later publish raises ``ZMQError(ENOTSOCK)`` as on any closed socket."""
         self._send = _closed_send  # the shadow would hand libzmq the freed socket
+        self._stop_monitor()
         self.socket.close(0)
 
 

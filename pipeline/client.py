@@ -83,6 +83,7 @@ class Client:
     async def __aenter__(self) -> Client:
         await self.link.start()
         self._publisher = Publisher(self.endpoints, curve=self.curve)
+        await self._publisher.wait_ready()  # so a command sent at once is not dropped by the PUB socket
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -408,9 +408,10 @@ async def test_edge_command_stops_cleanly_on_a_signal_without_a_hub(tmp_path: Pa
     out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "Traceback" not in err.decode()
-    # nothing reached a hub and nothing crashed: ~1.5 s of audio still held when it stopped
+    # nothing reached a hub and nothing crashed: the ~1.5 s of audio captured (less on a loaded machine) still held
     text = out.decode()
-    assert re.search(rf"edge {NODE}: sent {{}}, (1[5-9]|[2-9]\d) unsent \(hub unreachable\)", text), text
+    held = re.search(rf"edge {NODE}: sent {{}}, (\d+) unsent \(hub unreachable\)", text)
+    assert held and int(held.group(1)) >= 5, text
 
 
 @pytest.mark.slow

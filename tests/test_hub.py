@@ -27,6 +27,7 @@ from pipeline.messages import (
     Heartbeat,
     HeartbeatAck,
     NodeStatus,
+    Say,
     Transcript,
     WakeDetected,
 )
@@ -945,3 +946,24 @@ async def test_a_client_resuming_into_a_replaced_log_re_bases_and_says_so(hub_ad
     h = Hub(cfg, state_dir=state)  # restarted with its log: the same epoch
     assert h.log.epoch == client.epoch
     h.log.close()
+
+
+async def test_a_publisher_that_waits_until_ready_loses_nothing_it_sends_at_once(hub: Hub) -> None:
+    # A PUB socket drops what it sends before the proxy's subscription reaches it: without the wait,
+    # about half of these first messages were lost (a Wyoming request the moment the gateway is up).
+    sub = Subscriber(hub.endpoints, ["say/"])
+    await asyncio.sleep(0.3)  # the subscriber's own subscription reaches the proxy
+    got = []
+    try:
+        for i in range(10):
+            pub = Publisher(hub.endpoints)
+            try:
+                assert await pub.wait_ready()
+                await pub.publish(Say(source=f"gateway-{i}", answer_id="a1", text="hello", reply_to="gw"))
+                async with asyncio.timeout(5):
+                    got.append(await sub.recv())
+            finally:
+                pub.close()
+    finally:
+        sub.close()
+    assert [m.source for m in got] == [f"gateway-{i}" for i in range(10)]

@@ -205,11 +205,11 @@ async def test_streaming_synthesis_speaks_each_sentence_while_text_arrives(hub_a
     async with embedded(dep) as env, running(dep, env.endpoints, clock=env.clock), Conn(p["tts"]) as c:
         await c.send(SynthesizeStart())
         await c.send(SynthesizeChunk(text="Good morning. The kitchen"))
-        first = await c.until("audio-stop", timeout=10)  # the first sentence, before the text is complete
+        first = await c.until("audio-stop", timeout=30)  # the first sentence, before the text is complete
         await c.send(SynthesizeChunk(text=" lights are on"), SynthesizeChunk(text=" now."))
         await c.send(Synthesize(text="Good morning. The kitchen lights are on now."))  # compatibility copy
         await c.send(SynthesizeStop())
-        rest = await c.until("synthesize-stopped", timeout=10)
+        rest = await c.until("synthesize-stopped", timeout=30)
     assert first[0].type == "audio-start" and first[-1].type == "audio-stop"
     kinds = [e.type for e in rest]
     assert kinds.count("audio-start") == 1 and kinds.count("audio-stop") == 1  # one more sentence, not the copy

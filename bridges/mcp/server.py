@@ -237,6 +237,7 @@ class SensoriumMcp:
         async with Client(endpoints, name=self.name, curve=self.curve, clock=self.clock, heartbeat=self.heartbeat) as c:
             self.client = c
             self._publisher = Publisher(endpoints, curve=self.curve)
+            await self._publisher.wait_ready()
             reader = asyncio.create_task(self._follow(c), name="mcp-events")
             try:
                 yield self

@@ -70,7 +70,7 @@ class Bus:
         self._publisher = Publisher(self.endpoints, curve=self.curve)
         self._subscriber = Subscriber(self.endpoints, self.prefixes, curve=self.curve)
         self._task = asyncio.create_task(self._dispatch(), name=f"{self.name}-bus")
-        if not await self.link.wait_connected(2.0):
+        if not await self.link.wait_connected(2.0) or not await self._publisher.wait_ready(2.0):
             log.warning("%s: hub at %s is not answering yet; serving anyway", self.name, self.endpoints.control)
 
     async def close(self) -> None:
