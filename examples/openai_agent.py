@@ -201,7 +201,7 @@ class OpenAIAgent:
 
 
 async def main(args: argparse.Namespace) -> int:
-    from pipeline.client import Client
+    from sensorium import Client
 
     async with Client(args.hub, name="openai-agent") as client:
         if not await client.wait_connected(10):

@@ -1,0 +1,32 @@
+"""sensorium: the senses of a home assistant.
+
+For agent authors, the public entry points::
+
+    from sensorium import Client, collect, messages
+
+(``Client`` follows the hub's events and sends commands; ``messages`` holds the typed events it yields,
+``messages.Transcript`` and the rest; see ``docs/events.md``.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline import messages
+    from pipeline.client import Client, collect
+
+__all__ = ["Client", "collect", "messages"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: ``python -m sensorium --help`` does not load ZeroMQ for a name it never uses.
+    if name == "messages":
+        import pipeline.messages
+
+        return pipeline.messages
+    if name in __all__:
+        import pipeline.client
+
+        return getattr(pipeline.client, name)
+    raise AttributeError(f"module 'sensorium' has no attribute {name!r}")
