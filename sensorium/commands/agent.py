@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.client import Client
-    from sensorium.agent import AgentLoop, Turn
+    from sensorium.apps.agent import AgentLoop, Turn
     from sensorium.commands.events import resolve_hub
 
     try:
