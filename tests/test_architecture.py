@@ -69,7 +69,7 @@ def test_the_edge_may_not_load_a_stage(tmp_path: Path) -> None:
 
 BACK_IMPORTS = [
     # (contract id, module file that gets the import, the import, what import-linter must report)
-    ("layers", "sensorium/registry.py", "sensorium.doctor", "sensorium.registry -> sensorium.doctor"),
+    ("layers", "sensorium/registry.py", "sensorium.cli.doctor", "sensorium.registry -> sensorium.cli.doctor"),
     ("layers", "sensorium/graph.py", "sensorium.apps.agent", "sensorium.graph -> sensorium.apps.agent"),
     ("layers", "sensorium/apps/agent.py", "evaluation.demo", "sensorium.apps.agent -> evaluation.demo"),
     ("apps", "sensorium/apps/agent.py", "sensorium.registry", "sensorium.apps.agent -> sensorium.registry"),

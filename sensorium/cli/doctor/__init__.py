@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sensorium.doctor import edge, hub, system, worker
-from sensorium.doctor.context import Checkup, load_any
-from sensorium.doctor.findings import Checks, Finding, Status, format_findings, summary, to_dicts
+from sensorium.cli.doctor import edge, hub, system, worker
+from sensorium.cli.doctor.context import Checkup, load_any
+from sensorium.cli.doctor.findings import Checks, Finding, Status, format_findings, summary, to_dicts
 
 __all__ = ["Checkup", "Doctor", "Finding", "Status", "format_findings", "load_any", "summary", "to_dicts"]
 

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from sensorium.doctor.context import Checkup
-from sensorium.doctor.findings import Checks, Finding, Status
-from sensorium.doctor.probes import (
+from sensorium.cli.doctor.context import Checkup
+from sensorium.cli.doctor.findings import Checks, Finding, Status
+from sensorium.cli.doctor.probes import (
     _ntp_synchronized,
     _user,
 )

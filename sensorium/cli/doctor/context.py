@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from pipeline.config import Deployment, load
-from sensorium.doctor.probes import _connectable
+from sensorium.cli.doctor.probes import _connectable
 
 
 class _Unchecked(msgspec.Struct):

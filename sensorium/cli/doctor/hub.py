@@ -6,9 +6,9 @@ import os
 import stat
 from pathlib import Path
 
-from sensorium.doctor.context import Checkup
-from sensorium.doctor.findings import Checks, Finding
-from sensorium.doctor.probes import (
+from sensorium.cli.doctor.context import Checkup
+from sensorium.cli.doctor.findings import Checks, Finding
+from sensorium.cli.doctor.probes import (
     _bind_problem,
     _connectable,
     _host_port,

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from pipeline.config import EdgeConfig
-from sensorium.doctor.context import Checkup
-from sensorium.doctor.findings import Checks, Finding
-from sensorium.doctor.probes import (
+from sensorium.cli.doctor.context import Checkup
+from sensorium.cli.doctor.findings import Checks, Finding
+from sensorium.cli.doctor.probes import (
     PORTAUDIO_APT,
     _capture_hardware,
     _playback_hardware,

@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from pipeline.config import WorkerConfig
-from sensorium.doctor.context import Checkup
-from sensorium.doctor.findings import Checks, Finding
-from sensorium.doctor.probes import (
+from sensorium.cli.doctor.context import Checkup
+from sensorium.cli.doctor.findings import Checks, Finding
+from sensorium.cli.doctor.probes import (
     _device_problem,
     _gpu_summary,
     _is_gallery,
