@@ -289,7 +289,7 @@ def calibrate() -> list[dict[str, Any]]:
     empties = [_read(pkg, rel, crop) for _, pkg, rel, crop in EMPTY]
     raw = [det.detect([img])[0] for _, img in photos]
     raw_empty = [det.detect([img])[0] for img in empties]  # rooms without people (not the OBJECTS)
-    from models.detector import suppress_contained
+    from models.yolo import suppress_contained
 
     rows = []
     for conf in (0.25, 0.3, 0.35, 0.4, 0.45):

@@ -58,7 +58,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
     from edge.agent import EdgeAgent
     from pipeline.bus import Publisher, Subscriber
     from pipeline.messages import TtsAudio
-    from sensorium.agent import run_builtin_agent
+    from sensorium.apps.agent import run_builtin_agent
     from sensorium.deployment import deployment_from_dict
     from sensorium.embedded import embedded
 

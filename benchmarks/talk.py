@@ -174,7 +174,7 @@ async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
     from pipeline.bus import Subscriber
     from pipeline.client import Client
     from pipeline.messages import PlaybackStatus, Transcript, TtsAudio, WakeDetected
-    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.embedded import embedded
 
     session = build_session(count)

@@ -308,7 +308,7 @@ async def realtime(
 async def _realtime_n(
     n: int, detect: Any, face: Any, router: dict[str, Any], clock: Any, seconds: float, data_dir: Path, ref: Reference
 ) -> dict[str, Any]:
-    from models.detector import match_boxes
+    from models.yolo import match_boxes
     from nodes.presence import PresenceOptions, PresenceStage
     from pipeline.messages import Detections, Message, Presence
     from pipeline.metrics import Metrics

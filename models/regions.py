@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.detector import PersonBox, PersonDetector, iou, nms, suppress_contained
+from models.detector import PersonBox, PersonDetector
 from models.motion import MotionDetector, Rect, area, intersection, plan_regions, square_around, touches_inner_edge
+from models.yolo import iou, nms, suppress_contained
 
 #: Frames a missed track is still looked for before it is forgotten.
 MISSED_FRAMES = 3
@@ -105,7 +106,7 @@ class Settings:
     hold_missed: bool = True
     """Keep a counted track that was missed (at its last box) while it is looked for again."""
     contain: float | None = None
-    """Merge ratio across regions (``models.detector.suppress_contained``); None: the detector's."""
+    """Merge ratio across regions (``models.yolo.suppress_contained``); None: the detector's."""
     cover_full: bool = True
     """Where the regions would cover most of the frame, run the whole frame at ``full_size`` (False: at
     ``region_size``, cheaper but a person filling the frame splits into parts there)."""

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from pipeline.clock import Clock
-from pipeline.config import parse_duration
+from pipeline.config import Deployment, parse_duration
 from pipeline.messages import AudioChunk, InputError, Message
 from pipeline.ratelimit import RateLimit, kind_of
 
@@ -106,6 +106,38 @@ class StageContext:
     nice: int = 0
     """How much lower than the process the stage's thread runs (Linux nice; set from ``Stage.nice``)."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    @classmethod
+    def placed(
+        cls,
+        deployment: Deployment,
+        name: str,
+        *,
+        worker: str,
+        device: str,
+        emit: Callable[[Message], Awaitable[None]],
+        clock: Clock | None = None,
+        max_future: float | None = 2.0,
+    ) -> StageContext:
+        """The context of stage ``name`` as ``deployment`` places it: its options and budget, the data
+        folder, the rooms and their sources (the edge nodes and the Wyoming gateway's streams of each room: the
+        streams a stage keeps state for). The worker loads its stages with it, and ``sensorium doctor``
+        the stages it checks, so a stage loads in the doctor as it will in the worker."""
+        settings = deployment.stages[name]
+        return cls(
+            name=name,
+            worker=worker,
+            options=settings.options,
+            device=device,
+            budget_ms=settings.budget_s * 1000,
+            clock=clock or Clock(),
+            data_dir=deployment.data_dir,
+            rooms=tuple(deployment.rooms),
+            sources=deployment.sources(),
+            max_future=max_future,
+            emit=emit,
+            log=logging.getLogger(f"sensorium.stage.{name}"),
+        )
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call (model inference) on the stage's own worker thread.

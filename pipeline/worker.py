@@ -117,26 +117,18 @@ class Worker:
     async def _build(self, device: str) -> list[StageRunner]:
         runners = []
         dep = self.deployment
-        # Streams a stage keeps state for: the edge nodes (and the Wyoming gateway's streams) of each room.
-        sources = dep.sources()
         max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
         try:
             for sname in self.config.runs():
-                settings = self.deployment.stages[sname]
                 cls = self.stage_classes[sname]
-                ctx = StageContext(
-                    name=sname,
+                ctx = StageContext.placed(
+                    dep,
+                    sname,
                     worker=self.name,
-                    options=settings.options,
                     device=device,
-                    budget_ms=settings.budget_s * 1000,
-                    clock=self.clock,
-                    data_dir=self.deployment.data_dir,
-                    rooms=tuple(self.deployment.rooms),
-                    sources=sources,
-                    max_future=max_future,
                     emit=self._publish,
-                    log=logging.getLogger(f"sensorium.stage.{sname}"),
+                    clock=self.clock,
+                    max_future=max_future,
                 )
                 stage = cls(ctx)
                 runner = StageRunner(stage, self.metrics, self.policy, self._publish)

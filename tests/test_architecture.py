@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT = Path(sys.executable).with_name("lint-imports")
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
@@ -65,6 +67,38 @@ def test_the_edge_may_not_load_a_stage(tmp_path: Path) -> None:
     assert "edge.retry -> nodes.stt" in r.stdout
 
 
+BACK_IMPORTS = [
+    # (contract id, module file that gets the import, the import, what import-linter must report)
+    ("layers", "sensorium/registry.py", "sensorium.cli.doctor", "sensorium.registry -> sensorium.cli.doctor"),
+    ("layers", "sensorium/graph.py", "sensorium.apps.agent", "sensorium.graph -> sensorium.apps.agent"),
+    ("layers", "sensorium/apps/agent.py", "evaluation.demo", "sensorium.apps.agent -> evaluation.demo"),
+    ("apps", "sensorium/apps/agent.py", "sensorium.registry", "sensorium.apps.agent -> sensorium.registry"),
+    ("pipeline-core", "pipeline/clock.py", "cv2", "pipeline.clock -> cv2"),
+    ("bridges", "bridges/mqtt/__init__.py", "models.vad", "bridges.mqtt -> models.vad"),
+    ("mcp-sdk", "nodes/wake.py", "starlette", "nodes.wake -> starlette"),
+]
+
+
+def test_every_contract_has_a_back_import_test() -> None:
+    ids = {c["id"] for c in CONFIG["contracts"]}
+    tested = {b[0] for b in BACK_IMPORTS} | {"edge"}  # the edge's: test_the_edge_may_not_load_a_stage
+    assert ids <= tested, f"contracts without a back-import test: {sorted(ids - tested)}"
+
+
+@pytest.mark.parametrize(("contract", "path", "target", "reported"), BACK_IMPORTS, ids=[b[2] for b in BACK_IMPORTS])
+def test_a_back_import_breaks_its_contract(
+    tmp_path: Path, contract: str, path: str, target: str, reported: str
+) -> None:
+    """Each contract fails on a deliberate import against it, naming the importer and the imported."""
+    _copy_tree(tmp_path)
+    f = tmp_path / path
+    f.write_text(f.read_text() + f"\n\ndef _back() -> None:\n    import {target}  # noqa: F401\n")
+    r = _lint(tmp_path, "--no-cache", "--contract", contract)
+    assert r.returncode != 0, r.stdout
+    assert "BROKEN" in r.stdout
+    assert reported in r.stdout
+
+
 def _top_level_imports(path: Path) -> set[str]:
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -78,7 +112,7 @@ def _top_level_imports(path: Path) -> set[str]:
 def test_the_runtime_core_imports_only_light_libraries() -> None:
     """An allow-list (a forbidden contract cannot say this): a new library in the core is added here on purpose."""
     wrong = []
-    for path in sorted((ROOT / "pipeline").glob("*.py")):
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         for name in _top_level_imports(path):
             if name in sys.stdlib_module_names or name in LIGHT or name == "pipeline" or name == "__future__":

@@ -76,7 +76,7 @@ def test_edge_modules_import_without_heavy_libraries(edge_venv: Path) -> None:
     code = (
         "import sys, importlib\n"
         "import sensorium.cli, pipeline.config, pipeline.bus, pipeline.codec\n"
-        "for m in ('edge', 'sensorium.commands.edge', 'sensorium.commands.doctor', 'sensorium.registry'):\n"
+        "for m in ('edge', 'sensorium.cli.commands.edge', 'sensorium.cli.commands.doctor', 'sensorium.registry'):\n"
         "    importlib.import_module(m)\n"
         "sensorium.cli.build_parser()\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "

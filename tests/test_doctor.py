@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline.security import enrol, init_hub, new_node
-from sensorium.doctor import Doctor, Finding, load_any
+from sensorium.cli.doctor import Doctor, Finding, load_any
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_SOUND_CARD = any(Path("/dev/snd").glob("pcmC*D*c")) if Path("/dev/snd").is_dir() else False

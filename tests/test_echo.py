@@ -184,7 +184,7 @@ async def test_edge_reads_a_room_that_hears_its_speaker(hub: Hub, hub_address: s
 
 
 def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
-    from sensorium.doctor import Doctor
+    from sensorium.cli.doctor import Doctor
 
     write_scene(Scene(np.zeros(RATE, np.int16), np.zeros(RATE, np.int16)), tmp_path, "mic")
     mic = {"file": str(tmp_path / "mic.mic.wav"), "reference_file": str(tmp_path / "mic.played.wav")}

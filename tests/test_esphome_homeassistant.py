@@ -97,7 +97,7 @@ class Mic:
 async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path: Path) -> None:
     ha = home_assistant
     from edge.agent import EdgeAgent
-    from sensorium.agent import run_builtin_agent
+    from sensorium.apps.agent import run_builtin_agent
 
     p = ports()
     gallery = tmp_path / "gallery.db"

@@ -311,7 +311,7 @@ async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(
 
 
 def test_top_and_placement_show_where_each_stream_runs() -> None:
-    from sensorium.commands import placement, top
+    from sensorium.cli.commands import placement, top
 
     table = to_message({("stt", "kitchen"): "big", ("stt", "hall"): ""}, 3, ["big"], ["small"], ["stt/kitchen"])
     shown = top.render({}, {"big": "up"}, table)

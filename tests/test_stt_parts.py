@@ -1,10 +1,15 @@
-"""The stt stage's model-free parts on their own: finished-command decisions, fixed partial words,
+"""The stt stage's model-free parts on their own: the endpoint rule, finished-command decisions, fixed partial words,
 wake-phrase stripping, and how long a final waits for its speaker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodes.stt.endpoint import GO_ON, MIN_SPEECH_S, SPEC_PAUSE_S, Durations, Heard, Step, early_end, endpoint
 from nodes.stt.speaker_wait import FORGET_S, SpeakerWait
 from nodes.stt.text import command_words, complete_command, stabilize
 
@@ -73,3 +78,91 @@ def test_a_final_covered_by_a_partial_waits_up_to_the_limit_for_its_speaker() ->
     assert abs(wait.deadline(sent, covered=True) - (sent + 0.3)) < 1e-9
     wait.gave_up()
     assert wait.deadline(sent, covered=True) == sent  # nobody answers: no wait
+
+
+# ------------------------------------------------------------------------------------------ endpointing
+
+D = Durations(
+    preroll=2.0,
+    trailing_silence=0.7,
+    early_endpoint=0.3,
+    decode_margin=1.0,
+    encoder_window=10.0,
+    max_length=12.0,
+    no_speech_timeout=3.0,
+    partial_interval=0.6,
+    speaker_wait=0.3,
+    stream_timeout=1.0,
+)
+
+
+def test_the_durations_are_read_from_the_stage_options_once_and_a_bad_one_is_named() -> None:
+    from nodes.stt import SttStage
+
+    d = Durations.of(SttStage.Options(trailing_silence="500ms", max_length="8s"))
+    assert d.trailing_silence == 0.5 and d.max_length == 8.0 and d.preroll == 2.0
+    with pytest.raises(ValueError, match="no_speech_timeout"):
+        Durations.of(SttStage.Options(no_speech_timeout="soon"))
+
+
+def test_trailing_silence_after_speech_ends_the_command() -> None:
+    assert endpoint(D, Heard(speech_s=1.2, silence_s=0.69, since_wake=2.0), -1.0, False) == Step(speculate=True)
+    assert endpoint(D, Heard(speech_s=1.2, silence_s=0.7, since_wake=2.0), -1.0, False).close == "endpoint"
+    # a cough (less speech than MIN_SPEECH_S) followed by silence is not a command
+    assert endpoint(D, Heard(speech_s=0.1, silence_s=2.0, since_wake=2.2), -1.0, False) == GO_ON
+
+
+def test_a_complete_command_ends_early_only_if_no_speech_came_after_its_pause_decode() -> None:
+    heard = Heard(speech_s=1.2, silence_s=0.35, since_wake=2.0)
+    assert endpoint(D, heard, 1.2, True).close == "early-endpoint"
+    assert endpoint(D, heard, 1.2, False) == GO_ON  # the pause decode read an open ending: wait
+    assert endpoint(D, heard, 0.9, True) == Step(speculate=True)  # speech since: decode this pause again
+    off = replace(D, early_endpoint=0.0)
+    assert endpoint(off, heard, 1.2, True) == GO_ON
+    assert not early_end(off, True, 5.0) and early_end(D, True, 0.3) and not early_end(D, False, 0.3)
+
+
+def test_max_length_and_no_speech_timeout_end_the_utterance() -> None:
+    assert endpoint(D, Heard(speech_s=11.0, silence_s=0.0, since_wake=12.0), -1.0, False).close == "max-length"
+    assert endpoint(D, Heard(speech_s=0.0, silence_s=3.0, since_wake=3.0), -1.0, False).close == "no-speech"
+    assert endpoint(D, Heard(speech_s=0.0, silence_s=2.9, since_wake=2.9), -1.0, False) == GO_ON
+
+
+def test_the_pause_decode_starts_before_either_endpoint_can_fire() -> None:
+    assert D.spec_pause == SPEC_PAUSE_S
+    assert replace(D, early_endpoint=0.1).spec_pause == 0.1
+    assert replace(D, trailing_silence=0.3).spec_pause == 0.15
+    assert replace(D, early_endpoint=0.0).spec_pause == SPEC_PAUSE_S
+
+
+_s = st.floats(min_value=0.0, max_value=20.0, allow_nan=False)
+
+
+@given(
+    speech=_s,
+    silence=_s,
+    since=_s,
+    spec=st.one_of(st.just(-1.0), _s),
+    complete=st.booleans(),
+    trailing=st.floats(min_value=0.05, max_value=3.0),
+    early=st.floats(min_value=0.0, max_value=3.0),
+)
+def test_the_endpoint_rule_holds_for_any_state(
+    speech: float, silence: float, since: float, spec: float, complete: bool, trailing: float, early: float
+) -> None:
+    d = replace(D, trailing_silence=trailing, early_endpoint=early)
+    step = endpoint(d, Heard(speech, silence, since), spec, complete)
+    assert not (step.close and step.speculate)
+    spoke = speech >= MIN_SPEECH_S
+    if step.close in ("endpoint", "early-endpoint"):
+        assert spoke  # silence alone never makes a command
+    if step.close == "early-endpoint":
+        assert complete and spec == speech and 0 < early <= silence
+    if step.close is None:
+        assert since < d.max_length  # nothing outlives max_length
+        assert spoke or since < d.no_speech_timeout
+        assert not (spoke and silence >= trailing)
+    if step.speculate:
+        assert spoke and silence >= d.spec_pause and spec != speech
+    # the pause decode is due before the trailing silence is reached, so a final can reuse it
+    assert d.spec_pause <= trailing

@@ -18,7 +18,7 @@ from pipeline.bus import Publisher, Subscriber
 from pipeline.client import Client
 from pipeline.hub import Hub
 from pipeline.messages import PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
-from sensorium.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
+from sensorium.apps.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -338,7 +338,7 @@ async def test_spoken_question_is_answered_aloud_in_its_room(tmp_path) -> None:
 
     from edge.agent import EdgeAgent
     from models.stt import Transcriber
-    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.deployment import deployment_from_dict
     from sensorium.embedded import embedded
 

@@ -314,7 +314,7 @@ async def test_barge_in_through_the_runtime_cuts_the_answer_and_tells_the_agent(
     """A long answer is playing when the person says "hey jarvis" again: it stops, the agent learns the cut."""
     from edge.agent import EdgeAgent
     from pipeline.bus import Subscriber
-    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.deployment import deployment_from_dict
     from sensorium.embedded import embedded
 

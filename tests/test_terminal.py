@@ -40,7 +40,7 @@ def ours_only(stdout: str, stderr: str) -> list[str]:
 NOISE = textwrap.dedent(
     """
     import logging, os, sys, warnings
-    from sensorium import terminal
+    from sensorium.cli import terminal
     terminal.setup(int(sys.argv[1]), capture_native=True)
     warnings.warn_explicit("old api", FutureWarning, "/opt/lib/site-packages/insightface/x.py", 23)
     os.write(2, b"W0000 00:00:1.0 123 feedback.cc:114] native noise\\n")

@@ -14,7 +14,8 @@ import images
 import pytest
 
 from models import backends
-from models.detector import PersonDetector, default_cache_dir, match_boxes
+from models.detector import PersonDetector, default_cache_dir
+from models.yolo import match_boxes
 
 
 def test_auto_prefers_compiled_backends_on_the_cpu_and_gpu_providers_on_a_gpu() -> None:

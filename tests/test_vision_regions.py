@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from benchmarks import vision_media as clip
-from models.detector import PersonDetector, default_cache_dir, match_boxes
+from models.detector import PersonDetector, default_cache_dir
 from models.regions import FrameIn, RegionDetector, Settings
+from models.yolo import match_boxes
 
 pytestmark = pytest.mark.slow
 

@@ -503,7 +503,7 @@ async def test_a_final_without_its_speaker_waits_for_it_when_speaker_id_is_up(hu
 
 
 async def test_conversation_is_answered_by_the_agent_on_the_hub(hub: Hub, tmp_path) -> None:
-    from sensorium.agent import run_builtin_agent
+    from sensorium.apps.agent import run_builtin_agent
 
     p = ports()
     dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p)

@@ -75,7 +75,7 @@ async def entities_of(ha: Any, entry_ids: dict[str, str]) -> dict[str, list[str]
 async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_path: Path) -> None:
     ha = home_assistant
     from edge.agent import EdgeAgent
-    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.apps.agent import Turn, run_builtin_agent
 
     p = ports()
     utterance = media.concat(1.0, media.speech("hey jarvis", "piper:joe"), 0.3, media.speech("what time is it"), 4.0)

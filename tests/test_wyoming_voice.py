@@ -274,7 +274,7 @@ async def test_two_rooms_hear_one_wake_word_and_only_the_nearer_runs_a_pipeline(
     sensorium's own agent, also running, leaves the claimed command to Home Assistant."""
     from edge.agent import EdgeAgent
     from pipeline.media import resample
-    from sensorium.agent import Turn, run_builtin_agent
+    from sensorium.apps.agent import Turn, run_builtin_agent
 
     p = ports()
     utterance = media.concat(1.0, media.speech("hey jarvis", "piper:joe"), 0.3, media.speech("what time is it"), 3.0)
@@ -333,7 +333,7 @@ async def test_two_rooms_hear_one_wake_word_and_only_the_nearer_runs_a_pipeline(
 async def test_the_agents_answer_is_voiced_before_home_assistant_asks_for_it(hub_address, tmp_path) -> None:
     """Conversation then TTS of the answer (what Home Assistant's pipeline does): the agent's answer was already
     voiced for no room while HA processed it, so the synthesis request is served from that audio, at once."""
-    from sensorium.agent import run_builtin_agent
+    from sensorium.apps.agent import run_builtin_agent
 
     p = ports()
     dep = deployment(tmp_path, hub_address, p, stages=["tts"])

@@ -10,7 +10,7 @@ without speech, or when the stream stops or skips.
 
 While the person speaks, the growing utterance is re-decoded every ``partial_interval``; words that
 two consecutive passes agree on become fixed and later partials never change them. As soon as the
-speech pauses (``SPEC_PAUSE_S``) the utterance is decoded once more (speculatively); if the pause
+speech pauses (``endpoint.SPEC_PAUSE_S``) the utterance is decoded once more (speculatively); if the pause
 becomes the endpoint, that result is the final, so the final costs no decode after the endpoint.
 That decode never waits behind a partial: a partial still queued is cancelled, none starts while it
 is pending (CTranslate2 cannot be interrupted, so one already running finishes first).
@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
+from nodes.stt.endpoint import MIN_SPEECH_S, Durations, Heard, early_end, endpoint
 from nodes.stt.speaker_wait import SpeakerWait
 from nodes.stt.text import command_words, complete_command, stabilize
 from pipeline.messages import (
@@ -78,10 +79,6 @@ IDLE_S = 60.0
 """A stream with no audio and no open utterance for this long is forgotten (ring and VAD freed)."""
 STAND_DOWN_S = 1.0
 """A loser's wake detection within this of the winner's is the same spoken wake word."""
-MIN_SPEECH_S = 0.15
-"""Speech needed after the wake word before trailing silence can end the utterance."""
-SPEC_PAUSE_S = 0.2
-"""Silence after which the utterance so far is decoded speculatively (capped by the endpoints)."""
 
 
 @dataclass
@@ -228,21 +225,7 @@ class SttStage(Stage):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        d = {
-            k: self.ctx.options.seconds(k)
-            for k in (
-                "preroll",
-                "trailing_silence",
-                "early_endpoint",
-                "decode_margin",
-                "encoder_window",
-                "max_length",
-                "no_speech_timeout",
-                "partial_interval",
-                "speaker_wait",
-                "stream_timeout",
-            )
-        }
+        d = Durations.of(self.ctx.options)
         self._d = d
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._speakers: dict[str, asyncio.Future] = {}
@@ -255,7 +238,7 @@ class SttStage(Stage):
         self._model_loading: asyncio.Task | None = None
         self.decode_seconds: deque[float] = deque(maxlen=100)
         """Wall-clock seconds of recent decodes (diagnostics, tests)."""
-        self._speaker_wait = SpeakerWait(d["speaker_wait"])
+        self._speaker_wait = SpeakerWait(d.speaker_wait)
         """How long a final waits for its speaker event, learnt from speaker ID's latency."""
         self.counts = {
             "partials": 0,
@@ -299,7 +282,7 @@ class SttStage(Stage):
             cache_dir=o.cache_dir,
             language=o.language,
             beam_size=o.beam_size,
-            window=self._d["encoder_window"],
+            window=self._d.encoder_window,
         )
 
     async def stop(self) -> None:
@@ -344,7 +327,7 @@ class SttStage(Stage):
         finally:
             now = time.monotonic()
             if now - self._busy_since > 0.2:  # we stalled: other streams' chunks may be queued behind us
-                self._grace_until = now + self._d["stream_timeout"]
+                self._grace_until = now + self._d.stream_timeout
             self._busy_since = 0.0
 
     async def _handle(self, msg: Message) -> None:
@@ -393,7 +376,7 @@ class SttStage(Stage):
         st.arrived = time.monotonic()
         st.ring.append((msg.time, pcm))
         st.end_time = msg.time + len(pcm) / RATE
-        keep = self._d["preroll"] + 1.0
+        keep = self._d.preroll + 1.0
         while st.ring and st.ring[0][0] < st.end_time - keep:
             st.ring.popleft()
         if st.utt is not None:
@@ -415,7 +398,7 @@ class SttStage(Stage):
             return  # already listening to this stream
         if abs(self._stood_down.get(key, -1e9) - msg.time) < STAND_DOWN_S:
             return  # the arbiter already gave this wake word to another node
-        t0 = max(msg.time - self._d["preroll"], st.last_end)
+        t0 = max(msg.time - self._d.preroll, st.last_end)
         if st.ring:
             t0 = max(t0, st.ring[0][0])
         utt = _Utt(id=uuid.uuid4().hex[:16], t0=t0, wake_time=msg.time, wake_word=msg.word)
@@ -432,7 +415,7 @@ class SttStage(Stage):
         if not st.ring:
             utt.t0 = msg.time  # no audio yet: the utterance starts with the next chunk
         if not self.ctx.options.keep_wake_phrase:
-            utt.dec0 = min(utt.n, max(0, round((msg.time - self._d["decode_margin"] - utt.t0) * RATE)))
+            utt.dec0 = min(utt.n, max(0, round((msg.time - self._d.decode_margin - utt.t0) * RATE)))
         st.utt = utt
         if st.vad is None:
             from models.vad import StreamingVad
@@ -481,48 +464,42 @@ class SttStage(Stage):
             # The VAD was reset at the wake detection; this is the first speech it heard since.
             utt.onset = utt.wake_time - utt.t0 + s.heard_s - s.speech_s - s.silence_s
         d = self._d
-        early = d["early_endpoint"]
-        since_wake = st.end_time - utt.wake_time
-        spoke = s.speech_s >= MIN_SPEECH_S
-        if spoke and s.silence_s >= d["trailing_silence"]:
-            self._close(st, st.end_time, "endpoint")
-        elif spoke and 0 < early <= s.silence_s and utt.spec_complete and utt.spec_speech_s == s.speech_s:
-            self._close(st, st.end_time, "early-endpoint")
-        elif since_wake >= d["max_length"]:
-            self._close(st, st.end_time, "max-length")
-        elif not spoke and since_wake >= d["no_speech_timeout"]:
-            self._close(st, st.end_time, "no-speech")
-        else:
-            pause = min(SPEC_PAUSE_S, d["trailing_silence"] / 2, early if early > 0 else SPEC_PAUSE_S)
-            if spoke and s.silence_s >= pause and utt.spec_speech_s != s.speech_s:
-                # The speaker paused: decode now; if the pause becomes the endpoint this is the final.
-                utt.spec_speech_s = s.speech_s
-                utt.spec_complete = False
-                self._cancel_partial(utt)
-                utt.spec_task = self._spawn(self._speculate(st, utt, utt.n, s.speech_s))
-                self.counts["speculative"] += 1
-                # Speaker ID embeds the speech so far meanwhile: if this pause is the endpoint, the speaker
-                # is known when the final is (the endpoint's Utterance says it is ``covered``).
-                utt.spec_n = utt.n
-                await self.ctx.publish(
-                    Utterance(
-                        time=utt.t0 + utt.n / RATE,
-                        room=st.room,
-                        utterance_id=utt.id,
-                        t0=utt.t0,
-                        t1=utt.t0 + utt.n / RATE,
-                        rate=RATE,
-                        data=utt.audio(utt.n).tobytes(),
-                        partial=True,
-                    )
+        step = endpoint(
+            d, Heard(s.speech_s, s.silence_s, st.end_time - utt.wake_time), utt.spec_speech_s, utt.spec_complete
+        )
+        if step.close is not None:
+            self._close(st, st.end_time, step.close)
+            return
+        if step.speculate:
+            # The speaker paused: decode now; if the pause becomes the endpoint this is the final.
+            utt.spec_speech_s = s.speech_s
+            utt.spec_complete = False
+            self._cancel_partial(utt)
+            utt.spec_task = self._spawn(self._speculate(st, utt, utt.n, s.speech_s))
+            self.counts["speculative"] += 1
+            # Speaker ID embeds the speech so far meanwhile: if this pause is the endpoint, the speaker
+            # is known when the final is (the endpoint's Utterance says it is ``covered``).
+            utt.spec_n = utt.n
+            await self.ctx.publish(
+                Utterance(
+                    time=utt.t0 + utt.n / RATE,
+                    room=st.room,
+                    utterance_id=utt.id,
+                    t0=utt.t0,
+                    t1=utt.t0 + utt.n / RATE,
+                    rate=RATE,
+                    data=utt.audio(utt.n).tobytes(),
+                    partial=True,
                 )
-            partial_due = utt.n - utt.last_partial_n >= d["partial_interval"] * RATE
-            busy = any(t is not None and not t.done() for t in (utt.partial_task, utt.spec_task))
-            # Partials only while the person speaks, and never queued in front of a speculative decode.
-            if self.ctx.options.partials and self.level < 1 and s.in_speech and spoke and partial_due and not busy:
-                utt.last_partial_n = utt.n
-                utt.partial_started = False
-                utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
+            )
+        partial_due = utt.n - utt.last_partial_n >= d.partial_interval * RATE
+        busy = any(t is not None and not t.done() for t in (utt.partial_task, utt.spec_task))
+        spoke = s.speech_s >= MIN_SPEECH_S
+        # Partials only while the person speaks, and never queued in front of a speculative decode.
+        if self.ctx.options.partials and self.level < 1 and s.in_speech and spoke and partial_due and not busy:
+            utt.last_partial_n = utt.n
+            utt.partial_started = False
+            utt.partial_task = self._spawn(self._partial(st, utt, utt.n))
 
     def _cancel_partial(self, utt: _Utt) -> None:
         """Drop a partial that is still queued on the model thread (a running one cannot be stopped)."""
@@ -572,7 +549,7 @@ class SttStage(Stage):
             if self._busy_since or now < self._grace_until:
                 continue  # a slow handle call (overloaded CPU) is not a stopped stream
             for key, st in list(self._streams.items()):
-                if st.utt is not None and now - st.arrived > self._d["stream_timeout"]:
+                if st.utt is not None and now - st.arrived > self._d.stream_timeout:
                     await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
                     self._close(st, st.end_time, "stream-stopped")
                 elif st.utt is None and now - st.arrived > IDLE_S:
@@ -612,8 +589,7 @@ class SttStage(Stage):
         words = [w.word.strip() for w in self._command_words(utt, result.words)]
         utt.spec_complete = complete_command(words, utt.prev, utt.fixed)
         self.ctx.log.debug("stt: pause decode %r complete=%s (partial %r)", words, utt.spec_complete, utt.prev)
-        early = self._d["early_endpoint"]
-        if utt.spec_complete and 0 < early <= st.vad.state.silence_s:
+        if early_end(self._d, utt.spec_complete, st.vad.state.silence_s):
             self._close(st, st.end_time, "early-endpoint")
         return result
 

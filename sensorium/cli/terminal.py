@@ -36,7 +36,7 @@ from typing import TextIO
 
 #: Top-level names of our own code: its loggers and the files its warnings come from.
 OURS = ("sensorium", "pipeline", "models", "nodes", "edge", "bridges", "evaluation", "benchmarks", "bench")
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]  # sensorium/cli/terminal.py → the checkout
 _OUR_DIRS = tuple(str(_ROOT / name) + os.sep for name in OURS)
 #: Environment set before any model library is imported, unless the user set it (or asked for -vv).
 QUIET_ENV = {

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.bus import Endpoints, Subscriber
     from pipeline.messages import NodeStatus, PlacementTable, StageStats
     from pipeline.security import KeyError_, node_keys
-    from sensorium.commands.events import resolve_hub
+    from sensorium.cli.commands.events import resolve_hub
 
     endpoints = Endpoints.from_address(resolve_hub(args))
     try:

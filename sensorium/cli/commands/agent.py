@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.client import Client
-    from sensorium.agent import AgentLoop, Turn
-    from sensorium.commands.events import resolve_hub
+    from sensorium.apps.agent import AgentLoop, Turn
+    from sensorium.cli.commands.events import resolve_hub
 
     try:
         address = resolve_hub(args)

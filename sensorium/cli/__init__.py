@@ -1,9 +1,9 @@
-"""``sensorium`` command line: one module per subcommand in ``sensorium/commands``.
+"""``sensorium`` command line: one module per subcommand in ``sensorium/cli/commands``.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
 and imports anything heavy inside ``run``, so ``sensorium --help`` and ``sensorium edge`` start fast
 on a Raspberry Pi without torch. A command that loads models in its own process sets
-``LOADS_MODELS = True``: what C/C++ libraries print then goes to debug logging (``sensorium.terminal``).
+``LOADS_MODELS = True``: what C/C++ libraries print then goes to debug logging (``sensorium.cli.terminal``).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"sensorium.commands.{name}")
+            mod = importlib.import_module(f"sensorium.cli.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"sensorium.commands.{name}":
+            if exc.name == f"sensorium.cli.commands.{name}":
                 continue  # command not built in this install
             raise
         p = sub.add_parser(
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sensorium import terminal
+    from sensorium.cli import terminal
 
     terminal.setup(args.verbose, capture_native=getattr(args, "_loads_models", False))
     if not getattr(args, "_run", None):

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.client import Client
-    from sensorium.commands.events import resolve_hub
+    from sensorium.cli.commands.events import resolve_hub
 
     if not args.room and not args.person:
         print("sensorium say: give --room or --person", file=sys.stderr)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--interval {args.interval} leaves fewer than 5 samples in the judged half of {args.duration}")
     if args.event_log < 100:
         return fail(f"--event-log {args.event_log}: keep at least 100 events")
-    from sensorium.commands.bench import import_benchmarks
+    from sensorium.cli.commands.bench import import_benchmarks
 
     import_benchmarks()
     try:

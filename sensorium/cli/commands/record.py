@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, parse_duration
     from pipeline.security import KeyError_, node_keys
-    from sensorium.commands.events import resolve_hub
+    from sensorium.cli.commands.events import resolve_hub
 
     try:
         address = resolve_hub(args)

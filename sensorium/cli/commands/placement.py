@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.node import HubUnavailable
     from pipeline.security import KeyError_, node_keys
-    from sensorium.commands.events import resolve_hub
+    from sensorium.cli.commands.events import resolve_hub
 
     if args.action != "show" and not args.worker:
         print(f"sensorium placement: {args.action} needs a worker name", file=sys.stderr)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.config import ConfigError
-    from sensorium.doctor import Doctor, Finding, format_findings, load_any, summary, to_dicts
+    from sensorium.cli.doctor import Doctor, Finding, format_findings, load_any, summary, to_dicts
 
     color = sys.stdout.isatty()
 

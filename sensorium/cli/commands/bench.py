@@ -27,7 +27,7 @@ def import_benchmarks() -> None:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # sensorium/cli/commands/bench.py → the checkout
     if (root / "benchmarks" / "__main__.py").exists() and str(root) not in sys.path:
         sys.path.insert(0, str(root))
 

@@ -1,0 +1,14 @@
+"""The hub: data bus proxy, control socket, node health, event log and presence snapshot.
+
+Its parts, each in its own module: ``core`` (``Hub``: the bus proxy, the sockets, their keys and the loops),
+``events`` (the tap, group commits and publishing), ``control`` (one handler per control request class, the
+node table), ``placement`` (who serves which stream of a replicated stage), ``policy`` (who may publish
+what) and ``security`` (enrolled CURVE keys).
+"""
+
+from pipeline.hub.control import MAX_NODES, NodeInfo
+from pipeline.hub.core import Hub
+from pipeline.hub.policy import HUB_ONLY, PublishPolicy
+from pipeline.hub.security import SecurityError, may_speak_as
+
+__all__ = ["HUB_ONLY", "MAX_NODES", "Hub", "NodeInfo", "PublishPolicy", "SecurityError", "may_speak_as"]
