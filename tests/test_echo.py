@@ -205,6 +205,7 @@ def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
     assert echo.status == "PASS", echo
     assert "wake bar while playing 0.90; 0.65 when cancelled" in echo.detail and "echo cancellation on" in echo.detail
     assert "own-voice wakes dropped" in echo.detail and "mic.played.wav" in echo.detail
+    assert "echo cancellation on (speex, 256 ms" in echo.detail and "no own-voice print" in echo.detail
     assert found["echo hall-pi"].detail == "room hall has no speaker: nothing to hear of its own"
 
 
