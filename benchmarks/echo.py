@@ -10,8 +10,10 @@ the 80 ms chunks an edge sends:
   own-voice check (``playback_threshold = 0``, ``self_reject = false``);
 - **after**: the edge's ``ReferenceTap`` cuts what the speaker played for each chunk (``AudioChunk.reference``)
   and the wake stage runs with its defaults;
-- **after+aec**: as after, and the edge cancels the echo (``[edges.X.microphone] echo_cancel``,
-  ``pipeline.aec.EchoCanceller``) before sending.
+- **after+nlms**: as after, and the edge cancels the echo (``[edges.X.microphone] echo_cancel``) before
+  sending with sensorium's numpy canceller (``echo_canceller = "nlms"``, ``pipeline.aec.EchoCanceller``);
+- **after+speex**: the same with speexdsp's canceller (``echo_canceller = "speex"``, the default: the
+  system's libspeexdsp through ``pipeline.aec.SpeexEchoCanceller``).
 
 Every wake detection then goes through the real arbiter (``ArbiterStage``) as it would live: when it falls
 in an answer, the arbiter first gets that answer's ``Say`` and the edge's ``PlaybackStatus`` "started" (today's
@@ -22,9 +24,11 @@ run over the hour (its cost is the decode after a wake; its code path is unchang
 
 Barge-in: people say "hey jarvis, stop" during playback every ~12 s; recall is the share of those
 phrases detected (0.5 s before to 1.5 s after the wake phrase's end) and kept by the arbiter; detections
-elsewhere are false barge-ins. Nothing playing: wake latency (capture time of the detection − end of "hey
-jarvis") and the wake stage's processing time per chunk, before and after, in one run. Edge CPU: the
-reference tap's cost per second of audio on this machine.
+elsewhere are false barge-ins. The same phrases in the same room with nothing playing give the silent-room
+recall beside it (what the people's voices and the room's reverberation allow at all). Nothing playing:
+wake latency (capture time of the detection − end of "hey jarvis") and the wake stage's processing time
+per chunk, before and after, in one run. Edge CPU: the reference tap's (and canceller's) cost per second of
+audio on this machine.
 
 The programme is ``--minutes`` long per SER (default 10) and counts are scaled to one hour (× 60/minutes).
 
@@ -55,25 +59,26 @@ from edge.echo import ReferenceTap
 from evaluation.echo import Scene, barge_in_scene, playback_scene, quiet_scene
 from nodes.arbiter import ArbiterStage
 from nodes.wake import WakeStage
-from pipeline.aec import EchoCanceller
+from pipeline.aec import make_canceller
 from pipeline.messages import AudioChunk, Message, PlaybackStatus, Say, WakeArbitrated, WakeDetected
 from pipeline.stage import StageContext
 
 ROOM, NODE = "living", "living-pi"
 BLOCK = 1280
 BEFORE = {"playback_threshold": 0.0, "self_reject": False}
-VARIANTS: tuple[tuple[str, bool, bool, dict[str, Any]], ...] = (
-    ("before", False, False, BEFORE),
-    ("after", True, False, {}),
-    ("after+aec", True, True, {}),
+VARIANTS: tuple[tuple[str, bool, str, dict[str, Any]], ...] = (
+    ("before", False, "", BEFORE),
+    ("after", True, "", {}),
+    ("after+nlms", True, "nlms", {}),
+    ("after+speex", True, "speex", {}),
 )
 
 
-def chunks(scene: Scene, t0: float, reference: bool, aec: bool = False) -> tuple[list[AudioChunk], float]:
-    """The scene as the edge would send it (``reference``: cut by the edge's tap; ``aec``: echo cancelled) and
-    the edge's CPU seconds for both."""
+def chunks(scene: Scene, t0: float, reference: bool, aec: str = "") -> tuple[list[AudioChunk], float]:
+    """The scene as the edge would send it (``reference``: cut by the edge's tap; ``aec``: echo cancelled by
+    that canceller, as the edge makes it) and the edge's CPU seconds for both."""
     tap = ReferenceTap(16000) if reference else None
-    canceller = EchoCanceller() if aec else None
+    canceller = make_canceller(aec) if aec else None
     out: list[AudioChunk] = []
     cpu = 0.0
     for start in range(0, len(scene.mic), BLOCK):
@@ -180,8 +185,9 @@ async def barge_in(minutes: float, ser: float, cache: Path, seed: int) -> dict[s
     phrases = [s for s in scene.spans if s.kind == "barge"]
     t0 = time.time() - scene.seconds - 30
     res: dict[str, Any] = {"ser_db": ser, "simulated_s": round(scene.seconds, 1), "phrases": len(phrases)}
-    for name, ref, aec, opts in VARIANTS:
-        msgs, _ = chunks(scene, t0, ref, aec)
+    silent = barge_in_scene(minutes * 60, ser, cache, seed=seed, silent=True)
+    for name, ref, aec, opts in (*VARIANTS, ("silent_room", False, "", {})):
+        msgs, _ = chunks(silent if name == "silent_room" else scene, t0, ref, aec)
         wakes, _, stage = await run_wake(msgs, opts)
         hits = 0
         used: set[int] = set()

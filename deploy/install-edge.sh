@@ -54,7 +54,7 @@ step() { echo "== $*"; }
 
 step "system packages (PortAudio for sounddevice, venv)"
 if [[ $apt -eq 1 ]] && command -v apt-get >/dev/null; then
-  run apt-get install -y --no-install-recommends python3-venv python3-pip libportaudio2 alsa-utils
+  run apt-get install -y --no-install-recommends python3-venv python3-pip libportaudio2 libspeexdsp1 alsa-utils
   if [[ $picamera -eq 1 ]]; then run apt-get install -y --no-install-recommends python3-picamera2; fi
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

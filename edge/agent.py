@@ -28,7 +28,7 @@ import numpy as np
 from edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
 from edge.camera import Camera, CameraError
 from edge.echo import ReferenceTap
-from pipeline.aec import EchoCanceller
+from pipeline.aec import EchoCanceller, SpeexEchoCanceller, SpeexUnavailable, make_canceller
 from pipeline.clock import Clock
 from pipeline.config import Deployment, EdgeConfig, parse_duration
 from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
@@ -251,9 +251,15 @@ class EdgeAgent:
         self.watch: LinkWatch | None = None
         rate = mic.rate if mic else 16000
         self.reference = ReferenceTap(rate) if mic is None or mic.send_reference else None
-        self.aec: EchoCanceller | None = None
+        self.aec: EchoCanceller | SpeexEchoCanceller | None = None
         if mic is not None and mic.echo_cancel and self.reference is not None:
-            self.aec = EchoCanceller()
+            where = f"{self.deployment.path}: [edges.{name}.microphone]"
+            if not 16 <= mic.echo_tail_ms <= 2000:
+                raise ValueError(f"{where} echo_tail_ms must be 16–2000, got {mic.echo_tail_ms}")
+            try:
+                self.aec = make_canceller(mic.echo_canceller, rate, mic.echo_tail_ms)
+            except SpeexUnavailable as exc:
+                raise ValueError(f"{where} echo_canceller = 'speex': {exc}, or set echo_canceller = 'nlms'") from None
         """What this room's speaker played (answers, or ``reference_file``), sent with the microphone chunks."""
 
     # ------------------------------------------------------------------ helpers

@@ -235,8 +235,11 @@ def playback_scene(seconds: float, ser_db: float, cache: Path, seed: int = 0) ->
     return Scene(mix(played, [], ser_db, seed=seed), played, spans, ser_db)
 
 
-def barge_in_scene(seconds: float, ser_db: float, cache: Path, seed: int = 0, every_s: float = 12.0) -> Scene:
-    """Playback with people saying "hey jarvis, stop" over it every ``every_s`` or so, while something plays."""
+def barge_in_scene(
+    seconds: float, ser_db: float, cache: Path, seed: int = 0, every_s: float = 12.0, silent: bool = False
+) -> Scene:
+    """Playback with people saying "hey jarvis, stop" over it every ``every_s`` or so, while something plays
+    (``silent``: the same phrases at the same times in the same room with the loudspeaker off)."""
     played, spans = playback_programme(seconds, cache, seed)
     rng = random.Random(seed + 7)
     people: list[tuple[float, np.ndarray]] = []
@@ -251,6 +254,8 @@ def barge_in_scene(seconds: float, ser_db: float, cache: Path, seed: int = 0, ev
             t += rng.uniform(every_s * 0.7, every_s * 1.3)
         else:
             t += 0.5
+    if silent:
+        played = np.zeros_like(played)
     return Scene(mix(played, people, ser_db, seed=seed), played, spans, ser_db)
 
 

@@ -10,6 +10,13 @@ reaches the threshold; otherwise it is "unknown", never the nearest enrolled per
 thresholds per backend were calibrated on synthesized voices (see tests/test_voice_speaker.py):
 Resemblyzer same-speaker scores on new sentences were 0.82–0.92 and different speakers at most
 0.74, so 0.78 sits between them.
+
+Own voice. A room's microphone hears sensorium's own answers; their voice is a TTS voice, and when a
+person's enrolled voice resembles it (or, in tests, is it) speaker ID would name that person for what
+the loudspeaker said. With ``own_voices`` (the TTS voices the deployment speaks in: the ``[stages.tts]``
+backend specs) the stage builds a reserved voice print of its own at start, synthesized with those
+voices; an utterance at least ``threshold`` close to it and at least as close to it as to any enrolled
+person is the house's own voice: "unknown", never a person (counted in ``own_voice``).
 """
 
 from __future__ import annotations
@@ -21,11 +28,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from models.gallery import UNKNOWN
 from pipeline.messages import Message, SpeakerIdentified, Utterance
 from pipeline.stage import Library, Stage, StageOptions
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
+OWN_VOICE_TEXTS = (
+    "The kitchen lights are on and the front door is locked.",
+    "Tomorrow will be cloudy with a high of fourteen degrees.",
+    "I set a timer for ten minutes, just ask if you want to change it.",
+    "Your parcel arrives on Thursday between ten and two.",
+)
+"""What the own-voice print is synthesized from (answers of the kind sensorium speaks)."""
 MAX_HEARD = 64
 """Open utterances whose speech-so-far embedding is kept (the oldest forgotten first)."""
 DEFAULT_THRESHOLDS = {"resemblyzer": 0.78, "ecapa": 0.30}
@@ -51,6 +66,10 @@ class SpeakerStage(Stage):
         """Gallery file ("" = <data_dir>/gallery.db)."""
         cache_dir: str = ".cache/models"
         """Where downloaded speechbrain models are kept."""
+        own_voices: list[str] = []
+        """TTS voices sensorium answers in ([stages.tts] backend specs: "piper", "flite:slt" …): speech in them
+        is the house's own voice, never a person's. Empty = no own-voice print (a person enrolled with the very
+        voice the TTS speaks in could not be named at all with it)."""
 
     name: ClassVar[str] = "speaker"
     serves: ClassVar[str] = "room"
@@ -69,6 +88,10 @@ class SpeakerStage(Stage):
         """Utterance id → (samples, embedding) of its latest partial ``Utterance`` (speech heard so far)."""
         self.from_partial = 0
         """Endpoints answered from the embedding of a partial (no embedding left to compute)."""
+        self.own_print: np.ndarray | None = None
+        """Unit voice print of the TTS voices in ``own_voices`` (None without them)."""
+        self.own_voice = 0
+        """Utterances answered "unknown" because they are in the house's own (TTS) voice."""
 
     async def start(self) -> None:
         from models.gallery import Gallery
@@ -84,6 +107,8 @@ class SpeakerStage(Stage):
         # The first embedding imports and compiles seconds of library code under the interpreter lock:
         # at load, not on the first utterance, where it held up every stage of the worker.
         await self.ctx.run_blocking(self.encoder.warm_up)
+        if o.own_voices:
+            self.own_print = await self.ctx.run_blocking(self._own_print, list(o.own_voices))
         n = self.gallery.count("voice", self.encoder.model_id)
         if n == 0:
             model = "" if o.model == "resemblyzer" else f" --speaker-model {o.model}"
@@ -95,6 +120,35 @@ class SpeakerStage(Stage):
                 path.resolve(),
                 model,
             )
+
+    def _own_print(self, voices: list[str]) -> np.ndarray:
+        """The mean direction of ``OWN_VOICE_TEXTS`` spoken by each voice (blocking: synthesis and embedding)."""
+        from models.tts import TtsError, load_backend
+        from pipeline.media import resample
+
+        embs = []
+        for spec in voices:
+            try:
+                tts = load_backend(spec)
+                tts.load()
+                for text in OWN_VOICE_TEXTS:
+                    pcm, rate = tts.synthesize(text)
+                    embs.append(self.encoder.embed(resample(pcm, rate, RATE), RATE))
+            except (TtsError, OSError) as exc:
+                raise ValueError(f"[stages.speaker] own_voices: {spec!r} cannot speak here: {exc}") from exc
+        mean = np.mean(embs, axis=0)
+        return mean / np.linalg.norm(mean)
+
+    def identify(self, emb: np.ndarray) -> tuple[str, float]:
+        """``(person, score)`` for an utterance's embedding: "unknown" for the house's own voice."""
+        person, score = self.gallery.identify("voice", self.encoder.model_id, emb, self.threshold)
+        if self.own_print is not None:
+            own = float(np.dot(self.own_print, emb) / (np.linalg.norm(emb) + 1e-9))
+            if own >= self.threshold and own >= score:
+                self.own_voice += 1
+                self.ctx.log.info("speaker: own (TTS) voice %.2f ≥ %s %.2f: not a person", own, person, score)
+                return UNKNOWN, score
+        return person, score
 
     async def handle(self, msg: Message) -> None:
         if not isinstance(msg, Utterance):
@@ -131,7 +185,7 @@ class SpeakerStage(Stage):
             except ValueError as exc:  # e.g. no speech left after trimming
                 await self.ctx.reject(msg, str(exc))
                 return
-        person, score = self.gallery.identify("voice", self.encoder.model_id, emb, self.threshold)
+        person, score = self.identify(emb)
         await self.ctx.publish(
             SpeakerIdentified(
                 time=msg.t1 or msg.time, room=msg.room, utterance_id=msg.utterance_id, person=person, score=score

@@ -34,6 +34,7 @@ from pipeline.messages import (
     EventsLost,
     EventsReply,
     EventsRequest,
+    Listen,
     PlacementRequest,
     PlacementTable,
     Presence,
@@ -305,10 +306,15 @@ class Client:
         """Stop what is playing in ``room``."""
         await self._send(StopPlayback(room=room, answer_id=answer_id, reason=reason))
 
-    async def _send(self, msg: Say | StopPlayback) -> None:
+    async def listen(self, room: str, node: str, at: float, request_id: str, action: str = "open") -> None:
+        """Claim the speech of ``node``'s microphone from hub time ``at`` on, without a wake word (``Listen``):
+        its transcripts carry ``request_id``; "drop" gives the claim up."""
+        await self._send(Listen(room=room, node=node, action=action, request_id=request_id), at)  # type: ignore[arg-type]
+
+    async def _send(self, msg: Say | StopPlayback | Listen, at: float | None = None) -> None:
         if self._publisher is None:
             raise RuntimeError("use 'async with Client(...)' before sending")
-        msg.time = self.clock.now()
+        msg.time = self.clock.now() if at is None else at
         msg.source = self.name
         await self._publisher.publish(msg)
 

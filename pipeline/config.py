@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -108,7 +108,12 @@ class MicrophoneConfig(_Strict):
     """Send what this room's speaker plays with the microphone chunks (the wake stage's own-voice check)."""
     echo_cancel: bool = False
     """Subtract the echo of what this room's speaker plays from the microphone before sending it
-    (``pipeline.aec``; needs ``send_reference``): people are heard over the playback, at ~1 % of a core."""
+    (``pipeline.aec``; needs ``send_reference``): people are heard over the playback, at ~0.5 % of a core."""
+    echo_canceller: Literal["speex", "nlms"] = "speex"
+    """With ``echo_cancel``: "speex" (Xiph's speexdsp canceller, the system's libspeexdsp: ``apt install
+    libspeexdsp1``, which PulseAudio already depends on) or "nlms" (sensorium's numpy canceller, no library)."""
+    echo_tail_ms: int = 256
+    """With ``echo_cancel``: how much of the room's echo (reverberation) the canceller's filter spans."""
 
 
 class CameraConfig(_Strict):

@@ -38,8 +38,9 @@ timed() {  # timed NAME COMMAND…: run it, print and remember how long it took
 # pulseaudio (PortAudio's "pulse" device: null-sink microphone and speaker tests; only a "recommends"
 # of pulseaudio), ffmpeg (video files), systemd (unit verification), mosquitto (MQTT broker for the
 # Home Assistant bridge's tests), libturbojpeg0 (Home Assistant's camera helpers load it at start),
-# chromium and chromium-driver (the console's browser tests drive Debian's chromium; no browser download).
-apt_pkgs=(flite espeak-ng libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd mosquitto libturbojpeg0 chromium chromium-driver)
+# chromium and chromium-driver (the console's browser tests drive Debian's chromium; no browser download),
+# libspeexdsp1 (the edge's echo canceller; pulseaudio depends on it too).
+apt_pkgs=(flite espeak-ng libportaudio2 libspeexdsp1 libasound2-plugins pulseaudio pulseaudio-utils ffmpeg systemd mosquitto libturbojpeg0 chromium chromium-driver)
 apt_step() {
   local missing=() p
   for p in "${apt_pkgs[@]}"; do

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.bus import Publisher, Subscriber
 from pipeline.client import Client
 from pipeline.hub import Hub
-from pipeline.messages import PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
+from pipeline.messages import AudioChunk, PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
 from sensorium.apps.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,3 +386,96 @@ async def test_spoken_question_is_answered_aloud_in_its_room(tmp_path) -> None:
     heard = Transcriber("tiny.en").transcribe(media.resample(pcm, rate), word_timestamps=False).text.lower()
     print("whisper heard:", heard)
     assert "alice" in heard and "office" in heard, heard
+
+
+class RoomMic:
+    """A room's microphone stream as its edge sends it, in real time: silence plus sounds mixed in at hub times
+    (what people say, and what the room's own loudspeaker plays)."""
+
+    def __init__(self, pub: Publisher, clock, room: str, node: str) -> None:
+        self.pub, self.clock, self.room, self.node = pub, clock, room, node
+        self.sounds: list[tuple[float, np.ndarray]] = []
+        self.t = 0.0
+
+    def add(self, at: float, pcm: np.ndarray) -> None:
+        self.sounds.append((at, pcm.astype(np.float64)))
+
+    async def run(self) -> None:
+        block, rate = 1280, 16000
+        self.t = self.clock.now()
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0.0
+        while True:
+            out = np.zeros(block)
+            for at, pcm in self.sounds:
+                a = int(round((self.t - at) * rate))  # offset of this block inside the sound
+                if a + block <= 0 or a >= len(pcm):
+                    continue
+                lo, hi = max(a, 0), min(a + block, len(pcm))
+                out[lo - a : hi - a] += pcm[lo:hi]
+            data = np.clip(out, -32768, 32767).astype("<i2").tobytes()
+            await self.pub.publish(AudioChunk(time=self.t, room=self.room, source=self.node, rate=rate, data=data))
+            self.t += block / rate
+            sent += block / rate
+            await asyncio.sleep(max(0.0, start + sent - loop.time()))
+
+
+@pytest.mark.slow
+async def test_a_reply_that_asks_back_hears_the_next_command_without_a_wake_word(tmp_path) -> None:
+    """ "hey jarvis, hello" → "Hello! How can I help?" plays in the room, and the microphone hears it; only after
+    the edge reports it played does the room listen without a wake word: "what time is it" is answered, and the
+    reply's own sound is never transcribed."""
+    import media
+
+    from edge.agent import EdgeAgent
+    from sensorium.apps.agent import Turn, run_builtin_agent
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.embedded import embedded
+
+    reply = "Hello! How can I help?"
+    heard_reply = media.speech(reply, "piper:joe")  # sensorium's own voice, as the room's microphone hears it
+    dep = deployment_from_dict(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "hub": {"heartbeat": "250ms"},
+            "rooms": {"kitchen": {}},
+            "edges": {"kitchen-pi": {"room": "kitchen", "playback": {"wav_dir": str(tmp_path / "tts"), "rate": 22050}}},
+            "workers": {"local": {"stages": ["wake", "arbiter", "stt", "tts"]}},
+            "stages": {"tts": {"backend": "piper"}},
+        }
+    )
+    turns: list[Turn] = []
+    finals: list[Transcript] = []
+    async with embedded(dep) as env:
+        pub = Publisher(env.endpoints)
+        mic = RoomMic(pub, env.clock, "kitchen", "kitchen-pi")
+        edge = EdgeAgent(dep, "kitchen-pi", hub_address=env.address, clock=env.clock)
+        tasks = [
+            asyncio.create_task(mic.run()),
+            asyncio.create_task(edge.run()),
+            asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, turns=turns)),
+        ]
+        await asyncio.sleep(1.0)
+        hello = media.concat(media.speech("hey jarvis", "flite:rms"), 0.3, media.speech("hello", "flite:rms"))
+        mic.add(mic.t + 0.5, hello)
+        async with Client(env.endpoints, clock=env.clock) as c:
+            async with asyncio.timeout(120):
+                async for ev in c.events(["playback", "transcript"], rooms=["kitchen"]):
+                    if isinstance(ev, Transcript) and ev.final:
+                        finals.append(ev)
+                    if isinstance(ev, PlaybackStatus) and ev.state == "started" and len(turns) == 1:
+                        mic.add(ev.time + 0.005, heard_reply)  # the loudspeaker, a few ms away in the room
+                    if isinstance(ev, PlaybackStatus) and ev.state == "ended" and len(turns) == 1:
+                        mic.add(max(mic.t, ev.time) + 0.8, media.speech("what time is it", "flite:rms"))
+                    if len(turns) == 2:
+                        break
+        for t in tasks:
+            t.cancel()
+        edge.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pub.close()
+    print("finals:", [(f.text, f.request_id) for f in finals])
+    assert [t.answer for t in turns][:1] == [reply]
+    assert "time" in turns[1].question.lower() and turns[1].answer.startswith("It is"), turns
+    assert finals[-1].request_id.startswith("follow-")  # heard without a wake word, on the claim after playback
+    assert not any("help" in f.text.lower() for f in finals)  # the reply's own sound was not transcribed

@@ -286,3 +286,43 @@ def test_enroll_cli_errors_and_face(tmp_path: Path, capsys) -> None:
     assert cli(["enroll", "--list", "--gallery", g]) == 0 and "joe:" in capsys.readouterr().out
     assert cli(["enroll", "joe", "--remove", "--gallery", g]) == 0
     assert cli(["enroll", "joe", "--remove", "--gallery", g]) == 2
+
+
+@pytest.mark.slow
+async def test_own_tts_voice_never_names_a_person(gallery_path) -> None:
+    """sensorium answers in Piper's joe voice; the gallery's joe was enrolled with that very voice. Without an
+    own-voice print, an answer the microphone hears back is "joe"; with ``own_voices`` it is nobody, and a
+    person in another voice is still named."""
+    from models.tts import load_backend
+    from pipeline.media import resample
+
+    tts = load_backend("piper")
+    tts.load()
+    pcm, rate = tts.synthesize("It is twenty past seven. Your first meeting is at nine.")
+    answer = resample(pcm, rate).astype("<i2").tobytes()
+    sally = media.speech(TESTS[2], "flite:slt").astype("<i2").tobytes()
+    named: dict[bool, list[tuple[str, str]]] = {}
+    for own in (False, True):
+        out: list = []
+
+        async def emit(m, out=out) -> None:
+            out.append(m)
+
+        opts = SpeakerStage.Options(gallery=str(gallery_path), own_voices=["piper"] if own else [])
+        ctx = StageContext(name="speaker", worker="test", options=opts, rooms=("kitchen",), emit=emit)
+        stage = SpeakerStage(ctx)
+        await stage.start()
+        await stage.handle(Utterance(room="kitchen", utterance_id="answer", t1=T0, data=answer))
+        await stage.handle(Utterance(room="kitchen", utterance_id="sally", t1=T0, data=sally))
+        named[own] = [(m.utterance_id, m.person) for m in out if isinstance(m, SpeakerIdentified)]
+        assert stage.own_voice == (1 if own else 0)
+        await stage.stop()
+    assert named[False] == [("answer", "joe"), ("sally", "sally")]  # today: the house's own voice named joe
+    assert named[True] == [("answer", UNKNOWN), ("sally", "sally")]
+
+
+async def test_own_voices_that_cannot_speak_fail_at_start(gallery_path) -> None:
+    opts = SpeakerStage.Options(gallery=str(gallery_path), own_voices=["piper:/no/such/voice.onnx"])
+    stage = SpeakerStage(StageContext(name="speaker", worker="test", options=opts, rooms=("kitchen",)))
+    with pytest.raises(ValueError, match=r"own_voices: 'piper:/no/such/voice\.onnx'"):
+        await stage.start()

@@ -5,6 +5,12 @@ asked to say, and politely declines everything else. ``BuiltinAgent.answer`` is 
 (transcript text + presence → answer text) so it is tested without a bus; ``run_agent`` wires it to a
 ``pipeline.client.Client``. The demo uses it; a real deployment puts an LLM in its place (see
 ``examples/openai_agent.py``), with the same loop.
+
+Continued conversation: a reply that asks back (ends with "?") is followed by listening without a wake
+word, but only once the edge reports the reply played (``PlaybackStatus`` "ended"): the loop then claims
+that node's microphone (``Listen``) from the end of the playback on, so the reply's own sound in the room
+is no part of what it hears, and answers the next thing said there. A reply cut off by a barge-in opens
+nothing (the person already woke it).
 """
 
 from __future__ import annotations
@@ -211,6 +217,14 @@ class AgentLoop:
     """(room, wake time) of detections the arbiter told to stand down (another room answers, or echo)."""
     skipped: list[Transcript] = field(default_factory=list)
     """Final transcripts not answered because their room stood down."""
+    follow_up: bool = True
+    """After a reply that asks back has played, listen for the answer without a wake word."""
+    follow_tail: float = 0.3
+    """Seconds after the edge's "ended" the listening starts (the room's reverberation of the reply)."""
+    asking: dict[str, str] = field(default_factory=dict)
+    """answer_id → room of replies that asked back, still playing."""
+    following: dict[str, str] = field(default_factory=dict)
+    """request_id → room of microphones claimed for a follow-up answer."""
 
     async def run(self, since: int | None = None, stop: asyncio.Event | None = None) -> None:
         """Answer until ``stop`` is set (or forever)."""
@@ -242,6 +256,14 @@ class AgentLoop:
     async def handle(self, ev: Any) -> Turn | None:
         """React to one event: answer a final transcript, note what a barge-in cut off."""
         if isinstance(ev, PlaybackStatus):
+            room = self.asking.pop(ev.answer_id, None) if ev.state != "started" else None
+            if room is not None and ev.state == "ended" and ev.source:
+                rid = f"follow-{ev.answer_id}"
+                self.following[rid] = room
+                while len(self.following) > 64:
+                    self.following.pop(next(iter(self.following)))
+                await self.client.listen(room, ev.source, ev.time + self.follow_tail, rid)
+                log.info("listening in %s on %s without a wake word (the reply asked back)", room, ev.source)
             if ev.state == "stopped":
                 for turn in reversed(self.turns):
                     if turn.answer_id == ev.answer_id:
@@ -255,7 +277,7 @@ class AgentLoop:
             return None
         if not isinstance(ev, Transcript) or not ev.final or not ev.text.strip():
             return None
-        if ev.request_id:
+        if ev.request_id and self.following.pop(ev.request_id, None) is None:
             return None  # a client's speech-to-text request (Home Assistant): that client answers it
         if self.rooms is not None and ev.room not in self.rooms:
             return None
@@ -276,6 +298,10 @@ class AgentLoop:
             return None
         said = self.client.clock.now()
         answer_id = await self.client.answer(ev, reply)
+        if self.follow_up and not ev.reply_to and reply.rstrip().endswith("?"):
+            self.asking[answer_id] = ev.room
+            while len(self.asking) > 64:
+                self.asking.pop(next(iter(self.asking)))
         turn = Turn(ev.room, ev.text, reply, ev.speaker, ev.utterance_id, ev.t1, received, said, answer_id)
         self.turns.append(turn)
         del self.turns[:-200]

@@ -169,8 +169,21 @@ def check_echo(dr: Checkup, name: str, edge: EdgeConfig) -> Checks:
             else []
         ),
         "own-voice wakes dropped" if own and mic.send_reference else "own-voice check off",
-        "echo cancellation on (~1 % of a core)" if mic.echo_cancel and mic.send_reference else "echo cancellation off",
+        f"echo cancellation on ({mic.echo_canceller}, {mic.echo_tail_ms} ms of echo, ~0.5 % of a core)"
+        if mic.echo_cancel and mic.send_reference
+        else "echo cancellation off",
     ]
+    spk = dr.deployment.stages.get("speaker")
+    voices = list(getattr(spk.options, "own_voices", []) if spk is not None else [])
+    parts.append(f"speaker ID knows its own voice ({', '.join(voices)})" if voices else "no own-voice print")
+    if mic.echo_cancel and mic.echo_canceller == "speex":
+        from pipeline.aec import SpeexUnavailable, load_speexdsp
+
+        try:
+            load_speexdsp()
+        except SpeexUnavailable as exc:
+            yield Finding("FAIL", check, f"echo_canceller = 'speex': {exc}", "apt install libspeexdsp1, or 'nlms'")
+            return
     if plays and speaker != name and mic.send_reference and not mic.reference_file:
         yield Finding(
             "WARN",
