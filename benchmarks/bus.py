@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+    from pipeline.metrics import percentile
+
+    return percentile(xs, p) or 0.0
 
 
 # ------------------------------------------------------------------------------------ raw pyzmq

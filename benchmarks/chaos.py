@@ -218,10 +218,10 @@ def check_stream(
 
 
 def percentile(xs: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (None for no samples)."""
-    from evaluation.report import nearest_rank
+    """Nearest-rank percentile (``pipeline.metrics.percentile``; None for no samples)."""
+    from pipeline.metrics import percentile as nearest_rank
 
-    return nearest_rank(xs, (p,)).get(f"p{p:g}") if xs else None
+    return nearest_rank(xs, p)
 
 
 # ---------------------------------------------------------------------------------------- the run

@@ -223,8 +223,10 @@ async def quiet(cache: Path, rounds: int = 3) -> dict[str, Any]:
                     found[name] += 1
                     lat[name].append(min(near) * 1000)
 
-    def stats(v: list[float]) -> dict[str, float]:
-        return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 2), "p95": round(float(np.percentile(v, 95)), 2)}
+    def stats(v: list[float]) -> dict[str, float | int | None]:
+        from pipeline.metrics import summary
+
+        return summary(v, digits=2)
 
     return {
         name: {

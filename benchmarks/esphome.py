@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -37,14 +36,9 @@ ROOMS = {"kitchen": "esphome", "office": "wyoming"}
 
 
 def _pcts(xs: list[float]) -> dict[str, Any]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    return {
-        "n": len(s),
-        "p50_ms": round(statistics.median(s) * 1000),
-        "p95_ms": round(s[min(len(s) - 1, round(0.95 * (len(s) - 1)))] * 1000),
-    }
+    from pipeline.metrics import summary
+
+    return summary(xs, scale=1000, digits=0, suffix="_ms") if xs else {"n": 0}
 
 
 async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, Any]:

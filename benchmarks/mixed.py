@@ -115,14 +115,9 @@ def _free_ports(n: int, avoid: int = 0) -> int:
 
 def pct(values: list[float]) -> dict[str, float | int | None]:
     """p50/p95 (nearest rank) and n of ``values`` (ms)."""
-    xs = sorted(v for v in values if v is not None)
-    if not xs:
-        return {"p50": None, "p95": None, "n": 0}
+    from pipeline.metrics import summary
 
-    def rank(p: float) -> float:
-        return round(xs[max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))], 1)
-
-    return {"p50": rank(50), "p95": rank(95), "n": len(xs)}
+    return summary(values, digits=1)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -294,13 +293,10 @@ def _kind(entity: str) -> str:
     return "person room"
 
 
-def _pcts(xs: Sequence[float]) -> dict[str, float]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    q = statistics.quantiles(s, n=20, method="inclusive") if len(s) > 1 else [s[0]] * 19
-    return {"n": len(s), "p50_ms": round(statistics.median(s) * 1000), "p95_ms": round(q[18] * 1000),
-            "max_ms": round(s[-1] * 1000)}  # fmt: skip
+def _pcts(xs: Sequence[float]) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    return summary(xs, scale=1000, digits=0, suffix="_ms", extra=("max",)) if xs else {"n": 0}
 
 
 async def run_session(

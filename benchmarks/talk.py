@@ -59,14 +59,11 @@ ANSWERS = {
 }
 
 
-def pct(values: list[float], q: float) -> float:
-    """Percentile ``q`` (0–100) by linear interpolation; NaN for no values."""
-    return float(np.percentile(values, q)) if values else float("nan")
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    """p50 / p95 (nearest rank) / n of a list of milliseconds."""
+    from pipeline.metrics import summary as pct_summary
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    """p50 / p95 / n of a list of milliseconds."""
-    return {"p50_ms": round(pct(values, 50), 1), "p95_ms": round(pct(values, 95), 1), "n": len(values)}
+    return pct_summary(values, digits=1, suffix="_ms")
 
 
 # ---------------------------------------------------------------------------------------- TTS

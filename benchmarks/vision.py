@@ -59,11 +59,11 @@ MODES = ("full", "regions")
 log = logging.getLogger("bench.vision")
 
 
-def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values) * scale
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
+def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    s = summary(values, scale=scale, digits=1)
+    return {k: v for k, v in s.items() if k != "n"} if values else {}
 
 
 def _thread_cpu() -> dict[int, float]:

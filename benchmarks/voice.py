@@ -71,16 +71,9 @@ log = logging.getLogger("bench.voice")
 
 def stats(values: list[float]) -> dict[str, Any]:
     """p50/p95/mean/n of a list of milliseconds (None entries are misses)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"n": 0, "p50": None, "p95": None, "mean": None}
-    a = np.asarray(vals, dtype=float)
-    return {
-        "n": len(vals),
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
-        "mean": round(float(a.mean()), 1),
-    }
+    from pipeline.metrics import summary
+
+    return summary(values, digits=1, extra=("mean",))
 
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen \

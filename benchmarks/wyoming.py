@@ -65,14 +65,9 @@ TRIALS = [
 
 
 def _percentiles(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0, "p50": None, "p95": None}
-    a = np.asarray(values, dtype=float)
-    return {
-        "n": len(values),
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
-    }
+    from pipeline.metrics import summary
+
+    return summary(values, digits=1)
 
 
 def _free_ports(*keys: str) -> dict[str, int]:

@@ -195,14 +195,6 @@ class LinkWatch:
             self._mon.close(0)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` (0–100) percentile of ``values`` (nearest rank); 0 for none."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
-
-
 class EdgeAgent:
     """Runs one edge node of a deployment until ``stop`` (or, with ``once``, until its files ended)."""
 
@@ -315,9 +307,10 @@ class EdgeAgent:
             "replaced_video": self.outbox.replaced_video + sum(c.slot.replaced for c in self.cameras.values()),
             "connected": bool(self.link and self.link.connected),
         }
+        from pipeline.metrics import summary  # lazily, like the metrics: prometheus-client only when used
+
         for kind, vals in self.outbox.overhead_ms.items():
-            v = list(vals)
-            out[f"{kind}_overhead_ms"] = {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)}
+            out[f"{kind}_overhead_ms"] = summary(vals)
         if self.gate is not None:
             out["wake"] = {
                 "detections": len(self.gate.detections),
