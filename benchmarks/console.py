@@ -218,8 +218,8 @@ def inbox(quick: bool = False) -> dict[str, Any]:
 
 def speed(quick: bool = False) -> dict[str, Any]:
     import psutil
-    from ports import free_port, free_tcp_base
 
+    from evaluation.ports import free_port, free_tcp_base
     from pipeline.bus import Endpoints, Publisher
     from pipeline.config import HubConfig
     from pipeline.hub import Hub

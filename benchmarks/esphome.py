@@ -43,13 +43,13 @@ def _pcts(xs: list[float]) -> dict[str, Any]:
 
 async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, Any]:
     import media
-    from test_esphome import free_ports
     from test_esphome_homeassistant import Mic, played, wavs
     from test_wyoming_homeassistant import entities_of
     from wyoming_help import ports, running
 
     from bridges.esphome.server import Server
     from edge.agent import EdgeAgent
+    from evaluation.ports import free_ports
     from pipeline.bus import Publisher, Subscriber
     from pipeline.messages import TtsAudio
     from sensorium.agent import run_builtin_agent

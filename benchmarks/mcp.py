@@ -112,8 +112,8 @@ async def state_tools(n: int) -> dict[str, Any]:
     from mcp import ClientSession
     from mcp.client.sse import sse_client
     from mcp.client.streamable_http import streamablehttp_client
-    from ports import free_port
 
+    from evaluation.ports import free_port
     from pipeline.client import Client
     from pipeline.config import HubConfig
     from pipeline.hub import Hub

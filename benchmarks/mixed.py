@@ -46,7 +46,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks.outfile import add_out
 from benchmarks.processes import SENSORIUM, Processes
+from evaluation.ports import free_port, free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mixed.json"
 STAGES = ["wake", "arbiter", "stt", "speaker", "detect", "face", "presence", "tts"]
@@ -88,29 +88,6 @@ def who(voice: str) -> str:
         if voice == enrolled or voice.startswith(enrolled + ":"):
             return name
     return "unknown"
-
-
-def _free_ports(n: int, avoid: int = 0) -> int:
-    """The first of ``n`` consecutive free loopback ports (the hub binds its address and the next three)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n > 65535 or avoid in range(base, base + n):
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 def pct(values: list[float]) -> dict[str, float | int | None]:
@@ -387,10 +364,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def one_run(folder: Path, cameras: int, m: dict[str, Any], session: Any) -> dict[str, Any]:
     """Fresh processes, ``cameras`` camera edges, one voice session; the run's rows and numbers."""
-    port = _free_ports(4)
-    metrics_port = _free_ports(1, avoid=port)
-    while metrics_port in range(port, port + 4):
-        metrics_port = _free_ports(1)
+    port = free_tcp_base(host="127.0.0.1")  # below the ephemeral range free_port picks from: never the same
+    metrics_port = free_port()
     run_dir = folder / f"run-{cameras}cam-{time.monotonic_ns()}"
     (run_dir / "data").mkdir(parents=True)
     data = run_dir / "data"

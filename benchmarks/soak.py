@@ -33,7 +33,6 @@ import itertools
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.processes import REPO, SENSORIUM, Processes
+from evaluation.ports import free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = REPO / ".cache" / "sample"
@@ -403,32 +403,9 @@ class SoakOptions:
     progress: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
 
-def _free_tcp_base() -> int:
-    """A port with the next three free too (the hub binds base+0..3)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 65530:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + 4):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no four consecutive free loopback ports")
-
-
 def _address(opts: SoakOptions) -> str:
     if opts.transport == "tcp":
-        return f"tcp://127.0.0.1:{_free_tcp_base()}"
+        return f"tcp://127.0.0.1:{free_tcp_base(host='127.0.0.1')}"
     sock_dir = opts.out.resolve() / "sockets"
     if len(str(sock_dir)) > 80:  # AF_UNIX paths are limited to 107 bytes
         sock_dir = Path(tempfile.mkdtemp(prefix="sensorium-soak-"))

@@ -47,6 +47,7 @@ from benchmarks import voice
 from benchmarks.outfile import add_out
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session, synthesize
+from evaluation.ports import free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wyoming.json"
 CHUNK_MS = 80
@@ -68,20 +69,6 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
     from pipeline.metrics import summary
 
     return summary(values, digits=1)
-
-
-def _free_ports(*keys: str) -> dict[str, int]:
-    """Distinct free loopback ports (held open together while chosen)."""
-    import socket
-
-    socks = [socket.socket() for _ in keys]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return {k: int(sock.getsockname()[1]) for k, sock in zip(keys, socks, strict=True)}
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def _deployment(tmp: Path, ports: dict[str, int], stages: list[str], rooms: list[str]) -> Any:
@@ -147,7 +134,7 @@ def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[st
     from sensorium.commands.wyoming import offer_for
     from sensorium.embedded import embedded
 
-    ports = _free_ports("wake", "stt")
+    ports = dict(zip(("wake", "stt"), free_ports(2), strict=True))
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-") as tmp:
         voice._enroll(Path(tmp), {})
         dep = _deployment(Path(tmp), ports, ["wake", "stt", "speaker"], ["kitchen"])
@@ -212,7 +199,7 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from sensorium.embedded import embedded
 
     rooms = ["kitchen", "office"]
-    ports = _free_ports(*rooms)
+    ports = dict(zip(rooms, free_ports(len(rooms)), strict=True))
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-rooms-") as tmp:
         dep = _deployment(Path(tmp), ports, ["wake", "arbiter", "stt"], rooms)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ports import free_port
+
+from evaluation.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HA_VENV = REPO / ".venv-homeassistant"

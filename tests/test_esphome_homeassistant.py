@@ -24,12 +24,12 @@ from typing import Any
 import media
 import numpy as np
 import pytest
-from test_esphome import free_ports
 from test_wyoming_homeassistant import entities_of, read_back, words
 from test_wyoming_voice import enroll
 from wyoming_help import ports, running
 
 from bridges.esphome.server import Server
+from evaluation.ports import free_ports
 from pipeline.bus import Publisher
 from pipeline.messages import AudioChunk as BusChunk
 from sensorium.deployment import deployment_from_dict

@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from ports import free_tcp_base
 
+from evaluation.ports import free_port, free_tcp_base
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
@@ -645,14 +645,6 @@ def test_sensorium_hub_exits_non_zero_when_its_log_cannot_be_written(tmp_path: P
     assert "ERROR" in err and "No space left on device" in err and "stopped rather than run without" in err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(pid: int, port: int, timeout: float = 20.0) -> str:
     import time
 
@@ -674,7 +666,7 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Pa
     import sys
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     line = f'metrics_host = "{host}"\n' if host else ""
     cfg = tmp_path / "deploy.toml"
     cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nmetrics_port = {port}\n{line}')

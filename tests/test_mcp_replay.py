@@ -29,9 +29,9 @@ def _words(text: str) -> list[str]:
 
 async def test_tools_answer_from_the_replayed_sample_session(tmp_path: Path) -> None:
     import jiwer
-    from ports import free_port
 
     from bridges.mcp.server import SensoriumMcp
+    from evaluation.ports import free_port
     from evaluation.replay import ReplayOptions, load, replay_embedded
     from evaluation.sample import prepare, sample_deployment
     from evaluation.session import PeopleLabel, SpeechLabel

@@ -26,11 +26,11 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
-from ports import free_port
 from pydantic import AnyUrl
 
 from bridges.mcp.access import AccessError, check_bind, is_loopback, read_token
 from bridges.mcp.server import SensoriumMcp
+from evaluation.ports import free_port
 from evaluation.session import SAMPLE_UTTERANCES
 from pipeline.bus import Publisher, Subscriber
 from pipeline.client import Client

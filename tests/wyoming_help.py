@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from wyoming.event import Event
 
 from bridges.wyoming.gateway import Gateway
 from bridges.wyoming.offer import Offer
+from evaluation.ports import free_ports
 from pipeline.bus import Endpoints
 from pipeline.config import Deployment
 from sensorium.deployment import deployment_from_dict
@@ -23,17 +23,8 @@ ROOMS = ("kitchen", "office")
 
 def ports() -> dict[str, int]:
     """A free port per service role and per room's satellite, all different."""
-    socks = []
-    try:
-        for _ in range(6):  # held open together, so the OS cannot hand out one port twice
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        keys = ("wake", "stt", "tts", "handle", *ROOMS)
-        return {k: int(s.getsockname()[1]) for k, s in zip(keys, socks, strict=True)}
-    finally:
-        for s in socks:
-            s.close()
+    keys = ("wake", "stt", "tts", "handle", *ROOMS)
+    return dict(zip(keys, free_ports(len(keys)), strict=True))
 
 
 def deployment(

@@ -23,9 +23,9 @@ was "spoken", so audio time T is wall time ``t0 + T`` and a latency is ``arrival
 from __future__ import annotations
 
 import argparse
-import math
 import asyncio
 import json
+import math
 import sys
 import time
 import wave
