@@ -560,12 +560,11 @@ def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 def _stt_defaults(opts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our stt stage's settings (defaults plus ``opts``) that the peer must share for a fair comparison."""
     try:
-        from pipeline.config import parse_duration
         from sensorium.registry import stage_class
 
         o = stage_class("stt").Options(**(opts or {}))
         return {
-            "trailing_silence_s": parse_duration(o.trailing_silence),
+            "trailing_silence_s": o.seconds("trailing_silence"),
             "beam_size": o.beam_size,
             "cpu_threads": o.cpu_threads,
         }

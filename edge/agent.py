@@ -30,7 +30,7 @@ from edge.camera import Camera, CameraError
 from edge.echo import ReferenceTap
 from pipeline.aec import EchoCanceller
 from pipeline.clock import Clock
-from pipeline.config import Deployment, EdgeConfig, parse_duration
+from pipeline.config import Deployment, EdgeConfig
 from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
 
 log = logging.getLogger("sensorium.edge")
@@ -500,7 +500,7 @@ class EdgeAgent:
         streams = ([f"audio/{self.room}/{self.name}"] if self.audio_source else []) + [
             f"video/{self.room}/{c}" for c in self.cameras
         ]
-        heartbeat = parse_duration(self.deployment.hub.heartbeat, "hub.heartbeat")
+        heartbeat = self.deployment.hub.heartbeat
         link = NodeLink(
             self.name,
             "edge",

@@ -10,9 +10,9 @@ import pytest
 from evaluation.report import event_stages
 from pipeline import messages as m
 from pipeline.client import prefixes_for
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, durations
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage, StageOptions, durations
+from pipeline.stage import Stage, StageOptions
 from sensorium.deployment import deployment_from_dict
 from sensorium.registry import STAGES, available, stage_class
 

@@ -52,7 +52,7 @@ def gallery_people(path: Path) -> Callable[[], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from bridges.mqtt.bridge import Bridge, BridgeError, run_bridge
-    from pipeline.config import ConfigError, parse_duration
+    from pipeline.config import ConfigError
     from pipeline.security import KeyError_, node_keys
     from sensorium.deployment import load_deployment
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir=Path(args.state) if args.state else dep.data_dir,
             people=people,
             curve=curve,
-            heartbeat=parse_duration(dep.hub.heartbeat, "[hub] heartbeat"),
+            heartbeat=float(dep.hub.heartbeat),
             name=name,
         )
     except (ConfigError, KeyError_, BridgeError, ValueError) as exc:
