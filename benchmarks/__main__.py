@@ -1,4 +1,7 @@
-"""One entry point for every benchmark: ``python -m benchmarks`` (or ``sensorium bench``).
+"""One entry point for every benchmark: ``python -m benchmarks`` from the source checkout.
+
+Benchmarks sit on top of everything: nothing in the package imports them (the import contracts in
+``pyproject.toml``), and they import no ``sensorium`` command module.
 
 Convention for a benchmark module ``benchmarks/<name>.py``:
 

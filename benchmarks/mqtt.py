@@ -324,7 +324,7 @@ async def run_session(
     from pipeline.client import Client
     from pipeline.config import MqttConfig
     from pipeline.messages import PlaybackStatus, Presence, SpeakerIdentified, Transcript, TtsAudio
-    from sensorium.commands.mqtt import gallery_people
+    from sensorium.bridging import gallery_people
     from sensorium.embedded import embedded
 
     say = progress or (lambda _s: None)

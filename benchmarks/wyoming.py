@@ -131,7 +131,7 @@ def _speaker_rate(rows: list[dict[str, Any]], present: bool = False) -> float | 
 def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[str, Any]:
     """The session through our gateway in front of the wake, stt and speaker stages."""
     from bridges.wyoming.gateway import Gateway
-    from sensorium.commands.wyoming import offer_for
+    from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
     ports = dict(zip(("wake", "stt"), free_ports(2), strict=True))
@@ -195,7 +195,7 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from bridges.wyoming.gateway import Gateway
     from pipeline.bus import Publisher
     from pipeline.messages import AudioChunk
-    from sensorium.commands.wyoming import offer_for
+    from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
     rooms = ["kitchen", "office"]

@@ -102,3 +102,35 @@ def test_every_module_of_the_wiring_has_a_layer() -> None:
     assert set(CONFIG["root_packages"]) >= {
         p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name != "tests"
     }, "a top-level package is missing from root_packages"
+
+
+#: One deliberate back-import per contract (file, the import added, what the report must name). A new contract
+#: gets its line here: ``test_every_contract_has_a_negative_case`` fails until it has one.
+BACK_IMPORTS = {
+    "layers": ("sensorium/commands/hub.py", "benchmarks.bus", "sensorium.commands.hub -> benchmarks.bus"),
+    "benchmarks-apart": ("benchmarks/bus.py", "sensorium.commands.hub", "benchmarks.bus -> sensorium.commands.hub"),
+    "pipeline-core": ("pipeline/clock.py", "cv2", "pipeline.clock -> cv2"),
+    "edge": ("edge/retry.py", "models.detector", "edge.retry -> models.detector"),
+    "bridges": ("bridges/mqtt/state.py", "models.gallery", "bridges.mqtt.state -> models.gallery"),
+    "mcp-sdk": ("nodes/arbiter.py", "starlette", "nodes.arbiter -> starlette"),
+}
+
+
+def test_every_contract_has_a_negative_case() -> None:
+    assert {c["id"] for c in CONFIG["contracts"]} == set(BACK_IMPORTS)
+
+
+def test_each_contract_fails_on_its_back_import(tmp_path: Path) -> None:
+    """Every contract can fail: with one back-import per contract added, each is reported broken, naming it."""
+    _copy_tree(tmp_path)
+    for rel, module, _ in BACK_IMPORTS.values():
+        path = tmp_path / rel
+        path.write_text(path.read_text() + f"\n\ndef _back_import() -> None:\n    import {module}  # noqa: F401\n")
+    r = _lint(tmp_path, "--no-cache")
+    assert r.returncode != 0, r.stdout
+    text = " ".join(r.stdout.split())
+    names = {c["id"]: c["name"] for c in CONFIG["contracts"]}
+    for cid, (_, _, named) in BACK_IMPORTS.items():
+        assert f"{' '.join(names[cid].split())} BROKEN" in text, f"contract {cid} not broken:\n{r.stdout}"
+        assert named in text, f"{named} not reported:\n{r.stdout}"
+    assert "0 kept" in text

@@ -38,7 +38,7 @@ async def test_tools_answer_from_the_replayed_sample_session(tmp_path: Path) -> 
     from pipeline.client import Client
     from pipeline.config import McpConfig
     from pipeline.messages import SpeakerIdentified, Transcript
-    from sensorium.commands.mqtt import gallery_people
+    from sensorium.bridging import gallery_people
     from sensorium.embedded import embedded
 
     session_file = prepare(tmp_path, ROOT / ".cache" / "sample")

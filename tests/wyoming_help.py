@@ -64,7 +64,7 @@ async def running(
     dep: Deployment, endpoints: Endpoints, offer: Offer | None = None, down_after: float | None = None, **kw: Any
 ) -> AsyncIterator[Gateway]:
     """A started gateway; stopped on exit."""
-    from sensorium.commands.wyoming import offer_for
+    from sensorium.bridging import offer_for
 
     gw = Gateway(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
     if down_after is not None:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from bridges.mcp.server import SensoriumMcp
     from pipeline.config import ConfigError, McpConfig
     from pipeline.security import KeyError_, node_keys
-    from sensorium.commands.mqtt import gallery_people
+    from sensorium.bridging import gallery_people
     from sensorium.deployment import load_deployment
 
     try:
