@@ -37,7 +37,7 @@ for p in (ROOT, ROOT / "tests"):  # the console rig and the test images live wit
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 #: Changed copies of each photo; not "rotate": its reflected border puts a mirrored partial copy of the person
 #: into the frame, a second face the labels cannot name.
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     add_out(ap, ROOT / "benchmarks" / "results" / "console.json")
     args = ap.parse_args(argv)
-    res = run(args.quick)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    res = write_results(args.out, lambda: run(args.quick))
     print(render(res))
     return 0
 

@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, write_results
 from edge.echo import ReferenceTap
 from evaluation.echo import Scene, barge_in_scene, playback_scene, quiet_scene
 from nodes.arbiter import ArbiterStage
@@ -268,9 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("sensorium", "stage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = asyncio.run(measure(args.minutes, args.barge_minutes))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result = write_results(args.out, lambda: asyncio.run(measure(args.minutes, args.barge_minutes)))
     print(json.dumps(result, indent=1))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ for p in (ROOT, ROOT / "tests"):  # the Home Assistant harness lives with the te
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 ROOMS = {"kitchen": "esphome", "office": "wyoming"}
 
@@ -256,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("sensorium.esphome").setLevel(logging.INFO)
-    res = run(a.quick)
-    a.out.write_text(json.dumps(res, indent=2, default=str))
+    res = write_results(a.out, lambda: run(a.quick))
     print(render(res))
     return 0
 

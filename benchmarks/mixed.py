@@ -56,7 +56,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.processes import SENSORIUM, Processes
 from evaluation.ports import free_port, free_tcp_base
 
@@ -419,9 +419,8 @@ def run(
     utterances: int | None = None,
     cameras: tuple[int, ...] | None = None,
     restarts: int | None = None,
-    out: Path = RESULTS,
 ) -> dict[str, Any]:
-    """The runs (voice only and with cameras), then the first-utterance restarts; written to ``out`` as they end."""
+    """The runs (voice only and with cameras), then the first-utterance restarts; each written as it ends."""
     n = utterances or (4 if quick else 12)
     cams = cameras if cameras is not None else ((0, 1) if quick else (0, 1, 2))
     extra = restarts if restarts is not None else (0 if quick else 3)
@@ -439,12 +438,12 @@ def run(
             print(f"mixed: {c} camera(s), {n} utterances …", file=sys.stderr, flush=True)
             result["runs"].append(one_run(folder, c, m, session))
             _finish(result)
-            _write(result, out)
+            checkpoint(result)
         for k in range(extra):
             print(f"mixed: restart {k + 1}/{extra} (voice only, 2 utterances) …", file=sys.stderr, flush=True)
             result["runs"].append({**one_run(folder, 0, m, short), "restart": True})
             _finish(result)
-            _write(result, out)
+            checkpoint(result)
     return result
 
 
@@ -482,11 +481,6 @@ def _finish(result: dict[str, Any]) -> None:
             "wake_p95_within_20pct": (one.get("wake_ms_p95_vs_voice_only") or 9) <= 1.2,
             "eos_final_p95_within_20pct": (one.get("eos_final_ms_p95_vs_voice_only") or 9) <= 1.2,
         }
-
-
-def _write(result: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
 
 
 def _ms(d: dict[str, Any] | None) -> str:
@@ -544,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     cams = tuple(int(c) for c in args.cameras.split(",")) if args.cameras else None
-    result = run(args.quick, args.utterances, cams, args.restarts, args.out)
+    result = write_results(args.out, lambda: run(args.quick, args.utterances, cams, args.restarts))
     print(render(result))
     return 0
 

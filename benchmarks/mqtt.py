@@ -41,7 +41,7 @@ for p in (ROOT, ROOT / "tests"):  # the Home Assistant and mosquitto harnesses l
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 SITE = "home"
 WELCOME = "welcome to the kitchen"
@@ -620,8 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     add_out(ap, ROOT / "benchmarks" / "results" / "mqtt.json")
     a = ap.parse_args(argv)
-    res = run(a.quick)
-    a.out.write_text(json.dumps(res, indent=2, default=str))
+    res = write_results(a.out, lambda: run(a.quick))
     print(render(res))
     return 0
 

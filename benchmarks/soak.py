@@ -23,7 +23,7 @@ half is warm-up (models load, caches and allocator arenas fill, the event log re
 
 ``python -m benchmarks --only soak`` runs an hour (``quick``: 3 minutes) and writes
 ``benchmarks/results/soak.json`` and ``soak.png``; ``python -m benchmarks.soak --duration 1h`` is the same run
-(with ``--out``, ``--tcp``, ``--worker-per-stage``: ``--help``).
+(with ``--dir``, ``--out``, ``--tcp``, ``--worker-per-stage``: ``--help``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.outfile import add_out, checkpoint, dump
 from benchmarks.processes import REPO, SENSORIUM, Processes
 from evaluation.ports import free_tcp_base
 
@@ -544,6 +545,13 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     }
     problems: list[str] = []
     samples: list[dict[str, Any]] = []
+    json_path = opts.json_path or out / "soak.json"
+
+    def keep_so_far() -> None:  # a run stopped midway keeps its samples
+        so_far = {**results, "samples": samples, "partial": True}
+        dump(json_path, so_far)
+        checkpoint(so_far)
+
     t0 = time.monotonic()
     results["t0_wall"] = time.time()
     try:
@@ -569,6 +577,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
                     break
             if time.monotonic() >= next_sample:
                 samples.append(_sample(procs, data / "hub" / "events.jsonl", client_file, t0))
+                keep_so_far()
                 next_sample += opts.interval
                 n = sum(1 for e in _loops(loops_file) if "loop" in e)
                 if n != loops_seen:
@@ -604,16 +613,14 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         problems=problems,
         ok=not problems,
     )
-    json_path = opts.json_path or out / "soak.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1, default=str))
+    dump(json_path, results)
     plot_path = opts.plot_path or out / "soak.png"
     try:
         plot(results, plot_path)
         results["plot"] = str(plot_path)
     except Exception as exc:  # the numbers matter more than the picture
         say(f"soak: plot failed: {exc}")
-    json_path.write_text(json.dumps(results, indent=1, default=str))
+    dump(json_path, results)
     return results
 
 
@@ -736,9 +743,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The soak's options (``python -m benchmarks.soak --duration 1h``)."""
     p.add_argument("--duration", default="1h", help="how long to loop, e.g. 3m, 1h (default 1h; whole loops only)")
     p.add_argument("--interval", default="30s", help="time between samples of the processes (default 30s)")
-    p.add_argument("--out", type=Path, default=Path(".sensorium-soak"), help="folder for logs, data and results")
-    p.add_argument("--json", type=Path, help="results file (default: OUT/soak.json)")
-    p.add_argument("--plot", type=Path, help="plot file (default: OUT/soak.png)")
+    p.add_argument("--dir", type=Path, default=Path(".sensorium-soak"), help="folder for logs and data")
+    add_out(p, None, "DIR/soak.json")
+    p.add_argument("--plot", type=Path, help="plot file (default: DIR/soak.png)")
     p.add_argument("--tcp", action="store_true", help="loopback tcp instead of ipc sockets")
     p.add_argument(
         "--worker-per-stage", action="store_true", help="each stage in a worker of its own (which one grows?)"
@@ -772,14 +779,14 @@ def soak_command(args: argparse.Namespace) -> int:
         return fail(f"{exc}: the soak needs the dev tools (psutil)")
     opts = SoakOptions(
         duration=duration,
-        out=args.out,
+        out=args.dir,
         interval=interval,
         transport="tcp" if args.tcp else "ipc",
         split=args.worker_per_stage,
         event_log=args.event_log,
         rss_limit=args.rss_limit,
         fd_limit=args.fd_limit,
-        json_path=args.json,
+        json_path=args.out,
         plot_path=args.plot,
     )
     try:
@@ -810,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.soak",
         description=__doc__.splitlines()[0],
         epilog="examples: python -m benchmarks.soak --duration 1h; "
-        "python -m benchmarks.soak --duration 15m --interval 10s --out soak-run --tcp",
+        "python -m benchmarks.soak --duration 15m --interval 10s --dir soak-run --tcp",
     )
     add_arguments(ap)
     return soak_command(ap.parse_args(argv))

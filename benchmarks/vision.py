@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -50,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision.json"
 FPS = vision_media.FPS
@@ -532,6 +531,7 @@ def run(
     }
     log.info("backends: %s", ", ".join(backends))
     results["backends"] = backends_part(device, backends, data_dir / "cache", 10 if quick else 30, precisions)
+    checkpoint(results)
     ref = Reference()
     results["realtime"] = []
     for backend in backends:
@@ -547,6 +547,7 @@ def run(
                     results["realtime"].append(
                         {"backend": backend, "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
                     )
+                checkpoint(results)
     face_backend = "openvino" if "openvino" in backends else backends[-1]
     log.info("face gating (%s, regions)", face_backend)
     results["face_gating"] = asyncio.run(
@@ -646,9 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     cams = tuple(int(x) for x in args.cameras.split(",") if x) or None
     bes = tuple(x for x in args.backends.split(",") if x) or None
     precisions = tuple(x for x in args.precisions.split(",") if x) or ("auto",)
-    results = run(args.quick, args.device, cams, bes, precisions)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
+    results = write_results(args.out, lambda: run(args.quick, args.device, cams, bes, precisions))
     print(render(results))
     print(f"\nwrote {args.out}")
     return 0

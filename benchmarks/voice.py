@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session
 
@@ -525,6 +525,7 @@ def run(
                 cpu_threads=cpu_threads,
                 model=peer_model,
             )
+        checkpoint(result)
     if do_ours:
         print(f"voice: ours, {count} utterances, {session.duration:.0f} s of audio in real time …", file=sys.stderr)
         result["ours"] = _guarded(run_ours, session, warmup, cpu_session, device=device, stage_opts=stage_opts)
@@ -672,17 +673,19 @@ def main(argv: list[str] | None = None) -> int:
     add_out(parser, RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(
-        args.quick,
-        device=args.device,
-        count=args.count,
-        do_peers=not args.no_peers,
-        do_ours=not args.no_ours,
-        peer_beam=args.peer_beam,
-        stt_model=args.stt_model,
-        stt_opts=dict(_option(kv) for kv in args.stt),
+    result = write_results(  # first: the numbers are kept whatever follows
+        args.out,
+        lambda: run(
+            args.quick,
+            device=args.device,
+            count=args.count,
+            do_peers=not args.no_peers,
+            do_ours=not args.no_ours,
+            peer_beam=args.peer_beam,
+            stt_model=args.stt_model,
+            stt_opts=dict(_option(kv) for kv in args.stt),
+        ),
     )
-    args.out.write_text(json.dumps(result, indent=1, default=str))  # first: the numbers are kept whatever follows
     print(table(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

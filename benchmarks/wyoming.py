@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -44,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import voice
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session, synthesize
 from evaluation.ports import free_ports
@@ -313,8 +312,10 @@ def run(quick: bool = False, *, count: int | None = None, device: str = "cpu", d
                 beam_size=stt["beam_size"],
                 cpu_threads=stt["cpu_threads"] or 4,
             )
+        checkpoint(result)
     print(f"wyoming: ours through the gateway, {count} utterances …", file=sys.stderr)
     result["ours"] = voice._guarded(run_ours, session, warmup, endpoint_s=endpoint_s)
+    checkpoint(result)
     print("wyoming: two rooms, one wake word …", file=sys.stderr)
     result["two_rooms"] = voice._guarded(two_rooms, TRIALS[:2] if quick else TRIALS)
     o, t = result.get("ours", {}), result.get("theirs", {})
@@ -394,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     add_out(parser, RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.quick, count=args.count, do_peers=not args.no_peers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result = write_results(args.out, lambda: run(args.quick, count=args.count, do_peers=not args.no_peers))
     print(render(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

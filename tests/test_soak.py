@@ -153,7 +153,7 @@ def test_three_minutes_of_loops_through_real_processes(tmp_path: Path) -> None:
     loops), so the limits are lifted here; the judgement is tested on known series above and the hour
     of ``benchmarks/soak.py`` is where it counts."""
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "benchmarks.soak", "--duration", "3m", "--interval", "5s", "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.soak", "--duration", "3m", "--interval", "5s", "--dir", str(out)]
     cmd += ["--tcp", "--rss-limit", "100000", "--fd-limit", "100000"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     results = json.loads((out / "soak.json").read_text())
