@@ -350,7 +350,7 @@ async def run_session(
                         run.arrived[ev.seq] = env.clock.now()
 
         async def tts() -> None:
-            sub = Subscriber(env.endpoints, ["tts/"])
+            sub = Subscriber(env.endpoints, ["tts_audio/"])
             try:
                 while True:
                     msg = await sub.recv()
@@ -562,8 +562,9 @@ def _summary(run: SessionRun) -> dict[str, Any]:
 
 
 async def _main(quick: bool, folder: Path) -> dict[str, Any]:
-    from homeassistant import running
     from mosquitto import Mosquitto
+
+    from evaluation.homeassistant import running
 
     result: dict[str, Any] = {"benchmark": "mqtt", "quick": quick}
 

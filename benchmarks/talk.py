@@ -189,7 +189,7 @@ async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
                     events.append((env.clock.now(), ev))
 
             async def watch_tts() -> None:
-                sub = Subscriber(env.endpoints, [f"tts/{ROOM}/"])
+                sub = Subscriber(env.endpoints, [f"tts_audio/{ROOM}/"])
                 try:
                     while True:
                         msg = await sub.recv()

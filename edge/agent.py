@@ -395,7 +395,9 @@ class EdgeAgent:
         from pipeline.bus import Endpoints, Subscriber
 
         sub = Subscriber(
-            Endpoints.from_address(self.address), [f"tts/{self.room}/", f"stop/{self.room}/"], curve=self._curve
+            Endpoints.from_address(self.address),
+            [f"tts_audio/{self.room}/", f"stop_playback/{self.room}/"],
+            curve=self._curve,
         )
         try:
             async for msg in sub:

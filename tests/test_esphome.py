@@ -70,7 +70,7 @@ async def site(
     server = Server(dep, endpoints=hub.endpoints, clock=hub.clock)
     await server.start()
     pub = Publisher(hub.endpoints)
-    sub = Subscriber(hub.endpoints, ["listen/", "tts/"])
+    sub = Subscriber(hub.endpoints, ["listen/", "tts_audio/"])
     await asyncio.sleep(0.3)
     try:
         yield server, pub, sub

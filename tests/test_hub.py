@@ -40,7 +40,7 @@ async def _publish_wakes(pub: Publisher, n: int, start: int = 0) -> None:
 
 
 async def test_node_up_then_down_then_up(hub: Hub) -> None:
-    sub = Subscriber(hub.endpoints, ["status/"])
+    sub = Subscriber(hub.endpoints, ["node_status/"])
     await asyncio.sleep(0.1)
     link = NodeLink("gpu0", "worker", hub.endpoints, heartbeat=0.1)
     await link.start()
@@ -590,7 +590,7 @@ async def test_a_full_disk_stops_the_hub_loudly(hub_address: str, tmp_path: Path
     _full_disk(tmp_path / "s")
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1), state_dir=tmp_path / "s")
     await h.start()
-    status = Subscriber(h.endpoints, ["status/"])
+    status = Subscriber(h.endpoints, ["node_status/"])
     await asyncio.sleep(0.2)
     try:
         async with NodeLink("gpu0", "worker", h.endpoints, heartbeat=0.1) as link:  # its "up" is the first event
@@ -820,7 +820,7 @@ async def test_events_their_sender_may_not_publish_are_never_logged(hub_address:
 
     policy = PublishPolicy(
         rooms=frozenset({"kitchen", "hall"}),
-        kinds={"kitchen-pi": frozenset({"status", "playback", "error"}), "cpu0": frozenset({"wake", "status"})},
+        kinds={"kitchen-pi": frozenset({"node_status", "playback", "error"}), "cpu0": frozenset({"wake", "node_status"})},
         edge_room={"kitchen-pi": "kitchen"},
     )
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=policy)
