@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from homeassistant import HomeAssistantError
+
+from evaluation.homeassistant import HomeAssistantError
 
 pytestmark = pytest.mark.slow
 

@@ -820,7 +820,10 @@ async def test_events_their_sender_may_not_publish_are_never_logged(hub_address:
 
     policy = PublishPolicy(
         rooms=frozenset({"kitchen", "hall"}),
-        kinds={"kitchen-pi": frozenset({"node_status", "playback", "error"}), "cpu0": frozenset({"wake", "node_status"})},
+        kinds={
+            "kitchen-pi": frozenset({"node_status", "playback", "error"}),
+            "cpu0": frozenset({"wake", "node_status"}),
+        },
         edge_room={"kitchen-pi": "kitchen"},
     )
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=policy)
