@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
-from benchmarks.outfile import add_out, checkpoint, write_results
+from benchmarks.outfile import add_out, checkpoint, run_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "counting.json"
 FPS = 5.0
@@ -419,13 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI-sized run (1 minute of empty scenes)")
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ultralytics", "sensorium"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    results = write_results(args.out, lambda: run(args.quick))
-    print(render(results))
-    print(f"\nwrote {args.out}")
-    return 0
+    vision_media.progress_logging()
+    return run_and_report(args.out, lambda: run(args.quick), render)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,11 @@ def write_results(path: Path, run: Callable[[], dict[str, Any]]) -> dict[str, An
         results = run()
     dump(path, results)
     return results
+
+
+def run_and_report(path: Path, run: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str]) -> int:
+    """A benchmark's command line after its options: ``write_results``, its table printed, where it went; 0."""
+    results = write_results(path, run)
+    print(render(results))
+    print(f"\nwrote {path}")
+    return 0

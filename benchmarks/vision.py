@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
-from benchmarks.outfile import add_out, checkpoint, write_results
+from benchmarks.outfile import add_out, checkpoint, run_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision.json"
 FPS = vision_media.FPS
@@ -641,16 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="auto,f32", help="OpenVINO's runs: auto (bf16 where the CPU has it), f32")
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ultralytics", "sensorium"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    vision_media.progress_logging()
     cams = tuple(int(x) for x in args.cameras.split(",") if x) or None
     bes = tuple(x for x in args.backends.split(",") if x) or None
     precisions = tuple(x for x in args.precisions.split(",") if x) or ("auto",)
-    results = write_results(args.out, lambda: run(args.quick, args.device, cams, bes, precisions))
-    print(render(results))
-    print(f"\nwrote {args.out}")
-    return 0
+    return run_and_report(args.out, lambda: run(args.quick, args.device, cams, bes, precisions), render)
 
 
 if __name__ == "__main__":
