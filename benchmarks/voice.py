@@ -138,24 +138,9 @@ def run_theirs(
         cpu1 = srv.cpu()
         commands = {name: " ".join(cmd) for name, cmd in srv.commands.items()}
     rows = []
-    requests = {r["utterance"]: r for r in raw["stt"]}
-    for i, u in enumerate(session.utterances):
-        lo = session.utterances[i - 1].window_end if i else 0.0
-        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
-        req = requests.get(u.name, {})
+    for _, row, req in client_rows(session, raw):
         t_tr = req.get("t_transcript")
-        text = req.get("text", "")
-        rows.append(
-            {
-                "utterance": u.name,
-                "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
-                "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
-                "stop_to_transcript_ms": 1000 * (t_tr - req["t_stop"]) if t_tr is not None else None,
-                "text": text,
-                "wer": wer(u.command, _strip_wake(text)) if t_tr is not None else None,
-                "error": req.get("error"),
-            }
-        )
+        rows.append(row | {"stop_to_transcript_ms": 1000 * (t_tr - req["t_stop"]) if t_tr is not None else None})
     duration = session.duration
     cpu = {k: (cpu1[k] - cpu0[k]) / duration for k in cpu1 if k in cpu0}
     return {
@@ -545,6 +530,29 @@ def run(
             "eos_to_final_ratio_le_0.5": r["eos_to_final_p50"] is not None and r["eos_to_final_p50"] <= 0.5,
         }
     return result
+
+
+def client_rows(session: Session, raw: dict[str, Any]) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """Per utterance of ``session``, what the Wyoming client (``peers/client.py``) measured: the utterance, its
+    row (wake and end-of-speech → transcript latency, text, WER, error) and the client's STT request."""
+    out = []
+    requests = {r["utterance"]: r for r in raw["stt"]}
+    for i, u in enumerate(session.utterances):
+        lo = session.utterances[i - 1].window_end if i else 0.0
+        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
+        req = requests.get(u.name, {})
+        t_tr = req.get("t_transcript")
+        text = req.get("text", "")
+        row = {
+            "utterance": u.name,
+            "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
+            "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
+            "text": text,
+            "wer": wer(u.command, _strip_wake(text)) if t_tr is not None else None,
+            "error": req.get("error"),
+        }
+        out.append((u, row, req))
+    return out
 
 
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:

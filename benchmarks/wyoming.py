@@ -92,22 +92,12 @@ def _deployment(tmp: Path, ports: dict[str, int], stages: list[str], rooms: list
 def _rows(session: Session, raw: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-utterance numbers from the client's output (the same rules as the voice benchmark's peers)."""
     rows = []
-    requests = {r["utterance"]: r for r in raw["stt"]}
-    for i, u in enumerate(session.utterances):
-        lo = session.utterances[i - 1].window_end if i else 0.0
-        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
-        req = requests.get(u.name, {})
+    for u, row, req in voice.client_rows(session, raw):
         t_tr = req.get("t_transcript")
-        text = req.get("text", "")
         rows.append(
-            {
-                "utterance": u.name,
-                "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
-                "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
+            row
+            | {
                 "before_stop": t_tr is not None and t_tr < req.get("t_stop", 1e9),
-                "text": text,
-                "wer": voice.wer(u.command, voice._strip_wake(text)) if t_tr is not None else None,
-                "error": req.get("error"),
                 "speaker": req.get("speaker"),
                 "enrolled": ENROLLED.get(u.voice.split(":")[0] + ":" + u.voice.split(":")[1]),
             }
