@@ -47,6 +47,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
         Mic,
         add_wyoming,
         entities_of,
+        last_pipeline_run,
         played,
         prefer_sensorium_pipeline,
         wavs,
@@ -138,15 +139,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
                     answered[room] += 1
                     if len(first_audio[room]) > n_audio:
                         res[room]["first_audio"].append(first_audio[room][n_audio] - end)
-                    async with ha.websocket() as ws:
-                        runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
-                            "pipeline_runs"
-                        ]
-                        run = await ws.call(
-                            "assist_pipeline/pipeline_debug/get",
-                            pipeline_id=pipeline["id"],
-                            pipeline_run_id=runs[-1]["pipeline_run_id"],
-                        )
+                    run = await last_pipeline_run(ha, pipeline)
                     stamps = {e["type"]: e["timestamp"] for e in run["events"]}
                     if "run-end" in stamps:
                         t = datetime.fromisoformat(stamps["run-end"]).timestamp() - offset

@@ -478,20 +478,8 @@ def run(
     beam = peer_beam if peer_beam is not None else ours_stt["beam_size"]
     cpu_threads = ours_stt["cpu_threads"] or 4  # CTranslate2's default is 4 threads, as is the peer's
     result: dict[str, Any] = {
-        "benchmark": "voice",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
-        "device": device,
-        "quick": quick,
-        "utterances": count,
-        "audio_s": round(session.duration, 1),
+        **run_header("voice", device, quick, session, endpoint_s),
         "chunk_ms": CHUNK_MS,
-        "endpoint_silence_s": endpoint_s,
         "stt_model": stt_model,
     }
     if do_peers:
@@ -530,6 +518,25 @@ def run(
             "eos_to_final_ratio_le_0.5": r["eos_to_final_p50"] is not None and r["eos_to_final_p50"] <= 0.5,
         }
     return result
+
+
+def run_header(name: str, device: str, quick: bool, session: Session, endpoint_s: float) -> dict[str, Any]:
+    """What a voice run's results start with: the benchmark, when, the host and its load, the session."""
+    return {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+        "device": device,
+        "quick": quick,
+        "utterances": len(session.utterances),
+        "audio_s": round(session.duration, 1),
+        "endpoint_silence_s": endpoint_s,
+    }
 
 
 def client_rows(session: Session, raw: dict[str, Any]) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:

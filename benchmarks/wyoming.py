@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -272,21 +271,7 @@ def run(quick: bool = False, *, count: int | None = None, device: str = "cpu", d
     warmup = build_session(1, first=len(session.utterances) + 1)
     stt = voice._stt_defaults({})
     endpoint_s = stt["trailing_silence_s"]
-    result: dict[str, Any] = {
-        "benchmark": "wyoming",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
-        "device": device,
-        "quick": quick,
-        "utterances": count,
-        "audio_s": round(session.duration, 1),
-        "endpoint_silence_s": endpoint_s,
-    }
+    result: dict[str, Any] = voice.run_header("wyoming", device, quick, session, endpoint_s)
     if do_peers:
         reason = peers.missing_reason()
         if reason:

@@ -517,6 +517,17 @@ async def prefer_sensorium_pipeline(ws: Any, entities: dict[str, list[str]]) -> 
     return pipeline
 
 
+async def last_pipeline_run(ha: HomeAssistant, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The latest run of an Assist ``pipeline`` as HA's debug view shows it (its events with their timestamps)."""
+    async with ha.websocket() as ws:
+        runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))["pipeline_runs"]
+        return await ws.call(
+            "assist_pipeline/pipeline_debug/get",
+            pipeline_id=pipeline["id"],
+            pipeline_run_id=runs[-1]["pipeline_run_id"],
+        )
+
+
 def wavs(folder: Path) -> set[Path]:
     """The WAV files an edge's player wrote to ``folder`` so far."""
     return set(folder.glob("*.wav")) if folder.exists() else set()

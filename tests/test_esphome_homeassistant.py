@@ -28,7 +28,15 @@ from test_wyoming_voice import enroll
 from wyoming_help import ports, running
 
 from bridges.esphome.server import Server
-from evaluation.homeassistant import Mic, add_wyoming, entities_of, played, prefer_sensorium_pipeline, wavs
+from evaluation.homeassistant import (
+    Mic,
+    add_wyoming,
+    entities_of,
+    last_pipeline_run,
+    played,
+    prefer_sensorium_pipeline,
+    wavs,
+)
 from evaluation.ports import free_ports
 from pipeline.bus import Publisher
 from sensorium.deployment import deployment_from_dict
@@ -152,15 +160,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             answer = await played(tmp_path / "played-kitchen", before)
             answer_text = await read_back(p["stt"], answer.read_bytes())
             assert said(answer_text)[:2] == ["it", "is"], answer_text
-            async with ha.websocket() as ws:
-                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
-                    "pipeline_runs"
-                ]
-                run = await ws.call(
-                    "assist_pipeline/pipeline_debug/get",
-                    pipeline_id=pipeline["id"],
-                    pipeline_run_id=runs[-1]["pipeline_run_id"],
-                )
+            run = await last_pipeline_run(ha, pipeline)
             events = {e["type"]: e.get("data") for e in run["events"]}
             assert words(events["stt-end"]["stt_output"]["text"]) == words("[joe] what time is it"), events["stt-end"]
             assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0
