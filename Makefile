@@ -15,7 +15,7 @@ test:
 	bash scripts/test.sh
 
 bench: setup
-	.venv/bin/sensorium bench
+	.venv/bin/python -m benchmarks
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

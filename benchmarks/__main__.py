@@ -1,4 +1,7 @@
-"""One entry point for every benchmark: ``python -m benchmarks`` (or ``sensorium bench``).
+"""One entry point for every benchmark: ``python -m benchmarks`` from the source checkout.
+
+Benchmarks sit on top of everything: nothing in the package imports them (the import contracts in
+``pyproject.toml``), and they import no ``sensorium`` command module.
 
 Convention for a benchmark module ``benchmarks/<name>.py``:
 
@@ -25,6 +28,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from benchmarks.outfile import dump, writing
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Benchmarks in the order they run: the set-up, the bus, voice (and through Wyoming and ESPHome devices), voice
@@ -156,6 +161,17 @@ def summary(results: dict[str, dict[str, Any]], host: dict[str, Any], quick: boo
     return "\n".join(lines)
 
 
+def _partial(path: Path, since: float) -> dict[str, Any]:
+    """What a benchmark wrote of this run (the file written after ``since``) before it failed ({} if nothing)."""
+    try:
+        if path.stat().st_mtime < since:
+            return {}
+        so_far = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return so_far if isinstance(so_far, dict) and so_far.get("partial") else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized runs")
@@ -184,14 +200,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"benchmarks: {name} …", file=sys.stderr)
         t = time.monotonic()
+        path = args.results_dir / f"{name}.json"
+        started = time.time()
         try:
-            result = dict(mod.run(quick=args.quick))
+            with writing(path):  # a benchmark's finished parts land in its file as it goes
+                result = dict(mod.run(quick=args.quick))
         except Exception as exc:
             failed = True
             traceback.print_exc()
-            result = {"benchmark": name, "error": f"{type(exc).__name__}: {exc}"}
+            so_far = _partial(path, started)  # the parts it finished before it failed are kept beside the error
+            result = {**so_far, "benchmark": name, "error": f"{type(exc).__name__}: {exc}"}
         result["machine"] = host
-        (args.results_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        dump(path, result)
         result["_seconds"] = time.monotonic() - t
         result["_rendered"] = _render(name, mod, result)
         print(result["_rendered"])

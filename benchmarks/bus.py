@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -30,14 +29,17 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from benchmarks.outfile import add_out, checkpoint, write_results
+
 SIZES = {"320 B": 320, "64 KiB": 64 * 1024}
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+    from pipeline.metrics import percentile
+
+    return percentile(xs, p) or 0.0
 
 
 # ------------------------------------------------------------------------------------ raw pyzmq
@@ -360,6 +362,7 @@ def run(quick: bool = False, repeat: int = 0) -> dict[str, object]:
                     "ours_p99_us": _pct(ours_l, 99) * 1e6,
                 }
                 results["cases"][label] = case  # type: ignore[index]
+                checkpoint(results)
         finally:
             stop.set()
             hub.join(10)
@@ -410,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages (CI-sized)")
     ap.add_argument("--repeat", type=int, default=0, help="throughput runs per case, median reported (default 5)")
+    add_out(ap, RESULTS / "bus.json")
     args = ap.parse_args(argv)
-    results = run(args.quick, args.repeat)
+    results = write_results(args.out, lambda: run(args.quick, args.repeat))
     print(render(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bus.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

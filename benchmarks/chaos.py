@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.outfile import add_out, write_results
 from benchmarks.processes import REPO, SENSORIUM, Processes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -218,10 +219,10 @@ def check_stream(
 
 
 def percentile(xs: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (None for no samples)."""
-    from evaluation.report import nearest_rank
+    """Nearest-rank percentile (``pipeline.metrics.percentile``; None for no samples)."""
+    from pipeline.metrics import percentile as nearest_rank
 
-    return nearest_rank(xs, (p,)).get(f"p{p:g}") if xs else None
+    return nearest_rank(xs, p)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -465,13 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folder", type=Path, required=True)
+    add_out(p, None, "stdout only")
     args = ap.parse_args(argv)
     if args.cmd == "subscriber":
         asyncio.run(subscriber(args.address, args.out, args.arrivals))
     elif args.cmd == "ticker":
         asyncio.run(ticker(args.address, args.rate))
     else:
-        results = run_chaos(ChaosOptions(folder=args.folder, kills=args.kills, seed=args.seed))
+        opts = ChaosOptions(folder=args.folder, kills=args.kills, seed=args.seed)
+        results = write_results(args.out, lambda: run_chaos(opts)) if args.out else run_chaos(opts)
         print(json.dumps(results, indent=1))
         print(render(results), file=sys.stderr)
         return 0 if results["ok"] else 1

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,18 +37,13 @@ for p in (ROOT, ROOT / "tests"):  # the console rig and the test images live wit
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 #: Changed copies of each photo; not "rotate": its reflected border puts a mirrored partial copy of the person
 #: into the frame, a second face the labels cannot name.
 AUGMENT = ("bright", "blur", "jpeg", "mirror", "dark", "reframe")
 VOICES = {"P1": "flite:slt", "P2": "flite:rms", "P3": "flite:awb"}
 LINES = ["turn on the lights", "what is the weather tomorrow", "play some music in here", "set a timer"]
-
-
-def _p(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else 0.0
 
 
 def inbox(quick: bool = False) -> dict[str, Any]:
@@ -224,12 +218,13 @@ def inbox(quick: bool = False) -> dict[str, Any]:
 
 def speed(quick: bool = False) -> dict[str, Any]:
     import psutil
-    from ports import free_port, free_tcp_base
 
+    from evaluation.ports import free_port, free_tcp_base
     from pipeline.bus import Endpoints, Publisher
     from pipeline.config import HubConfig
     from pipeline.hub import Hub
     from pipeline.messages import Detections, FaceRecognized, NodeStatus, Presence, SpeakerIdentified, Transcript
+    from pipeline.metrics import summary
 
     n_events = 2000 if quick else 10000
     tmp = Path(tempfile.mkdtemp(prefix="console-speed-"))
@@ -309,7 +304,7 @@ def speed(quick: bool = False) -> dict[str, Any]:
                     s = time.perf_counter()
                     await asyncio.to_thread(lambda p=path: urllib.request.urlopen(url + p).read())
                     ms.append((time.perf_counter() - s) * 1000)
-                timings[label] = {"p50_ms": round(statistics.median(ms), 1), "p95_ms": round(_p(ms, 0.95), 1)}
+                timings[label] = {k: v for k, v in summary(ms, digits=1, suffix="_ms").items() if k != "n"}
             result["requests"] = timings
             result["p95_ms_worst"] = max(v["p95_ms"] for v in timings.values())
             result["rss_mib_after_requests"] = round(ps.memory_info().rss / 2**20, 1)
@@ -348,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     add_out(ap, ROOT / "benchmarks" / "results" / "console.json")
     args = ap.parse_args(argv)
-    res = run(args.quick)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    res = write_results(args.out, lambda: run(args.quick))
     print(render(res))
     return 0
 

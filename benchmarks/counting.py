@@ -36,7 +36,6 @@ Run: ``.venv/bin/python -m benchmarks.counting [--quick] [--out FILE]``; ``pytho
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -52,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, run_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "counting.json"
 FPS = 5.0
@@ -347,6 +346,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             scored = [(g, clip.truth[i]) for i, g in got.items() if clip.truth[i] is not None]
             row[name] = _score(scored)  # type: ignore[arg-type]
         clip_rows.append(row)
+        checkpoint({"fps": FPS, "quick": quick, "clips": clip_rows, "load_at_start": round(load0, 2)})
         log.info(
             "  %s/%s: %s",
             clip.name,
@@ -419,15 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI-sized run (1 minute of empty scenes)")
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ultralytics", "sensorium"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    results = run(args.quick)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    print(render(results))
-    print(f"\nwrote {args.out}")
-    return 0
+    vision_media.progress_logging()
+    return run_and_report(args.out, lambda: run(args.quick), render)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, write_results
 from edge.echo import ReferenceTap
 from evaluation.echo import Scene, barge_in_scene, playback_scene, quiet_scene
 from nodes.arbiter import ArbiterStage
@@ -229,8 +229,10 @@ async def quiet(cache: Path, rounds: int = 3) -> dict[str, Any]:
                     found[name] += 1
                     lat[name].append(min(near) * 1000)
 
-    def stats(v: list[float]) -> dict[str, float]:
-        return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 2), "p95": round(float(np.percentile(v, 95)), 2)}
+    def stats(v: list[float]) -> dict[str, float | int | None]:
+        from pipeline.metrics import summary
+
+        return summary(v, digits=2)
 
     return {
         name: {
@@ -272,9 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("sensorium", "stage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = asyncio.run(measure(args.minutes, args.barge_minutes))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result = write_results(args.out, lambda: asyncio.run(measure(args.minutes, args.barge_minutes)))
     print(json.dumps(result, indent=1))
 
 

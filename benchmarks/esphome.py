@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,43 +25,44 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "tests"):  # the Home Assistant harness lives with the tests
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT) not in sys.path:  # run as a script: make the repository importable (never tests/)
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 ROOMS = {"kitchen": "esphome", "office": "wyoming"}
 
 
 def _pcts(xs: list[float]) -> dict[str, Any]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    return {
-        "n": len(s),
-        "p50_ms": round(statistics.median(s) * 1000),
-        "p95_ms": round(s[min(len(s) - 1, round(0.95 * (len(s) - 1)))] * 1000),
-    }
+    from pipeline.metrics import summary
+
+    return summary(xs, scale=1000, digits=0, suffix="_ms") if xs else {"n": 0}
 
 
 async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, Any]:
-    import media
-    from test_esphome import free_ports
-    from test_esphome_homeassistant import Mic, played, wavs
-    from test_wyoming_homeassistant import entities_of
-    from wyoming_help import ports, running
-
     from bridges.esphome.server import Server
     from edge.agent import EdgeAgent
+    from evaluation import media
+    from evaluation.homeassistant import (
+        Mic,
+        add_wyoming,
+        entities_of,
+        last_pipeline_run,
+        played,
+        prefer_sensorium_pipeline,
+        wavs,
+        wyoming_gateway,
+    )
+    from evaluation.ports import free_ports
     from pipeline.bus import Publisher, Subscriber
     from pipeline.messages import TtsAudio
     from sensorium.apps.agent import run_builtin_agent
     from sensorium.deployment import deployment_from_dict
     from sensorium.embedded import embedded
 
-    p = ports()
+    p = dict(zip(("stt", "tts", "handle"), free_ports(3), strict=True))
     [dev_port, sat_port] = free_ports(2)
+    cache = ROOT / ".cache" / "media"
     addr = f"ipc://{folder}/hub"
     raw = {
         "data_dir": str(folder / "data"),
@@ -92,7 +91,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
     dep = deployment_from_dict(raw, "<benchmark>")
     first_audio: dict[str, list[float]] = {r: [] for r in ROOMS}
     out: dict[str, Any] = {}
-    async with embedded(dep, address=addr) as env, running(dep, env.endpoints, clock=env.clock):
+    async with embedded(dep, address=addr) as env, wyoming_gateway(dep, env.endpoints, clock=env.clock):
         server = Server(dep, endpoints=env.endpoints, clock=env.clock)
         await server.start()
         agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock))
@@ -101,7 +100,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
         pub = Publisher(env.endpoints)
         mics = {r: Mic(pub, env.clock, r, f"{r}-mic") for r in ROOMS}
         tasks += [asyncio.create_task(m.run()) for m in mics.values()]
-        sub = Subscriber(env.endpoints, ["tts/"])
+        sub = Subscriber(env.endpoints, ["tts_audio/"])
         seen: set[str] = set()
 
         async def watch() -> None:
@@ -113,12 +112,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
 
         tasks.append(asyncio.create_task(watch()))
         try:
-            entries = {}
-            for key in ("stt", "tts", "handle"):
-                entries[key] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": p[key]}))["entry_id"]
-            entries["office"] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": sat_port}))[
-                "entry_id"
-            ]
+            entries = await add_wyoming(ha, {**p, "office": sat_port})
             entries["kitchen"] = (
                 await ha.add_integration("esphome", {"host": "127.0.0.1", "port": dev_port}, {"noise_psk": server.key})
             )["entry_id"]
@@ -126,22 +120,9 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
             sat = next(e for e in ents["kitchen"] if e.startswith("assist_satellite."))
             async with ha.websocket() as ws:
                 await ws.call("config/core/update", internal_url=ha.url)
-                pipeline = await ws.call(
-                    "assist_pipeline/pipeline/create",
-                    conversation_engine=ents["handle"][0],
-                    conversation_language="en",
-                    language="en",
-                    name="sensorium",
-                    stt_engine=ents["stt"][0],
-                    stt_language="en",
-                    tts_engine=ents["tts"][0],
-                    tts_language="en",
-                    tts_voice=None,
-                    wake_word_entity=None,
-                    wake_word_id=None,
-                )
-                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
-            utterance = media.concat(0.3, media.speech("hey jarvis", "piper:joe"), 0.4, media.speech("what time is it"))
+                pipeline = await prefer_sensorium_pipeline(ws, ents)
+            hey, what = (media.speech(t, "piper:joe", cache) for t in ("hey jarvis", "what time is it"))
+            utterance = media.concat(0.3, hey, 0.4, what)
             offset = time.time() - time.monotonic()
             res: dict[str, dict[str, list[float]]] = {r: {"run_end": [], "first_audio": []} for r in ROOMS}
             answered = {r: 0 for r in ROOMS}
@@ -158,15 +139,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
                     answered[room] += 1
                     if len(first_audio[room]) > n_audio:
                         res[room]["first_audio"].append(first_audio[room][n_audio] - end)
-                    async with ha.websocket() as ws:
-                        runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
-                            "pipeline_runs"
-                        ]
-                        run = await ws.call(
-                            "assist_pipeline/pipeline_debug/get",
-                            pipeline_id=pipeline["id"],
-                            pipeline_run_id=runs[-1]["pipeline_run_id"],
-                        )
+                    run = await last_pipeline_run(ha, pipeline)
                     stamps = {e["type"]: e["timestamp"] for e in run["events"]}
                     if "run-end" in stamps:
                         t = datetime.fromisoformat(stamps["run-end"]).timestamp() - offset
@@ -193,7 +166,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
                 )
                 if len(first_audio["kitchen"]) > n_audio:
                     prompt.append(first_audio["kitchen"][n_audio] - t0)
-                mics["kitchen"].say(media.concat(0.3, media.speech("what time is it", "piper:joe")))
+                mics["kitchen"].say(media.concat(0.3, what))
                 try:
                     before.add(await played(folder / "played-kitchen", before, timeout=40))
                     await played(folder / "played-kitchen", before, timeout=20)
@@ -218,7 +191,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
 
 
 async def _main(quick: bool, folder: Path) -> dict[str, Any]:
-    from homeassistant import running
+    from evaluation.homeassistant import running
 
     result: dict[str, Any] = {"benchmark": "esphome", "quick": quick}
     with running(folder / "ha") as ha:
@@ -262,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("sensorium.esphome").setLevel(logging.INFO)
-    res = run(a.quick)
-    a.out.write_text(json.dumps(res, indent=2, default=str))
+    res = write_results(a.out, lambda: run(a.quick))
     print(render(res))
     return 0
 

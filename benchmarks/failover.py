@@ -81,16 +81,10 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-def _pct(xs: list[float]) -> dict[str, float]:
-    if not xs:
-        return {}
-    a = np.array(xs)
-    return {
-        "n": len(xs),
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "max": float(a.max()),
-    }
+def _pct(xs: list[float]) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    return summary(xs, extra=("max",)) if xs else {}
 
 
 async def _bench(kills: int, drains: int) -> dict[str, Any]:

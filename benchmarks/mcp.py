@@ -39,14 +39,10 @@ ROOMS = ["kitchen", "living_room"]
 WHERE = {"joe": "kitchen", "rob": "kitchen", "sara": "living_room"}
 
 
-def _pcts(xs: Sequence[float]) -> dict[str, float]:
-    s = sorted(xs)
-    return {
-        "n": len(s),
-        "p50_ms": round(statistics.median(s) * 1000, 2),
-        "p95_ms": round(s[min(len(s) - 1, int(0.95 * len(s)))] * 1000, 2),
-        "max_ms": round(s[-1] * 1000, 2),
-    }
+def _pcts(xs: Sequence[float]) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    return summary(xs, scale=1000, digits=2, suffix="_ms", extra=("max",))
 
 
 async def _load(hub: Any, stop: asyncio.Event) -> dict[str, int]:
@@ -116,8 +112,8 @@ async def state_tools(n: int) -> dict[str, Any]:
     from mcp import ClientSession
     from mcp.client.sse import sse_client
     from mcp.client.streamable_http import streamablehttp_client
-    from ports import free_port
 
+    from evaluation.ports import free_port
     from pipeline.client import Client
     from pipeline.config import HubConfig
     from pipeline.hub import Hub

@@ -46,7 +46,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -57,8 +56,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.processes import SENSORIUM, Processes
+from evaluation.ports import free_port, free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mixed.json"
 STAGES = ["wake", "arbiter", "stt", "speaker", "detect", "face", "presence", "tts"]
@@ -90,39 +90,11 @@ def who(voice: str) -> str:
     return "unknown"
 
 
-def _free_ports(n: int, avoid: int = 0) -> int:
-    """The first of ``n`` consecutive free loopback ports (the hub binds its address and the next three)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n > 65535 or avoid in range(base, base + n):
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
-
-
 def pct(values: list[float]) -> dict[str, float | int | None]:
     """p50/p95 (nearest rank) and n of ``values`` (ms)."""
-    xs = sorted(v for v in values if v is not None)
-    if not xs:
-        return {"p50": None, "p95": None, "n": 0}
+    from pipeline.metrics import summary
 
-    def rank(p: float) -> float:
-        return round(xs[max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))], 1)
-
-    return {"p50": rank(50), "p95": rank(95), "n": len(xs)}
+    return summary(values, digits=1)
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -392,10 +364,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def one_run(folder: Path, cameras: int, m: dict[str, Any], session: Any) -> dict[str, Any]:
     """Fresh processes, ``cameras`` camera edges, one voice session; the run's rows and numbers."""
-    port = _free_ports(4)
-    metrics_port = _free_ports(1, avoid=port)
-    while metrics_port in range(port, port + 4):
-        metrics_port = _free_ports(1)
+    port = free_tcp_base(host="127.0.0.1")  # below the ephemeral range free_port picks from: never the same
+    metrics_port = free_port()
     run_dir = folder / f"run-{cameras}cam-{time.monotonic_ns()}"
     (run_dir / "data").mkdir(parents=True)
     data = run_dir / "data"
@@ -449,9 +419,8 @@ def run(
     utterances: int | None = None,
     cameras: tuple[int, ...] | None = None,
     restarts: int | None = None,
-    out: Path = RESULTS,
 ) -> dict[str, Any]:
-    """The runs (voice only and with cameras), then the first-utterance restarts; written to ``out`` as they end."""
+    """The runs (voice only and with cameras), then the first-utterance restarts; each written as it ends."""
     n = utterances or (4 if quick else 12)
     cams = cameras if cameras is not None else ((0, 1) if quick else (0, 1, 2))
     extra = restarts if restarts is not None else (0 if quick else 3)
@@ -469,12 +438,12 @@ def run(
             print(f"mixed: {c} camera(s), {n} utterances …", file=sys.stderr, flush=True)
             result["runs"].append(one_run(folder, c, m, session))
             _finish(result)
-            _write(result, out)
+            checkpoint(result)
         for k in range(extra):
             print(f"mixed: restart {k + 1}/{extra} (voice only, 2 utterances) …", file=sys.stderr, flush=True)
             result["runs"].append({**one_run(folder, 0, m, short), "restart": True})
             _finish(result)
-            _write(result, out)
+            checkpoint(result)
     return result
 
 
@@ -512,11 +481,6 @@ def _finish(result: dict[str, Any]) -> None:
             "wake_p95_within_20pct": (one.get("wake_ms_p95_vs_voice_only") or 9) <= 1.2,
             "eos_final_p95_within_20pct": (one.get("eos_final_ms_p95_vs_voice_only") or 9) <= 1.2,
         }
-
-
-def _write(result: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
 
 
 def _ms(d: dict[str, Any] | None) -> str:
@@ -574,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     cams = tuple(int(c) for c in args.cameras.split(",")) if args.cameras else None
-    result = run(args.quick, args.utterances, cams, args.restarts, args.out)
+    result = write_results(args.out, lambda: run(args.quick, args.utterances, cams, args.restarts))
     print(render(result))
     return 0
 

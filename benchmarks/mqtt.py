@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ for p in (ROOT, ROOT / "tests"):  # the Home Assistant and mosquitto harnesses l
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.outfile import add_out  # noqa: E402  (after the path set-up above)
+from benchmarks.outfile import add_out, write_results  # noqa: E402  (after the path set-up above)
 
 SITE = "home"
 WELCOME = "welcome to the kitchen"
@@ -294,13 +293,10 @@ def _kind(entity: str) -> str:
     return "person room"
 
 
-def _pcts(xs: Sequence[float]) -> dict[str, float]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    q = statistics.quantiles(s, n=20, method="inclusive") if len(s) > 1 else [s[0]] * 19
-    return {"n": len(s), "p50_ms": round(statistics.median(s) * 1000), "p95_ms": round(q[18] * 1000),
-            "max_ms": round(s[-1] * 1000)}  # fmt: skip
+def _pcts(xs: Sequence[float]) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    return summary(xs, scale=1000, digits=0, suffix="_ms", extra=("max",)) if xs else {"n": 0}
 
 
 async def run_session(
@@ -328,7 +324,7 @@ async def run_session(
     from pipeline.client import Client
     from pipeline.config import MqttConfig
     from pipeline.messages import PlaybackStatus, Presence, SpeakerIdentified, Transcript, TtsAudio
-    from sensorium.cli.commands.mqtt import gallery_people
+    from sensorium.bridging import gallery_people
     from sensorium.embedded import embedded
 
     say = progress or (lambda _s: None)
@@ -354,7 +350,7 @@ async def run_session(
                         run.arrived[ev.seq] = env.clock.now()
 
         async def tts() -> None:
-            sub = Subscriber(env.endpoints, ["tts/"])
+            sub = Subscriber(env.endpoints, ["tts_audio/"])
             try:
                 while True:
                     msg = await sub.recv()
@@ -566,8 +562,9 @@ def _summary(run: SessionRun) -> dict[str, Any]:
 
 
 async def _main(quick: bool, folder: Path) -> dict[str, Any]:
-    from homeassistant import running
     from mosquitto import Mosquitto
+
+    from evaluation.homeassistant import running
 
     result: dict[str, Any] = {"benchmark": "mqtt", "quick": quick}
 
@@ -624,8 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     add_out(ap, ROOT / "benchmarks" / "results" / "mqtt.json")
     a = ap.parse_args(argv)
-    res = run(a.quick)
-    a.out.write_text(json.dumps(res, indent=2, default=str))
+    res = write_results(a.out, lambda: run(a.quick))
     print(render(res))
     return 0
 

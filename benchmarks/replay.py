@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.outfile import add_out, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "sample"
@@ -127,11 +128,10 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="max speed only")
+    add_out(ap, RESULTS / "replay.json")
     args = ap.parse_args(argv)
-    results = run(args.quick)
+    results = write_results(args.out, lambda: run(args.quick))
     print(render(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "replay.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

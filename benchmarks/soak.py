@@ -13,7 +13,7 @@ transcripts, identified speakers, named people entering and leaving rooms (``soa
 rest is reported per loop and not judged: latency, accuracy against the labels, detections, face
 matches, unknown-people counts, answers spoken, drops and budget violations (all timing-dependent).
 
-The run fails (``ok`` false, ``sensorium soak`` exits 1) when a process dies, the client's stream has
+The run fails (``ok`` false, ``python -m benchmarks.soak`` exits 1) when a process dies, the client's stream has
 a gap or a duplicate, a loop's signatures differ from the first loop's, or a process keeps growing:
 over the last half of the run, RSS or descriptors rise faster than the limit (``RSS_LIMIT_MIB_H``,
 ``FD_LIMIT_H``) by least squares, more than three standard errors above zero, and by the Theil–Sen
@@ -22,7 +22,8 @@ step (the allocator taking another arena once) is not a leak while growth that g
 half is warm-up (models load, caches and allocator arenas fill, the event log reaches its bound).
 
 ``python -m benchmarks --only soak`` runs an hour (``quick``: 3 minutes) and writes
-``benchmarks/results/soak.json`` and ``soak.png``; ``sensorium soak --duration 1h`` is the same run.
+``benchmarks/results/soak.json`` and ``soak.png``; ``python -m benchmarks.soak --duration 1h`` is the same run
+(with ``--dir``, ``--out``, ``--tcp``, ``--worker-per-stage``: ``--help``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import itertools
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.outfile import add_out, checkpoint, dump
 from benchmarks.processes import REPO, SENSORIUM, Processes
+from evaluation.ports import free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = REPO / ".cache" / "sample"
@@ -403,32 +405,9 @@ class SoakOptions:
     progress: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
 
-def _free_tcp_base() -> int:
-    """A port with the next three free too (the hub binds base+0..3)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 65530:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + 4):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no four consecutive free loopback ports")
-
-
 def _address(opts: SoakOptions) -> str:
     if opts.transport == "tcp":
-        return f"tcp://127.0.0.1:{_free_tcp_base()}"
+        return f"tcp://127.0.0.1:{free_tcp_base(host='127.0.0.1')}"
     sock_dir = opts.out.resolve() / "sockets"
     if len(str(sock_dir)) > 80:  # AF_UNIX paths are limited to 107 bytes
         sock_dir = Path(tempfile.mkdtemp(prefix="sensorium-soak-"))
@@ -566,6 +545,13 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     }
     problems: list[str] = []
     samples: list[dict[str, Any]] = []
+    json_path = opts.json_path or out / "soak.json"
+
+    def keep_so_far() -> None:  # a run stopped midway keeps its samples
+        so_far = {**results, "samples": samples, "partial": True}
+        dump(json_path, so_far)
+        checkpoint(so_far)
+
     t0 = time.monotonic()
     results["t0_wall"] = time.time()
     try:
@@ -591,6 +577,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
                     break
             if time.monotonic() >= next_sample:
                 samples.append(_sample(procs, data / "hub" / "events.jsonl", client_file, t0))
+                keep_so_far()
                 next_sample += opts.interval
                 n = sum(1 for e in _loops(loops_file) if "loop" in e)
                 if n != loops_seen:
@@ -626,16 +613,14 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         problems=problems,
         ok=not problems,
     )
-    json_path = opts.json_path or out / "soak.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1, default=str))
+    dump(json_path, results)
     plot_path = opts.plot_path or out / "soak.png"
     try:
         plot(results, plot_path)
         results["plot"] = str(plot_path)
     except Exception as exc:  # the numbers matter more than the picture
         say(f"soak: plot failed: {exc}")
-    json_path.write_text(json.dumps(results, indent=1, default=str))
+    dump(json_path, results)
     return results
 
 
@@ -754,20 +739,88 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results  # a failed soak keeps its numbers; render() says FAILED and why
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    pub = sub.add_parser("publish", help="(helper process) replay the session in loops into a hub")
-    pub.add_argument("address")
-    pub.add_argument("session", type=Path)
-    pub.add_argument("loops_file", type=Path)
-    pub.add_argument("--duration", type=float, required=True)
-    pub.add_argument("--settle", type=float, default=SETTLE)
-    pub.add_argument("--stages", default=",".join(STAGES))
-    args = ap.parse_args(argv)
-    return asyncio.run(
-        publish_loops(args.address, args.session, args.loops_file, args.duration, args.settle, args.stages.split(","))
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The soak's options (``python -m benchmarks.soak --duration 1h``)."""
+    p.add_argument("--duration", default="1h", help="how long to loop, e.g. 3m, 1h (default 1h; whole loops only)")
+    p.add_argument("--interval", default="30s", help="time between samples of the processes (default 30s)")
+    p.add_argument("--dir", type=Path, default=Path(".sensorium-soak"), help="folder for logs and data")
+    add_out(p, None, "DIR/soak.json")
+    p.add_argument("--plot", type=Path, help="plot file (default: DIR/soak.png)")
+    p.add_argument("--tcp", action="store_true", help="loopback tcp instead of ipc sockets")
+    p.add_argument(
+        "--worker-per-stage", action="store_true", help="each stage in a worker of its own (which one grows?)"
     )
+    p.add_argument("--event-log", type=int, default=1000, help="events the hub keeps (default 1000, ~7 loops)")
+    p.add_argument("--rss-limit", type=float, default=1.0, help="MiB/h a process may grow (default 1)")
+    p.add_argument("--fd-limit", type=float, default=2.0, help="descriptors/h a process may grow (default 2)")
+
+
+def soak_command(args: argparse.Namespace) -> int:
+    """Exit codes: 0 flat and identical; 1 a process kept growing over the last half of the run, a loop's
+    events differ, the client's stream has a gap or duplicate, or a process died; 2 bad arguments."""
+    from pipeline.config import ConfigError, parse_duration
+
+    def fail(text: str) -> int:
+        print(f"soak: {text}", file=sys.stderr)
+        return 2
+
+    try:
+        duration = parse_duration(args.duration, "--duration")
+        interval = parse_duration(args.interval, "--interval")
+    except ConfigError as exc:
+        return fail(str(exc))
+    if interval <= 0 or interval > duration / 10:
+        return fail(f"--interval {args.interval} leaves fewer than 5 samples in the judged half of {args.duration}")
+    if args.event_log < 100:
+        return fail(f"--event-log {args.event_log}: keep at least 100 events")
+    try:
+        import psutil  # noqa: F401
+    except ImportError as exc:
+        return fail(f"{exc}: the soak needs the dev tools (psutil)")
+    opts = SoakOptions(
+        duration=duration,
+        out=args.dir,
+        interval=interval,
+        transport="tcp" if args.tcp else "ipc",
+        split=args.worker_per_stage,
+        event_log=args.event_log,
+        rss_limit=args.rss_limit,
+        fd_limit=args.fd_limit,
+        json_path=args.out,
+        plot_path=args.plot,
+    )
+    try:
+        results = run_soak(opts)
+    except ValueError as exc:
+        return fail(str(exc))
+    print(render(results))
+    print(f"results in {opts.json_path or opts.out / 'soak.json'}, plot in {results.get('plot', '-')}")
+    return 0 if results["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["publish"]:  # the helper process the run starts
+        ap = argparse.ArgumentParser(prog="python -m benchmarks.soak publish")
+        ap.add_argument("cmd")
+        ap.add_argument("address")
+        ap.add_argument("session", type=Path)
+        ap.add_argument("loops_file", type=Path)
+        ap.add_argument("--duration", type=float, required=True)
+        ap.add_argument("--settle", type=float, default=SETTLE)
+        ap.add_argument("--stages", default=",".join(STAGES))
+        pa = ap.parse_args(argv)
+        return asyncio.run(
+            publish_loops(pa.address, pa.session, pa.loops_file, pa.duration, pa.settle, pa.stages.split(","))
+        )
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak",
+        description=__doc__.splitlines()[0],
+        epilog="examples: python -m benchmarks.soak --duration 1h; "
+        "python -m benchmarks.soak --duration 15m --interval 10s --dir soak-run --tcp",
+    )
+    add_arguments(ap)
+    return soak_command(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

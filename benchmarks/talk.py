@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -40,6 +39,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+
+from benchmarks.outfile import add_out, checkpoint, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "talk.json"
 ROOM, EDGE = "kitchen", "kitchen-pi"
@@ -59,14 +60,11 @@ ANSWERS = {
 }
 
 
-def pct(values: list[float], q: float) -> float:
-    """Percentile ``q`` (0–100) by linear interpolation; NaN for no values."""
-    return float(np.percentile(values, q)) if values else float("nan")
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    """p50 / p95 (nearest rank) / n of a list of milliseconds."""
+    from pipeline.metrics import summary as pct_summary
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    """p50 / p95 / n of a list of milliseconds."""
-    return {"p50_ms": round(pct(values, 50), 1), "p95_ms": round(pct(values, 95), 1), "n": len(values)}
+    return pct_summary(values, digits=1, suffix="_ms")
 
 
 # ---------------------------------------------------------------------------------------- TTS
@@ -191,7 +189,7 @@ async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
                     events.append((env.clock.now(), ev))
 
             async def watch_tts() -> None:
-                sub = Subscriber(env.endpoints, [f"tts/{ROOM}/"])
+                sub = Subscriber(env.endpoints, [f"tts_audio/{ROOM}/"])
                 try:
                     while True:
                         msg = await sub.recv()
@@ -291,19 +289,19 @@ async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
 
 
 def run(quick: bool = False, skip_v2v: bool = False, tokens_per_s: float = 20.0) -> dict[str, Any]:
-    """Run everything; returns the results dict (also written to ``benchmarks/results/talk.json``)."""
+    """Run everything; returns the results dict (each part written as it ends: ``checkpoint``)."""
     backends = ["piper", "flite", "espeak"]
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
         "tokens_per_s": tokens_per_s,
     }
     result["tts"] = asyncio.run(bench_tts(backends, 1 if quick else 3, tokens_per_s))
+    checkpoint(result)
     result["player_stop"] = asyncio.run(bench_stop(5 if quick else 20))
+    checkpoint(result)
     if not skip_v2v:
         with tempfile.TemporaryDirectory() as tmp:
             result["voice_to_voice"] = asyncio.run(bench_v2v(4 if quick else 20, Path(tmp)))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -337,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and a 4-utterance session")
     p.add_argument("--skip-v2v", action="store_true", help="only the TTS and player numbers")
     p.add_argument("--tokens-per-s", type=float, default=20.0, help="simulated LLM streaming rate")
+    add_out(p, RESULTS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    r = run(quick=args.quick, skip_v2v=args.skip_v2v, tokens_per_s=args.tokens_per_s)
+    r = write_results(args.out, lambda: run(quick=args.quick, skip_v2v=args.skip_v2v, tokens_per_s=args.tokens_per_s))
     print_result(r)
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 

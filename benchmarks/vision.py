@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -50,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import vision_media
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, run_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision.json"
 FPS = vision_media.FPS
@@ -59,11 +58,11 @@ MODES = ("full", "regions")
 log = logging.getLogger("bench.vision")
 
 
-def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values) * scale
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
+def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float | int | None]:
+    from pipeline.metrics import summary
+
+    s = summary(values, scale=scale, digits=1)
+    return {k: v for k, v in s.items() if k != "n"} if values else {}
 
 
 def _thread_cpu() -> dict[int, float]:
@@ -532,6 +531,7 @@ def run(
     }
     log.info("backends: %s", ", ".join(backends))
     results["backends"] = backends_part(device, backends, data_dir / "cache", 10 if quick else 30, precisions)
+    checkpoint(results)
     ref = Reference()
     results["realtime"] = []
     for backend in backends:
@@ -547,6 +547,7 @@ def run(
                     results["realtime"].append(
                         {"backend": backend, "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
                     )
+                checkpoint(results)
     face_backend = "openvino" if "openvino" in backends else backends[-1]
     log.info("face gating (%s, regions)", face_backend)
     results["face_gating"] = asyncio.run(
@@ -640,18 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="auto,f32", help="OpenVINO's runs: auto (bf16 where the CPU has it), f32")
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ultralytics", "sensorium"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    vision_media.progress_logging()
     cams = tuple(int(x) for x in args.cameras.split(",") if x) or None
     bes = tuple(x for x in args.backends.split(",") if x) or None
     precisions = tuple(x for x in args.precisions.split(",") if x) or ("auto",)
-    results = run(args.quick, args.device, cams, bes, precisions)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    print(render(results))
-    print(f"\nwrote {args.out}")
-    return 0
+    return run_and_report(args.out, lambda: run(args.quick, args.device, cams, bes, precisions), render)
 
 
 if __name__ == "__main__":

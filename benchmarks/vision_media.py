@@ -36,6 +36,15 @@ FPS = 5.0
 SECONDS = 30.0
 
 
+def progress_logging() -> None:
+    """The vision benchmarks' progress lines on stderr; the model libraries' and stages' chatter only as warnings."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("ultralytics", "sensorium"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _pkg(package: str, rel: str) -> Path:
     spec = find_spec(package)
     if spec is None or not spec.submodule_search_locations:

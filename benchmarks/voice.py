@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session
 
@@ -71,16 +71,9 @@ log = logging.getLogger("bench.voice")
 
 def stats(values: list[float]) -> dict[str, Any]:
     """p50/p95/mean/n of a list of milliseconds (None entries are misses)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"n": 0, "p50": None, "p95": None, "mean": None}
-    a = np.asarray(vals, dtype=float)
-    return {
-        "n": len(vals),
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
-        "mean": round(float(a.mean()), 1),
-    }
+    from pipeline.metrics import summary
+
+    return summary(values, digits=1, extra=("mean",))
 
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen \
@@ -145,24 +138,9 @@ def run_theirs(
         cpu1 = srv.cpu()
         commands = {name: " ".join(cmd) for name, cmd in srv.commands.items()}
     rows = []
-    requests = {r["utterance"]: r for r in raw["stt"]}
-    for i, u in enumerate(session.utterances):
-        lo = session.utterances[i - 1].window_end if i else 0.0
-        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
-        req = requests.get(u.name, {})
+    for _, row, req in client_rows(session, raw):
         t_tr = req.get("t_transcript")
-        text = req.get("text", "")
-        rows.append(
-            {
-                "utterance": u.name,
-                "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
-                "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
-                "stop_to_transcript_ms": 1000 * (t_tr - req["t_stop"]) if t_tr is not None else None,
-                "text": text,
-                "wer": wer(u.command, _strip_wake(text)) if t_tr is not None else None,
-                "error": req.get("error"),
-            }
-        )
+        rows.append(row | {"stop_to_transcript_ms": 1000 * (t_tr - req["t_stop"]) if t_tr is not None else None})
     duration = session.duration
     cpu = {k: (cpu1[k] - cpu0[k]) / duration for k in cpu1 if k in cpu0}
     return {
@@ -500,20 +478,8 @@ def run(
     beam = peer_beam if peer_beam is not None else ours_stt["beam_size"]
     cpu_threads = ours_stt["cpu_threads"] or 4  # CTranslate2's default is 4 threads, as is the peer's
     result: dict[str, Any] = {
-        "benchmark": "voice",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
-        "device": device,
-        "quick": quick,
-        "utterances": count,
-        "audio_s": round(session.duration, 1),
+        **run_header("voice", device, quick, session, endpoint_s),
         "chunk_ms": CHUNK_MS,
-        "endpoint_silence_s": endpoint_s,
         "stt_model": stt_model,
     }
     if do_peers:
@@ -532,6 +498,7 @@ def run(
                 cpu_threads=cpu_threads,
                 model=peer_model,
             )
+        checkpoint(result)
     if do_ours:
         print(f"voice: ours, {count} utterances, {session.duration:.0f} s of audio in real time …", file=sys.stderr)
         result["ours"] = _guarded(run_ours, session, warmup, cpu_session, device=device, stage_opts=stage_opts)
@@ -553,6 +520,48 @@ def run(
     return result
 
 
+def run_header(name: str, device: str, quick: bool, session: Session, endpoint_s: float) -> dict[str, Any]:
+    """What a voice run's results start with: the benchmark, when, the host and its load, the session."""
+    return {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+        "device": device,
+        "quick": quick,
+        "utterances": len(session.utterances),
+        "audio_s": round(session.duration, 1),
+        "endpoint_silence_s": endpoint_s,
+    }
+
+
+def client_rows(session: Session, raw: dict[str, Any]) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """Per utterance of ``session``, what the Wyoming client (``peers/client.py``) measured: the utterance, its
+    row (wake and end-of-speech → transcript latency, text, WER, error) and the client's STT request."""
+    out = []
+    requests = {r["utterance"]: r for r in raw["stt"]}
+    for i, u in enumerate(session.utterances):
+        lo = session.utterances[i - 1].window_end if i else 0.0
+        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
+        req = requests.get(u.name, {})
+        t_tr = req.get("t_transcript")
+        text = req.get("text", "")
+        row = {
+            "utterance": u.name,
+            "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
+            "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
+            "text": text,
+            "wer": wer(u.command, _strip_wake(text)) if t_tr is not None else None,
+            "error": req.get("error"),
+        }
+        out.append((u, row, req))
+    return out
+
+
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run one side; a failure is recorded (and printed) instead of losing the other side's numbers."""
     try:
@@ -567,12 +576,11 @@ def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 def _stt_defaults(opts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our stt stage's settings (defaults plus ``opts``) that the peer must share for a fair comparison."""
     try:
-        from pipeline.config import parse_duration
         from sensorium.registry import stage_class
 
         o = stage_class("stt").Options(**(opts or {}))
         return {
-            "trailing_silence_s": parse_duration(o.trailing_silence),
+            "trailing_silence_s": o.seconds("trailing_silence"),
             "beam_size": o.beam_size,
             "cpu_threads": o.cpu_threads,
         }
@@ -680,17 +688,19 @@ def main(argv: list[str] | None = None) -> int:
     add_out(parser, RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(
-        args.quick,
-        device=args.device,
-        count=args.count,
-        do_peers=not args.no_peers,
-        do_ours=not args.no_ours,
-        peer_beam=args.peer_beam,
-        stt_model=args.stt_model,
-        stt_opts=dict(_option(kv) for kv in args.stt),
+    result = write_results(  # first: the numbers are kept whatever follows
+        args.out,
+        lambda: run(
+            args.quick,
+            device=args.device,
+            count=args.count,
+            do_peers=not args.no_peers,
+            do_ours=not args.no_ours,
+            peer_beam=args.peer_beam,
+            stt_model=args.stt_model,
+            stt_opts=dict(_option(kv) for kv in args.stt),
+        ),
     )
-    args.out.write_text(json.dumps(result, indent=1, default=str))  # first: the numbers are kept whatever follows
     print(table(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,9 +42,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks import voice
-from benchmarks.outfile import add_out
+from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session, synthesize
+from evaluation.ports import free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wyoming.json"
 CHUNK_MS = 80
@@ -65,28 +64,9 @@ TRIALS = [
 
 
 def _percentiles(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0, "p50": None, "p95": None}
-    a = np.asarray(values, dtype=float)
-    return {
-        "n": len(values),
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
-    }
+    from pipeline.metrics import summary
 
-
-def _free_ports(*keys: str) -> dict[str, int]:
-    """Distinct free loopback ports (held open together while chosen)."""
-    import socket
-
-    socks = [socket.socket() for _ in keys]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return {k: int(sock.getsockname()[1]) for k, sock in zip(keys, socks, strict=True)}
-    finally:
-        for sock in socks:
-            sock.close()
+    return summary(values, digits=1)
 
 
 def _deployment(tmp: Path, ports: dict[str, int], stages: list[str], rooms: list[str]) -> Any:
@@ -111,22 +91,12 @@ def _deployment(tmp: Path, ports: dict[str, int], stages: list[str], rooms: list
 def _rows(session: Session, raw: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-utterance numbers from the client's output (the same rules as the voice benchmark's peers)."""
     rows = []
-    requests = {r["utterance"]: r for r in raw["stt"]}
-    for i, u in enumerate(session.utterances):
-        lo = session.utterances[i - 1].window_end if i else 0.0
-        dets = [d["t"] for d in raw["detections"] if lo <= d["t"] < u.window_end]
-        req = requests.get(u.name, {})
+    for u, row, req in voice.client_rows(session, raw):
         t_tr = req.get("t_transcript")
-        text = req.get("text", "")
         rows.append(
-            {
-                "utterance": u.name,
-                "wake_ms": 1000 * (dets[0] - u.wake_end) if dets else None,
-                "eos_to_final_ms": 1000 * (t_tr - u.speech_end) if t_tr is not None else None,
+            row
+            | {
                 "before_stop": t_tr is not None and t_tr < req.get("t_stop", 1e9),
-                "text": text,
-                "wer": voice.wer(u.command, voice._strip_wake(text)) if t_tr is not None else None,
-                "error": req.get("error"),
                 "speaker": req.get("speaker"),
                 "enrolled": ENROLLED.get(u.voice.split(":")[0] + ":" + u.voice.split(":")[1]),
             }
@@ -149,10 +119,10 @@ def _speaker_rate(rows: list[dict[str, Any]], present: bool = False) -> float | 
 def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[str, Any]:
     """The session through our gateway in front of the wake, stt and speaker stages."""
     from bridges.wyoming.gateway import Gateway
-    from sensorium.cli.commands.wyoming import offer_for
+    from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
-    ports = _free_ports("wake", "stt")
+    ports = dict(zip(("wake", "stt"), free_ports(2), strict=True))
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-") as tmp:
         voice._enroll(Path(tmp), {})
         dep = _deployment(Path(tmp), ports, ["wake", "stt", "speaker"], ["kitchen"])
@@ -213,11 +183,11 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from bridges.wyoming.gateway import Gateway
     from pipeline.bus import Publisher
     from pipeline.messages import AudioChunk
-    from sensorium.cli.commands.wyoming import offer_for
+    from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
     rooms = ["kitchen", "office"]
-    ports = _free_ports(*rooms)
+    ports = dict(zip(rooms, free_ports(len(rooms)), strict=True))
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-wyoming-rooms-") as tmp:
         dep = _deployment(Path(tmp), ports, ["wake", "arbiter", "stt"], rooms)
@@ -301,21 +271,7 @@ def run(quick: bool = False, *, count: int | None = None, device: str = "cpu", d
     warmup = build_session(1, first=len(session.utterances) + 1)
     stt = voice._stt_defaults({})
     endpoint_s = stt["trailing_silence_s"]
-    result: dict[str, Any] = {
-        "benchmark": "wyoming",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
-        "device": device,
-        "quick": quick,
-        "utterances": count,
-        "audio_s": round(session.duration, 1),
-        "endpoint_silence_s": endpoint_s,
-    }
+    result: dict[str, Any] = voice.run_header("wyoming", device, quick, session, endpoint_s)
     if do_peers:
         reason = peers.missing_reason()
         if reason:
@@ -331,8 +287,10 @@ def run(quick: bool = False, *, count: int | None = None, device: str = "cpu", d
                 beam_size=stt["beam_size"],
                 cpu_threads=stt["cpu_threads"] or 4,
             )
+        checkpoint(result)
     print(f"wyoming: ours through the gateway, {count} utterances …", file=sys.stderr)
     result["ours"] = voice._guarded(run_ours, session, warmup, endpoint_s=endpoint_s)
+    checkpoint(result)
     print("wyoming: two rooms, one wake word …", file=sys.stderr)
     result["two_rooms"] = voice._guarded(two_rooms, TRIALS[:2] if quick else TRIALS)
     o, t = result.get("ours", {}), result.get("theirs", {})
@@ -412,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     add_out(parser, RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.quick, count=args.count, do_peers=not args.no_peers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result = write_results(args.out, lambda: run(args.quick, count=args.count, do_peers=not args.no_peers))
     print(render(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

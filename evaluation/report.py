@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +37,7 @@ from pipeline.messages import (
     TtsAudio,
     WakeDetected,
 )
+from pipeline.metrics import percentiles
 
 REPORT_VERSION = 1
 
@@ -165,18 +165,9 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
         return errors / max(words, 1)
 
 
-def nearest_rank(samples: Iterable[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
-    """Nearest-rank percentiles (the smallest value with at least p % of samples at or below it) and max."""
-    xs = sorted(samples)
-    if not xs:
-        return {}
-    out = {f"p{p:g}": xs[max(0, math.ceil(p / 100 * len(xs)) - 1)] for p in ps}
-    out["max"] = xs[-1]
-    return out
-
-
 def _pct(samples: Iterable[float]) -> dict[str, float]:
-    return {f"{k}_ms": round(v, 3) for k, v in nearest_rank(samples).items()}
+    """p50/p95/p99 and max in ms (``pipeline.metrics.percentile``: nearest rank), as ``p50_ms``…"""
+    return {f"{k}_ms": round(v, 3) for k, v in percentiles(samples).items() if k != "n"}
 
 
 def latency_ms(result: RunResult, seen: float, msg: Message) -> float:
@@ -561,7 +552,7 @@ def plot(result: RunResult, out_dir: str | Path, report: dict | None = None, ste
         if budget:
             ax.axvline(budget, color="#c44e52", linestyle="--", label=f"budget {budget:.0f} ms")
             ax.legend(loc="upper right", fontsize=8)
-        p = nearest_rank(run.samples_ms)
+        p = percentiles(run.samples_ms)
         ax.set_title(f"{name}: n={len(run.samples_ms)} p50 {p['p50']:.1f} ms p95 {p['p95']:.1f} ms", fontsize=9)
         ax.set_xlabel("latency from capture (ms)", fontsize=8)
     fig.tight_layout()

@@ -21,7 +21,7 @@ import msgspec
 
 from models.backends import BACKENDS, PRECISIONS
 from models.detector import CONF, CONTAIN, DEFAULT_CLASS_MAP
-from pipeline.config import ConfigError, parse_duration
+from pipeline.config import ConfigError
 from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
 from pipeline.stage import Duration, Library, Stage, StageContext, StageOptions
 
@@ -227,8 +227,8 @@ class DetectStage(Stage):
         s.region_size = o.region_size
         s.motion = o.motion or "motion-regions" in steps
         slow = 4.0 if "fewer-checks" in steps else 1.0
-        s.keepalive_s = parse_duration(o.keepalive, "keepalive") * slow
-        s.recheck_s = parse_duration(o.recheck, "recheck") * slow
+        s.keepalive_s = o.seconds("keepalive") * slow
+        s.recheck_s = o.seconds("recheck") * slow
 
     async def handle(self, msg: Message) -> None:
         await self.handle_batch([msg])

@@ -27,7 +27,6 @@ from typing import ClassVar
 
 import msgspec
 
-from pipeline.config import parse_duration
 from pipeline.messages import (
     Detections,
     FaceRecognized,
@@ -99,11 +98,11 @@ class PresenceStage(Stage):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         o: PresenceOptions = ctx.options
-        self.left_after = parse_duration(o.left_after, "presence.left_after")
-        self.present_every = parse_duration(o.present_every, "presence.present_every")
-        self.count_window = parse_duration(o.count_window, "presence.count_window")
-        self.settle = parse_duration(o.settle, "presence.settle")
-        self.tick = max(parse_duration(o.tick, "presence.tick"), 0.01)
+        self.left_after = o.left_after
+        self.present_every = o.present_every
+        self.count_window = o.count_window
+        self.settle = o.settle
+        self.tick = max(o.seconds("tick"), 0.01)
         self.opts = o
         self._people: dict[str, _Person] = {}
         self._tracks: dict[tuple[str, str, int], tuple[str, float]] = {}

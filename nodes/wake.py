@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from pipeline.config import parse_duration
 from pipeline.messages import AudioChunk, Message, WakeDetected
 from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageOptions, check_audio
 
@@ -119,15 +118,15 @@ class WakeStage(Stage):
         o = self.ctx.options
         if not 0.0 < o.threshold <= 1.0:
             raise ValueError(f"[stages.wake] threshold must be in (0, 1], got {o.threshold}")
-        self._refractory = parse_duration(o.refractory, "[stages.wake] refractory")
+        self._refractory = o.refractory
         if not 0.0 <= o.playback_threshold <= 1.0:
             raise ValueError(f"[stages.wake] playback_threshold must be in [0, 1], got {o.playback_threshold}")
         if not 0.0 <= o.cancelled_threshold <= 1.0:
             raise ValueError(f"[stages.wake] cancelled_threshold must be in [0, 1], got {o.cancelled_threshold}")
         if not 0.0 < o.self_score <= 1.0:
             raise ValueError(f"[stages.wake] self_score must be in (0, 1], got {o.self_score}")
-        self._tail = parse_duration(o.playback_tail, "[stages.wake] playback_tail")
-        self._self_window = parse_duration(o.self_window, "[stages.wake] self_window")
+        self._tail = o.playback_tail
+        self._self_window = o.self_window
         self.rejected: dict[str, int] = {"own_voice": 0, "playback_bar": 0}
         """Detections dropped: the played audio said the word; below ``playback_threshold`` while playing."""
         self._names = [resolve(m, o.framework)[0] for m in o.models]  # fails early on a bad model name

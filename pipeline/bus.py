@@ -16,6 +16,7 @@ events     P+3                 ``<path>-evt``  (hub PUB of sequenced events, JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections import defaultdict
@@ -27,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode
-from pipeline.messages import Message
+from pipeline.messages import OLD_COPY_PREFIXES, OLD_KINDS, Message, old_topic
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.bus")
@@ -151,7 +152,13 @@ class Publisher:
             topic = msg.topic()
             self._seq[topic] += 1
             msg.seq = self._seq[topic]
-        await self.send_frames(encode(msg))
+        frames = encode(msg)
+        await self.send_frames(frames)
+        if type(msg).old_copy:  # the transition: peers not updated yet subscribe to the old topic
+            with contextlib.suppress(zmq.Again):
+                self._send(
+                    [old_topic(msg).encode(), *frames[1:]], flags=zmq.NOBLOCK, copy=len(frames[-1]) < _COPY_THRESHOLD
+                )
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send already encoded frames unchanged (replay, benchmarks)."""
@@ -171,6 +178,23 @@ class Publisher:
 
 def _closed_send(*_: object, **__: object) -> None:
     raise zmq.ZMQError(zmq.ENOTSOCK)
+
+
+def with_old_prefixes(prefixes: Iterable[str]) -> list[str]:
+    """``prefixes`` and, during the transition, each one's old-topic twin (``status/`` for ``node_status/``), so
+    messages from peers not updated yet arrive; not for messages whose old copy every new publisher also sends."""
+    out = list(prefixes)
+    copied = {p.decode().rstrip("/") for p in OLD_COPY_PREFIXES}
+    for p in prefixes:
+        for new, old in OLD_KINDS.items():
+            if old not in copied and (p == new or p.startswith(f"{new}/")):
+                out.append(old + p[len(new) :])
+    return list(dict.fromkeys(out))
+
+
+def _old_copy(frames: list[bytes]) -> bool:
+    """The copy of a message on its old topic, published for peers not updated yet (the new one comes too)."""
+    return bool(frames) and bytes(frames[0]).startswith(OLD_COPY_PREFIXES)
 
 
 class Subscriber:
@@ -194,7 +218,7 @@ class Subscriber:
         if curve is not None:
             curve.apply_client(self.socket)
         self.prefixes = list(prefixes)
-        for p in self.prefixes:
+        for p in with_old_prefixes(self.prefixes):
             self.socket.setsockopt(zmq.SUBSCRIBE, p.encode())
         self.socket.connect(endpoint or endpoints.subscribe)
         self._recv = zmq.Socket.shadow(self.socket.underlying).recv_multipart
@@ -207,15 +231,18 @@ class Subscriber:
         """Bytes (all frames) of the last message received."""
 
     async def recv_frames(self) -> list[bytes]:
-        """The next raw multipart message.
+        """The next raw multipart message (not the copies made for peers not updated yet: ``old_copy``).
 
         Drains what is already queued with non-blocking reads and awaits only when the socket
         is empty: one future per burst instead of one per message.
         """
-        try:
-            return self._recv(flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return await self.socket.recv_multipart()
+        while True:
+            try:
+                frames = self._recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                frames = await self.socket.recv_multipart()
+            if not _old_copy(frames):
+                return frames
 
     def _decode(self, frames: list[bytes]) -> Message | None:
         self.last_size = sum(len(f) for f in frames)
@@ -246,6 +273,8 @@ class Subscriber:
                 frames = self._recv(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return None
+            if _old_copy(frames):
+                continue
             msg = self._decode(frames)
             if msg is not None:
                 return msg

@@ -28,7 +28,7 @@ from pipeline.bus import Endpoints, Publisher, context
 from pipeline.clock import Clock
 from pipeline.codec import CodecError, from_json
 from pipeline.messages import (
-    TYPE_TO_KIND,
+    OLD_KINDS,
     ControlError,
     Event,
     EventsLost,
@@ -47,11 +47,14 @@ from pipeline.node import NodeLink
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.client")
+NEW_KINDS = {old: new for new, old in OLD_KINDS.items()}
 
 
 def prefixes_for(types: Iterable[str] | None, rooms: Iterable[str] | None = None) -> list[str]:
-    """Topic prefixes for event ``types`` (public names or topic kinds) in ``rooms``."""
-    kinds = [TYPE_TO_KIND.get(t, t) for t in types] if types else [""]
+    """Topic prefixes for event ``types`` (public names, which are their topic kinds) in ``rooms``.
+
+    An old topic kind (``status`` for ``node_status``) is still understood during the transition."""
+    kinds = [NEW_KINDS.get(t, t) for t in types] if types else [""]
     rooms = list(rooms or [])
     if not rooms:
         return [f"{k}/" if k else "" for k in kinds]

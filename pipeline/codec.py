@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from pipeline.messages import ALL, WIRE_VERSION, Message
+from pipeline.messages import ALL, WIRE_VERSION, Message, old_topic
 
 MAX_TOPIC = 256
 MAX_HEADER = 64 * 1024
@@ -126,7 +126,9 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     bad = _not_finite(msg)
     if bad:
         raise CodecError(f"{type(msg).__name__}.{bad} on topic {topic[:64]!r}: not a finite number")
-    if topic != msg.topic().encode():  # subscribers route on the topic: it must not lie about the message
+    # Subscribers route on the topic: it must not lie about the message. Its old topic (``old_kind``) is
+    # accepted during the transition, from peers not updated yet.
+    if topic != msg.topic().encode() and not (type(msg).old_kind and topic == old_topic(msg).encode()):
         raise CodecError(f"{type(msg).__name__} on a topic that does not match it: {topic[:64]!r}")
     if payload:
         if not hasattr(msg, "data"):

@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -38,8 +38,34 @@ def parse_duration(value: str | float | int, key: str = "duration") -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+Duration: TypeAlias = str | float
+"""A field that is a time span: ``"200ms"``, ``"1.5s"``, ``"2m"``, ``"7d"`` or a number of seconds in the file.
+
+Decoded once, when the table loads (``decode_durations``, from ``__post_init__``): after that the field holds
+seconds as a float, so no reader parses it again, and a bad value fails the load naming its table and key."""
+
+
+def durations(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of a config or options struct declared as ``Duration``."""
+    out = []
+    for k in reversed(cls.__mro__):
+        for name, ann in getattr(k, "__annotations__", {}).items():
+            if ann == "Duration" or ann is Duration:
+                out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def decode_durations(obj: msgspec.Struct) -> None:
+    """Replace every ``Duration`` field of ``obj`` by its seconds (``ConfigError`` naming the key if invalid)."""
+    for key in durations(type(obj)):
+        setattr(obj, key, parse_duration(getattr(obj, key), key))
+
+
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """A table of the file: unknown keys refused, ``Duration`` fields decoded to seconds when it loads."""
+
+    def __post_init__(self) -> None:
+        decode_durations(self)
 
 
 class HubConfig(_Strict):
@@ -47,9 +73,9 @@ class HubConfig(_Strict):
 
     address: str = "ipc:///tmp/sensorium"
     """Base endpoint; the four sockets derive from it (tcp: port+0..3; ipc/inproc: suffixes)."""
-    heartbeat: str | float = "500ms"
+    heartbeat: Duration = "500ms"
     """Interval between node heartbeats."""
-    down_after: str | float = "2s"
+    down_after: Duration = "2s"
     """A node that sent no heartbeat for this long is reported down."""
     event_log: int = 10000
     """Events kept for subscribers that reconnect."""
@@ -67,10 +93,10 @@ class HubConfig(_Strict):
     """Explicitly allow a non-loopback bind without CURVE (not recommended)."""
     record: str = ""
     """MCAP file to record the bus into ("" = off)."""
-    takeover_after: str | float = "1s"
+    takeover_after: Duration = "1s"
     """A worker silent this long loses its streams to the next worker of their stage (placement; before
     ``down_after`` on purpose: a missed utterance costs more than a stream moved back later)."""
-    handback_after: str | float = "10s"
+    handback_after: Duration = "10s"
     """A returning preferred worker gets its streams back only after it has been up this long, and only
     at an utterance or frame boundary (hysteresis: a flapping node does not bounce streams)."""
 
@@ -184,7 +210,7 @@ class WorkerConfig(_Strict):
     "0.0.0.0" or a LAN address to scrape it from another machine (firewall it)."""
     keys: str = ""
     """Folder with this worker's CURVE key pair and the hub's public key."""
-    max_future: str | float = "2s"
+    max_future: Duration = "2s"
     """Audio and wake events stamped further than this ahead of the hub clock are refused (0 = accept them:
     only for a worker that ``sensorium replay --hub`` feeds faster than real time, which stamps ahead)."""
 
@@ -229,7 +255,7 @@ class MqttConfig(_Strict):
     """Enrolled people to publish; empty = everyone in the gallery."""
     gallery: str = ""
     """Gallery to read the enrolled people from ("" = <data_dir>/gallery.db)."""
-    refresh: str | float = "60s"
+    refresh: Duration = "60s"
     """States are re-published this often while the hub answers; Home Assistant shows occupancy, people
     counts and rooms as unavailable after three intervals without one (0 = never re-publish, never expire)."""
     max_command: int = 1024
@@ -238,6 +264,7 @@ class MqttConfig(_Strict):
     """Folder with the bridge's CURVE key pair and the hub's public key (a hub off loopback)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # Checked when the file loads, so a mistake names [mqtt] and the key rather than failing at connect.
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be 1-65535, got {self.port}")
@@ -255,7 +282,6 @@ class MqttConfig(_Strict):
             raise ValueError("ca_file is only used with tls = true")
         if not 0 < self.max_command <= 65536:
             raise ValueError(f"max_command must be 1-65536 bytes, got {self.max_command}")
-        parse_duration(self.refresh, "refresh")
 
 
 class WyomingConfig(_Strict):
@@ -283,12 +309,12 @@ class WyomingConfig(_Strict):
     """Address announced over zeroconf ("" = this machine's address towards the LAN)."""
     speaker_prefix: bool = False
     """Put the identified speaker in front of transcripts ("[alice] turn on the lights")."""
-    speaker_wait: str | float = "0.5s"
+    speaker_wait: Duration = "0.5s"
     """Longest a transcript for Home Assistant waits for its speaker when the final came without one and a
     speaker stage is up (it usually carries it: speaker ID finishes at the endpoint); "0s" = never."""
     voices: list[str] = []
     """TTS voices offered besides the tts stage's default ("flite:slt", "espeak:en-gb", a Piper .onnx …)."""
-    timeout: str | float = "10s"
+    timeout: Duration = "10s"
     """Longest wait for a stage or the agent to answer a request before an error goes back."""
     block_ms: int = 80
     """Audio from Home Assistant is published on the bus in blocks of this length."""
@@ -327,7 +353,7 @@ class EsphomeConfig(_Strict):
     greet: str = ""
     """Greet a known person entering a room with a device ("Welcome home, {person}."), then listen without a wake
     word in Home Assistant's pipeline ("" = off)."""
-    greet_cooldown: str | float = "1h"
+    greet_cooldown: Duration = "1h"
     """Nobody is greeted twice within this long."""
 
     def ports(self, mic_rooms: list[str]) -> dict[str, int]:
@@ -351,16 +377,17 @@ class ConsoleConfig(_Strict):
     172.30.32.2)."""
     media: bool = True
     """Keep face crops and voice clips of unknowns (false = embeddings only, like ``--no-media``)."""
-    retention: str | float = "7d"
+    retention: Duration = "7d"
     """How long crops and clips of unknowns are kept (the embeddings stay until the cluster is dropped)."""
     clip_s: float = 5.0
     """Longest voice clip kept of an unknown utterance, seconds."""
-    face_every: str | float = "10s"
+    face_every: Duration = "10s"
     """At most one face sample per camera track this often (the face stage reports an unknown track often)."""
     keys: str = ""
     """Folder with the console's CURVE key pair and the hub's public key (a hub off loopback)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be 1-65535, got {self.port}")
         loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
@@ -371,8 +398,6 @@ class ConsoleConfig(_Strict):
             )
         if not 0 < self.clip_s <= 30:
             raise ValueError(f"clip_s must be 0-30 seconds, got {self.clip_s}")
-        parse_duration(self.retention, "retention")
-        parse_duration(self.face_every, "face_every")
 
 
 class McpConfig(_Strict):
@@ -392,18 +417,18 @@ class McpConfig(_Strict):
     """Name on the hub (and the server's name in MCP)."""
     transcripts: int = 200
     """Final transcripts kept for ``recent_transcripts``."""
-    ask_timeout: str | float = "15s"
+    ask_timeout: Duration = "15s"
     """Longest ``ask`` waits for the answer when the agent names no timeout (at most 120 s)."""
     keys: str = ""
     """Folder with this client's CURVE key pair and the hub's public key (a hub off loopback)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be 1-65535, got {self.port}")
         if not 1 <= self.transcripts <= 100000:
             raise ValueError(f"transcripts must be 1-100000, got {self.transcripts}")
-        t = parse_duration(self.ask_timeout, "ask_timeout")
-        if not 1 <= t <= 120:
+        if not 1 <= self.ask_timeout <= 120:
             raise ValueError(f"ask_timeout must be 1-120 s, got {self.ask_timeout!r}")
 
 
@@ -588,9 +613,6 @@ def from_dict(
     )
 
     known = ", ".join(sorted(stage_options))
-    for key in ("heartbeat", "down_after", "takeover_after", "handback_after"):
-        parse_duration(getattr(f.hub, key), f"{path}: [hub] {key}")
-
     for name, edge in f.edges.items():
         if edge.room not in f.rooms:
             raise ConfigError(
@@ -629,7 +651,6 @@ def from_dict(
         for d in w.devices():
             if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
                 raise ConfigError(f"{path}: [workers.{wname}] device: expected 'cpu', 'cuda:N' or 'mps', got {d!r}")
-        parse_duration(w.max_future, f"{path}: [workers.{wname}] max_future")
 
     stages: dict[str, StageSettings] = {}
     for sname in f.stages:
@@ -676,7 +697,6 @@ def _check_esphome(f: DeployParsed, path: str) -> None:
     known = ", ".join(f.rooms) or "none"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", e.name):
         raise ConfigError(f"{path}: [esphome] name = {e.name!r}: use letters, digits and '-' (a device name)")
-    parse_duration(e.greet_cooldown, f"{path}: [esphome] greet_cooldown")
     mic_rooms = [r for r in f.rooms if any(x.room == r and x.microphone is not None for x in f.edges.values())]
     seen: dict[int, str] = {}
     for room, port in e.ports(mic_rooms).items():
@@ -727,4 +747,3 @@ def _check_wyoming(f: DeployParsed, path: str) -> None:
         raise ConfigError(f"{path}: [wyoming] block_ms = {w.block_ms}: expected 10-1000")
     if not 1 <= w.max_streams <= 64:
         raise ConfigError(f"{path}: [wyoming] max_streams = {w.max_streams}: expected 1-64")
-    parse_duration(w.timeout, f"{path}: [wyoming] timeout")

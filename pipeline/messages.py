@@ -20,8 +20,17 @@ WIRE_VERSION = 1
 class Message(msgspec.Struct, tag_field="type", kw_only=True):
     """Fields every message carries."""
 
-    #: Topic family: the first segment of the topic (``audio``, ``wake``, ``say`` …).
+    #: Topic family: the first segment of the topic (``audio``, ``wake``, ``say`` …); the message's public
+    #: ``type`` for every message on the bus (one name on the wire; control messages travel as ``ctl``).
     kind: ClassVar[str] = ""
+    #: The topic family this message had before it took its ``type`` name (``status`` for ``node_status``):
+    #: during the transition a message on its old topic, from a peer not updated yet (an edge updated later),
+    #: is still accepted (``pipeline.codec.decode``) and subscribed to (``pipeline.bus.Subscriber``).
+    old_kind: ClassVar[str] = ""
+    #: Also published under ``old_kind`` during the transition, for peers not updated yet that subscribe to
+    #: it (an edge plays ``tts``/``stop``); subscribers of this version drop that copy. Costs nothing while no
+    #: old peer subscribes: libzmq drops a message nobody subscribed to at the publisher.
+    old_copy: ClassVar[bool] = False
     #: True for messages kept in the hub's event log and given hub sequence numbers.
     is_event: ClassVar[bool] = False
     #: False for what a client makes itself (``EventsLost``): never published, so never logged from a publisher.
@@ -130,7 +139,9 @@ class Utterance(Stream, tag="utterance"):
 class TtsAudio(Stream, tag="tts_audio"):
     """A chunk of synthesized speech for a room's speaker."""
 
-    kind: ClassVar[str] = "tts"
+    kind: ClassVar[str] = "tts_audio"
+    old_kind: ClassVar[str] = "tts"
+    old_copy: ClassVar[bool] = True
     answer_id: str = ""
     """The answer this audio belongs to (from ``Say``)."""
     chunk: int = 0
@@ -288,7 +299,8 @@ class Presence(Event, tag="presence"):
 class BudgetViolation(Event, tag="budget_violation"):
     """A stage answered later than its latency budget."""
 
-    kind: ClassVar[str] = "budget"
+    kind: ClassVar[str] = "budget_violation"
+    old_kind: ClassVar[str] = "budget"
     stage: str = ""
     """Stage name."""
     budget_ms: float = 0.0
@@ -302,7 +314,8 @@ class BudgetViolation(Event, tag="budget_violation"):
 class NodeStatus(Event, tag="node_status"):
     """A node came up, went down, degraded or reported a problem."""
 
-    kind: ClassVar[str] = "status"
+    kind: ClassVar[str] = "node_status"
+    old_kind: ClassVar[str] = "status"
     node: str = ""
     """Node name."""
     role: str = ""
@@ -347,7 +360,8 @@ class EventsLost(Event, tag="events_lost"):
     Its ``seq`` is ``last_seq``: persist it like any event's and resuming continues after the gap.
     """
 
-    kind: ClassVar[str] = "lost"
+    kind: ClassVar[str] = "events_lost"
+    old_kind: ClassVar[str] = "lost"
     on_bus: ClassVar[bool] = False
     first_seq: int = 0
     """First sequence number lost."""
@@ -376,7 +390,8 @@ class Placement(Event, tag="placement"):
 class McpCall(Event, tag="mcp_call"):
     """An LLM agent called a tool of the MCP server (``sensorium mcp``): the household sees what agents did."""
 
-    kind: ClassVar[str] = "mcp"
+    kind: ClassVar[str] = "mcp_call"
+    old_kind: ClassVar[str] = "mcp"
     tool: str = ""
     """The tool called."""
     client: str = ""
@@ -415,7 +430,9 @@ class Say(Command, tag="say"):
 class StopPlayback(Command, tag="stop_playback"):
     """Stop speaking in a room (barge-in, or the agent changed its mind)."""
 
-    kind: ClassVar[str] = "stop"
+    kind: ClassVar[str] = "stop_playback"
+    old_kind: ClassVar[str] = "stop"
+    old_copy: ClassVar[bool] = True
     answer_id: str = ""
     """Answer to stop; "" stops whatever is playing."""
     reason: str = ""
@@ -485,7 +502,8 @@ class PlacementTable(Stream, tag="placement_table"):
     """The hub's assignment of streams to workers: on the bus at every change and each second, and as the
     answer to ``PlacementRequest`` (not logged; the ``placement`` events are the audit trail)."""
 
-    kind: ClassVar[str] = "assign"
+    kind: ClassVar[str] = "placement_table"
+    old_kind: ClassVar[str] = "assign"
     epoch: str = ""
     """Changes when the hub restarts (its versions start again)."""
     version: int = 0
@@ -655,5 +673,13 @@ CONTROL: tuple[type[Control], ...] = _family(Control)
 ALL: tuple[type[Message], ...] = STREAMS + EVENTS + CLIENT_EVENTS + COMMANDS + CONTROL
 BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL}  # type: ignore[misc]
 EVENT_KINDS: tuple[str, ...] = tuple(cls.kind for cls in EVENTS)
-TYPE_TO_KIND: dict[str, str] = {cls.__struct_config__.tag: cls.kind for cls in EVENTS}  # type: ignore[misc]
-"""Public ``type`` name of each event → its topic family (``budget_violation`` → ``budget``)."""
+OLD_KINDS: dict[str, str] = {cls.kind: cls.old_kind for cls in ALL if cls.old_kind}
+"""Topic family → the one it had before it took its message's ``type`` name (accepted during the transition)."""
+OLD_COPY_PREFIXES: tuple[bytes, ...] = tuple(f"{cls.old_kind}/".encode() for cls in ALL if cls.old_copy)
+"""Topic prefixes of the copies published for peers not updated yet; subscribers of this version drop them."""
+
+
+def old_topic(msg: Message) -> str:
+    """``msg``'s topic under its old family (the transition); "" if it has none."""
+    old = type(msg).old_kind
+    return f"{old}/{msg.room or '-'}/{msg.source or '-'}" if old else ""

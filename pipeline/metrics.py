@@ -217,15 +217,54 @@ class ThreadCpu:
         return dict(out), wall
 
 
+def percentile(values: Iterable[float], p: float) -> float | None:
+    """The ``p``-th (0–100) percentile of ``values`` by nearest rank; None for no values.
+
+    The one definition every report, benchmark and ``sensorium top`` uses: the smallest value with at
+    least ``p`` % of the values at or below it (``sorted(values)[ceil(p/100 · n) − 1]``, the first for
+    p = 0). Always a value that was measured, never one interpolated between two: a p95 of 20 samples
+    is the 19th smallest, and p50 of an even count is the lower middle, not the mean of the two middles.
+    """
+    xs = sorted(values)  # linear on an already sorted list
+    if not xs:
+        return None
+    return xs[max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))]
+
+
 def percentiles(values: Iterable[float], ps: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
-    """Nearest-rank percentiles of ``values`` (empty → {})."""
+    """Nearest-rank percentiles (``percentile``) of ``values`` as ``p50``… with ``max`` and ``n`` (empty → {})."""
     xs = sorted(values)
     if not xs:
         return {}
-    out = {}
-    for p in ps:
-        k = max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))  # nearest rank
-        out[f"p{p:g}"] = xs[k]
+    out: dict[str, float] = {f"p{p:g}": percentile(xs, p) or 0.0 for p in ps}
     out["max"] = xs[-1]
     out["n"] = float(len(xs))
+    return out
+
+
+def summary(
+    values: Iterable[float | None],
+    ps: tuple[float, ...] = (50, 95),
+    *,
+    scale: float = 1.0,
+    digits: int | None = None,
+    suffix: str = "",
+    extra: tuple[str, ...] = (),
+) -> dict[str, float | int | None]:
+    """``{"n": …, "p50<suffix>": …, "p95<suffix>": …}`` of ``values`` (None entries left out) for benchmark tables.
+
+    Each value is multiplied by ``scale`` (1000: seconds → ms) and rounded to ``digits``; percentiles are
+    ``percentile``'s (nearest rank), None when there are no values. ``extra`` adds ``"max"`` and/or ``"mean"``.
+    """
+    xs = sorted(v * scale for v in values if v is not None)
+
+    def fmt(v: float | None) -> float | None:
+        return None if v is None else (round(v, digits) if digits is not None else v)
+
+    out: dict[str, float | int | None] = {"n": len(xs)}
+    out |= {f"p{p:g}{suffix}": fmt(percentile(xs, p)) for p in ps}
+    if "max" in extra:
+        out[f"max{suffix}"] = fmt(xs[-1] if xs else None)
+    if "mean" in extra:
+        out[f"mean{suffix}"] = fmt(sum(xs) / len(xs) if xs else None)
     return out

@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
 
 from pipeline.clock import Clock
-from pipeline.config import Deployment, parse_duration
+from pipeline.config import Deployment, decode_durations
+from pipeline.config import Duration as Duration  # re-exported: stages declare their options with it
 from pipeline.messages import AudioChunk, InputError, Message
 from pipeline.ratelimit import RateLimit, kind_of
 
@@ -251,31 +252,16 @@ class Library(NamedTuple):
     """What to install when it is missing (``faster-whisper (sensorium[workers])``)."""
 
 
-Duration: TypeAlias = str | float
-"""An option that is a time span: ``"200ms"``, ``"1.5s"``, ``"2m"`` or seconds; checked when the file loads."""
-
-
 class StageOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every stage's ``Options``: unknown keys are refused and every ``Duration`` field is checked
-    when the deployment file loads (naming the key), not when the stage starts."""
+    """Base of every stage's ``Options``: unknown keys are refused and every ``Duration`` field is decoded to
+    seconds when the deployment file loads (naming the key), not when the stage starts."""
 
     def __post_init__(self) -> None:
-        for key in durations(type(self)):
-            parse_duration(getattr(self, key), key)
+        decode_durations(self)
 
     def seconds(self, key: str) -> float:
-        """The ``Duration`` option ``key`` in seconds."""
-        return parse_duration(getattr(self, key), key)
-
-
-def durations(cls: type[msgspec.Struct]) -> tuple[str, ...]:
-    """The fields of an options struct declared as ``Duration``."""
-    out = []
-    for k in reversed(cls.__mro__):
-        for name, ann in getattr(k, "__annotations__", {}).items():
-            if ann == "Duration" or ann is Duration:
-                out.append(name)
-    return tuple(dict.fromkeys(out))
+        """The ``Duration`` option ``key`` in seconds (decoded when the options loaded)."""
+        return float(getattr(self, key))
 
 
 class NoOptions(StageOptions):

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.bus import Endpoints, Publisher, Subscriber
 from pipeline.clock import Clock
 from pipeline.codec import CodecError
-from pipeline.config import Deployment, parse_duration
+from pipeline.config import Deployment
 from pipeline.messages import EVENT_KINDS, InputError, Message, NodeStatus, PlacementTable
 from pipeline.metrics import Metrics, ThreadCpu, percentiles
 from pipeline.node import NodeLink
@@ -117,7 +117,7 @@ class Worker:
     async def _build(self, device: str) -> list[StageRunner]:
         runners = []
         dep = self.deployment
-        max_future = parse_duration(self.config.max_future, f"[workers.{self.name}] max_future") or None
+        max_future = self.config.max_future or None
         try:
             for sname in self.config.runs():
                 cls = self.stage_classes[sname]
@@ -148,7 +148,7 @@ class Worker:
         # numba (librosa under Resemblyzer) compiles at import; its cache next to the installed package
         # is often not writable by the service, so it would compile again at every start.
         os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(self.deployment.data_dir) / "cache" / "numba"))
-        hb = parse_duration(self.deployment.hub.heartbeat)
+        hb = self.deployment.hub.heartbeat
         self._publisher = Publisher(self.endpoints, curve=self.curve)
         self._link = NodeLink(
             self.name,

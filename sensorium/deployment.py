@@ -39,9 +39,9 @@ def placement_specs(dep: Deployment) -> dict[str, StageSpec]:
     return specs(replicas, serves, dep.rooms, cameras)
 
 
-EDGE_EVENTS = frozenset({"status", "playback", "error"})
+EDGE_EVENTS = frozenset({"node_status", "playback", "error"})
 """Event kinds an edge publishes (its own status, what its player did, input it refused)."""
-WORKER_EVENTS = frozenset({"status", "budget", "error"})
+WORKER_EVENTS = frozenset({"node_status", "budget_violation", "error"})
 """Event kinds every worker publishes besides its stages' own."""
 
 
@@ -60,7 +60,7 @@ def publish_policy(dep: Deployment) -> PublishPolicy | None:
     if dep.wyoming is not None:  # Home Assistant's questions, asked through the gateway
         kinds.setdefault(dep.wyoming.name, frozenset({"transcript"}))
     # the MCP server logs every agent's call as an ``mcp_call`` event (its defaults apply without ``[mcp]``)
-    kinds.setdefault((dep.mcp or McpConfig()).name, frozenset({"mcp", "error"}))
+    kinds.setdefault((dep.mcp or McpConfig()).name, frozenset({"mcp_call", "error"}))
     return PublishPolicy(rooms=frozenset(dep.rooms), kinds=kinds, edge_room={n: e.room for n, e in dep.edges.items()})
 
 

@@ -46,11 +46,11 @@ async def hub(hub_address: str, tmp_path: Path) -> AsyncIterator[Hub]:
 
 @pytest.fixture(scope="module")
 def home_assistant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Home Assistant started and onboarded once per test file (``tests/homeassistant.py``).
+    """Home Assistant started and onboarded once per test file (``evaluation/homeassistant.py``).
 
     A test file adds to HA's configuration.yaml with a module-level ``HOMEASSISTANT_CONFIG`` string.
     """
-    from homeassistant import running
+    from evaluation.homeassistant import running
 
     extra = getattr(request.module, "HOMEASSISTANT_CONFIG", "")
     with running(tmp_path_factory.mktemp("homeassistant"), extra) as ha:

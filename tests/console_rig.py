@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ports import free_port
 
 from bridges.console.app import Access, make_app, serve
 from bridges.console.service import Console, Identity
 from bridges.console.store import Store
+from evaluation.ports import free_port
 from models.gallery import Gallery
 from pipeline.bus import Endpoints, Publisher
 from pipeline.client import Client

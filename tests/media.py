@@ -8,15 +8,15 @@ int16 arrays (``speech``), WAV files (``speech_wav``) or ``AudioChunk`` lists (`
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from evaluation import media as pipeline_media
-from evaluation.media import SPEECH_VERSION
+from evaluation.media import SPEECH_VERSION, silence
+from evaluation.media import concat as concat  # re-exported: tests build their audio with these
+from evaluation.media import mix as mix
+from evaluation.media import noise as noise
 
 RATE = 16000
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "media"
@@ -40,41 +40,9 @@ write_wav = pipeline_media.write_wav
 resample = pipeline_media.resample
 
 
-def _piper(text: str) -> tuple[np.ndarray, int]:
-    from evaluation.media import _piper as piper  # the same deterministic synthesis as sample sessions
-
-    return piper(text)
-
-
-def _external(cmd: list[str]) -> tuple[np.ndarray, int]:
-    exe = shutil.which(cmd[0])
-    if exe is None:
-        raise RuntimeError(f"{cmd[0]} is not installed (apt-get install {cmd[0]})")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.wav"
-        subprocess.run([exe, *cmd[1:], str(out)], check=True, capture_output=True, timeout=60)
-        return read_wav(out)
-
-
 def speech(text: str, voice: str = "piper:joe") -> np.ndarray:
-    """``text`` spoken by ``voice`` as 16 kHz mono int16 samples (cached)."""
-    path = _cache_path(voice, text)
-    if path.exists():
-        return read_wav(path)[0]
-    engine, _, name = voice.partition(":")
-    if engine == "piper":
-        pcm, rate = _piper(text)
-    elif engine == "flite":
-        if name not in FLITE_VOICES:
-            raise ValueError(f"unknown flite voice {name!r} (known: {', '.join(FLITE_VOICES)})")
-        pcm, rate = _external(["flite", "-voice", name, "-t", text, "-o"])
-    elif engine == "espeak":
-        pcm, rate = _external(["espeak-ng", "-v", name or "en-us", text, "-w"])
-    else:
-        raise ValueError(f"unknown voice {voice!r}: expected piper:joe, flite:<voice> or espeak:<variant>")
-    pcm = resample(pcm, rate)
-    write_wav(path, pcm)
-    return pcm
+    """``text`` spoken by ``voice`` as 16 kHz mono int16 samples (``evaluation.media.speech``, cached here)."""
+    return pipeline_media.speech(text, voice, CACHE)
 
 
 def speech_wav(text: str, voice: str = "piper:joe", lead: float = 0.0, tail: float = 0.0) -> Path:
@@ -83,37 +51,6 @@ def speech_wav(text: str, voice: str = "piper:joe", lead: float = 0.0, tail: flo
     if not path.exists():
         write_wav(path, np.concatenate([silence(lead), speech(text, voice), silence(tail)]))
     return path
-
-
-def silence(seconds: float) -> np.ndarray:
-    """Digital silence."""
-    return np.zeros(int(round(seconds * RATE)), dtype=np.int16)
-
-
-def noise(seconds: float, dbfs: float = -30.0, seed: int = 0, color: str = "white") -> np.ndarray:
-    """Gaussian noise at an RMS level of ``dbfs``; ``color="pink"`` for a 1/f spectrum (fan, room)."""
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * RATE))
-    x = rng.standard_normal(n)
-    if color == "pink":
-        spec = np.fft.rfft(x)
-        f = np.arange(len(spec), dtype=np.float64)
-        f[0] = 1.0
-        x = np.fft.irfft(spec / np.sqrt(f), n)
-    x = x / (np.sqrt(np.mean(x**2)) + 1e-12) * (10 ** (dbfs / 20) * 32767)
-    return np.clip(x, -32768, 32767).astype(np.int16)
-
-
-def mix(speech_pcm: np.ndarray, noise_pcm: np.ndarray) -> np.ndarray:
-    """Speech plus noise (noise looped or cut to the speech's length)."""
-    reps = int(np.ceil(len(speech_pcm) / max(len(noise_pcm), 1)))
-    n = np.tile(noise_pcm, reps)[: len(speech_pcm)]
-    return np.clip(speech_pcm.astype(np.int32) + n, -32768, 32767).astype(np.int16)
-
-
-def concat(*parts: np.ndarray | float) -> np.ndarray:
-    """Join sample arrays; a number stands for that many seconds of silence."""
-    return np.concatenate([silence(p) if isinstance(p, int | float) else np.asarray(p, np.int16) for p in parts])
 
 
 def chunks(

@@ -72,6 +72,13 @@ BACK_IMPORTS = [
     ("layers", "sensorium/registry.py", "sensorium.cli.doctor", "sensorium.registry -> sensorium.cli.doctor"),
     ("layers", "sensorium/graph.py", "sensorium.apps.agent", "sensorium.graph -> sensorium.apps.agent"),
     ("layers", "sensorium/apps/agent.py", "evaluation.demo", "sensorium.apps.agent -> evaluation.demo"),
+    ("layers", "sensorium/cli/commands/hub.py", "benchmarks.bus", "sensorium.cli.commands.hub -> benchmarks.bus"),
+    (
+        "benchmarks-apart",
+        "benchmarks/bus.py",
+        "sensorium.cli.commands.hub",
+        "benchmarks.bus -> sensorium.cli.commands.hub",
+    ),
     ("apps", "sensorium/apps/agent.py", "sensorium.registry", "sensorium.apps.agent -> sensorium.registry"),
     ("pipeline-core", "pipeline/clock.py", "cv2", "pipeline.clock -> cv2"),
     ("bridges", "bridges/mqtt/__init__.py", "models.vad", "bridges.mqtt -> models.vad"),

@@ -71,33 +71,29 @@ def test_every_import_of_a_benchmark_resolves(name: str) -> None:
     assert not broken, f"benchmarks/{name}.py: " + "; ".join(broken)
 
 
-@pytest.mark.slow
-def test_failover_benchmark_smoke_run(tmp_path: Path) -> None:
-    out = tmp_path / "failover.json"
+def _smoke_run(name: str, tmp_path: Path) -> dict:
+    """``python -m benchmarks.<name> --smoke --out FILE`` through its command line; the JSON it wrote."""
+    out = tmp_path / f"{name}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.failover", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_failover_benchmark_smoke_run(tmp_path: Path) -> None:
+    r = _smoke_run("failover", tmp_path)
     assert r["kills"] == 1 and r["takeover_placement_event_s"]["n"] == 1
     assert r["utterances"] >= 1 and r["utterances_lost"] == 0, r
 
 
 @pytest.mark.slow
 def test_hostile_benchmark_smoke_run(tmp_path: Path) -> None:
-    out = tmp_path / "hostile.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.hostile", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    r = _smoke_run("hostile", tmp_path)
     assert [a["attack"] for a in r["attacks"]] == ["events", "unread", "names", "frame"]
     assert all(a["wake_words_during"] > 0 for a in r["attacks"]), r

@@ -8,7 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import codec
-from pipeline.messages import ALL, WIRE_VERSION, AudioChunk, Box, Detections, Transcript, VideoFrame, WakeDetected, Word
+from pipeline.messages import (
+    ALL,
+    WIRE_VERSION,
+    AudioChunk,
+    Box,
+    Detections,
+    Transcript,
+    VideoFrame,
+    WakeDetected,
+    Word,
+    old_topic,
+)
 
 text = st.text(max_size=40)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -153,3 +164,52 @@ def test_a_topic_that_lies_about_its_message_is_refused() -> None:
     frames = codec.encode(VideoFrame(room="hall", source="cam1", data=b"\xff\xd8"))
     with pytest.raises(codec.CodecError, match="VideoFrame on a topic that does not match it: b'audio/hall/cam1'"):
         codec.decode([b"audio/hall/cam1", frames[1], frames[2]])
+
+
+RENAMED = [c for c in ALL if c.old_kind]
+ON_THE_WIRE = [c for c in ALL if c.kind != "ctl"]
+
+
+def test_every_message_on_the_bus_has_one_name() -> None:
+    """Its topic family is its public ``type``: no table translates one into the other."""
+    for cls in ON_THE_WIRE:
+        assert cls.kind == cls.__struct_config__.tag, cls.__name__
+    assert {c.__struct_config__.tag: c.old_kind for c in RENAMED} == {
+        "tts_audio": "tts",
+        "budget_violation": "budget",
+        "node_status": "status",
+        "events_lost": "lost",
+        "mcp_call": "mcp",
+        "stop_playback": "stop",
+        "placement_table": "assign",
+    }
+
+
+@pytest.mark.parametrize("cls", RENAMED, ids=lambda c: c.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_the_old_topic_is_still_accepted_during_the_transition(cls: type, data: st.DataObject) -> None:
+    """A peer not updated yet (an edge updated later) sends on the old topic: the same message decodes."""
+    msg = data.draw(_strategy(cls))
+    frames = codec.encode(msg)
+    assert frames[0].split(b"/", 1)[0] == cls.__struct_config__.tag.encode()  # sent under its one name
+    old = old_topic(msg).encode()
+    assert old.split(b"/", 1)[0] == cls.old_kind.encode()
+    if len(old) <= codec.MAX_TOPIC:
+        assert codec.decode([old, frames[1], frames[2]]) == msg
+    # another family's old name is still a lie
+    other = next(c for c in RENAMED if c is not cls)
+    with pytest.raises(codec.CodecError, match="does not match"):
+        codec.decode([old.replace(cls.old_kind.encode(), other.old_kind.encode(), 1), frames[1], frames[2]])
+
+
+def test_subscriptions_take_old_topics_and_drop_the_copies_for_old_peers() -> None:
+    from pipeline.bus import _old_copy, with_old_prefixes
+
+    assert with_old_prefixes(["node_status/kitchen/", "wake/"]) == ["node_status/kitchen/", "wake/", "status/kitchen/"]
+    assert with_old_prefixes(["placement_table/"]) == ["placement_table/", "assign/"]
+    # tts_audio and stop_playback: every publisher of this version also sends the old copy; a subscriber takes
+    # the new one only, so nothing arrives twice
+    assert with_old_prefixes(["tts_audio/kitchen/", "stop_playback/"]) == ["tts_audio/kitchen/", "stop_playback/"]
+    assert _old_copy([b"tts/kitchen/tts", b"", b""]) and _old_copy([b"stop/-/agent", b"", b""])
+    assert not _old_copy([b"tts_audio/kitchen/tts", b"", b""]) and not _old_copy([b"status/k/pi", b"", b""])

@@ -118,3 +118,58 @@ def test_example_deployments_differ_only_in_placement() -> None:
         s for w in four.workers.values() for s in w.stages
     )
     assert len(one.workers) == 1 and len(four.workers) == 4
+
+
+def test_every_duration_of_every_table_is_seconds_once_the_file_loads() -> None:
+    """One way to read a time span: decoded when the table loads; readers get a float and never parse again."""
+    import pipeline.config as config_module
+    from pipeline.config import Duration, _Strict, durations
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.registry import available
+
+    raw = _with(
+        hub={"heartbeat": "250ms", "down_after": "1.5s", "takeover_after": 1, "handback_after": "2m"},
+        workers={"gpu0": {"stages": ["wake", "stt", "presence", "detect"], "max_future": "3s"}},
+        stages={"presence": {"left_after": "45s", "tick": "100ms"}, "stt": {"trailing_silence": "500ms"}},
+        mqtt={"refresh": "1m"},
+        esphome={"greet_cooldown": "2h"},
+        mcp={"ask_timeout": "20s"},
+        console={"retention": "1d", "face_every": "5s"},
+        wyoming={"timeout": "4s", "speaker_wait": "250ms"},
+    )
+    dep = deployment_from_dict(raw)
+    assert (dep.hub.heartbeat, dep.hub.down_after, dep.hub.takeover_after, dep.hub.handback_after) == (
+        0.25,
+        1.5,
+        1.0,
+        120.0,
+    )
+    assert dep.worker("gpu0").max_future == 3.0 and dep.mqtt is not None and dep.mqtt.refresh == 60.0
+    assert dep.esphome is not None and dep.esphome.greet_cooldown == 7200.0
+    assert dep.mcp is not None and dep.mcp.ask_timeout == 20.0
+    assert dep.console is not None and (dep.console.retention, dep.console.face_every) == (86400.0, 5.0)
+    assert dep.wyoming is not None and (dep.wyoming.timeout, dep.wyoming.speaker_wait) == (4.0, 0.25)
+    assert dep.stages["presence"].options.left_after == 45.0 and dep.stages["stt"].options.trailing_silence == 0.5
+
+    # Every Duration field of every table and stage, whatever its default: a float of seconds.
+    tables = [c for c in vars(config_module).values() if isinstance(c, type) and issubclass(c, _Strict)]
+    assert {"HubConfig", "WorkerConfig", "MqttConfig", "EsphomeConfig", "McpConfig"} <= {c.__name__ for c in tables}
+    objects = [dep.hub, *dep.workers.values(), dep.mqtt, dep.esphome, dep.mcp, dep.console, dep.wyoming]
+    objects += [s.options for s in dep.stages.values()]
+    for obj in objects:
+        for key in durations(type(obj)):
+            assert type(getattr(obj, key)) is float, f"{type(obj).__name__}.{key} = {getattr(obj, key)!r}"
+    stages_with = [n for n, c in available().items() if durations(c.Options)]
+    assert {"wake", "stt", "presence", "detect"} <= set(stages_with)
+    assert Duration == (str | float)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("mqtt", "refresh"), ("esphome", "greet_cooldown"), ("mcp", "ask_timeout"), ("console", "retention")],
+)
+def test_a_bad_duration_in_a_bridge_table_names_the_table_and_key(table: str, key: str) -> None:
+    from sensorium.deployment import deployment_from_dict
+
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {key}: expected a duration like '200ms'"):
+        deployment_from_dict(_with(**{table: {key: "soon"}}), "deploy.toml")

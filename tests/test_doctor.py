@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -22,26 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.ports import free_tcp_base
 from pipeline.security import enrol, init_hub, new_node
 from sensorium.cli.doctor import Doctor, Finding, load_any
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_SOUND_CARD = any(Path("/dev/snd").glob("pcmC*D*c")) if Path("/dev/snd").is_dir() else False
 HAS_GPU = Path("/dev/nvidiactl").exists()
-
-
-def free_base_port() -> int:
-    """A base port P with P..P+3 free (the hub's four sockets)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 4)
-        try:
-            for p in range(base, base + 4):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no four free ports in a row")
 
 
 def write_config(tmp: Path, base: int, *, mic: str = "{}", worker_device: str = '["cuda:0", "cpu"]') -> Path:
@@ -91,7 +77,7 @@ def house(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     tmp = tmp_path_factory.mktemp("house")
     make_keys(tmp)
     make_gallery(tmp / "data")
-    cfg = write_config(tmp, free_base_port())
+    cfg = write_config(tmp, free_tcp_base(host="127.0.0.1"))
     hub = subprocess.Popen(
         [sys.executable, "-m", "sensorium", "hub", "--config", str(cfg)],
         stdout=subprocess.PIPE,
@@ -188,7 +174,7 @@ def test_damage_turns_into_failures_with_fixes(tmp_path: Path) -> None:
     """Secret key readable by others, gallery world-readable, a corrupt SQLite file, a port taken, no hub."""
     make_keys(tmp_path)
     gallery = make_gallery(tmp_path / "data")
-    base = free_base_port()
+    base = free_tcp_base(host="127.0.0.1")
     cfg = write_config(tmp_path, base)
     os.chmod(tmp_path / "node-keys" / "gpu0.key_secret", 0o644)
     os.chmod(gallery, 0o644)
@@ -209,7 +195,7 @@ def test_damage_turns_into_failures_with_fixes(tmp_path: Path) -> None:
 
 def test_torn_event_log_is_reported_not_fatal(tmp_path: Path) -> None:
     """After a power cut the log may end in half a line: a warning (the hub repairs it), not a failure."""
-    cfg = write_config(tmp_path, free_base_port())
+    cfg = write_config(tmp_path, free_tcp_base(host="127.0.0.1"))
     log = tmp_path / "data" / "hub" / "events.jsonl"
     log.parent.mkdir(parents=True)
     log.write_bytes(b'[1,"wake/kitchen/gpu0","{}"]\n[2,"wake/kitchen/gpu0","{}"]\n[3,"wake/kit')

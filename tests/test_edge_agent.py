@@ -79,7 +79,7 @@ async def test_agent_publishes_audio_frames_and_status_on_the_hub_clock(
             "cameras": {"counter": {"source": str(frames_folder(tmp_path)), "fps": 1}, "door": {"source": 7}},
         },
     )
-    sub = Subscriber(hub.endpoints, ["audio/kitchen/", "video/kitchen/", "status/kitchen/"])
+    sub = Subscriber(hub.endpoints, ["audio/kitchen/", "video/kitchen/", "node_status/kitchen/"])
     got: list[tuple[float, Message]] = []
     rx = asyncio.create_task(receive(sub, got))
     await asyncio.sleep(0.2)
@@ -374,7 +374,7 @@ async def test_agent_fails_closed_when_the_local_wake_model_is_missing(
             "cameras": {"counter": {"source": str(frames_folder(tmp_path)), "fps": 2}},
         },
     )
-    sub = Subscriber(hub.endpoints, ["audio/kitchen/", "video/kitchen/", "status/kitchen/"])
+    sub = Subscriber(hub.endpoints, ["audio/kitchen/", "video/kitchen/", "node_status/kitchen/"])
     got: list[tuple[float, Message]] = []
     rx = asyncio.create_task(receive(sub, got))
     await asyncio.sleep(0.2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from edge.camera import Camera
 from edge.retry import Backoff
+from evaluation.ports import free_port
 from pipeline.clock import Clock
 from pipeline.config import CameraConfig
 from pipeline.messages import VideoFrame
@@ -230,12 +230,6 @@ async def test_missing_devices_are_clear_errors_and_retried() -> None:
         assert "retrying in" in status.details("error")[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _serve(video: Path, url: str) -> asyncio.subprocess.Process:
     """ffmpeg streaming the video in real time as MPEG-TS over HTTP (a stand-in for an IP camera)."""
     return await asyncio.create_subprocess_exec(
@@ -249,7 +243,7 @@ async def _serve(video: Path, url: str) -> asyncio.subprocess.Process:
 async def test_live_stream_lost_and_reconnected(video: Path, bus: np.ndarray, zidane: np.ndarray) -> None:
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
-    url = f"http://127.0.0.1:{_free_port()}/cam.ts"
+    url = f"http://127.0.0.1:{free_port()}/cam.ts"
     server = await _serve(video, url)
     await asyncio.sleep(0.5)
     status = Recorder()

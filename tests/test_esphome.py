@@ -12,7 +12,6 @@ import base64
 import contextlib
 import logging
 import secrets
-import socket
 import threading
 import wave
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from aioesphomeapi.model import VoiceAssistantFeature as Feature
 
 from bridges.esphome.api import make_plain_text_packets
 from bridges.esphome.server import Server, load_key
+from evaluation.ports import free_ports
 from pipeline.bus import Publisher, Subscriber
 from pipeline.config import ConfigError
 from pipeline.hub import Hub
@@ -37,16 +37,6 @@ from pipeline.messages import Listen, Message, PlaybackStatus, TtsAudio, WakeArb
 from sensorium.deployment import deployment_from_dict
 
 RATE = 16000
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    out = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return out
 
 
 def dep_of(tmp_path: Path, address: str, rooms: dict[str, int] | None, **extra: Any) -> Any:
@@ -80,7 +70,7 @@ async def site(
     server = Server(dep, endpoints=hub.endpoints, clock=hub.clock)
     await server.start()
     pub = Publisher(hub.endpoints)
-    sub = Subscriber(hub.endpoints, ["listen/", "tts/"])
+    sub = Subscriber(hub.endpoints, ["listen/", "tts_audio/"])
     await asyncio.sleep(0.3)
     try:
         yield server, pub, sub

@@ -22,16 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import media
-import numpy as np
 import pytest
-from test_esphome import free_ports
-from test_wyoming_homeassistant import entities_of, read_back, words
+from test_wyoming_homeassistant import read_back, words
 from test_wyoming_voice import enroll
 from wyoming_help import ports, running
 
 from bridges.esphome.server import Server
+from evaluation.homeassistant import (
+    Mic,
+    add_wyoming,
+    entities_of,
+    last_pipeline_run,
+    played,
+    prefer_sensorium_pipeline,
+    wavs,
+)
+from evaluation.ports import free_ports
 from pipeline.bus import Publisher
-from pipeline.messages import AudioChunk as BusChunk
 from sensorium.deployment import deployment_from_dict
 from sensorium.embedded import embedded
 
@@ -49,49 +56,6 @@ ROOMS = ("kitchen", "office")
 def said(text: str) -> list[str]:
     """The words our STT read back, without the speaker it names (our TTS's voice is an enrolled one)."""
     return words(re.sub(r"^\[[^\]]*\]\s*", "", text))
-
-
-def wavs(folder: Path) -> set[Path]:
-    return set(folder.glob("*.wav")) if folder.exists() else set()
-
-
-async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path:
-    """The next WAV file the edge wrote to ``folder``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = sorted(wavs(folder) - before)
-        if new:
-            await asyncio.sleep(0.5)  # written whole
-            return new[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"nothing played in {folder} within {timeout:g} s")
-
-
-class Mic:
-    """The kitchen's microphone node: a quiet room on the bus in real time (80 ms blocks), and what is ``say``-d."""
-
-    def __init__(self, pub: Publisher, clock: Any, room: str, node: str) -> None:
-        self.pub, self.clock, self.room, self.node = pub, clock, room, node
-        self.pending = np.zeros(0, np.int16)
-        self.room_noise = media.noise(60.0, dbfs=-60, color="pink")
-
-    def say(self, pcm: np.ndarray) -> None:
-        self.pending = np.concatenate([self.pending, pcm])
-
-    async def run(self) -> None:
-        block = 1280
-        t0, m0, i = self.clock.now(), time.monotonic(), 0
-        while True:
-            room = self.room_noise[(i % len(self.room_noise)) : (i % len(self.room_noise)) + block]
-            if len(room) < block:
-                room = np.resize(room, block)
-            if len(self.pending):
-                piece, self.pending = self.pending[:block], self.pending[block:]
-                room = media.mix(np.pad(piece, (0, block - len(piece))), room)
-            data = room.astype(np.int16).tobytes()
-            await self.pub.publish(BusChunk(room=self.room, source=self.node, time=t0 + i / RATE, rate=RATE, data=data))
-            i += block
-            await asyncio.sleep(max(0.0, m0 + i / RATE - time.monotonic()))
 
 
 async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path: Path) -> None:
@@ -144,27 +108,10 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
         mic_task = asyncio.create_task(mic.run())
         try:
             # --- sensorium's STT, agent and TTS as HA's preferred pipeline (Wyoming)
-            entries = {}
-            for key in ("stt", "tts", "handle"):
-                entries[key] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": p[key]}))["entry_id"]
-            ents = await entities_of(ha, entries)
+            ents = await entities_of(ha, await add_wyoming(ha, {k: p[k] for k in ("stt", "tts", "handle")}))
             async with ha.websocket() as ws:
                 await ws.call("config/core/update", internal_url=ha.url)  # the URLs HA gives devices
-                pipeline = await ws.call(
-                    "assist_pipeline/pipeline/create",
-                    conversation_engine=ents["handle"][0],
-                    conversation_language="en",
-                    language="en",
-                    name="sensorium",
-                    stt_engine=ents["stt"][0],
-                    stt_language="en",
-                    tts_engine=ents["tts"][0],
-                    tts_language="en",
-                    tts_voice=None,
-                    wake_word_entity=None,
-                    wake_word_id=None,
-                )
-                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
+                pipeline = await prefer_sensorium_pipeline(ws, ents)
 
             # --- Settings → Devices & services → ESPHome: host, port, then the site's Noise key
             dev_entries = {}
@@ -213,15 +160,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             answer = await played(tmp_path / "played-kitchen", before)
             answer_text = await read_back(p["stt"], answer.read_bytes())
             assert said(answer_text)[:2] == ["it", "is"], answer_text
-            async with ha.websocket() as ws:
-                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))[
-                    "pipeline_runs"
-                ]
-                run = await ws.call(
-                    "assist_pipeline/pipeline_debug/get",
-                    pipeline_id=pipeline["id"],
-                    pipeline_run_id=runs[-1]["pipeline_run_id"],
-                )
+            run = await last_pipeline_run(ha, pipeline)
             events = {e["type"]: e.get("data") for e in run["events"]}
             assert words(events["stt-end"]["stt_output"]["text"]) == words("[joe] what time is it"), events["stt-end"]
             assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0

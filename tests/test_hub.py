@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from ports import free_tcp_base
 
+from evaluation.ports import free_port, free_tcp_base
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
 from pipeline.client import Client, collect
@@ -41,7 +41,7 @@ async def _publish_wakes(pub: Publisher, n: int, start: int = 0) -> None:
 
 
 async def test_node_up_then_down_then_up(hub: Hub) -> None:
-    sub = Subscriber(hub.endpoints, ["status/"])
+    sub = Subscriber(hub.endpoints, ["node_status/"])
     await asyncio.sleep(0.1)
     link = NodeLink("gpu0", "worker", hub.endpoints, heartbeat=0.1)
     await link.start()
@@ -591,7 +591,7 @@ async def test_a_full_disk_stops_the_hub_loudly(hub_address: str, tmp_path: Path
     _full_disk(tmp_path / "s")
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1), state_dir=tmp_path / "s")
     await h.start()
-    status = Subscriber(h.endpoints, ["status/"])
+    status = Subscriber(h.endpoints, ["node_status/"])
     await asyncio.sleep(0.2)
     try:
         async with NodeLink("gpu0", "worker", h.endpoints, heartbeat=0.1) as link:  # its "up" is the first event
@@ -646,14 +646,6 @@ def test_sensorium_hub_exits_non_zero_when_its_log_cannot_be_written(tmp_path: P
     assert "ERROR" in err and "No space left on device" in err and "stopped rather than run without" in err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(pid: int, port: int, timeout: float = 20.0) -> str:
     import time
 
@@ -675,7 +667,7 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Pa
     import sys
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     line = f'metrics_host = "{host}"\n' if host else ""
     cfg = tmp_path / "deploy.toml"
     cfg.write_text(f'[hub]\naddress = "ipc://{tmp_path}/hub"\nmetrics_port = {port}\n{line}')
@@ -829,7 +821,10 @@ async def test_events_their_sender_may_not_publish_are_never_logged(hub_address:
 
     policy = PublishPolicy(
         rooms=frozenset({"kitchen", "hall"}),
-        kinds={"kitchen-pi": frozenset({"status", "playback", "error"}), "cpu0": frozenset({"wake", "status"})},
+        kinds={
+            "kitchen-pi": frozenset({"node_status", "playback", "error"}),
+            "cpu0": frozenset({"wake", "node_status"}),
+        },
         edge_room={"kitchen-pi": "kitchen"},
     )
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=policy)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
-from ports import free_port
 
+from evaluation.ports import free_port
 from pipeline.bus import Publisher
 from pipeline.config import McpConfig
 from pipeline.messages import AudioChunk, PlaybackStatus, Presence

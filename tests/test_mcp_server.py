@@ -26,11 +26,11 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
-from ports import free_port
 from pydantic import AnyUrl
 
 from bridges.mcp.access import AccessError, check_bind, is_loopback, read_token
 from bridges.mcp.server import SensoriumMcp
+from evaluation.ports import free_port
 from evaluation.session import SAMPLE_UTTERANCES
 from pipeline.bus import Publisher, Subscriber
 from pipeline.client import Client
@@ -199,7 +199,7 @@ async def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(hub: Hu
 
 async def test_speak_tools_reach_the_bus_and_every_call_is_an_event(hub: Hub, pub: Publisher) -> None:
     await play_session(hub, pub)
-    sub = Subscriber(hub.endpoints, ["say/", "stop/"])
+    sub = Subscriber(hub.endpoints, ["say/", "stop_playback/"])
     async with serving(hub) as (_server, url), session(url) as s:
         await asyncio.sleep(0.2)
         said = await call(s, "say", person="sara", text="Dinner is ready.")

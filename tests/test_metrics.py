@@ -9,7 +9,7 @@ from collections import deque
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.metrics import SAMPLES_KEPT, Metrics, SampleRing, percentiles
+from pipeline.metrics import SAMPLES_KEPT, Metrics, SampleRing, percentile, percentiles, summary
 
 
 def test_a_stage_observing_for_hours_holds_no_more_memory_than_at_start() -> None:
@@ -51,6 +51,34 @@ def test_percentiles_of_an_empty_and_a_filled_ring() -> None:
     for v in (5.0, 1.0, 3.0, 2.0, 4.0):  # 5.0 falls out
         ring.append(v)
     assert percentiles(ring, (50,)) == {"p50": 2.0, "max": 4.0, "n": 4.0}
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=80),
+    st.floats(0, 100, allow_nan=False),
+)
+def test_percentile_is_a_measured_value_with_p_percent_at_or_below(values: list[float], p: float) -> None:
+    v = percentile(values, p)
+    assert v in values  # never interpolated
+    n = len(values)
+    at_or_below = sum(x <= v for x in values)
+    below = sum(x < v for x in values)
+    assert at_or_below >= p / 100 * n - 1e-9  # at least p % at or below it …
+    assert below < max(p / 100 * n, 1)  # … and it is the smallest such value
+
+
+def test_percentile_by_hand_and_the_benchmark_summary() -> None:
+    xs = [float(i) for i in range(1, 21)]  # 1..20
+    assert percentile(xs, 50) == 10.0 and percentile(xs, 95) == 19.0 and percentile(xs, 100) == 20.0
+    assert percentile([4.0, 1.0], 50) == 1.0  # the lower middle, not their mean
+    assert percentile([], 50) is None
+    assert summary([0.0101, None, 0.0304, 0.02], scale=1000, digits=1, suffix="_ms", extra=("max",)) == {
+        "n": 3,
+        "p50_ms": 20.0,
+        "p95_ms": 30.4,
+        "max_ms": 30.4,
+    }
+    assert summary([]) == {"n": 0, "p50": None, "p95": None}
 
 
 @given(st.integers(1, 12), st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=60))

@@ -425,7 +425,7 @@ async def test_home_assistant_birth_resends_discovery(
 async def test_commands_reach_the_hub_and_bad_ones_are_refused(
     hub: Hub, broker: Mosquitto, observer: Observer, pub: Publisher, tmp_path: Path
 ) -> None:
-    said = Subscriber(hub.endpoints, ["say/", "stop/"])
+    said = Subscriber(hub.endpoints, ["say/", "stop_playback/"])
     await asyncio.sleep(0.2)
     async with aiomqtt.Client("127.0.0.1", broker.port) as ha:
         # left retained on the broker: it would be spoken again on every reconnect, so it is refused

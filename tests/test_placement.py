@@ -374,7 +374,7 @@ async def test_a_restarted_hub_keeps_the_drain_and_places_every_stream_again(hub
 async def _table_from_bus(hub: object) -> PlacementTable:
     from pipeline.bus import Subscriber
 
-    sub = Subscriber(hub.endpoints, ["assign/"])  # type: ignore[attr-defined]
+    sub = Subscriber(hub.endpoints, ["placement_table/"])  # type: ignore[attr-defined]
     try:
         while True:
             msg = await sub.recv()

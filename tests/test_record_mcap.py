@@ -83,7 +83,7 @@ def test_channels_and_schemas_are_foxglove_readable(tmp_path: Path) -> None:
     enc = {c.topic: c.message_encoding for c in summary.channels.values()}
     assert enc["audio/kitchen/pi"] == RAW_ENCODING
     assert enc["wake/kitchen/gpu0"] == "json"
-    assert enc["budget/-/-"] == "json"
+    assert enc["budget_violation/-/-"] == "json"
     names = {s.name: s for s in summary.schemas.values()}
     schema = json.loads(names["sensorium.WakeDetected"].data)
     assert names["sensorium.WakeDetected"].encoding == "jsonschema"

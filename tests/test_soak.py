@@ -1,5 +1,5 @@
-"""``sensorium soak``: the growth judgement on known series, the per-loop comparison on real events, and a
-three-minute run of the real processes (slow)."""
+"""The soak (``python -m benchmarks.soak``): the growth judgement on known series, the per-loop comparison on
+real events, and a three-minute run of the real processes (slow)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_client_stream_gaps_and_duplicates_are_named() -> None:
 
 def test_cli_refuses_what_it_cannot_judge() -> None:
     def soak(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "sensorium", "soak", *args]
+        cmd = [sys.executable, "-m", "benchmarks.soak", *args]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
 
     r = soak("--duration", "3m", "--interval", "30s")
@@ -153,7 +153,7 @@ def test_three_minutes_of_loops_through_real_processes(tmp_path: Path) -> None:
     loops), so the limits are lifted here; the judgement is tested on known series above and the hour
     of ``benchmarks/soak.py`` is where it counts."""
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "sensorium", "soak", "--duration", "3m", "--interval", "5s", "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.soak", "--duration", "3m", "--interval", "5s", "--dir", str(out)]
     cmd += ["--tcp", "--rss-limit", "100000", "--fd-limit", "100000"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     results = json.loads((out / "soak.json").read_text())

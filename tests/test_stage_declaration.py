@@ -10,9 +10,9 @@ import pytest
 from evaluation.report import event_stages
 from pipeline import messages as m
 from pipeline.client import prefixes_for
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, durations
 from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage, StageOptions, durations
+from pipeline.stage import Stage, StageOptions
 from sensorium.deployment import deployment_from_dict
 from sensorium.registry import STAGES, available, stage_class
 
@@ -53,7 +53,7 @@ def test_every_module_of_nodes_is_a_stage_named_after_it() -> None:
 def test_subscriptions_are_the_families_of_what_a_stage_consumes() -> None:
     stt = stage_class("stt")
     assert stt.topics() == ("audio/", "wake/", "speaker/", "arbitration/", "listen/")
-    assert stage_class("tts").topics() == ("say/", "stop/", "presence/")
+    assert stage_class("tts").topics() == ("say/", "stop_playback/", "presence/")
 
 
 def test_the_report_attributes_answers_from_the_declarations() -> None:
@@ -85,7 +85,8 @@ def test_message_families_come_from_the_classes() -> None:
     assert all(issubclass(c, m.Control) for c in m.CONTROL) and m.Register in m.CONTROL
     assert len(m.ALL) == len(set(m.ALL)) == len(m.BY_TAG)
     # public type names and topic kinds: the client subscribes by either
-    assert prefixes_for(["budget_violation", "node_status", "wake"]) == ["budget/", "status/", "wake/"]
+    assert prefixes_for(["budget_violation", "node_status", "wake"]) == ["budget_violation/", "node_status/", "wake/"]
+    assert prefixes_for(["status"]) == ["node_status/"]  # an old topic kind, still understood
 
 
 def test_every_stage_declares_options_the_same_way() -> None:

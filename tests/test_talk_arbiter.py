@@ -344,7 +344,7 @@ async def test_barge_in_through_the_runtime_cuts_the_answer_and_tells_the_agent(
     turns: list[Turn] = []
     seen: list[tuple[float, Message]] = []
     async with embedded(dep) as env:
-        sub = Subscriber(env.endpoints, ["wake/", "stop/", "playback/"])
+        sub = Subscriber(env.endpoints, ["wake/", "stop_playback/", "playback/"])
 
         async def watch() -> None:
             while True:

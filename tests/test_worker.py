@@ -63,7 +63,7 @@ def test_device_problems_are_explained() -> None:
 async def test_missing_gpu_falls_back_to_cpu_and_says_so(hub: Hub, hub_address: str) -> None:
     if device_problem("cuda:0") is None:
         pytest.skip("this machine has a GPU; the fallback path needs one missing")
-    sub = Subscriber(hub.endpoints, ["status/", "wake/", "stats/"])
+    sub = Subscriber(hub.endpoints, ["node_status/", "wake/", "stats/"])
     await asyncio.sleep(0.1)
     w = Worker(
         _deployment(hub_address, ["cuda:0", "cpu"]),

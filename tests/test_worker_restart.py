@@ -139,5 +139,5 @@ async def test_worker_killed_and_restarted_subscriber_misses_nothing(hub: Hub, h
 def _log_events(hub: Hub, since: int) -> list[Event]:
     from pipeline.codec import from_json
 
-    prefixes = ("wake/", "status/")
+    prefixes = ("wake/", "node_status/")
     return [from_json(e.json) for e in hub.log.since(since, prefixes)]  # type: ignore[misc]

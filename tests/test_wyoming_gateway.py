@@ -336,7 +336,7 @@ async def test_satellite_runs_home_assistants_pipeline_for_the_room_that_won(hub
     Home Assistant's answer on the room's loudspeaker, played when the edge says so; the other room: nothing."""
     p = ports()
     dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p)
-    bus = Subscriber(hub.endpoints, ["listen/", "tts/kitchen/"])
+    bus = Subscriber(hub.endpoints, ["listen/", "tts_audio/kitchen/"])
     pub = Publisher(hub.endpoints)
     room_audio = pcm_noise(1.2, seed=7)
     async with running(dep, hub.endpoints) as gw, Conn(p["kitchen"]) as ha, Conn(p["office"]) as ha_office:

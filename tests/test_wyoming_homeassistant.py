@@ -28,6 +28,7 @@ from wyoming.asr import Transcribe
 from wyoming.audio import AudioStart, AudioStop
 from wyoming_help import deployment, ports, running
 
+from evaluation.homeassistant import add_wyoming, entities_of, prefer_sensorium_pipeline
 from pipeline.media import resample
 from sensorium.cli import main as cli
 from sensorium.embedded import embedded
@@ -63,15 +64,6 @@ async def read_back(stt_port: int, wav_bytes: bytes) -> str:
         return str((await c.until("transcript"))[-1].data["text"])
 
 
-async def entities_of(ha: Any, entry_ids: dict[str, str]) -> dict[str, list[str]]:
-    """Entity ids of each of our config entries (by the role/room it was added for)."""
-    registry = await ha.ws("config/entity_registry/list")
-    by_entry: dict[str, list[str]] = {}
-    for e in registry:
-        by_entry.setdefault(e.get("config_entry_id") or "", []).append(e["entity_id"])
-    return {key: sorted(by_entry.get(entry_id, [])) for key, entry_id in entry_ids.items()}
-
-
 async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_path: Path) -> None:
     ha = home_assistant
     from edge.agent import EdgeAgent
@@ -103,10 +95,7 @@ async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_
         agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, turns=turns))
 
         # --- the user adds each port in Settings → Devices & services → Wyoming Protocol
-        entries = {}
-        for key in ("wake", "stt", "tts", "handle", *ROOMS):
-            entry = await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": p[key]})
-            entries[key] = entry["entry_id"]
+        entries = await add_wyoming(ha, {key: p[key] for key in ("wake", "stt", "tts", "handle", *ROOMS)})
         ents = await entities_of(ha, entries)
         print(f"Home Assistant entities: {ents}")
         assert [e.split(".")[0] for e in ents["wake"]] == ["wake_word"]
@@ -184,21 +173,7 @@ async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_
 
         # --- Assist: sensorium's STT, agent and TTS in the preferred pipeline; the satellites use it
         async with ha.websocket() as ws:
-            pipeline = await ws.call(
-                "assist_pipeline/pipeline/create",
-                conversation_engine=ents["handle"][0],
-                conversation_language="en",
-                language="en",
-                name="sensorium",
-                stt_engine=ents["stt"][0],
-                stt_language="en",
-                tts_engine=ents["tts"][0],
-                tts_language="en",
-                tts_voice=None,
-                wake_word_entity=None,
-                wake_word_id=None,
-            )
-            await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
+            pipeline = await prefer_sensorium_pipeline(ws, ents)
             changes = await ws.subscribe_events("state_changed")
 
             # --- "hey jarvis, what time is it" in the kitchen; the office hears it too, quieter

@@ -340,7 +340,7 @@ async def test_the_agents_answer_is_voiced_before_home_assistant_asks_for_it(hub
     stop = asyncio.Event()
     async with embedded(dep) as env, running(dep, env.endpoints, clock=env.clock) as gw:
         agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock, stop=stop))
-        says = Subscriber(env.endpoints, ["say/", "tts/"])
+        says = Subscriber(env.endpoints, ["say/", "tts_audio/"])
         await asyncio.sleep(0.5)
         async with Conn(p["handle"]) as c:
             await c.send(Transcript(text="say the laundry is done"))

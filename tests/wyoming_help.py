@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from bridges.wyoming.gateway import Gateway
-from bridges.wyoming.offer import Offer
-from pipeline.bus import Endpoints
+from evaluation.homeassistant import wyoming_gateway
+from evaluation.ports import free_ports
 from pipeline.config import Deployment
 from sensorium.deployment import deployment_from_dict
 
@@ -23,17 +19,8 @@ ROOMS = ("kitchen", "office")
 
 def ports() -> dict[str, int]:
     """A free port per service role and per room's satellite, all different."""
-    socks = []
-    try:
-        for _ in range(6):  # held open together, so the OS cannot hand out one port twice
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        keys = ("wake", "stt", "tts", "handle", *ROOMS)
-        return {k: int(s.getsockname()[1]) for k, s in zip(keys, socks, strict=True)}
-    finally:
-        for s in socks:
-            s.close()
+    keys = ("wake", "stt", "tts", "handle", *ROOMS)
+    return dict(zip(keys, free_ports(len(keys)), strict=True))
 
 
 def deployment(
@@ -68,21 +55,8 @@ def deployment(
     return deployment_from_dict(raw, "<test>")
 
 
-@contextlib.asynccontextmanager
-async def running(
-    dep: Deployment, endpoints: Endpoints, offer: Offer | None = None, down_after: float | None = None, **kw: Any
-) -> AsyncIterator[Gateway]:
-    """A started gateway; stopped on exit."""
-    from sensorium.cli.commands.wyoming import offer_for
-
-    gw = Gateway(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
-    if down_after is not None:
-        gw.bus.down_after = down_after
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
+running = wyoming_gateway
+"""A started gateway; stopped on exit (``evaluation.homeassistant.wyoming_gateway``)."""
 
 
 class Conn:

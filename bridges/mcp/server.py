@@ -48,7 +48,7 @@ from bridges.mcp.access import BearerAuth, check_bind, is_loopback
 from pipeline.bus import Endpoints, Publisher
 from pipeline.client import Client
 from pipeline.clock import Clock
-from pipeline.config import McpConfig, parse_duration
+from pipeline.config import McpConfig
 from pipeline.messages import (
     Event,
     EventsLost,
@@ -212,7 +212,7 @@ class SensoriumMcp:
         self.heartbeat = heartbeat
         self.clock = clock
         self.name = config.name
-        self.ask_timeout = parse_duration(config.ask_timeout, "[mcp] ask_timeout")
+        self.ask_timeout = float(config.ask_timeout)
         self.house = state.House(self.rooms, config.transcripts)
         self.client: Client | None = None
         self._publisher: Publisher | None = None

@@ -44,7 +44,7 @@ from pipeline.bus import Endpoints
 from pipeline.client import Client
 from pipeline.clock import Clock
 from pipeline.codec import to_json
-from pipeline.config import MqttConfig, parse_duration
+from pipeline.config import MqttConfig
 from pipeline.messages import Event, EventsLost, InputError, Presence, Transcript
 from pipeline.security import CurveKeys
 
@@ -120,7 +120,7 @@ class Bridge:
         self.name = name or f"mqtt-{config.site}"
         self.state_path = Path(data_dir) / f"mqtt-{config.site}.json"
         self._people_source = people or (lambda: list(config.people))
-        self.refresh = parse_duration(config.refresh, "[mqtt] refresh")
+        self.refresh = float(config.refresh)
         self.expire_after = math.ceil(3 * self.refresh) if self.refresh > 0 else 0
         self.client_id = config.client_id or f"sensorium-{config.site}"
         self.stats = BridgeStats()

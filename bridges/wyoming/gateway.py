@@ -185,7 +185,7 @@ class Gateway:
         self.clock = clock or Clock()
         endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
         self.speaker_wait = parse_duration(cfg.speaker_wait, "[wyoming] speaker_wait")
-        prefixes = ["wake/", "transcript/", "speaker/", "say/", "tts/-/", "error/", "arbitration/", "playback/"]
+        prefixes = ["wake/", "transcript/", "speaker/", "say/", "tts_audio/-/", "error/", "arbitration/", "playback/"]
         prefixes += [f"audio/{room}/" for room in cfg.satellites]
         self.bus = Bus(
             endpoints,
@@ -226,7 +226,7 @@ class Gateway:
             self.bus.listen("transcript", self._on_transcript),
             self.bus.listen("speaker", self._on_speaker),
             self.bus.listen("say", self._on_say),
-            self.bus.listen("tts", self._on_tts),
+            self.bus.listen("tts_audio", self._on_tts),
             self.bus.listen("error", self._on_error),
         ]
         by_port: dict[int, list[str]] = {}

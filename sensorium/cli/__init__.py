@@ -32,8 +32,6 @@ COMMANDS = [
     "record",
     "replay",
     "session",
-    "bench",
-    "soak",
     "doctor",
     "graph",
 ]

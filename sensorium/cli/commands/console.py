@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from bridges.console.service import Console
     from bridges.console.store import Store
     from pipeline.client import Client
-    from pipeline.config import ConfigError, ConsoleConfig, parse_duration
+    from pipeline.config import ConfigError, ConsoleConfig
     from pipeline.security import KeyError_, node_keys
     from sensorium.deployment import load_deployment
     from sensorium.enrollment import ConsoleIdentity
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
             if len(token) < 16:
                 raise ConfigError(f"[console] token_file {cfg.token_file}: the token must be at least 16 characters")
         curve = node_keys(cfg.keys, "console") if cfg.keys else None
-        retention = parse_duration(cfg.retention, "[console] retention")
-        face_every = parse_duration(cfg.face_every, "[console] face_every")
+        retention = float(cfg.retention)
+        face_every = float(cfg.face_every)
     except (ConfigError, KeyError_, ValueError) as exc:
         print(f"sensorium console: {exc}", file=sys.stderr)
         return 2

@@ -9,8 +9,6 @@ integration with the key in ``key_file``. See docs/home-assistant.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
 HELP = "serve each room as an ESPHome voice device for Home Assistant (announce, start_conversation)"
 
@@ -21,36 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
-    from sensorium.deployment import load_deployment
+    from sensorium.cli.commands.serving import deployment_with, fail, missing_extra, serve_forever
 
     try:
         from bridges.esphome.server import Server
     except ImportError as exc:
-        print(f"sensorium esphome: {exc.name} is not installed: install the 'bridges' extra", file=sys.stderr)
-        return 2
+        return missing_extra("esphome", exc)
     try:
-        dep = load_deployment(args.config)
-        if dep.esphome is None:
-            raise ConfigError(f"{args.config}: no [esphome] table (see docs/home-assistant.md)")
+        dep = deployment_with(args.config, "esphome")
+        assert dep.esphome is not None
         words = list(dep.stages["wake"].options.models) if "wake" in dep.stages else None
         server = Server(dep, wake_words=words)
     except ConfigError as exc:
-        print(f"sensorium esphome: {exc}", file=sys.stderr)
-        return 2
+        return fail("esphome", exc)
     devs = ", ".join(f"{d.room} {d.name}:{d.port}" for d in server.devices.values())
     enc = f"Noise key in {dep.esphome.key_file}" if server.psk else "no encryption"
     print(f"esphome {server.name} on {dep.esphome.host}: {devs or 'no devices'}; {enc}", flush=True)
-
-    async def main() -> int:
-        try:
-            await server.start()
-        except OSError as exc:
-            print(f"sensorium esphome: {exc}", file=sys.stderr)
-            return 2
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-        return 0
-
-    return asyncio.run(main())
+    return serve_forever("esphome", server)

@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     from bridges.mcp.access import AccessError, check_bind, read_token
     from bridges.mcp.server import SensoriumMcp
-    from pipeline.config import ConfigError, McpConfig, parse_duration
+    from pipeline.config import ConfigError, McpConfig
     from pipeline.security import KeyError_, node_keys
-    from sensorium.cli.commands.mqtt import gallery_people
+    from sensorium.bridging import gallery_people
     from sensorium.deployment import load_deployment
 
     try:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             people=gallery_people(dep.data_dir / "gallery.db"),
             token=token,
             curve=curve,
-            heartbeat=parse_duration(dep.hub.heartbeat, "[hub] heartbeat"),
+            heartbeat=float(dep.hub.heartbeat),
         )
     except (ConfigError, KeyError_, AccessError, ValueError) as exc:
         print(f"sensorium mcp: {exc}", file=sys.stderr)

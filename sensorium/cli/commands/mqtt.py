@@ -10,13 +10,10 @@ topics, the entities Home Assistant gets and a sample automation.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 HELP = "bridge presence and events to MQTT with Home Assistant discovery; commands back"
-log = logging.getLogger("sensorium.mqtt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,29 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def gallery_people(path: Path) -> Callable[[], list[str]]:
-    """Reads the enrolled people from the gallery file each time it is called (none while it is missing)."""
-    warned = False
-
-    def read() -> list[str]:
-        nonlocal warned
-        if not path.exists():
-            if not warned:
-                log.warning("no gallery at %s yet: no person entities until people are enrolled", path)
-                warned = True
-            return []
-        from models.gallery import Gallery
-
-        with Gallery(path) as g:
-            return list(g.people())
-
-    return read
-
-
 def run(args: argparse.Namespace) -> int:
     from bridges.mqtt.bridge import Bridge, BridgeError, run_bridge
-    from pipeline.config import ConfigError, parse_duration
+    from pipeline.config import ConfigError
     from pipeline.security import KeyError_, node_keys
+    from sensorium.bridging import gallery_people
     from sensorium.deployment import load_deployment
 
     try:
@@ -75,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir=Path(args.state) if args.state else dep.data_dir,
             people=people,
             curve=curve,
-            heartbeat=parse_duration(dep.hub.heartbeat, "[hub] heartbeat"),
+            heartbeat=float(dep.hub.heartbeat),
             name=name,
         )
     except (ConfigError, KeyError_, BridgeError, ValueError) as exc:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        sub = Subscriber(endpoints, ["stats/", "status/", "assign/"], curve=curve)
+        sub = Subscriber(endpoints, ["stats/", "node_status/", "placement_table/"], curve=curve)
         placement: PlacementTable | None = None
         stats: dict[tuple[str, str], StageStats] = {}
         nodes: dict[str, str] = {}

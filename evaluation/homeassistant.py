@@ -1,4 +1,4 @@
-"""A real Home Assistant for tests: HA core from ``.venv-homeassistant``, started, onboarded and driven over its API.
+"""A real Home Assistant for tests and benchmarks: HA core from ``.venv-homeassistant``, started, onboarded, driven.
 
 ``HomeAssistant(config_dir, extra_config).start()`` writes a minimal ``configuration.yaml`` (no
 ``default_config``: only HTTP on a free loopback port, the API and what ``extra_config`` adds), runs
@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ports import free_port
+import numpy as np
+
+from evaluation.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HA_VENV = REPO / ".venv-homeassistant"
@@ -89,14 +91,16 @@ class WebSocket:
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str, timeout: float = 10.0) -> WebSocket:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         await writer.drain()
-        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)).decode("latin-1")
+        async with asyncio.timeout(timeout):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status, *lines = head.strip().split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
         accept = base64.b64encode(hashlib.sha1((key + cls._GUID).encode()).digest()).decode()
@@ -190,7 +194,8 @@ class HomeAssistantWebSocket:
         if events is not None:
             self._events[msg_id] = events  # before sending: the first event may follow the result at once
         await self.sock.send(json.dumps({"id": msg_id, "type": type_, **fields}))
-        reply = await asyncio.wait_for(fut, timeout)
+        async with asyncio.timeout(timeout):
+            reply = await fut
         if not reply.get("success"):
             self._events.pop(msg_id, None)
             raise HomeAssistantError(f"WebSocket {type_} failed: {reply.get('error')}")
@@ -468,3 +473,126 @@ def running(config_dir: str | Path, extra_config: str = "", timeout: float = 180
         yield ha
     finally:
         ha.stop()
+
+
+# ------------------------------------------------------------------- the rig around sensorium's devices
+# What the Home Assistant tests and benchmarks of the Wyoming and ESPHome bridges set up alike.
+
+
+async def entities_of(ha: HomeAssistant, entry_ids: dict[str, str]) -> dict[str, list[str]]:
+    """Entity ids of each of our config entries (by the role/room it was added for)."""
+    registry = await ha.ws("config/entity_registry/list")
+    by_entry: dict[str, list[str]] = {}
+    for e in registry:
+        by_entry.setdefault(e.get("config_entry_id") or "", []).append(e["entity_id"])
+    return {key: sorted(by_entry.get(entry_id, [])) for key, entry_id in entry_ids.items()}
+
+
+async def add_wyoming(ha: HomeAssistant, ports: dict[str, int]) -> dict[str, str]:
+    """Each of sensorium's Wyoming ports added to HA's Wyoming integration, as a user does: key → entry id."""
+    out = {}
+    for key, port in ports.items():
+        out[key] = (await ha.add_integration("wyoming", {"host": "127.0.0.1", "port": port}))["entry_id"]
+    return out
+
+
+async def prefer_sensorium_pipeline(ws: Any, entities: dict[str, list[str]]) -> dict[str, Any]:
+    """An Assist pipeline of sensorium's speech-to-text, conversation agent and text-to-speech (the entities of
+    the ``stt``, ``handle`` and ``tts`` entries), made HA's preferred one, over an open WebSocket ``ws``."""
+    pipeline = await ws.call(
+        "assist_pipeline/pipeline/create",
+        conversation_engine=entities["handle"][0],
+        conversation_language="en",
+        language="en",
+        name="sensorium",
+        stt_engine=entities["stt"][0],
+        stt_language="en",
+        tts_engine=entities["tts"][0],
+        tts_language="en",
+        tts_voice=None,
+        wake_word_entity=None,
+        wake_word_id=None,
+    )
+    await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=pipeline["id"])
+    return pipeline
+
+
+async def last_pipeline_run(ha: HomeAssistant, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The latest run of an Assist ``pipeline`` as HA's debug view shows it (its events with their timestamps)."""
+    async with ha.websocket() as ws:
+        runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=pipeline["id"]))["pipeline_runs"]
+        return await ws.call(
+            "assist_pipeline/pipeline_debug/get",
+            pipeline_id=pipeline["id"],
+            pipeline_run_id=runs[-1]["pipeline_run_id"],
+        )
+
+
+def wavs(folder: Path) -> set[Path]:
+    """The WAV files an edge's player wrote to ``folder`` so far."""
+    return set(folder.glob("*.wav")) if folder.exists() else set()
+
+
+async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path:
+    """The next WAV file the edge wrote to ``folder``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(wavs(folder) - before)
+        if new:
+            await asyncio.sleep(0.5)  # written whole
+            return new[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing played in {folder} within {timeout:g} s")
+
+
+class Mic:
+    """A room's microphone node: a quiet room on the bus in real time (80 ms blocks), and what is ``say``-d."""
+
+    def __init__(self, pub: Any, clock: Any, room: str, node: str) -> None:
+        from evaluation import media
+
+        self.pub, self.clock, self.room, self.node = pub, clock, room, node
+        self.pending = np.zeros(0, np.int16)
+        self.room_noise = media.noise(60.0, dbfs=-60, color="pink")
+
+    def say(self, pcm: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, pcm])
+
+    async def run(self) -> None:
+        from evaluation import media
+        from pipeline.messages import AudioChunk
+
+        block, rate = 1280, media.RATE
+        t0, m0, i = self.clock.now(), time.monotonic(), 0
+        while True:
+            room = self.room_noise[(i % len(self.room_noise)) : (i % len(self.room_noise)) + block]
+            if len(room) < block:
+                room = np.resize(room, block)
+            if len(self.pending):
+                piece, self.pending = self.pending[:block], self.pending[block:]
+                room = media.mix(np.pad(piece, (0, block - len(piece))), room)
+            data = room.astype(np.int16).tobytes()
+            await self.pub.publish(
+                AudioChunk(room=self.room, source=self.node, time=t0 + i / rate, rate=rate, data=data)
+            )
+            i += block
+            await asyncio.sleep(max(0.0, m0 + i / rate - time.monotonic()))
+
+
+@contextlib.asynccontextmanager
+async def wyoming_gateway(
+    dep: Any, endpoints: Any, offer: Any = None, down_after: float | None = None, **kw: Any
+) -> AsyncIterator[Any]:
+    """sensorium's Wyoming gateway for ``dep`` on ``endpoints`` (what ``offer_for`` says its stages offer, unless
+    ``offer``), started; stopped on exit. ``down_after``: how soon it counts a silent stage as down."""
+    from bridges.wyoming.gateway import Gateway
+    from sensorium.bridging import offer_for
+
+    gw = Gateway(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
+    if down_after is not None:
+        gw.bus.down_after = down_after
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
