@@ -2,8 +2,9 @@
 
 * **state tools**: ``who_is_home``, ``where_is``, ``room_occupants``, ``last_seen`` and
   ``recent_transcripts`` called one after another over three transports: the MCP SDK's own client over
-  streamable HTTP and over SSE (Home Assistant's transport), and plain JSON-RPC posts over streamable HTTP
-  (a client that does not re-check results against the tool's schema), while a load generator gives the
+  streamable HTTP and over SSE, Home Assistant 2025.4.4's own MCP client (``mcp`` 1.5.0 over SSE, run in
+  ``.venv-homeassistant`` by ``benchmarks/peers/mcp_ha_client.py``), and plain JSON-RPC posts over streamable
+  HTTP (a client that does not re-check results against the tool's schema), while a load generator gives the
   hub a two-room home's traffic: a microphone stream per room in real time (12.5 chunks/s), a camera's
   detections at 6.25 fps per room, presence confirmations every second, and a voice command with its
   speaker every 3 s. p50/p95 of the client's wall time per call (goal < 20 ms).
@@ -42,7 +43,9 @@ if str(ROOT) not in sys.path:
 
 ROOMS = ["kitchen", "living_room"]
 WHERE = {"joe": "kitchen", "rob": "kitchen", "sara": "living_room"}
-TRANSPORTS = ("streamable_http", "sse", "raw_json_rpc")
+TRANSPORTS = ("streamable_http", "sse", "ha_sse", "raw_json_rpc")
+HA_PYTHON = ROOT / ".venv-homeassistant" / "bin" / "python"
+"""Home Assistant 2025.4.4's venv (``scripts/setup.sh``): its MCP client is ``mcp`` 1.5.0."""
 SERVERS = ("before", "after")
 """before: connections without TCP_NODELAY (as served until now); after: ``SensoriumMcp.serve_http``."""
 
@@ -171,6 +174,21 @@ async def _sdk(url: str, transport: str, calls: dict[str, dict[str, Any]], n: in
     return res
 
 
+async def _home_assistant(url: str, calls: dict[str, dict[str, Any]], n: int) -> dict[str, Any]:
+    """The calls through Home Assistant 2025.4.4's MCP client (``mcp`` 1.5.0, SSE), in Home Assistant's venv."""
+    import json
+
+    proc = await asyncio.create_subprocess_exec(
+        str(HA_PYTHON), str(ROOT / "benchmarks" / "peers" / "mcp_ha_client.py"),
+        "--url", url, "--calls", json.dumps(calls), "-n", str(n),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"Home Assistant's MCP client failed (exit {proc.returncode}): {err.decode()[-2000:]}")
+    return {tool: _pcts(times) for tool, times in json.loads(out).items()}
+
+
 async def state_tools(n: int) -> dict[str, Any]:
     from evaluation.mcp_house import free_port
     from pipeline.client import Client
@@ -199,6 +217,9 @@ async def state_tools(n: int) -> dict[str, Any]:
                         url = f"http://127.0.0.1:{ports[name]}"
                         if transport == "raw_json_rpc":
                             out[name][transport] = await _raw(f"{url}/mcp", calls, n)
+                        elif transport == "ha_sse":
+                            if HA_PYTHON.exists():
+                                out[name][transport] = await _home_assistant(f"{url}/sse", calls, n)
                         else:
                             out[name][transport] = await _sdk(url, transport, calls, n)
                 server_ms: dict[str, list[float]] = {}
@@ -319,6 +340,7 @@ def render(r: dict[str, Any]) -> str:
     names = {
         "streamable_http": "SDK client, streamable HTTP",
         "sse": "SDK client, SSE",
+        "ha_sse": "Home Assistant's client (mcp 1.5.0), SSE",
         "raw_json_rpc": "JSON-RPC post",
     }
     head = " | ".join(f"{names[t]}: before → after" for t in TRANSPORTS)
@@ -330,12 +352,15 @@ def render(r: dict[str, Any]) -> str:
     for tool in st["after"]["streamable_http"]:
         cells = []
         for t in TRANSPORTS:
+            if t not in st["after"]:  # no Home Assistant venv
+                cells.append("(not run)")
+                continue
             b, a = st["before"][t][tool], st["after"][t][tool]
             cells.append(f"{b['p50_ms']} / {b['p95_ms']} → {a['p50_ms']} / {a['p95_ms']}")
         srv = st["in_server"][tool]
         lines.append(f"| {tool} | {' | '.join(cells)} | {srv['p50_ms']} / {srv['p95_ms']} |")
     b = st["baseline_client_snapshot"]
-    lines.append(f"| (today: Client.snapshot) | {b['p50_ms']} / {b['p95_ms']} | | | |")
+    lines.append(f"| (today: Client.snapshot) | {b['p50_ms']} / {b['p95_ms']} |" + " |" * len(TRANSPORTS))
     lines.append(f"load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after")
     a = r["ask"]
     lines.append("")
