@@ -178,6 +178,32 @@ async def test_tools_over_streamable_http_answer_from_the_session(hub: Hub, pub:
         assert len((await call(s, "recent_transcripts", since=600))["transcripts"]) == len(SAMPLE_UTTERANCES)
 
 
+async def test_output_schemas_are_draft_7_and_still_check_the_results(hub: Hub, pub: Publisher) -> None:
+    """The SDK's client validates every result against its tool's output schema; declared draft 7 (checking
+    the schema itself costs a fraction of 2020-12's), they are valid draft-7 schemas that still catch a wrong
+    value, nested ones (``$defs``) included."""
+    import jsonschema
+
+    from bridges.mcp.server import OUTPUT_SCHEMA_DIALECT
+
+    await play_session(hub, pub)
+    async with serving(hub) as (_server, url), session(url) as s:
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert OUTPUT_SCHEMA_DIALECT == "http://json-schema.org/draft-07/schema#"
+        for tool in tools.values():
+            assert tool.outputSchema is not None and tool.outputSchema["$schema"] == OUTPUT_SCHEMA_DIALECT, tool.name
+            jsonschema.Draft7Validator.check_schema(tool.outputSchema)
+            assert "$schema" not in tool.inputSchema  # Home Assistant converts input schemas: left as they were
+        home = await call(s, "who_is_home")  # the SDK's client validated it already
+        schema = tools["who_is_home"].outputSchema
+        jsonschema.validate(home, schema)
+        wrong = {**home, "people": [{**home["people"][0], "room": 5}]}
+        with pytest.raises(jsonschema.ValidationError, match="5 is not of type"):
+            jsonschema.validate(wrong, schema)
+        with pytest.raises(jsonschema.ValidationError, match="'total' is a required property"):
+            jsonschema.validate({k: v for k, v in home.items() if k != "total"}, schema)
+
+
 async def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(hub: Hub, pub: Publisher) -> None:
     await play_session(hub, pub)
     async with serving(hub) as (_server, url), session(url) as s:

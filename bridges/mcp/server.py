@@ -210,10 +210,25 @@ def quiet_client_closes() -> None:
         sdk.addFilter(_QuietClientClose())
 
 
+OUTPUT_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+"""``$schema`` of the tools' output schemas. The MCP SDK's client (1.x) checks every structured result with
+``jsonschema.validate``, which first checks the schema itself against its dialect's metaschema on every call:
+against 2020-12 (the default without ``$schema``) that took 7-22 ms a call on this project's 2-core machine
+under load, against draft 7 1.5-3 ms. The schemas pydantic writes for the results use nothing draft 7 lacks
+(``$defs`` is found by its JSON pointer; no ``$ref`` has sibling keywords)."""
+
+
 class _Server(FastMCP):
     """FastMCP whose every tool call goes through ``SensoriumMcp._called`` (timed, logged as an event)."""
 
     owner: "SensoriumMcp"
+
+    async def list_tools(self) -> list[types.Tool]:
+        tools = await super().list_tools()
+        for tool in tools:
+            if tool.outputSchema is not None and "$schema" not in tool.outputSchema:
+                tool.outputSchema = {"$schema": OUTPUT_SCHEMA_DIALECT, **tool.outputSchema}
+        return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
         ctx = self.get_context()
