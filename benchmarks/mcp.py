@@ -11,7 +11,8 @@
   Side by side, one server each on the same hub at the same time: **before**, the server as it was served
   until now (uvicorn on a socket bound as ``socket.socket(AF_INET)``: protocol 0, so asyncio never set
   ``TCP_NODELAY`` on its connections and a response written in two pieces waited for the client's delayed
-  ACK) and **after**, ``SensoriumMcp.serve_http`` (``bridges.mcp.server.listen_socket``). Beside them,
+  ACK; output schemas without ``$schema``, which the SDK's client checks as 2020-12 on every call) and
+  **after**, ``SensoriumMcp.serve_http`` (``bridges.mcp.server.listen_socket``; draft-7 output schemas). Beside them,
   today's way for an agent to ask who is home: ``pipeline.client.Client.snapshot()`` (one hub round trip).
 * **ask**: the real pipeline (tts, stt, speaker ID on the CPU; edges playing the question into WAV
   files) and a synthesized answer spoken into the room's microphone stream after the question has
@@ -137,6 +138,13 @@ async def _server(hub: Any, port: int, before: bool) -> AsyncIterator[Any]:
 
     config = McpConfig(port=port, name="mcp-before" if before else "mcp-after")  # two hub clients, two names
     server = SensoriumMcp(config, ROOMS, hub.endpoints, people=lambda: list(WHERE), heartbeat=0.25, clock=hub.clock)
+    if before:  # the tools' output schemas as listed until now: without "$schema" (clients check them as 2020-12)
+        from mcp.server.fastmcp import FastMCP
+
+        async def tools_as_before() -> list[Any]:
+            return await FastMCP.list_tools(server.mcp)
+
+        server.mcp._mcp_server.list_tools()(tools_as_before)
     async with server.connected():
         started = asyncio.Event()
         serve = _serve_before(server, port, started) if before else server.serve_http(config.host, port, started)
@@ -345,7 +353,7 @@ def render(r: dict[str, Any]) -> str:
     }
     head = " | ".join(f"{names[t]}: before → after" for t in TRANSPORTS)
     lines = [
-        "p50 / p95 ms per call; before: no TCP_NODELAY (as served until now), after: today's server",
+        "p50 / p95 ms per call; before: as served until now (no TCP_NODELAY, 2020-12 output schemas), after: today's",
         f"| tool | {head} | in the server |",
         "|---|" + "---|" * (len(TRANSPORTS) + 1),
     ]
