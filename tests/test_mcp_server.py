@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from mcp import ClientSession, StdioServerParameters, types
@@ -174,6 +176,32 @@ async def test_tools_over_streamable_http_answer_from_the_session(hub: Hub, pub:
         assert [u["text"] for u in joe["transcripts"]] == [c for _, p, _, c in SAMPLE_UTTERANCES if p == "joe"][-2:]
         assert (await call(s, "recent_transcripts", since=0.001))["transcripts"] == []
         assert len((await call(s, "recent_transcripts", since=600))["transcripts"]) == len(SAMPLE_UTTERANCES)
+
+
+async def test_output_schemas_are_draft_7_and_still_check_the_results(hub: Hub, pub: Publisher) -> None:
+    """The SDK's client validates every result against its tool's output schema; declared draft 7 (checking
+    the schema itself costs a fraction of 2020-12's), they are valid draft-7 schemas that still catch a wrong
+    value, nested ones (``$defs``) included."""
+    import jsonschema
+
+    from bridges.mcp.server import OUTPUT_SCHEMA_DIALECT
+
+    await play_session(hub, pub)
+    async with serving(hub) as (_server, url), session(url) as s:
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert OUTPUT_SCHEMA_DIALECT == "http://json-schema.org/draft-07/schema#"
+        for tool in tools.values():
+            assert tool.outputSchema is not None and tool.outputSchema["$schema"] == OUTPUT_SCHEMA_DIALECT, tool.name
+            jsonschema.Draft7Validator.check_schema(tool.outputSchema)
+            assert "$schema" not in tool.inputSchema  # Home Assistant converts input schemas: left as they were
+        home = await call(s, "who_is_home")  # the SDK's client validated it already
+        schema = tools["who_is_home"].outputSchema
+        jsonschema.validate(home, schema)
+        wrong = {**home, "people": [{**home["people"][0], "room": 5}]}
+        with pytest.raises(jsonschema.ValidationError, match="5 is not of type"):
+            jsonschema.validate(wrong, schema)
+        with pytest.raises(jsonschema.ValidationError, match="'total' is a required property"):
+            jsonschema.validate({k: v for k, v in home.items() if k != "total"}, schema)
 
 
 async def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(hub: Hub, pub: Publisher) -> None:
@@ -335,6 +363,62 @@ async def test_sse_transport(hub: Hub, pub: Publisher) -> None:
         await s.initialize()
         assert {t.name for t in (await s.list_tools()).tools} == STATE_TOOLS | SPEAK_TOOLS
         assert (await call(s, "where_is", person="sara"))["room"] == "living_room"
+
+
+async def test_a_client_closing_its_session_is_not_an_error(
+    hub: Hub, pub: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's client ends its streamable-HTTP session (DELETE) on exit; the SDK server logged that as
+    ERROR "Error in standalone SSE writer" (ClosedResourceError). A real error there is still logged."""
+    await play_session(hub, pub)
+    async with serving(hub) as (_server, url):
+        for _ in range(2):
+            async with session(url) as s:
+                assert (await call(s, "where_is", person="joe"))["room"] == "kitchen"
+        async with sse_client(f"{url}/sse") as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            assert (await call(s, "where_is", person="sara"))["room"] == "living_room"
+        await asyncio.sleep(0.3)  # the server has ended those sessions
+        async with session(url) as s:  # and keeps serving
+            assert (await call(s, "who_is_home"))["total"] == 4
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [(r.name, r.getMessage(), r.exc_info) for r in errors]
+
+    sdk = logging.getLogger("mcp.server.streamable_http")
+    for exc in (anyio.ClosedResourceError(), RuntimeError("the event could not be encoded")):
+        try:
+            raise exc
+        except Exception:
+            sdk.exception("Error in standalone SSE writer")
+    kept = [r for r in caplog.records if r.name == sdk.name and r.levelno == logging.ERROR]
+    assert [type(r.exc_info[1]) for r in kept if r.exc_info] == [RuntimeError]
+
+
+async def test_http_connections_send_without_waiting_for_acks() -> None:
+    """The server's socket gives its connections TCP_NODELAY (asyncio sets it only for IPPROTO_TCP sockets):
+    without it a response written in two pieces waits for the client's delayed ACK (~40 ms a call)."""
+    import socket
+
+    from bridges.mcp.server import listen_socket
+
+    async def nodelay(sock: socket.socket) -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_client(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            accepted.set_result(w.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            w.close()
+
+        server = await asyncio.start_server(on_client, sock=sock)
+        async with server:
+            _r, w = await asyncio.open_connection(*sock.getsockname()[:2])
+            got = await asyncio.wait_for(accepted, 5)
+            w.close()
+        return got
+
+    assert await nodelay(listen_socket("127.0.0.1", free_port())) != 0
+    plain = socket.socket(socket.AF_INET)  # what the server bound before: its connections waited for ACKs
+    plain.bind(("127.0.0.1", 0))
+    assert await nodelay(plain) == 0
 
 
 def _deploy(tmp_path: Path, hub_address: str) -> Path:
