@@ -31,7 +31,7 @@ from edge.echo import ReferenceTap
 from pipeline.aec import EchoCanceller
 from pipeline.clock import Clock
 from pipeline.config import Deployment, EdgeConfig, parse_duration
-from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
+from pipeline.messages import AudioChunk, Message, NodeStatus, PlaybackGain, StopPlayback, TtsAudio, VideoFrame
 
 log = logging.getLogger("sensorium.edge")
 
@@ -402,7 +402,9 @@ class EdgeAgent:
         from pipeline.bus import Endpoints, Subscriber
 
         sub = Subscriber(
-            Endpoints.from_address(self.address), [f"tts/{self.room}/", f"stop/{self.room}/"], curve=self._curve
+            Endpoints.from_address(self.address),
+            [f"tts/{self.room}/", f"stop/{self.room}/", f"gain/{self.room}/"],
+            curve=self._curve,
         )
         try:
             async for msg in sub:
@@ -410,6 +412,8 @@ class EdgeAgent:
                     await self.player.feed(msg)
                 elif isinstance(msg, StopPlayback):
                     await self.player.stop(msg.answer_id)
+                elif isinstance(msg, PlaybackGain):
+                    self.player.set_gain(msg.volume, msg.muted)
         finally:
             sub.close()
 
