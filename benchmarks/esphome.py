@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -150,6 +151,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
                     before = wavs(folder / f"played-{room}")
                     n_audio = len(first_audio[room])
                     end = time.monotonic() + len(utterance) / 16000 + 0.1
+                    logging.getLogger("sensorium.esphome").debug("benchmark: %s: end of speech at %.3f", room, end)
                     mics[room].say(utterance)
                     try:
                         await played(folder / f"played-{room}", before, timeout=40)
@@ -256,12 +258,13 @@ def render(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="the ESPHome device's timing log lines")
     add_out(ap, ROOT / "benchmarks" / "results" / "esphome.json")
     a = ap.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("sensorium.esphome").setLevel(logging.INFO)
+    logging.getLogger("sensorium.esphome").setLevel(logging.DEBUG if a.debug else logging.INFO)
     res = run(a.quick)
     a.out.write_text(json.dumps(res, indent=2, default=str))
     print(render(res))

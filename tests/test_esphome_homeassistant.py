@@ -67,6 +67,16 @@ async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path
     raise AssertionError(f"nothing played in {folder} within {timeout:g} s")
 
 
+def peak(path: Path) -> int:
+    with wave.open(str(path)) as w:
+        return int(np.abs(np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int32)).max(initial=0))
+
+
+def frames(path: Path) -> int:
+    with wave.open(str(path)) as w:
+        return w.getnframes()
+
+
 class Mic:
     """The kitchen's microphone node: a quiet room on the bus in real time (80 ms blocks), and what is ``say``-d."""
 
@@ -181,6 +191,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             for room in ROOMS:
                 assert states[sats[room]]["state"] == "idle", states[sats[room]]
                 assert states[sats[room]]["attributes"]["supported_features"] == 3  # ANNOUNCE | START_CONVERSATION
+                assert any(e.startswith("media_player.") for e in dev_ents[room]), dev_ents
 
             # --- announce in the kitchen (after HA's preannounce sound): heard there, only there
             t0 = time.monotonic()
@@ -234,6 +245,61 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             assert wavs(tmp_path / "played-kitchen") == before
             assert server.devices["kitchen"].announcements == 2 and server.devices["kitchen"].pipelines == 1
             print(f"announce call took {announce_s:.2f} s; pipeline events {list(events)}")
+
+            # --- the kitchen's media player: volume set in HA → the edge plays the announcement that much quieter
+            player = next(e for e in dev_ents["kitchen"] if e.startswith("media_player."))
+            assert any(e.startswith("select.") and "wake_word" in e for e in dev_ents["kitchen"]), dev_ents
+            loud = peak(wav)
+            await ha.request(
+                "POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 0.25}
+            )
+            async with asyncio.timeout(10):
+                while (await ha.states())[player]["attributes"].get("volume_level") != 0.25:
+                    await asyncio.sleep(0.1)
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request(
+                "POST",
+                "/api/services/assist_satellite/announce",
+                {"entity_id": sats["kitchen"], "message": "The laundry is done.", "preannounce": False},
+            )
+            quiet = peak(await played(tmp_path / "played-kitchen", before))
+            assert 0.2 < quiet / loud < 0.3, (quiet, loud)  # HA's TTS cache: the same audio, at a quarter
+            await ha.request("POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 1})
+
+            # --- a timer set by voice with HA's own agent (its timer intents): it finishes and is heard
+            async with ha.websocket() as ws:
+                timers = await ws.call(
+                    "assist_pipeline/pipeline/create",
+                    conversation_engine="conversation.home_assistant",
+                    conversation_language="en",
+                    language="en",
+                    name="timers",
+                    stt_engine=ents["stt"][0],
+                    stt_language="en",
+                    tts_engine=ents["tts"][0],
+                    tts_language="en",
+                    tts_voice=None,
+                    wake_word_entity=None,
+                    wake_word_id=None,
+                )
+                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=timers["id"])
+            before = wavs(tmp_path / "played-kitchen")
+            await asyncio.sleep(1.0)
+            mic.say(
+                media.concat(
+                    0.3, media.speech("hey jarvis", "piper:joe"), 0.4, media.speech("set a timer for 5 seconds")
+                )
+            )
+            heard_lines: list[str] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any("done" in said(h) for h in heard_lines):
+                new = await played(tmp_path / "played-kitchen", before, timeout=max(deadline - time.monotonic(), 1))
+                before.add(new)
+                if peak(new) > 0 and frames(new) > 0.7 * 22050:  # speech (the timer sounds are shorter)
+                    heard_lines.append(await read_back(p["stt"], new.read_bytes()))
+            print(f"heard around the timer: {heard_lines}")
+            assert any(said(h)[-3:] == ["timer", "is", "done"] and "second" in said(h) for h in heard_lines)
+            assert server.devices["kitchen"].timers == {}
         finally:
             mic_task.cancel()
             for a in speakers:
