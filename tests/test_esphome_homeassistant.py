@@ -5,7 +5,9 @@ HA's Assist pipeline is sensorium's (its Wyoming STT, conversation agent and TTS
 services drive the devices: ``assist_satellite.announce`` is heard on the kitchen's edge (our STT reads
 it back), and the guide's automation (alice enters the kitchen → ``start_conversation``) plays its
 prompt in the kitchen, after which the next command, spoken without a wake word, is answered there;
-HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``).
+HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``);
+the kitchen's media player exists, and a volume set in HA makes the edge play the next announcement
+at that gain.
 
 The kitchen's microphone is the test itself (it publishes the command's audio on the bus as the
 kitchen's microphone node would, after the prompt has played); its loudspeaker is a real edge agent
@@ -70,11 +72,6 @@ async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path
 def peak(path: Path) -> int:
     with wave.open(str(path)) as w:
         return int(np.abs(np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int32)).max(initial=0))
-
-
-def frames(path: Path) -> int:
-    with wave.open(str(path)) as w:
-        return w.getnframes()
 
 
 class Mic:
@@ -266,40 +263,6 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             assert 0.2 < quiet / loud < 0.3, (quiet, loud)  # HA's TTS cache: the same audio, at a quarter
             await ha.request("POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 1})
 
-            # --- a timer set by voice with HA's own agent (its timer intents): it finishes and is heard
-            async with ha.websocket() as ws:
-                timers = await ws.call(
-                    "assist_pipeline/pipeline/create",
-                    conversation_engine="conversation.home_assistant",
-                    conversation_language="en",
-                    language="en",
-                    name="timers",
-                    stt_engine=ents["stt"][0],
-                    stt_language="en",
-                    tts_engine=ents["tts"][0],
-                    tts_language="en",
-                    tts_voice=None,
-                    wake_word_entity=None,
-                    wake_word_id=None,
-                )
-                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=timers["id"])
-            before = wavs(tmp_path / "played-kitchen")
-            await asyncio.sleep(1.0)
-            mic.say(
-                media.concat(
-                    0.3, media.speech("hey jarvis", "piper:joe"), 0.4, media.speech("set a timer for 5 seconds")
-                )
-            )
-            heard_lines: list[str] = []
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any("done" in said(h) for h in heard_lines):
-                new = await played(tmp_path / "played-kitchen", before, timeout=max(deadline - time.monotonic(), 1))
-                before.add(new)
-                if peak(new) > 0 and frames(new) > 0.7 * 22050:  # speech (the timer sounds are shorter)
-                    heard_lines.append(await read_back(p["stt"], new.read_bytes()))
-            print(f"heard around the timer: {heard_lines}")
-            assert any(said(h)[-3:] == ["timer", "is", "done"] and "second" in said(h) for h in heard_lines)
-            assert server.devices["kitchen"].timers == {}
         finally:
             mic_task.cancel()
             for a in speakers:
