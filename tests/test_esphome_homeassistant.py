@@ -7,7 +7,7 @@ it back), and the guide's automation (alice enters the kitchen → ``start_conve
 prompt in the kitchen, after which the next command, spoken without a wake word, is answered there;
 HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``);
 the kitchen's media player exists, and a volume set in HA makes the edge play the next announcement
-at that gain.
+at that gain; a timer set by voice through HA's own agent finishes and its line is heard in the kitchen.
 
 The kitchen's microphone is the test itself (it publishes the command's audio on the bus as the
 kitchen's microphone node would, after the prompt has played); its loudspeaker is a real edge agent
@@ -17,6 +17,8 @@ writing what it plays to WAV files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import time
 import wave
@@ -72,6 +74,16 @@ async def played(folder: Path, before: set[Path], timeout: float = 60.0) -> Path
 def peak(path: Path) -> int:
     with wave.open(str(path)) as w:
         return int(np.abs(np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int32)).max(initial=0))
+
+
+async def frames(path: Path, timeout: float = 30.0) -> int:
+    """Frames of a WAV the edge is still writing at real-time pace: once it stopped growing (closed)."""
+    size, deadline = -1, time.monotonic() + timeout
+    while time.monotonic() < deadline and (now := await asyncio.to_thread(os.path.getsize, path)) != size:
+        size = now
+        await asyncio.sleep(0.6)
+    with wave.open(str(path)) as w:
+        return w.getnframes()
 
 
 class Mic:
@@ -263,6 +275,50 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             assert 0.2 < quiet / loud < 0.3, (quiet, loud)  # HA's TTS cache: the same audio, at a quarter
             await ha.request("POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 1})
 
+            # --- a timer set by voice with HA's own agent (its timer intents): it finishes and is heard
+            async with ha.websocket() as ws:
+                timers = await ws.call(
+                    "assist_pipeline/pipeline/create",
+                    conversation_engine="conversation.home_assistant",
+                    conversation_language="en",
+                    language="en",
+                    name="timers",
+                    stt_engine=ents["stt"][0],
+                    stt_language="en",
+                    tts_engine=ents["tts"][0],
+                    tts_language="en",
+                    tts_voice=None,
+                    wake_word_entity=None,
+                    wake_word_id=None,
+                )
+                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=timers["id"])
+            # (a voice not enrolled: HA's built-in agent does not parse the "[joe] " speaker prefix)
+            before = wavs(tmp_path / "played-kitchen")
+            await asyncio.sleep(1.0)
+            kal = "flite:kal16"
+            command = media.speech("set a timer for 5 seconds", kal)
+            mic.say(media.concat(0.3, media.speech("hey jarvis", kal), 0.4, command))
+            heard_lines: list[str] = []
+            deadline = time.monotonic() + 60
+            with contextlib.suppress(AssertionError):  # nothing more played: the assert below says what was
+                while time.monotonic() < deadline and not any("done" in said(h) for h in heard_lines):
+                    new = await played(tmp_path / "played-kitchen", before, timeout=max(deadline - time.monotonic(), 1))
+                    before.add(new)
+                    if await frames(new) > 0.7 * 22050:  # speech (the timer's start sound is shorter)
+                        heard_lines.append(await read_back(p["stt"], new.read_bytes()))
+            async with ha.websocket() as ws:
+                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=timers["id"]))["pipeline_runs"]
+                run = await ws.call(
+                    "assist_pipeline/pipeline_debug/get",
+                    pipeline_id=timers["id"],
+                    pipeline_run_id=runs[-1]["pipeline_run_id"],
+                )
+            events = {e["type"]: e.get("data") for e in run["events"]}
+            print(f"heard around the timer: {heard_lines}")
+            assert any(said(h)[-3:] == ["timer", "is", "done"] and "second" in said(h) for h in heard_lines), (
+                heard_lines, events.get("stt-end"), events.get("intent-end"),
+            )  # fmt: skip
+            assert server.devices["kitchen"].timers == {}
         finally:
             mic_task.cancel()
             for a in speakers:
