@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import tempfile
 import time
@@ -131,6 +132,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
                     before = wavs(folder / f"played-{room}")
                     n_audio = len(first_audio[room])
                     end = time.monotonic() + len(utterance) / 16000 + 0.1
+                    logging.getLogger("sensorium.esphome").debug("benchmark: %s: end of speech at %.3f", room, end)
                     mics[room].say(utterance)
                     try:
                         await played(folder / f"played-{room}", before, timeout=40)
@@ -229,12 +231,13 @@ def render(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="the ESPHome device's timing log lines")
     add_out(ap, ROOT / "benchmarks" / "results" / "esphome.json")
     a = ap.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("sensorium.esphome").setLevel(logging.INFO)
+    logging.getLogger("sensorium.esphome").setLevel(logging.DEBUG if a.debug else logging.INFO)
     res = write_results(a.out, lambda: run(a.quick))
     print(render(res))
     return 0

@@ -31,7 +31,7 @@ from edge.echo import ReferenceTap
 from pipeline.aec import EchoCanceller, SpeexEchoCanceller, SpeexUnavailable, make_canceller
 from pipeline.clock import Clock
 from pipeline.config import Deployment, EdgeConfig
-from pipeline.messages import AudioChunk, Message, NodeStatus, StopPlayback, TtsAudio, VideoFrame
+from pipeline.messages import AudioChunk, Message, NodeStatus, PlaybackGain, StopPlayback, TtsAudio, VideoFrame
 
 log = logging.getLogger("sensorium.edge")
 
@@ -402,7 +402,7 @@ class EdgeAgent:
 
         sub = Subscriber(
             Endpoints.from_address(self.address),
-            [f"tts_audio/{self.room}/", f"stop_playback/{self.room}/"],
+            [f"tts_audio/{self.room}/", f"stop_playback/{self.room}/", f"playback_gain/{self.room}/"],
             curve=self._curve,
         )
         try:
@@ -411,6 +411,8 @@ class EdgeAgent:
                     await self.player.feed(msg)
                 elif isinstance(msg, StopPlayback):
                     await self.player.stop(msg.answer_id)
+                elif isinstance(msg, PlaybackGain):
+                    self.player.set_gain(msg.volume, msg.muted)
         finally:
             sub.close()
 

@@ -261,6 +261,8 @@ class Player:
         """Hub time at which each answer's first block went to the sink."""
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.gain = 1.0
+        """Scale of the played samples (``PlaybackGain``: 0 muted … 1 as synthesized)."""
 
     # ------------------------------------------------------------------------------------- API
 
@@ -282,6 +284,14 @@ class Player:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"player-{self.room}")
         self._wake.set()
+
+    def set_gain(self, volume: float, muted: bool = False) -> None:
+        """Play from the next chunk on at ``volume`` (0 … 1, linear amplitude), or silent when ``muted``."""
+        if volume != volume or volume < 0:  # NaN or negative: a clear no
+            log.warning("%s: ignored playback volume %r (expected 0 … 1)", self.node, volume)
+            return
+        self.gain = 0.0 if muted else min(float(volume), 1.0)
+        log.info("%s: playback gain %.2f%s", self.node, self.gain, " (muted)" if muted else "")
 
     async def stop(self, answer_id: str = "") -> float:
         """Stop ``answer_id`` ("" = whatever is playing and everything queued).
@@ -405,6 +415,8 @@ class Player:
         while ans.chunks and not ans.stopped:
             chunk = ans.chunks.popleft()
             pcm = resample(np.frombuffer(chunk.data, "<i2"), chunk.rate, rate)
+            if self.gain != 1.0:
+                pcm = (pcm.astype(np.float32) * self.gain).round().astype(np.int16)
             if not ans.started:
                 ans.started = True
                 self.current = ans.answer_id

@@ -40,6 +40,7 @@ from pipeline.messages import (
     Presence,
     Say,
     SnapshotRequest,
+    StartConversation,
     StopPlayback,
     Transcript,
 )
@@ -305,6 +306,15 @@ class Client:
         """``answer`` streamed piece by piece (see ``say_stream``)."""
         return await self.say_stream(question.room, pieces, voice=voice, reply_to=question.reply_to)
 
+    async def start_conversation(self, room: str, text: str, person: str = "", cooldown: float = 3600.0) -> str:
+        """Say ``text`` in ``room`` (or, with ``room=""``, wherever ``person`` is) and listen there without a
+        wake word: the reply goes to Home Assistant's pipeline through the room's ESPHome device
+        (``sensorium esphome`` must run). A person addressed within ``cooldown`` seconds is not addressed
+        again (0: always). Returns the prompt's answer id."""
+        answer_id = uuid.uuid4().hex[:12]
+        await self._send(StartConversation(room=room, text=text, person=person, answer_id=answer_id, cooldown=cooldown))
+        return answer_id
+
     async def stop(self, room: str, answer_id: str = "", reason: str = "agent") -> None:
         """Stop what is playing in ``room``."""
         await self._send(StopPlayback(room=room, answer_id=answer_id, reason=reason))
@@ -314,7 +324,7 @@ class Client:
         its transcripts carry ``request_id``; "drop" gives the claim up."""
         await self._send(Listen(room=room, node=node, action=action, request_id=request_id), at)  # type: ignore[arg-type]
 
-    async def _send(self, msg: Say | StopPlayback | Listen, at: float | None = None) -> None:
+    async def _send(self, msg: Say | StopPlayback | Listen | StartConversation, at: float | None = None) -> None:
         if self._publisher is None:
             raise RuntimeError("use 'async with Client(...)' before sending")
         msg.time = self.clock.now() if at is None else at

@@ -439,6 +439,33 @@ class StopPlayback(Command, tag="stop_playback"):
     """Why, e.g. "barge-in"."""
 
 
+class StartConversation(Command, tag="start_conversation"):
+    """Speak ``text`` in a room (or wherever ``person`` is), then listen there without a wake word.
+
+    ``sensorium esphome`` carries it out: our TTS says the prompt, and when the room's edge has played it
+    the room's ESPHome device starts Home Assistant's pipeline, so the answer goes to HA's agent.
+    """
+
+    kind: ClassVar[str] = "start_conversation"
+    answer_id: str = ""
+    text: str = ""
+    """The prompt ("Welcome home. Anything I can do?")."""
+    person: str = ""
+    """Address this person wherever they are now (used when ``room`` is empty)."""
+    cooldown: float = 0.0
+    """Seconds: not again for a person addressed (or greeted) within this long; 0 = always."""
+
+
+class PlaybackGain(Command, tag="playback_gain"):
+    """Set how loud a room's edge plays (Home Assistant's media player volume and mute for the room)."""
+
+    kind: ClassVar[str] = "playback_gain"
+    volume: float = 1.0
+    """0 … 1: the edge scales the samples it plays by this (linear amplitude)."""
+    muted: bool = False
+    """Muted: the edge plays silence (answers still run their course and report ended)."""
+
+
 class Listen(Command, tag="listen"):
     """A client claims the speech of one audio stream, from ``time`` on (the Wyoming gateway for Home Assistant)."""
 

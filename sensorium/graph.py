@@ -23,6 +23,7 @@ from pipeline.messages import (
     InputError,
     Message,
     NodeStatus,
+    PlaybackGain,
     PlaybackStatus,
     StageStats,
     StopPlayback,
@@ -111,7 +112,7 @@ def build(dep: Deployment) -> Graph:
             made.append(VideoFrame)
         if e.playback is not None:
             made.append(PlaybackStatus)
-            taken += [TtsAudio, StopPlayback]
+            taken += [TtsAudio, StopPlayback, PlaybackGain]
         g.add(Node(ename, "edge", e.room), tuple(made), tuple(taken))
     clients_make: tuple[type[Message], ...] = COMMANDS
     clients_take: tuple[type[Message], ...] = (StageStats,)  # sensorium top
@@ -172,6 +173,7 @@ _EDGE_HINTS = {
     TtsAudio: "give an edge of the room a [edges.<name>.playback]",
     PlaybackStatus: "give an edge of the room a [edges.<name>.playback]",
     StopPlayback: "give an edge of the room a [edges.<name>.playback]",
+    PlaybackGain: "give an edge of the room a [edges.<name>.playback]",
 }
 
 

@@ -27,6 +27,7 @@ NAMES = [
     "sensorium-mqtt.service",
     "sensorium-console.service",
     "sensorium-mcp.service",
+    "sensorium-esphome.service",
 ]
 EDGE_DRY = ["bash", str(REPO / "deploy/install-edge.sh"), "--dry-run", "--no-apt"]
 WORKER_DRY = ["bash", str(REPO / "deploy/install-worker.sh"), "--dry-run", "--no-apt"]
@@ -148,6 +149,15 @@ def test_mqtt_bridge_after_the_hub_keeps_its_state_and_is_restarted_after_refuse
     assert " mqtt --config /etc/sensorium/deploy.toml --state /var/lib/sensorium/" in start
     # exit 1 (credentials refused) must stay a failure that Restart= acts on
     assert "1" not in words(unit, "Service", "SuccessExitStatus")
+
+
+def test_esphome_devices_after_the_hub_can_write_their_key() -> None:
+    unit = parse("sensorium-esphome.service")
+    assert "sensorium-hub.service" in words(unit, "Unit", "After")
+    assert unit["Service"]["ExecStart"] == [
+        "/opt/sensorium/venv/bin/sensorium esphome --config /etc/sensorium/deploy.toml"
+    ]
+    assert unit["Service"]["StateDirectory"] == ["sensorium"]  # key_file in /var/lib/sensorium, created on first start
 
 
 def test_edge_keeps_audio_and_video_access() -> None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import time
 import wave
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +24,13 @@ from typing import Any
 import numpy as np
 import pytest
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
+from aioesphomeapi.model import MediaPlayerFormatPurpose, MediaPlayerInfo
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature as Feature
+from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
 from bridges.esphome.api import make_plain_text_packets
+from bridges.esphome.device import stream_pcm
 from bridges.esphome.server import Server, load_key
 from evaluation.ports import free_ports
 from pipeline.bus import Publisher, Subscriber
@@ -58,7 +62,7 @@ def dep_of(tmp_path: Path, address: str, rooms: dict[str, int] | None, **extra: 
 
 @contextlib.asynccontextmanager
 async def site(
-    tmp_path: Path, office_speaker: bool = True, **extra: Any
+    tmp_path: Path, office_speaker: bool = True, wake_words: list[str] | None = None, **extra: Any
 ) -> AsyncIterator[tuple[Server, Publisher, Subscriber]]:
     address = f"ipc://{tmp_path}/hub"
     p = free_ports(2)
@@ -67,7 +71,7 @@ async def site(
         dep.edges["office-pi"].playback = None
     hub = Hub(dep.hub, bind=address)
     await hub.start()
-    server = Server(dep, endpoints=hub.endpoints, clock=hub.clock)
+    server = Server(dep, endpoints=hub.endpoints, clock=hub.clock, wake_words=wake_words)
     await server.start()
     pub = Publisher(hub.endpoints)
     sub = Subscriber(hub.endpoints, ["listen/", "tts_audio/"])
@@ -119,6 +123,12 @@ async def test_home_assistant_client_connects_with_the_key(tmp_path: Path, caplo
         assert flags & Feature.ANNOUNCE and flags & Feature.START_CONVERSATION
         config = await c.get_voice_assistant_configuration(5.0)
         assert [w.id for w in config.available_wake_words] == ["hey_jarvis"]
+        entities, _ = await c.list_entities_services()
+        [player] = [e for e in entities if isinstance(e, MediaPlayerInfo)]
+        # WAV for announcements: HA's TTS then skips its mp3 encoding and the device reads the samples as they come
+        assert [(f.format, f.purpose) for f in player.supported_formats] == [
+            ("wav", MediaPlayerFormatPurpose.DEFAULT), ("wav", MediaPlayerFormatPurpose.ANNOUNCEMENT),
+        ]  # fmt: skip
         await c.disconnect()
 
         # a wrong key: the client is told so; the device keeps serving the right one
@@ -135,22 +145,33 @@ async def test_home_assistant_client_connects_with_the_key(tmp_path: Path, caplo
         await c.disconnect()
 
 
-def serve_wav(pcm: np.ndarray, rate: int) -> tuple[str, ThreadingHTTPServer]:
+def wav_bytes(pcm: np.ndarray, rate: int, channels: int = 1) -> bytes:
     buf = BytesIO()
     with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm.astype("<i2").tobytes())
-    body = buf.getvalue()
+    return buf.getvalue()
+
+
+def serve_wav(
+    pcm: np.ndarray, rate: int, *, body: bytes | None = None, split: int = 0, pause: float = 0.0
+) -> tuple[str, ThreadingHTTPServer]:
+    """Serve a WAV (or ``body``); with ``split``, its first ``split`` bytes, then ``pause`` s later the rest."""
+    data = wav_bytes(pcm, rate) if body is None else body
 
     class H(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(body)
+            if split:
+                self.wfile.write(data[:split])
+                self.wfile.flush()
+                time.sleep(pause)  # a TTS still synthesizing (a server thread, not the event loop)
+            self.wfile.write(data[split:])
 
         def log_message(self, *a: Any) -> None:
             pass
@@ -158,6 +179,40 @@ def serve_wav(pcm: np.ndarray, rate: int) -> tuple[str, ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{srv.server_address[1]}/answer.wav", srv
+
+
+async def test_a_streaming_answer_plays_while_it_downloads() -> None:
+    """Home Assistant's TTS proxy sends the WAV as it is synthesized: its first samples pass on at once."""
+    stereo = np.stack([np.arange(22050) % 1000, np.arange(22050) % 1000 + 2], axis=1).astype(np.int16)
+    body = wav_bytes(stereo.reshape(-1), 22050, channels=2)
+    url, srv = serve_wav(stereo, 22050, body=body, split=44 + 4 * 2205 + 1, pause=1.5)  # 0.1 s, half a frame
+    t0 = time.monotonic()
+    got: list[tuple[float, bytes, int]] = []
+    async for pcm, rate in stream_pcm(url):
+        got.append((time.monotonic() - t0, pcm, rate))
+    srv.shutdown()
+    assert got[0][0] < 1.0 and got[-1][0] >= 1.5  # the first audio came before the rest was sent
+    assert {r for _, _, r in got} == {22050}
+    mono = np.frombuffer(b"".join(p for _, p, _ in got), np.int16)
+    assert np.array_equal(mono, (np.arange(22050) % 1000 + 1).astype(np.int16))  # the channels' mean
+
+
+async def test_a_compressed_answer_streams_through_ffmpeg_and_bad_media_is_named(tmp_path: Path) -> None:
+    tone = (np.sin(np.arange(RATE) * 2 * np.pi * 440 / RATE) * 8000).astype(np.int16)
+    (tmp_path / "t.wav").write_bytes(wav_bytes(tone, RATE))
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(tmp_path / "t.wav"), str(tmp_path / "t.flac")
+    )
+    assert await proc.wait() == 0
+    url, srv = serve_wav(tone, RATE, body=(tmp_path / "t.flac").read_bytes())
+    pcm = b"".join([p async for p, rate in stream_pcm(url) if rate == RATE])
+    assert abs(len(pcm) // 2 - RATE) < 200
+    srv.shutdown()
+    url, srv = serve_wav(tone, RATE, body=b"this is not audio at all" * 10)
+    with pytest.raises(ValueError, match="ffmpeg could not decode"):
+        async for _ in stream_pcm(url):
+            pass
+    srv.shutdown()
 
 
 async def until(sub: Subscriber, pred: Any, timeout: float = 5.0) -> Message:
@@ -318,6 +373,43 @@ async def test_greet_once_per_person_then_listen_without_wake_word(tmp_path: Pat
         await c.disconnect()
 
 
+async def test_the_agents_client_starts_a_conversation_with_a_person_wherever_they_are(
+    tmp_path: Path, caplog: Any
+) -> None:
+    from pipeline.client import Client
+    from pipeline.messages import Presence, Say
+
+    caplog.set_level(logging.INFO, "sensorium.esphome")
+    async with site(tmp_path) as (server, pub, _):
+        says = Subscriber(server.bus.endpoints, ["say/"])
+        kitchen, started, _ = await voice_client(server, "kitchen")
+        office, office_started, _ = await voice_client(server, "office")
+        await pub.publish(Presence(room="kitchen", person="alice", state="entered", time=server.bus.clock.now()))
+        await pub.publish(Presence(room="office", person="alice", state="entered", time=server.bus.clock.now()))
+        await asyncio.sleep(0.3)
+        async with Client(server.bus.endpoints, name="agent") as agent:
+            await asyncio.sleep(0.3)  # the client's publisher connected (a fresh PUB socket's first send can be lost)
+            aid = await agent.start_conversation("", "Dinner is ready. Shall I call Bob?", person="alice")
+            got = await until(says, lambda m: isinstance(m, Say))
+            assert isinstance(got, Say) and (got.room, got.text, got.answer_id) == (
+                "office", "Dinner is ready. Shall I call Bob?", aid,
+            )  # fmt: skip
+            await agent.start_conversation("", "Dinner is getting cold.", person="alice")  # within the hour
+            await agent.start_conversation("", "Hello?", person="mallory")  # nowhere
+            await agent.start_conversation("kitchen", "The oven is hot.")  # a room, nobody in particular
+            later = await until(says, lambda m: isinstance(m, Say))
+            assert isinstance(later, Say) and (later.room, later.text) == ("kitchen", "The oven is hot.")
+        assert "not in any known room" in caplog.text
+        assert "alice addressed by start_conversation; greeted" in caplog.text  # within the cooldown
+        assert office_started == [] and started == []  # nobody listens before the prompt was played
+        await pub.publish(PlaybackStatus(room="office", source="office-pi", answer_id=aid, state="ended"))
+        await asyncio.sleep(0.5)
+        assert office_started == [""] and started == []  # the office listens, without a wake word
+        says.close()
+        await kitchen.disconnect()
+        await office.disconnect()
+
+
 async def test_agent_asking_back_continues_the_conversation(tmp_path: Path) -> None:
     tone = (np.sin(np.arange(4000) * 0.2) * 4000).astype(np.int16)
     url, media = serve_wav(tone, RATE)
@@ -336,6 +428,98 @@ async def test_agent_asking_back_continues_the_conversation(tmp_path: Path) -> N
         await pub.publish(PlaybackStatus(room="kitchen", source="kitchen-pi", answer_id=last.answer_id, state="ended"))
         await asyncio.sleep(0.5)
         assert started == ["hey_jarvis", ""] and len(finished) == 1  # asked back: listening again, no wake word
+        await c.disconnect()
+    media.shutdown()
+
+
+async def test_timers_are_heard_in_the_room(tmp_path: Path) -> None:
+    from pipeline.messages import Say
+
+    async with site(tmp_path) as (server, pub, _):
+        heard = Subscriber(server.bus.endpoints, ["say/", "tts/"])
+        await asyncio.sleep(0.3)
+        c, _, _ = await voice_client(server, "kitchen")
+        info = await c.device_info()
+        assert info.voice_assistant_feature_flags_compat(c.api_version) & Feature.TIMERS
+        c.send_voice_assistant_timer_event(TimerEv.VOICE_ASSISTANT_TIMER_STARTED, "t1", "pasta", 300, 300, True)
+        c.send_voice_assistant_timer_event(TimerEv.VOICE_ASSISTANT_TIMER_FINISHED, "t2", None, 5400, 0, False)
+        c.send_voice_assistant_timer_event(TimerEv.VOICE_ASSISTANT_TIMER_CANCELLED, "t1", "pasta", 300, 200, False)
+        got: list[Message] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                while True:
+                    got.append(await heard.recv())
+        lines = [m.text for m in got if isinstance(m, Say)]
+        assert lines == [
+            "The pasta timer is set.", "Your 1 hour 30 minute timer is done.", "The pasta timer is cancelled.",
+        ]  # fmt: skip
+        sounds = [m for m in got if isinstance(m, TtsAudio)]
+        assert len(sounds) == 3 and all(m.room == "kitchen" and m.final and len(m.data) > 8000 for m in sounds)
+        assert server.devices["kitchen"].timers == {}  # finished and cancelled timers are forgotten
+        # a timer started by voice: the pipeline's answer says so; the room hears only the sound
+        await pub.publish(
+            WakeArbitrated(room="kitchen", node="kitchen-pi", word="hey_jarvis", wake_time=server.bus.clock.now())
+        )
+        await asyncio.sleep(0.3)
+        c.send_voice_assistant_timer_event(TimerEv.VOICE_ASSISTANT_TIMER_STARTED, "t3", None, 5, 5, True)
+        got = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                while True:
+                    got.append(await heard.recv())
+        assert [type(m).__name__ for m in got] == ["TtsAudio"]
+        assert server.devices["kitchen"].timers == {"t3": ("", 5, 5, True)}
+        heard.close()
+        await c.disconnect()
+
+
+async def test_media_player_volume_mute_and_url_and_the_wake_word_select(tmp_path: Path, caplog: Any) -> None:
+    from aioesphomeapi.model import MediaPlayerCommand, MediaPlayerEntityState
+
+    caplog.set_level(logging.INFO, "sensorium.esphome")
+    tone = (np.sin(np.arange(4000) * 0.2) * 4000).astype(np.int16)
+    url, media = serve_wav(tone, RATE)
+    async with site(tmp_path, wake_words=["hey_jarvis", "alexa"]) as (server, pub, sub):
+        gains = Subscriber(server.bus.endpoints, ["playback_gain/"])
+        await asyncio.sleep(0.3)
+        c, started, _ = await voice_client(server, "kitchen")
+        entities, _ = await c.list_entities_services()
+        [player] = [e for e in entities if isinstance(e, MediaPlayerInfo)]
+        states: list[MediaPlayerEntityState] = []
+        c.subscribe_states(lambda st: states.append(st) if isinstance(st, MediaPlayerEntityState) else None)
+        c.media_player_command(player.key, volume=0.3)
+        c.media_player_command(player.key, command=MediaPlayerCommand.MUTE)
+        got = [await until(gains, lambda m: True), await until(gains, lambda m: True)]
+        assert [(m.room, m.volume, m.muted) for m in got] == [("kitchen", 0.3, False), ("kitchen", 0.3, True)]
+        await asyncio.sleep(0.2)
+        assert (states[-1].volume, states[-1].muted) == (pytest.approx(0.3), True)
+        # a media URL plays on the kitchen's edge; the player is "playing" until the edge says it ended
+        c.media_player_command(player.key, media_url=url)
+        last = await until(sub, lambda m: isinstance(m, TtsAudio) and m.final)
+        assert isinstance(last, TtsAudio) and last.room == "kitchen"
+        await asyncio.sleep(0.2)
+        assert states[-1].state.name == "PLAYING"
+        await pub.publish(PlaybackStatus(room="kitchen", source="kitchen-pi", answer_id=last.answer_id, state="ended"))
+        await asyncio.sleep(0.3)
+        assert states[-1].state.name == "IDLE"
+
+        # Home Assistant's wake word select: only the chosen word starts a pipeline here
+        config = await c.get_voice_assistant_configuration(5.0)
+        assert config.active_wake_words == ["hey_jarvis", "alexa"]
+        await c.set_voice_assistant_configuration(["alexa"])
+        config = await c.get_voice_assistant_configuration(5.0)
+        assert config.active_wake_words == ["alexa"]
+        now = server.bus.clock.now()
+        await pub.publish(WakeArbitrated(room="kitchen", node="kitchen-pi", word="hey_jarvis", wake_time=now))
+        await asyncio.sleep(0.3)
+        assert started == []
+        await pub.publish(WakeArbitrated(room="kitchen", node="kitchen-pi", word="alexa", wake_time=now + 2))
+        await asyncio.sleep(0.3)
+        assert started == ["alexa"]
+        await c.set_voice_assistant_configuration(["ok_nabu"])
+        await asyncio.sleep(0.2)
+        assert "does not run" in caplog.text and server.devices["kitchen"].active_words == ["alexa"]
+        gains.close()
         await c.disconnect()
     media.shutdown()
 

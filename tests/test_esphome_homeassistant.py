@@ -5,7 +5,9 @@ HA's Assist pipeline is sensorium's (its Wyoming STT, conversation agent and TTS
 services drive the devices: ``assist_satellite.announce`` is heard on the kitchen's edge (our STT reads
 it back), and the guide's automation (alice enters the kitchen → ``start_conversation``) plays its
 prompt in the kitchen, after which the next command, spoken without a wake word, is answered there;
-HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``).
+HA's pipeline gets it with the enrolled speaker in front ("[joe] what time is it", ``speaker_prefix``);
+the kitchen's media player exists, and a volume set in HA makes the edge play the next announcement
+at that gain; a timer set by voice through HA's own agent finishes and its line is heard in the kitchen.
 
 The kitchen's microphone is the test itself (it publishes the command's audio on the bus as the
 kitchen's microphone node would, after the prompt has played); its loudspeaker is a real edge agent
@@ -15,6 +17,8 @@ writing what it plays to WAV files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import time
 import wave
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import media
+import numpy as np
 import pytest
 from test_wyoming_homeassistant import read_back, words
 from test_wyoming_voice import enroll
@@ -56,6 +61,21 @@ ROOMS = ("kitchen", "office")
 def said(text: str) -> list[str]:
     """The words our STT read back, without the speaker it names (our TTS's voice is an enrolled one)."""
     return words(re.sub(r"^\[[^\]]*\]\s*", "", text))
+
+
+def peak(path: Path) -> int:
+    with wave.open(str(path)) as w:
+        return int(np.abs(np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int32)).max(initial=0))
+
+
+async def frames(path: Path, timeout: float = 30.0) -> int:
+    """Frames of a WAV the edge is still writing at real-time pace: once it stopped growing (closed)."""
+    size, deadline = -1, time.monotonic() + timeout
+    while time.monotonic() < deadline and (now := await asyncio.to_thread(os.path.getsize, path)) != size:
+        size = now
+        await asyncio.sleep(0.6)
+    with wave.open(str(path)) as w:
+        return w.getnframes()
 
 
 async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path: Path) -> None:
@@ -128,6 +148,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             for room in ROOMS:
                 assert states[sats[room]]["state"] == "idle", states[sats[room]]
                 assert states[sats[room]]["attributes"]["supported_features"] == 3  # ANNOUNCE | START_CONVERSATION
+                assert any(e.startswith("media_player.") for e in dev_ents[room]), dev_ents
 
             # --- announce in the kitchen (after HA's preannounce sound): heard there, only there
             t0 = time.monotonic()
@@ -173,6 +194,71 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             assert wavs(tmp_path / "played-kitchen") == before
             assert server.devices["kitchen"].announcements == 2 and server.devices["kitchen"].pipelines == 1
             print(f"announce call took {announce_s:.2f} s; pipeline events {list(events)}")
+
+            # --- the kitchen's media player: volume set in HA → the edge plays the announcement that much quieter
+            player = next(e for e in dev_ents["kitchen"] if e.startswith("media_player."))
+            assert any(e.startswith("select.") and "wake_word" in e for e in dev_ents["kitchen"]), dev_ents
+            loud = peak(wav)
+            await ha.request(
+                "POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 0.25}
+            )
+            async with asyncio.timeout(10):
+                while (await ha.states())[player]["attributes"].get("volume_level") != 0.25:
+                    await asyncio.sleep(0.1)
+            before = wavs(tmp_path / "played-kitchen")
+            await ha.request(
+                "POST",
+                "/api/services/assist_satellite/announce",
+                {"entity_id": sats["kitchen"], "message": "The laundry is done.", "preannounce": False},
+            )
+            quiet = peak(await played(tmp_path / "played-kitchen", before))
+            assert 0.2 < quiet / loud < 0.3, (quiet, loud)  # HA's TTS cache: the same audio, at a quarter
+            await ha.request("POST", "/api/services/media_player/volume_set", {"entity_id": player, "volume_level": 1})
+
+            # --- a timer set by voice with HA's own agent (its timer intents): it finishes and is heard
+            async with ha.websocket() as ws:
+                timers = await ws.call(
+                    "assist_pipeline/pipeline/create",
+                    conversation_engine="conversation.home_assistant",
+                    conversation_language="en",
+                    language="en",
+                    name="timers",
+                    stt_engine=ents["stt"][0],
+                    stt_language="en",
+                    tts_engine=ents["tts"][0],
+                    tts_language="en",
+                    tts_voice=None,
+                    wake_word_entity=None,
+                    wake_word_id=None,
+                )
+                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=timers["id"])
+            # (a voice not enrolled: HA's built-in agent does not parse the "[joe] " speaker prefix)
+            before = wavs(tmp_path / "played-kitchen")
+            await asyncio.sleep(1.0)
+            kal = "flite:kal16"
+            command = media.speech("set a timer for 5 seconds", kal)
+            mic.say(media.concat(0.3, media.speech("hey jarvis", kal), 0.4, command))
+            heard_lines: list[str] = []
+            deadline = time.monotonic() + 60
+            with contextlib.suppress(AssertionError):  # nothing more played: the assert below says what was
+                while time.monotonic() < deadline and not any("done" in said(h) for h in heard_lines):
+                    new = await played(tmp_path / "played-kitchen", before, timeout=max(deadline - time.monotonic(), 1))
+                    before.add(new)
+                    if await frames(new) > 0.7 * 22050:  # speech (the timer's start sound is shorter)
+                        heard_lines.append(await read_back(p["stt"], new.read_bytes()))
+            async with ha.websocket() as ws:
+                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=timers["id"]))["pipeline_runs"]
+                run = await ws.call(
+                    "assist_pipeline/pipeline_debug/get",
+                    pipeline_id=timers["id"],
+                    pipeline_run_id=runs[-1]["pipeline_run_id"],
+                )
+            events = {e["type"]: e.get("data") for e in run["events"]}
+            print(f"heard around the timer: {heard_lines}")
+            assert any(said(h)[-3:] == ["timer", "is", "done"] and "second" in said(h) for h in heard_lines), (
+                heard_lines, events.get("stt-end"), events.get("intent-end"),
+            )  # fmt: skip
+            assert server.devices["kitchen"].timers == {}
         finally:
             mic_task.cancel()
             for a in speakers:

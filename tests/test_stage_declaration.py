@@ -81,7 +81,7 @@ def test_doctor_checks_the_libraries_a_stage_declares() -> None:
 def test_message_families_come_from_the_classes() -> None:
     assert m.EVENTS[0] is m.WakeDetected and m.WakeArbitrated in m.EVENTS
     assert m.CLIENT_EVENTS == (m.EventsLost,)
-    assert set(m.COMMANDS) == {m.Say, m.StopPlayback, m.Listen}
+    assert set(m.COMMANDS) == {m.Say, m.StopPlayback, m.StartConversation, m.PlaybackGain, m.Listen}
     assert all(issubclass(c, m.Control) for c in m.CONTROL) and m.Register in m.CONTROL
     assert len(m.ALL) == len(set(m.ALL)) == len(m.BY_TAG)
     # public type names and topic kinds: the client subscribes by either

@@ -244,3 +244,18 @@ async def test_sounddevice_plays_to_the_speaker_and_barge_in_silences_it(null_si
     assert latency < 0.15
     assert heard < 1.0 + 0.3  # quiet right after the stop, not at the end of the answer
     assert statuses(events)[2:] == [("b", "started", ""), ("b", "stopped", "")]  # the first sentence was cut
+
+
+async def test_gain_scales_what_is_played_and_mute_silences_it(tmp_path) -> None:
+    player, events = make_player(tmp_path, rate=16000)
+    for volume, muted in ((1.0, False), (0.5, False), (0.5, True)):
+        player.set_gain(volume, muted)
+        await player.feed(chunk(f"v{volume}{muted}", 0, "Hi.", 0.2, final=True))
+        async with asyncio.timeout(5):
+            await player.wait_idle()
+    player.set_gain(float("nan"))  # refused, logged: the gain stays
+    assert player.gain == 0.0
+    await player.close()
+    peaks = [int(np.abs(read_wav(f)[0].astype(np.int32)).max()) for f in player.sink.files]
+    assert peaks[0] > 7900 and abs(peaks[1] - peaks[0] / 2) <= 1 and peaks[2] == 0
+    assert [s for _, s, _ in statuses(events)].count("ended") == 3  # muted answers still end

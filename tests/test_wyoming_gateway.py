@@ -416,6 +416,28 @@ async def test_satellite_runs_home_assistants_pipeline_for_the_room_that_won(hub
     pub.close()
 
 
+async def test_home_assistant_leaving_mid_pipeline_releases_the_rooms_utterance(hub: Hub, tmp_path) -> None:
+    """The room logic the ESPHome device shares: HA gone mid-run → the claimed utterance is dropped at once."""
+    p = ports()
+    dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p)
+    bus = Subscriber(hub.endpoints, ["listen/"])
+    pub = Publisher(hub.endpoints)
+    async with running(dep, hub.endpoints) as gw:
+        async with Conn(p["kitchen"]) as ha:
+            await ha.send(RunSatellite())
+            await asyncio.sleep(0.3)
+            await pub.publish(WakeArbitrated(room="kitchen", node="kitchen-pi", word="hey_jarvis", wake_time=10.0))
+            assert (await ha.recv()).type == "run-pipeline"
+            claim = await bus.recv_timeout(3)
+            assert isinstance(claim, Listen) and claim.action == "open"
+        t_gone = time.perf_counter()
+        drop = await bus.recv_timeout(3)
+        assert isinstance(drop, Listen) and (drop.action, drop.request_id) == ("drop", claim.request_id)
+        assert time.perf_counter() - t_gone < 1.0 and gw.satellites["kitchen"].run is None
+    bus.close()
+    pub.close()
+
+
 async def test_home_assistants_stt_gets_the_satellites_transcript(hub: Hub, tmp_path) -> None:
     """Home Assistant relays the satellite's audio to our STT: the audio is recognised and the stage's own
     transcript of that command comes back (no second decode), with the speaker."""

@@ -23,23 +23,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import logging
+import struct
 import time
 import urllib.request
 import uuid
-import wave
-from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aioesphomeapi import api_pb2 as pb
 from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature as Feature
+from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
 from bridges.esphome.api import ApiError, Transport
-from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import Listen, Message, PlaybackStatus, TtsAudio, WakeArbitrated, WakeDetected
+from bridges.rooms import RATE, RoomVoice
+from pipeline.messages import Message, PlaybackGain, PlaybackStatus, Say, TtsAudio
 from pipeline.messages import Transcript as BusTranscript
 
 if TYPE_CHECKING:
@@ -47,51 +47,200 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sensorium.esphome")
 
-RATE = 16000
-RING_S = 3.0
-"""Room audio kept for the start of a pipeline (the arbiter decides a few hundred ms after the wake word)."""
 MAX_COMMAND_S = 15.0
 """Longest a pipeline streams the room's audio when nothing ends it."""
 CHUNK_BYTES = 1024
 """Bytes of 16 kHz audio per ``VoiceAssistantAudio`` (ESPHome's own block: 32 ms)."""
-FEATURES = Feature.VOICE_ASSISTANT | Feature.API_AUDIO | Feature.ANNOUNCE | Feature.START_CONVERSATION
+FEATURES = Feature.VOICE_ASSISTANT | Feature.API_AUDIO | Feature.ANNOUNCE | Feature.START_CONVERSATION | Feature.TIMERS
 ESPHOME_VERSION = "2025.4.0"
+KEY_MEDIA = 1
+"""Entity key of the room's media player."""
 
 
-async def fetch_pcm(url: str) -> tuple[bytes, int]:
-    """A media URL's audio as 16-bit mono PCM and its rate (WAV read directly, anything else through ffmpeg)."""
+STEP_S = 0.2
+"""Seconds of audio per ``TtsAudio`` message while a URL streams in."""
 
-    def get() -> bytes:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return bytes(r.read())
 
-    data = await asyncio.to_thread(get)
-    if data[:4] == b"RIFF":
-        with wave.open(io.BytesIO(data)) as w:
-            rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-            frames = w.readframes(w.getnframes())
-        if width == 2:
-            pcm = np.frombuffer(frames, "<i2")
-            if ch > 1:
-                pcm = pcm.reshape(-1, ch).mean(axis=1).astype(np.int16)
-            return pcm.tobytes(), rate
+async def _http_blocks(url: str) -> AsyncIterator[bytes]:
+    """The body of ``url`` as it arrives (urllib in a thread, each read handed over at once)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+    stop = False
+
+    def get() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                while not stop:
+                    block = r.read1(16384)
+                    if not block:
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, bytes(block))
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except Exception as exc:  # handed to the reader
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    thread = loop.run_in_executor(None, get)
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop = True
+        with contextlib.suppress(Exception):
+            await asyncio.shield(thread)
+
+
+def _wav_header(head: bytes) -> tuple[int, int, int, int] | None:
+    """(rate, channels, sample width, offset of the samples) of a WAV stream's start; None until "data" is in."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise ValueError("not a RIFF/WAVE stream")
+    pos, fmt = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if cid == b"data":
+            if fmt is None:
+                raise ValueError("WAV data before its fmt chunk")
+            return (*fmt, pos + 8)
+        if pos + 8 + size > len(head):
+            return None
+        if cid == b"fmt ":
+            tag, ch, rate = struct.unpack_from("<HHI", head, pos + 8)
+            width = struct.unpack_from("<H", head, pos + 22)[0] // 8
+            if tag not in (1, 0xFFFE):
+                raise ValueError(f"WAV format tag {tag} is not PCM")
+            fmt = (rate, ch, width)
+        pos += 8 + size + (size & 1)
+    return None
+
+
+async def stream_pcm(url: str) -> AsyncIterator[tuple[bytes, int]]:
+    """A media URL's audio as 16-bit mono PCM pieces and their rate, while it downloads.
+
+    A 16-bit WAV is read directly (its samples pass on as they arrive: Home Assistant's TTS proxy streams);
+    anything else streams through ffmpeg (to 16 kHz mono).
+    """
+    blocks = _http_blocks(url)
+    head = b""
+    try:
+        async for block in blocks:
+            head += block
+            if len(head) >= 12:
+                break
+        if head[:4] == b"RIFF":
+            hdr = _wav_header(head)
+            while hdr is None:
+                block = await anext(blocks, b"")
+                if not block:
+                    raise ValueError(f"{url}: WAV stream ended in its header")
+                head += block
+                hdr = _wav_header(head)
+            rate, ch, width, off = hdr
+            if width == 2:
+                frame = 2 * ch
+                carry = head[off:]
+                while True:
+                    n = len(carry) // frame * frame
+                    if n:
+                        yield _mono(carry[:n], ch), rate
+                        carry = carry[n:]
+                    block = await anext(blocks, b"")
+                    if not block:
+                        return
+                    carry += block
+        async for out in _ffmpeg(url, head, blocks):
+            yield out, RATE
+    finally:
+        await blocks.aclose()
+
+
+def _mono(pcm: bytes, channels: int) -> bytes:
+    if channels == 1:
+        return pcm
+    return np.frombuffer(pcm, "<i2").reshape(-1, channels).mean(axis=1).astype(np.int16).tobytes()
+
+
+async def _ffmpeg(url: str, head: bytes, blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Decode a compressed stream (mp3, flac, ...) to 16 kHz mono PCM while it arrives."""
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar", str(RATE),
         "pipe:1", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await proc.communicate(data)
-    if proc.returncode != 0:
-        raise ValueError(f"ffmpeg could not decode {url}: {err.decode(errors='replace').strip()[:200]}")
-    return out, RATE
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(head)
+            async for block in blocks:
+                proc.stdin.write(block)
+                await proc.stdin.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+
+    feeder = asyncio.get_running_loop().create_task(feed())
+    try:
+        carry = b""
+        while True:
+            out = await proc.stdout.read(8192)
+            if not out:
+                break
+            carry += out
+            n = len(carry) // 2 * 2
+            if n:
+                yield carry[:n]
+                carry = carry[n:]
+        await feeder
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise ValueError(f"ffmpeg could not decode {url}: {err.decode(errors='replace').strip()[:200]}")
+    finally:
+        feeder.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def chime(kind: str, rate: int = RATE) -> bytes:
+    """The timer sound: two rising tones (started, updated), one falling (cancelled), three rings (finished)."""
+    notes = {"started": [660, 880], "updated": [660, 880], "cancelled": [880, 660], "finished": [880, 1100] * 3}
+    t = np.arange(int(0.15 * rate)) / rate
+    env = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks
+    gap = np.zeros(int(0.05 * rate))
+    parts = [np.concatenate([np.sin(2 * np.pi * hz * t) * env, gap]) for hz in notes[kind]]
+    return (np.concatenate(parts) * 9000).astype("<i2").tobytes()
+
+
+def duration_words(seconds: int) -> str:
+    """``300`` → "5 minute", ``5400`` → "1 hour 30 minute", ``45`` → "45 second" (as in "a 5 minute timer")."""
+    h, rest = divmod(max(int(seconds), 0), 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((h, "hour"), (m, "minute"), (sec, "second")) if n]
+    return " ".join(parts) or "0 second"
+
+
+def timer_line(kind: str, name: str, total_seconds: int) -> str:
+    """What the room hears for a timer event."""
+    what = f"The {name} timer" if name else f"Your {duration_words(total_seconds)} timer"
+    return {
+        "started": f"{what} is set.",
+        "updated": f"{what} was changed.",
+        "cancelled": f"{what} is cancelled.",
+        "finished": f"{what} is done.",
+    }[kind]
 
 
 class Run:
     """One pipeline in Home Assistant from this room: the audio it streams."""
 
-    def __init__(self, device: Device, node: str, start: float, word: str) -> None:
+    def __init__(self, device: Device, node: str, wake_time: float, word: str) -> None:
         self.device = device
         self.node = node
-        self.start = start
+        self.wake_time = wake_time
         self.word = word
         self.request_id = f"{device.server.name}-{device.room}-{uuid.uuid4().hex[:8]}"
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -103,41 +252,46 @@ class Run:
 
     def stop_streaming(self) -> None:
         if self.streaming:
+            log.debug("%s device: command ends at %.3f", self.device.room, time.monotonic())
             self.streaming = False
             self.ended_speech = self.ended_speech or time.monotonic()
             self.queue.put_nowait(None)
 
 
-class Device:
-    """The ESPHome device of one room: ring buffer of its audio, Home Assistant's connection, the run."""
+class Device(RoomVoice[Run]):
+    """The ESPHome device of one room: the shared room logic (ring buffer, wake, claim), HA's connection."""
+
+    what = "device"
 
     def __init__(self, server: Server, room: str, port: int) -> None:
+        super().__init__(server.bus, room, set(server.deployment.microphones(room)), log)
         self.server = server
-        self.room = room
         self.port = port
         self.name = f"{server.name}-{room.replace('_', '-')}".lower()
         self.friendly = f"{server.name} {room.replace('_', ' ')}"
         self.mac = ":".join(f"{b:02X}" for b in hashlib.sha256(self.name.encode()).digest()[:6])
-        self.mics = set(server.deployment.microphones(room))
         dep = server.deployment
         speaker = dep.speaker_of(room)
         self.speaker = speaker if speaker in dep.edges and dep.edges[speaker].playback is not None else ""
         """The room's loudspeaker edge ("" = none: nothing is played)."""
-        self.ring: dict[str, deque[tuple[float, bytes]]] = {}
         self.conn: Connection | None = None
-        self.run: Run | None = None
         self.playing: dict[str, asyncio.Future[str]] = {}
-        self.pipelines = 0
         self.announcements = 0
+        self.volume = 1.0
+        self.muted = False
+        self.media_playing = False
+        self.media_task: asyncio.Task[Any] | None = None
+        self.active_words = list(server.wake_words)
+        """The wake words that start a pipeline here (Home Assistant's wake word select chooses one)."""
+        self.timers: dict[str, tuple[str, int, int, bool]] = {}
+        """Home Assistant's timers on this device: id → (name, total s, s left at the last event, active)."""
         self._closers: list[Any] = []
         self._srv: asyncio.Server | None = None
 
     async def start(self, host: str) -> None:
         bus = self.server.bus
         self._closers = [
-            bus.listen("audio", self._on_audio),
-            bus.listen("arbitration", self._on_arbitration),
-            bus.listen("wake", self._on_wake),
+            *self.listen_bus(),
             bus.listen("playback", self._on_playback),
             bus.listen("transcript", self._on_transcript),
         ]
@@ -161,26 +315,6 @@ class Device:
 
     # ------------------------------------------------------------------------------- the bus
 
-    def _on_audio(self, msg: Message) -> None:
-        if not isinstance(msg, BusChunk) or msg.room != self.room or msg.rate != RATE or msg.channels != 1:
-            return
-        ring = self.ring.setdefault(msg.source, deque())
-        ring.append((msg.time, msg.data))
-        while ring and ring[0][0] < msg.time - RING_S:
-            ring.popleft()
-        run = self.run
-        if run is not None and run.streaming and run.node == msg.source:
-            run.queue.put_nowait(msg.data)
-
-    def _on_wake(self, msg: Message) -> None:
-        if isinstance(msg, WakeDetected) and msg.room == self.room and (msg.node or msg.source) in self.mics:
-            if not self.server.bus.stage_up("arbiter"):
-                self.begin(msg.node or msg.source, msg.time, msg.word)
-
-    def _on_arbitration(self, msg: Message) -> None:
-        if isinstance(msg, WakeArbitrated) and msg.room == self.room and msg.node in self.mics:
-            self.begin(msg.node, msg.wake_time, msg.word)
-
     def _on_transcript(self, msg: Message) -> None:
         run = self.run
         if isinstance(msg, BusTranscript) and run is not None and msg.final and msg.request_id == run.request_id:
@@ -194,40 +328,38 @@ class Device:
 
     # ------------------------------------------------------------------------------ pipelines
 
-    def begin(self, node: str, start: float, word: str, *, ring: bool = True) -> None:
-        """Start a pipeline in Home Assistant with the room's audio from ``start`` (a wake word, or now)."""
-        conn = self.conn
-        if conn is None or not conn.voice:
-            log.info("%s device: wake word heard, but Home Assistant is not connected and subscribed", self.room)
-            return
-        if self.run is not None and abs(self.run.start - start) < 1.0:
-            return  # the same wake word (arbitration after a direct start)
-        self.end_run()
-        run = self.run = Run(self, node, start, word)
-        if ring:
-            for t, data in self.ring.get(node, ()):
-                if t + len(data) / (2 * RATE) <= start:
-                    continue
-                run.queue.put_nowait(data[max(0, round((start - t) * RATE)) * 2 :])
-        self.pipelines += 1
-        log.info("%s device: %s on %s, running a pipeline in Home Assistant", self.room, word or "listening", node)
-        conn.spawn(self._stream(conn, run))
+    def ready(self) -> bool:
+        return self.conn is not None and self.conn.voice
+
+    def start_run(self, node: str, wake_time: float, word: str) -> Run:
+        assert self.conn is not None
+        run = Run(self, node, wake_time, word)
+        self.conn.spawn(self._stream(self.conn, run))
+        return run
+
+    def accepts(self, word: str) -> bool:
+        return word in self.active_words or not word
+
+    def choose_wake_words(self, words: list[str]) -> None:
+        """Home Assistant's choice (its wake word select): only these start a pipeline in this room."""
+        known = [w for w in words if w in self.server.wake_words]
+        for w in words:
+            if w not in known:
+                log.warning(
+                    "%s device: Home Assistant chose wake word %r, which this deployment does not run (it runs: %s);"
+                    " ignored", self.room, w, ", ".join(self.server.wake_words),
+                )  # fmt: skip
+        if known:
+            self.active_words = known
+            log.info("%s device: wake word now %s", self.room, ", ".join(known))
 
     def listen_now(self) -> None:
         """Listen without a wake word (start_conversation, continued conversation)."""
         node = next(iter(sorted(self.mics)), "")
         self.begin(node, self.server.bus.clock.now(), "", ring=False)
 
-    def end_run(self) -> None:
-        if self.run is not None:
-            self.run.stop_streaming()
-            self.run = None
-
     async def _stream(self, conn: Connection, run: Run) -> None:
-        bus = self.server.bus
-        await bus.publish(
-            Listen(room=self.room, node=run.node, action="open", time=run.start, request_id=run.request_id)
-        )
+        await self.server.bus.publish(self.claim(run))
         settings = pb.VoiceAssistantAudioSettings(noise_suppression_level=0, auto_gain=0, volume_multiplier=1.0)
         conn.t.send([pb.VoiceAssistantRequest(start=True, flags=0, audio_settings=settings, wake_word_phrase=run.word)])
         deadline = time.monotonic() + MAX_COMMAND_S
@@ -251,28 +383,124 @@ class Device:
         run.stop_streaming()
         conn.t.send([pb.VoiceAssistantAudio(end=True)])  # the end of the command (start=False would abort)
 
+    # ---------------------------------------------------------------------------- entities
+
+    def entities(self) -> list[Any]:
+        """The entities Home Assistant lists: the room's media player (it plays WAV: no mp3 round trip)."""
+        wav = pb.MediaPlayerSupportedFormat(format="wav", purpose=pb.MEDIA_PLAYER_FORMAT_PURPOSE_ANNOUNCEMENT)
+        default = pb.MediaPlayerSupportedFormat(format="wav", purpose=pb.MEDIA_PLAYER_FORMAT_PURPOSE_DEFAULT)
+        return [
+            pb.ListEntitiesMediaPlayerResponse(
+                object_id="media_player", key=KEY_MEDIA, name="Media player", unique_id=f"{self.mac}-media_player",
+                supports_pause=False, supported_formats=[default, wav],
+            ),
+        ]  # fmt: skip
+
+    def states(self) -> list[Any]:
+        state = pb.MEDIA_PLAYER_STATE_PLAYING if self.media_playing else pb.MEDIA_PLAYER_STATE_IDLE
+        return [pb.MediaPlayerStateResponse(key=KEY_MEDIA, state=state, volume=self.volume, muted=self.muted)]
+
+    def send_states(self) -> None:
+        if self.conn is not None:
+            self.conn.t.send(self.states())
+
+    async def media_command(self, msg: Any) -> None:
+        """Home Assistant's media player service calls: volume, mute, stop, play a URL."""
+        if msg.has_volume:
+            self.volume = min(max(round(float(msg.volume), 4), 0.0), 1.0)  # a float32 on the wire
+        if msg.has_command:
+            if msg.command == pb.MEDIA_PLAYER_COMMAND_MUTE:
+                self.muted = True
+            elif msg.command == pb.MEDIA_PLAYER_COMMAND_UNMUTE:
+                self.muted = False
+            elif msg.command == pb.MEDIA_PLAYER_COMMAND_STOP and self.media_task is not None:
+                self.media_task.cancel()
+        if msg.has_volume or msg.has_command:
+            await self.send_gain()
+        if msg.has_media_url and msg.media_url:
+            if self.media_task is not None:
+                self.media_task.cancel()
+            self.media_task = asyncio.current_task()
+            self.media_playing = True
+            self.send_states()
+            try:
+                await self.play(msg.media_url)
+            except (OSError, ValueError) as exc:
+                log.warning("%s device: could not play %s: %s", self.room, msg.media_url, exc)
+            finally:
+                if self.media_task is asyncio.current_task():
+                    self.media_task = None
+                    self.media_playing = False
+        self.send_states()
+
+    async def timer(self, msg: Any) -> None:
+        """A timer event from Home Assistant: its sound in the room, then a spoken line (our TTS).
+
+        A timer started or changed by voice is already confirmed by the pipeline's answer: while a
+        pipeline runs in this room only the sound plays.
+        """
+        try:
+            kind = TimerEv(msg.event_type).name.removeprefix("VOICE_ASSISTANT_TIMER_").lower()
+        except ValueError:
+            log.warning("%s device: unknown timer event %d (timer %r); ignored", self.room, msg.event_type, msg.name)
+            return
+        self.timers[msg.timer_id] = (msg.name, msg.total_seconds, msg.seconds_left, msg.is_active)
+        if kind in ("cancelled", "finished"):
+            self.timers.pop(msg.timer_id, None)
+        line = timer_line(kind, msg.name, msg.total_seconds)
+        log.info("%s device: timer %s %s (%d s left)", self.room, msg.timer_id, kind, msg.seconds_left)
+        if not self.speaker:
+            log.warning("%s device: no loudspeaker in this room; the timer %s is not heard", self.room, kind)
+            return
+        bus = self.server.bus
+        aid = f"esphome-timer-{uuid.uuid4().hex[:8]}"
+        await bus.publish(TtsAudio(room=self.room, answer_id=aid, chunk=0, rate=RATE, data=chime(kind), final=True))
+        if kind in ("started", "updated") and self.run is not None:
+            return
+        await bus.publish(Say(room=self.room, answer_id=f"{aid}-line", text=line))
+
+    async def send_gain(self) -> None:
+        """The room's playback gain follows the media player's volume and mute."""
+        log.info("%s device: volume %.2f%s", self.room, self.volume, " (muted)" if self.muted else "")
+        await self.server.bus.publish(PlaybackGain(room=self.room, volume=self.volume, muted=self.muted))
+
     async def play(self, url: str, text: str = "") -> str:
         """Play a media URL on the room's edge; returns how it ended ("ended", "stopped", "timeout", "no-speaker")."""
         if not self.speaker:
             log.warning("%s device: no edge in this room plays audio (no [edges.*.playback]); not playing", self.room)
             return "no-speaker"
-        pcm, rate = await fetch_pcm(url)
         aid = f"esphome-{uuid.uuid4().hex[:12]}"
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.playing[aid] = fut
         bus = self.server.bus
-        step = rate // 5 * 2  # 200 ms per message
-        chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)] or [b""]
-        for i, piece in enumerate(chunks):
-            last = i == len(chunks) - 1
-            await bus.publish(
-                TtsAudio(
-                    room=self.room, answer_id=aid, chunk=i, rate=rate, data=piece, final=last, text=text if last else ""
-                )
-            )
-        self.server.first_audio[self.room] = time.monotonic()
+        i, seconds, rate, pending = 0, 0.0, RATE, b""
         try:
-            async with asyncio.timeout(len(pcm) / (2 * rate) + 5.0):
+            async for piece, rate in stream_pcm(url):
+                if i == 0 and not pending:
+                    log.debug("%s device: first audio of %s at %.3f", self.room, url, time.monotonic())
+                pending += piece
+                step = int(rate * STEP_S) * 2
+                # the first audio goes as soon as 20 ms are in, then 200 ms pieces
+                while len(pending) >= (step if i else min(step, int(rate * 0.02) * 2)):
+                    n = min(step, len(pending))
+                    await bus.publish(TtsAudio(room=self.room, answer_id=aid, chunk=i, rate=rate, data=pending[:n]))
+                    if i == 0:
+                        self.server.first_audio[self.room] = time.monotonic()
+                    seconds += n / (2 * rate)
+                    pending = pending[n:]
+                    i += 1
+        except BaseException:
+            self.playing.pop(aid, None)
+            if i:  # the edge has part of it: end it there
+                await bus.publish(TtsAudio(room=self.room, answer_id=aid, chunk=i, rate=rate, data=b"", final=True))
+            raise
+        last = TtsAudio(room=self.room, answer_id=aid, chunk=i, rate=rate, data=pending, final=True, text=text)
+        await bus.publish(last)
+        if i == 0:
+            self.server.first_audio[self.room] = time.monotonic()
+        seconds += len(pending) / (2 * rate)
+        try:
+            async with asyncio.timeout(seconds + 5.0):
                 return await fut
         except TimeoutError:
             self.playing.pop(aid, None)
@@ -329,13 +557,7 @@ class Connection:
             self.voice = False
             if d.conn is self:
                 d.conn = None
-                if d.run is not None:
-                    log.info("%s device: Home Assistant went away mid-pipeline; releasing the room", d.room)
-                    run = d.run
-                    d.end_run()
-                    await d.server.bus.publish(
-                        Listen(room=d.room, node=run.node, action="drop", request_id=run.request_id)
-                    )
+                await d.release()
             for task in list(self.tasks):
                 task.cancel()
             self.t.close()
@@ -360,7 +582,11 @@ class Connection:
                 voice_assistant_feature_flags=int(FEATURES),
             )])  # fmt: skip
         elif isinstance(msg, pb.ListEntitiesRequest):
-            send([pb.ListEntitiesDoneResponse()])
+            send([*d.entities(), pb.ListEntitiesDoneResponse()])
+        elif isinstance(msg, pb.SubscribeStatesRequest):
+            send(d.states())
+        elif isinstance(msg, pb.MediaPlayerCommandRequest):
+            self.spawn(d.media_command(msg))
         elif isinstance(msg, pb.PingRequest):
             send([pb.PingResponse()])
         elif isinstance(msg, pb.DisconnectRequest):
@@ -378,14 +604,16 @@ class Connection:
                 for w in d.server.wake_words
             ]
             send([pb.VoiceAssistantConfigurationResponse(
-                available_wake_words=words, active_wake_words=d.server.wake_words[:1], max_active_wake_words=1
+                available_wake_words=words, active_wake_words=d.active_words, max_active_wake_words=len(words)
             )])  # fmt: skip
+        elif isinstance(msg, pb.VoiceAssistantSetConfiguration):
+            d.choose_wake_words(list(msg.active_wake_words))
         elif isinstance(msg, pb.VoiceAssistantAnnounceRequest):
             self.spawn(self._announce(msg))
         elif isinstance(msg, pb.VoiceAssistantEventResponse):
             self._event(Ev(msg.event_type), {a.name: a.value for a in msg.data})
         elif isinstance(msg, pb.VoiceAssistantTimerEventResponse):
-            log.info("%s device: timer %s event %d (timers are not played yet)", d.room, msg.name, msg.event_type)
+            self.spawn(d.timer(msg))
         else:
             log.debug("%s device: ignoring %s", d.room, type(msg).__name__)
         return True
@@ -414,6 +642,7 @@ class Connection:
     def _event(self, ev: Ev, data: dict[str, str]) -> None:
         d = self.device
         run = d.run
+        log.debug("%s device: event %s at %.3f %s", d.room, ev.name, time.monotonic(), data)
         if ev in (Ev.VOICE_ASSISTANT_STT_VAD_END, Ev.VOICE_ASSISTANT_STT_END) and run is not None:
             run.stop_streaming()
         elif ev == Ev.VOICE_ASSISTANT_INTENT_END and run is not None:

@@ -19,7 +19,7 @@ from bridges.wyoming.bus import Bus
 from pipeline.bus import Endpoints
 from pipeline.clock import Clock
 from pipeline.config import ConfigError, Deployment
-from pipeline.messages import Message, Presence, Say
+from pipeline.messages import Message, Presence, Say, StartConversation
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.esphome")
@@ -66,7 +66,7 @@ class Server:
         self.psk = decode_key(self.key) if self.key else None
         self.wake_words = wake_words or ["hey_jarvis"]
         endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
-        prefixes = ["audio/", "wake/", "arbitration/", "playback/", "transcript/", "presence/"]
+        prefixes = ["audio/", "wake/", "arbitration/", "playback/", "transcript/", "presence/", "start_conversation/"]
         self.bus = Bus(endpoints, f"{cfg.name}-esphome", prefixes, clock=clock, curve=curve)
         mic_rooms = [r for r in deployment.rooms if deployment.microphones(r)]
         self.devices = {room: Device(self, room, port) for room, port in cfg.ports(mic_rooms).items()}
@@ -78,13 +78,15 @@ class Server:
         self.started = time.monotonic()
         self.cooldown = float(cfg.greet_cooldown)
         self.greeted: dict[str, float] = {}
-        """Person → when they were last greeted (monotonic)."""
+        """Person → when they were last greeted or addressed by ``start_conversation`` (monotonic)."""
+        self.where: dict[str, str] = {}
+        """Person → the room they were last seen entering (``presence``)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.bus.start()
-        if self.config.greet:
-            self.bus.listen("presence", self._on_presence)
+        self.bus.listen("presence", self._on_presence)
+        self.bus.listen("start_conversation", self._on_converse)
         for d in self.devices.values():
             if not d.speaker:
                 log.warning(
@@ -95,35 +97,67 @@ class Server:
             await self._announce()
 
     def _on_presence(self, msg: Message) -> None:
-        if not isinstance(msg, Presence) or msg.state != "entered" or msg.person in ("", "unknown"):
+        if not isinstance(msg, Presence) or msg.person in ("", "unknown"):
             return
+        if msg.state == "left":
+            if self.where.get(msg.person) == msg.room:
+                del self.where[msg.person]
+            return
+        if msg.state != "entered":
+            return
+        self.where[msg.person] = msg.room
         device = self.devices.get(msg.room)
+        if device is None or not self.config.greet:
+            return
+        if self._cooled(msg.person, self.cooldown, f"entered the {msg.room}"):
+            text = self.config.greet.replace("{person}", msg.person.replace("_", " ").title())
+            self._spawn(self.converse(device, text, f"greeting {msg.person}"))
+
+    def _on_converse(self, msg: Message) -> None:
+        if not isinstance(msg, StartConversation):
+            return
+        room = msg.room or self.where.get(msg.person, "")
+        device = self.devices.get(room)
         if device is None:
+            where = f"the {room}" if room else f"{msg.person or 'nobody'} (not in any known room)"
+            log.warning(
+                "esphome: start_conversation from %s for %s: no room device there (devices: %s); not started",
+                msg.source or "?", where, ", ".join(sorted(self.devices)),
+            )  # fmt: skip
             return
+        if msg.person and not self._cooled(msg.person, msg.cooldown, "addressed by start_conversation"):
+            return
+        what = f"starting a conversation with {msg.person or room}"
+        self._spawn(self.converse(device, msg.text, what, msg.answer_id))
+
+    def _cooled(self, person: str, cooldown: float, what: str) -> bool:
+        """True (and the person's time noted) unless ``person`` was greeted or addressed within ``cooldown``."""
         now = time.monotonic()
-        last = self.greeted.get(msg.person)
-        if last is not None and now - last < self.cooldown:
-            log.info("esphome: %s entered the %s; greeted %.0f s ago, not again", msg.person, msg.room, now - last)
-            return
-        self.greeted[msg.person] = now
-        task = asyncio.get_running_loop().create_task(self.greet(device, msg.person))
+        last = self.greeted.get(person)
+        if last is not None and now - last < cooldown:
+            log.info("esphome: %s %s; greeted %.0f s ago, not again", person, what, now - last)
+            return False
+        self.greeted[person] = now
+        return True
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def greet(self, device: Device, person: str) -> None:
-        """Say the greeting in the device's room (our TTS), then listen there without a wake word."""
-        text = self.config.greet.replace("{person}", person.replace("_", " ").title())
-        aid = f"esphome-greet-{uuid.uuid4().hex[:8]}"
+    async def converse(self, device: Device, text: str, what: str, answer_id: str = "") -> None:
+        """Say ``text`` in the device's room (our TTS), then listen there without a wake word."""
+        aid = answer_id or f"esphome-greet-{uuid.uuid4().hex[:8]}"
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         device.playing[aid] = fut
-        log.info("esphome: greeting %s in the %s", person, device.room)
+        log.info("esphome: %s in the %s", what, device.room)
         await self.bus.publish(Say(room=device.room, answer_id=aid, text=text))
         try:
             async with asyncio.timeout(20.0):
                 await fut
         except TimeoutError:
             device.playing.pop(aid, None)
-            log.warning("esphome: the greeting for %s in the %s was not reported played", person, device.room)
+            log.warning("esphome: %s: the prompt in the %s was not reported played", what, device.room)
             return
         device.listen_now()
 

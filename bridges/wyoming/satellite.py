@@ -28,7 +28,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from wyoming.asr import Transcript
@@ -43,17 +42,10 @@ from wyoming.server import AsyncEventHandler
 from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
+from bridges.rooms import RoomVoice
 from bridges.wyoming.audio import RATE
 from bridges.wyoming.gateway import MATCH_BYTES
-from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import (
-    Listen,
-    Message,
-    PlaybackStatus,
-    TtsAudio,
-    WakeArbitrated,
-    WakeDetected,
-)
+from pipeline.messages import Message, PlaybackStatus, TtsAudio
 from pipeline.messages import Transcript as BusTranscript
 
 if TYPE_CHECKING:
@@ -61,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sensorium.wyoming")
 
-RING_S = 3.0
-"""Room audio kept for the start of a pipeline (the arbiter decides a few hundred ms after the wake word)."""
 MAX_COMMAND_S = 15.0
 """Longest a pipeline streams the room's audio when no transcript ends it."""
 CHUNK_SAMPLES = 1280
@@ -99,9 +89,7 @@ class Run:
     async def run(self) -> None:
         gw, h = self.sat.gw, self.handler
         req = gw.new_request(self.request_id, self.room)
-        await gw.bus.publish(
-            Listen(room=self.room, node=self.node, action="open", time=self.wake_time, request_id=self.request_id)
-        )
+        await gw.bus.publish(self.sat.claim(self))
         await h.write(
             RunPipeline(start_stage=PipelineStage.ASR, end_stage=PipelineStage.TTS, wake_word_name=self.word).event()
         )
@@ -145,34 +133,24 @@ class Run:
                 return
 
 
-class Satellite:
-    """The satellite of one room: its ring buffer of room audio, its Home Assistant connection, its run."""
+class Satellite(RoomVoice[Run]):
+    """The satellite of one room: the shared room logic (ring buffer, wake, claim), its Home Assistant connection."""
+
+    what = "satellite"
 
     def __init__(self, gw: Gateway, room: str, port: int) -> None:
+        super().__init__(gw.bus, room, set(gw.deployment.microphones(room)), log)
         self.gw = gw
-        self.room = room
         self.port = port
         self.name = f"{gw.name} {room.replace('_', ' ')}"
         self.info = gw.offer.satellite_info(self.name, room).event()
-        self.mics = set(gw.deployment.microphones(room))
-        self.ring: dict[str, deque[tuple[float, bytes]]] = {}
         self.handler: SatelliteHandler | None = None
-        self.run: Run | None = None
         self.answers: dict[str, tuple[SatelliteHandler, float]] = {}
         """Answer id of Home Assistant audio sent to the room's edge → (connection to tell, when sent)."""
-        self.pipelines = 0
-        """Pipelines started in Home Assistant since start."""
         self._closers: list[Any] = []
-        self._pending_wake: dict[str, float] = {}
 
     def start(self) -> None:
-        bus = self.gw.bus
-        self._closers = [
-            bus.listen("audio", self._on_audio),
-            bus.listen("arbitration", self._on_arbitration),
-            bus.listen("wake", self._on_wake),
-            bus.listen("playback", self._on_playback),
-        ]
+        self._closers = [*self.listen_bus(), self.gw.bus.listen("playback", self._on_playback)]
 
     async def stop(self) -> None:
         for close in self._closers:
@@ -187,62 +165,24 @@ class Satellite:
         old, self.handler = self.handler, handler
         if old is not None and old is not handler:
             log.info("%s satellite: a new Home Assistant connection replaces the old one", self.room)
-            self._end_run()
+            self.end_run()
             asyncio.get_running_loop().create_task(old.stop())
 
-    def detach(self, handler: SatelliteHandler) -> None:
+    async def detach(self, handler: SatelliteHandler) -> None:
         if self.handler is handler:
             self.handler = None
-            self._end_run()
+            await self.release()
 
-    def _end_run(self) -> None:
-        if self.run is not None:
-            self.run.stop_streaming()
-            self.run = None
+    # ---------------------------------------------------------------------------- room logic
 
-    # ----------------------------------------------------------------------------------- bus
+    def ready(self) -> bool:
+        return self.handler is not None and self.handler.ready
 
-    def _on_audio(self, msg: Message) -> None:
-        if not isinstance(msg, BusChunk) or msg.room != self.room or msg.rate != RATE or msg.channels != 1:
-            return
-        ring = self.ring.setdefault(msg.source, deque())
-        ring.append((msg.time, msg.data))
-        while ring and ring[0][0] < msg.time - RING_S:
-            ring.popleft()
-        run = self.run
-        if run is not None and run.streaming and run.node == msg.source:
-            run.queue.put_nowait(msg.data)
-
-    def _on_wake(self, msg: Message) -> None:
-        # Without an arbiter on the hub the room's own first detection decides.
-        if isinstance(msg, WakeDetected) and msg.room == self.room and (msg.node or msg.source) in self.mics:
-            node = msg.node or msg.source
-            if not self.gw.bus.stage_up("arbiter"):
-                self._begin(node, msg.time, msg.word)
-
-    def _on_arbitration(self, msg: Message) -> None:
-        if isinstance(msg, WakeArbitrated) and msg.room == self.room and msg.node in self.mics:
-            self._begin(msg.node, msg.wake_time, msg.word)
-
-    def _begin(self, node: str, wake_time: float, word: str) -> None:
-        h = self.handler
-        if h is None or not h.ready:
-            log.info("%s satellite: wake word heard, but Home Assistant is not connected and ready", self.room)
-            return
-        if self.run is not None and abs(self.run.wake_time - wake_time) < 1.0:
-            return  # the same wake word (arbitration after a direct start)
-        self._end_run()
-        run = self.run = Run(self, h, node, wake_time, word)
-        # The room's audio from the wake word on, already here: cut the first chunk at the wake time.
-        for t, data in self.ring.get(node, ()):
-            end = t + len(data) / (2 * RATE)
-            if end <= wake_time:
-                continue
-            skip = max(0, round((wake_time - t) * RATE)) * 2
-            run.queue.put_nowait(data[skip:])
-        self.pipelines += 1
-        log.info("%s satellite: wake word on %s, running a pipeline in Home Assistant", self.room, node)
-        run.task = h.spawn(run.run())
+    def start_run(self, node: str, wake_time: float, word: str) -> Run:
+        assert self.handler is not None
+        run = Run(self, self.handler, node, wake_time, word)
+        run.task = self.handler.spawn(run.run())
+        return run
 
     def _on_playback(self, msg: Message) -> None:
         if not isinstance(msg, PlaybackStatus) or msg.room != self.room or msg.state == "started":
@@ -297,7 +237,7 @@ class SatelliteHandler(AsyncEventHandler):
     async def disconnect(self) -> None:
         self.closed = True
         self.ready = False
-        self.sat.detach(self)
+        await self.sat.detach(self)
         for task in list(self.tasks):
             task.cancel()
 
@@ -324,7 +264,7 @@ class SatelliteHandler(AsyncEventHandler):
             log.info("%s satellite: Home Assistant is ready", sat.room)
         elif PauseSatellite.is_type(t):
             self.ready = False
-            sat._end_run()
+            sat.end_run()
             log.info("%s satellite: paused by Home Assistant", sat.room)
         elif Transcript.is_type(t):
             # Home Assistant's STT finished (its transcript, maybe from another engine): stop streaming.
