@@ -75,6 +75,8 @@ from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageContext, 
 RATE = 16000
 GAP_S = 0.25
 """A jump in capture time larger than this means audio was lost."""
+LIVE_S = 0.5
+"""A stream whose last chunk arrived within this long is live (a claim ahead of it waits for its audio)."""
 IDLE_S = 60.0
 """A stream with no audio and no open utterance for this long is forgotten (ring and VAD freed)."""
 STAND_DOWN_S = 1.0
@@ -379,9 +381,14 @@ class SttStage(Stage):
         keep = self._d.preroll + 1.0
         while st.ring and st.ring[0][0] < st.end_time - keep:
             st.ring.popleft()
-        if st.utt is not None:
-            st.utt.samples.append(pcm)
-            st.utt.n += len(pcm)
+        utt = st.utt
+        if utt is not None:
+            if utt.n == 0 and msg.time < utt.t0:  # opened by a claim ahead of this stream: it starts at t0
+                pcm = pcm[min(len(pcm), round((utt.t0 - msg.time) * RATE)) :]
+                if not len(pcm):
+                    return
+            utt.samples.append(pcm)
+            utt.n += len(pcm)
             await self._advance(st, pcm)
 
     async def _wake(self, msg: WakeDetected) -> None:
@@ -432,7 +439,10 @@ class SttStage(Stage):
             if st is None or st.utt is None:
                 if st is not None:
                     st.last_end = max(st.last_end, msg.time)  # the request starts here: older audio is not part of it
-                    if msg.time >= st.end_time:  # a new stream on a reused name: its first chunk is no gap
+                    live = time.monotonic() - st.arrived < LIVE_S
+                    # A new stream on a reused name: its first chunk is no gap. A live stream only lags the
+                    # claim (the microphone's audio is on its way): its audio from the claim on is the utterance.
+                    if msg.time >= st.end_time and not live:
                         st.ring.clear()
                         st.end_time = msg.time
                 await self._wake(WakeDetected(time=msg.time, room=msg.room, node=msg.node, source=msg.source))
