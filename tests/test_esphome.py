@@ -436,7 +436,7 @@ async def test_timers_are_heard_in_the_room(tmp_path: Path) -> None:
     from pipeline.messages import Say
 
     async with site(tmp_path) as (server, pub, _):
-        heard = Subscriber(server.bus.endpoints, ["say/", "tts/"])
+        heard = Subscriber(server.bus.endpoints, ["say/", "tts_audio/"])
         await asyncio.sleep(0.3)
         c, _, _ = await voice_client(server, "kitchen")
         info = await c.device_info()
