@@ -1,6 +1,7 @@
 """The hub: data bus proxy, control socket, node health, event log and presence snapshot.
 
-libzmq's steerable proxy moves the data (XSUB → XPUB) in C on its own thread; the hub's asyncio
+A forwarder thread moves the data (XSUB → XPUB, frames not copied) and drops what its sender may not
+publish (``pipeline.busguard``: with CURVE the sender is the key each message came in under); the hub's asyncio
 side only sees events (it subscribes to event topics like any node), control messages and its
 own timers. Off loopback every socket is a CURVE server and only enrolled keys get in.
 
@@ -36,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.bus import Endpoints, Publisher, context, is_loopback
+from pipeline.busguard import BusForwarder, BusGuard, PublishPolicy
 from pipeline.clock import Clock
 from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode, to_json
 from pipeline.config import HubConfig, parse_duration
@@ -109,41 +111,10 @@ holds at most 8 of ~64 KiB in the hub."""
 ROLES = ("edge", "worker", "client")
 REVOKE_CHECK_S = 0.5
 """How often the hub looks for keys removed from ``authorized/`` (revocation)."""
+BUS_REPORT_S = 0.25
+"""How often the hub takes the bus forwarder's refusals (counted, reported as rate-limited ``error`` events)."""
 UTTERANCE_S = 15.0
 """Longest a room counts as busy (an utterance in flight) after a wake word without a final transcript."""
-
-
-@dataclass(frozen=True)
-class PublishPolicy:
-    """Who may publish which events, from the deployment (``sensorium.deployment.publish_policy``).
-
-    The hub checks each event its tap gets against it before numbering it: an edge publishes only its own
-    node's status and its room's playback and input errors; a worker only the events of the stages placed
-    on it (and its status, budget and input errors); nobody but the hub node status about another node or
-    placement. Events in a room the deployment does not have are refused too. What the check relies on is
-    the event's claimed ``source``: the bus does not say who sent a message (see docs/architecture.md)."""
-
-    rooms: frozenset[str]
-    kinds: dict[str, frozenset[str]]
-    """Node name → the event kinds (topic kinds) it may publish."""
-    edge_room: dict[str, str]
-    """Edge node → its room (its events are for that room only)."""
-
-    def problem(self, msg: Event) -> str | None:
-        """Why ``msg`` may not be logged, or None."""
-        allowed = self.kinds.get(msg.source)
-        if allowed is None:
-            return f"{msg.source[:64]!r} is no node of the deployment"
-        if msg.kind not in allowed:
-            return f"{msg.source[:64]!r} may not publish {msg.kind} events (it may: {', '.join(sorted(allowed))})"
-        if isinstance(msg, InputError):
-            return None  # input it refused may name any room (a fuzzed one, too)
-        if msg.room and msg.room not in self.rooms:
-            return f"room {msg.room[:64]!r} is not in the deployment"
-        room = self.edge_room.get(msg.source)
-        if room is not None and msg.room not in ("", room):
-            return f"edge {msg.source[:64]!r} is in {room!r}, not {msg.room[:64]!r}"
-        return None
 
 
 HUB_ONLY = (Placement,)
@@ -457,8 +428,10 @@ class Hub:
         self._keys: CurveKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._directory: _KeyDirectory | None = None
-        self._proxy_thread: threading.Thread | None = None
-        self._steer: zmq.Socket | None = None
+        self._forwarder: BusForwarder | None = None
+        self._bus_dropped = 0
+        self.bus_rejected = 0
+        """Messages the bus forwarder refused (their sender may not publish them; also counted in ``rejected``)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         # Placement of replicated stages (pipeline.placement): the hub owns the table.
@@ -559,6 +532,7 @@ class Hub:
             asyncio.create_task(self._control_loop(), name="hub-control"),
             asyncio.create_task(self._tap_loop(), name="hub-events"),
             asyncio.create_task(self._health_loop(), name="hub-health"),
+            asyncio.create_task(self._bus_refusals_loop(), name="hub-bus-refusals"),
         ]
         if self.placement_spec:
             self._tasks.append(asyncio.create_task(self._placement_loop(), name="hub-placement"))
@@ -568,7 +542,7 @@ class Hub:
         log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
 
     def _start_proxy(self) -> None:
-        """Bind the bus (XSUB, XPUB) and run libzmq's proxy between them on its own thread."""
+        """Bind the bus (XSUB, XPUB) and run the checking forwarder between them on its own thread."""
         sync_ctx = zmq.Context.instance()
         xsub = sync_ctx.socket(zmq.XSUB)
         xpub = sync_ctx.socket(zmq.XPUB)
@@ -582,31 +556,36 @@ class Hub:
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
         _bind(xsub, self.endpoints.publish)
         _bind(xpub, self.endpoints.subscribe)
-        steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
-        steer_peer = sync_ctx.socket(zmq.PAIR)
-        steer_peer.bind(steer_addr)
-        self._steer = sync_ctx.socket(zmq.PAIR)
-        self._steer.connect(steer_addr)
-
-        def _proxy() -> None:
-            try:
-                zmq.proxy_steerable(xsub, xpub, None, steer_peer)
-            except zmq.ContextTerminated:
-                pass
-            finally:
-                for s in (xsub, xpub, steer_peer):
-                    s.close(0)
-
-        self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
-        self._proxy_thread.start()
+        directory = self._directory
+        guard = BusGuard(self.policy, directory.enrolled if directory is not None else None)
+        self._forwarder = BusForwarder(xsub, xpub, guard, curve=self._keys is not None)
+        self._forwarder.start()
 
     async def _stop_proxy(self) -> None:
-        if self._steer is not None:
-            self._steer.send(b"TERMINATE")
-            if self._proxy_thread is not None:
-                await asyncio.to_thread(self._proxy_thread.join, 2.0)
-            self._steer.close(0)
-            self._steer = None
+        if self._forwarder is not None:
+            await asyncio.to_thread(self._forwarder.stop)
+            self._take_bus_refusals()
+            self._forwarder, self._bus_dropped = None, 0
+
+    def _take_bus_refusals(self) -> None:
+        """Messages the bus forwarder refused since the last call: counted, and queued for the report."""
+        fwd = self._forwarder
+        if fwd is None or fwd.dropped == self._bus_dropped:
+            return
+        n, self._bus_dropped = fwd.dropped - self._bus_dropped, fwd.dropped
+        self.bus_rejected += n
+        self.rejected += n
+        for topic, why in fwd.take_refusals():
+            kind = topic.split(b"/", 1)[0].decode(errors="replace")[:32]
+            self._rejected_total.labels(kind).inc()
+            self._rejections.append((topic.decode(errors="replace"), f"refused: {why}"))
+
+    async def _bus_refusals_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BUS_REPORT_S)
+            self._take_bus_refusals()
+            if self._rejections:
+                await self._report_rejections()
 
     async def _cut_everyone(self) -> None:
         """Close every connection to every hub socket (they reconnect, and the ZAP handler sees each key again)."""
