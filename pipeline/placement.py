@@ -240,7 +240,7 @@ class StreamGate:
     _done: dict[str, float] = field(default_factory=dict)
     """Per stream, the end of the last result another worker published (nothing before it is replayed)."""
 
-    def serves(self, stream: str) -> bool:
+    def owns(self, stream: str) -> bool:
         """Does the hub's table hand ``stream`` to this worker now?"""
         return stream in self.owned
 
