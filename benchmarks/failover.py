@@ -108,6 +108,7 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
     procs = {n: _worker(cfg, n, tmp / "logs") for n in ("big", "small")}
     stop = asyncio.Event()
     arrivals: list[tuple[float, Any]] = []  # (monotonic arrival, message)
+    actions: list[tuple[float, str]] = []  # (monotonic, what the benchmark did): to explain duplicates
     ready: set[str] = set()
 
     async def listen() -> None:
@@ -161,6 +162,7 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
             n = len(arrivals)
             _kill(procs["big"])
             t_kill = time.monotonic()
+            actions.append((t_kill, f"kill {i + 1}"))
             done = [m for _, m in arrivals[:n] if isinstance(m, Transcript) and m.final]
             mid = not any(m.t0 - 0.01 <= wake.time <= m.t1 + 0.01 for m in done)
 
@@ -181,12 +183,14 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
                 f"{first - t_kill:.2f} s, placement {moved - t_kill:.2f} s"
             )
             procs["big"] = _worker(cfg, "big", tmp / "logs")
+            actions.append((time.monotonic(), f"restart {i + 1}"))
             await big_serving()
         async with Client(hub.endpoints, name="bench") as client:
             for i in range(drains):
                 await next_wake()
                 await asyncio.sleep(random.uniform(0.2, 0.8))
                 t0 = time.monotonic()
+                actions.append((t0, f"drain {i + 1}"))
                 table = await client.placement("drain", "big")
                 while any(a.worker == "big" for a in table.assignments):
                     await asyncio.sleep(0.05)
@@ -194,6 +198,7 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
                 drain_idle.append(time.monotonic() - t0)
                 print(f"drain {i + 1}/{drains}: big idle after {drain_idle[-1]:.2f} s")
                 await next_wake()
+                actions.append((time.monotonic(), f"undrain {i + 1}"))
                 await client.placement("undrain", "big")
                 await until(lambda: hub.assignments.get(("stt", "kitchen")) == "big", 60, "hand-back")
         await asyncio.sleep(6.0)  # the last command ends
@@ -213,6 +218,33 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
     wakes = [m for _, m in arrivals if isinstance(m, WakeDetected)]
     finals = [m for _, m in arrivals if isinstance(m, Transcript) and m.final]
     per_wake = [sum(1 for f in finals if f.t0 - 0.01 <= w.time <= f.t1 + 0.01) for w in wakes[:-1]]
+    t_of = {id(m): t for t, m in arrivals}
+    duplicates = []
+    for w, c in zip(wakes[:-1], per_wake, strict=False):
+        if c < 2:
+            continue
+        covering = [f for f in finals if f.t0 - 0.01 <= w.time <= f.t1 + 0.01]
+        t_w = t_of[id(w)]
+        duplicates.append(
+            {
+                "finals": [
+                    {
+                        "worker": f.source,
+                        "t0": round(f.t0 - w.time, 2),
+                        "t1": round(f.t1 - w.time, 2),
+                        "text": f.text,
+                        "arrived_s": round(t_of[id(f)] - t_w, 2),
+                    }
+                    for f in covering
+                ],
+                "placements": [
+                    {"arrived_s": round(t - t_w, 2), "from": m.from_worker, "to": m.to_worker, "reason": m.reason}
+                    for t, m in arrivals
+                    if isinstance(m, Placement) and -10 < t - t_w < 15
+                ],
+                "actions": [(round(t - t_w, 2), a) for t, a in actions if -10 < t - t_w < 15],
+            }
+        )
     return {
         "kills": kills,
         "kills_mid_command": len(takeover),
@@ -226,6 +258,8 @@ async def _bench(kills: int, drains: int) -> dict[str, Any]:
         "utterances_lost": sum(1 for c in per_wake if c == 0),
         "utterances_duplicated": sum(1 for c in per_wake if c > 1),
         "finals_by_worker": {w: sum(1 for f in finals if f.source == w) for w in ("big", "small")},
+        "duplicates": duplicates,
+        "logs": str(tmp / "logs"),
     }
 
 

@@ -421,9 +421,16 @@ def workers_of(split: bool) -> dict[str, list[str]]:
 
 
 def deployment_toml(
-    data: Path, address: str, edges: dict[str, str], event_log: int, wav_dir: Path, workers: dict[str, list[str]]
+    data: Path,
+    address: str,
+    edges: dict[str, str],
+    event_log: int,
+    wav_dir: Path,
+    workers: dict[str, list[str]],
+    cameras: dict[str, str] | None = None,
 ) -> str:
-    """The soak's deployment: the stages on CPU workers, one loudspeaker edge per microphone of the session."""
+    """The soak's deployment: the stages on CPU workers, one loudspeaker edge per microphone of the session, and
+    a node per camera of the session (the replay publishes its frames; the hub lets only a room's nodes)."""
     lines = [
         f'data_dir = "{data}"',
         "[hub]",
@@ -440,6 +447,9 @@ def deployment_toml(
             f'room = "{room}"',
             f'playback = {{ wav_dir = "{wav_dir}", rate = 22050 }}',
         ]
+    for name, room in (cameras or {}).items():
+        if name not in edges:
+            lines += [f"[edges.{name}]", f'room = "{room}"']
     for name, stages in workers.items():
         lines += [f"[workers.{name}]", 'device = "cpu"', f"stages = {json.dumps(stages)}"]
     lines += [
@@ -493,15 +503,18 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     one_loop = session.duration + SETTLE + 5.0
     if opts.duration < one_loop:
         raise ValueError(f"--duration {opts.duration:g}s is shorter than one loop of the sample (~{one_loop:.0f} s)")
-    edges = {}
+    edges: dict[str, str] = {}
+    cameras: dict[str, str] = {}
     for rec in session.items:
         kind, room, source = rec.topic.split("/", 2)
         if kind == "audio":
             edges.setdefault(source, room)
+        elif kind == "video":
+            cameras.setdefault(source, room)
     address = _address(opts)
     cfg = out / "deploy.toml"
     workers = workers_of(opts.split)
-    cfg.write_text(deployment_toml(data, address, edges, opts.event_log, wav_dir, workers))
+    cfg.write_text(deployment_toml(data, address, edges, opts.event_log, wav_dir, workers, cameras))
     loops_file, client_file = out / "loops.jsonl", out / "events.jsonl"
     argv = {
         "hub": [*SENSORIUM, "hub", "--config", str(cfg)],

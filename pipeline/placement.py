@@ -240,6 +240,10 @@ class StreamGate:
     _done: dict[str, float] = field(default_factory=dict)
     """Per stream, the end of the last result another worker published (nothing before it is replayed)."""
 
+    def owns(self, stream: str) -> bool:
+        """Does the hub's table hand ``stream`` to this worker now?"""
+        return stream in self.owned
+
     def admit(self, msg: Message) -> bool:
         """True if the stage gets ``msg`` now; otherwise it may be kept for a takeover."""
         stream = stream_of(self.serves, msg)

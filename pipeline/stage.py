@@ -106,6 +106,9 @@ class StageContext:
     """Rate limit of this stage's ``error`` events (see ``report_error``)."""
     nice: int = 0
     """How much lower than the process the stage's thread runs (Linux nice; set from ``Stage.nice``)."""
+    serving: Callable[[str], bool] | None = None
+    """For a replicated stage (set by the worker): does this worker serve stream ``stream`` now (placement)? A
+    stream handed to another worker mid-utterance is finished there from its takeover ring. None: every stream."""
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
@@ -155,6 +158,10 @@ class StageContext:
                 initargs=(self.nice,),
             )
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def serves(self, stream: str) -> bool:
+        """True unless placement handed ``stream`` (a room, a camera) to another worker."""
+        return self.serving is None or self.serving(stream)
 
     async def publish(self, msg: Message) -> None:
         """Emit ``msg`` with this worker as its source (unless the stage set one)."""

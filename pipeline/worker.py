@@ -187,7 +187,8 @@ class Worker:
         for r in self.runners:
             if len(self.deployment.replicas(r.name)) > 1:
                 st = r.stage
-                self.gates[r.name] = StreamGate(self.name, r.name, st.serves, st.takeover_s)  # type: ignore[arg-type]
+                self.gates[r.name] = gate = StreamGate(self.name, r.name, st.serves, st.takeover_s)  # type: ignore[arg-type]
+                st.ctx.serving = gate.owns
                 prefixes.add(f"{PlacementTable.kind}/")
                 if st.takeover_s > 0:  # the other workers' results mark what a takeover need not redo
                     prefixes.update(f"{m.kind}/" for m in st.emits if m.kind in EVENT_KINDS)

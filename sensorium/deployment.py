@@ -6,8 +6,8 @@ import contextlib
 import logging
 from pathlib import Path
 
+from pipeline.busguard import PublishPolicy
 from pipeline.config import ConfigError, Deployment, McpConfig, from_dict, load
-from pipeline.hub import PublishPolicy
 from pipeline.messages import Event
 from pipeline.placement import Serves, StageSpec, specs
 from sensorium.registry import STAGES, stage_class
@@ -61,7 +61,21 @@ def publish_policy(dep: Deployment) -> PublishPolicy | None:
         kinds.setdefault(dep.wyoming.name, frozenset({"transcript"}))
     # the MCP server logs every agent's call as an ``mcp_call`` event (its defaults apply without ``[mcp]``)
     kinds.setdefault((dep.mcp or McpConfig()).name, frozenset({"mcp_call", "error"}))
-    return PublishPolicy(rooms=frozenset(dep.rooms), kinds=kinds, edge_room={n: e.room for n, e in dep.edges.items()})
+    sources = {room: set(names) for room, names in dep.sources().items()}
+    owners: dict[str, str] = {}
+    for name, edge in dep.edges.items():
+        for cam in edge.cameras:
+            sources.setdefault(edge.room, set()).add(cam)
+            owners.setdefault(cam, name)
+    if dep.wyoming is not None:
+        owners.update({s: dep.wyoming.name for s in dep.wyoming.stream_names()})
+    return PublishPolicy(
+        rooms=frozenset(dep.rooms),
+        kinds=kinds,
+        edge_room={n: e.room for n, e in dep.edges.items()},
+        sources={room: frozenset(names) for room, names in sources.items()},
+        owners=owners,
+    )
 
 
 def load_deployment(path: str | Path, *, check_graph: bool = True) -> Deployment:

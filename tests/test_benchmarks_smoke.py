@@ -112,3 +112,23 @@ def test_hostile_benchmark_smoke_run(tmp_path: Path) -> None:
     r = _smoke_run("hostile", tmp_path)
     assert [a["attack"] for a in r["attacks"]] == ["events", "unread", "names", "frame"]
     assert all(a["wake_words_during"] > 0 for a in r["attacks"]), r
+
+
+@pytest.mark.slow
+def test_forwarder_benchmark_smoke_run(tmp_path: Path) -> None:
+    """The forwarder benchmark against this checkout itself (``--before`` takes any checkout), CI-sized."""
+    out = tmp_path / "forwarder.json"
+    args = ["--before", str(ROOT), "--quick", "--repeat", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.forwarder", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["cases"]) == {"audio no keys", "video no keys", "audio CURVE", "video CURVE"}
+    for case in r["cases"].values():
+        for side in ("before", "after"):
+            assert case[side]["received"] > 0.9 * case[side]["sent"], r  # the edge's own streams go through

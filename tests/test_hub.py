@@ -12,6 +12,7 @@ import zmq
 from evaluation.ports import free_port, free_tcp_base
 from pipeline import security
 from pipeline.bus import Endpoints, Publisher, Subscriber, context
+from pipeline.busguard import PublishPolicy
 from pipeline.client import Client, collect
 from pipeline.codec import CodecError, decode, encode, from_json, to_json
 from pipeline.config import HubConfig
@@ -545,8 +546,8 @@ async def test_unenrolled_client_receives_nothing_and_publishes_nothing(tmp_path
         good_pub = Publisher(ep, curve=good)
         evil_pub = Publisher(ep, curve=evil)
         await asyncio.sleep(0.5)
-        await evil_pub.publish(WakeDetected(room="kitchen", word="intruder"))
-        await good_pub.publish(WakeDetected(room="kitchen", word="friend"))
+        await evil_pub.publish(WakeDetected(room="kitchen", source="evil", word="intruder"))
+        await good_pub.publish(WakeDetected(room="kitchen", source="good", word="friend"))  # with CURVE: as itself
         got = await good_sub.recv_timeout(3)
         assert got is not None and got.word == "friend"
         assert await good_sub.recv_timeout(0.5) is None  # the intruder's message never reached the bus
@@ -962,3 +963,213 @@ async def test_a_publisher_that_waits_until_ready_loses_nothing_it_sends_at_once
     finally:
         sub.close()
     assert [m.source for m in got] == [f"gateway-{i}" for i in range(10)]
+
+
+def _bus_fuzz_policy() -> PublishPolicy:
+    return PublishPolicy(
+        rooms=frozenset({"kitchen", "hall"}),
+        kinds={
+            "kitchen-pi": frozenset({"node_status", "playback", "error"}),
+            "hall-pi": frozenset({"node_status", "playback", "error"}),
+            "cpu0": frozenset({"wake", "detections", "node_status", "error"}),
+        },
+        edge_room={"kitchen-pi": "kitchen", "hall-pi": "hall"},
+    )
+
+
+FAKE_T = 7000.0
+"""Fakes carry a capture time from here on; real messages below it."""
+
+
+async def _heard_on_the_bus(
+    ep: Endpoints,
+    watcher: Subscriber,
+    send: list[tuple[Publisher, object]],
+    real: list[tuple[Publisher, object]],
+    h: Hub,
+    expect_refused: int,
+) -> tuple[list[object], list[object]]:
+    """Publish the real messages until the watcher hears them, then every fake, then the real ones again;
+    return (fakes heard, real heard)."""
+    fakes_heard: list[object] = []
+    real_heard: list[object] = []
+
+    async def drain(timeout: float) -> None:
+        while (m := await watcher.recv_timeout(timeout)) is not None:
+            if m.time < 1e6:  # type: ignore[attr-defined]  # (not the hub's own reports of what it refused)
+                (fakes_heard if m.time >= FAKE_T else real_heard).append(m)  # type: ignore[attr-defined]
+
+    for _ in range(30):  # until the subscriptions are through to every publisher
+        for pub, msg in real:
+            await pub.publish(msg)  # type: ignore[arg-type]
+        await drain(0.1)
+        if {type(m) for m in real_heard} >= {type(m) for _, m in real}:
+            break
+    for i, (pub, msg) in enumerate(send):
+        await pub.publish(msg)  # type: ignore[arg-type]
+        if i % 50 == 0:
+            await drain(0.0)
+    real_heard.clear()
+    for pub, msg in real:
+        await pub.publish(msg)  # type: ignore[arg-type]
+    await drain(0.5)
+    for _ in range(60):
+        if getattr(h, "bus_rejected", 0) >= expect_refused:  # (an old hub has no such count)
+            break
+        await asyncio.sleep(0.05)
+    await drain(0.2)
+    return fakes_heard, real_heard
+
+
+async def test_with_curve_nothing_reaches_the_bus_that_its_sender_may_not_publish(tmp_path: Path) -> None:
+    """Fixed by the hub's checking forwarder (``pipeline.busguard``), which reads the key each message came in
+    under: before, libzmq's proxy passed every message on and dropped who sent it, so any enrolled key could
+    stream audio and video as another room's edge and publish events in another node's name (the tap only saw
+    the claimed source). A spoofing fuzz of 600 messages from three keys: 0 reach a subscriber, 0 are logged,
+    each is counted and reported in rate-limited ``error`` events; the real traffic beside them flows."""
+    import random
+
+    from pipeline.messages import Detections, InputError, Placement, PlacementTable, Presence, VideoFrame
+
+    hub_dir, keys = _curve_hub(tmp_path, ["kitchen-pi", "hall-pi", "cpu0", "lost", "events-cli"])
+    port = free_tcp_base()
+    h = Hub(
+        HubConfig(address=f"tcp://0.0.0.0:{port}", keys=str(hub_dir), heartbeat=0.1, down_after=0.5),
+        policy=_bus_fuzz_policy(),
+    )
+    await h.start()
+    ep = Endpoints.from_address(f"tcp://127.0.0.1:{port}")
+    pubs = {n: Publisher(ep, curve=keys[n]) for n in ("kitchen-pi", "hall-pi", "cpu0", "lost")}
+    watcher = Subscriber(ep, [""], curve=keys["events-cli"])  # everything on the bus
+    pcm = b"\x01\x00" * 1280
+
+    def t(i: int) -> float:
+        return FAKE_T + i
+
+    fakes = [
+        # an edge streaming as another edge, or into another room under its own name
+        lambda i: ("kitchen-pi", AudioChunk(room="hall", source="hall-pi", time=t(i), data=pcm)),
+        lambda i: ("kitchen-pi", AudioChunk(room="hall", source="kitchen-pi", time=t(i), data=pcm)),
+        lambda i: ("kitchen-pi", VideoFrame(room="hall", source="hall-pi", time=t(i), data=b"jpeg")),
+        # an edge publishing a worker's events, the hub's status, placement
+        lambda i: ("kitchen-pi", WakeDetected(room="kitchen", source="kitchen-pi", word="fake", time=t(i))),
+        lambda i: ("kitchen-pi", NodeStatus(source="hub", node="hub", role="hub", state="down", time=t(i))),
+        lambda i: ("hall-pi", Placement(source="hub", stage="stt", stream="hall", to_worker="x", time=t(i))),
+        lambda i: ("hall-pi", PlacementTable(source="hub", time=t(i))),
+        lambda i: ("hall-pi", Detections(room="hall", source="hall-pi", camera="hall-pi", time=t(i))),
+        # a worker streaming as an edge, speaking as an edge, publishing what its stages do not
+        lambda i: ("cpu0", AudioChunk(room="kitchen", source="kitchen-pi", time=t(i), data=pcm)),
+        lambda i: ("cpu0", WakeDetected(room="hall", source="hall-pi", word="fake", time=t(i))),
+        lambda i: ("cpu0", NodeStatus(source="kitchen-pi", node="kitchen-pi", role="edge", state="down", time=t(i))),
+        lambda i: ("cpu0", Presence(room="kitchen", source="cpu0", person="fake", state="entered", time=t(i))),
+        lambda i: ("cpu0", Detections(room="attic", source="kitchen-pi", camera="kitchen-pi", time=t(i))),
+        # an enrolled key that is no node of the deployment, as each of them
+        lambda i: ("lost", WakeDetected(room="kitchen", source="cpu0", word="fake", time=t(i))),
+        lambda i: ("lost", AudioChunk(room="kitchen", source="kitchen-pi", time=t(i), data=pcm)),
+        lambda i: ("lost", VideoFrame(room="hall", source="hall-pi", time=t(i), data=b"jpeg")),
+        lambda i: ("lost", WakeDetected(room="kitchen", source="lost", word="fake", time=t(i))),
+        lambda i: ("lost", AudioChunk(room="kitchen", source="lost", time=t(i), data=pcm)),
+        lambda i: ("lost", InputError(source="cpu0", stage="wake", reason="fake", time=t(i))),
+    ]
+    real = [
+        (pubs["kitchen-pi"], AudioChunk(room="kitchen", source="kitchen-pi", time=1.0, data=pcm)),
+        (pubs["hall-pi"], VideoFrame(room="hall", source="hall-pi", time=1.0, data=b"jpeg")),
+        (pubs["cpu0"], WakeDetected(room="kitchen", source="cpu0", word="real", time=1.0)),
+        (pubs["cpu0"], Detections(room="kitchen", source="kitchen-pi", camera="kitchen-pi", persons=1, time=1.0)),
+        (pubs["hall-pi"], NodeStatus(source="hall-pi", node="hall-pi", role="edge", state="up", time=1.0)),
+    ]
+    rng = random.Random(11)
+    sent = []
+    for i in range(600):
+        who, msg = rng.choice(fakes)(i)
+        sent.append((pubs[who], msg))
+    try:
+        await asyncio.sleep(0.3)
+        fakes_heard, real_heard = await _heard_on_the_bus(ep, watcher, sent, real, h, 600)
+        assert not fakes_heard, f"{len(fakes_heard)} of 600 fakes reached the bus, e.g. {fakes_heard[:3]}"
+        assert {type(m) for m in real_heard} == {type(m) for _, m in real}, real_heard
+        logged = [from_json(e.json) for e in h.log.entries]
+        assert not [e for e in logged if FAKE_T <= e.time < 1e6], "a spoofed event was logged"
+        assert any(isinstance(e, Detections) and e.camera == "kitchen-pi" for e in logged)  # a stage's per-camera topic
+        assert h.bus_rejected == 600
+        errors = [e for e in logged if isinstance(e, InputError) and e.stage == "hub"]
+        assert errors and all(e.reason.startswith("refused: ") for e in errors), [e.reason for e in errors]
+        assert any("key 'lost' may not publish as 'kitchen-pi'" in e.reason for e in errors), [e.reason for e in errors]
+        assert len(errors) < 150 and sum(1 + e.suppressed for e in errors) <= 600  # rate-limited, counted
+    finally:
+        for p in pubs.values():
+            p.close()
+        watcher.close()
+        await h.stop()
+
+
+async def test_without_curve_streams_and_events_the_policy_refuses_never_reach_the_bus(
+    hub_address: str, tmp_path: Path
+) -> None:
+    """Fixed by the checking forwarder: before, the publish policy only kept refused events out of the log —
+    they still reached every stage on the bus (a fake wake word for the arbiter, audio of a room that does not
+    exist for the wake stage). Without keys the sender is not known, so this is what the claimed source allows."""
+    from pipeline.messages import Presence, VideoFrame
+
+    h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=_bus_fuzz_policy())
+    await h.start()
+    pub = Publisher(h.endpoints)
+    watcher = Subscriber(h.endpoints, ["audio/", "video/", "wake/", "presence/"])
+    pcm = b"\x01\x00" * 1280
+    fakes = [
+        AudioChunk(room="attic", source="kitchen-pi", time=FAKE_T, data=pcm),
+        AudioChunk(room="hall", source="kitchen-pi", time=FAKE_T, data=pcm),
+        AudioChunk(room="kitchen", source="intruder", time=FAKE_T, data=pcm),
+        VideoFrame(room="kitchen", source="cpu0", time=FAKE_T, data=b"jpeg"),
+        WakeDetected(room="kitchen", source="kitchen-pi", word="fake", time=FAKE_T),
+        WakeDetected(room="kitchen", source="intruder", word="fake", time=FAKE_T),
+        Presence(room="hall", source="cpu0", person="fake", state="entered", time=FAKE_T),
+    ]
+    real = [
+        (pub, AudioChunk(room="kitchen", source="kitchen-pi", time=1.0, data=pcm)),
+        (pub, VideoFrame(room="hall", source="hall-pi", time=1.0, data=b"jpeg")),
+        (pub, WakeDetected(room="kitchen", source="cpu0", word="real", time=1.0)),
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        sent = [(pub, fakes[i % len(fakes)]) for i in range(140)]
+        fakes_heard, real_heard = await _heard_on_the_bus(h.endpoints, watcher, sent, real, h, 140)
+        assert not fakes_heard, f"{len(fakes_heard)} of 140 fakes reached the bus, e.g. {fakes_heard[:3]}"
+        assert {type(m) for m in real_heard} == {type(m) for _, m in real}, real_heard
+        assert h.bus_rejected == 140
+    finally:
+        pub.close()
+        watcher.close()
+        await h.stop()
+
+
+def test_the_deployments_policy_logs_a_cameras_detections_and_binds_each_stream_to_its_edge() -> None:
+    """Fixed by the policy knowing each edge's cameras: before, a hub started from a deployment file refused
+    every ``detections`` event (the detect stage publishes on the camera's topic, ``detections/<room>/<camera>``,
+    and a camera was "no node of the deployment"), so no detection was ever logged."""
+    from pipeline.busguard import BusGuard
+    from pipeline.messages import Detections
+    from sensorium.deployment import deployment_from_dict, publish_policy
+
+    dep = deployment_from_dict(
+        {
+            "rooms": {"kitchen": {}, "hall": {}},
+            "edges": {
+                "kitchen-pi": {"room": "kitchen", "microphone": {}, "cameras": {"kitchen-cam": {"source": 0}}},
+                "hall-pi": {"room": "hall", "microphone": {}},
+            },
+            "workers": {"cpu0": {"stages": ["detect", "wake"]}},
+        },
+        "<test>",
+    )
+    policy = publish_policy(dep)
+    assert policy is not None
+    assert policy.problem(Detections(room="kitchen", source="kitchen-cam", camera="kitchen-cam", persons=1)) is None
+    assert policy.problem(Detections(room="hall", source="kitchen-cam", camera="kitchen-cam")) is not None
+    guard = BusGuard(policy)
+    assert guard.check("kitchen-pi", b"video/kitchen/kitchen-cam") is None  # its own camera
+    assert guard.check("cpu0", b"detections/kitchen/kitchen-cam") is None  # the detect stage, per camera
+    assert guard.check("hall-pi", b"video/kitchen/kitchen-cam") == "key 'hall-pi' may not publish as 'kitchen-cam'"
+    assert guard.check("kitchen-pi", b"detections/kitchen/kitchen-cam") is not None  # an edge detects nothing
+    assert guard.check(None, b"video/hall/kitchen-cam") is not None  # claimed, in the wrong room
+    assert guard.check(None, b"video/kitchen/kitchen-cam") is None

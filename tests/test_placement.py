@@ -158,6 +158,7 @@ def test_gate_replays_what_came_after_the_last_final_of_the_old_worker() -> None
     gate = StreamGate("small", "stt", "room", takeover_s=16.0)
     table = to_message({("stt", "kitchen"): "big"}, 1, ["big", "small"], [])
     assert gate.update(table)[0] == []
+    assert not gate.owns("kitchen")
     first = [_chunk(100.0 + 0.08 * i) for i in range(10)]  # 100.0 … 100.8
     assert not any(gate.admit(m) for m in first)
     gate.observe(Transcript(room="kitchen", source="big", final=True, t1=100.4))  # big finished one
@@ -167,6 +168,7 @@ def test_gate_replays_what_came_after_the_last_final_of_the_old_worker() -> None
     assert gate.admit(SpeakerIdentified(room="kitchen", utterance_id="x"))
     replay, gained, lost = gate.update(to_message({("stt", "kitchen"): "small"}, 2, ["small"], []))
     assert gained == {"kitchen"} and not lost
+    assert gate.owns("kitchen") and not gate.owns("hall")  # what the stage asks (StageContext.serving)
     assert replay == [m for m in first if m.time + 0.08 > 100.4] + [wake]
     assert gate.admit(_chunk(101.0))
     stale = to_message({("stt", "kitchen"): "big"}, 1, ["big"], [])

@@ -253,6 +253,32 @@ async def test_stream_stopping_mid_utterance_closes_cleanly_other_room_served() 
 
 
 @pytest.mark.slow
+async def test_a_room_handed_to_another_worker_mid_utterance_gets_no_final_from_here() -> None:
+    """Fixed by the stage asking placement whether it still serves the room before it closes an utterance whose
+    audio stopped: before, a worker that lost the room to a hand-back racing a wake word published an empty final
+    for the wake while the worker that took the room over transcribed it from its takeover ring (the failover
+    benchmark's duplicated utterances: every one a drain round's hand-back right after a wake word)."""
+    kitchen = media.concat(0.5, media.speech("hey jarvis, turn on the kitchen lights and the oven", "flite:awb"), 1.5)
+    office = media.concat(0.8, media.speech("hey jarvis, what time is it", "piper:joe"), 1.5)
+    chain = Chain()
+    await chain.add(WakeStage)
+    stt = await chain.add(SttStage, cpu_threads=2, stream_timeout=0.5)
+    stt.ctx.serving = lambda stream: stream != "kitchen"  # the table moved the kitchen away; its audio stops here
+    try:
+        await chain.play({KITCHEN: kitchen, OFFICE: office}, t0=T0, stop_at={KITCHEN: 2.4})
+        await chain.settle()
+        await asyncio.sleep(1.0)  # past stream_timeout: the kitchen's utterance is given up, not closed
+        assert [w.room for w in chain.of(WakeDetected)].count("kitchen") == 1
+        finals = [m for m in chain.of(Transcript) if m.final]
+        assert [m.room for m in finals] == ["office"], [(m.room, m.text) for m in finals]
+        assert "time" in norm(finals[0].text)
+        assert not chain.of(InputError)  # nothing went wrong with the kitchen's stream: it went elsewhere
+        assert stt.counts["handed_over"] == 1  # type: ignore[attr-defined]
+    finally:
+        await chain.close()
+
+
+@pytest.mark.slow
 async def test_bad_chunks_are_rejected_and_the_utterance_still_completes() -> None:
     chain = Chain()
     await chain.add(WakeStage)

@@ -250,6 +250,7 @@ class SttStage(Stage):
             "speculative": 0,
             "partials_cancelled": 0,
             "stood_down": 0,
+            "handed_over": 0,
         }
         """Decode bookkeeping: finals taken from the decode started at the speech pause need no decode."""
         self._vad_pool: ThreadPoolExecutor | None = None
@@ -559,7 +560,15 @@ class SttStage(Stage):
             if self._busy_since or now < self._grace_until:
                 continue  # a slow handle call (overloaded CPU) is not a stopped stream
             for key, st in list(self._streams.items()):
-                if st.utt is not None and now - st.arrived > self._d.stream_timeout:
+                if st.utt is not None and now - st.arrived > self._d.stream_timeout and not self.ctx.serves(st.room):
+                    # placement handed the room to another worker mid-utterance (a hand-back racing a wake word):
+                    # it replays the utterance from its takeover ring; a final from here would be a second one
+                    self.ctx.log.info("stt: %s/%s handed to another worker mid-utterance; it finishes it", *key)
+                    st.utt.closed = True
+                    st.last_end = st.end_time
+                    st.utt = None
+                    self.counts["handed_over"] += 1
+                elif st.utt is not None and now - st.arrived > self._d.stream_timeout:
                     await self._error(st, f"audio stopped {now - st.arrived:.1f} s into an utterance; closed it")
                     self._close(st, st.end_time, "stream-stopped")
                 elif st.utt is None and now - st.arrived > IDLE_S:

@@ -1,7 +1,8 @@
 """The hub itself: the data bus proxy, its sockets and their keys, and the loops of its three parts.
 
-libzmq's steerable proxy moves the data (XSUB → XPUB) in C on its own thread; the hub's asyncio side only
-sees events (it subscribes to event topics like any node), control messages and its own timers. Off
+A forwarder thread moves the data (XSUB → XPUB, frames not copied) and drops what its sender may not
+publish (``pipeline.busguard``: with CURVE the sender is the key each message came in under); the hub's asyncio
+side only sees events (it subscribes to event topics like any node), control messages and its own timers. Off
 loopback every socket is a CURVE server and only enrolled keys get in (``pipeline.hub.security``).
 
 The hub's jobs are its parts: ``EventDesk`` (``pipeline.hub.events``) numbers, logs and publishes events;
@@ -16,7 +17,6 @@ import contextlib
 import ipaddress
 import logging
 import secrets
-import threading
 import time
 import uuid
 from collections import OrderedDict, defaultdict
@@ -30,6 +30,7 @@ import zmq.asyncio
 from prometheus_client import Counter
 
 from pipeline.bus import Endpoints, Publisher, context, is_loopback
+from pipeline.busguard import BusForwarder, BusGuard
 from pipeline.clock import Clock
 from pipeline.codec import MAX_HEADER, CodecError, decode, encode
 from pipeline.config import HubConfig, parse_duration
@@ -62,6 +63,8 @@ CONTROL_SNDHWM = 8
 holds at most 8 of ~64 KiB in the hub."""
 REVOKE_CHECK_S = 0.5
 """How often the hub looks for keys removed from ``authorized/`` (revocation)."""
+BUS_REPORT_S = 0.25
+"""How often the hub takes the bus forwarder's refusals (counted, reported as rate-limited ``error`` events)."""
 
 
 def _bind(sock: zmq.Socket, endpoint: str, wait: float = 2.0) -> None:
@@ -174,8 +177,10 @@ class Hub:
         self._keys: CurveKeys | None = None
         self._auth: Authenticator | None = None
         self._directory: KeyDirectory | None = None
-        self._proxy_thread: threading.Thread | None = None
-        self._steer: zmq.Socket | None = None
+        self._forwarder: BusForwarder | None = None
+        self._bus_dropped = 0
+        self.bus_rejected = 0
+        """Messages the bus forwarder refused (their sender may not publish them; also counted in ``rejected``)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
 
@@ -304,6 +309,7 @@ class Hub:
             asyncio.create_task(self._control_loop(), name="hub-control"),
             asyncio.create_task(self.events.run(), name="hub-events"),
             asyncio.create_task(self.control.watch_health(self.heartbeat), name="hub-health"),
+            asyncio.create_task(self._bus_refusals_loop(), name="hub-bus-refusals"),
         ]
         if self.placement.spec:
             self._tasks.append(
@@ -315,7 +321,7 @@ class Hub:
         log.info("hub up: %s (event log at seq %d)", ", ".join(self.endpoints.all()), self.log.last_seq)
 
     def _start_proxy(self) -> None:
-        """Bind the bus (XSUB, XPUB) and run libzmq's proxy between them on its own thread."""
+        """Bind the bus (XSUB, XPUB) and run the checking forwarder between them on its own thread."""
         sync_ctx = zmq.Context.instance()
         xsub = sync_ctx.socket(zmq.XSUB)
         xpub = sync_ctx.socket(zmq.XPUB)
@@ -329,31 +335,37 @@ class Hub:
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
         _bind(xsub, self.endpoints.publish)
         _bind(xpub, self.endpoints.subscribe)
-        steer_addr = f"inproc://hub-steer-{uuid.uuid4().hex}"
-        steer_peer = sync_ctx.socket(zmq.PAIR)
-        steer_peer.bind(steer_addr)
-        self._steer = sync_ctx.socket(zmq.PAIR)
-        self._steer.connect(steer_addr)
-
-        def _proxy() -> None:
-            try:
-                zmq.proxy_steerable(xsub, xpub, None, steer_peer)
-            except zmq.ContextTerminated:
-                pass
-            finally:
-                for s in (xsub, xpub, steer_peer):
-                    s.close(0)
-
-        self._proxy_thread = threading.Thread(target=_proxy, name="hub-proxy", daemon=True)
-        self._proxy_thread.start()
+        directory = self._directory
+        guard = BusGuard(self.policy, directory.enrolled if directory is not None else None)
+        self._forwarder = BusForwarder(xsub, xpub, guard, curve=self._keys is not None)
+        self._forwarder.start()
 
     async def _stop_proxy(self) -> None:
-        if self._steer is not None:
-            self._steer.send(b"TERMINATE")
-            if self._proxy_thread is not None:
-                await asyncio.to_thread(self._proxy_thread.join, 2.0)
-            self._steer.close(0)
-            self._steer = None
+        if self._forwarder is not None:
+            await asyncio.to_thread(self._forwarder.stop)
+            self._take_bus_refusals()
+            self._forwarder, self._bus_dropped = None, 0
+
+    def _take_bus_refusals(self) -> None:
+        """Messages the bus forwarder refused since the last call: counted, and queued for the report."""
+        fwd = self._forwarder
+        if fwd is None or fwd.dropped == self._bus_dropped:
+            return
+        n, self._bus_dropped = fwd.dropped - self._bus_dropped, fwd.dropped
+        self.bus_rejected += n
+        desk = self.events
+        desk.rejected += n
+        for topic, why in fwd.take_refusals():
+            kind = topic.split(b"/", 1)[0].decode(errors="replace")[:32]
+            desk._rejected_total.labels(kind).inc()
+            desk._rejections.append((topic.decode(errors="replace"), f"refused: {why}"))
+
+    async def _bus_refusals_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BUS_REPORT_S)
+            self._take_bus_refusals()
+            if self.events._rejections:
+                await self.events._report_rejections()
 
     async def _cut_everyone(self) -> None:
         """Close every connection to every hub socket (they reconnect, and the ZAP handler sees each key again)."""
