@@ -496,15 +496,18 @@ async def add_wyoming(ha: HomeAssistant, ports: dict[str, int]) -> dict[str, str
     return out
 
 
-async def prefer_sensorium_pipeline(ws: Any, entities: dict[str, list[str]]) -> dict[str, Any]:
+async def prefer_sensorium_pipeline(
+    ws: Any, entities: dict[str, list[str]], *, agent: str | None = None, name: str = "sensorium"
+) -> dict[str, Any]:
     """An Assist pipeline of sensorium's speech-to-text, conversation agent and text-to-speech (the entities of
-    the ``stt``, ``handle`` and ``tts`` entries), made HA's preferred one, over an open WebSocket ``ws``."""
+    the ``stt``, ``handle`` and ``tts`` entries), made HA's preferred one, over an open WebSocket ``ws``.
+    ``agent``: another conversation agent (``conversation.home_assistant``: HA's own intents, its timers)."""
     pipeline = await ws.call(
         "assist_pipeline/pipeline/create",
-        conversation_engine=entities["handle"][0],
+        conversation_engine=agent or entities["handle"][0],
         conversation_language="en",
         language="en",
-        name="sensorium",
+        name=name,
         stt_engine=entities["stt"][0],
         stt_language="en",
         tts_engine=entities["tts"][0],

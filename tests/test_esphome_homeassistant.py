@@ -217,21 +217,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
 
             # --- a timer set by voice with HA's own agent (its timer intents): it finishes and is heard
             async with ha.websocket() as ws:
-                timers = await ws.call(
-                    "assist_pipeline/pipeline/create",
-                    conversation_engine="conversation.home_assistant",
-                    conversation_language="en",
-                    language="en",
-                    name="timers",
-                    stt_engine=ents["stt"][0],
-                    stt_language="en",
-                    tts_engine=ents["tts"][0],
-                    tts_language="en",
-                    tts_voice=None,
-                    wake_word_entity=None,
-                    wake_word_id=None,
-                )
-                await ws.call("assist_pipeline/pipeline/set_preferred", pipeline_id=timers["id"])
+                timers = await prefer_sensorium_pipeline(ws, ents, agent="conversation.home_assistant", name="timers")
             # (a voice not enrolled: HA's built-in agent does not parse the "[joe] " speaker prefix)
             before = wavs(tmp_path / "played-kitchen")
             await asyncio.sleep(1.0)
@@ -246,13 +232,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
                     before.add(new)
                     if await frames(new) > 0.7 * 22050:  # speech (the timer's start sound is shorter)
                         heard_lines.append(await read_back(p["stt"], new.read_bytes()))
-            async with ha.websocket() as ws:
-                runs = (await ws.call("assist_pipeline/pipeline_debug/list", pipeline_id=timers["id"]))["pipeline_runs"]
-                run = await ws.call(
-                    "assist_pipeline/pipeline_debug/get",
-                    pipeline_id=timers["id"],
-                    pipeline_run_id=runs[-1]["pipeline_run_id"],
-                )
+            run = await last_pipeline_run(ha, timers)
             events = {e["type"]: e.get("data") for e in run["events"]}
             print(f"heard around the timer: {heard_lines}")
             assert any(said(h)[-3:] == ["timer", "is", "done"] and "second" in said(h) for h in heard_lines), (
