@@ -234,6 +234,27 @@ def postprocess(
     return out
 
 
+def _with_low(found: np.ndarray, conf: float, contain: float) -> np.ndarray:
+    """Boxes (after class-agnostic NMS, best first) → those above ``conf`` merged as ``postprocess`` does,
+    then the weaker ones that overlap none of them (IoU <= 0.3, not mostly inside or around one)."""
+    high = found[found[:, 4] > conf]
+    high = high[suppress_contained(high[:, :4], high[:, 4], contain)]
+    weak = [
+        b
+        for b in found[found[:, 4] <= conf]
+        if not any(iou(b, h) > 0.3 or _overlap(b, h) >= max(contain, 0.5) * min(_area(b), _area(h)) for h in high)
+    ]
+    return np.concatenate([high, np.asarray(weak, np.float32).reshape(-1, 5)])[:MAX_DET].astype(np.float32)
+
+
+def _area(b: np.ndarray) -> float:
+    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+
+
 def unletterbox(boxes: np.ndarray, scale: float, pad: tuple[float, float], shape: tuple[int, ...]) -> np.ndarray:
     """Boxes in letterboxed input pixels → pixels of the original image (clipped to it)."""
     b = boxes.copy()
@@ -386,11 +407,16 @@ class PersonDetector:
         size = imgsz or self.imgsz
         return [[PersonBox(*map(float, row)) for row in res] for res in self._run(self.backend(size), images, size)]
 
-    def detect_crops(self, crops: list[np.ndarray], size: int) -> list[np.ndarray]:
-        """People in image regions (any shape, letterboxed to ``size``): arrays of x1, y1, x2, y2, score."""
-        return self._run(self.backend(size), crops, size)
+    def detect_crops(self, crops: list[np.ndarray], size: int, low: float = 0.0) -> list[np.ndarray]:
+        """People in image regions (any shape, letterboxed to ``size``): arrays of x1, y1, x2, y2, score.
 
-    def _run(self, backend: Backend, images: list[np.ndarray], size: int) -> list[np.ndarray]:
+        With ``low`` (below ``conf``) the arrays also hold the weaker boxes scored ``low``-``conf`` that are
+        not a duplicate of a box above ``conf`` (after them, at most ``MAX_DET`` in all): ByteTrack's
+        second association, which keeps a known person's track through frames the model scores them
+        low, and never starts a track from such a box."""
+        return self._run(self.backend(size), crops, size, low)
+
+    def _run(self, backend: Backend, images: list[np.ndarray], size: int, low: float = 0.0) -> list[np.ndarray]:
         if not images:
             return []
         # Dynamic backends letterbox only to a multiple of 32 when the batch shares one shape (as ultralytics
@@ -398,7 +424,10 @@ class PersonDetector:
         rect = backend.dynamic and len({im.shape for im in images}) == 1
         boxed = [letterbox(im, size, rect) for im in images]
         raw = backend.infer(to_tensor([b[0] for b in boxed]))
-        found = postprocess(raw, self.person_classes, self.conf, contain=self.contain)
+        if 0 < low < self.conf:
+            found = [_with_low(f, self.conf, self.contain) for f in postprocess(raw, self.person_classes, low)]
+        else:
+            found = postprocess(raw, self.person_classes, self.conf, contain=self.contain)
         return [unletterbox(f, s, p, im.shape) for f, (_, s, p), im in zip(found, boxed, images, strict=True)]
 
     # ------------------------------------------------------------------------------------ tracking
