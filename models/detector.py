@@ -45,7 +45,10 @@ PAD_VALUE = 114
 #: bundled model scores 0.3-0.4 matched its own track only at IoU > 0.55-0.65, so a still person whose box
 #: wobbles between looks (320 px regions, 640 px whole frames) started a new track on every look and was never
 #: confirmed; IoU alone (>= 0.2, ``match_thresh`` 0.8) keeps one track.
-TRACKER: dict[str, Any] = {"fuse_score": False}
+#: ``new_match_thresh`` 0.95 and ``match_thresh`` 0.9 (IoU >= 0.05 / 0.1 instead of 0.3 / 0.2): at 5 fps a person
+#: walking across the view moves more than half their width from frame to frame, and ultralytics' limits (tuned
+#: for 30 fps video) never gave them a track until they stopped (``_new_match_tracker``).
+TRACKER: dict[str, Any] = {"fuse_score": False, "new_match_thresh": 0.95, "match_thresh": 0.9}
 
 
 @dataclass
@@ -441,7 +444,10 @@ class PersonDetector:
             settings = {**YAML.load(check_yaml(f"{self.tracker_name}.yaml")), **self.tracker_settings}
             cfg = IterableSimpleNamespace(**settings)
             cfg.device = self.device
-            self._trackers[camera] = TRACKER_MAP[cfg.tracker_type](args=cfg)
+            cls = TRACKER_MAP[cfg.tracker_type]
+            if "new_match_thresh" in settings and hasattr(cls, "_unconfirmed_association"):
+                cls = _new_match_tracker(cls)
+            self._trackers[camera] = cls(args=cfg)
         return self._trackers[camera]
 
     def update_tracks(self, camera: str, boxes: list[PersonBox], image: np.ndarray | None) -> list[PersonBox]:
@@ -475,6 +481,42 @@ class PersonDetector:
             self._trackers.clear()
         else:
             self._trackers.pop(camera, None)
+
+
+_NEW_MATCH: dict[type, type] = {}
+
+
+def _new_match_tracker(base: type) -> type:
+    """``base`` (an ultralytics tracker) with ``new_match_thresh`` as the IoU-distance limit for matching a track
+    seen once (not yet activated) to a box of the next frame; ultralytics fixes it at 0.7 (IoU >= 0.3). A
+    person walking across a camera's view at 5 fps moves more than half their width between frames, so that
+    second box never matched and the person got no track — and was never counted — until they stopped."""
+    if base not in _NEW_MATCH:
+        from ultralytics.trackers.utils import matching
+
+        def _unconfirmed_association(
+            self: Any,
+            unconfirmed: list[Any],
+            u_detection: list[int],
+            detections: list[Any],
+            activated: list[Any],
+            removed: list[Any],
+        ) -> tuple[list[int], list[Any]]:
+            detections = [detections[i] for i in u_detection]
+            if not unconfirmed:
+                return list(range(len(detections))), detections
+            dists = self.get_dists(unconfirmed, detections)
+            matches, u_unconfirmed, u_detection = matching.linear_assignment(dists, thresh=self.args.new_match_thresh)
+            for itracked, idet in matches:
+                unconfirmed[itracked].update(detections[idet], self.frame_id)
+                activated.append(unconfirmed[itracked])
+            for it in u_unconfirmed:
+                unconfirmed[it].mark_removed()
+                removed.append(unconfirmed[it])
+            return u_detection, detections
+
+        _NEW_MATCH[base] = type(base.__name__, (base,), {"_unconfirmed_association": _unconfirmed_association})
+    return _NEW_MATCH[base]
 
 
 class RemovedTrack(NamedTuple):
