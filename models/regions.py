@@ -163,8 +163,9 @@ class _Job:
     retries: int = 0
     found: list[list[np.ndarray]] = field(default_factory=list)
     """Per region: boxes in frame pixels."""
-    motion: list[Rect] = field(default_factory=list)
-    """Where something moved (frame pixels; empty for whole-frame passes of the first frame or a global change)."""
+    motion: list[Rect] | None = None
+    """Where something moved (frame pixels); None where that is not known (no motion detection, a camera's first
+    frame, a global change, a keep-alive pass)."""
 
 
 def _reduced_flag(width: int) -> int:
@@ -376,6 +377,8 @@ class RegionDetector:
         if self.settings.keep_whole:
             motion = job.motion if job.why != "keep-alive" else None
             merged = [_whole(b, known, examined, motion) for b in merged]
+            # Two parts of one person both took their whole box: one box.
+            merged = [b for i, b in enumerate(merged) if not any(iou(b.xyxy, o.xyxy) > MERGE_IOU for o in merged[:i])]
         fresh = merged
         carried = [
             _copy(tr.box)
