@@ -22,8 +22,9 @@ Four counters, side by side in one run, on the same weights (the bundled person 
   boxes inside another, every box counted (``Detections.persons`` = boxes) — through
   ``models.regions`` (motion regions, tracking) with the same settings;
 * **before**: confirmed tracks (boxes inside another suppressed, a track counted once found in
-  ``confirm_frames`` frames and held through short misses), without the three changes below;
-* **after**: the detect stage's defaults — as *before*, plus ByteTrack's low-score association for
+  ``confirm_frames`` frames and held through short misses), without the four changes below;
+* **after**: the detect stage's defaults — as *before*, plus the tracker's IoU limits for 5 fps
+  (``models.detector.TRACKER``), ByteTrack's low-score association for
   counted tracks (``Settings.low_conf``), a part of a still or region-cut person keeping their whole
   box (``keep_whole``), and a whole frame where nobody was found at 640 looked at again at 320
   (``small_retry``).
@@ -252,7 +253,7 @@ def stage_counter(which: str) -> Callable[[list[bytes]], list[int]]:
             small_retry=False,
         )
     elif which == "before":
-        det = PersonDetector(backend="auto", cache_dir=default_cache_dir())
+        det = PersonDetector(backend="auto", cache_dir=default_cache_dir(), tracker_settings={"fuse_score": False})
         settings = Settings(low_conf=0.0, keep_whole=False, small_retry=False)
     else:
         det = PersonDetector(backend="auto", cache_dir=default_cache_dir())
