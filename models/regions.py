@@ -446,6 +446,8 @@ def _whole(box: PersonBox, known: list[PersonBox], regions: list[Rect], motion: 
     scored a part of them this time. The track keeps the person's extent, and its next re-check looks at all
     of them instead of following the part (and losing them on the look after)."""
     b = box.xyxy
+    if any(iou(b, k.xyxy) > 0.5 for k in known):  # a known person seen whole (in a group: not a part of another)
+        return box
     for k in known:
         whole = k.xyxy
         if area(whole) <= 1.3 * area(b) or intersection(b, whole) < 0.7 * area(b):
