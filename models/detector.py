@@ -24,7 +24,7 @@ import numpy as np
 
 from models import backends
 from models.backends import Backend
-from models.yolo import letterbox, match_boxes, postprocess, to_tensor, unletterbox
+from models.yolo import letterbox, match_boxes, postprocess, to_tensor, unletterbox, with_low
 
 #: Class names that mean "person" in the models we know of (COCO and the bundled fall model).
 DEFAULT_CLASS_MAP: dict[str, str] = {"person": "person", "Normal": "person", "Fall": "person"}
@@ -40,7 +40,10 @@ CONF = 0.25
 #: bundled model scores 0.3-0.4 matched its own track only at IoU > 0.55-0.65, so a still person whose box
 #: wobbles between looks (320 px regions, 640 px whole frames) started a new track on every look and was never
 #: confirmed; IoU alone (>= 0.2, ``match_thresh`` 0.8) keeps one track.
-TRACKER: dict[str, Any] = {"fuse_score": False}
+#: ``new_match_thresh`` 0.95 and ``match_thresh`` 0.9 (IoU >= 0.05 / 0.1 instead of 0.3 / 0.2): at 5 fps a person
+#: walking across the view moves more than half their width from frame to frame, and ultralytics' limits (tuned
+#: for 30 fps video) never gave them a track until they stopped (``_new_match_tracker``).
+TRACKER: dict[str, Any] = {"fuse_score": False, "new_match_thresh": 0.95, "match_thresh": 0.9}
 
 
 @dataclass
@@ -230,11 +233,16 @@ class PersonDetector:
         size = imgsz or self.imgsz
         return [[PersonBox(*map(float, row)) for row in res] for res in self._run(self.backend(size), images, size)]
 
-    def detect_crops(self, crops: list[np.ndarray], size: int) -> list[np.ndarray]:
-        """People in image regions (any shape, letterboxed to ``size``): arrays of x1, y1, x2, y2, score."""
-        return self._run(self.backend(size), crops, size)
+    def detect_crops(self, crops: list[np.ndarray], size: int, low: float = 0.0) -> list[np.ndarray]:
+        """People in image regions (any shape, letterboxed to ``size``): arrays of x1, y1, x2, y2, score.
 
-    def _run(self, backend: Backend, images: list[np.ndarray], size: int) -> list[np.ndarray]:
+        With ``low`` (below ``conf``) the arrays also hold the weaker boxes scored ``low``-``conf`` that are
+        not a duplicate of a box above ``conf`` (after them, at most ``MAX_DET`` in all): ByteTrack's
+        second association, which keeps a known person's track through frames the model scores them
+        low, and never starts a track from such a box."""
+        return self._run(self.backend(size), crops, size, low)
+
+    def _run(self, backend: Backend, images: list[np.ndarray], size: int, low: float = 0.0) -> list[np.ndarray]:
         if not images:
             return []
         # Dynamic backends letterbox only to a multiple of 32 when the batch shares one shape (as ultralytics
@@ -242,7 +250,10 @@ class PersonDetector:
         rect = backend.dynamic and len({im.shape for im in images}) == 1
         boxed = [letterbox(im, size, rect) for im in images]
         raw = backend.infer(to_tensor([b[0] for b in boxed]))
-        found = postprocess(raw, self.person_classes, self.conf, contain=self.contain)
+        if 0 < low < self.conf:
+            found = [with_low(f, self.conf, self.contain) for f in postprocess(raw, self.person_classes, low)]
+        else:
+            found = postprocess(raw, self.person_classes, self.conf, contain=self.contain)
         return [unletterbox(f, s, p, im.shape) for f, (_, s, p), im in zip(found, boxed, images, strict=True)]
 
     # ------------------------------------------------------------------------------------ tracking
@@ -256,7 +267,10 @@ class PersonDetector:
             settings = {**YAML.load(check_yaml(f"{self.tracker_name}.yaml")), **self.tracker_settings}
             cfg = IterableSimpleNamespace(**settings)
             cfg.device = self.device
-            self._trackers[camera] = TRACKER_MAP[cfg.tracker_type](args=cfg)
+            cls = TRACKER_MAP[cfg.tracker_type]
+            if "new_match_thresh" in settings and hasattr(cls, "_unconfirmed_association"):
+                cls = _new_match_tracker(cls)
+            self._trackers[camera] = cls(args=cfg)
         return self._trackers[camera]
 
     def update_tracks(self, camera: str, boxes: list[PersonBox], image: np.ndarray | None) -> list[PersonBox]:
@@ -290,6 +304,42 @@ class PersonDetector:
             self._trackers.clear()
         else:
             self._trackers.pop(camera, None)
+
+
+_NEW_MATCH: dict[type, type] = {}
+
+
+def _new_match_tracker(base: type) -> type:
+    """``base`` (an ultralytics tracker) with ``new_match_thresh`` as the IoU-distance limit for matching a track
+    seen once (not yet activated) to a box of the next frame; ultralytics fixes it at 0.7 (IoU >= 0.3). A
+    person walking across a camera's view at 5 fps moves more than half their width between frames, so that
+    second box never matched and the person got no track — and was never counted — until they stopped."""
+    if base not in _NEW_MATCH:
+        from ultralytics.trackers.utils import matching
+
+        def _unconfirmed_association(
+            self: Any,
+            unconfirmed: list[Any],
+            u_detection: list[int],
+            detections: list[Any],
+            activated: list[Any],
+            removed: list[Any],
+        ) -> tuple[list[int], list[Any]]:
+            detections = [detections[i] for i in u_detection]
+            if not unconfirmed:
+                return list(range(len(detections))), detections
+            dists = self.get_dists(unconfirmed, detections)
+            matches, u_unconfirmed, u_detection = matching.linear_assignment(dists, thresh=self.args.new_match_thresh)
+            for itracked, idet in matches:
+                unconfirmed[itracked].update(detections[idet], self.frame_id)
+                activated.append(unconfirmed[itracked])
+            for it in u_unconfirmed:
+                unconfirmed[it].mark_removed()
+                removed.append(unconfirmed[it])
+            return u_detection, detections
+
+        _NEW_MATCH[base] = type(base.__name__, (base,), {"_unconfirmed_association": _unconfirmed_association})
+    return _NEW_MATCH[base]
 
 
 class RemovedTrack(NamedTuple):

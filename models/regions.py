@@ -43,6 +43,8 @@ from models.yolo import iou, nms, suppress_contained
 MISSED_FRAMES = 3
 #: Boxes from overlapping regions with at least this IoU are the same person (the model's own NMS IoU).
 MERGE_IOU = 0.7
+#: ByteTrack's ``track_low_thresh`` (ultralytics' bytetrack.yaml): the weakest box its second association uses.
+LOW_CONF = 0.1
 
 
 @dataclass
@@ -110,6 +112,18 @@ class Settings:
     cover_full: bool = True
     """Where the regions would cover most of the frame, run the whole frame at ``full_size`` (False: at
     ``region_size``, cheaper but a person filling the frame splits into parts there)."""
+    low_conf: float = LOW_CONF
+    """Boxes scored from this up to the detector's ``conf`` go to the tracker too, which matches them only to
+    tracks it already has (ByteTrack's second association: ``track_low_thresh``): a known person the model
+    scores low for a while keeps their track; such a box alone never counts nor starts a track, and only
+    counted tracks get them — a young track must be found above ``conf`` to be confirmed (0: off)."""
+    keep_whole: bool = True
+    """A box inside a known person's larger box, where a region's edge cut them or nothing moved, takes their
+    whole box (``_whole``): the track does not shrink to a part of a still person and lose them."""
+    small_retry: bool = True
+    """A whole frame at ``full_size`` where the detector found nobody is looked at again at ``region_size``:
+    the bundled model misses a person close to the camera (a face or torso filling the view) at the large
+    scale and finds them at the small one."""
 
 
 @dataclass
@@ -150,6 +164,9 @@ class _Job:
     retries: int = 0
     found: list[list[np.ndarray]] = field(default_factory=list)
     """Per region: boxes in frame pixels."""
+    motion: list[Rect] | None = None
+    """Where something moved (frame pixels); None where that is not known (no motion detection, a camera's first
+    frame, a global change, a keep-alive pass)."""
 
 
 def _reduced_flag(width: int) -> int:
@@ -203,6 +220,7 @@ class RegionDetector:
         if keepalive_free and f.time - cam.last_full >= s.keepalive_s:
             job.full, job.why = True, "keep-alive"
             return "", True
+        job.motion = list(motion.boxes)
         live = [t.box.xyxy for t in cam.tracks.values()]
         regions = plan_regions(motion.boxes, live, f.width, f.height, s.region_size)
         looked = regions[:]
@@ -256,23 +274,28 @@ class RegionDetector:
 
         work = [j for j in jobs if j.image is not None]
         self._detect(work, [list(j.regions) for j in work], first=True)
+        self._retry_small(work)
         self._retry_cut(work)
         for job in jobs:
             outs[job.index] = self._finish(job)
         return outs
 
-    def _detect(self, jobs: list[_Job], regions: list[list[Rect]], first: bool) -> list[list[list[np.ndarray]]]:
-        """Run the detector on every region of every job (grouped by input size); boxes in frame pixels."""
+    def _detect(
+        self, jobs: list[_Job], regions: list[list[Rect]], first: bool, full_size: int = 0
+    ) -> list[list[list[np.ndarray]]]:
+        """Run the detector on every region of every job (grouped by input size; whole frames at ``full_size``,
+        default the settings'); boxes in frame pixels."""
         s = self.settings
+        full_size = full_size or s.full_size
         crops: dict[int, list[tuple[int, int, np.ndarray]]] = {}
         for ji, (job, regs) in enumerate(zip(jobs, regions, strict=True)):
             assert job.image is not None
             for ri, (x1, y1, x2, y2) in enumerate(regs):
-                size = s.full_size if job.full else s.region_size
+                size = full_size if job.full else s.region_size
                 crops.setdefault(size, []).append((ji, ri, job.image[y1:y2, x1:x2]))
         found: list[list[list[np.ndarray]]] = [[[] for _ in regs] for regs in regions]
         for size, items in crops.items():
-            results = self.detector.detect_crops([c for _, _, c in items], size)
+            results = self.detector.detect_crops([c for _, _, c in items], size, s.low_conf)
             for (ji, ri, _), boxes in zip(items, results, strict=True):
                 region = regions[ji][ri]
                 h, w = jobs[ji].image.shape[:2]  # type: ignore[union-attr]
@@ -285,6 +308,26 @@ class RegionDetector:
                 job.found = f
         return found
 
+    def _retry_small(self, jobs: list[_Job]) -> None:
+        """Whole frames at full size where nobody was found: the whole frame again at the region size."""
+        s, conf = self.settings, self.detector.conf
+        again = [
+            j
+            for j in jobs
+            if s.small_retry
+            and j.full
+            and s.region_size < s.full_size
+            and not any(b[4] > conf for boxes in j.found for b in boxes)
+        ]
+        if not again:
+            return
+        whole = [[job.regions[0]] for job in again]
+        found = self._detect(again, whole, first=False, full_size=s.region_size)
+        for job, f in zip(again, found, strict=True):
+            job.regions.append(job.regions[0])
+            job.found.extend(f)
+            job.retries += 1
+
     def _retry_cut(self, jobs: list[_Job]) -> None:
         """Look again, in a larger region, at people cut by a region's edge (one round)."""
         s = self.settings
@@ -296,7 +339,7 @@ class RegionDetector:
                 h, w = job.image.shape[:2]  # type: ignore[union-attr]
                 for ri, (region, boxes) in enumerate(zip(job.regions, job.found, strict=True)):
                     for bi, b in enumerate(boxes):
-                        if b[5]:
+                        if b[5] and b[4] > self.detector.conf:
                             bigger = square_around(_grow_cut(b, region, w, h), s.region_size, w, h, margin=1.1)
                             if area(bigger) > area(region) * 1.05 or not _inside(b, bigger):
                                 regs.append(bigger)
@@ -324,8 +367,20 @@ class RegionDetector:
             out = [self._out(cam, tr.box) for tr in cam.tracks.values()]
             return FrameOut(boxes=out + [self._out(cam, tr.box, held=True) for tr in held], work="none")
         contain = self.detector.contain if self.settings.contain is None else self.settings.contain
-        fresh = _merge([b for boxes in job.found for b in boxes if b.size], contain)
+        conf = self.detector.conf
         examined = job.regions
+        known = [tr.box for tr in (*cam.tracks.values(), *cam.missing.values())]
+        merged = _merge([b for bs in job.found for b in bs if b.size], contain, conf)
+        # Weak boxes only for counted tracks: a young track (a window the model half takes for a person) must be
+        # found above the floor again to be confirmed, not kept alive by its weak echoes until it is.
+        counted = [tr.box.xyxy for tid, tr in (*cam.tracks.items(), *cam.missing.items()) if tid in cam.counted]
+        merged = [b for b in merged if b.score > conf or any(iou(b.xyxy, k) > 0.3 for k in counted)]
+        if self.settings.keep_whole:
+            motion = job.motion if job.why != "keep-alive" else None
+            merged = [_whole(b, known, examined, motion) for b in merged]
+            # Two parts of one person both took their whole box: one box.
+            merged = [b for i, b in enumerate(merged) if not any(iou(b.xyxy, o.xyxy) > MERGE_IOU for o in merged[:i])]
+        fresh = merged
         carried = [
             _copy(tr.box)
             for tr in cam.tracks.values()
@@ -343,7 +398,7 @@ class RegionDetector:
                 continue
             old = ids_before.get(b.track)
             seen[b.track] = _Track(b, t if k < n_fresh else (old.checked if old else t))
-            if k < n_fresh:
+            if k < n_fresh and b.score > conf:  # a weak box keeps a track, it does not confirm one
                 cam.found[b.track] = cam.found.get(b.track, 0) + 1
                 if cam.found[b.track] >= self.settings.confirm_frames:
                     cam.counted.add(b.track)
@@ -363,8 +418,11 @@ class RegionDetector:
         cam.pending = [
             _copy(b)
             for b in boxes
-            if b.track < 0 and not any(intersection(b.xyxy, k) > 0.5 * min(area(b.xyxy), area(k)) for k in known)
+            if b.track < 0
+            and b.score > conf
+            and not any(intersection(b.xyxy, k) > 0.5 * min(area(b.xyxy), area(k)) for k in known)
         ]
+        boxes = [b for b in boxes if b.track >= 0 or b.score > conf]  # weak boxes no track took: not reported
         held = [tr.box for tid, tr in missing.items() if tid in cam.counted] if self.settings.hold_missed else []
         return FrameOut(
             boxes=[self._out(cam, b) for b in boxes] + [self._out(cam, b, held=True) for b in held],
@@ -380,6 +438,31 @@ class RegionDetector:
         """A copy of a box for the output: ``track=-1`` unless its track counts (is confirmed); score 0 for a
         held track (missed in this frame: still counted, but no evidence that the person is there)."""
         return PersonBox(b.x1, b.y1, b.x2, b.y2, 0.0 if held else b.score, b.track if b.track in cam.counted else -1)
+
+
+def _whole(box: PersonBox, known: list[PersonBox], regions: list[Rect], motion: list[Rect] | None) -> PersonBox:
+    """A box that is a part of a known person → their whole box, at this box's score, when it lies mostly inside
+    their larger box and either no region it came from holds that whole box (a region's edge cut them) or
+    nothing moved there (``motion``; None: unknown) — a person who did not move did not shrink: the model
+    scored a part of them this time. The track keeps the person's extent, and its next re-check looks at all
+    of them instead of following the part (and losing them on the look after)."""
+    b = box.xyxy
+    if any(iou(b, k.xyxy) > 0.5 for k in known):  # a known person seen whole (in a group: not a part of another)
+        return box
+    for k in known:
+        whole = k.xyxy
+        if area(whole) <= 1.3 * area(b) or intersection(b, whole) < 0.7 * area(b):
+            continue
+        still = motion is not None and not any(intersection(whole, m) > 0 for m in motion)
+        if not still and any(intersection(b, r) >= 0.9 * area(b) and _holds(r, whole) for r in regions):
+            continue
+        return PersonBox(*whole, score=box.score)
+    return box
+
+
+def _holds(region: Rect, box: tuple[float, ...]) -> bool:
+    """True if the box lies inside the region (2 px slack)."""
+    return region[0] <= box[0] + 2 and region[1] <= box[1] + 2 and box[2] <= region[2] + 2 and box[3] <= region[3] + 2
 
 
 def _grow_cut(box: np.ndarray, region: Rect, width: int, height: int) -> tuple[float, float, float, float]:
@@ -412,12 +495,26 @@ def _copy(b: PersonBox) -> PersonBox:
     return PersonBox(b.x1, b.y1, b.x2, b.y2, b.score, b.track)
 
 
-def _merge(rows: list[np.ndarray], contain: float = 0.0) -> list[PersonBox]:
+def _merge(rows: list[np.ndarray], contain: float = 0.0, conf: float = 0.0) -> list[PersonBox]:
     """One box per person from boxes of overlapping regions: NMS, then boxes mostly inside (or holding) a
     better one go (``contain``, as within one detector input), then a part of a person cut by a region's
-    edge goes if it lies mostly inside a larger box (that region's neighbour saw the whole person)."""
+    edge goes if it lies mostly inside a larger box (that region's neighbour saw the whole person).
+    Weak boxes (scored ``conf`` or less) follow, those that overlap no box above ``conf``."""
     if not rows:
         return []
+    strong = [r for r in rows if r[4] > conf]
+    out = _merge_strong(strong, contain) if strong else []
+    weak = [r for r in rows if r[4] <= conf]
+    if weak:
+        arr = np.stack(weak).astype(np.float32)
+        for i in nms(arr[:, :4], arr[:, 4], 0.3):
+            a = arr[i]
+            if not any(iou(a, b.xyxy) > 0.3 or _same(tuple(a[:4]), b.xyxy, max(contain, 0.5)) for b in out):
+                out.append(PersonBox(*map(float, a[:4]), score=float(a[4])))
+    return out
+
+
+def _merge_strong(rows: list[np.ndarray], contain: float) -> list[PersonBox]:
     arr = np.stack(rows).astype(np.float32)
     keep = nms(arr[:, :4], arr[:, 4], MERGE_IOU)
     keep = keep[suppress_contained(arr[keep, :4], arr[keep, 4], contain)]

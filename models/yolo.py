@@ -131,6 +131,27 @@ def postprocess(
     return out
 
 
+def with_low(found: np.ndarray, conf: float, contain: float) -> np.ndarray:
+    """Boxes (after class-agnostic NMS, best first) → those above ``conf`` merged as ``postprocess`` does,
+    then the weaker ones that overlap none of them (IoU <= 0.3, not mostly inside or around one)."""
+    high = found[found[:, 4] > conf]
+    high = high[suppress_contained(high[:, :4], high[:, 4], contain)]
+    weak = [
+        b
+        for b in found[found[:, 4] <= conf]
+        if not any(iou(b, h) > 0.3 or _overlap(b, h) >= max(contain, 0.5) * min(_area(b), _area(h)) for h in high)
+    ]
+    return np.concatenate([high, np.asarray(weak, np.float32).reshape(-1, 5)])[:MAX_DET].astype(np.float32)
+
+
+def _area(b: np.ndarray) -> float:
+    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+
+
 def unletterbox(boxes: np.ndarray, scale: float, pad: tuple[float, float], shape: tuple[int, ...]) -> np.ndarray:
     """Boxes in letterboxed input pixels → pixels of the original image (clipped to it)."""
     b = boxes.copy()
