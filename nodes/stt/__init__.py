@@ -371,7 +371,10 @@ class SttStage(Stage):
             await self.ctx.reject(msg, st)
             return
         if not new and abs(msg.time - st.end_time) > GAP_S:
-            if st.utt is not None:
+            fresh = st.utt is not None and st.utt.n == 0 and abs(msg.time - st.utt.t0) <= GAP_S
+            # A claim made while the old stream was still live, then a new stream on the same name starting at
+            # the claim (the gateway's next request): the utterance starts with this chunk, nothing was lost.
+            if st.utt is not None and not fresh:
                 await self._error(st, f"audio jumped {msg.time - st.end_time:+.2f} s inside an utterance; closed it")
                 self._close(st, st.end_time, "gap")
             st.ring.clear()
