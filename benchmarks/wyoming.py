@@ -118,7 +118,7 @@ def _speaker_rate(rows: list[dict[str, Any]], present: bool = False) -> float | 
 
 def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[str, Any]:
     """The session through our gateway in front of the wake, stt and speaker stages."""
-    from bridges.wyoming.gateway import Gateway
+    from bridges.wyoming.server import Server
     from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
@@ -130,7 +130,7 @@ def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[st
 
         async def main() -> tuple[dict[str, Any], dict[str, list[float]], float]:
             async with embedded(dep, workers=["voice"]) as env:
-                gw = Gateway(dep, offer_for(dep), endpoints=env.endpoints, clock=env.clock)
+                gw = Server(dep, offer_for(dep), endpoints=env.endpoints, clock=env.clock)
                 await gw.start()
                 try:
                     await asyncio.to_thread(
@@ -180,7 +180,7 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from wyoming.client import AsyncTcpClient
     from wyoming.satellite import RunSatellite
 
-    from bridges.wyoming.gateway import Gateway
+    from bridges.wyoming.server import Server
     from pipeline.bus import Publisher
     from pipeline.messages import AudioChunk
     from sensorium.bridging import offer_for
@@ -195,7 +195,7 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
         async def main() -> list[dict[str, Any]]:
             out = []
             async with embedded(dep, workers=["voice"]) as env:
-                gw = Gateway(dep, offer_for(dep), endpoints=env.endpoints, clock=env.clock)
+                gw = Server(dep, offer_for(dep), endpoints=env.endpoints, clock=env.clock)
                 await gw.start()
                 pub = Publisher(env.endpoints)
                 runs = {r: 0 for r in rooms}

@@ -479,13 +479,23 @@ def running(config_dir: str | Path, extra_config: str = "", timeout: float = 180
 # What the Home Assistant tests and benchmarks of the Wyoming and ESPHome bridges set up alike.
 
 
-async def entities_of(ha: HomeAssistant, entry_ids: dict[str, str]) -> dict[str, list[str]]:
-    """Entity ids of each of our config entries (by the role/room it was added for)."""
-    registry = await ha.ws("config/entity_registry/list")
-    by_entry: dict[str, list[str]] = {}
-    for e in registry:
-        by_entry.setdefault(e.get("config_entry_id") or "", []).append(e["entity_id"])
-    return {key: sorted(by_entry.get(entry_id, [])) for key, entry_id in entry_ids.items()}
+async def entities_of(ha: HomeAssistant, entry_ids: dict[str, str], timeout: float = 30.0) -> dict[str, list[str]]:
+    """Entity ids of each of our config entries (by the role/room it was added for).
+
+    An entry sets its entities up after the config flow returns (an ESPHome device connects again first):
+    waits up to ``timeout`` s until every entry has some, and until their number stops changing."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, list[str]] = {}
+    while True:
+        registry = await ha.ws("config/entity_registry/list")
+        by_entry: dict[str, list[str]] = {}
+        for e in registry:
+            by_entry.setdefault(e.get("config_entry_id") or "", []).append(e["entity_id"])
+        got = {key: sorted(by_entry.get(entry_id, [])) for key, entry_id in entry_ids.items()}
+        if (all(got.values()) and got == last) or time.monotonic() > deadline:
+            return got
+        last = got
+        await asyncio.sleep(0.3)
 
 
 async def add_wyoming(ha: HomeAssistant, ports: dict[str, int]) -> dict[str, str]:
@@ -588,10 +598,10 @@ async def wyoming_gateway(
 ) -> AsyncIterator[Any]:
     """sensorium's Wyoming gateway for ``dep`` on ``endpoints`` (what ``offer_for`` says its stages offer, unless
     ``offer``), started; stopped on exit. ``down_after``: how soon it counts a silent stage as down."""
-    from bridges.wyoming.gateway import Gateway
+    from bridges.wyoming.server import Server
     from sensorium.bridging import offer_for
 
-    gw = Gateway(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
+    gw = Server(dep, offer or offer_for(dep), endpoints=endpoints, **kw)
     if down_after is not None:
         gw.bus.down_after = down_after
     await gw.start()

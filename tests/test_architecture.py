@@ -83,6 +83,24 @@ BACK_IMPORTS = [
     ("pipeline-core", "pipeline/clock.py", "cv2", "pipeline.clock -> cv2"),
     ("bridges", "bridges/mqtt/__init__.py", "models.vad", "bridges.mqtt -> models.vad"),
     ("mcp-sdk", "nodes/wake.py", "starlette", "nodes.wake -> starlette"),
+    (
+        "wyoming-direction",
+        "bridges/wyoming/gateway.py",
+        "bridges.wyoming.handlers",
+        "bridges.wyoming.gateway -> bridges.wyoming.handlers",
+    ),
+    (
+        "wyoming-direction",
+        "bridges/wyoming/handlers.py",
+        "bridges.wyoming.satellite",
+        "bridges.wyoming.handlers -> bridges.wyoming.satellite",
+    ),
+    (
+        "esphome-direction",
+        "bridges/esphome/device.py",
+        "bridges.esphome.server",
+        "bridges.esphome.device -> bridges.esphome.server",
+    ),
 ]
 
 

@@ -117,7 +117,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
         },
     }
     dep = deployment_from_dict(raw, "<test>")
-    async with embedded(dep, address=addr) as env, running(dep, env.endpoints, clock=env.clock):
+    async with embedded(dep, address=addr) as env, running(dep, env.endpoints, clock=env.clock) as gw:
         server = Server(dep, endpoints=env.endpoints, clock=env.clock)
         await server.start()
         agent = asyncio.create_task(run_builtin_agent(env.endpoints, clock=env.clock))
@@ -185,6 +185,9 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
             events = {e["type"]: e.get("data") for e in run["events"]}
             assert words(events["stt-end"]["stt_output"]["text"]) == words("[joe] what time is it"), events["stt-end"]
             assert server.devices["kitchen"].pipelines == 1 and server.devices["office"].pipelines == 0
+            # HA relayed the device's command to our STT: recognised, answered with the claim's transcript
+            # (not transcribed a second time)
+            assert gw.metrics.relayed_commands == 1
 
             # alice leaves and comes back within the hour: not welcomed again
             before = wavs(tmp_path / "played-kitchen")
@@ -239,6 +242,7 @@ async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path:
                 heard_lines, events.get("stt-end"), events.get("intent-end"),
             )  # fmt: skip
             assert server.devices["kitchen"].timers == {}
+            assert gw.metrics.relayed_commands == 2  # the timer command (from the wake word's ring) too
         finally:
             mic_task.cancel()
             for a in speakers:

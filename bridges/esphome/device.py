@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from aioesphomeapi import api_pb2 as pb
@@ -39,11 +39,10 @@ from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
 from bridges.esphome.api import ApiError, Transport
 from bridges.rooms import RATE, RoomVoice
+from bridges.wyoming.bus import Bus
+from pipeline.config import Deployment
 from pipeline.messages import Message, PlaybackGain, PlaybackStatus, Say, TtsAudio
 from pipeline.messages import Transcript as BusTranscript
-
-if TYPE_CHECKING:
-    from bridges.esphome.server import Server
 
 log = logging.getLogger("sensorium.esphome")
 
@@ -258,12 +257,26 @@ class Run:
             self.queue.put_nowait(None)
 
 
+class Site(Protocol):
+    """What a room's device needs of the server that runs it (:class:`bridges.esphome.server.Server`)."""
+
+    name: str
+    bus: Bus
+    deployment: Deployment
+    psk: bytes | None
+    wake_words: list[str]
+    first_audio: dict[str, float]
+    """Room → when its last played audio went to the edge (monotonic)."""
+    pipeline_end: dict[str, float]
+    """Room → when its last pipeline ended in Home Assistant (monotonic; for the benchmark)."""
+
+
 class Device(RoomVoice[Run]):
     """The ESPHome device of one room: the shared room logic (ring buffer, wake, claim), HA's connection."""
 
     what = "device"
 
-    def __init__(self, server: Server, room: str, port: int) -> None:
+    def __init__(self, server: Site, room: str, port: int) -> None:
         super().__init__(server.bus, room, set(server.deployment.microphones(room)), log)
         self.server = server
         self.port = port

@@ -1,10 +1,8 @@
-"""The Wyoming gateway: Home Assistant's voice services and one satellite per room, served from the hub.
+"""The Wyoming gateway's bus side: Home Assistant's requests and the stages' answers meet here.
 
-One process (``sensorium wyoming``) listens on the ``[wyoming]`` ports with the wyoming package's
-``AsyncTcpServer``: each service port answers ``describe`` and the requests of its roles (wake, stt,
-tts, handle; roles may share a port), each satellite port is one room. It loads no model: audio and
-text go over the bus to the stages the deployment runs, wherever they are placed, and their answers
-come back over the bus (``bridges.wyoming.bus``).
+It loads no model: the audio and text of Home Assistant's requests go over the bus to the stages the
+deployment runs, wherever they are placed, and their answers come back over the bus
+(``bridges.wyoming.bus``). :mod:`bridges.wyoming.server` opens the ports on top of it.
 
 Requests and the bus meet here:
 
@@ -19,30 +17,24 @@ Requests and the bus meet here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any
-
-from wyoming.server import AsyncTcpServer
+from typing import Any, Protocol
 
 from bridges.wyoming.audio import RATE
 from bridges.wyoming.bus import Bus
 from bridges.wyoming.offer import Offer
+from bridges.wyoming.relayed import RelayedClaims
 from pipeline.bus import Endpoints
 from pipeline.clock import Clock
 from pipeline.config import Deployment, WyomingConfig, parse_duration
 from pipeline.messages import AudioChunk as BusChunk
 from pipeline.messages import InputError, Message, Say, SpeakerIdentified, Transcript, TtsAudio
 from pipeline.security import CurveKeys
-
-if TYPE_CHECKING:
-    from bridges.wyoming.satellite import Satellite
 
 log = logging.getLogger("sensorium.wyoming")
 
@@ -122,6 +114,9 @@ class Metrics:
     """Microseconds of gateway work per request outside audio chunks (set-up, claim, answer, clean-up)."""
     cached_answers: int = 0
     """Synthesis requests answered with audio already made for the agent's answer."""
+    relayed_commands: int = 0
+    """Speech-to-text requests recognised as a command another client claimed (answered without a second
+    transcription)."""
 
 
 class PoolFull(RuntimeError):
@@ -159,8 +154,17 @@ class StreamPool:
         self._end[name] = max(end, self._end.get(name, 0.0))
 
 
+class HasRun(Protocol):
+    """A room satellite as the gateway sees it: its current pipeline run (``head``, ``linked``, …), if any."""
+
+    run: Any
+
+
 class Gateway:
-    """Serves Home Assistant's voice over Wyoming from the stages of a sensorium deployment."""
+    """The bus side of Home Assistant's voice: its requests, the stages' answers routed to them, stream names.
+
+    :class:`bridges.wyoming.server.Server` opens the ports on top of it; handlers and satellites use it.
+    """
 
     def __init__(
         self,
@@ -186,7 +190,10 @@ class Gateway:
         endpoints = endpoints or Endpoints.from_address(deployment.hub.address)
         self.speaker_wait = parse_duration(cfg.speaker_wait, "[wyoming] speaker_wait")
         prefixes = ["wake/", "transcript/", "speaker/", "say/", "tts_audio/-/", "error/", "arbitration/", "playback/"]
-        prefixes += [f"audio/{room}/" for room in cfg.satellites]
+        prefixes += ["listen/"]
+        # Every room with a microphone: its satellite's ring, and the commands other clients claim there.
+        mic_rooms = {e.room for e in deployment.edges.values() if e.microphone is not None} | set(cfg.satellites)
+        prefixes += [f"audio/{room}/" for room in sorted(mic_rooms)]
         self.bus = Bus(
             endpoints,
             cfg.name,
@@ -208,19 +215,16 @@ class Gateway:
         self.speakers: OrderedDict[str, SpeakerIdentified] = OrderedDict()
         """Recent speaker events by utterance id (a final that came without its speaker may wait for one)."""
         self._speaker_waits: dict[str, asyncio.Future[SpeakerIdentified]] = {}
-        self.satellites: dict[str, Satellite] = {}
-        self.servers: list[AsyncTcpServer] = []
-        self.zeroconf: list[Any] = []
-        """The zeroconf announcements, kept alive as long as the gateway runs."""
+        self.satellites: dict[str, HasRun] = {}
+        """The room satellites (the server makes them): their runs are matched to relayed STT requests."""
+        self.relayed = RelayedClaims(lambda rid: rid in self.requests, MATCH_BYTES)
+        """Commands the ESPHome device (or another client) claimed; Home Assistant relays them to our STT."""
         self._closers: list[Any] = []
 
     # --------------------------------------------------------------------------------- life
 
-    async def start(self) -> None:
-        """Connect to the hub, then open every port (and announce them over zeroconf)."""
-        from bridges.wyoming.handlers import ServiceHandler
-        from bridges.wyoming.satellite import Satellite, SatelliteHandler
-
+    async def connect(self) -> None:
+        """Connect to the hub and route its messages to the requests (the server opens the ports)."""
         await self.bus.start()
         self._closers += [
             self.bus.listen("transcript", self._on_transcript),
@@ -228,72 +232,16 @@ class Gateway:
             self.bus.listen("say", self._on_say),
             self.bus.listen("tts_audio", self._on_tts),
             self.bus.listen("error", self._on_error),
+            self.bus.listen("audio", self.relayed.on_audio),
+            self.bus.listen("listen", self._on_listen),
         ]
-        by_port: dict[int, list[str]] = {}
-        for role, port in self.config.ports().items():
-            by_port.setdefault(port, []).append(role)
-        for port, roles in by_port.items():
-            await self._serve(port, partial(ServiceHandler, self, tuple(roles)))
-        for room, port in self.config.satellites.items():
-            sat = Satellite(self, room, port)
-            sat.start()
-            self.satellites[room] = sat
-            await self._serve(port, partial(SatelliteHandler, sat))
-        if self.config.zeroconf:
-            await self._announce({**{p: "-".join(r) for p, r in by_port.items()}, **self._satellite_ports()})
-        served = ", ".join(f"{'+'.join(r)} on {p}" for p, r in by_port.items())
-        sats = ", ".join(f"{r} on {p}" for r, p in self.config.satellites.items())
-        log.info("wyoming gateway %s: %s%s", self.name, served or "no services", f"; satellites {sats}" if sats else "")
 
-    def _satellite_ports(self) -> dict[int, str]:
-        return {p: f"satellite-{re.sub(r'[^A-Za-z0-9-]+', '-', r)}" for r, p in self.config.satellites.items()}
-
-    async def _serve(self, port: int, factory: Any) -> None:
-        server = AsyncTcpServer(self.config.host, port)
-        try:
-            await server.start(factory)
-        except OSError as exc:
-            await self.stop()
-            raise OSError(f"[wyoming] cannot listen on {self.config.host}:{port}: {exc.strerror or exc}") from None
-        self.servers.append(server)
-
-    async def _announce(self, ports: dict[int, str]) -> None:
-        """One ``_wyoming._tcp`` name per port; a failure is logged, the services still run."""
-        try:
-            from wyoming.zeroconf import HomeAssistantZeroconf
-
-            for port, what in ports.items():
-                zc = HomeAssistantZeroconf(port=port, name=f"{self.name}-{what}", host=self.config.advertise or None)
-                self.zeroconf.append(zc)
-            await asyncio.gather(*(zc.register_server() for zc in self.zeroconf))  # each probes the LAN ~1.5 s
-            for zc in self.zeroconf:
-                log.info("zeroconf: %s._wyoming._tcp.local. on %s:%d", zc.name, zc.host, zc.port)
-        except Exception as exc:  # no multicast route, a name taken on the LAN …: the services still run
-            log.warning("zeroconf announcement failed (%s); add the services to Home Assistant by host and port", exc)
-
-    async def stop(self) -> None:
-        """Close every port and connection, withdraw the zeroconf names, leave the hub."""
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await server.stop()
-        self.servers.clear()
-        for sat in self.satellites.values():
-            await sat.stop()
-        for zc in self.zeroconf:
-            with contextlib.suppress(Exception):
-                await zc._aiozc.async_close()
-        self.zeroconf.clear()
+    async def disconnect(self) -> None:
+        """Stop routing and leave the hub."""
         for close in self._closers:
             close()
         self._closers.clear()
         await self.bus.close()
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
 
     # ------------------------------------------------------------------------------ requests
 
@@ -334,8 +282,14 @@ class Gateway:
                 return q
         return None
 
+    def _on_listen(self, msg: Message) -> None:
+        claim = self.relayed.on_listen(msg)
+        if claim is not None:  # its transcripts are kept from now on, for the STT request that may relay it
+            self.new_request(claim.request_id, claim.room)
+
     def match_satellite(self, head: bytes) -> Any:
-        """The satellite run whose audio ``head`` is (Home Assistant relaying it to our STT), or None."""
+        """The satellite run or another client's claimed command whose audio ``head`` is (Home Assistant
+        relaying it to our STT), or None."""
         best = None
         for sat in self.satellites.values():
             run = sat.run
@@ -345,6 +299,8 @@ class Gateway:
             if n >= 3200 and len(set(head[:n])) > 1 and run.head[:n] == head[:n]:
                 if best is None or run.started > best.started:
                     best = run
+        if best is None and len(head) >= 3200 and len(set(head)) > 1:
+            best = next((c for c in reversed(self.relayed.candidates()) if c.matches(head[:MATCH_BYTES])), None)
         return best
 
     def _expire(self) -> None:

@@ -1,26 +1,15 @@
 """One Wyoming connection to a service port: wake word, speech-to-text, text-to-speech, conversation.
 
 Each request becomes bus traffic for the stages the deployment runs, and their answers become Wyoming
-events:
+events; the audio and text requests are streams, one module each in :mod:`bridges.wyoming.streams`:
 
-* ``detect`` + audio → the audio is published as a stream of the ``[wyoming] room``; each
-  ``WakeDetected`` of that stream (the wake stage's refractory makes one per spoken wake word) →
-  ``detection``; ``not-detected`` after ``audio-stop`` if none came. Every ``audio-start`` starts a
-  fresh stream (the wake stage restarts its state).
-* ``transcribe`` + audio → ``Listen`` opens an utterance at the first sample (no wake word: Home
-  Assistant's stream is the command) and the audio follows; the stt stage endpoints it with its own
-  VAD, so ``transcript`` may come before ``audio-stop``. Partials go out as ``transcript-start`` /
-  ``transcript-chunk`` (words two partials agree on, never retracted), then ``transcript`` with the
-  speaker in its data, then ``transcript-stop``. Audio that is a satellite's stream relayed by Home
-  Assistant is recognised by its first 0.2 s and gets the transcript the stage already made for it.
-* ``synthesize`` → a ``Say`` for no room (``reply_to``): the tts stage's audio comes back as one
-  ``audio-start/chunk/stop``. Streaming: ``synthesize-start`` and ``synthesize-chunk`` stream text
-  into one answer and every sentence comes back as its own audio stream while text still arrives (the
-  compatibility ``synthesize`` in between is ignored); ``synthesize-stop`` flushes, then
-  ``synthesize-stopped``. All sentences share one audio format (the tts stage's rate).
+* ``detect`` + audio → ``detection`` / ``not-detected`` (:mod:`~bridges.wyoming.streams.wake`);
+* ``transcribe`` + audio → ``transcript``, streamed as it is made (:mod:`~bridges.wyoming.streams.stt`);
+* ``synthesize`` (or ``synthesize-start`` / ``-chunk`` / ``-stop``) → audio
+  (:mod:`~bridges.wyoming.streams.tts`);
 * ``transcript`` (conversation) → a final ``Transcript`` with ``reply_to`` for the agent attached to
   the hub, carrying the room and speaker the text came from; its answer → ``handled`` (streamed as
-  ``handled-start/chunk/stop`` around it).
+  ``handled-start/chunk/stop`` around it). This one is answered here.
 
 Bad input gets an ``error`` event that says what was wrong; a request that cannot go on is answered
 with the error and its connection closed (Home Assistant's clients only stop reading on a result or a
@@ -37,64 +26,36 @@ import time
 import uuid
 from typing import Any
 
-from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
 from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
-from wyoming.server import AsyncEventHandler
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
-from wyoming.wake import Detect, Detection, NotDetected
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
+from wyoming.wake import Detect
 
-from bridges.wyoming.audio import RATE, AudioFormatError, AudioIn, check_format
-from bridges.wyoming.gateway import MATCH_BYTES, Answer, Gateway, PoolFull, Request
-from pipeline.messages import InputError, Listen, Message, Say, TtsAudio, WakeDetected
+from bridges.wyoming.audio import AudioFormatError, check_format
+from bridges.wyoming.connection import Connection, RequestFailed
+from bridges.wyoming.gateway import Gateway
+from bridges.wyoming.streams.stt import SttStream
+from bridges.wyoming.streams.tts import TtsStream, speakable
+from bridges.wyoming.streams.wake import WakeStream, wake_key
+from pipeline.messages import Say
 from pipeline.messages import Transcript as BusTranscript
 
 log = logging.getLogger("sensorium.wyoming")
 
 ROLE_NAMES = {"wake": "wake word", "stt": "speech-to-text", "tts": "text-to-speech", "handle": "conversation"}
-OUT_SAMPLES = 2048
-"""Samples per ``audio-chunk`` sent to clients."""
-WAKE_GRACE = 0.3
-"""After ``audio-stop``, how long a detection of the last audio may still come before ``not-detected``."""
 _PREFIX = re.compile(r"^\s*\[([^\]]{1,64})\]\s*")
 
 
-def wake_key(name: str) -> str:
-    """Wake word name as compared: "Hey Jarvis", "hey_jarvis_v0.1" → "hey_jarvis"."""
-    return re.sub(r"_v\d+(\.\d+)*$", "", name.strip().lower().replace(" ", "_").replace("-", "_"))
-
-
-def speakable(text: str) -> bool:
-    """True if ``text`` has something a voice can say (a letter or a digit)."""
-    return bool(re.search(r"[^\W_]", text))
-
-
-def stable_words(prev: list[str], cur: list[str]) -> list[str]:
-    """The words two consecutive partials agree on, from the start."""
-    k = 0
-    while k < min(len(prev), len(cur)) and prev[k].lower().strip(".,!?") == cur[k].lower().strip(".,!?"):
-        k += 1
-    return cur[:k]
-
-
-class RequestFailed(Exception):
-    """A request cannot go on; the text says why (sent as an ``error`` event)."""
-
-    def __init__(self, text: str, code: str) -> None:
-        super().__init__(text)
-        self.code = code
-
-
-class ServiceHandler(AsyncEventHandler):
+class ServiceHandler(Connection):
     """A client of one service port (Home Assistant, or any Wyoming client)."""
 
     def __init__(self, gw: Gateway, roles: tuple[str, ...], reader: Any, writer: Any) -> None:
-        super().__init__(reader, writer)
-        self.gw = gw
+        super().__init__(gw, gw.name, reader, writer)
         self.roles = roles
         self.info = gw.offer.info(roles).event()
         audio_roles = [r for r in roles if r in ("wake", "stt")]
@@ -107,21 +68,9 @@ class ServiceHandler(AsyncEventHandler):
         self.streams: list[WakeStream | SttStream] = []
         """Every stream of this connection still waiting for its answer."""
         self.tts: TtsStream | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.closed = False
         self._warned_no_start = False
 
     # ----------------------------------------------------------------------------- plumbing
-
-    async def write(self, event: Event) -> None:
-        """Send ``event``; a client that went away is not an error of ours."""
-        if self.closed:
-            return
-        try:
-            await self.write_event(event)
-        except (ConnectionError, RuntimeError) as exc:
-            log.debug("%s: client gone while writing %s: %s", self.gw.name, event.type, exc)
-            self.closed = True
 
     async def fail(self, text: str, code: str) -> None:
         """Answer with an error and close this connection (the request cannot go on)."""
@@ -131,22 +80,11 @@ class ServiceHandler(AsyncEventHandler):
         with contextlib.suppress(Exception):
             await self.stop()
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(self._guard(coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _: coro.close())  # cancelled before it ran: not "never awaited"
-        return task
-
-    async def _guard(self, coro: Any) -> None:
-        try:
-            await coro
-        except RequestFailed as exc:
+    async def failed(self, exc: Exception) -> None:
+        if isinstance(exc, RequestFailed):
             await self.fail(str(exc), exc.code)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s: request failed", self.gw.name)
+        else:
+            log.exception("%s: request failed", self.gw.name, exc_info=exc)
             await self.fail(f"sensorium gateway error: {type(exc).__name__}: {exc}", "internal")
 
     async def disconnect(self) -> None:
@@ -159,8 +97,7 @@ class ServiceHandler(AsyncEventHandler):
         if self.tts is not None:
             self.tts.close()
             self.tts = None
-        for task in list(self.tasks):
-            task.cancel()
+        await super().disconnect()
 
     # ------------------------------------------------------------------------------- events
 
@@ -171,9 +108,7 @@ class ServiceHandler(AsyncEventHandler):
             await self.fail(str(exc), exc.code)
             return False
         except (KeyError, TypeError, ValueError) as exc:
-            await self.write(
-                Error(text=f"malformed {event.type!r} event: {type(exc).__name__}: {exc}", code="bad-event").event()
-            )
+            await self.malformed(event, exc)
             return True
 
     async def _handle(self, event: Event) -> bool:
@@ -398,366 +333,3 @@ class ServiceHandler(AsyncEventHandler):
                 await self.write(HandledStop().event())
         finally:
             gw.replies.pop(token, None)
-
-
-# ------------------------------------------------------------------------------------ streams
-
-
-class WakeStream:
-    """One ``audio-start`` … ``audio-stop`` of a wake word request."""
-
-    def __init__(self, h: ServiceHandler, names: list[str] | None, start: AudioStart) -> None:
-        self.h = h
-        gw = h.gw
-        self.names = set(names) if names else None
-        try:
-            self.node, self.t0 = gw.pool.acquire("wake")
-        except PoolFull as exc:
-            raise RequestFailed(str(exc), "busy") from None
-        self.start_ts = start.timestamp or 0
-        self.audio = AudioIn(gw.block)
-        self.sent = 0
-        self.detections = 0
-        self.failed = False
-        self.over = False
-        """Stopped or abandoned: nothing more to do."""
-        self._remove = gw.bus.listen("wake", self._on_wake)
-        self._check = h.spawn(self._check_stage())
-
-    async def _check_stage(self) -> None:
-        reason = await self.h.gw.bus.stage_down("wake")
-        if reason:
-            self.failed = True
-            raise RequestFailed(reason, "stage-down")
-
-    async def feed(self, chunk: AudioChunk) -> None:
-        for block in self.audio.feed(chunk):
-            await self._publish(block)
-
-    async def _publish(self, block: bytes) -> None:
-        t = self.t0 + self.sent / RATE
-        self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
-
-    def _on_wake(self, msg: Message) -> None:
-        gw = self.h.gw
-        if not isinstance(msg, WakeDetected) or msg.room != gw.room or (msg.node or msg.source) != self.node:
-            return
-        if self.names is not None and msg.word not in self.names:
-            return
-        received = time.perf_counter()
-        self.detections += 1
-        stamp = self.start_ts + round((msg.time - self.t0) * 1000)
-        # The stt stage opened an utterance on this wake word; it is Home Assistant's to follow up, not ours.
-        listen = Listen(room=gw.room, node=self.node, action="drop", time=msg.time)
-
-        async def send() -> None:
-            await self.h.write(Detection(name=msg.word, timestamp=stamp).event())
-            gw.metrics.answer_us.append((time.perf_counter() - received) * 1e6)
-            await gw.bus.publish(listen)
-
-        self.h.spawn(send())
-
-    async def stop(self) -> None:
-        rest = self.audio.flush()
-        if rest:
-            await self._publish(rest)
-        if not self.detections and not self.failed:
-            deadline = time.monotonic() + WAKE_GRACE
-            while not self.detections and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if not self.detections:
-                await self.h.write(NotDetected().event())
-        self._release()
-
-    async def abandon(self) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        if self.over:
-            return
-        self.over = True
-        self._remove()
-        self.h.gw.pool.release(self.node, self.t0 + self.sent / RATE)
-
-
-class SttStream:
-    """One ``audio-start`` … ``audio-stop`` of a speech-to-text request."""
-
-    def __init__(self, h: ServiceHandler, language: str, start: AudioStart) -> None:
-        self.h = h
-        self.language = language
-        self.audio = AudioIn(h.gw.block)
-        self.head = bytearray()
-        self.request: Request | None = None
-        self.linked = False
-        """The audio is a satellite's, relayed by Home Assistant: its transcript is already being made."""
-        self.node = ""
-        self.t0 = 0.0
-        self.sent = 0
-        self.stopped_at: float | None = None
-        self.answered = False
-        self.over = False
-        """Answered or abandoned: nothing more to do."""
-        self._decided = asyncio.Event()
-        self._task = h.spawn(self._forward())
-
-    async def feed(self, chunk: AudioChunk) -> None:
-        blocks = self.audio.feed(chunk)
-        if self.answered or not blocks:
-            return
-        if self.request is None:
-            self.head += b"".join(blocks)
-            if len(self.head) >= MATCH_BYTES:
-                await self._decide()
-            return
-        if not self.linked:
-            for block in blocks:
-                await self._publish(block)
-
-    async def _decide(self) -> None:
-        gw = self.h.gw
-        t0 = time.perf_counter()
-        run = gw.match_satellite(bytes(self.head))
-        if run is not None:
-            run.linked = True
-            self.linked = True
-            self.request = gw.requests.get(run.request_id) or gw.new_request(run.request_id, run.room)
-            log.info("%s: speech-to-text request is satellite %s's command", gw.name, run.room)
-        else:
-            try:
-                self.node, self.t0 = gw.pool.acquire("stt")
-            except PoolFull as exc:
-                raise RequestFailed(str(exc), "busy") from None
-            rid = uuid.uuid4().hex[:16]
-            self.request = gw.new_request(rid, gw.room)
-            await gw.bus.publish(Listen(room=gw.room, node=self.node, action="open", time=self.t0, request_id=rid))
-            head = bytes(self.head)
-            step = gw.block * 2
-            for i in range(0, len(head), step):
-                await self._publish(head[i : i + step])
-        self.head = bytearray()
-        self._decided.set()
-        gw.metrics.request_us.append((time.perf_counter() - t0) * 1e6)
-
-    async def _publish(self, block: bytes) -> None:
-        t = self.t0 + self.sent / RATE
-        self.sent += len(block) // 2
-        await self.h.gw.publish_audio(self.node, t, block, lambda: not self.over)
-
-    async def stop(self) -> None:
-        """``audio-stop``: the client sent everything; the stage finishes the utterance now."""
-        gw = self.h.gw
-        if self.request is None:
-            await self._decide()
-        if not self.linked and not self.answered:
-            rest = self.audio.flush()
-            if rest:
-                await self._publish(rest)
-            assert self.request is not None
-            await gw.bus.publish(
-                Listen(
-                    room=gw.room,
-                    node=self.node,
-                    action="close",
-                    time=self.t0 + self.sent / RATE,
-                    request_id=self.request.request_id,
-                )
-            )
-        self.stopped_at = time.monotonic()
-        await self._task
-
-    async def abandon(self) -> None:
-        """The client went away or started over: the stage drops the utterance."""
-        gw = self.h.gw
-        if self.over:
-            return
-        self.over = True
-        self._task.cancel()
-        if self.node and not self.answered and self.request is not None:
-            await gw.bus.publish(
-                Listen(
-                    room=gw.room,
-                    node=self.node,
-                    action="drop",
-                    time=self.t0 + self.sent / RATE,
-                    request_id=self.request.request_id,
-                )
-            )
-        self._release()
-
-    def _release(self) -> None:
-        if self.node:
-            self.h.gw.pool.release(self.node, self.t0 + self.sent / RATE)
-            self.node = ""
-
-    async def _forward(self) -> None:
-        """Transcripts of this request → transcript-start/chunk, transcript, transcript-stop."""
-        h, gw = self.h, self.h.gw
-        reason = await gw.bus.stage_down("stt")
-        if reason:
-            raise RequestFailed(reason, "stage-down")
-        await self._decided.wait()
-        assert self.request is not None
-        queue = self.request.subscribe()
-        sent: list[str] = []
-        prev: list[str] = []
-        started = False
-        while True:
-            try:
-                async with asyncio.timeout(0.25):
-                    tr = await queue.get()
-            except TimeoutError:
-                if self.stopped_at is not None and time.monotonic() - self.stopped_at > gw.timeout:
-                    raise RequestFailed(
-                        f"the stt stage did not answer within {gw.timeout:g} s after audio-stop", "timeout"
-                    ) from None
-                continue
-            received = time.perf_counter()
-            words = tr.text.split()
-            new = (words if tr.final else stable_words(prev, words))[len(sent) :]
-            if tr.final and [w.lower() for w in words[: len(sent)]] != [w.lower() for w in sent]:
-                new = []  # the final revised words already streamed: the transcript event has the truth
-            if new and tr.text:
-                if not started:
-                    started = True
-                    await h.write(TranscriptStart(language=self.language).event())
-                await h.write(TranscriptChunk(text=(" " if sent else "") + " ".join(new)).event())
-                sent += new
-            prev = words
-            if tr.final:
-                await self._answer(tr, started)
-                gw.metrics.answer_us.append((time.perf_counter() - received) * 1e6)
-                return
-
-    async def _answer(self, final: BusTranscript, started: bool) -> None:
-        gw = self.h.gw
-        self.answered = True
-        self.over = True
-        self._release()
-        text = final.text
-        who, score = final.speaker, final.speaker_score
-        if who is None and text:
-            ev = await gw.speaker_of(final)
-            if ev is not None:
-                who, score = ev.person, ev.score
-        if gw.config.speaker_prefix and who and who != "unknown" and text:
-            text = f"[{who}] {text}"
-        event = Transcript(text=text, language=self.language).event()
-        if who is not None:
-            event.data["speaker"] = who
-            event.data["speaker_score"] = round(score, 3)
-        if text:
-            gw.remember(text, final.room, who, score)
-        await self.h.write(event)
-        if started:
-            await self.h.write(TranscriptStop().event())
-
-
-class TtsStream:
-    """Text for one answer of the tts stage, and its audio back to the client."""
-
-    def __init__(
-        self, h: ServiceHandler, voice: str | None, *, per_sentence: bool, answer: Answer | None = None
-    ) -> None:
-        self.h = h
-        gw = h.gw
-        self.voice = voice
-        self.per_sentence = per_sentence
-        self.answer_id = answer.answer_id if answer is not None else uuid.uuid4().hex[:12]
-        self.source = f"{gw.name}-tts-{self.answer_id}"
-        self.seq = 0
-        """Our own numbering of this answer's topic (the publisher would keep a counter per topic forever)."""
-        self.text = ""
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        for made in answer.audio if answer is not None else ():
-            self.queue.put_nowait(made)  # what the stage has made so far; the rest follows on the bus
-        gw.audio.setdefault(self.answer_id, []).append(self.queue)
-        self.done = h.spawn(self._forward())
-        self.finished_at: float | None = None
-
-    async def feed(self, text: str) -> None:
-        self.text += text
-        if text:
-            await self._say(text, more=True)
-
-    async def finish(self, text: str = "") -> None:
-        """The text is complete (``text``: its last piece); the stage speaks what is left."""
-        if not speakable(self.text):
-            self.close()
-            raise RequestFailed(f"nothing to speak in {self.text[:80]!r}: no letters or digits", "empty-text")
-        await self._say(text, more=False)
-        self.finished_at = time.monotonic()
-
-    async def _say(self, text: str, more: bool) -> None:
-        gw = self.h.gw
-        self.seq += 1
-        await gw.bus.publish(
-            Say(
-                seq=self.seq,
-                source=self.source,
-                answer_id=self.answer_id,
-                text=text,
-                voice=self.voice,
-                more=more,
-                reply_to=gw.name,
-            )
-        )
-
-    def close(self) -> None:
-        self._unregister()
-        if not self.done.done() and self.finished_at is None:
-            self.done.cancel()
-
-    def _unregister(self) -> None:
-        queues = self.h.gw.audio.get(self.answer_id, [])
-        if self.queue in queues:
-            queues.remove(self.queue)
-        if not queues:
-            self.h.gw.audio.pop(self.answer_id, None)
-
-    async def _forward(self) -> None:
-        h, gw = self.h, self.h.gw
-        reason = await gw.bus.stage_down("tts")
-        if reason:
-            raise RequestFailed(reason, "stage-down")
-        open_stream = False
-        rate = 0
-        waited = time.monotonic()
-        while True:
-            try:
-                async with asyncio.timeout(0.25):
-                    msg = await self.queue.get()
-            except TimeoutError:
-                # Before the text is complete the client sets the pace; after it, the stage has ``timeout``.
-                since = self.finished_at if self.finished_at is not None else None
-                if since is not None and time.monotonic() - max(since, waited) > gw.timeout:
-                    raise RequestFailed(f"the tts stage did not answer within {gw.timeout:g} s", "timeout") from None
-                continue
-            waited = time.monotonic()
-            if isinstance(msg, InputError):
-                raise RequestFailed(f"the tts stage refused the text: {msg.reason}", "tts-error")
-            if not isinstance(msg, TtsAudio):
-                continue
-            received = time.perf_counter()
-            if msg.data:
-                if not open_stream:
-                    rate = rate or msg.rate  # one format for every sentence of the answer
-                    await h.write(AudioStart(rate=rate, width=2, channels=1).event())
-                    open_stream = True
-                step = OUT_SAMPLES * 2
-                for i in range(0, len(msg.data), step):
-                    await h.write(AudioChunk(rate=rate, width=2, channels=1, audio=msg.data[i : i + step]).event())
-                if self.per_sentence:
-                    await h.write(AudioStop().event())
-                    open_stream = False
-                gw.metrics.answer_us.append((time.perf_counter() - received) * 1e6)
-            if msg.final:
-                break
-        if not self.per_sentence:
-            if not open_stream:  # an answer with no audio still ends as a (silent) stream
-                await h.write(AudioStart(rate=rate or 22050, width=2, channels=1).event())
-            await h.write(AudioStop().event())
-        else:
-            await h.write(SynthesizeStopped().event())
-        self._unregister()

@@ -38,12 +38,12 @@ from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
-from wyoming.server import AsyncEventHandler
 from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
 from bridges.rooms import RoomVoice
 from bridges.wyoming.audio import RATE
+from bridges.wyoming.connection import Connection
 from bridges.wyoming.gateway import MATCH_BYTES
 from pipeline.messages import Message, PlaybackStatus, TtsAudio
 from pipeline.messages import Transcript as BusTranscript
@@ -193,16 +193,14 @@ class Satellite(RoomVoice[Run]):
             handler.spawn(handler.write(Played().event()))
 
 
-class SatelliteHandler(AsyncEventHandler):
+class SatelliteHandler(Connection):
     """Home Assistant's connection to one room's satellite."""
 
     def __init__(self, sat: Satellite, reader: Any, writer: Any) -> None:
-        super().__init__(reader, writer)
+        super().__init__(sat.gw, f"{sat.room} satellite", reader, writer)
         self.sat = sat
         self.ready = False
         """Home Assistant sent run-satellite (and no pause since)."""
-        self.closed = False
-        self.tasks: set[asyncio.Task[Any]] = set()
         self._answer = ""
         self._chunk = 0
         self._rate = 0
@@ -210,44 +208,17 @@ class SatelliteHandler(AsyncEventHandler):
         self._samples = 0
         sat.attach(self)
 
-    async def write(self, event: Event) -> None:
-        if self.closed:
-            return
-        try:
-            await self.write_event(event)
-        except (ConnectionError, RuntimeError) as exc:
-            log.debug("%s satellite: Home Assistant gone while writing %s: %s", self.sat.room, event.type, exc)
-            self.closed = True
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(self._guard(coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _: coro.close())  # cancelled before it ran: not "never awaited"
-        return task
-
-    async def _guard(self, coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s satellite: task failed", self.sat.room)
-
     async def disconnect(self) -> None:
         self.closed = True
         self.ready = False
         await self.sat.detach(self)
-        for task in list(self.tasks):
-            task.cancel()
+        await super().disconnect()
 
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._handle(event)
         except (KeyError, TypeError, ValueError) as exc:
-            await self.write(
-                Error(text=f"malformed {event.type!r} event: {type(exc).__name__}: {exc}", code="bad-event").event()
-            )
+            await self.malformed(event, exc)
         return not self.closed
 
     async def _handle(self, event: Event) -> None:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from sensorium.cli.commands.serving import deployment_with, fail, missing_extra, serve_forever
 
     try:
-        from bridges.wyoming.gateway import Gateway
+        from bridges.wyoming.server import Server
     except ImportError as exc:
         return missing_extra("wyoming", exc)
     try:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = dep.wyoming
         assert cfg is not None
         curve = node_keys(cfg.keys, cfg.name) if cfg.keys else None
-        gateway = Gateway(dep, offer_for(dep), curve=curve)
+        gateway = Server(dep, offer_for(dep), curve=curve)
     except (ConfigError, KeyError_) as exc:
         return fail("wyoming", exc)
     ports = ", ".join(f"{role} {port}" for role, port in cfg.ports().items())
