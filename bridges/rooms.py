@@ -44,12 +44,15 @@ class RoomRun(Protocol):
     def stop_streaming(self) -> None: ...
 
 
+M = TypeVar("M", bound=Message)
+
+
 class BusLike(Protocol):
     clock: Any
 
     async def publish(self, msg: Message) -> None: ...
 
-    def listen(self, kind: str, fn: Callable[[Message], None]) -> Callable[[], None]: ...
+    def listen(self, cls: type[M], fn: Callable[[M], None]) -> Callable[[], None]: ...
 
     def stage_up(self, stage: str) -> bool: ...
 
@@ -92,9 +95,9 @@ class RoomVoice(Generic[R]):
     def listen_bus(self) -> list[Callable[[], None]]:
         """Subscribe to the room's audio, wake words and arbitration; returns the closers."""
         return [
-            self.bus.listen("audio", self.on_audio),
-            self.bus.listen("arbitration", self.on_arbitration),
-            self.bus.listen("wake", self.on_wake),
+            self.bus.listen(AudioChunk, self.on_audio),
+            self.bus.listen(WakeArbitrated, self.on_arbitration),
+            self.bus.listen(WakeDetected, self.on_wake),
         ]
 
     def on_audio(self, msg: Message) -> None:

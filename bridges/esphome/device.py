@@ -305,8 +305,8 @@ class Device(RoomVoice[Run]):
         bus = self.server.bus
         self._closers = [
             *self.listen_bus(),
-            bus.listen("playback", self._on_playback),
-            bus.listen("transcript", self._on_transcript),
+            bus.listen(PlaybackStatus, self._on_playback),
+            bus.listen(BusTranscript, self._on_transcript),
         ]
         self._srv = await asyncio.start_server(self._accept, host, self.port)
 

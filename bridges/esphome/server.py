@@ -85,8 +85,8 @@ class Server:
 
     async def start(self) -> None:
         await self.bus.start()
-        self.bus.listen("presence", self._on_presence)
-        self.bus.listen("start_conversation", self._on_converse)
+        self.bus.listen(Presence, self._on_presence)
+        self.bus.listen(StartConversation, self._on_converse)
         for d in self.devices.values():
             if not d.speaker:
                 log.warning(

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import TypeVar, cast
 
 from pipeline.bus import Endpoints, Publisher, Subscriber
 from pipeline.clock import Clock
@@ -31,6 +32,7 @@ DOWN_AFTER = 3.5
 """A stage with no ``stats`` for this long is down (workers report every second)."""
 
 Listener = Callable[[Message], None]
+M = TypeVar("M", bound=Message)
 
 
 class Bus:
@@ -55,7 +57,7 @@ class Bus:
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
-        self._listeners: defaultdict[str, list[Listener]] = defaultdict(list)
+        self._listeners: defaultdict[type[Message], list[Listener]] = defaultdict(list)
         self._seen: dict[str, float] = {}
         self._started = 0.0
         self.down_after = DOWN_AFTER
@@ -93,16 +95,18 @@ class Bus:
             msg.time = self.clock.now()
         await self._publisher.publish(msg)
 
-    def listen(self, kind: str, fn: Listener) -> Callable[[], None]:
-        """Call ``fn`` (synchronously, on the event loop) for each message of topic family ``kind``.
+    def listen(self, cls: type[M], fn: Callable[[M], None]) -> Callable[[], None]:
+        """Call ``fn`` (synchronously, on the event loop) for each message of class ``cls`` received.
 
-        Returns the function that removes the listener.
+        The subscription prefixes given at construction decide what arrives at all. Returns the function
+        that removes the listener.
         """
-        self._listeners[kind].append(fn)
+        listener = cast(Listener, fn)
+        self._listeners[cls].append(listener)
 
         def remove() -> None:
             with contextlib.suppress(ValueError):
-                self._listeners[kind].remove(fn)
+                self._listeners[cls].remove(listener)
 
         return remove
 
@@ -113,7 +117,7 @@ class Bus:
             self.received += 1
             if isinstance(msg, StageStats):
                 self._seen[msg.stage] = time.monotonic()
-            for fn in list(self._listeners.get(msg.kind, ())):
+            for fn in list(self._listeners.get(type(msg), ())):
                 try:
                     fn(msg)
                 except Exception:  # one broken request must not stop the others' messages

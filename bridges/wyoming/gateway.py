@@ -33,7 +33,7 @@ from pipeline.bus import Endpoints
 from pipeline.clock import Clock
 from pipeline.config import Deployment, WyomingConfig, parse_duration
 from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import InputError, Message, Say, SpeakerIdentified, Transcript, TtsAudio
+from pipeline.messages import InputError, Listen, Message, Say, SpeakerIdentified, Transcript, TtsAudio
 from pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.wyoming")
@@ -227,13 +227,13 @@ class Gateway:
         """Connect to the hub and route its messages to the requests (the server opens the ports)."""
         await self.bus.start()
         self._closers += [
-            self.bus.listen("transcript", self._on_transcript),
-            self.bus.listen("speaker", self._on_speaker),
-            self.bus.listen("say", self._on_say),
-            self.bus.listen("tts_audio", self._on_tts),
-            self.bus.listen("error", self._on_error),
-            self.bus.listen("audio", self.relayed.on_audio),
-            self.bus.listen("listen", self._on_listen),
+            self.bus.listen(Transcript, self._on_transcript),
+            self.bus.listen(SpeakerIdentified, self._on_speaker),
+            self.bus.listen(Say, self._on_say),
+            self.bus.listen(TtsAudio, self._on_tts),
+            self.bus.listen(InputError, self._on_error),
+            self.bus.listen(BusChunk, self.relayed.on_audio),
+            self.bus.listen(Listen, self._on_listen),
         ]
 
     async def disconnect(self) -> None:

@@ -150,7 +150,7 @@ class Satellite(RoomVoice[Run]):
         self._closers: list[Any] = []
 
     def start(self) -> None:
-        self._closers = [*self.listen_bus(), self.gw.bus.listen("playback", self._on_playback)]
+        self._closers = [*self.listen_bus(), self.gw.bus.listen(PlaybackStatus, self._on_playback)]
 
     async def stop(self) -> None:
         for close in self._closers:

@@ -46,7 +46,7 @@ class WakeStream:
         self.failed = False
         self.over = False
         """Stopped or abandoned: nothing more to do."""
-        self._remove = gw.bus.listen("wake", self._on_wake)
+        self._remove = gw.bus.listen(WakeDetected, self._on_wake)
         self._check = h.spawn(self._check_stage())
 
     async def _check_stage(self) -> None:
