@@ -39,6 +39,7 @@ from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
 from bridges.esphome.api import ApiError, Transport
 from bridges.rooms import RATE, RoomVoice
+from bridges.tasks import Tasks
 from bridges.wyoming.bus import Bus
 from pipeline.config import Deployment
 from pipeline.messages import Message, PlaybackGain, PlaybackStatus, Say, TtsAudio
@@ -530,21 +531,13 @@ class Connection:
         self.peer = peer
         self.voice = False
         """Home Assistant subscribed to the voice assistant."""
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = Tasks(self._failed)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(self._guard(coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return self.tasks.spawn(coro)
 
-    async def _guard(self, coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s device: task failed", self.device.room)
+    async def _failed(self, exc: Exception) -> None:
+        log.error("%s device: task failed", self.device.room, exc_info=exc)
 
     def close(self) -> None:
         self.t.close()
@@ -571,8 +564,7 @@ class Connection:
             if d.conn is self:
                 d.conn = None
                 await d.release()
-            for task in list(self.tasks):
-                task.cancel()
+            self.tasks.cancel()
             self.t.close()
 
     def handle(self, msg: Any) -> bool:

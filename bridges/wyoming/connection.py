@@ -17,6 +17,7 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.server import AsyncEventHandler
 
+from bridges.tasks import Tasks
 from bridges.wyoming.gateway import Gateway
 
 log = logging.getLogger("sensorium.wyoming")
@@ -39,7 +40,7 @@ class Connection(AsyncEventHandler):
         self.label = label
         self.closed = False
         """The client went away (or we closed): nothing more is written."""
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = Tasks(self.failed)
 
     async def write(self, event: Event) -> None:
         """Send ``event``; a client that went away is not an error of ours."""
@@ -59,26 +60,13 @@ class Connection(AsyncEventHandler):
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` for this connection: cancelled when it goes away, its failure handled by ``failed``."""
-        task = asyncio.get_running_loop().create_task(self._guard(coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _: coro.close())  # cancelled before it ran: not "never awaited"
-        return task
-
-    async def _guard(self, coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self.failed(exc)
+        return self.tasks.spawn(coro)
 
     async def failed(self, exc: Exception) -> None:
         """A task of this connection raised ``exc`` (logged; a service answers the client and closes)."""
-        log.exception("%s: task failed", self.label, exc_info=exc)
+        log.error("%s: task failed", self.label, exc_info=exc)
 
     async def disconnect(self) -> None:
         """The client went away: cancel what runs for it."""
         self.closed = True
-        for task in list(self.tasks):
-            task.cancel()
+        self.tasks.cancel()

@@ -84,7 +84,7 @@ class ServiceHandler(Connection):
         if isinstance(exc, RequestFailed):
             await self.fail(str(exc), exc.code)
         else:
-            log.exception("%s: request failed", self.gw.name, exc_info=exc)
+            log.error("%s: request failed", self.gw.name, exc_info=exc)
             await self.fail(f"sensorium gateway error: {type(exc).__name__}: {exc}", "internal")
 
     async def disconnect(self) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Literal
 
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart
@@ -107,44 +108,33 @@ class SttStream:
 
     async def stop(self) -> None:
         """``audio-stop``: the client sent everything; the stage finishes the utterance now."""
-        gw = self.h.gw
         if self.request is None:
             await self._decide()
         if not self.linked and not self.answered:
             rest = self.audio.flush()
             if rest:
                 await self._publish(rest)
-            assert self.request is not None
-            await gw.bus.publish(
-                Listen(
-                    room=gw.room,
-                    node=self.node,
-                    action="close",
-                    time=self.t0 + self.sent / RATE,
-                    request_id=self.request.request_id,
-                )
-            )
+            await self._claim("close")
         self.stopped_at = time.monotonic()
         await self._task
 
     async def abandon(self) -> None:
         """The client went away or started over: the stage drops the utterance."""
-        gw = self.h.gw
         if self.over:
             return
         self.over = True
         self._task.cancel()
         if self.node and not self.answered and self.request is not None:
-            await gw.bus.publish(
-                Listen(
-                    room=gw.room,
-                    node=self.node,
-                    action="drop",
-                    time=self.t0 + self.sent / RATE,
-                    request_id=self.request.request_id,
-                )
-            )
+            await self._claim("drop")
         self._release()
+
+    async def _claim(self, action: Literal["close", "drop"]) -> None:
+        """End this request's utterance at the audio sent so far: finish it now, or discard it."""
+        assert self.request is not None
+        gw = self.h.gw
+        listen = Listen(room=gw.room, node=self.node, action=action, time=self.t0 + self.sent / RATE,
+                        request_id=self.request.request_id)  # fmt: skip
+        await gw.bus.publish(listen)
 
     def _release(self) -> None:
         if self.node:
