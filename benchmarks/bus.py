@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _pct(xs: list[float], p: float) -> float:
-    from pipeline.metrics import percentile
+    from sensorium.pipeline.metrics import percentile
 
     return percentile(xs, p) or 0.0
 
@@ -119,8 +119,8 @@ def raw_latency(tmp: str, size: int, n: int, via: tuple[str, str] | None = None)
 
 
 def _hub_proc(address: str, ready: mp.Event, stop: mp.Event) -> None:  # type: ignore[valid-type]
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
 
     async def main() -> None:
         hub = Hub(HubConfig(address=address))
@@ -134,8 +134,8 @@ def _hub_proc(address: str, ready: mp.Event, stop: mp.Event) -> None:  # type: i
 
 
 def _our_sender(address: str, size: int, n: int, go: mp.Event) -> None:  # type: ignore[valid-type]
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.messages import AudioChunk
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.messages import AudioChunk
 
     async def main() -> None:
         pub = Publisher(Endpoints.from_address(address), hwm=0)
@@ -152,7 +152,7 @@ def _our_sender(address: str, size: int, n: int, go: mp.Event) -> None:  # type:
 
 
 async def our_throughput(address: str, size: int, n: int) -> dict[str, float]:
-    from pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.bus import Endpoints, Subscriber
 
     go = mp.Event()
     sub = Subscriber(Endpoints.from_address(address), ["audio/"], hwm=0)
@@ -187,8 +187,8 @@ async def our_throughput(address: str, size: int, n: int) -> dict[str, float]:
 
 
 async def our_latency(address: str, size: int, n: int) -> list[float]:
-    from pipeline.bus import Endpoints, Publisher, Subscriber
-    from pipeline.messages import AudioChunk
+    from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber
+    from sensorium.pipeline.messages import AudioChunk
 
     ep = Endpoints.from_address(address)
     pub = Publisher(ep)
@@ -230,8 +230,8 @@ def start_logging_hub(address: str, state: str, code: Path = REPO) -> subprocess
 
 
 def _event_sender(address: str, n: int, go: mp.Event) -> None:  # type: ignore[valid-type]
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.messages import WakeDetected
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.messages import WakeDetected
 
     async def main() -> None:
         pub = Publisher(Endpoints.from_address(address), hwm=0)
@@ -273,8 +273,8 @@ def events_throughput(address: str, n: int) -> dict[str, float]:
 
 async def event_latency(address: str, n: int) -> list[float]:
     """One event in flight: publish → the hub numbered, logged and published it (JSON on the events socket)."""
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.messages import WakeDetected
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.messages import WakeDetected
 
     pub = Publisher(Endpoints.from_address(address))
     sub = zmq.asyncio.Context.instance().socket(zmq.SUB)

@@ -68,9 +68,9 @@ async def subscriber(address: str, out: Path, arrivals: Path | None = None) -> N
     append and an fsync, and on start it resumes after the last complete line, so every event the hub
     logged must arrive exactly once across restarts. ``arrivals`` gets "seq unix-time" per event.
     """
-    from pipeline.client import Client
-    from pipeline.codec import to_json
-    from pipeline.node import HubUnavailable
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.codec import to_json
+    from sensorium.pipeline.node import HubUnavailable
 
     since = resume_point(out)
     print(f"subscriber: resuming after seq {since}", flush=True)
@@ -97,9 +97,9 @@ async def subscriber(address: str, out: Path, arrivals: Path | None = None) -> N
 async def ticker(address: str, rate: float) -> None:
     """Publish ``detections`` events for a camera nobody watches, ``rate`` a second, in small bursts (as the
     deployment's worker "ticker", which the hub lets publish them)."""
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.clock import Clock
-    from pipeline.messages import Detections
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.messages import Detections
 
     pub = Publisher(Endpoints.from_address(address))
     clock = Clock()
@@ -220,7 +220,7 @@ def check_stream(
 
 def percentile(xs: list[float], p: float) -> float | None:
     """Nearest-rank percentile (``pipeline.metrics.percentile``; None for no samples)."""
-    from pipeline.metrics import percentile as nearest_rank
+    from sensorium.pipeline.metrics import percentile as nearest_rank
 
     return nearest_rank(xs, p)
 
@@ -256,7 +256,7 @@ class ChaosOptions:
 def _wav(folder: Path) -> Path:
     import numpy as np
 
-    from evaluation.media import RATE, speech, write_wav
+    from sensorium.evaluation.media import RATE, speech, write_wav
 
     cache = REPO / ".cache" / "chaos"
     cache.mkdir(parents=True, exist_ok=True)

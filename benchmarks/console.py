@@ -51,12 +51,20 @@ def inbox(quick: bool = False) -> dict[str, Any]:
     import numpy as np
     from console_rig import Rig
 
-    from evaluation.media import speech
-    from models.detector import PersonDetector
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.messages import Box, Detections, FaceRecognized, Presence, SpeakerIdentified, Utterance, VideoFrame
-    from pipeline.stage import StageContext
     from sensorium.enrollment import ConsoleIdentity, Galleries
+    from sensorium.evaluation.media import speech
+    from sensorium.models.detector import PersonDetector
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.messages import (
+        Box,
+        Detections,
+        FaceRecognized,
+        Presence,
+        SpeakerIdentified,
+        Utterance,
+        VideoFrame,
+    )
+    from sensorium.pipeline.stage import StageContext
 
     tmp = Path(tempfile.mkdtemp(prefix="console-bench-"))
     gallery = tmp / "gallery.db"
@@ -219,12 +227,19 @@ def inbox(quick: bool = False) -> dict[str, Any]:
 def speed(quick: bool = False) -> dict[str, Any]:
     import psutil
 
-    from evaluation.ports import free_port, free_tcp_base
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
-    from pipeline.messages import Detections, FaceRecognized, NodeStatus, Presence, SpeakerIdentified, Transcript
-    from pipeline.metrics import summary
+    from sensorium.evaluation.ports import free_port, free_tcp_base
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.messages import (
+        Detections,
+        FaceRecognized,
+        NodeStatus,
+        Presence,
+        SpeakerIdentified,
+        Transcript,
+    )
+    from sensorium.pipeline.metrics import summary
 
     n_events = 2000 if quick else 10000
     tmp = Path(tempfile.mkdtemp(prefix="console-speed-"))

@@ -222,7 +222,7 @@ def anchor_counter() -> Callable[[list[bytes]], list[int]]:
     import cv2
     from ultralytics import YOLO
 
-    from models.detector import DEFAULT_CLASS_MAP, bundled_weights
+    from sensorium.models.detector import DEFAULT_CLASS_MAP, bundled_weights
 
     model = YOLO(str(bundled_weights()))
     person = [i for i, n in model.names.items() if DEFAULT_CLASS_MAP.get(n) == "person"]
@@ -236,8 +236,8 @@ def anchor_counter() -> Callable[[list[bytes]], list[int]]:
 
 def stage_counter(which: str) -> Callable[[list[bytes]], list[int]]:
     """``models.regions`` as the detect stage runs it: "after" (today's defaults), "before" or "original"."""
-    from models.detector import PersonDetector, default_cache_dir
-    from models.regions import FrameIn, RegionDetector, Settings
+    from sensorium.models.detector import PersonDetector, default_cache_dir
+    from sensorium.models.regions import FrameIn, RegionDetector, Settings
 
     before = which == "original"
     if before:
@@ -301,14 +301,14 @@ def _set_of(truth: int) -> str:
 
 def calibrate() -> list[dict[str, Any]]:
     """Score floor × containment ratio on the photos themselves (one 640 px detection each): exact, MAE."""
-    from models.detector import PersonDetector, default_cache_dir
+    from sensorium.models.detector import PersonDetector, default_cache_dir
 
     det = PersonDetector(backend="auto", conf=0.05, contain=0.0, cache_dir=default_cache_dir())
     photos = [(p, _read(p.package, p.path, p.crop)) for p in PHOTOS]
     empties = [_read(pkg, rel, crop) for _, pkg, rel, crop in EMPTY]
     raw = [det.detect([img])[0] for _, img in photos]
     raw_empty = [det.detect([img])[0] for img in empties]  # rooms without people (not the OBJECTS)
-    from models.yolo import suppress_contained
+    from sensorium.models.yolo import suppress_contained
 
     rows = []
     for conf in (0.25, 0.3, 0.35, 0.4, 0.45):

@@ -55,13 +55,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks.outfile import add_out, write_results
-from edge.echo import ReferenceTap
-from evaluation.echo import Scene, barge_in_scene, playback_scene, quiet_scene
-from nodes.arbiter import ArbiterStage
-from nodes.wake import WakeStage
-from pipeline.aec import make_canceller
-from pipeline.messages import AudioChunk, Message, PlaybackStatus, Say, WakeArbitrated, WakeDetected
-from pipeline.stage import StageContext
+from sensorium.edge.echo import ReferenceTap
+from sensorium.evaluation.echo import Scene, barge_in_scene, playback_scene, quiet_scene
+from sensorium.nodes.arbiter import ArbiterStage
+from sensorium.nodes.wake import WakeStage
+from sensorium.pipeline.aec import make_canceller
+from sensorium.pipeline.messages import AudioChunk, Message, PlaybackStatus, Say, WakeArbitrated, WakeDetected
+from sensorium.pipeline.stage import StageContext
 
 ROOM, NODE = "living", "living-pi"
 BLOCK = 1280
@@ -230,7 +230,7 @@ async def quiet(cache: Path, rounds: int = 3) -> dict[str, Any]:
                     lat[name].append(min(near) * 1000)
 
     def stats(v: list[float]) -> dict[str, float | int | None]:
-        from pipeline.metrics import summary
+        from sensorium.pipeline.metrics import summary
 
         return summary(v, digits=2)
 

@@ -42,16 +42,19 @@ was before the gateway recognised HA's copy of the device's command (the stt sta
 
 
 def _pcts(xs: list[float]) -> dict[str, Any]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(xs, scale=1000, digits=0, suffix="_ms") if xs else {"n": 0}
 
 
 async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, Any]:
-    from bridges.esphome.server import Server
-    from edge.agent import EdgeAgent
-    from evaluation import media
-    from evaluation.homeassistant import (
+    from sensorium.apps.agent import run_builtin_agent
+    from sensorium.bridges.esphome.server import Server
+    from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
+    from sensorium.embedded import embedded
+    from sensorium.evaluation import media
+    from sensorium.evaluation.homeassistant import (
         Mic,
         add_wyoming,
         entities_of,
@@ -61,12 +64,9 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
         wavs,
         wyoming_gateway,
     )
-    from evaluation.ports import free_ports
-    from pipeline.bus import Publisher, Subscriber
-    from pipeline.messages import TtsAudio
-    from sensorium.apps.agent import run_builtin_agent
-    from sensorium.deployment import deployment_from_dict
-    from sensorium.embedded import embedded
+    from sensorium.evaluation.ports import free_ports
+    from sensorium.pipeline.bus import Publisher, Subscriber
+    from sensorium.pipeline.messages import TtsAudio
 
     p = dict(zip(("stt", "tts", "handle"), free_ports(3), strict=True))
     [dev_port, sat_port] = free_ports(2)
@@ -218,7 +218,7 @@ async def _session(ha: Any, folder: Path, reps: int, convs: int) -> dict[str, An
 
 
 async def _main(quick: bool, folder: Path) -> dict[str, Any]:
-    from evaluation.homeassistant import running
+    from sensorium.evaluation.homeassistant import running
 
     result: dict[str, Any] = {"benchmark": "esphome", "quick": quick}
     with running(folder / "ha") as ha:

@@ -82,18 +82,18 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _pct(xs: list[float]) -> dict[str, float | int | None]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(xs, extra=("max",)) if xs else {}
 
 
 async def _bench(kills: int, drains: int) -> dict[str, Any]:
-    from evaluation import media
-    from pipeline.bus import Publisher, Subscriber
-    from pipeline.client import Client
-    from pipeline.hub import Hub
-    from pipeline.messages import AudioChunk, Placement, StageStats, Transcript, WakeDetected
     from sensorium.deployment import load_deployment, placement_specs
+    from sensorium.evaluation import media
+    from sensorium.pipeline.bus import Publisher, Subscriber
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.messages import AudioChunk, Placement, StageStats, Transcript, WakeDetected
 
     cache = ROOT / ".cache" / "media"
     speech = [media.speech(f"hey jarvis, {c}", "piper:joe", cache) for c in COMMANDS]

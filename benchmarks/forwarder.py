@@ -35,8 +35,8 @@ FRAME = 64 * 1024
 
 _HUB = r"""
 import asyncio, sys
-from pipeline.config import HubConfig
-from pipeline.hub import Hub, PublishPolicy
+from sensorium.pipeline.config import HubConfig
+from sensorium.pipeline.hub import Hub, PublishPolicy
 policy = PublishPolicy(
     rooms=frozenset({"kitchen", "hall"}),
     kinds={"kitchen-pi": frozenset({"node_status", "playback", "error"}),
@@ -61,14 +61,14 @@ asyncio.run(main())
 
 
 def _pct(xs: list[float], p: float) -> float:
-    from pipeline.metrics import percentile
+    from sensorium.pipeline.metrics import percentile
 
     return percentile(xs, p) or 0.0
 
 
 def _frames(kind: str, t: float) -> list[bytes]:
-    from pipeline.codec import encode
-    from pipeline.messages import AudioChunk, VideoFrame
+    from sensorium.pipeline.codec import encode
+    from sensorium.pipeline.messages import AudioChunk, VideoFrame
 
     if kind == "audio":
         return encode(AudioChunk(room="kitchen", source="kitchen-pi", time=t, data=os.urandom(PCM)))
@@ -81,7 +81,7 @@ def _socket(ctx: zmq.Context, kind: int, keys: str, name: str) -> zmq.Socket:
     s = ctx.socket(kind)
     s.setsockopt(zmq.LINGER, 0)
     if keys:
-        from pipeline.security import node_keys
+        from sensorium.pipeline.security import node_keys
 
         node_keys(Path(keys).parent / name, name).apply_client(s)
     return s
@@ -117,7 +117,7 @@ def throughput(pub_ep: str, sub_ep: str, keys: str, kind: str, n: int) -> dict[s
     go.set()
     got, t0, t_last = 0, 0.0, 0.0
     while sub.poll(3000):  # the forwarder drops at its high-water mark: END may be lost
-        from pipeline.codec import decode
+        from sensorium.pipeline.codec import decode
 
         msg = decode(sub.recv_multipart())
         if msg.time < 0:
@@ -134,7 +134,7 @@ def throughput(pub_ep: str, sub_ep: str, keys: str, kind: str, n: int) -> dict[s
 
 
 def latency(pub_ep: str, sub_ep: str, keys: str, kind: str, n: int) -> list[float]:
-    from pipeline.codec import decode
+    from sensorium.pipeline.codec import decode
 
     ctx = zmq.Context()
     pub = _socket(ctx, zmq.PUB, keys, "kitchen-pi")
@@ -163,7 +163,7 @@ def latency(pub_ep: str, sub_ep: str, keys: str, kind: str, n: int) -> list[floa
 
 
 def _keys(folder: Path) -> str:
-    from pipeline import security
+    from sensorium.pipeline import security
 
     hub = folder / "hub"
     pub = security.init_hub(hub)

@@ -43,8 +43,8 @@ GOAL_MB = 300
 
 
 async def _attack_events(address: str, n: int) -> None:
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.messages import InputError
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.messages import InputError
 
     pub = Publisher(Endpoints.from_address(address), hwm=100_000)
     await asyncio.sleep(0.3)
@@ -62,9 +62,9 @@ async def _attack_events(address: str, n: int) -> None:
 async def _attack_unread(address: str, conns: int, requests: int) -> None:
     import zmq
 
-    from pipeline.bus import Endpoints, context
-    from pipeline.codec import encode
-    from pipeline.messages import EventsRequest
+    from sensorium.pipeline.bus import Endpoints, context
+    from sensorium.pipeline.codec import encode
+    from sensorium.pipeline.messages import EventsRequest
 
     ep = Endpoints.from_address(address)
     socks = []
@@ -89,9 +89,9 @@ async def _attack_unread(address: str, conns: int, requests: int) -> None:
 async def _attack_names(address: str, n: int, seconds: float) -> None:
     import zmq
 
-    from pipeline.bus import Endpoints, context
-    from pipeline.codec import encode
-    from pipeline.messages import Heartbeat, Register
+    from sensorium.pipeline.bus import Endpoints, context
+    from sensorium.pipeline.codec import encode
+    from sensorium.pipeline.messages import Heartbeat, Register
 
     ep = Endpoints.from_address(address)
     socks = []
@@ -115,7 +115,7 @@ async def _attack_names(address: str, n: int, seconds: float) -> None:
 async def _attack_frame(address: str, size: int) -> None:
     import zmq
 
-    from pipeline.bus import Endpoints, context
+    from sensorium.pipeline.bus import Endpoints, context
 
     ep = Endpoints.from_address(address)
     s = context().socket(zmq.PUB)
@@ -129,8 +129,8 @@ async def _attack_frame(address: str, size: int) -> None:
 
 async def _log_span(address: str) -> tuple[int, int]:
     """(first, last) sequence number the hub's log holds now."""
-    from pipeline.client import Client
-    from pipeline.messages import EventsReply, EventsRequest
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.messages import EventsReply, EventsRequest
 
     async with Client(address, name=f"hostile-probe-{os.getpid()}") as c:
         reply = await c.link.request(EventsRequest(since=2**62), 10.0)
@@ -141,8 +141,8 @@ async def _log_span(address: str) -> tuple[int, int]:
 async def _bench(smoke: bool) -> dict[str, Any]:
     import psutil
 
-    from pipeline.bus import Endpoints, Subscriber
-    from pipeline.messages import WakeDetected
+    from sensorium.pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.messages import WakeDetected
 
     folder = Path(tempfile.mkdtemp(prefix="hostile-"))
     cfg, address = deployment(folder, 10000)

@@ -52,15 +52,15 @@ SERVERS = ("before", "after")
 
 
 def _pcts(xs: Sequence[float]) -> dict[str, float | int | None]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(xs, scale=1000, digits=2, suffix="_ms", extra=("max",))
 
 
 async def _load(hub: Any, stop: asyncio.Event) -> dict[str, int]:
     """A two-room home's traffic on the hub's bus until ``stop``."""
-    from pipeline.bus import Publisher
-    from pipeline.messages import AudioChunk, Detections, Presence, SpeakerIdentified, Transcript
+    from sensorium.pipeline.bus import Publisher
+    from sensorium.pipeline.messages import AudioChunk, Detections, Presence, SpeakerIdentified, Transcript
 
     pub = Publisher(hub.endpoints)
     sent = {"audio": 0, "detections": 0, "presence": 0, "commands": 0}
@@ -129,8 +129,8 @@ async def _serve_before(server: Any, port: int, started: asyncio.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def _server(hub: Any, port: int, before: bool) -> AsyncIterator[Any]:
-    from bridges.mcp.server import SensoriumMcp
-    from pipeline.config import McpConfig
+    from sensorium.bridges.mcp.server import SensoriumMcp
+    from sensorium.pipeline.config import McpConfig
 
     config = McpConfig(port=port, name="mcp-before" if before else "mcp-after")  # two hub clients, two names
     server = SensoriumMcp(config, ROOMS, hub.endpoints, people=lambda: list(WHERE), heartbeat=0.25, clock=hub.clock)
@@ -194,10 +194,10 @@ async def _home_assistant(url: str, calls: dict[str, dict[str, Any]], n: int) ->
 
 
 async def state_tools(n: int) -> dict[str, Any]:
-    from evaluation.ports import free_port
-    from pipeline.client import Client
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
+    from sensorium.evaluation.ports import free_port
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
 
     calls = {
         "who_is_home": {},
@@ -289,7 +289,7 @@ async def ask(rounds: int) -> dict[str, Any]:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client
 
-    from evaluation.mcp_house import answer_after_the_question, house, prepare_voices
+    from sensorium.evaluation.mcp_house import answer_after_the_question, house, prepare_voices
 
     results = []
     with tempfile.TemporaryDirectory() as d:

@@ -58,7 +58,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.processes import SENSORIUM, Processes
-from evaluation.ports import free_port, free_tcp_base
+from sensorium.evaluation.ports import free_port, free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mixed.json"
 STAGES = ["wake", "arbiter", "stt", "speaker", "detect", "face", "presence", "tts"]
@@ -92,7 +92,7 @@ def who(voice: str) -> str:
 
 def pct(values: list[float]) -> dict[str, float | int | None]:
     """p50/p95 (nearest rank) and n of ``values`` (ms)."""
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(values, digits=1)
 
@@ -201,7 +201,7 @@ def media(folder: Path, utterances: int, camera_seconds: float) -> dict[str, Any
 
 
 def _people(gallery: Path) -> set[str]:
-    from models.gallery import Gallery
+    from sensorium.models.gallery import Gallery
 
     with Gallery(gallery) as g:
         return set(g.people())
@@ -246,8 +246,8 @@ def deployment(folder: Path, cameras: int, clip: Path, port: int, metrics_port: 
 
 async def _observe(address: str, session: Any, procs: Processes, metrics_port: int) -> dict[str, Any]:
     """Play the session through the running deployment; the events and the worker's numbers over it."""
-    from pipeline.bus import Endpoints, Subscriber
-    from pipeline.client import Client
+    from sensorium.pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.client import Client
 
     endpoints = Endpoints.from_address(address)
     events: list[tuple[float, Any]] = []
@@ -299,7 +299,7 @@ async def _observe(address: str, session: Any, procs: Processes, metrics_port: i
 
 def rows_of(session: Any, start: float, events: list[tuple[float, Any]]) -> list[dict[str, Any]]:
     """One row per utterance: wake, end of speech → final and → speaker, the speaker the final carried."""
-    from pipeline.messages import SpeakerIdentified, Transcript, Utterance, WakeDetected
+    from sensorium.pipeline.messages import SpeakerIdentified, Transcript, Utterance, WakeDetected
 
     rows = []
     for i, u in enumerate(session.utterances):

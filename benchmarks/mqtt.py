@@ -110,7 +110,7 @@ def _ts(iso: str) -> float:
 
 def entities(rooms: Sequence[str], people: Sequence[str]) -> list[str]:
     """The entity ids the bridge's discovery gives Home Assistant (object ids set by the bridge)."""
-    from bridges.mqtt.topics import slug
+    from sensorium.bridges.mqtt.topics import slug
 
     out = []
     for r in rooms:
@@ -131,8 +131,8 @@ def expected(
     Independent of the bridge's own bookkeeping: occupancy and counts come from the presence
     stage's ``people`` field, rooms from entered/present/left, the last speaker from speaker events.
     """
-    from bridges.mqtt.topics import slug
-    from pipeline.messages import Presence, SpeakerIdentified, Transcript
+    from sensorium.bridges.mqtt.topics import slug
+    from sensorium.pipeline.messages import Presence, SpeakerIdentified, Transcript
 
     tl: dict[str, list[tuple[float, str]]] = defaultdict(list)
     seqs: dict[tuple[str, float], int] = {}
@@ -294,7 +294,7 @@ def _kind(entity: str) -> str:
 
 
 def _pcts(xs: Sequence[float]) -> dict[str, float | int | None]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(xs, scale=1000, digits=0, suffix="_ms", extra=("max",)) if xs else {"n": 0}
 
@@ -316,16 +316,16 @@ async def run_session(
     """
     from mosquitto import retained
 
-    from bridges.mqtt.bridge import Bridge
-    from edge.agent import EdgeAgent
-    from evaluation.replay import ReplayOptions, load, replay_embedded
-    from evaluation.sample import prepare, sample_deployment
-    from pipeline.bus import Subscriber
-    from pipeline.client import Client
-    from pipeline.config import MqttConfig
-    from pipeline.messages import PlaybackStatus, Presence, SpeakerIdentified, Transcript, TtsAudio
+    from sensorium.bridges.mqtt.bridge import Bridge
     from sensorium.bridging import gallery_people
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
+    from sensorium.evaluation.replay import ReplayOptions, load, replay_embedded
+    from sensorium.evaluation.sample import prepare, sample_deployment
+    from sensorium.pipeline.bus import Subscriber
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import MqttConfig
+    from sensorium.pipeline.messages import PlaybackStatus, Presence, SpeakerIdentified, Transcript, TtsAudio
 
     say = progress or (lambda _s: None)
     session_path = prepare(out, cache)
@@ -440,10 +440,10 @@ async def bridge_cpu(n: int, folder: Path) -> dict[str, Any]:
     import psutil
     from mosquitto import Mosquitto
 
-    from pipeline.bus import Publisher
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
-    from pipeline.messages import FaceRecognized, Presence, SpeakerIdentified, Transcript, WakeDetected
+    from sensorium.pipeline.bus import Publisher
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.messages import FaceRecognized, Presence, SpeakerIdentified, Transcript, WakeDetected
 
     rooms, people = ["kitchen", "living_room", "hall"], ["alice", "bob", "carol", "dave"]
     address = f"ipc://{folder}/hub"
@@ -564,7 +564,7 @@ def _summary(run: SessionRun) -> dict[str, Any]:
 async def _main(quick: bool, folder: Path) -> dict[str, Any]:
     from mosquitto import Mosquitto
 
-    from evaluation.homeassistant import running
+    from sensorium.evaluation.homeassistant import running
 
     result: dict[str, Any] = {"benchmark": "mqtt", "quick": quick}
 

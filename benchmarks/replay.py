@@ -28,11 +28,11 @@ def enroll_sample(data_dir: Path, cache: Path = CACHE) -> dict[str, list[str]]:
     """Enrol the sample session's people (voices from other sentences, the face from its package image)."""
     import numpy as np
 
-    from evaluation.session import sample_enrollment
-    from models.faces import FacePipeline
-    from models.gallery import Gallery
-    from models.speaker import load_encoder
-    from pipeline.media import read_wav
+    from sensorium.evaluation.session import sample_enrollment
+    from sensorium.models.faces import FacePipeline
+    from sensorium.models.gallery import Gallery
+    from sensorium.models.speaker import load_encoder
+    from sensorium.pipeline.media import read_wav
 
     media = sample_enrollment(cache)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,9 +64,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Build the sample, enrol its people, replay it (max speed; and real time unless ``quick``)."""
-    from evaluation.replay import ReplayOptions, default_deployment, load, replay
-    from evaluation.report import make_report
-    from evaluation.session import build_sample
+    from sensorium.evaluation.replay import ReplayOptions, default_deployment, load, replay
+    from sensorium.evaluation.report import make_report
+    from sensorium.evaluation.session import build_sample
 
     results: dict[str, Any] = {"benchmark": "replay", "quick": quick, "stages": STAGES, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,7 +46,7 @@ from typing import Any
 
 from benchmarks.outfile import add_out, checkpoint, dump
 from benchmarks.processes import REPO, SENSORIUM, Processes
-from evaluation.ports import free_tcp_base
+from sensorium.evaluation.ports import free_tcp_base
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = REPO / ".cache" / "sample"
@@ -76,8 +76,8 @@ def soak_signature(msg: Any) -> tuple[Any, ...] | None:
     ``speaker_wait``; the ``speaker`` event itself is compared), and presence counts only named people
     entering and leaving (``present`` repeats on a timer; unknown counts follow the detector's frames).
     """
-    from evaluation.report import signature
-    from pipeline.messages import Presence, SpeakerIdentified, Transcript, WakeDetected
+    from sensorium.evaluation.report import signature
+    from sensorium.pipeline.messages import Presence, SpeakerIdentified, Transcript, WakeDetected
 
     if isinstance(msg, WakeDetected | SpeakerIdentified):
         return signature(msg)
@@ -199,7 +199,7 @@ def stream_problems(events: list[dict[str, Any]]) -> list[str]:
 
 def per_loop(events: list[dict[str, Any]], loops: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Cut the events into the loops' time windows, compare each loop's signatures with the first's."""
-    from pipeline.codec import CodecError, from_json
+    from sensorium.pipeline.codec import CodecError, from_json
 
     parsed = []
     for e in events:
@@ -309,10 +309,10 @@ async def publish_loops(
 ) -> int:
     """The replay publisher: once every stage reports, replay the session in real time until ``duration`` is
     up (only whole loops), one JSON line per loop in ``loops_file`` (its time window and its report)."""
-    from evaluation.replay import ReplayOptions, load, replay_hub
-    from evaluation.report import make_report
-    from pipeline.bus import Endpoints, Subscriber
-    from pipeline.messages import StageStats
+    from sensorium.evaluation.replay import ReplayOptions, load, replay_hub
+    from sensorium.evaluation.report import make_report
+    from sensorium.pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.messages import StageStats
 
     session = load(session_path)
     latest: dict[str, StageStats] = {}
@@ -486,8 +486,8 @@ def _sample(procs: Processes, log_file: Path, client_file: Path, t0: float) -> d
 def run_soak(opts: SoakOptions) -> dict[str, Any]:
     """Run the soak; the results (``ok``, ``problems``, samples, trends, loops) are also written as JSON."""
     from benchmarks.replay import enroll_sample
-    from evaluation.replay import load
-    from evaluation.sample import prepare
+    from sensorium.evaluation.replay import load
+    from sensorium.evaluation.sample import prepare
 
     say = opts.progress
     out = opts.out.resolve()
@@ -771,7 +771,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def soak_command(args: argparse.Namespace) -> int:
     """Exit codes: 0 flat and identical; 1 a process kept growing over the last half of the run, a loop's
     events differ, the client's stream has a gap or duplicate, or a process died; 2 bad arguments."""
-    from pipeline.config import ConfigError, parse_duration
+    from sensorium.pipeline.config import ConfigError, parse_duration
 
     def fail(text: str) -> int:
         print(f"soak: {text}", file=sys.stderr)

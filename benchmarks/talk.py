@@ -62,7 +62,7 @@ ANSWERS = {
 
 def summary(values: list[float]) -> dict[str, float | int | None]:
     """p50 / p95 (nearest rank) / n of a list of milliseconds."""
-    from pipeline.metrics import summary as pct_summary
+    from sensorium.pipeline.metrics import summary as pct_summary
 
     return pct_summary(values, digits=1, suffix="_ms")
 
@@ -71,8 +71,8 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
 
 
 async def _stage(backend: str) -> tuple[Any, list[Any]]:
-    from nodes.tts import TtsStage
-    from pipeline.stage import StageContext
+    from sensorium.nodes.tts import TtsStage
+    from sensorium.pipeline.stage import StageContext
 
     out: list[Any] = []
 
@@ -91,7 +91,7 @@ def _tokens(text: str) -> list[str]:
 
 
 async def bench_tts(backends: list[str], repeats: int, tokens_per_s: float) -> list[dict[str, Any]]:
-    from pipeline.messages import Say
+    from sensorium.pipeline.messages import Say
 
     rows: list[dict[str, Any]] = []
     for backend in backends:
@@ -142,10 +142,10 @@ async def bench_tts(backends: list[str], repeats: int, tokens_per_s: float) -> l
 
 
 async def bench_stop(repeats: int) -> dict[str, Any]:
-    from edge.playback import Player
-    from pipeline.clock import Clock
-    from pipeline.config import PlaybackConfig
-    from pipeline.messages import TtsAudio
+    from sensorium.edge.playback import Player
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.config import PlaybackConfig
+    from sensorium.pipeline.messages import TtsAudio
 
     async def publish(msg: Any) -> None:
         pass
@@ -167,13 +167,13 @@ async def bench_stop(repeats: int) -> dict[str, Any]:
 
 async def bench_v2v(count: int, out_dir: Path) -> dict[str, Any]:
     from benchmarks.voice_media import build_session
-    from edge.agent import EdgeAgent
-    from evaluation.demo import demo_deployment
-    from pipeline.bus import Subscriber
-    from pipeline.client import Client
-    from pipeline.messages import PlaybackStatus, Transcript, TtsAudio, WakeDetected
     from sensorium.apps.agent import Turn, run_builtin_agent
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
+    from sensorium.evaluation.demo import demo_deployment
+    from sensorium.pipeline.bus import Subscriber
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.messages import PlaybackStatus, Transcript, TtsAudio, WakeDetected
 
     session = build_session(count)
     dep = demo_deployment({ROOM: session.path}, {}, out_dir, talk=True)

@@ -59,7 +59,7 @@ log = logging.getLogger("bench.vision")
 
 
 def _pct(values: list[float], scale: float = 1000.0) -> dict[str, float | int | None]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     s = summary(values, scale=scale, digits=1)
     return {k: v for k, v in s.items() if k != "n"} if values else {}
@@ -124,7 +124,7 @@ class Cameras:
         return (self.offset[c] + seq - 1) % len(self.jpegs)
 
     def frame(self, c: int, now: float) -> Any:
-        from pipeline.messages import VideoFrame
+        from sensorium.pipeline.messages import VideoFrame
 
         self.seq[c] += 1
         data = self.jpegs[self.index(c, self.seq[c])]
@@ -137,7 +137,7 @@ class Reference:
     """Full-frame PyTorch detection of each clip frame, computed once when first asked for."""
 
     def __init__(self) -> None:
-        from models.detector import PersonDetector
+        from sensorium.models.detector import PersonDetector
 
         self.detector = PersonDetector(backend="torch")
         self.boxes: dict[int, list[tuple[float, float, float, float]]] = {}
@@ -153,8 +153,8 @@ class Reference:
 
 def _gallery(path: Path) -> None:
     """Enrol the astronaut (she walks through the clip) so presence has someone to name."""
-    from models.faces import FacePipeline
-    from models.gallery import Gallery
+    from sensorium.models.faces import FacePipeline
+    from sensorium.models.gallery import Gallery
 
     img = vision_media._pkg("skimage", "data/astronaut.png")
     pipe = FacePipeline(recognizer="facenet")
@@ -171,7 +171,7 @@ def backends_part(
     device: str, names: tuple[str, ...], cache: Path, repeats: int, precisions: tuple[str, ...] = ("auto",)
 ) -> list[dict[str, Any]]:
     """Per-inference time of each backend at 640 and 320 px, and first (export) vs cached load."""
-    from models.detector import PersonDetector
+    from sensorium.models.detector import PersonDetector
 
     rows = []
     for name, precision in [(n, p) for n in names for p in (precisions if n == "openvino" else ("auto",))]:
@@ -228,9 +228,9 @@ async def _stages(
     threads: int,
     precision: str = "auto",
 ) -> Any:
-    from nodes.detect import DetectOptions, DetectStage
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.stage import StageContext
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.stage import StageContext
 
     def ctx(name: str, options: Any, budget: float) -> StageContext:
         return StageContext(
@@ -272,8 +272,8 @@ async def realtime(
     precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """N cameras at 5 fps through the runtime's runners, for each N, with one set of loaded stages."""
-    from pipeline.clock import Clock
-    from pipeline.messages import Message
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.messages import Message
 
     clock = Clock()
     router: dict[str, Any] = {}
@@ -307,12 +307,12 @@ async def realtime(
 async def _realtime_n(
     n: int, detect: Any, face: Any, router: dict[str, Any], clock: Any, seconds: float, data_dir: Path, ref: Reference
 ) -> dict[str, Any]:
-    from models.yolo import match_boxes
-    from nodes.presence import PresenceOptions, PresenceStage
-    from pipeline.messages import Detections, Message, Presence
-    from pipeline.metrics import Metrics
-    from pipeline.runtime import StageRunner
-    from pipeline.stage import StageContext
+    from sensorium.models.yolo import match_boxes
+    from sensorium.nodes.presence import PresenceOptions, PresenceStage
+    from sensorium.pipeline.messages import Detections, Message, Presence
+    from sensorium.pipeline.metrics import Metrics
+    from sensorium.pipeline.runtime import StageRunner
+    from sensorium.pipeline.stage import StageContext
 
     cams = Cameras(n)
     detect.regions.reset()
@@ -442,11 +442,11 @@ async def face_gating(data_dir: Path, device: str, backend: str, seconds: float)
 
 
 async def _face_run(gate: bool, jpegs: tuple[bytes, ...], data_dir: Path, device: str, backend: str) -> dict[str, Any]:
-    from nodes.detect import DetectOptions, DetectStage
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.clock import Clock
-    from pipeline.messages import Detections, FaceRecognized, Message, VideoFrame
-    from pipeline.stage import StageContext
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.messages import Detections, FaceRecognized, Message, VideoFrame
+    from sensorium.pipeline.stage import StageContext
 
     clock = Clock()
     dets: list[Detections] = []

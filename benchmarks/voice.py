@@ -71,7 +71,7 @@ log = logging.getLogger("bench.voice")
 
 def stats(values: list[float]) -> dict[str, Any]:
     """p50/p95/mean/n of a list of milliseconds (None entries are misses)."""
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(values, digits=1, extra=("mean",))
 
@@ -200,7 +200,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _deployment(session_path: Path, stages: list[str], device: str, data_dir: Path, stage_opts: dict) -> Any:
-    from pipeline.config import from_dict
+    from sensorium.pipeline.config import from_dict
     from sensorium.registry import available
 
     classes = available()
@@ -225,12 +225,12 @@ async def _feed(session_path: Path, env: Any) -> float:
     The agent stamps each chunk with the capture time of its first sample on the shared clock; the
     first chunk seen on the bus therefore carries the hub time at which the recording "started".
     """
-    from pipeline.bus import Subscriber
+    from sensorium.pipeline.bus import Subscriber
 
     first = Subscriber(env.endpoints, [f"audio/{ROOM}/{EDGE}"])
     await asyncio.sleep(0.2)  # the subscription must reach the proxy before the first chunk
     try:
-        from edge.agent import EdgeAgent
+        from sensorium.edge.agent import EdgeAgent
     except ImportError:  # no edge agent in this checkout: the same file source, published directly
         EdgeAgent = None
     if EdgeAgent is not None:
@@ -250,9 +250,9 @@ async def _feed(session_path: Path, env: Any) -> float:
 
 
 async def _publish_file(session_path: Path, env: Any) -> None:
-    from edge.audio import WavFileSource
-    from pipeline.bus import Publisher
-    from pipeline.messages import AudioChunk
+    from sensorium.edge.audio import WavFileSource
+    from sensorium.pipeline.bus import Publisher
+    from sensorium.pipeline.messages import AudioChunk
 
     pub = Publisher(env.endpoints)
     try:
@@ -264,7 +264,7 @@ async def _publish_file(session_path: Path, env: Any) -> None:
 
 async def _ours_session(env: Any, session: Session, collect: bool) -> tuple[float, list[tuple[float, Any]]]:
     """Feed one session through a running deployment; (hub time of sample 0, [(arrival, event)])."""
-    from pipeline.client import Client
+    from sensorium.pipeline.client import Client
 
     events: list[tuple[float, Any]] = []
     async with Client(env.endpoints) as client:
@@ -296,7 +296,7 @@ async def _ours_session(env: Any, session: Session, collect: bool) -> tuple[floa
 def _ours_rows(
     session: Session, start: float, events: list[tuple[float, Any]], trailing_s: float = 0.7
 ) -> list[dict[str, Any]]:
-    from pipeline.messages import SpeakerIdentified, Transcript, WakeDetected
+    from sensorium.pipeline.messages import SpeakerIdentified, Transcript, WakeDetected
 
     rows = []
     for i, u in enumerate(session.utterances):
@@ -418,8 +418,8 @@ def run_ours(
 def _enroll(data_dir: Path, speaker_opts: dict) -> list[str]:
     """Enroll two of the session's voices (one sentence each, not a benchmark command) into the gallery."""
     try:
-        from models.gallery import Gallery
-        from models.speaker import load_encoder
+        from sensorium.models.gallery import Gallery
+        from sensorium.models.speaker import load_encoder
     except ImportError:
         return []
     from benchmarks.voice_media import synthesize
@@ -467,7 +467,7 @@ def run(
     stage_opts["stt"] = dict(stt_opts or {})
     peer_model = ""
     if stt_model != "tiny.en":
-        from models.stt import resolve_model
+        from sensorium.models.stt import resolve_model
 
         stage_opts["stt"]["model"] = stt_model
         # The peer gets the very directory ours loads (bundled base is joined into .cache/models once).

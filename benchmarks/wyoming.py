@@ -45,7 +45,7 @@ from benchmarks import voice
 from benchmarks.outfile import add_out, checkpoint, write_results
 from benchmarks.peers import servers as peers
 from benchmarks.voice_media import Session, build_session, synthesize
-from evaluation.ports import free_ports
+from sensorium.evaluation.ports import free_ports
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wyoming.json"
 CHUNK_MS = 80
@@ -64,7 +64,7 @@ TRIALS = [
 
 
 def _percentiles(values: list[float]) -> dict[str, Any]:
-    from pipeline.metrics import summary
+    from sensorium.pipeline.metrics import summary
 
     return summary(values, digits=1)
 
@@ -118,7 +118,7 @@ def _speaker_rate(rows: list[dict[str, Any]], present: bool = False) -> float | 
 
 def run_ours(session: Session, warmup: Session, *, endpoint_s: float) -> dict[str, Any]:
     """The session through our gateway in front of the wake, stt and speaker stages."""
-    from bridges.wyoming.server import Server
+    from sensorium.bridges.wyoming.server import Server
     from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
 
@@ -180,11 +180,11 @@ def two_rooms(trials: list[tuple[str, float, float]] = TRIALS) -> dict[str, Any]
     from wyoming.client import AsyncTcpClient
     from wyoming.satellite import RunSatellite
 
-    from bridges.wyoming.server import Server
-    from pipeline.bus import Publisher
-    from pipeline.messages import AudioChunk
+    from sensorium.bridges.wyoming.server import Server
     from sensorium.bridging import offer_for
     from sensorium.embedded import embedded
+    from sensorium.pipeline.bus import Publisher
+    from sensorium.pipeline.messages import AudioChunk
 
     rooms = ["kitchen", "office"]
     ports = dict(zip(rooms, free_ports(len(rooms)), strict=True))

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from pipeline.messages import AudioChunk, Listen, Message, WakeArbitrated, WakeDetected
+from sensorium.pipeline.messages import AudioChunk, Listen, Message, WakeArbitrated, WakeDetected
 
 RATE = 16000
 RING_S = 3.0

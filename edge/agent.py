@@ -25,13 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
-from edge.camera import Camera, CameraError
-from edge.echo import ReferenceTap
-from pipeline.aec import EchoCanceller, SpeexEchoCanceller, SpeexUnavailable, make_canceller
-from pipeline.clock import Clock
-from pipeline.config import Deployment, EdgeConfig
-from pipeline.messages import AudioChunk, Message, NodeStatus, PlaybackGain, StopPlayback, TtsAudio, VideoFrame
+from sensorium.edge.audio import AudioSourceError, MicrophoneSource, WavFileSource
+from sensorium.edge.camera import Camera, CameraError
+from sensorium.edge.echo import ReferenceTap
+from sensorium.pipeline.aec import EchoCanceller, SpeexEchoCanceller, SpeexUnavailable, make_canceller
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import Deployment, EdgeConfig
+from sensorium.pipeline.messages import (
+    AudioChunk,
+    Message,
+    NodeStatus,
+    PlaybackGain,
+    StopPlayback,
+    TtsAudio,
+    VideoFrame,
+)
 
 log = logging.getLogger("sensorium.edge")
 
@@ -313,7 +321,7 @@ class EdgeAgent:
             "replaced_video": self.outbox.replaced_video + sum(c.slot.replaced for c in self.cameras.values()),
             "connected": bool(self.link and self.link.connected),
         }
-        from pipeline.metrics import summary  # lazily, like the metrics: prometheus-client only when used
+        from sensorium.pipeline.metrics import summary  # lazily, like the metrics: prometheus-client only when used
 
         for kind, vals in self.outbox.overhead_ms.items():
             out[f"{kind}_overhead_ms"] = summary(vals)
@@ -348,7 +356,7 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         played = None
         if mic is not None and mic.reference_file and isinstance(src, WavFileSource):
-            from pipeline.media import read_wav
+            from sensorium.pipeline.media import read_wav
 
             played = await asyncio.to_thread(read_wav, Path(mic.reference_file), rate)
         pos = 0
@@ -398,7 +406,7 @@ class EdgeAgent:
             self.status("error", str(exc))
 
     async def _playback_loop(self) -> None:
-        from pipeline.bus import Endpoints, Subscriber
+        from sensorium.pipeline.bus import Endpoints, Subscriber
 
         sub = Subscriber(
             Endpoints.from_address(self.address),
@@ -421,7 +429,7 @@ class EdgeAgent:
         if pb is None or self.deployment.speaker_of(self.room) != self.name:
             return None
         try:
-            from edge.playback import Player
+            from sensorium.edge.playback import Player
         except ImportError as exc:
             log.error("playback unavailable: %s", exc)
             self.status("error", f"playback unavailable: {exc}")
@@ -446,13 +454,13 @@ class EdgeAgent:
     def _curve(self) -> Any:
         if not self.config.keys:
             return None
-        from pipeline.security import node_keys
+        from sensorium.pipeline.security import node_keys
 
         return node_keys(self.config.keys, self.name)
 
     def _counted(self, publish: Callable[[Message], Awaitable[None]]) -> Callable[[Message], Awaitable[None]]:
         """``publish`` that also counts messages and bytes per stream kind for Prometheus."""
-        from pipeline.metrics import Metrics
+        from sensorium.pipeline.metrics import Metrics
 
         self.metrics = Metrics(self.name)
         self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
@@ -465,8 +473,8 @@ class EdgeAgent:
 
     async def run(self, *, once: bool = False) -> None:
         """Connect, capture and publish until ``stop`` (``once``: until the WAV/video files ended and all was sent)."""
-        from pipeline.bus import Endpoints, Publisher, is_loopback
-        from pipeline.node import NameInUse, NodeLink
+        from sensorium.pipeline.bus import Endpoints, Publisher, is_loopback
+        from sensorium.pipeline.node import NameInUse, NodeLink
 
         endpoints = Endpoints.from_address(self.address)
         curve = self._curve
@@ -479,7 +487,7 @@ class EdgeAgent:
             )
         self.audio_source = self._make_audio()
         if self.config.microphone and self.config.microphone.local_wake and self.audio_source is not None:
-            from edge.wake_gate import WakeGate
+            from sensorium.edge.wake_gate import WakeGate
 
             self._gate_pool = ThreadPoolExecutor(1, thread_name_prefix="wake-gate")
             try:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.retry import Backoff, StatusCallback, report
-from pipeline.clock import Clock
+from sensorium.edge.retry import Backoff, StatusCallback, report
+from sensorium.pipeline.clock import Clock
 
 log = logging.getLogger("sensorium.edge.audio")
 
@@ -391,7 +391,7 @@ def _close_stream(stream: Any) -> None:
 
 def read_wav_mono(path: str | Path, rate: int = 16000) -> np.ndarray:
     """A WAV file (8/16/24/32-bit PCM or float) as mono int16 at ``rate``; ``AudioSourceError`` if unreadable."""
-    from pipeline.media import MediaError, decode_wav
+    from sensorium.pipeline.media import MediaError, decode_wav
 
     try:
         x, file_rate = decode_wav(path, rate)

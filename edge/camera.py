@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.retry import Backoff, StatusCallback, report
-from pipeline.clock import Clock
-from pipeline.config import CameraConfig
-from pipeline.messages import VideoFrame
+from sensorium.edge.retry import Backoff, StatusCallback, report
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import CameraConfig
+from sensorium.pipeline.messages import VideoFrame
 
 log = logging.getLogger("sensorium.edge.camera")
 

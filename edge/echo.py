@@ -13,7 +13,7 @@ import collections
 
 import numpy as np
 
-from pipeline.media import resample
+from sensorium.pipeline.media import resample
 
 JOIN_S = 0.02
 """A block stamped this close to the end of the one before continues it exactly."""

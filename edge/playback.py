@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import output_closed, output_stream
-from edge.echo import ReferenceTap
-from pipeline.clock import Clock
-from pipeline.config import PlaybackConfig
-from pipeline.media import resample
-from pipeline.messages import Message, PlaybackStatus, TtsAudio
+from sensorium.edge.audio import output_closed, output_stream
+from sensorium.edge.echo import ReferenceTap
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import PlaybackConfig
+from sensorium.pipeline.media import resample
+from sensorium.pipeline.messages import Message, PlaybackStatus, TtsAudio
 
 log = logging.getLogger("sensorium.playback")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import Block
+from sensorium.edge.audio import Block
 
 log = logging.getLogger("sensorium.edge.wake")
 
@@ -64,7 +64,7 @@ class WakeGate:
         if rate != 16000:
             raise ValueError(f"the wake gate needs 16 kHz audio, got {rate} Hz")
         if model is None:
-            from models.wakeword import WakeWordModel
+            from sensorium.models.wakeword import WakeWordModel
 
             model = WakeWordModel(list(models))
         self.model = model

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.bus import Subscriber
-from pipeline.client import Client
-from pipeline.codec import to_dict, to_json
-from pipeline.config import Deployment
-from pipeline.messages import Event, Message, Say, TtsAudio
-from pipeline.metrics import percentiles
 from sensorium.deployment import deployment_from_dict
 from sensorium.embedded import Embedded, embedded
+from sensorium.pipeline.bus import Subscriber
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.codec import to_dict, to_json
+from sensorium.pipeline.config import Deployment
+from sensorium.pipeline.messages import Event, Message, Say, TtsAudio
+from sensorium.pipeline.metrics import percentiles
 
 log = logging.getLogger("sensorium.demo")
 
@@ -214,7 +214,7 @@ async def run_media(
     record: Path | None = None,
 ) -> tuple[list[Event], list[dict[str, object]], dict[str, dict[str, float]]]:
     """Play each edge's files through an embedded deployment; returns events, stage summary, breakdown."""
-    from edge.agent import EdgeAgent
+    from sensorium.edge.agent import EdgeAgent
 
     out = open(events_json, "w") if events_json else None
     try:
@@ -252,7 +252,7 @@ def recording_if(env: Embedded, path: Path | None) -> contextlib.AbstractAsyncCo
     """Record the embedded bus to MCAP while the block runs, if ``path`` is given."""
     if path is None:
         return contextlib.nullcontext()
-    from pipeline.recorder import recording
+    from sensorium.pipeline.recorder import recording
 
     return recording(env.endpoints, path, clock=env.clock)
 
@@ -294,8 +294,8 @@ def enroll_pairs(items: list[str], gallery: Path) -> int:
 
 def describe_gallery(gallery: Path) -> str:
     """One line: which gallery the demo reads, who is in it, and how to enrol someone there."""
-    from models.gallery import Gallery
     from sensorium.enrollment import enroll_command
+    from sensorium.models.gallery import Gallery
 
     people: dict[str, dict[str, int]] = {}
     if gallery.exists():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.media import speech, write_wav
+from sensorium.evaluation.media import speech, write_wav
 
 RATE = 16000
 SPEECH_DBFS = -26.0

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from evaluation.ports import free_port
+from sensorium.evaluation.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HA_VENV = REPO / ".venv-homeassistant"
@@ -562,7 +562,7 @@ class Mic:
     """A room's microphone node: a quiet room on the bus in real time (80 ms blocks), and what is ``say``-d."""
 
     def __init__(self, pub: Any, clock: Any, room: str, node: str) -> None:
-        from evaluation import media
+        from sensorium.evaluation import media
 
         self.pub, self.clock, self.room, self.node = pub, clock, room, node
         self.pending = np.zeros(0, np.int16)
@@ -572,8 +572,8 @@ class Mic:
         self.pending = np.concatenate([self.pending, pcm])
 
     async def run(self) -> None:
-        from evaluation import media
-        from pipeline.messages import AudioChunk
+        from sensorium.evaluation import media
+        from sensorium.pipeline.messages import AudioChunk
 
         block, rate = 1280, media.RATE
         t0, m0, i = self.clock.now(), time.monotonic(), 0
@@ -598,7 +598,7 @@ async def wyoming_gateway(
 ) -> AsyncIterator[Any]:
     """sensorium's Wyoming gateway for ``dep`` on ``endpoints`` (what ``offer_for`` says its stages offer, unless
     ``offer``), started; stopped on exit. ``down_after``: how soon it counts a silent stage as down."""
-    from bridges.wyoming.server import Server
+    from sensorium.bridges.wyoming.server import Server
     from sensorium.bridging import offer_for
 
     gw = Server(dep, offer or offer_for(dep), endpoints=endpoints, **kw)

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.ports import free_port
-from pipeline.bus import Publisher
-from pipeline.client import Client
-from pipeline.config import McpConfig
-from pipeline.messages import AudioChunk, PlaybackStatus, Presence
+from sensorium.evaluation.ports import free_port
+from sensorium.pipeline.bus import Publisher
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.config import McpConfig
+from sensorium.pipeline.messages import AudioChunk, PlaybackStatus, Presence
 
 BLOCK = 1280
 RATE = 16000
@@ -67,9 +67,9 @@ def prepare_voices(folder: Path, cache: Path = Path(".cache")) -> dict[str, Any]
 
     ``cache`` holds the sample's enrolment recordings (``sample/``) and the synthesized answers (``media/``).
     """
-    from evaluation.demo import enroll_pairs
-    from evaluation.media import speech
-    from evaluation.session import sample_enrollment
+    from sensorium.evaluation.demo import enroll_pairs
+    from sensorium.evaluation.media import speech
+    from sensorium.evaluation.session import sample_enrollment
 
     gallery = folder / "gallery.db"
     people = {p: k for p, k in sample_enrollment(cache / "sample").items() if p in ANSWERS}
@@ -83,9 +83,9 @@ def prepare_voices(folder: Path, cache: Path = Path(".cache")) -> dict[str, Any]
 @contextlib.asynccontextmanager
 async def house(folder: Path, gallery: Path) -> AsyncIterator[tuple[Any, Mic, str]]:
     """The running house: (the embedded deployment, the kitchen's ``Mic``, the MCP server's streamable-HTTP URL)."""
-    from bridges.mcp.server import SensoriumMcp
-    from edge.agent import EdgeAgent
+    from sensorium.bridges.mcp.server import SensoriumMcp
     from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
 
     data = folder / "data"

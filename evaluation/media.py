@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.media import RATE, MediaError, decode_wav, read_wav, read_wav_native, resample, write_wav
+from sensorium.pipeline.media import RATE, MediaError, decode_wav, read_wav, read_wav_native, resample, write_wav
 
 __all__ = [
     "FLITE_VOICES",

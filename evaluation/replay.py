@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.report import RunResult, StageRun
-from pipeline import codec
-from pipeline.clock import Clock
-from pipeline.messages import (
+from sensorium.evaluation.report import RunResult, StageRun
+from sensorium.pipeline import codec
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.messages import (
     EVENTS,
     AudioChunk,
     Detections,
@@ -54,7 +54,7 @@ from pipeline.messages import (
     VideoFrame,
     WakeDetected,
 )
-from pipeline.recorder import Recorded, RecordingError, read_all
+from sensorium.pipeline.recorder import Recorded, RecordingError, read_all
 
 log = logging.getLogger("sensorium.replay")
 
@@ -111,7 +111,7 @@ def load(paths: str | Path | Iterable[str | Path], rooms: Iterable[str] | None =
 
     A damaged file loads up to the damage (``Session.damage`` says where).
     """
-    from evaluation.session import decode_label
+    from sensorium.evaluation.session import decode_label
 
     plist = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not plist:
@@ -538,7 +538,7 @@ async def replay_embedded(
     session: Session, opts: ReplayOptions, env: Any, progress: Callable[[str], None] | None = None
 ) -> RunResult:
     """Replay into a running embedded deployment (``sensorium.embedded.embedded``)."""
-    from pipeline.bus import Publisher, Subscriber
+    from sensorium.pipeline.bus import Publisher, Subscriber
 
     pub = Publisher(env.endpoints)
     sub = Subscriber(env.endpoints, ANSWER_PREFIXES)
@@ -574,8 +574,8 @@ async def replay_hub(
     progress: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Replay against a running deployment's hub at ``address`` (clock synced with the hub)."""
-    from pipeline.bus import Endpoints, Publisher, Subscriber
-    from pipeline.node import NodeLink
+    from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber
+    from sensorium.pipeline.node import NodeLink
 
     endpoints = Endpoints.from_address(address)
     clock = Clock()

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import codec
-from pipeline.messages import (
+from sensorium.pipeline import codec
+from sensorium.pipeline.messages import (
     BudgetViolation,
     Detections,
     FaceRecognized,
@@ -37,7 +37,7 @@ from pipeline.messages import (
     TtsAudio,
     WakeDetected,
 )
-from pipeline.metrics import percentiles
+from sensorium.pipeline.metrics import percentiles
 
 REPORT_VERSION = 1
 
@@ -275,7 +275,7 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 def accuracy(result: RunResult, labels: Sequence[Any]) -> dict[str, Any]:
     """Accuracy of the run's events against the session's labels (session time)."""
-    from evaluation.session import PeopleLabel, SpeechLabel
+    from sensorium.evaluation.session import PeopleLabel, SpeechLabel
 
     ts = result.to_session
     speech = [lb for lb in labels if isinstance(lb, SpeechLabel)]

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from evaluation.demo import (
+from sensorium.deployment import deployment_from_dict
+from sensorium.embedded import embedded
+from sensorium.evaluation.demo import (
     DEMO_LEFT_AFTER,
     Collector,
     _settle,
@@ -27,8 +29,6 @@ from evaluation.demo import (
     recording_if,
     voice_breakdown,
 )
-from sensorium.deployment import deployment_from_dict
-from sensorium.embedded import embedded
 
 CACHE = Path(".cache/sample")
 
@@ -40,8 +40,8 @@ def prepare(out: Path, cache: Path = CACHE, gallery: Path | None = None) -> Path
     own gallery, not to the one ``sensorium enroll`` fills for a house, unless ``--gallery`` says so.
     Returns the session path.
     """
-    from evaluation.session import SAMPLE_GAP_S, build_sample, sample_enrollment
-    from models.gallery import Gallery
+    from sensorium.evaluation.session import SAMPLE_GAP_S, build_sample, sample_enrollment
+    from sensorium.models.gallery import Gallery
 
     session = cache / f"sample-gap{SAMPLE_GAP_S:g}.mcap"  # a changed sample gets a new file
     if not session.exists():
@@ -82,10 +82,10 @@ def sample_deployment(rooms: list[str], out: Path, gallery: Path | None = None) 
 
 
 async def play(args: argparse.Namespace, session_path: Path) -> dict[str, Any]:
-    from edge.agent import EdgeAgent
-    from evaluation.replay import ReplayOptions, load, replay_embedded
-    from evaluation.report import format_table, make_report
     from sensorium.apps.agent import run_builtin_agent
+    from sensorium.edge.agent import EdgeAgent
+    from sensorium.evaluation.replay import ReplayOptions, load, replay_embedded
+    from sensorium.evaluation.report import format_table, make_report
 
     session = load([session_path])
     gallery = getattr(args, "gallery", None) or args.out / "gallery.db"

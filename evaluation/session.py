@@ -52,10 +52,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from evaluation import media
-from pipeline.config import ConfigError, parse_duration
-from pipeline.messages import AudioChunk, Message, VideoFrame
-from pipeline.recorder import LABELS_TOPIC, Recorder
+from sensorium.evaluation import media
+from sensorium.pipeline.config import ConfigError, parse_duration
+from sensorium.pipeline.messages import AudioChunk, Message, VideoFrame
+from sensorium.pipeline.recorder import LABELS_TOPIC, Recorder
 
 log = logging.getLogger("sensorium.session")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from pipeline.messages import PlaybackStatus, Presence, Transcript
+from sensorium.pipeline.messages import PlaybackStatus, Presence, Transcript
 
 log = logging.getLogger("openai_agent")
 

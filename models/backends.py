@@ -238,7 +238,7 @@ def quantize_int8(fp32: Path, imgsz: int, cache: Path) -> Path:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from models.yolo import letterbox, to_tensor
+    from sensorium.models.yolo import letterbox, to_tensor
 
     calib, _ = _calibration_images()
     if not calib:

@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from models import backends
-from models.backends import Backend
-from models.yolo import letterbox, match_boxes, postprocess, to_tensor, unletterbox, with_low
+from sensorium.models import backends
+from sensorium.models.backends import Backend
+from sensorium.models.yolo import letterbox, match_boxes, postprocess, to_tensor, unletterbox, with_low
 
 #: Class names that mean "person" in the models we know of (COCO and the bundled fall model).
 DEFAULT_CLASS_MAP: dict[str, str] = {"person": "person", "Normal": "person", "Fall": "person"}

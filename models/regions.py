@@ -35,9 +35,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.detector import PersonBox, PersonDetector
-from models.motion import MotionDetector, Rect, area, intersection, plan_regions, square_around, touches_inner_edge
-from models.yolo import iou, nms, suppress_contained
+from sensorium.models.detector import PersonBox, PersonDetector
+from sensorium.models.motion import (
+    MotionDetector,
+    Rect,
+    area,
+    intersection,
+    plan_regions,
+    square_around,
+    touches_inner_edge,
+)
+from sensorium.models.yolo import iou, nms, suppress_contained
 
 #: Frames a missed track is still looked for before it is forgotten.
 MISSED_FRAMES = 3

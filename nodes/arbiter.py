@@ -40,8 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.messages import Message, PlaybackStatus, Say, StopPlayback, WakeArbitrated, WakeDetected
-from pipeline.stage import Stage, StageContext, StageOptions
+from sensorium.pipeline.messages import Message, PlaybackStatus, Say, StopPlayback, WakeArbitrated, WakeDetected
+from sensorium.pipeline.stage import Stage, StageContext, StageOptions
 
 _FILLER = {"hey", "hi", "ok", "okay", "hello", "v0", "v1", "v2"}
 

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from models.backends import BACKENDS, PRECISIONS
-from models.detector import CONF, CONTAIN, DEFAULT_CLASS_MAP
-from pipeline.config import ConfigError
-from pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
-from pipeline.stage import Duration, Library, Stage, StageContext, StageOptions
+from sensorium.models.backends import BACKENDS, PRECISIONS
+from sensorium.models.detector import CONF, CONTAIN, DEFAULT_CLASS_MAP
+from sensorium.pipeline.config import ConfigError
+from sensorium.pipeline.messages import Box, Detections, Message, NodeStatus, VideoFrame
+from sensorium.pipeline.stage import Duration, Library, Stage, StageContext, StageOptions
 
 
 class DetectOptions(StageOptions):
@@ -178,8 +178,8 @@ class DetectStage(Stage):
         """Detector inputs run (whole frames, regions and retries)."""
 
     async def start(self) -> None:
-        from models.detector import PersonDetector
-        from models.regions import RegionDetector, Settings
+        from sensorium.models.detector import PersonDetector
+        from sensorium.models.regions import RegionDetector, Settings
 
         o = self.opts
         cache = o.cache_dir or str(self.ctx.data_dir / "cache" / "detector")
@@ -298,7 +298,7 @@ class DetectStage(Stage):
 
     def _infer(self, frames: list[VideoFrame]) -> list[Any]:
         """Motion, regions, detection and tracking for a batch of checked frames (on the stage's thread)."""
-        from models.regions import FrameIn
+        from sensorium.models.regions import FrameIn
 
         batch = []
         for f in frames:

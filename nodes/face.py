@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
-from pipeline.stage import Library, Stage, StageContext, StageOptions
+from sensorium.pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
+from sensorium.pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
 class FaceOptions(StageOptions):
@@ -118,8 +118,8 @@ class FaceStage(Stage):
         """Clock of re-check intervals (a benchmark replaying a clip off real time sets the clip's)."""
 
     async def start(self) -> None:
-        from models.faces import FacePipeline
-        from models.gallery import Gallery
+        from sensorium.models.faces import FacePipeline
+        from sensorium.models.gallery import Gallery
 
         o = self.opts
         self.pipeline = await self.ctx.run_blocking(

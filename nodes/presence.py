@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import msgspec
 
-from pipeline.messages import (
+from sensorium.pipeline.messages import (
     Detections,
     FaceRecognized,
     Message,
@@ -35,7 +35,7 @@ from pipeline.messages import (
     SpeakerIdentified,
     Transcript,
 )
-from pipeline.stage import Duration, Stage, StageContext, StageOptions
+from sensorium.pipeline.stage import Duration, Stage, StageContext, StageOptions
 
 UNKNOWN = "unknown"
 

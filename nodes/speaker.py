@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from models.gallery import UNKNOWN
-from pipeline.messages import Message, SpeakerIdentified, Utterance
-from pipeline.stage import Library, Stage, StageOptions
+from sensorium.models.gallery import UNKNOWN
+from sensorium.pipeline.messages import Message, SpeakerIdentified, Utterance
+from sensorium.pipeline.stage import Library, Stage, StageOptions
 
 RATE = 16000
 MIN_AUDIO_S = 0.5
@@ -94,8 +94,8 @@ class SpeakerStage(Stage):
         """Utterances answered "unknown" because they are in the house's own (TTS) voice."""
 
     async def start(self) -> None:
-        from models.gallery import Gallery
-        from models.speaker import load_encoder
+        from sensorium.models.gallery import Gallery
+        from sensorium.models.speaker import load_encoder
 
         o = self.ctx.options
         self.threshold = o.threshold if o.threshold is not None else default_threshold(o.model)
@@ -123,8 +123,8 @@ class SpeakerStage(Stage):
 
     def _own_print(self, voices: list[str]) -> np.ndarray:
         """The mean direction of ``OWN_VOICE_TEXTS`` spoken by each voice (blocking: synthesis and embedding)."""
-        from models.tts import TtsError, load_backend
-        from pipeline.media import resample
+        from sensorium.models.tts import TtsError, load_backend
+        from sensorium.pipeline.media import resample
 
         embs = []
         for spec in voices:

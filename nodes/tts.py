@@ -18,10 +18,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.tts import PiperTts, SentenceSplitter, TtsBackend, TtsError, load_backend
-from pipeline.media import resample
-from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import Library, Stage, StageContext, StageOptions
+from sensorium.models.tts import PiperTts, SentenceSplitter, TtsBackend, TtsError, load_backend
+from sensorium.pipeline.media import resample
+from sensorium.pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
+from sensorium.pipeline.stage import Library, Stage, StageContext, StageOptions
 
 
 class TtsOptions(StageOptions):

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageOptions, check_audio
+from sensorium.pipeline.messages import AudioChunk, Message, WakeDetected
+from sensorium.pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageOptions, check_audio
 
 RATE = 16000
 FRAME = 1280
@@ -113,7 +113,7 @@ class WakeStage(Stage):
     default_budget_ms: ClassVar[float] = 300.0
 
     async def start(self) -> None:
-        from models.wakeword import WakeWordModel, resolve
+        from sensorium.models.wakeword import WakeWordModel, resolve
 
         o = self.ctx.options
         if not 0.0 < o.threshold <= 1.0:

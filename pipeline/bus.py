@@ -27,9 +27,9 @@ from urllib.parse import urlparse
 import zmq
 import zmq.asyncio
 
-from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode
-from pipeline.messages import OLD_COPY_PREFIXES, OLD_KINDS, Message, old_topic
-from pipeline.security import CurveKeys
+from sensorium.pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, encode
+from sensorium.pipeline.messages import OLD_COPY_PREFIXES, OLD_KINDS, Message, old_topic
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.bus")
 

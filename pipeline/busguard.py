@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from pipeline.messages import EVENT_KINDS, Event, InputError
+from sensorium.pipeline.messages import EVENT_KINDS, Event, InputError
 
 STREAM_KINDS = frozenset({"audio", "video"})
 """Streams only an edge (or the Wyoming gateway, for Home Assistant's audio) publishes, in its own room."""

@@ -24,10 +24,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 import zmq
 
-from pipeline.bus import Endpoints, Publisher, context
-from pipeline.clock import Clock
-from pipeline.codec import CodecError, from_json
-from pipeline.messages import (
+from sensorium.pipeline.bus import Endpoints, Publisher, context
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import CodecError, from_json
+from sensorium.pipeline.messages import (
     OLD_KINDS,
     ControlError,
     Event,
@@ -44,8 +44,8 @@ from pipeline.messages import (
     StopPlayback,
     Transcript,
 )
-from pipeline.node import NodeLink
-from pipeline.security import CurveKeys
+from sensorium.pipeline.node import NodeLink
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.client")
 NEW_KINDS = {old: new for new, old in OLD_KINDS.items()}

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from pipeline.messages import ALL, WIRE_VERSION, Message, old_topic
+from sensorium.pipeline.messages import ALL, WIRE_VERSION, Message, old_topic
 
 MAX_TOPIC = 256
 MAX_HEADER = 64 * 1024

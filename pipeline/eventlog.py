@@ -29,8 +29,8 @@ from pathlib import Path
 
 import msgspec
 
-from pipeline.codec import MAX_TOPIC, CodecError, from_json
-from pipeline.messages import EVENTS
+from sensorium.pipeline.codec import MAX_TOPIC, CodecError, from_json
+from sensorium.pipeline.messages import EVENTS
 
 log = logging.getLogger("sensorium.eventlog")
 

@@ -21,11 +21,11 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from pipeline.clock import Clock
-from pipeline.messages import Message
-from pipeline.metrics import Metrics
-from pipeline.runtime import LadderPolicy, StageRunner
-from pipeline.stage import Stage, StageContext
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.messages import Message
+from sensorium.pipeline.metrics import Metrics
+from sensorium.pipeline.runtime import LadderPolicy, StageRunner
+from sensorium.pipeline.stage import Stage, StageContext
 
 M = TypeVar("M", bound=Message)
 

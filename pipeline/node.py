@@ -30,11 +30,11 @@ from collections.abc import Iterable
 import zmq
 import zmq.asyncio
 
-from pipeline.bus import Endpoints, context
-from pipeline.clock import Clock
-from pipeline.codec import CodecError, decode, encode
-from pipeline.messages import ControlError, Heartbeat, HeartbeatAck, Message, Register
-from pipeline.security import CurveKeys
+from sensorium.pipeline.bus import Endpoints, context
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import CodecError, decode, encode
+from sensorium.pipeline.messages import ControlError, Heartbeat, HeartbeatAck, Message, Register
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.node")
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.messages import Assignment, Message, PlacementTable
+from sensorium.pipeline.messages import Assignment, Message, PlacementTable
 
 Serves = Literal["room", "camera", "house"]
 HOUSE = "*"

@@ -45,8 +45,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from pipeline import codec
-from pipeline.messages import COMMANDS, WIRE_VERSION, Message, VideoFrame
+from sensorium.pipeline import codec
+from sensorium.pipeline.messages import COMMANDS, WIRE_VERSION, Message, VideoFrame
 
 log = logging.getLogger("sensorium.recorder")
 
@@ -377,7 +377,7 @@ async def recording(
     (rotation, ``foxglove_images`` …). On exit the messages already on their way are written and the
     file is finished.
     """
-    from pipeline.bus import Subscriber
+    from sensorium.pipeline.bus import Subscriber
 
     sub = Subscriber(endpoints, list(prefixes), curve=curve)
     rec = Recorder(path, **recorder_options)

@@ -20,10 +20,10 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pipeline.messages import BudgetViolation, InputError, Message, StageStats
-from pipeline.metrics import Metrics, percentiles
-from pipeline.ratelimit import RateLimit
-from pipeline.stage import Stage
+from sensorium.pipeline.messages import BudgetViolation, InputError, Message, StageStats
+from sensorium.pipeline.metrics import Metrics, percentiles
+from sensorium.pipeline.ratelimit import RateLimit
+from sensorium.pipeline.stage import Stage
 
 log = logging.getLogger("sensorium.runtime")
 

@@ -25,11 +25,11 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import msgspec
 import numpy as np
 
-from pipeline.clock import Clock
-from pipeline.config import Deployment, decode_durations
-from pipeline.config import Duration as Duration  # re-exported: stages declare their options with it
-from pipeline.messages import AudioChunk, InputError, Message
-from pipeline.ratelimit import RateLimit, kind_of
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import Deployment, decode_durations
+from sensorium.pipeline.config import Duration as Duration  # re-exported: stages declare their options with it
+from sensorium.pipeline.messages import AudioChunk, InputError, Message
+from sensorium.pipeline.ratelimit import RateLimit, kind_of
 
 T = TypeVar("T")
 

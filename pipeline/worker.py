@@ -15,18 +15,18 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.bus import Endpoints, Publisher, Subscriber
-from pipeline.clock import Clock
-from pipeline.codec import CodecError
-from pipeline.config import Deployment
-from pipeline.messages import EVENT_KINDS, InputError, Message, NodeStatus, PlacementTable
-from pipeline.metrics import Metrics, ThreadCpu, percentiles
-from pipeline.node import NodeLink
-from pipeline.placement import StreamGate
-from pipeline.ratelimit import RateLimit, kind_of
-from pipeline.runtime import LadderPolicy, StageRunner
-from pipeline.security import CurveKeys
-from pipeline.stage import Stage, StageContext
+from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import CodecError
+from sensorium.pipeline.config import Deployment
+from sensorium.pipeline.messages import EVENT_KINDS, InputError, Message, NodeStatus, PlacementTable
+from sensorium.pipeline.metrics import Metrics, ThreadCpu, percentiles
+from sensorium.pipeline.node import NodeLink
+from sensorium.pipeline.placement import StreamGate
+from sensorium.pipeline.ratelimit import RateLimit, kind_of
+from sensorium.pipeline.runtime import LadderPolicy, StageRunner
+from sensorium.pipeline.security import CurveKeys
+from sensorium.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger("sensorium.worker")
 

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline import messages as m
+from sensorium.pipeline import messages as m
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "events.md"
 BEGIN, END = "<!-- BEGIN GENERATED EVENT TABLES -->", "<!-- END GENERATED EVENT TABLES -->"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline import messages
-    from pipeline.client import Client, collect
+    from sensorium.pipeline import messages
+    from sensorium.pipeline.client import Client, collect
 
 __all__ = ["Client", "collect", "messages"]
 
@@ -22,11 +22,11 @@ __all__ = ["Client", "collect", "messages"]
 def __getattr__(name: str) -> Any:
     # Lazy: ``python -m sensorium --help`` does not load ZeroMQ for a name it never uses.
     if name == "messages":
-        import pipeline.messages
+        from sensorium.pipeline import messages
 
-        return pipeline.messages
+        return messages
     if name in __all__:
-        import pipeline.client
+        from sensorium.pipeline import client
 
-        return getattr(pipeline.client, name)
+        return getattr(client, name)
     raise AttributeError(f"module 'sensorium' has no attribute {name!r}")

@@ -18,15 +18,15 @@ def offer_for(dep: Any) -> Any:
     """What the deployment's stages offer Home Assistant (wake words, STT model, voices, languages)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from bridges.wyoming.offer import Offer
-    from pipeline.config import ConfigError
+    from sensorium.bridges.wyoming.offer import Offer
+    from sensorium.pipeline.config import ConfigError
 
     wake = dep.stages["wake"].options if "wake" in dep.stages else None
     stt = dep.stages["stt"].options if "stt" in dep.stages else None
     tts = dep.stages["tts"].options if "tts" in dep.stages else None
     words = list(wake.models) if wake is not None else ["hey_jarvis"]
     try:
-        from models.wakeword import resolve
+        from sensorium.models.wakeword import resolve
 
         words = [resolve(m, wake.framework)[0] if wake is not None else m for m in words]
     except ImportError:
@@ -38,7 +38,7 @@ def offer_for(dep: Any) -> Any:
     spec = tts.backend if tts is not None else "piper"
     voices: dict[str, str | None] = {}
     try:
-        from models.tts import TtsError, load_backend
+        from sensorium.models.tts import TtsError, load_backend
 
         voices[load_backend(spec).name] = None
         for extra in dep.wyoming.voices:
@@ -67,7 +67,7 @@ def gallery_people(path: Path) -> Callable[[], list[str]]:
                 log.warning("no gallery at %s yet: no person entities until people are enrolled", path)
                 warned = True
             return []
-        from models.gallery import Gallery
+        from sensorium.models.gallery import Gallery
 
         with Gallery(path) as g:
             return list(g.people())

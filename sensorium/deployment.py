@@ -6,10 +6,10 @@ import contextlib
 import logging
 from pathlib import Path
 
-from pipeline.busguard import PublishPolicy
-from pipeline.config import ConfigError, Deployment, McpConfig, from_dict, load
-from pipeline.messages import Event
-from pipeline.placement import Serves, StageSpec, specs
+from sensorium.pipeline.busguard import PublishPolicy
+from sensorium.pipeline.config import ConfigError, Deployment, McpConfig, from_dict, load
+from sensorium.pipeline.messages import Event
+from sensorium.pipeline.placement import Serves, StageSpec, specs
 from sensorium.registry import STAGES, stage_class
 
 log = logging.getLogger("sensorium.deployment")

@@ -14,13 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
-from pipeline.bus import Endpoints
-from pipeline.clock import Clock
-from pipeline.config import Deployment
-from pipeline.hub import Hub
-from pipeline.runtime import LadderPolicy
-from pipeline.worker import Worker
 from sensorium.deployment import placement_specs
+from sensorium.pipeline.bus import Endpoints
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import Deployment
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.runtime import LadderPolicy
+from sensorium.pipeline.worker import Worker
 from sensorium.registry import stage_class
 
 log = logging.getLogger("sensorium.embedded")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.config import Deployment
+    from sensorium.pipeline.config import Deployment
 
 #: The gallery of ``sensorium enroll`` and ``sensorium demo --audio/--video`` without --config or
 #: --gallery: the one a worker reads with the default ``data_dir`` (``.sensorium``).
@@ -85,7 +85,7 @@ class Enroller:
     def encoder(self) -> Any:
         """The speaker encoder (``ValueError``/``OSError`` if it cannot load)."""
         if self._encoder is None:
-            from models.speaker import load_encoder
+            from sensorium.models.speaker import load_encoder
 
             print(f"loading speaker model {self.speaker_model} …", file=sys.stderr)
             args = (self.speaker_model, self.device) + ((self.cache_dir,) if self.cache_dir else ())
@@ -96,7 +96,7 @@ class Enroller:
     def faces(self) -> Any:
         """The face pipeline (``ImportError`` where face libraries are not installed)."""
         if self._faces is None:
-            from models.faces import FacePipeline
+            from sensorium.models.faces import FacePipeline
 
             print("loading face models …", file=sys.stderr)
             self._faces = FacePipeline(recognizer=self.face_model, device=self.device)
@@ -111,7 +111,7 @@ def _fail(msg: str) -> int:
 
 def load_voice(path: str | Path) -> np.ndarray:
     """16 kHz mono int16 samples of a WAV file; ``ValueError`` with a clear message otherwise."""
-    from pipeline.media import read_wav
+    from sensorium.pipeline.media import read_wav
 
     pcm = read_wav(path, 16000)  # MediaError (a ValueError) names the file and how to convert it
     if len(pcm) < 16000:
@@ -136,7 +136,7 @@ def enroll(
 
     ``enroller`` keeps the models loaded across calls (the demo's several people).
     """
-    from models.gallery import Gallery, GalleryError
+    from sensorium.models.gallery import Gallery, GalleryError
 
     try:
         gallery = Gallery(gallery_path)
@@ -223,7 +223,7 @@ class ConsoleIdentity:
     def __init__(
         self, galleries: Galleries, *, face_threshold: float | None = None, voice_threshold: float | None = None
     ):
-        from nodes.speaker import default_threshold
+        from sensorium.nodes.speaker import default_threshold
 
         self.galleries = galleries
         self.enroller = Enroller(galleries.speaker_model, galleries.face_model, "cpu", galleries.speaker_cache)
@@ -253,7 +253,7 @@ class ConsoleIdentity:
         import cv2
         import numpy as np
 
-        from bridges.console.service import Embedding
+        from sensorium.bridges.console.service import Embedding
 
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
@@ -266,8 +266,8 @@ class ConsoleIdentity:
         crop = img[cy1:cy2, cx1:cx2]
         if crop.size == 0:
             return None
-        from nodes.face import _centrality
-        from pipeline.messages import Box
+        from sensorium.nodes.face import _centrality
+        from sensorium.pipeline.messages import Box
 
         pipe = self.enroller.faces()
         person = Box(x1, y1, x2, y2, 1.0)
@@ -291,13 +291,13 @@ class ConsoleIdentity:
         return Embedding(vector=vec, model_id=pipe.model_id, media=enc.tobytes() if ok else None)
 
     def embed_voice(self, pcm: np.ndarray, rate: int) -> Any:
-        from bridges.console.service import Embedding
+        from sensorium.bridges.console.service import Embedding
 
         enc = self.enroller.encoder()
         return Embedding(vector=enc.embed(pcm, rate), model_id=enc.model_id)
 
     def _gallery(self, kind: str) -> Any:
-        from models.gallery import Gallery
+        from sensorium.models.gallery import Gallery
 
         return Gallery(self.galleries.face if kind == "face" else self.galleries.voice)
 

@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config import Deployment
-from pipeline.messages import (
+from sensorium.pipeline.config import Deployment
+from sensorium.pipeline.messages import (
     COMMANDS,
     AudioChunk,
     BudgetViolation,
@@ -92,7 +92,7 @@ def _type(m: type[Message]) -> str:
 
 def build(dep: Deployment) -> Graph:
     """The graph of ``dep``; stages whose code does not import here are left out."""
-    from pipeline.messages import EVENTS
+    from sensorium.pipeline.messages import EVENTS
 
     g = Graph()
     for wname, w in dep.workers.items():

@@ -13,12 +13,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import nodes
-from pipeline.stage import Stage
+from sensorium import nodes
+from sensorium.pipeline.stage import Stage
 
 
 def _discover() -> dict[str, str]:
-    return {m.name: f"nodes.{m.name}" for m in pkgutil.iter_modules(nodes.__path__) if not m.name.startswith("_")}
+    found = pkgutil.iter_modules(nodes.__path__)
+    return {m.name: f"{nodes.__name__}.{m.name}" for m in found if not m.name.startswith("_")}
 
 
 STAGES: dict[str, str] = _discover()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import HubConfig
-from pipeline.hub import Hub
+from sensorium.pipeline.config import HubConfig
+from sensorium.pipeline.hub import Hub
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def home_assistant(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
     A test file adds to HA's configuration.yaml with a module-level ``HOMEASSISTANT_CONFIG`` string.
     """
-    from evaluation.homeassistant import running
+    from sensorium.evaluation.homeassistant import running
 
     extra = getattr(request.module, "HOMEASSISTANT_CONFIG", "")
     with running(tmp_path_factory.mktemp("homeassistant"), extra) as ha:

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from bridges.console.app import Access, make_app, serve
-from bridges.console.service import Console, Identity
-from bridges.console.store import Store
-from evaluation.ports import free_port
-from models.gallery import Gallery
-from pipeline.bus import Endpoints, Publisher
-from pipeline.client import Client
-from pipeline.config import HubConfig
-from pipeline.hub import Hub
-from pipeline.messages import Message
+from sensorium.bridges.console.app import Access, make_app, serve
+from sensorium.bridges.console.service import Console, Identity
+from sensorium.bridges.console.store import Store
+from sensorium.evaluation.ports import free_port
+from sensorium.models.gallery import Gallery
+from sensorium.pipeline.bus import Endpoints, Publisher
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.config import HubConfig
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import Message
 
 
 class GalleryIdentity:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bus import Publisher
-from pipeline.codec import from_json
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, Event, VideoFrame
 from sensorium.deployment import load_deployment, placement_specs
+from sensorium.pipeline.bus import Publisher
+from sensorium.pipeline.codec import from_json
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, Event, VideoFrame
 
 ROOT = Path(__file__).resolve().parent.parent
 

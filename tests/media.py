@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import media as pipeline_media
-from evaluation.media import SPEECH_VERSION, silence
-from evaluation.media import concat as concat  # re-exported: tests build their audio with these
-from evaluation.media import mix as mix
-from evaluation.media import noise as noise
+from sensorium.evaluation import media as pipeline_media
+from sensorium.evaluation.media import SPEECH_VERSION, silence
+from sensorium.evaluation.media import concat as concat  # re-exported: tests build their audio with these
+from sensorium.evaluation.media import mix as mix
+from sensorium.evaluation.media import noise as noise
 
 RATE = 16000
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "media"
@@ -62,7 +62,7 @@ def chunks(
     rate: int = RATE,
 ) -> list:
     """Cut samples into ``AudioChunk`` messages of ``block`` samples stamped from ``t0`` on."""
-    from pipeline.messages import AudioChunk
+    from sensorium.pipeline.messages import AudioChunk
 
     out = []
     for i, start in enumerate(range(0, len(pcm), block)):

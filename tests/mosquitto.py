@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from evaluation.ports import free_port
+from sensorium.evaluation.ports import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"

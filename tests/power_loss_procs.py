@@ -31,7 +31,7 @@ from benchmarks.chaos import subscriber  # the chaos runs use the same client
 def gallery_writer(path: Path, log: Path) -> None:
     import numpy as np
 
-    from models.gallery import Gallery
+    from sensorium.models.gallery import Gallery
 
     rng = np.random.default_rng(os.getpid())
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -63,9 +63,9 @@ def durable_hub(config: str, journal: Path) -> int:
 
 
 async def events_publisher(address: str) -> None:
-    from pipeline.bus import Endpoints, Publisher
-    from pipeline.clock import Clock
-    from pipeline.messages import WakeDetected
+    from sensorium.pipeline.bus import Endpoints, Publisher
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.messages import WakeDetected
 
     pub = Publisher(Endpoints.from_address(address))
     clock = Clock()

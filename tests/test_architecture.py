@@ -21,6 +21,9 @@ LIGHT = {"zmq", "msgspec", "numpy", "prometheus_client", "mcap"}
 #: Optional, imported lazily where used: torch only to check a GPU placement (the one ignored import of the
 #: contracts), scipy only to resample a WAV file at another rate, zstandard only to compress a recording.
 LAZY = {("pipeline/worker.py", "torch"), ("pipeline/media.py", "scipy"), ("pipeline/recorder.py", "zstandard")}
+#: The layers, each a top-level folder of the checkout, installed under the one name ``sensorium`` (a link
+#: ``sensorium/pipeline -> ../pipeline`` for each): a wheel claims no generic top-level name.
+LAYERS = ("pipeline", "models", "nodes", "edge", "bridges", "evaluation")
 
 
 def _lint(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -42,8 +45,9 @@ def test_the_import_contracts_hold() -> None:
 
 
 def _copy_tree(dst: Path) -> None:
-    for pkg in CONFIG["root_packages"]:
-        shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "results"))
+    for pkg in (*CONFIG["root_packages"], *LAYERS):
+        ignore = shutil.ignore_patterns("__pycache__", "results")
+        shutil.copytree(ROOT / pkg, dst / pkg, symlinks=True, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
 
 
@@ -55,23 +59,28 @@ def test_a_back_import_breaks_the_layers(tmp_path: Path) -> None:
     r = _lint(tmp_path, "--no-cache")
     assert r.returncode != 0, r.stdout
     assert "BROKEN" in r.stdout
-    assert "pipeline.clock -> sensorium.registry" in r.stdout
+    assert "sensorium.pipeline.clock -> sensorium.registry" in r.stdout
 
 
 def test_the_edge_may_not_load_a_stage(tmp_path: Path) -> None:
     _copy_tree(tmp_path)
     agent = tmp_path / "edge" / "retry.py"
-    agent.write_text(agent.read_text() + "\n\ndef _stage() -> None:\n    import nodes.stt  # noqa: F401\n")
+    agent.write_text(agent.read_text() + "\n\ndef _stage() -> None:\n    import sensorium.nodes.stt  # noqa: F401\n")
     r = _lint(tmp_path, "--no-cache")
     assert r.returncode != 0, r.stdout
-    assert "edge.retry -> nodes.stt" in r.stdout
+    assert "sensorium.edge.retry -> sensorium.nodes.stt" in r.stdout
 
 
 BACK_IMPORTS = [
     # (contract id, module file that gets the import, the import, what import-linter must report)
     ("layers", "sensorium/registry.py", "sensorium.cli.doctor", "sensorium.registry -> sensorium.cli.doctor"),
     ("layers", "sensorium/graph.py", "sensorium.apps.agent", "sensorium.graph -> sensorium.apps.agent"),
-    ("layers", "sensorium/apps/agent.py", "evaluation.demo", "sensorium.apps.agent -> evaluation.demo"),
+    (
+        "layers",
+        "sensorium/apps/agent.py",
+        "sensorium.evaluation.demo",
+        "sensorium.apps.agent -> sensorium.evaluation.demo",
+    ),
     ("layers", "sensorium/cli/commands/hub.py", "benchmarks.bus", "sensorium.cli.commands.hub -> benchmarks.bus"),
     (
         "benchmarks-apart",
@@ -80,26 +89,33 @@ BACK_IMPORTS = [
         "benchmarks.bus -> sensorium.cli.commands.hub",
     ),
     ("apps", "sensorium/apps/agent.py", "sensorium.registry", "sensorium.apps.agent -> sensorium.registry"),
-    ("pipeline-core", "pipeline/clock.py", "cv2", "pipeline.clock -> cv2"),
-    ("bridges", "bridges/mqtt/__init__.py", "models.vad", "bridges.mqtt -> models.vad"),
-    ("mcp-sdk", "nodes/wake.py", "starlette", "nodes.wake -> starlette"),
+    ("pipeline-core", "pipeline/clock.py", "cv2", "sensorium.pipeline.clock -> cv2"),
+    (
+        "bridges",
+        "bridges/mqtt/__init__.py",
+        "sensorium.models.vad",
+        "sensorium.bridges.mqtt -> sensorium.models.vad",
+    ),
+    ("mcp-sdk", "nodes/wake.py", "starlette", "sensorium.nodes.wake -> starlette"),
+    ("one-name", "benchmarks/bus.py", "pipeline.clock", "benchmarks.bus -> pipeline"),
+    ("one-name", "nodes/wake.py", "models.wakeword", "sensorium.nodes.wake -> models"),
     (
         "wyoming-direction",
         "bridges/wyoming/gateway.py",
-        "bridges.wyoming.handlers",
-        "bridges.wyoming.gateway -> bridges.wyoming.handlers",
+        "sensorium.bridges.wyoming.handlers",
+        "sensorium.bridges.wyoming.gateway -> sensorium.bridges.wyoming.handlers",
     ),
     (
         "wyoming-direction",
         "bridges/wyoming/handlers.py",
-        "bridges.wyoming.satellite",
-        "bridges.wyoming.handlers -> bridges.wyoming.satellite",
+        "sensorium.bridges.wyoming.satellite",
+        "sensorium.bridges.wyoming.handlers -> sensorium.bridges.wyoming.satellite",
     ),
     (
         "esphome-direction",
         "bridges/esphome/device.py",
-        "bridges.esphome.server",
-        "bridges.esphome.device -> bridges.esphome.server",
+        "sensorium.bridges.esphome.server",
+        "sensorium.bridges.esphome.device -> sensorium.bridges.esphome.server",
     ),
 ]
 
@@ -124,14 +140,19 @@ def test_a_back_import_breaks_its_contract(
     assert reported in r.stdout
 
 
-def _top_level_imports(path: Path) -> set[str]:
+def _imports(path: Path) -> set[str]:
+    """The absolute modules a file imports, as written."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
+            out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add(node.module.split(".")[0])
+            out.add(node.module)
     return out
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in _imports(path)}
 
 
 def test_the_runtime_core_imports_only_light_libraries() -> None:
@@ -139,8 +160,11 @@ def test_the_runtime_core_imports_only_light_libraries() -> None:
     wrong = []
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        for name in _top_level_imports(path):
-            if name in sys.stdlib_module_names or name in LIGHT or name == "pipeline" or name == "__future__":
+        for module in _imports(path):
+            name = module.split(".")[0]
+            if name in sys.stdlib_module_names or name in LIGHT or name == "__future__":
+                continue
+            if module == "sensorium.pipeline" or module.startswith("sensorium.pipeline."):
                 continue
             if (rel, name) not in LAZY:
                 wrong.append(f"{rel} imports {name}")
@@ -158,6 +182,24 @@ def test_every_module_of_the_wiring_has_a_layer() -> None:
         if module not in named:
             missing.append(module)
     assert not missing, f"add {', '.join(missing)} to a layer of [tool.importlinter] in pyproject.toml"
-    assert set(CONFIG["root_packages"]) >= {
-        p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name != "tests"
-    }, "a top-level package is missing from root_packages"
+    assert set(CONFIG["root_packages"]) == {"sensorium", "benchmarks"}
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and not p.is_symlink()}
+    assert packages - {"tests", "benchmarks", "sensorium"} == set(LAYERS), "a new top-level package: add it to LAYERS"
+
+
+def test_each_layer_is_installed_under_sensorium() -> None:
+    """``sensorium/pipeline`` is the checkout's ``pipeline/`` (a relative link: a clone or a copy keeps it)."""
+    for layer in LAYERS:
+        link = ROOT / "sensorium" / layer
+        assert link.is_symlink() and os.readlink(link) == f"../{layer}", f"sensorium/{layer} must link to ../{layer}"
+
+
+def test_nothing_imports_a_layer_by_its_generic_name() -> None:
+    """Tests, examples and scripts too (the one-name contract sees only the packages): ``import pipeline`` would
+    load a second copy of every module beside ``sensorium.pipeline``, with classes that are not the same."""
+    wrong = []
+    for folder in ("tests", "examples", "scripts", "benchmarks", *LAYERS, "sensorium/cli", "sensorium/apps"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in _top_level_imports(path) & set(LAYERS):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name} (write sensorium.{name})")
+    assert not wrong, "; ".join(wrong)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec
-from pipeline.messages import (
+from sensorium.pipeline import codec
+from sensorium.pipeline.messages import (
     ALL,
     WIRE_VERSION,
     AudioChunk,
@@ -204,7 +204,7 @@ def test_the_old_topic_is_still_accepted_during_the_transition(cls: type, data: 
 
 
 def test_subscriptions_take_old_topics_and_drop_the_copies_for_old_peers() -> None:
-    from pipeline.bus import _old_copy, with_old_prefixes
+    from sensorium.pipeline.bus import _old_copy, with_old_prefixes
 
     assert with_old_prefixes(["node_status/kitchen/", "wake/"]) == ["node_status/kitchen/", "wake/", "status/kitchen/"]
     assert with_old_prefixes(["placement_table/"]) == ["placement_table/", "assign/"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, from_dict, load, parse_duration
+from sensorium.pipeline.config import ConfigError, from_dict, load, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,9 +122,9 @@ def test_example_deployments_differ_only_in_placement() -> None:
 
 def test_every_duration_of_every_table_is_seconds_once_the_file_loads() -> None:
     """One way to read a time span: decoded when the table loads; readers get a float and never parse again."""
-    import pipeline.config as config_module
-    from pipeline.config import Duration, _Strict, durations
+    import sensorium.pipeline.config as config_module
     from sensorium.deployment import deployment_from_dict
+    from sensorium.pipeline.config import Duration, _Strict, durations
     from sensorium.registry import available
 
     raw = _with(

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from console_rig import Rig
 
-from bridges.console.app import Access
-from bridges.console.service import Embedding
-from models.gallery import Gallery
-from pipeline.config import ConfigError, ConsoleConfig, from_dict
-from pipeline.messages import (
+from sensorium.bridges.console.app import Access
+from sensorium.bridges.console.service import Embedding
+from sensorium.models.gallery import Gallery
+from sensorium.pipeline.config import ConfigError, ConsoleConfig, from_dict
+from sensorium.pipeline.messages import (
     FaceRecognized,
     NodeStatus,
     Presence,

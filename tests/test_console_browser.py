@@ -22,9 +22,9 @@ import webdriver
 from console_rig import Rig
 from test_console import person_vectors
 
-from bridges.console.service import Embedding
-from models.gallery import Gallery
-from pipeline.messages import (
+from sensorium.bridges.console.service import Embedding
+from sensorium.models.gallery import Gallery
+from sensorium.pipeline.messages import (
     Box,
     Detections,
     FaceRecognized,
@@ -185,10 +185,10 @@ def test_rooms_fill_while_the_sample_session_replays(tmp_path: Path, browser: we
     detect, face and presence stages on the hub the console follows."""
     import asyncio
 
-    from evaluation import replay as rp
-    from evaluation.media import package_image
-    from evaluation.session import build_sample
     from sensorium.enrollment import enroll
+    from sensorium.evaluation import replay as rp
+    from sensorium.evaluation.media import package_image
+    from sensorium.evaluation.session import build_sample
 
     cache = Path(__file__).resolve().parents[1] / ".cache" / "sample"
     session_path = tmp_path / "sample.mcap"
@@ -227,10 +227,10 @@ def test_rooms_fill_while_the_sample_session_replays(tmp_path: Path, browser: we
 def test_unknown_face_is_named_and_the_next_recognition_carries_the_name(
     tmp_path: Path, browser: webdriver.Browser
 ) -> None:
-    from models.detector import PersonDetector
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.stage import StageContext
     from sensorium.enrollment import ConsoleIdentity, Galleries
+    from sensorium.models.detector import PersonDetector
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.stage import StageContext
 
     gallery = tmp_path / "gallery.db"
     identity = ConsoleIdentity(Galleries(voice=gallery, face=gallery, face_model="facenet"))

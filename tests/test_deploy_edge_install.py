@@ -50,6 +50,46 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An agent author's own code, with modules named like sensorium's folders; the commands run from here (run
+    from the checkout, ``python -c`` would import the checkout's folders instead of what pip installed)."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "models.py").write_text("OWNER = 'the user'\n")
+    (project / "pipeline").mkdir()
+    (project / "pipeline" / "__init__.py").write_text("OWNER = 'the user'\n")
+    return project
+
+
+def test_the_installed_project_claims_only_the_name_sensorium(edge_venv: Path) -> None:
+    """What pip installed (its RECORD): one package, ``sensorium``, and the command; no ``models`` or ``pipeline``."""
+    records = list((edge_venv / "lib").glob("python*/site-packages/sensorium-*.dist-info/RECORD"))
+    assert len(records) == 1, records
+    tops = {line.split(",")[0].split("/")[0] for line in records[0].read_text().splitlines() if line}
+    assert tops - {"..", "__pycache__"} == {"sensorium", records[0].parent.name}
+    assert {"sensorium/pipeline/client.py", "sensorium/nodes/stt/endpoint.py", "sensorium/edge/agent.py"} <= {
+        line.split(",")[0] for line in records[0].read_text().splitlines()
+    }
+
+
+def test_a_users_own_models_and_pipeline_stay_theirs(edge_venv: Path, user_project: Path) -> None:
+    """The public import beside the user's own ``models`` and ``pipeline``: both sides get their own module."""
+    code = (
+        "import models, pipeline\n"
+        "from sensorium import Client, messages\n"
+        "import sensorium.pipeline.config\n"
+        "print(models.OWNER, pipeline.OWNER, Client.__module__, messages.Transcript.__name__)\n"
+        "print(sensorium.pipeline.config.__file__)\n"
+    )
+    res = subprocess.run(
+        [str(edge_venv / "bin/python"), "-c", code], cwd=user_project, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    first, path = res.stdout.splitlines()
+    assert first == "the user the user sensorium.pipeline.client Transcript"
+    assert "site-packages/sensorium/pipeline/config.py" in path
+
+
 def test_edge_extra_pulls_no_heavy_library(edge_venv: Path) -> None:
     res = subprocess.run(
         [str(edge_venv / "bin/python"), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
@@ -63,36 +103,44 @@ def test_edge_extra_pulls_no_heavy_library(edge_venv: Path) -> None:
     assert not installed & HEAVY, f"heavy libraries in the edge install: {sorted(installed & HEAVY)}"
 
 
-def test_edge_help_runs_in_the_edge_venv(edge_venv: Path) -> None:
+def test_edge_help_runs_in_the_edge_venv(edge_venv: Path, user_project: Path) -> None:
     res = subprocess.run(
-        [str(edge_venv / "bin/sensorium"), "edge", "--help"], capture_output=True, text=True, timeout=60
+        [str(edge_venv / "bin/sensorium"), "edge", "--help"],
+        cwd=user_project,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "usage: sensorium edge" in res.stdout
 
 
-def test_edge_modules_import_without_heavy_libraries(edge_venv: Path) -> None:
+def test_edge_modules_import_without_heavy_libraries(edge_venv: Path, user_project: Path) -> None:
     """The edge's import graph (CLI, config, bus, edge agent) never reaches a model library."""
     code = (
         "import sys, importlib\n"
-        "import sensorium.cli, pipeline.config, pipeline.bus, pipeline.codec\n"
-        "for m in ('edge', 'sensorium.cli.commands.edge', 'sensorium.cli.commands.doctor', 'sensorium.registry'):\n"
+        "import sensorium.cli, sensorium.pipeline.config, sensorium.pipeline.bus, sensorium.pipeline.codec\n"
+        "for m in ('sensorium.edge', 'sensorium.cli.commands.edge', 'sensorium.cli.commands.doctor', "
+        "'sensorium.registry'):\n"
         "    importlib.import_module(m)\n"
         "sensorium.cli.build_parser()\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch', 'ultralytics', 'faster_whisper', 'speechbrain', 'mediapipe', 'insightface', 'resemblyzer'})\n"
         "print(heavy)\n"
     )
-    res = subprocess.run([str(edge_venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(edge_venv / "bin/python"), "-c", code], cwd=user_project, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "[]"
 
 
-def test_doctor_runs_on_an_edge_only_install(edge_venv: Path) -> None:
+def test_doctor_runs_on_an_edge_only_install(edge_venv: Path, user_project: Path) -> None:
     """On a Pi (edge extra only) the doctor loads the four-GPU house file and checks the edge node."""
     doctor = [str(edge_venv / "bin/sensorium"), "doctor", "--json", "--hub-timeout", "0.2"]
     res = subprocess.run(
         [*doctor, "--config", str(REPO / "examples/deploy-4gpu.toml"), "--name", "living-room-pi"],
+        cwd=user_project,
         capture_output=True,
         text=True,
         timeout=120,

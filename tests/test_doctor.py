@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.ports import free_tcp_base
-from pipeline.security import enrol, init_hub, new_node
 from sensorium.cli.doctor import Doctor, Finding, load_any
+from sensorium.evaluation.ports import free_tcp_base
+from sensorium.pipeline.security import enrol, init_hub, new_node
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_SOUND_CARD = any(Path("/dev/snd").glob("pcmC*D*c")) if Path("/dev/snd").is_dir() else False
@@ -61,7 +61,7 @@ def make_keys(tmp: Path) -> None:
 
 
 def make_gallery(data: Path) -> Path:
-    from models.gallery import Gallery
+    from sensorium.models.gallery import Gallery
 
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data / "gallery.sqlite"

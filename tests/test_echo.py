@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.agent import EdgeAgent
-from edge.echo import ReferenceTap
-from evaluation.echo import OWN_VOICE, RATE, Scene, Span, mix, music, person_phrase, write_scene
-from evaluation.media import speech
-from nodes.wake import WakeStage
-from pipeline.aec import make_canceller
-from pipeline.bus import Subscriber
-from pipeline.config import ConfigError, from_dict
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, InputError, Message, WakeDetected
-from pipeline.stage import StageContext
+from sensorium.edge.agent import EdgeAgent
+from sensorium.edge.echo import ReferenceTap
+from sensorium.evaluation.echo import OWN_VOICE, RATE, Scene, Span, mix, music, person_phrase, write_scene
+from sensorium.evaluation.media import speech
+from sensorium.nodes.wake import WakeStage
+from sensorium.pipeline.aec import make_canceller
+from sensorium.pipeline.bus import Subscriber
+from sensorium.pipeline.config import ConfigError, from_dict
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, InputError, Message, WakeDetected
+from sensorium.pipeline.stage import StageContext
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "echo"
 ROOM, NODE = "kitchen", "kitchen-pi"
@@ -211,10 +211,10 @@ def test_doctor_says_which_defences_a_room_uses(tmp_path: Path) -> None:
 
 async def test_player_hands_what_it_plays_to_the_tap(tmp_path: Path) -> None:
     """The live path: every block the player writes reaches the tap at the hub time it leaves the speaker."""
-    from edge.playback import Player, WavSink
-    from pipeline.clock import Clock
-    from pipeline.config import PlaybackConfig
-    from pipeline.messages import TtsAudio
+    from sensorium.edge.playback import Player, WavSink
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.config import PlaybackConfig
+    from sensorium.pipeline.messages import TtsAudio
 
     pcm = speech(PLAIN, OWN_VOICE, CACHE)
     tap = ReferenceTap(16000)

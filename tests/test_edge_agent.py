@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.agent import EdgeAgent, Outbox
-from models.wakeword import WakeWordModel
-from pipeline.bus import Publisher, Subscriber
-from pipeline.clock import Clock
-from pipeline.config import Deployment, HubConfig, from_dict
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, Message, NodeStatus, PlaybackStatus, TtsAudio, VideoFrame
+from sensorium.edge.agent import EdgeAgent, Outbox
+from sensorium.models.wakeword import WakeWordModel
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import Deployment, HubConfig, from_dict
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, Message, NodeStatus, PlaybackStatus, TtsAudio, VideoFrame
 
 try:  # tests/ is a plain folder on sys.path; works too if it becomes a package
     from images import BUS, ZIDANE

@@ -17,7 +17,7 @@ import numpy as np
 import pulse
 import pytest
 
-from edge.audio import (
+from sensorium.edge.audio import (
     AudioSourceError,
     MicrophoneSource,
     Resampler,
@@ -26,7 +26,7 @@ from edge.audio import (
     read_wav_mono,
     rescan_devices,
 )
-from edge.retry import Backoff
+from sensorium.edge.retry import Backoff
 
 try:  # tests/ is a plain folder on sys.path; works too if it becomes a package
     from media import read_wav, resample, speech, speech_wav, write_wav

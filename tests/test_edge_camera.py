@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import Camera
-from edge.retry import Backoff
-from evaluation.ports import free_port
-from pipeline.clock import Clock
-from pipeline.config import CameraConfig
-from pipeline.messages import VideoFrame
+from sensorium.edge.camera import Camera
+from sensorium.edge.retry import Backoff
+from sensorium.evaluation.ports import free_port
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import CameraConfig
+from sensorium.pipeline.messages import VideoFrame
 
 try:  # tests/ is a plain folder on sys.path; works too if it becomes a package
     from images import BUS, ZIDANE, load

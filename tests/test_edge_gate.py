@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edge.wake_gate import WakeGate
-from models.wakeword import WakeWordModel
+from sensorium.edge.wake_gate import WakeGate
+from sensorium.models.wakeword import WakeWordModel
 
 try:  # tests/ is a plain folder on sys.path; works too if it becomes a package
     from media import concat, mix, noise, speech

@@ -29,16 +29,16 @@ from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature as Feature
 from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
-from bridges.esphome.api import make_plain_text_packets
-from bridges.esphome.device import stream_pcm
-from bridges.esphome.server import Server, load_key
-from evaluation.ports import free_ports
-from pipeline.bus import Publisher, Subscriber
-from pipeline.config import ConfigError
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import Listen, Message, PlaybackStatus, TtsAudio, WakeArbitrated
+from sensorium.bridges.esphome.api import make_plain_text_packets
+from sensorium.bridges.esphome.device import stream_pcm
+from sensorium.bridges.esphome.server import Server, load_key
 from sensorium.deployment import deployment_from_dict
+from sensorium.evaluation.ports import free_ports
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.config import ConfigError
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk as BusChunk
+from sensorium.pipeline.messages import Listen, Message, PlaybackStatus, TtsAudio, WakeArbitrated
 
 RATE = 16000
 
@@ -345,7 +345,7 @@ async def voice_client(server: Server, room: str) -> tuple[APIClient, list[str],
 
 
 async def test_greet_once_per_person_then_listen_without_wake_word(tmp_path: Path) -> None:
-    from pipeline.messages import Presence, Say
+    from sensorium.pipeline.messages import Presence, Say
 
     async with site(tmp_path, greet="Welcome home, {person}.") as (server, pub, _):
         says = Subscriber(server.bus.endpoints, ["say/"])
@@ -376,8 +376,8 @@ async def test_greet_once_per_person_then_listen_without_wake_word(tmp_path: Pat
 async def test_the_agents_client_starts_a_conversation_with_a_person_wherever_they_are(
     tmp_path: Path, caplog: Any
 ) -> None:
-    from pipeline.client import Client
-    from pipeline.messages import Presence, Say
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.messages import Presence, Say
 
     caplog.set_level(logging.INFO, "sensorium.esphome")
     async with site(tmp_path) as (server, pub, _):
@@ -433,7 +433,7 @@ async def test_agent_asking_back_continues_the_conversation(tmp_path: Path) -> N
 
 
 async def test_timers_are_heard_in_the_room(tmp_path: Path) -> None:
-    from pipeline.messages import Say
+    from sensorium.pipeline.messages import Say
 
     async with site(tmp_path) as (server, pub, _):
         heard = Subscriber(server.bus.endpoints, ["say/", "tts_audio/"])

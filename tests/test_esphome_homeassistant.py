@@ -32,8 +32,10 @@ from test_wyoming_homeassistant import read_back, words
 from test_wyoming_voice import enroll
 from wyoming_help import ports, running
 
-from bridges.esphome.server import Server
-from evaluation.homeassistant import (
+from sensorium.bridges.esphome.server import Server
+from sensorium.deployment import deployment_from_dict
+from sensorium.embedded import embedded
+from sensorium.evaluation.homeassistant import (
     Mic,
     add_wyoming,
     entities_of,
@@ -42,10 +44,8 @@ from evaluation.homeassistant import (
     prefer_sensorium_pipeline,
     wavs,
 )
-from evaluation.ports import free_ports
-from pipeline.bus import Publisher
-from sensorium.deployment import deployment_from_dict
-from sensorium.embedded import embedded
+from sensorium.evaluation.ports import free_ports
+from sensorium.pipeline.bus import Publisher
 
 pytestmark = pytest.mark.slow
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "home-assistant.md").read_text()
@@ -80,8 +80,8 @@ async def frames(path: Path, timeout: float = 30.0) -> int:
 
 async def test_home_assistant_drives_room_devices(home_assistant: Any, tmp_path: Path) -> None:
     ha = home_assistant
-    from edge.agent import EdgeAgent
     from sensorium.apps.agent import run_builtin_agent
+    from sensorium.edge.agent import EdgeAgent
 
     p = ports()
     gallery = tmp_path / "gallery.db"

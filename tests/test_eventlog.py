@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import encode, from_json, to_json
-from pipeline.config import HubConfig
-from pipeline.eventlog import MAX_SEQ, EventLog, EventLogError, LoggedEvent
-from pipeline.hub import Hub
-from pipeline.messages import EventsReply, EventsRequest, SnapshotRequest, Transcript, WakeDetected
-from pipeline.node import NodeLink
+from sensorium.pipeline.codec import encode, from_json, to_json
+from sensorium.pipeline.config import HubConfig
+from sensorium.pipeline.eventlog import MAX_SEQ, EventLog, EventLogError, LoggedEvent
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import EventsReply, EventsRequest, SnapshotRequest, Transcript, WakeDetected
+from sensorium.pipeline.node import NodeLink
 
 
 def _event(seq: int, word: str = "") -> tuple[int, str, str]:

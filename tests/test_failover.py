@@ -21,8 +21,8 @@ import images
 import media
 import pytest
 
-from pipeline.bus import Publisher, Subscriber
-from pipeline.messages import Placement, StageStats, Transcript, WakeDetected
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.messages import Placement, StageStats, Transcript, WakeDetected
 
 pytestmark = pytest.mark.slow
 

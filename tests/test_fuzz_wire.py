@@ -30,10 +30,10 @@ import pytest
 import zmq
 from media import chunks, concat, speech
 
-from pipeline.bus import Endpoints, Publisher, Subscriber, context
-from pipeline.client import Client
-from pipeline.codec import decode, encode
-from pipeline.messages import (
+from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber, context
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.codec import decode, encode
+from sensorium.pipeline.messages import (
     WIRE_VERSION,
     AudioChunk,
     EventsReply,
@@ -46,7 +46,7 @@ from pipeline.messages import (
     VideoFrame,
     WakeDetected,
 )
-from pipeline.node import NodeLink
+from sensorium.pipeline.node import NodeLink
 
 pytestmark = pytest.mark.slow
 

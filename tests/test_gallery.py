@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.gallery import UNKNOWN, Gallery, GalleryError
+from sensorium.models.gallery import UNKNOWN, Gallery, GalleryError
 
 
 def vec(*xs: float) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_enroll_with_config_fills_the_galleries_the_deployment_reads(tmp_path: P
 def test_demo_enrolment_loads_each_model_once_for_everyone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import media
 
-    from evaluation.demo import enroll_pairs
+    from sensorium.evaluation.demo import enroll_pairs
 
     pairs = [
         f"{name}={media.speech_wav(text, voice)}"
@@ -194,14 +194,14 @@ async def test_the_workers_hint_is_a_command_that_makes_the_person_known(
     """A worker with nobody enrolled names the exact command; run as printed, the worker's stage knows joe."""
     import media
 
-    from pipeline.messages import SpeakerIdentified, Utterance
     from sensorium.deployment import load_deployment
     from sensorium.embedded import embedded
+    from sensorium.pipeline.messages import SpeakerIdentified, Utterance
 
     dep = load_deployment(_deploy(tmp_path), check_graph=False)
 
     async def who(pcm: np.ndarray) -> str:
-        from pipeline.bus import Publisher, Subscriber
+        from sensorium.pipeline.bus import Publisher, Subscriber
 
         async with embedded(dep) as env:
             pub, sub = Publisher(env.endpoints), Subscriber(env.endpoints, ["speaker/"])

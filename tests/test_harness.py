@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nodes.arbiter import ArbiterStage
-from pipeline.harness import StageHarness, run_stage
-from pipeline.messages import AudioChunk, BudgetViolation, Message, WakeArbitrated, WakeDetected
-from pipeline.stage import Stage
+from sensorium.nodes.arbiter import ArbiterStage
+from sensorium.pipeline.harness import StageHarness, run_stage
+from sensorium.pipeline.messages import AudioChunk, BudgetViolation, Message, WakeArbitrated, WakeDetected
+from sensorium.pipeline.stage import Stage
 
 
 def wake(room: str, score: float, level: float, t: float) -> WakeDetected:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from evaluation.homeassistant import HomeAssistantError
+from sensorium.evaluation.homeassistant import HomeAssistantError
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def test_states_follow_a_service_call(home_assistant: Any) -> None:
 
 async def test_a_config_flow_error_names_the_step(home_assistant: Any) -> None:
     # MQTT against a port nothing listens on: the flow shows its form again with an error
-    from evaluation.ports import free_port
+    from sensorium.evaluation.ports import free_port
 
     with pytest.raises(HomeAssistantError, match=r"mqtt config flow, step broker: .*cannot_connect"):
         await home_assistant.add_integration("mqtt", {"broker": "127.0.0.1", "port": free_port()})

@@ -9,16 +9,16 @@ import msgspec
 import pytest
 import zmq
 
-from evaluation.ports import free_port, free_tcp_base
-from pipeline import security
-from pipeline.bus import Endpoints, Publisher, Subscriber, context
-from pipeline.busguard import PublishPolicy
-from pipeline.client import Client, collect
-from pipeline.codec import CodecError, decode, encode, from_json, to_json
-from pipeline.config import HubConfig
-from pipeline.eventlog import EventLogError
-from pipeline.hub import Hub, SecurityError
-from pipeline.messages import (
+from sensorium.evaluation.ports import free_port, free_tcp_base
+from sensorium.pipeline import security
+from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber, context
+from sensorium.pipeline.busguard import PublishPolicy
+from sensorium.pipeline.client import Client, collect
+from sensorium.pipeline.codec import CodecError, decode, encode, from_json, to_json
+from sensorium.pipeline.config import HubConfig
+from sensorium.pipeline.eventlog import EventLogError
+from sensorium.pipeline.hub import Hub, SecurityError
+from sensorium.pipeline.messages import (
     WIRE_VERSION,
     AudioChunk,
     ControlError,
@@ -32,7 +32,7 @@ from pipeline.messages import (
     Transcript,
     WakeDetected,
 )
-from pipeline.node import NameInUse, NodeLink
+from sensorium.pipeline.node import NameInUse, NodeLink
 
 
 async def _publish_wakes(pub: Publisher, n: int, start: int = 0) -> None:
@@ -340,7 +340,7 @@ async def test_huge_events_requests_are_refused_and_heartbeats_stay_on_time(hub_
 
 
 async def test_registrations_are_checked_and_one_connection_holds_one_name(hub: Hub) -> None:
-    from pipeline.messages import Register
+    from sensorium.pipeline.messages import Register
 
     raw = context().socket(zmq.DEALER)
     raw.connect(hub.endpoints.control)
@@ -362,7 +362,7 @@ async def test_registrations_are_checked_and_one_connection_holds_one_name(hub: 
 async def test_a_flood_of_names_never_locks_the_deployment_out(hub_address: str, tmp_path: Path) -> None:
     """Fixed by making room in a full table for the deployment's nodes (and by one name per connection, and
     dropping nodes down for long): before, 256 names kept alive left no room for a restarted edge."""
-    from pipeline.hub import MAX_NODES
+    from sensorium.pipeline.hub import MAX_NODES
 
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=3.0), nodes=["kitchen-pi", "gpu0"])
     await h.start()
@@ -564,8 +564,8 @@ async def test_unenrolled_client_receives_nothing_and_publishes_nothing(tmp_path
 
 
 async def test_hub_records_the_bus_to_mcap(hub_address: str, tmp_path: Path) -> None:
-    from pipeline.messages import AudioChunk
-    from pipeline.recorder import read_all
+    from sensorium.pipeline.messages import AudioChunk
+    from sensorium.pipeline.recorder import read_all
 
     path = tmp_path / "bus.mcap"
     h = Hub(HubConfig(address=hub_address, record=str(path)))
@@ -817,8 +817,8 @@ async def test_events_their_sender_may_not_publish_are_never_logged(hub_address:
     ``error`` events; the real ones still logged."""
     import random
 
-    from pipeline.hub import PublishPolicy
-    from pipeline.messages import InputError, Placement, PlaybackStatus, Presence
+    from sensorium.pipeline.hub import PublishPolicy
+    from sensorium.pipeline.messages import InputError, Placement, PlaybackStatus, Presence
 
     policy = PublishPolicy(
         rooms=frozenset({"kitchen", "hall"}),
@@ -889,7 +889,7 @@ async def test_the_hubs_first_events_are_never_lost(hub_address: str, tmp_path: 
 
 async def test_events_lost_on_the_way_to_the_log_are_counted_and_reported(hub: Hub) -> None:
     """Fixed by checking each topic's numbers in the tap: before, a drop at a high-water mark was silent."""
-    from pipeline.messages import InputError
+    from sensorium.pipeline.messages import InputError
 
     pub = Publisher(hub.endpoints)
     await asyncio.sleep(0.3)
@@ -1029,7 +1029,7 @@ async def test_with_curve_nothing_reaches_the_bus_that_its_sender_may_not_publis
     each is counted and reported in rate-limited ``error`` events; the real traffic beside them flows."""
     import random
 
-    from pipeline.messages import Detections, InputError, Placement, PlacementTable, Presence, VideoFrame
+    from sensorium.pipeline.messages import Detections, InputError, Placement, PlacementTable, Presence, VideoFrame
 
     hub_dir, keys = _curve_hub(tmp_path, ["kitchen-pi", "hall-pi", "cpu0", "lost", "events-cli"])
     port = free_tcp_base()
@@ -1109,7 +1109,7 @@ async def test_without_curve_streams_and_events_the_policy_refuses_never_reach_t
     """Fixed by the checking forwarder: before, the publish policy only kept refused events out of the log —
     they still reached every stage on the bus (a fake wake word for the arbiter, audio of a room that does not
     exist for the wake stage). Without keys the sender is not known, so this is what the claimed source allows."""
-    from pipeline.messages import Presence, VideoFrame
+    from sensorium.pipeline.messages import Presence, VideoFrame
 
     h = Hub(HubConfig(address=hub_address, heartbeat=0.1, down_after=0.5), policy=_bus_fuzz_policy())
     await h.start()
@@ -1147,9 +1147,9 @@ def test_the_deployments_policy_logs_a_cameras_detections_and_binds_each_stream_
     """Fixed by the policy knowing each edge's cameras: before, a hub started from a deployment file refused
     every ``detections`` event (the detect stage publishes on the camera's topic, ``detections/<room>/<camera>``,
     and a camera was "no node of the deployment"), so no detection was ever logged."""
-    from pipeline.busguard import BusGuard
-    from pipeline.messages import Detections
     from sensorium.deployment import deployment_from_dict, publish_policy
+    from sensorium.pipeline.busguard import BusGuard
+    from sensorium.pipeline.messages import Detections
 
     dep = deployment_from_dict(
         {

@@ -14,7 +14,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from evaluation.mcp_house import answer_after_the_question, house, prepare_voices
+from sensorium.evaluation.mcp_house import answer_after_the_question, house, prepare_voices
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import shlex
 import tomllib
 from pathlib import Path
 
-from bridges.mcp.server import SensoriumMcp
-from pipeline.config import McpConfig
+from sensorium.bridges.mcp.server import SensoriumMcp
 from sensorium.cli import build_parser
 from sensorium.deployment import deployment_from_dict
+from sensorium.pipeline.config import McpConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "mcp.md").read_text()

@@ -18,8 +18,8 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from test_mcp_server import SPEAK_TOOLS, STATE_TOOLS, WHERE, play_session, serving
 
-from pipeline.bus import Publisher
-from pipeline.hub import Hub
+from sensorium.pipeline.bus import Publisher
+from sensorium.pipeline.hub import Hub
 
 pytestmark = pytest.mark.slow
 

@@ -30,16 +30,16 @@ def _words(text: str) -> list[str]:
 async def test_tools_answer_from_the_replayed_sample_session(tmp_path: Path) -> None:
     import jiwer
 
-    from bridges.mcp.server import SensoriumMcp
-    from evaluation.ports import free_port
-    from evaluation.replay import ReplayOptions, load, replay_embedded
-    from evaluation.sample import prepare, sample_deployment
-    from evaluation.session import PeopleLabel, SpeechLabel
-    from pipeline.client import Client
-    from pipeline.config import McpConfig
-    from pipeline.messages import SpeakerIdentified, Transcript
+    from sensorium.bridges.mcp.server import SensoriumMcp
     from sensorium.bridging import gallery_people
     from sensorium.embedded import embedded
+    from sensorium.evaluation.ports import free_port
+    from sensorium.evaluation.replay import ReplayOptions, load, replay_embedded
+    from sensorium.evaluation.sample import prepare, sample_deployment
+    from sensorium.evaluation.session import PeopleLabel, SpeechLabel
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import McpConfig
+    from sensorium.pipeline.messages import SpeakerIdentified, Transcript
 
     session_file = prepare(tmp_path, ROOT / ".cache" / "sample")
     replayed = load([session_file])

@@ -30,15 +30,15 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 from pydantic import AnyUrl
 
-from bridges.mcp.access import AccessError, check_bind, is_loopback, read_token
-from bridges.mcp.server import SensoriumMcp
-from evaluation.ports import free_port
-from evaluation.session import SAMPLE_UTTERANCES
-from pipeline.bus import Publisher, Subscriber
-from pipeline.client import Client
-from pipeline.config import McpConfig
-from pipeline.hub import Hub
-from pipeline.messages import McpCall, Presence, Say, SpeakerIdentified, StopPlayback, Transcript
+from sensorium.bridges.mcp.access import AccessError, check_bind, is_loopback, read_token
+from sensorium.bridges.mcp.server import SensoriumMcp
+from sensorium.evaluation.ports import free_port
+from sensorium.evaluation.session import SAMPLE_UTTERANCES
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.config import McpConfig
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import McpCall, Presence, Say, SpeakerIdentified, StopPlayback, Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ["kitchen", "living_room"]
@@ -184,7 +184,7 @@ async def test_output_schemas_are_draft_7_and_still_check_the_results(hub: Hub, 
     value, nested ones (``$defs``) included."""
     import jsonschema
 
-    from bridges.mcp.server import OUTPUT_SCHEMA_DIALECT
+    from sensorium.bridges.mcp.server import OUTPUT_SCHEMA_DIALECT
 
     await play_session(hub, pub)
     async with serving(hub) as (_server, url), session(url) as s:
@@ -399,7 +399,7 @@ async def test_http_connections_send_without_waiting_for_acks() -> None:
     without it a response written in two pieces waits for the client's delayed ACK (~40 ms a call)."""
     import socket
 
-    from bridges.mcp.server import listen_socket
+    from sensorium.bridges.mcp.server import listen_socket
 
     async def nodelay(sock: socket.socket) -> int:
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -587,8 +587,8 @@ def test_cli_names_a_port_in_use_and_exits_1(tmp_path: Path, hub_address: str) -
 def test_the_deployments_publish_policy_lets_the_mcp_server_log_agents_calls() -> None:
     """A hub started from a deployment with edges and workers refuses events of unknown senders: the MCP
     server's ``mcp_call`` audit events (under its configured or default name) must still be logged."""
-    from pipeline.messages import McpCall, WakeDetected
     from sensorium.deployment import deployment_from_dict, publish_policy
+    from sensorium.pipeline.messages import McpCall, WakeDetected
 
     base = {
         "rooms": {"kitchen": {}},

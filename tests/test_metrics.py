@@ -9,7 +9,7 @@ from collections import deque
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.metrics import SAMPLES_KEPT, Metrics, SampleRing, percentile, percentiles, summary
+from sensorium.pipeline.metrics import SAMPLES_KEPT, Metrics, SampleRing, percentile, percentiles, summary
 
 
 def test_a_stage_observing_for_hours_holds_no_more_memory_than_at_start() -> None:

@@ -24,11 +24,11 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto, make_tls, retained
 
-from bridges.mqtt.bridge import Bridge, BridgeError
-from pipeline.bus import Publisher, Subscriber
-from pipeline.config import HubConfig, MqttConfig
-from pipeline.hub import Hub
-from pipeline.messages import Presence, Say, SpeakerIdentified, StopPlayback, Transcript, WakeDetected
+from sensorium.bridges.mqtt.bridge import Bridge, BridgeError
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.config import HubConfig, MqttConfig
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import Presence, Say, SpeakerIdentified, StopPlayback, Transcript, WakeDetected
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

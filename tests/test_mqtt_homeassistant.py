@@ -21,8 +21,8 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import mqtt as bench  # noqa: E402
-from evaluation.session import PeopleLabel, SpeechLabel  # noqa: E402
-from pipeline.messages import PlaybackStatus, SpeakerIdentified  # noqa: E402
+from sensorium.evaluation.session import PeopleLabel, SpeechLabel  # noqa: E402
+from sensorium.pipeline.messages import PlaybackStatus, SpeakerIdentified  # noqa: E402
 
 pytestmark = pytest.mark.slow
 HOMEASSISTANT_CONFIG = bench.HA_CONFIG  # greets whoever enters the kitchen through the bridge's say command

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridges.mqtt import state
-from bridges.mqtt.bridge import credentials_refused
-from bridges.mqtt.commands import CommandError, parse_say
-from bridges.mqtt.discovery import person_configs, room_configs
-from bridges.mqtt.state import House
-from bridges.mqtt.topics import Topics, slug
-from pipeline.config import ConfigError, from_dict
-from pipeline.messages import Presence, SpeakerIdentified, Transcript
+from sensorium.bridges.mqtt import state
+from sensorium.bridges.mqtt.bridge import credentials_refused
+from sensorium.bridges.mqtt.commands import CommandError, parse_say
+from sensorium.bridges.mqtt.discovery import person_configs, room_configs
+from sensorium.bridges.mqtt.state import House
+from sensorium.bridges.mqtt.topics import Topics, slug
+from sensorium.pipeline.config import ConfigError, from_dict
+from sensorium.pipeline.messages import Presence, SpeakerIdentified, Transcript
 
 ROOMS = ["kitchen", "living_room"]
 TOPICS = Topics("sensorium", "home", "homeassistant")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, from_dict
-from pipeline.messages import (
+from sensorium.pipeline.config import ConfigError, from_dict
+from sensorium.pipeline.messages import (
     AudioChunk,
     Detections,
     Message,
@@ -19,9 +19,9 @@ from pipeline.messages import (
     Transcript,
     VideoFrame,
 )
-from pipeline.messages import WakeDetected as Wake
-from pipeline.placement import StageSpec, StreamGate, WorkerState, assign, specs, stream_of, to_message
-from pipeline.stage import Stage
+from sensorium.pipeline.messages import WakeDetected as Wake
+from sensorium.pipeline.placement import StageSpec, StreamGate, WorkerState, assign, specs, stream_of, to_message
+from sensorium.pipeline.stage import Stage
 
 CAMS = ("cam1", "cam2", "cam3", "cam4")
 DETECT = {"detect": StageSpec("camera", CAMS, (("a", 0), ("b", 0)))}
@@ -179,7 +179,7 @@ def test_gate_replays_what_came_after_the_last_final_of_the_old_worker() -> None
 
 
 def test_table_message_round_trips_through_the_codec() -> None:
-    from pipeline.codec import decode, encode
+    from sensorium.pipeline.codec import decode, encode
 
     msg = to_message({("detect", "cam1"): "a", ("detect", "cam2"): "b"}, 7, ["a", "b"], ["c"], ["stt/kitchen"])
     back = decode(encode(msg))
@@ -251,12 +251,12 @@ def test_example_deployments_still_load_and_replicate_nothing() -> None:
 async def test_hub_moves_streams_on_last_degrade_step_hands_back_and_takes_over(hub_address: str, tmp_path) -> None:
     import asyncio
 
-    from pipeline.client import Client
-    from pipeline.codec import from_json
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
-    from pipeline.messages import Placement
-    from pipeline.node import NodeLink
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.codec import from_json
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.messages import Placement
+    from sensorium.pipeline.node import NodeLink
 
     cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.5, handback_after=0.6)
     hub = Hub(cfg, state_dir=tmp_path / "state", placement=dict(STT))
@@ -328,11 +328,11 @@ def test_top_and_placement_show_where_each_stream_runs() -> None:
 async def test_a_restarted_hub_keeps_the_drain_and_places_every_stream_again(hub_address: str, tmp_path) -> None:
     import asyncio
 
-    from pipeline.bus import Endpoints
-    from pipeline.client import Client
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
-    from pipeline.node import NodeLink
+    from sensorium.pipeline.bus import Endpoints
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.node import NodeLink
 
     cfg = HubConfig(address=hub_address, heartbeat=0.1, down_after=1.0, takeover_after=0.5, handback_after=0.6)
     links = [
@@ -374,7 +374,7 @@ async def test_a_restarted_hub_keeps_the_drain_and_places_every_stream_again(hub
 
 
 async def _table_from_bus(hub: object) -> PlacementTable:
-    from pipeline.bus import Subscriber
+    from sensorium.pipeline.bus import Subscriber
 
     sub = Subscriber(hub.endpoints, ["placement_table/"])  # type: ignore[attr-defined]
     try:
@@ -411,9 +411,9 @@ async def test_workers_feed_a_stage_only_its_streams_and_a_last_degrade_step_mov
 
     import numpy as np
 
-    from pipeline.bus import Publisher, Subscriber
-    from pipeline.hub import Hub
-    from pipeline.worker import Worker
+    from sensorium.pipeline.bus import Publisher, Subscriber
+    from sensorium.pipeline.hub import Hub
+    from sensorium.pipeline.worker import Worker
 
     raw = {
         "hub": {"address": hub_address, "heartbeat": "100ms", "takeover_after": "500ms", "handback_after": "500ms"},

@@ -240,7 +240,7 @@ def test_power_cut_and_restart_in_random_order(deployment: Deployment) -> None:
     assert {e["node"] for e in new if e["type"] == "node_status" and e["state"] == "up"} >= {"cpu0", "kitchen-pi"}
 
     # ---- 5. the gallery survived the kill in the middle of an enrolment
-    from models.gallery import Gallery
+    from sensorium.models.gallery import Gallery
 
     with Gallery(dep.folder / "data" / "gallery.sqlite") as g:
         g.check()

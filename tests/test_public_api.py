@@ -10,12 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_agent_authors_import_the_client_and_the_messages_from_sensorium() -> None:
-    import pipeline.client
-    import pipeline.messages
+    import sensorium.pipeline.client
+    import sensorium.pipeline.messages
     from sensorium import Client, collect, messages
 
-    assert Client is pipeline.client.Client and collect is pipeline.client.collect
-    assert messages is pipeline.messages and messages.Transcript.__name__ == "Transcript"
+    assert Client is sensorium.pipeline.client.Client and collect is sensorium.pipeline.client.collect
+    assert messages is sensorium.pipeline.messages and messages.Transcript.__name__ == "Transcript"
 
 
 def test_an_unknown_name_is_a_clear_attribute_error() -> None:

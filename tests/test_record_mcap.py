@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import codec
-from pipeline.messages import AudioChunk, BudgetViolation, Say, Transcript, VideoFrame, WakeDetected, Word
-from pipeline.recorder import RAW_ENCODING, Recorder, RecordingError, read, read_all, record
+from sensorium.pipeline import codec
+from sensorium.pipeline.messages import AudioChunk, BudgetViolation, Say, Transcript, VideoFrame, WakeDetected, Word
+from sensorium.pipeline.recorder import RAW_ENCODING, Recorder, RecordingError, read, read_all, record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_rotation_by_size_splits_into_complete_files(tmp_path: Path) -> None:
     assert not res.damage
     assert [r.msg.seq for r in items] == list(range(400))
     # replay finds the later parts by itself when given the first
-    from evaluation.replay import load
+    from sensorium.evaluation.replay import load
 
     assert load(path).paths == rec.paths and len(load(path).items) == 400
 
@@ -211,9 +211,9 @@ async def test_record_command_records_a_running_hub(tmp_path: Path) -> None:
     """`sensorium record` against a real hub: what publishers send ends up in the file, events as JSON."""
     import sys
 
-    from pipeline.bus import Publisher
-    from pipeline.config import HubConfig
-    from pipeline.hub import Hub
+    from sensorium.pipeline.bus import Publisher
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub
 
     address = f"ipc://{tmp_path}/hub"
     out = tmp_path / "cli.mcap"

@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation import media
-from evaluation.replay import ReplayError, ReplayOptions, default_deployment, load, replay, replay_embedded, replay_hub
-from evaluation.report import make_report, signatures
-from evaluation.session import build, parse_spec
-from pipeline.recorder import Recorder, RecordingError, recording
+from sensorium.evaluation import media
+from sensorium.evaluation.replay import (
+    ReplayError,
+    ReplayOptions,
+    default_deployment,
+    load,
+    replay,
+    replay_embedded,
+    replay_hub,
+)
+from sensorium.evaluation.report import make_report, signatures
+from sensorium.evaluation.session import build, parse_spec
+from sensorium.pipeline.recorder import Recorder, RecordingError, recording
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "sample"
@@ -173,9 +181,9 @@ def test_truncated_session_replays_up_to_the_damage(tmp_path: Path) -> None:
 def _enroll_voices(data_dir: Path) -> None:
     import numpy as np
 
-    from evaluation.session import SAMPLE_ENROLL_TEXT, SAMPLE_VOICES
-    from models.gallery import Gallery
-    from models.speaker import load_encoder
+    from sensorium.evaluation.session import SAMPLE_ENROLL_TEXT, SAMPLE_VOICES
+    from sensorium.models.gallery import Gallery
+    from sensorium.models.speaker import load_encoder
 
     enc = load_encoder("resemblyzer", "cpu")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -245,8 +253,8 @@ def _padded(pcm: np.ndarray, lead: float, tail: float) -> np.ndarray:
 @pytest.mark.slow
 async def test_live_recording_replays_to_the_same_events(tmp_path: Path) -> None:
     """Edge agents play WAVs live while the recorder records the bus; replaying the recording gives the same events."""
-    from edge.agent import EdgeAgent
     from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
 
     kitchen = media.write_wav(
@@ -326,8 +334,8 @@ async def test_labelled_session_every_stage_latency_and_accuracy(tmp_path: Path)
 @pytest.mark.slow
 async def test_recorded_commands_are_replayed_to_tts(tmp_path: Path) -> None:
     """Recorded Say commands are published again (talk-back is part of the replay); --no-commands leaves them out."""
-    from pipeline.messages import AudioChunk, Say, TtsAudio
     from sensorium.embedded import embedded
+    from sensorium.pipeline.messages import AudioChunk, Say, TtsAudio
 
     path = tmp_path / "say.mcap"
     with Recorder(path) as rec:

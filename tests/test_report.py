@@ -13,10 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation.replay import TimeMap
-from evaluation.report import RunResult, StageRun, compare, format_table, make_report, normalize_text, plot, wer
-from evaluation.session import PeopleLabel, SpeechLabel
-from pipeline.messages import (
+from sensorium.evaluation.replay import TimeMap
+from sensorium.evaluation.report import (
+    RunResult,
+    StageRun,
+    compare,
+    format_table,
+    make_report,
+    normalize_text,
+    plot,
+    wer,
+)
+from sensorium.evaluation.session import PeopleLabel, SpeechLabel
+from sensorium.pipeline.messages import (
     BudgetViolation,
     Detections,
     Presence,
@@ -254,7 +263,7 @@ def _timemap(start: float = 100.0, lag: float = 0.0) -> TimeMap:
 
 
 def test_every_answer_type_says_which_capture_time_it_answers() -> None:
-    from evaluation.report import ANSWERED_FROM, event_stages
+    from sensorium.evaluation.report import ANSWERED_FROM, event_stages
 
     assert set(event_stages()) | {"transcript.partial"} <= set(ANSWERED_FROM)
 
@@ -294,7 +303,7 @@ def test_frames_and_presence_answer_their_input() -> None:
 
 
 def test_timer_decisions_and_live_commands_count_from_their_own_time() -> None:
-    from pipeline.messages import TtsAudio
+    from sensorium.pipeline.messages import TtsAudio
 
     tm = _timemap()
     left = Presence(time=105.0, room="kitchen", person="joe", state="left")  # 5 s after the last input

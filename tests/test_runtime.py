@@ -10,11 +10,11 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from pipeline.clock import Clock
-from pipeline.messages import AudioChunk, BudgetViolation, InputError, Message, VideoFrame
-from pipeline.metrics import Metrics
-from pipeline.runtime import LadderPolicy, StageRunner
-from pipeline.stage import Stage, StageContext
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.messages import AudioChunk, BudgetViolation, InputError, Message, VideoFrame
+from sensorium.pipeline.metrics import Metrics
+from sensorium.pipeline.runtime import LadderPolicy, StageRunner
+from sensorium.pipeline.stage import Stage, StageContext
 
 JPEG = cv2.imencode(".jpg", np.full((240, 320, 3), 127, np.uint8))[1].tobytes()
 

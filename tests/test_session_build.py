@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation import media
-from evaluation.replay import load
-from evaluation.session import PeopleLabel, SessionError, SpeechLabel, build, build_sample, load_spec
-from pipeline.messages import AudioChunk, VideoFrame
-from pipeline.recorder import read_all
+from sensorium.evaluation import media
+from sensorium.evaluation.replay import load
+from sensorium.evaluation.session import PeopleLabel, SessionError, SpeechLabel, build, build_sample, load_spec
+from sensorium.pipeline.messages import AudioChunk, VideoFrame
+from sensorium.pipeline.recorder import read_all
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "sample"

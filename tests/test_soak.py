@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from benchmarks.soak import grows, growth, per_loop, soak_signature, stream_problems, trend
-from pipeline.codec import to_json
-from pipeline.messages import Detections, Presence, SpeakerIdentified, Transcript, WakeDetected
+from sensorium.pipeline.codec import to_json
+from sensorium.pipeline.messages import Detections, Presence, SpeakerIdentified, Transcript, WakeDetected
 
 ROOT = Path(__file__).resolve().parent.parent
 

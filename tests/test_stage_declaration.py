@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.report import event_stages
-from pipeline import messages as m
-from pipeline.client import prefixes_for
-from pipeline.config import ConfigError, durations
-from pipeline.messages import AudioChunk, Message, WakeDetected
-from pipeline.stage import Stage, StageOptions
 from sensorium.deployment import deployment_from_dict
+from sensorium.evaluation.report import event_stages
+from sensorium.pipeline import messages as m
+from sensorium.pipeline.client import prefixes_for
+from sensorium.pipeline.config import ConfigError, durations
+from sensorium.pipeline.messages import AudioChunk, Message, WakeDetected
+from sensorium.pipeline.stage import Stage, StageOptions
 from sensorium.registry import STAGES, available, stage_class
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodes.stt.endpoint import GO_ON, MIN_SPEECH_S, SPEC_PAUSE_S, Durations, Heard, Step, early_end, endpoint
-from nodes.stt.speaker_wait import FORGET_S, SpeakerWait
-from nodes.stt.text import command_words, complete_command, stabilize
+from sensorium.nodes.stt.endpoint import GO_ON, MIN_SPEECH_S, SPEC_PAUSE_S, Durations, Heard, Step, early_end, endpoint
+from sensorium.nodes.stt.speaker_wait import FORGET_S, SpeakerWait
+from sensorium.nodes.stt.text import command_words, complete_command, stabilize
 
 
 @dataclass
@@ -97,7 +97,7 @@ D = Durations(
 
 
 def test_the_durations_are_read_from_the_stage_options_once_and_a_bad_one_is_named() -> None:
-    from nodes.stt import SttStage
+    from sensorium.nodes.stt import SttStage
 
     d = Durations.of(SttStage.Options(trailing_silence="500ms", max_length="8s"))
     assert d.trailing_silence == 0.5 and d.max_length == 8.0 and d.preroll == 2.0

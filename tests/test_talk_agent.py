@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bus import Publisher, Subscriber
-from pipeline.client import Client
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
 from sensorium.apps.agent import AgentLoop, BuiltinAgent, time_in_words, who_is_where
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, PlaybackStatus, Presence, Say, Transcript, WakeArbitrated
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -337,11 +337,11 @@ async def test_spoken_question_is_answered_aloud_in_its_room(tmp_path) -> None:
     """Edge mic (a WAV) → wake → arbiter → stt → built-in agent → tts → edge player WAV → whisper hears it."""
     import media
 
-    from edge.agent import EdgeAgent
-    from models.stt import Transcriber
     from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
+    from sensorium.models.stt import Transcriber
 
     question = media.concat(1.0, media.speech("hey jarvis", "flite:rms"), 0.3, media.speech("who is home", "flite:rms"))
     wav = media.write_wav(tmp_path / "kitchen.wav", media.concat(question, 4.0))
@@ -427,9 +427,9 @@ async def test_a_reply_that_asks_back_hears_the_next_command_without_a_wake_word
     reply's own sound is never transcribed."""
     import media
 
-    from edge.agent import EdgeAgent
     from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
 
     reply = "Hello! How can I help?"

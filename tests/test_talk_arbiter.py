@@ -9,15 +9,15 @@ import media
 import numpy as np
 import pytest
 
-from edge.playback import Player
-from models.tts import PiperTts
-from nodes.arbiter import ArbiterStage, rank, says_wake_word, wake_phrase_words
-from nodes.tts import TtsStage
-from pipeline.clock import Clock
-from pipeline.config import PlaybackConfig
-from pipeline.harness import StageHarness
-from pipeline.media import resample
-from pipeline.messages import (
+from sensorium.edge.playback import Player
+from sensorium.models.tts import PiperTts
+from sensorium.nodes.arbiter import ArbiterStage, rank, says_wake_word, wake_phrase_words
+from sensorium.nodes.tts import TtsStage
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import PlaybackConfig
+from sensorium.pipeline.harness import StageHarness
+from sensorium.pipeline.media import resample
+from sensorium.pipeline.messages import (
     Message,
     PlaybackStatus,
     Say,
@@ -26,7 +26,7 @@ from pipeline.messages import (
     WakeArbitrated,
     WakeDetected,
 )
-from pipeline.stage import StageContext
+from sensorium.pipeline.stage import StageContext
 
 ROOMS = ("kitchen", "office")
 
@@ -174,7 +174,7 @@ async def test_the_rooms_own_speech_does_not_wake_it() -> None:
 @pytest.fixture
 async def wake_stage():
     """The real openWakeWord stage (one per test: async fixtures are function-scoped here)."""
-    from nodes.wake import WakeStage
+    from sensorium.nodes.wake import WakeStage
 
     out: list[Message] = []
 
@@ -312,11 +312,11 @@ async def test_tts_saying_the_wake_word_does_not_wake_its_own_room(wake_stage, t
 @pytest.mark.slow
 async def test_barge_in_through_the_runtime_cuts_the_answer_and_tells_the_agent(tmp_path) -> None:
     """A long answer is playing when the person says "hey jarvis" again: it stops, the agent learns the cut."""
-    from edge.agent import EdgeAgent
-    from pipeline.bus import Subscriber
     from sensorium.apps.agent import Turn, run_builtin_agent
     from sensorium.deployment import deployment_from_dict
+    from sensorium.edge.agent import EdgeAgent
     from sensorium.embedded import embedded
+    from sensorium.pipeline.bus import Subscriber
 
     voice = "flite:rms"
     mic = media.concat(

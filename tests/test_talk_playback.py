@@ -16,11 +16,11 @@ import pulse
 import pytest
 from media import read_wav
 
-from edge.playback import Player
-from pipeline.clock import Clock
-from pipeline.config import PlaybackConfig
-from pipeline.media import resample
-from pipeline.messages import Message, PlaybackStatus, TtsAudio
+from sensorium.edge.playback import Player
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import PlaybackConfig
+from sensorium.pipeline.media import resample
+from sensorium.pipeline.messages import Message, PlaybackStatus, TtsAudio
 
 
 def tone(seconds: float, rate: int = 16000, hz: float = 300.0) -> bytes:
@@ -198,7 +198,7 @@ def _recording(sink: str, path: Path) -> Iterator[list[np.ndarray]]:
 async def test_sounddevice_plays_to_the_speaker_and_barge_in_silences_it(null_sink, tmp_path, monkeypatch) -> None:
     """One player for the whole test, as on an edge node (PortAudio's ALSA "pulse" device stalls a second
     output stream opened in the same process after the first was closed)."""
-    from models.tts import FliteTts
+    from sensorium.models.tts import FliteTts
 
     monkeypatch.setenv("PULSE_SINK", null_sink)
     # A fresh application name: PulseAudio's stream-restore must not send us to a sink remembered from before.

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from models.tts import (
+from sensorium.models.tts import (
     EspeakTts,
     FliteTts,
     PiperTts,
@@ -16,10 +16,10 @@ from models.tts import (
     load_backend,
     split_sentences,
 )
-from nodes.tts import TtsStage
-from pipeline.media import resample
-from pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
-from pipeline.stage import StageContext
+from sensorium.nodes.tts import TtsStage
+from sensorium.pipeline.media import resample
+from sensorium.pipeline.messages import InputError, Message, Presence, Say, StopPlayback, TtsAudio
+from sensorium.pipeline.stage import StageContext
 
 ANSWER = "The kitchen light is on. The front door is locked and the garden is empty."
 
@@ -178,7 +178,7 @@ async def test_room_rate_and_degrade_to_fallback() -> None:
 
 @pytest.fixture(scope="module")
 def transcriber():
-    from models.stt import Transcriber
+    from sensorium.models.stt import Transcriber
 
     return Transcriber("tiny.en", device="cpu")
 

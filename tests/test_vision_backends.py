@@ -13,9 +13,9 @@ from pathlib import Path
 import images
 import pytest
 
-from models import backends
-from models.detector import PersonDetector, default_cache_dir
-from models.yolo import match_boxes
+from sensorium.models import backends
+from sensorium.models.detector import PersonDetector, default_cache_dir
+from sensorium.models.yolo import match_boxes
 
 
 def test_auto_prefers_compiled_backends_on_the_cpu_and_gpu_providers_on_a_gpu() -> None:
@@ -76,9 +76,9 @@ def test_int8_is_used_only_when_it_finds_the_same_people(tmp_path: Path) -> None
 
 @pytest.mark.slow
 async def test_failed_export_falls_back_to_pytorch_with_a_node_status(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from nodes.detect import DetectOptions, DetectStage
-    from pipeline.messages import Detections, Message, NodeStatus, VideoFrame
-    from pipeline.stage import StageContext
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.pipeline.messages import Detections, Message, NodeStatus, VideoFrame
+    from sensorium.pipeline.stage import StageContext
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # the exporter's ``import onnx`` now fails, as if not installed
     out: list[Message] = []

@@ -12,10 +12,10 @@ import images
 import numpy as np
 import pytest
 
-from models.detector import default_cache_dir
-from nodes.detect import DetectOptions, DetectStage, check_frame, jpeg_size
-from pipeline.messages import Detections, InputError, Message, VideoFrame
-from pipeline.stage import StageContext
+from sensorium.models.detector import default_cache_dir
+from sensorium.nodes.detect import DetectOptions, DetectStage, check_frame, jpeg_size
+from sensorium.pipeline.messages import Detections, InputError, Message, VideoFrame
+from sensorium.pipeline.stage import StageContext
 
 pytestmark = pytest.mark.slow
 CACHE = default_cache_dir()
@@ -23,7 +23,7 @@ CACHE = default_cache_dir()
 
 @pytest.fixture(scope="module")
 def detector():  # type: ignore[no-untyped-def]
-    from models.detector import PersonDetector
+    from sensorium.models.detector import PersonDetector
 
     return PersonDetector()
 
@@ -193,7 +193,7 @@ async def test_degrade_without_motion_turns_motion_regions_on() -> None:
 
 
 def test_weights_by_name_or_path() -> None:
-    from models.detector import bundled_weights, resolve_weights
+    from sensorium.models.detector import bundled_weights, resolve_weights
 
     assert resolve_weights("bundled") == str(bundled_weights()) and bundled_weights().exists()
     assert resolve_weights("yolo11n.pt") == "yolo11n.pt"  # production name: ultralytics resolves it
@@ -202,14 +202,14 @@ def test_weights_by_name_or_path() -> None:
 
 
 def test_class_map_without_person_is_a_clear_error() -> None:
-    from models.detector import PersonDetector
+    from sensorium.models.detector import PersonDetector
 
     with pytest.raises(ValueError, match=r"no class .* maps to 'person'"):
         PersonDetector(class_map={"dog": "person"})
 
 
 def test_vision_options_validate_in_the_deployment_file() -> None:
-    from pipeline.config import ConfigError, from_dict
+    from sensorium.pipeline.config import ConfigError, from_dict
     from sensorium.registry import available
 
     opts = {n: c.Options for n, c in available().items()}

@@ -15,16 +15,16 @@ import images
 import numpy as np
 import pytest
 
-from nodes.face import FaceOptions, FaceStage, _centrality
-from pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
-from pipeline.stage import StageContext
+from sensorium.nodes.face import FaceOptions, FaceStage, _centrality
+from sensorium.pipeline.messages import Box, Detections, FaceRecognized, Message, VideoFrame
+from sensorium.pipeline.stage import StageContext
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def detector():  # type: ignore[no-untyped-def]
-    from models.detector import PersonDetector
+    from sensorium.models.detector import PersonDetector
 
     # Every box the model proposes, parts and doubles included (contain=0): these tests are about the faces in
     # the boxes — t1.jpg's six faces need the boxes the person count merges (counting: test_vision_regions).
@@ -33,7 +33,7 @@ def detector():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def faces():  # type: ignore[no-untyped-def]
-    from models.faces import FacePipeline
+    from sensorium.models.faces import FacePipeline
 
     p = FacePipeline(recognizer="facenet")
     yield p
@@ -108,7 +108,7 @@ def test_enrol_image_without_face_is_a_clear_error(faces, tmp_path: Path) -> Non
 
 
 async def test_enrolled_person_recognized_in_other_images_strangers_unknown(detector, faces, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from models.gallery import Gallery
+    from sensorium.models.gallery import Gallery
 
     # Enrol one person of the t1 group photo (from a crop of that photo) and the astronaut.
     t1 = images.load(images.T1)
@@ -260,7 +260,7 @@ def _toy_arcface(folder: Path) -> Path:
 
 
 def test_arcface_directory_loads_through_insightface(tmp_path: Path) -> None:
-    from models.faces import FacePipeline
+    from sensorium.models.faces import FacePipeline
 
     pipe = FacePipeline(recognizer=str(_toy_arcface(tmp_path / "buffalo_l")))
     try:
@@ -275,7 +275,7 @@ def test_arcface_directory_loads_through_insightface(tmp_path: Path) -> None:
 
 
 async def test_corrupt_frame_is_rejected_and_the_stage_keeps_serving(detector, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.messages import InputError
+    from sensorium.pipeline.messages import InputError
 
     stage, out = await make_stage(tmp_path)
     good = images.jpeg(images.load(images.ZIDANE))

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.motion import (
+from sensorium.models.motion import (
     MotionDetector,
     area,
     intersection,

@@ -12,10 +12,10 @@ from pathlib import Path
 import images
 import pytest
 
-from nodes.presence import PresenceOptions, PresenceStage
-from pipeline.clock import Clock
-from pipeline.harness import StageHarness
-from pipeline.messages import (
+from sensorium.nodes.presence import PresenceOptions, PresenceStage
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.harness import StageHarness
+from sensorium.pipeline.messages import (
     Box,
     Detections,
     FaceRecognized,
@@ -26,7 +26,7 @@ from pipeline.messages import (
     SpeakerIdentified,
     Transcript,
 )
-from pipeline.stage import StageContext
+from sensorium.pipeline.stage import StageContext
 
 
 async def make_stage(**opts: object) -> tuple[PresenceStage, list[Message], Clock]:
@@ -159,11 +159,11 @@ async def test_bad_input_rejected_and_stage_keeps_serving() -> None:
 @pytest.mark.slow
 async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) -> None:
     """Frames where the enrolled astronaut appears and then leaves, through detect → face → presence."""
-    from models.faces import FacePipeline
-    from models.gallery import Gallery
-    from nodes.detect import DetectOptions, DetectStage
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.messages import VideoFrame
+    from sensorium.models.faces import FacePipeline
+    from sensorium.models.gallery import Gallery
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.messages import VideoFrame
 
     pipe = FacePipeline(recognizer="facenet")
     emb, model_id = pipe.embed_image_file(images.ASTRONAUT or "")
@@ -186,7 +186,7 @@ async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) ->
         return StageContext(name=name, worker="w", options=options, clock=clock, data_dir=tmp_path, emit=route)
 
     left_after = 5.0  # longer than one frame's trip through the chain on a busy 2-core box
-    from models.detector import default_cache_dir
+    from sensorium.models.detector import default_cache_dir
 
     detect = DetectStage(ctx("detect", DetectOptions(cache_dir=str(default_cache_dir()))))  # exports shared across runs
     face = FaceStage(ctx("face", FaceOptions(recognizer="facenet")))
@@ -222,11 +222,11 @@ async def test_real_frames_enrolled_person_enters_then_leaves(tmp_path: Path) ->
 async def test_real_frames_person_who_comes_back_under_the_same_track_enters_again(tmp_path: Path) -> None:
     """She visits, walks out until presence says she left, and comes back to the same spot: the tracker
     gives her back her old track id, and she must be seen entering again (not counted as a stranger)."""
-    from models.faces import FacePipeline
-    from models.gallery import Gallery
-    from nodes.detect import DetectOptions, DetectStage
-    from nodes.face import FaceOptions, FaceStage
-    from pipeline.messages import VideoFrame
+    from sensorium.models.faces import FacePipeline
+    from sensorium.models.gallery import Gallery
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.nodes.face import FaceOptions, FaceStage
+    from sensorium.pipeline.messages import VideoFrame
 
     pipe = FacePipeline(recognizer="facenet")
     emb, model_id = pipe.embed_image_file(images.ASTRONAUT or "")

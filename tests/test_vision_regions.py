@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from benchmarks import vision_media as clip
-from models.detector import PersonDetector, default_cache_dir
-from models.regions import FrameIn, FrameOut, RegionDetector, Settings
-from models.yolo import match_boxes
+from sensorium.models.detector import PersonDetector, default_cache_dir
+from sensorium.models.regions import FrameIn, FrameOut, RegionDetector, Settings
+from sensorium.models.yolo import match_boxes
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +129,9 @@ def test_a_camera_clock_going_back_starts_the_camera_over(detector: PersonDetect
 
 
 async def test_detect_stage_counts_its_work_and_keeps_ids(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from nodes.detect import DetectOptions, DetectStage
-    from pipeline.messages import Detections, Message, VideoFrame
-    from pipeline.stage import StageContext
+    from sensorium.nodes.detect import DetectOptions, DetectStage
+    from sensorium.pipeline.messages import Detections, Message, VideoFrame
+    from sensorium.pipeline.stage import StageContext
 
     out: list[Message] = []
 

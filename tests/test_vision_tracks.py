@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from models.detector import RemovedTrack, forget_removed_tracks
+from sensorium.models.detector import RemovedTrack, forget_removed_tracks
 
 
 def _tracker():
@@ -80,7 +80,7 @@ def test_a_camera_tracker_does_not_grow_with_visitors() -> None:
 
 
 def test_a_box_inside_a_better_one_goes_people_side_by_side_stay() -> None:
-    from models.yolo import postprocess, suppress_contained
+    from sensorium.models.yolo import postprocess, suppress_contained
 
     body = (100, 50, 200, 350)
     part = (110, 60, 190, 200)  # head and shoulders of the same person: IoU 0.37, 100 % inside

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from voice_chain import Chain
 
-from models.gallery import UNKNOWN, Gallery
-from models.speaker import EcapaEncoder, ResemblyzerEncoder, load_encoder
-from nodes.speaker import SpeakerStage, default_threshold
-from nodes.stt import SttStage
-from nodes.wake import WakeStage
-from pipeline.messages import InputError, SpeakerIdentified, Transcript, Utterance
-from pipeline.stage import StageContext
 from sensorium.cli import main as cli
+from sensorium.models.gallery import UNKNOWN, Gallery
+from sensorium.models.speaker import EcapaEncoder, ResemblyzerEncoder, load_encoder
+from sensorium.nodes.speaker import SpeakerStage, default_threshold
+from sensorium.nodes.stt import SttStage
+from sensorium.nodes.wake import WakeStage
+from sensorium.pipeline.messages import InputError, SpeakerIdentified, Transcript, Utterance
+from sensorium.pipeline.stage import StageContext
 
 ENROLL = "the quick brown fox jumps over the lazy dog"
 TESTS = [
@@ -273,7 +273,7 @@ def test_enroll_cli_errors_and_face(tmp_path: Path, capsys) -> None:
         face_image = (
             Path(importlib.util.find_spec("insightface").origin).parent / "data" / "images" / "Tom_Hanks_54745.png"
         )
-        has_faces = importlib.util.find_spec("models.faces") is not None and face_image.exists()
+        has_faces = importlib.util.find_spec("sensorium.models.faces") is not None and face_image.exists()
     except (AttributeError, TypeError):
         has_faces = False
     if has_faces:
@@ -293,8 +293,8 @@ async def test_own_tts_voice_never_names_a_person(gallery_path) -> None:
     """sensorium answers in Piper's joe voice; the gallery's joe was enrolled with that very voice. Without an
     own-voice print, an answer the microphone hears back is "joe"; with ``own_voices`` it is nobody, and a
     person in another voice is still named."""
-    from models.tts import load_backend
-    from pipeline.media import resample
+    from sensorium.models.tts import load_backend
+    from sensorium.pipeline.media import resample
 
     tts = load_backend("piper")
     tts.load()

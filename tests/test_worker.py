@@ -8,12 +8,12 @@ from typing import ClassVar
 import msgspec
 import pytest
 
-from pipeline.bus import Publisher, Subscriber
-from pipeline.config import from_dict
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, Message, NodeStatus, StageStats, WakeDetected
-from pipeline.stage import Stage
-from pipeline.worker import DeviceUnavailable, Worker, device_problem
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.config import from_dict
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, Message, NodeStatus, StageStats, WakeDetected
+from sensorium.pipeline.stage import Stage
+from sensorium.pipeline.worker import DeviceUnavailable, Worker, device_problem
 
 
 class Loudness(Stage):

@@ -18,10 +18,10 @@ import media
 import numpy as np
 import pytest
 
-from pipeline.bus import Publisher
-from pipeline.client import Client, collect
-from pipeline.hub import Hub
-from pipeline.messages import AudioChunk, Event, NodeStatus, WakeDetected
+from sensorium.pipeline.bus import Publisher
+from sensorium.pipeline.client import Client, collect
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import AudioChunk, Event, NodeStatus, WakeDetected
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ async def test_worker_killed_and_restarted_subscriber_misses_nothing(hub: Hub, h
 
 
 def _log_events(hub: Hub, since: int) -> list[Event]:
-    from pipeline.codec import from_json
+    from sensorium.pipeline.codec import from_json
 
     prefixes = ("wake/", "node_status/")
     return [from_json(e.json) for e in hub.log.since(since, prefixes)]  # type: ignore[misc]

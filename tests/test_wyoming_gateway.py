@@ -27,15 +27,15 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from wyoming.wake import Detect
 from wyoming_help import Conn, deployment, ports, running
 
-from bridges.wyoming.audio import AudioFormatError, AudioIn
-from bridges.wyoming.offer import Offer, phrase_of
-from pipeline.bus import Publisher, Subscriber
-from pipeline.config import ConfigError
-from pipeline.hub import Hub
-from pipeline.messages import (
+from sensorium.bridges.wyoming.audio import AudioFormatError, AudioIn
+from sensorium.bridges.wyoming.offer import Offer, phrase_of
+from sensorium.pipeline.bus import Publisher, Subscriber
+from sensorium.pipeline.config import ConfigError
+from sensorium.pipeline.hub import Hub
+from sensorium.pipeline.messages import (
     AudioChunk as BusChunk,
 )
-from pipeline.messages import (
+from sensorium.pipeline.messages import (
     Listen,
     Message,
     PlaybackStatus,
@@ -45,7 +45,7 @@ from pipeline.messages import (
     TtsAudio,
     WakeArbitrated,
 )
-from pipeline.messages import (
+from sensorium.pipeline.messages import (
     Transcript as BusTranscript,
 )
 
@@ -125,8 +125,8 @@ def test_wyoming_table_errors_name_file_table_and_key(tmp_path) -> None:
 
 
 def test_stream_pool_hands_out_only_the_names_the_stages_accept() -> None:
-    from bridges.wyoming.gateway import PoolFull, StreamPool
-    from pipeline.clock import Clock
+    from sensorium.bridges.wyoming.gateway import PoolFull, StreamPool
+    from sensorium.pipeline.clock import Clock
 
     pool = StreamPool("sensorium", Clock(), limit=2)
     (a, t_a), (b, _) = pool.acquire("stt"), pool.acquire("stt")

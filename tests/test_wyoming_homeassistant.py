@@ -28,10 +28,10 @@ from wyoming.asr import Transcribe
 from wyoming.audio import AudioStart, AudioStop
 from wyoming_help import deployment, ports, running
 
-from evaluation.homeassistant import add_wyoming, entities_of, prefer_sensorium_pipeline
-from pipeline.media import resample
 from sensorium.cli import main as cli
 from sensorium.embedded import embedded
+from sensorium.evaluation.homeassistant import add_wyoming, entities_of, prefer_sensorium_pipeline
+from sensorium.pipeline.media import resample
 
 pytestmark = pytest.mark.slow
 RATE = 16000
@@ -66,8 +66,8 @@ async def read_back(stt_port: int, wav_bytes: bytes) -> str:
 
 async def test_home_assistant_uses_sensorium_for_voice(home_assistant: Any, tmp_path: Path) -> None:
     ha = home_assistant
-    from edge.agent import EdgeAgent
     from sensorium.apps.agent import Turn, run_builtin_agent
+    from sensorium.edge.agent import EdgeAgent
 
     p = ports()
     utterance = media.concat(1.0, media.speech("hey jarvis", "piper:joe"), 0.3, media.speech("what time is it"), 4.0)

@@ -12,10 +12,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges.rooms import RoomVoice
-from bridges.wyoming.gateway import MATCH_BYTES
-from bridges.wyoming.relayed import RelayedClaims
-from pipeline.messages import AudioChunk, Listen
+from sensorium.bridges.rooms import RoomVoice
+from sensorium.bridges.wyoming.gateway import MATCH_BYTES
+from sensorium.bridges.wyoming.relayed import RelayedClaims
+from sensorium.pipeline.messages import AudioChunk, Listen
 
 RATE = 16000
 CHUNK = 1280  # 80 ms, as an edge sends

@@ -24,10 +24,10 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from wyoming.wake import Detect
 from wyoming_help import Conn, deployment, ports, running
 
-from pipeline.bus import Subscriber
-from pipeline.messages import Say
-from pipeline.messages import Transcript as BusTranscript
 from sensorium.embedded import embedded
+from sensorium.pipeline.bus import Subscriber
+from sensorium.pipeline.messages import Say
+from sensorium.pipeline.messages import Transcript as BusTranscript
 
 pytestmark = pytest.mark.slow
 RATE = 16000
@@ -112,7 +112,7 @@ async def test_transcribe_returns_our_words_and_speaker_before_audio_stop(hub_ad
 async def test_transcribe_converts_other_formats_and_finishes_at_audio_stop(hub_address, tmp_path) -> None:
     """48 kHz stereo from a client with its own VAD: audio-stop right after the speech ends the command.
     A second request right after it reuses the stream (a fresh start, not a gap in the first one)."""
-    from pipeline.media import resample
+    from sensorium.pipeline.media import resample
 
     p = ports()
     dep = deployment(tmp_path, hub_address, p, stages=["stt"])
@@ -188,7 +188,7 @@ async def test_synthesize_and_read_it_back_with_our_stt(hub_address, tmp_path) -
         assert len(starts) == 1 and starts[0].data["rate"] == 22050 and starts[0].data["width"] == 2
         audio = b"".join(e.payload for e in events if e.type == "audio-chunk")
         assert len(audio) / 2 / 22050 > 1.0
-        from pipeline.media import resample
+        from sensorium.pipeline.media import resample
 
         pcm = resample(np.frombuffer(audio, "<i2"), 22050, RATE)
         async with Conn(p["stt"]) as c:
@@ -272,9 +272,9 @@ async def test_two_rooms_hear_one_wake_word_and_only_the_nearer_runs_a_pipeline(
     kitchen's satellite alone starts Home Assistant's pipeline, its STT request (the satellite's audio,
     relayed) gets our transcript, Home Assistant's answer plays on the kitchen's edge and ``played`` follows;
     sensorium's own agent, also running, leaves the claimed command to Home Assistant."""
-    from edge.agent import EdgeAgent
-    from pipeline.media import resample
     from sensorium.apps.agent import Turn, run_builtin_agent
+    from sensorium.edge.agent import EdgeAgent
+    from sensorium.pipeline.media import resample
 
     p = ports()
     utterance = media.concat(1.0, media.speech("hey jarvis", "piper:joe"), 0.3, media.speech("what time is it"), 3.0)

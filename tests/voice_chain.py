@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.harness import StageHarness
-from pipeline.messages import AudioChunk, Message
-from pipeline.runtime import LadderPolicy
-from pipeline.stage import Stage
+from sensorium.pipeline.harness import StageHarness
+from sensorium.pipeline.messages import AudioChunk, Message
+from sensorium.pipeline.runtime import LadderPolicy
+from sensorium.pipeline.stage import Stage
 
 
 class Chain:

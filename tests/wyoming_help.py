@@ -9,10 +9,10 @@ from typing import Any
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from evaluation.homeassistant import wyoming_gateway
-from evaluation.ports import free_ports
-from pipeline.config import Deployment
 from sensorium.deployment import deployment_from_dict
+from sensorium.evaluation.homeassistant import wyoming_gateway
+from sensorium.evaluation.ports import free_ports
+from sensorium.pipeline.config import Deployment
 
 ROOMS = ("kitchen", "office")
 

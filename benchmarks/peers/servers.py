@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.ports import free_ports
+from sensorium.evaluation.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 WHISPER_VENV = ROOT / ".venv-peers"

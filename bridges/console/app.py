@@ -27,10 +27,10 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bridges.console.service import Console
-from bridges.console.store import Cluster
-from pipeline.codec import to_json
-from pipeline.messages import Event
+from sensorium.bridges.console.service import Console
+from sensorium.bridges.console.store import Cluster
+from sensorium.pipeline.codec import to_json
+from sensorium.pipeline.messages import Event
 
 PAGE_SIZE = 50
 TYPES = ("presence", "face", "speaker", "transcript", "wake", "detections", "node_status", "budget_violation")

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from bridges.console.store import UNKNOWN, Store
-from pipeline.bus import Subscriber
-from pipeline.client import Client
-from pipeline.codec import to_json
-from pipeline.messages import (
+from sensorium.bridges.console.store import UNKNOWN, Store
+from sensorium.pipeline.bus import Subscriber
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.codec import to_json
+from sensorium.pipeline.messages import (
     Detections,
     Event,
     EventsLost,

@@ -37,13 +37,13 @@ from aioesphomeapi.model import VoiceAssistantEventType as Ev
 from aioesphomeapi.model import VoiceAssistantFeature as Feature
 from aioesphomeapi.model import VoiceAssistantTimerEventType as TimerEv
 
-from bridges.esphome.api import ApiError, Transport
-from bridges.rooms import RATE, RoomVoice
-from bridges.tasks import Tasks
-from bridges.wyoming.bus import Bus
-from pipeline.config import Deployment
-from pipeline.messages import Message, PlaybackGain, PlaybackStatus, Say, TtsAudio
-from pipeline.messages import Transcript as BusTranscript
+from sensorium.bridges.esphome.api import ApiError, Transport
+from sensorium.bridges.rooms import RATE, RoomVoice
+from sensorium.bridges.tasks import Tasks
+from sensorium.bridges.wyoming.bus import Bus
+from sensorium.pipeline.config import Deployment
+from sensorium.pipeline.messages import Message, PlaybackGain, PlaybackStatus, Say, TtsAudio
+from sensorium.pipeline.messages import Transcript as BusTranscript
 
 log = logging.getLogger("sensorium.esphome")
 

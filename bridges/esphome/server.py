@@ -13,14 +13,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bridges.esphome.api import decode_key
-from bridges.esphome.device import ESPHOME_VERSION, Device
-from bridges.wyoming.bus import Bus
-from pipeline.bus import Endpoints
-from pipeline.clock import Clock
-from pipeline.config import ConfigError, Deployment
-from pipeline.messages import Message, Presence, Say, StartConversation
-from pipeline.security import CurveKeys
+from sensorium.bridges.esphome.api import decode_key
+from sensorium.bridges.esphome.device import ESPHOME_VERSION, Device
+from sensorium.bridges.wyoming.bus import Bus
+from sensorium.pipeline.bus import Endpoints
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import ConfigError, Deployment
+from sensorium.pipeline.messages import Message, Presence, Say, StartConversation
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.esphome")
 

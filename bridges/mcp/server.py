@@ -45,13 +45,13 @@ from mcp.server.session import ServerSession
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyUrl, BaseModel, Field
 
-from bridges.mcp import state
-from bridges.mcp.access import BearerAuth, check_bind, is_loopback
-from pipeline.bus import Endpoints, Publisher
-from pipeline.client import Client
-from pipeline.clock import Clock
-from pipeline.config import McpConfig
-from pipeline.messages import (
+from sensorium.bridges.mcp import state
+from sensorium.bridges.mcp.access import BearerAuth, check_bind, is_loopback
+from sensorium.pipeline.bus import Endpoints, Publisher
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import McpConfig
+from sensorium.pipeline.messages import (
     Event,
     EventsLost,
     Listen,
@@ -60,7 +60,7 @@ from pipeline.messages import (
     SpeakerIdentified,
     Transcript,
 )
-from pipeline.security import CurveKeys
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.mcp")
 

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.messages import Event, FaceRecognized, Presence, SpeakerIdentified, Transcript
+from sensorium.pipeline.messages import Event, FaceRecognized, Presence, SpeakerIdentified, Transcript
 
 UNKNOWN = "unknown"
 #: Public event types the server follows.

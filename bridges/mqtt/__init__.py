@@ -5,6 +5,6 @@ are its pure parts (topic layout, the house state derived from events, discovery
 command parsing), each testable without a broker.
 """
 
-from bridges.mqtt.bridge import Bridge, BridgeError
+from sensorium.bridges.mqtt.bridge import Bridge, BridgeError
 
 __all__ = ["Bridge", "BridgeError"]

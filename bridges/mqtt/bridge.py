@@ -37,16 +37,16 @@ import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
-from bridges.mqtt import discovery, state
-from bridges.mqtt.commands import CommandError, parse_say
-from bridges.mqtt.topics import Topics, slug
-from pipeline.bus import Endpoints
-from pipeline.client import Client
-from pipeline.clock import Clock
-from pipeline.codec import to_json
-from pipeline.config import MqttConfig
-from pipeline.messages import Event, EventsLost, InputError, Presence, Transcript
-from pipeline.security import CurveKeys
+from sensorium.bridges.mqtt import discovery, state
+from sensorium.bridges.mqtt.commands import CommandError, parse_say
+from sensorium.bridges.mqtt.topics import Topics, slug
+from sensorium.pipeline.bus import Endpoints
+from sensorium.pipeline.client import Client
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import to_json
+from sensorium.pipeline.config import MqttConfig
+from sensorium.pipeline.messages import Event, EventsLost, InputError, Presence, Transcript
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.mqtt")
 

@@ -17,7 +17,7 @@ import json
 from importlib import metadata
 from typing import Any
 
-from bridges.mqtt.topics import Topics, slug, title
+from sensorium.bridges.mqtt.topics import Topics, slug, title
 
 
 def _version() -> str:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import msgspec
 
-from bridges.mqtt.topics import Topics
-from pipeline.codec import to_json
-from pipeline.messages import Event, FaceRecognized, Presence, SpeakerIdentified, Transcript, WakeDetected
+from sensorium.bridges.mqtt.topics import Topics
+from sensorium.pipeline.codec import to_json
+from sensorium.pipeline.messages import Event, FaceRecognized, Presence, SpeakerIdentified, Transcript, WakeDetected
 
 UNKNOWN = "unknown"
 NOT_HOME = "not_home"

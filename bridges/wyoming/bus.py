@@ -20,11 +20,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TypeVar, cast
 
-from pipeline.bus import Endpoints, Publisher, Subscriber
-from pipeline.clock import Clock
-from pipeline.messages import Message, StageStats
-from pipeline.node import NodeLink
-from pipeline.security import CurveKeys
+from sensorium.pipeline.bus import Endpoints, Publisher, Subscriber
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.messages import Message, StageStats
+from sensorium.pipeline.node import NodeLink
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.wyoming")
 

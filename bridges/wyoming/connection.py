@@ -17,8 +17,8 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.server import AsyncEventHandler
 
-from bridges.tasks import Tasks
-from bridges.wyoming.gateway import Gateway
+from sensorium.bridges.tasks import Tasks
+from sensorium.bridges.wyoming.gateway import Gateway
 
 log = logging.getLogger("sensorium.wyoming")
 

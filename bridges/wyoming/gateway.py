@@ -25,16 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridges.wyoming.audio import RATE
-from bridges.wyoming.bus import Bus
-from bridges.wyoming.offer import Offer
-from bridges.wyoming.relayed import RelayedClaims
-from pipeline.bus import Endpoints
-from pipeline.clock import Clock
-from pipeline.config import Deployment, WyomingConfig, parse_duration
-from pipeline.messages import AudioChunk as BusChunk
-from pipeline.messages import InputError, Listen, Message, Say, SpeakerIdentified, Transcript, TtsAudio
-from pipeline.security import CurveKeys
+from sensorium.bridges.wyoming.audio import RATE
+from sensorium.bridges.wyoming.bus import Bus
+from sensorium.bridges.wyoming.offer import Offer
+from sensorium.bridges.wyoming.relayed import RelayedClaims
+from sensorium.pipeline.bus import Endpoints
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.config import Deployment, WyomingConfig, parse_duration
+from sensorium.pipeline.messages import AudioChunk as BusChunk
+from sensorium.pipeline.messages import InputError, Listen, Message, Say, SpeakerIdentified, Transcript, TtsAudio
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.wyoming")
 

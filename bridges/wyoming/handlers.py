@@ -36,14 +36,14 @@ from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
 from wyoming.wake import Detect
 
-from bridges.wyoming.audio import AudioFormatError, check_format
-from bridges.wyoming.connection import Connection, RequestFailed
-from bridges.wyoming.gateway import Gateway
-from bridges.wyoming.streams.stt import SttStream
-from bridges.wyoming.streams.tts import TtsStream, speakable
-from bridges.wyoming.streams.wake import WakeStream, wake_key
-from pipeline.messages import Say
-from pipeline.messages import Transcript as BusTranscript
+from sensorium.bridges.wyoming.audio import AudioFormatError, check_format
+from sensorium.bridges.wyoming.connection import Connection, RequestFailed
+from sensorium.bridges.wyoming.gateway import Gateway
+from sensorium.bridges.wyoming.streams.stt import SttStream
+from sensorium.bridges.wyoming.streams.tts import TtsStream, speakable
+from sensorium.bridges.wyoming.streams.wake import WakeStream, wake_key
+from sensorium.pipeline.messages import Say
+from sensorium.pipeline.messages import Transcript as BusTranscript
 
 log = logging.getLogger("sensorium.wyoming")
 

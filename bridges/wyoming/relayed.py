@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.messages import AudioChunk, Listen, Message
+from sensorium.pipeline.messages import AudioChunk, Listen, Message
 
 RATE = 16000
 RING_S = 3.0

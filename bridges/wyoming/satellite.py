@@ -41,15 +41,15 @@ from wyoming.satellite import PauseSatellite, RunSatellite
 from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
-from bridges.rooms import RoomVoice
-from bridges.wyoming.audio import RATE
-from bridges.wyoming.connection import Connection
-from bridges.wyoming.gateway import MATCH_BYTES
-from pipeline.messages import Message, PlaybackStatus, TtsAudio
-from pipeline.messages import Transcript as BusTranscript
+from sensorium.bridges.rooms import RoomVoice
+from sensorium.bridges.wyoming.audio import RATE
+from sensorium.bridges.wyoming.connection import Connection
+from sensorium.bridges.wyoming.gateway import MATCH_BYTES
+from sensorium.pipeline.messages import Message, PlaybackStatus, TtsAudio
+from sensorium.pipeline.messages import Transcript as BusTranscript
 
 if TYPE_CHECKING:
-    from bridges.wyoming.gateway import Gateway
+    from sensorium.bridges.wyoming.gateway import Gateway
 
 log = logging.getLogger("sensorium.wyoming")
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from wyoming.server import AsyncTcpServer
 
-from bridges.wyoming.gateway import Gateway
-from bridges.wyoming.handlers import ServiceHandler
-from bridges.wyoming.satellite import Satellite, SatelliteHandler
+from sensorium.bridges.wyoming.gateway import Gateway
+from sensorium.bridges.wyoming.handlers import ServiceHandler
+from sensorium.bridges.wyoming.satellite import Satellite, SatelliteHandler
 
 log = logging.getLogger("sensorium.wyoming")
 

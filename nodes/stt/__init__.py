@@ -56,10 +56,10 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from nodes.stt.endpoint import MIN_SPEECH_S, Durations, Heard, early_end, endpoint
-from nodes.stt.speaker_wait import SpeakerWait
-from nodes.stt.text import command_words, complete_command, stabilize
-from pipeline.messages import (
+from sensorium.nodes.stt.endpoint import MIN_SPEECH_S, Durations, Heard, early_end, endpoint
+from sensorium.nodes.stt.speaker_wait import SpeakerWait
+from sensorium.nodes.stt.text import command_words, complete_command, stabilize
+from sensorium.pipeline.messages import (
     AudioChunk,
     Listen,
     Message,
@@ -70,7 +70,7 @@ from pipeline.messages import (
     WakeDetected,
     Word,
 )
-from pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageContext, StageOptions, check_audio
+from sensorium.pipeline.stage import MAX_STREAMS, Duration, Library, Stage, StageContext, StageOptions, check_audio
 
 RATE = 16000
 GAP_S = 0.25
@@ -267,14 +267,14 @@ class SttStage(Stage):
         quiet = (np.random.default_rng(0).standard_normal(RATE) * 30).astype(np.int16)
         await self.ctx.run_blocking(self._models[o.model].transcribe, quiet)
         # Silero's ONNX session is made on the first wake word otherwise (and its first runs allocate).
-        from models.vad import StreamingVad
+        from sensorium.models.vad import StreamingVad
 
         vad = StreamingVad(threshold=o.vad_threshold)
         await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed, quiet)
         self._watchdog = asyncio.create_task(self._watch(), name="stt-watchdog")
 
     def _load(self, name: str) -> Any:
-        from models.stt import Transcriber
+        from sensorium.models.stt import Transcriber
 
         o = self.ctx.options
         return Transcriber(
@@ -429,7 +429,7 @@ class SttStage(Stage):
             utt.dec0 = min(utt.n, max(0, round((msg.time - self._d.decode_margin - utt.t0) * RATE)))
         st.utt = utt
         if st.vad is None:
-            from models.vad import StreamingVad
+            from sensorium.models.vad import StreamingVad
 
             st.vad = StreamingVad(threshold=self.ctx.options.vad_threshold)
         st.vad.reset()

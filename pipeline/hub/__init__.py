@@ -6,9 +6,9 @@ node table), ``placement`` (who serves which stream of a replicated stage), ``po
 what) and ``security`` (enrolled CURVE keys).
 """
 
-from pipeline.hub.control import MAX_NODES, NodeInfo
-from pipeline.hub.core import Hub
-from pipeline.hub.policy import HUB_ONLY, PublishPolicy
-from pipeline.hub.security import SecurityError, may_speak_as
+from sensorium.pipeline.hub.control import MAX_NODES, NodeInfo
+from sensorium.pipeline.hub.core import Hub
+from sensorium.pipeline.hub.policy import HUB_ONLY, PublishPolicy
+from sensorium.pipeline.hub.security import SecurityError, may_speak_as
 
 __all__ = ["HUB_ONLY", "MAX_NODES", "Hub", "NodeInfo", "PublishPolicy", "SecurityError", "may_speak_as"]

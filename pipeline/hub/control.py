@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.clock import Clock
-from pipeline.codec import MAX_HEADER
-from pipeline.hub.events import EventDesk
-from pipeline.hub.placement import PlacementOwner
-from pipeline.hub.security import KeyDirectory, may_speak_as
-from pipeline.messages import (
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import MAX_HEADER
+from sensorium.pipeline.hub.events import EventDesk
+from sensorium.pipeline.hub.placement import PlacementOwner
+from sensorium.pipeline.hub.security import KeyDirectory, may_speak_as
+from sensorium.pipeline.messages import (
     ControlError,
     EventsReply,
     EventsRequest,

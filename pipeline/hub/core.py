@@ -29,22 +29,22 @@ import zmq
 import zmq.asyncio
 from prometheus_client import Counter
 
-from pipeline.bus import Endpoints, Publisher, context, is_loopback
-from pipeline.busguard import BusForwarder, BusGuard
-from pipeline.clock import Clock
-from pipeline.codec import MAX_HEADER, CodecError, decode, encode
-from pipeline.config import HubConfig, parse_duration
-from pipeline.eventlog import EventLog
-from pipeline.hub.control import Control, NodeInfo, Request
-from pipeline.hub.events import MAX_FRAME, TAP_BYTES, EventDesk, TapReader
-from pipeline.hub.placement import PlacementOwner
-from pipeline.hub.policy import PublishPolicy
-from pipeline.hub.security import Authenticator, KeyDirectory, SecurityError
-from pipeline.messages import EVENT_KINDS, ControlError, Event
-from pipeline.metrics import Metrics
-from pipeline.placement import StageSpec
-from pipeline.ratelimit import RateLimit
-from pipeline.security import CurveKeys, KeyError_, hub_keys
+from sensorium.pipeline.bus import Endpoints, Publisher, context, is_loopback
+from sensorium.pipeline.busguard import BusForwarder, BusGuard
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import MAX_HEADER, CodecError, decode, encode
+from sensorium.pipeline.config import HubConfig, parse_duration
+from sensorium.pipeline.eventlog import EventLog
+from sensorium.pipeline.hub.control import Control, NodeInfo, Request
+from sensorium.pipeline.hub.events import MAX_FRAME, TAP_BYTES, EventDesk, TapReader
+from sensorium.pipeline.hub.placement import PlacementOwner
+from sensorium.pipeline.hub.policy import PublishPolicy
+from sensorium.pipeline.hub.security import Authenticator, KeyDirectory, SecurityError
+from sensorium.pipeline.messages import EVENT_KINDS, ControlError, Event
+from sensorium.pipeline.metrics import Metrics
+from sensorium.pipeline.placement import StageSpec
+from sensorium.pipeline.ratelimit import RateLimit
+from sensorium.pipeline.security import CurveKeys, KeyError_, hub_keys
 
 log = logging.getLogger("sensorium.hub")
 
@@ -301,7 +301,7 @@ class Hub:
         await self.events.attach(tap, self.publisher, self.events_pub, self._probe)
         self._exit = contextlib.AsyncExitStack()
         if self.config.record:
-            from pipeline.recorder import recording
+            from sensorium.pipeline.recorder import recording
 
             await self._exit.enter_async_context(recording(local, self.config.record, clock=self.clock, curve=own))
             log.info("recording the bus to %s", self.config.record)

@@ -22,15 +22,15 @@ import zmq
 import zmq.asyncio
 from prometheus_client import Counter, Gauge
 
-from pipeline.bus import Publisher
-from pipeline.clock import Clock
-from pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, to_json
-from pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
-from pipeline.hub.policy import HUB_ONLY, PublishPolicy
-from pipeline.messages import Event, Heartbeat, InputError, NodeStatus, Presence
-from pipeline.metrics import Metrics
-from pipeline.ratelimit import RateLimit
-from pipeline.security import CurveKeys
+from sensorium.pipeline.bus import Publisher
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.codec import MAX_HEADER, MAX_PAYLOAD, CodecError, decode, to_json
+from sensorium.pipeline.eventlog import MAX_EVENT_JSON, EventLog, EventLogError, LoggedEvent
+from sensorium.pipeline.hub.policy import HUB_ONLY, PublishPolicy
+from sensorium.pipeline.messages import Event, Heartbeat, InputError, NodeStatus, Presence
+from sensorium.pipeline.metrics import Metrics
+from sensorium.pipeline.ratelimit import RateLimit
+from sensorium.pipeline.security import CurveKeys
 
 log = logging.getLogger("sensorium.hub")
 

@@ -18,10 +18,10 @@ from typing import Protocol
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from pipeline.clock import Clock
-from pipeline.messages import Event, Placement, Transcript, WakeDetected
-from pipeline.metrics import Metrics
-from pipeline.placement import StageSpec, WorkerState, assign, to_message
+from sensorium.pipeline.clock import Clock
+from sensorium.pipeline.messages import Event, Placement, Transcript, WakeDetected
+from sensorium.pipeline.metrics import Metrics
+from sensorium.pipeline.placement import StageSpec, WorkerState, assign, to_message
 
 log = logging.getLogger("sensorium.hub")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.busguard import PublishPolicy
-from pipeline.messages import Placement
+from sensorium.pipeline.busguard import PublishPolicy
+from sensorium.pipeline.messages import Placement
 
 __all__ = ["HUB_ONLY", "PublishPolicy"]
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.messages import PlaybackStatus, Presence, Transcript, WakeArbitrated
+from sensorium.pipeline.messages import PlaybackStatus, Presence, Transcript, WakeArbitrated
 
 log = logging.getLogger("sensorium.agent")
 
@@ -325,7 +325,7 @@ async def run_builtin_agent(
 
     Returns the turns answered; pass ``turns`` to watch them while it runs (the demo's breakdown).
     """
-    from pipeline.client import Client
+    from sensorium.pipeline.client import Client
 
     async with Client(address, name=name, clock=clock) as client:
         if not await client.wait_connected(10):

@@ -19,12 +19,12 @@ from typing import Literal
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart
 
-from bridges.wyoming.audio import RATE, AudioIn
-from bridges.wyoming.connection import Connection, RequestFailed
-from bridges.wyoming.gateway import MATCH_BYTES, PoolFull, Request
-from bridges.wyoming.relayed import Claim
-from pipeline.messages import Listen
-from pipeline.messages import Transcript as BusTranscript
+from sensorium.bridges.wyoming.audio import RATE, AudioIn
+from sensorium.bridges.wyoming.connection import Connection, RequestFailed
+from sensorium.bridges.wyoming.gateway import MATCH_BYTES, PoolFull, Request
+from sensorium.bridges.wyoming.relayed import Claim
+from sensorium.pipeline.messages import Listen
+from sensorium.pipeline.messages import Transcript as BusTranscript
 
 log = logging.getLogger("sensorium.wyoming")
 

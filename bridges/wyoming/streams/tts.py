@@ -16,9 +16,9 @@ import uuid
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.tts import SynthesizeStopped
 
-from bridges.wyoming.connection import Connection, RequestFailed
-from bridges.wyoming.gateway import Answer
-from pipeline.messages import InputError, Message, Say, TtsAudio
+from sensorium.bridges.wyoming.connection import Connection, RequestFailed
+from sensorium.bridges.wyoming.gateway import Answer
+from sensorium.pipeline.messages import InputError, Message, Say, TtsAudio
 
 OUT_SAMPLES = 2048
 """Samples per ``audio-chunk`` sent to clients."""

@@ -14,10 +14,10 @@ import time
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.wake import Detection, NotDetected
 
-from bridges.wyoming.audio import RATE, AudioIn
-from bridges.wyoming.connection import Connection, RequestFailed
-from bridges.wyoming.gateway import PoolFull
-from pipeline.messages import Listen, Message, WakeDetected
+from sensorium.bridges.wyoming.audio import RATE, AudioIn
+from sensorium.bridges.wyoming.connection import Connection, RequestFailed
+from sensorium.bridges.wyoming.gateway import PoolFull
+from sensorium.pipeline.messages import Listen, Message, WakeDetected
 
 WAKE_GRACE = 0.3
 """After ``audio-stop``, how long a detection of the last audio may still come before ``not-detected``."""

@@ -20,9 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.client import Client
     from sensorium.apps.agent import AgentLoop, Turn
     from sensorium.cli.commands.events import resolve_hub
+    from sensorium.pipeline.client import Client
 
     try:
         address = resolve_hub(args)

@@ -31,14 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridges.console.app import Access, make_app, serve
-    from bridges.console.service import Console
-    from bridges.console.store import Store
-    from pipeline.client import Client
-    from pipeline.config import ConfigError, ConsoleConfig
-    from pipeline.security import KeyError_, node_keys
+    from sensorium.bridges.console.app import Access, make_app, serve
+    from sensorium.bridges.console.service import Console
+    from sensorium.bridges.console.store import Store
     from sensorium.deployment import load_deployment
     from sensorium.enrollment import ConsoleIdentity
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import ConfigError, ConsoleConfig
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
         dep = load_deployment(args.config)

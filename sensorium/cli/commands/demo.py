@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation import demo
-    from pipeline.config import ConfigError
+    from sensorium.evaluation import demo
+    from sensorium.pipeline.config import ConfigError
 
     try:
         audio = demo.parse_media(args.audio, "--audio")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if not audio and not video:
-        from evaluation.sample import run_sample
+        from sensorium.evaluation.sample import run_sample
 
         return run_sample(args)
     from sensorium.enrollment import DEFAULT_GALLERY

@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.config import ConfigError
     from sensorium.cli.doctor import Doctor, Finding, format_findings, load_any, summary, to_dicts
+    from sensorium.pipeline.config import ConfigError
 
     color = sys.stdout.isatty()
 

@@ -76,7 +76,7 @@ def load_edge_deployment(path: str) -> Any:
     """The deployment with every ``[stages.*]`` table accepted unchecked, so no stage module is imported."""
     import msgspec
 
-    from pipeline.config import load
+    from sensorium.pipeline.config import load
     from sensorium.registry import STAGES
 
     class Unchecked(msgspec.Struct):
@@ -86,9 +86,9 @@ def load_edge_deployment(path: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent
-    from pipeline.config import ConfigError
-    from pipeline.security import KeyError_
+    from sensorium.edge.agent import EdgeAgent
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.security import KeyError_
 
     try:
         dep = load_edge_deployment(args.config)
@@ -105,14 +105,14 @@ def run(args: argparse.Namespace) -> int:
         )
         _ = agent._curve  # load keys now: a missing key file is a clear error before anything starts
         if args.hub:
-            from pipeline.bus import Endpoints
+            from sensorium.pipeline.bus import Endpoints
 
             Endpoints.from_address(args.hub)
     except (ConfigError, KeyError_, ValueError) as exc:
         print(f"sensorium edge: {exc}", file=sys.stderr)
         return 2
     if args.wav:
-        from edge.audio import AudioSourceError, read_wav_mono
+        from sensorium.edge.audio import AudioSourceError, read_wav_mono
 
         try:
             read_wav_mono(args.wav)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, agent.stop)
         await agent.run(once=args.once)
 
-    from pipeline.node import NameInUse
+    from sensorium.pipeline.node import NameInUse
 
     try:
         asyncio.run(main())

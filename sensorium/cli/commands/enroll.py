@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.config import ConfigError
     from sensorium.enrollment import DEFAULT_GALLERY, Enroller, Galleries, deployment_galleries, enroll
+    from sensorium.pipeline.config import ConfigError
 
     where = Galleries(voice=DEFAULT_GALLERY, face=DEFAULT_GALLERY)
     if args.config:

@@ -18,11 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
     from sensorium.cli.commands.serving import deployment_with, fail, missing_extra, serve_forever
+    from sensorium.pipeline.config import ConfigError
 
     try:
-        from bridges.esphome.server import Server
+        from sensorium.bridges.esphome.server import Server
     except ImportError as exc:
         return missing_extra("esphome", exc)
     try:

@@ -32,10 +32,10 @@ def resolve_hub(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.client import Client
-    from pipeline.codec import to_json
-    from pipeline.config import ConfigError
-    from pipeline.security import KeyError_, node_keys
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.codec import to_json
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
         address = resolve_hub(args)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                     return 0
         return 0
 
-    from pipeline.node import NameInUse
+    from sensorium.pipeline.node import NameInUse
 
     try:
         return asyncio.run(main())

@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
     from sensorium import graph
     from sensorium.deployment import load_deployment
+    from sensorium.pipeline.config import ConfigError
 
     try:
         dep = load_deployment(args.config, check_graph=False)

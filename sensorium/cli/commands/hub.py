@@ -16,10 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.eventlog import EventLogError
-    from pipeline.hub import Hub, SecurityError
     from sensorium.deployment import load_deployment, placement_specs, publish_policy
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.eventlog import EventLogError
+    from sensorium.pipeline.hub import Hub, SecurityError
 
     try:
         dep = load_deployment(args.config)

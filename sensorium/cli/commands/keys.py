@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline import security
+    from sensorium.pipeline import security
 
     try:
         if args.action == "init-hub":

@@ -30,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from bridges.mcp.access import AccessError, check_bind, read_token
-    from bridges.mcp.server import SensoriumMcp
-    from pipeline.config import ConfigError, McpConfig
-    from pipeline.security import KeyError_, node_keys
+    from sensorium.bridges.mcp.access import AccessError, check_bind, read_token
+    from sensorium.bridges.mcp.server import SensoriumMcp
     from sensorium.bridging import gallery_people
     from sensorium.deployment import load_deployment
+    from sensorium.pipeline.config import ConfigError, McpConfig
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
         dep = load_deployment(args.config)

@@ -29,11 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridges.mqtt.bridge import Bridge, BridgeError, run_bridge
-    from pipeline.config import ConfigError
-    from pipeline.security import KeyError_, node_keys
+    from sensorium.bridges.mqtt.bridge import Bridge, BridgeError, run_bridge
     from sensorium.bridging import gallery_people
     from sensorium.deployment import load_deployment
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
         dep = load_deployment(args.config)

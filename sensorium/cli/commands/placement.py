@@ -53,11 +53,11 @@ def render(table: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.client import Client
-    from pipeline.config import ConfigError
-    from pipeline.node import HubUnavailable
-    from pipeline.security import KeyError_, node_keys
     from sensorium.cli.commands.events import resolve_hub
+    from sensorium.pipeline.client import Client
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.node import HubUnavailable
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     if args.action != "show" and not args.worker:
         print(f"sensorium placement: {args.action} needs a worker name", file=sys.stderr)

@@ -55,9 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, parse_duration
-    from pipeline.security import KeyError_, node_keys
     from sensorium.cli.commands.events import resolve_hub
+    from sensorium.pipeline.config import ConfigError, parse_duration
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
         address = resolve_hub(args)
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _record(args: argparse.Namespace, address: str, curve: object, duration: float, rotate_s: float) -> int:
-    from pipeline.bus import Endpoints, Subscriber
-    from pipeline.clock import Clock
-    from pipeline.node import NodeLink
-    from pipeline.recorder import Recorder, record
+    from sensorium.pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.clock import Clock
+    from sensorium.pipeline.node import NodeLink
+    from sensorium.pipeline.recorder import Recorder, record
 
     endpoints = Endpoints.from_address(address)
     clock = Clock()

@@ -69,10 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.replay import ReplayError, ReplayOptions, default_deployment, load, replay
-    from evaluation.report import compare, format_table, make_report, plot
-    from pipeline.config import ConfigError
-    from pipeline.recorder import RecordingError
+    from sensorium.evaluation.replay import ReplayError, ReplayOptions, default_deployment, load, replay
+    from sensorium.evaluation.report import compare, format_table, make_report, plot
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.recorder import RecordingError
 
     def fail(text: str) -> int:
         print(f"sensorium replay: {text}", file=sys.stderr)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if args.hub:
             deployment = None
             if args.keys:
-                from pipeline.security import node_keys
+                from sensorium.pipeline.security import node_keys
 
                 curve = node_keys(args.keys, args.name)
         elif args.config:

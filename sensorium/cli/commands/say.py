@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.client import Client
     from sensorium.cli.commands.events import resolve_hub
+    from sensorium.pipeline.client import Client
 
     if not args.room and not args.person:
         print("sensorium say: give --room or --person", file=sys.stderr)

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import Protocol
 
-from pipeline.config import ConfigError, Deployment
+from sensorium.pipeline.config import ConfigError, Deployment
 
 
 class Served(Protocol):

@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.session import SessionError
-    from pipeline.recorder import RecordingError
+    from sensorium.evaluation.session import SessionError
+    from sensorium.pipeline.recorder import RecordingError
 
     try:
         if args.action == "build":
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe(res: object) -> str:
-    from evaluation.session import PeopleLabel, SpeechLabel
+    from sensorium.evaluation.session import PeopleLabel, SpeechLabel
 
     labels = getattr(res, "labels", [])
     speech = [lb for lb in labels if isinstance(lb, SpeechLabel)]
@@ -64,7 +64,7 @@ def _describe(res: object) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from evaluation.session import build
+    from sensorium.evaluation.session import build
 
     print(f"building {args.output} from {args.spec} …", file=sys.stderr)
     res = build(args.spec, args.output, progress=lambda s: print(s, file=sys.stderr))
@@ -76,8 +76,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from evaluation.session import build_sample
-    from pipeline.media import MediaError
+    from sensorium.evaluation.session import build_sample
+    from sensorium.pipeline.media import MediaError
 
     print(f"building the sample session (speech cached in {args.cache}) …", file=sys.stderr)
     try:
@@ -92,7 +92,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from evaluation.replay import ReplayError, load
+    from sensorium.evaluation.replay import ReplayError, load
 
     try:
         s = load(args.session)

@@ -53,10 +53,10 @@ def render(stats: dict[tuple[str, str], object], nodes: dict[str, str], placemen
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.bus import Endpoints, Subscriber
-    from pipeline.messages import NodeStatus, PlacementTable, StageStats
-    from pipeline.security import KeyError_, node_keys
     from sensorium.cli.commands.events import resolve_hub
+    from sensorium.pipeline.bus import Endpoints, Subscriber
+    from sensorium.pipeline.messages import NodeStatus, PlacementTable, StageStats
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     endpoints = Endpoints.from_address(resolve_hub(args))
     try:

@@ -17,10 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.security import KeyError_, node_keys
-    from pipeline.worker import DeviceUnavailable, Worker
     from sensorium.deployment import load_deployment
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.security import KeyError_, node_keys
+    from sensorium.pipeline.worker import DeviceUnavailable, Worker
     from sensorium.registry import stage_class
 
     try:

@@ -19,13 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.security import KeyError_, node_keys
     from sensorium.bridging import offer_for
     from sensorium.cli.commands.serving import deployment_with, fail, missing_extra, serve_forever
+    from sensorium.pipeline.config import ConfigError
+    from sensorium.pipeline.security import KeyError_, node_keys
 
     try:
-        from bridges.wyoming.server import Server
+        from sensorium.bridges.wyoming.server import Server
     except ImportError as exc:
         return missing_extra("wyoming", exc)
     try:

@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from pipeline.config import Deployment, load
 from sensorium.cli.doctor.probes import _connectable
+from sensorium.pipeline.config import Deployment, load
 
 
 class _Unchecked(msgspec.Struct):
@@ -69,7 +69,7 @@ class Checkup:
 
     def curve(self) -> Any:
         """Keys this machine would use to reach the hub (a node's, or the hub's own), or None."""
-        from pipeline.security import CurveKeys, KeyError_, hub_keys, node_keys
+        from sensorium.pipeline.security import CurveKeys, KeyError_, hub_keys, node_keys
 
         _, workers, edges = self.roles()
         for name in [*workers, *edges]:
@@ -93,9 +93,9 @@ class Checkup:
     def round_trip(self) -> tuple[float, Any] | None:
         import zmq
 
-        from pipeline.bus import Endpoints
-        from pipeline.codec import CodecError, decode, encode
-        from pipeline.messages import EventsRequest
+        from sensorium.pipeline.bus import Endpoints
+        from sensorium.pipeline.codec import CodecError, decode, encode
+        from sensorium.pipeline.messages import EventsRequest
 
         endpoint = _connectable(Endpoints.from_address(self.deployment.hub.address).control)
         sock = zmq.Context.instance().socket(zmq.DEALER)

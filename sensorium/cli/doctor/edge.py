@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import EdgeConfig
 from sensorium.cli.doctor.context import Checkup
 from sensorium.cli.doctor.findings import Checks, Finding
 from sensorium.cli.doctor.probes import (
@@ -18,6 +17,7 @@ from sensorium.cli.doctor.probes import (
     _capture_hardware,
     _playback_hardware,
 )
+from sensorium.pipeline.config import EdgeConfig
 
 _CAMERA_FIX = (
     "plug the camera in, check 'v4l2-ctl --list-devices', that user sensorium is in group video, and the "
@@ -129,7 +129,7 @@ def check_microphone(dr: Checkup, name: str, edge: EdgeConfig) -> Checks:
 
 def _check_local_wake(dr: Checkup, name: str) -> Checks:
     try:
-        mod = importlib.import_module("models.wakeword")
+        mod = importlib.import_module("sensorium.models.wakeword")
         t0 = time.monotonic()
         model = mod.WakeWordModel()
         yield Finding("PASS", f"local wake {name}", f"{', '.join(model.names)} loaded in {time.monotonic() - t0:.2f} s")
@@ -177,7 +177,7 @@ def check_echo(dr: Checkup, name: str, edge: EdgeConfig) -> Checks:
     voices = list(getattr(spk.options, "own_voices", []) if spk is not None else [])
     parts.append(f"speaker ID knows its own voice ({', '.join(voices)})" if voices else "no own-voice print")
     if mic.echo_cancel and mic.echo_canceller == "speex":
-        from pipeline.aec import SpeexUnavailable, load_speexdsp
+        from sensorium.pipeline.aec import SpeexUnavailable, load_speexdsp
 
         try:
             load_speexdsp()

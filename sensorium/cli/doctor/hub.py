@@ -17,7 +17,7 @@ from sensorium.cli.doctor.probes import (
 
 
 def check_hub_ports(dr: Checkup) -> Checks:
-    from pipeline.bus import Endpoints
+    from sensorium.pipeline.bus import Endpoints
 
     address = dr.deployment.hub.address
     endpoints = Endpoints.from_address(address)
@@ -108,7 +108,7 @@ def check_event_log(dr: Checkup) -> Checks:
 
 
 def check_hub_keys(dr: Checkup) -> Checks:
-    from pipeline.bus import is_loopback
+    from sensorium.pipeline.bus import is_loopback
 
     hub = dr.deployment.hub
     needed = not is_loopback(hub.address) and not hub.allow_insecure
@@ -147,7 +147,7 @@ def check_hub_keys(dr: Checkup) -> Checks:
 
 
 def check_node_keys(dr: Checkup, name: str, keys: str) -> Checks:
-    from pipeline.bus import is_loopback
+    from sensorium.pipeline.bus import is_loopback
 
     hub = dr.deployment.hub
     needed = not is_loopback(hub.address) and not hub.allow_insecure
@@ -197,7 +197,7 @@ def _key_file(dr: Checkup, secret: Path, check: str, fix: str) -> Checks:
 
 
 def check_hub_reachable(dr: Checkup) -> Checks:
-    from pipeline.bus import Endpoints
+    from sensorium.pipeline.bus import Endpoints
 
     endpoint = _connectable(Endpoints.from_address(dr.deployment.hub.address).control)
     res = dr.probe_hub()

@@ -147,7 +147,7 @@ def _device_problem(device: str) -> str | None:
     if device == "cpu":
         return None
     if importlib.util.find_spec("torch") is not None:
-        from pipeline.worker import device_problem
+        from sensorium.pipeline.worker import device_problem
 
         return device_problem(device)
     gpus = _nvidia_smi()

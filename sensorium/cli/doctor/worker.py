@@ -11,7 +11,6 @@ import stat
 import time
 from typing import Any
 
-from pipeline.config import WorkerConfig
 from sensorium.cli.doctor.context import Checkup
 from sensorium.cli.doctor.findings import Checks, Finding
 from sensorium.cli.doctor.probes import (
@@ -19,6 +18,7 @@ from sensorium.cli.doctor.probes import (
     _gpu_summary,
     _is_gallery,
 )
+from sensorium.pipeline.config import WorkerConfig
 
 
 def check_worker(dr: Checkup, name: str, worker: WorkerConfig) -> Checks:
@@ -88,7 +88,7 @@ def check_stage(dr: Checkup, worker: str, sname: str, device: str) -> Checks:
     if not dr.load_models:
         yield Finding("SKIP", check, "model loading skipped (--no-models)")
         return
-    from pipeline.stage import StageContext
+    from sensorium.pipeline.stage import StageContext
 
     emitted: list[Any] = []
 
@@ -132,7 +132,7 @@ def check_galleries(dr: Checkup) -> Checks:
     for path in files:
         check = f"gallery {path.name}"
         try:
-            gallery_mod = importlib.import_module("models.gallery")
+            gallery_mod = importlib.import_module("sensorium.models.gallery")
         except ImportError:
             gallery_mod = None
         try:
