@@ -211,8 +211,12 @@ async def our_latency(address: str, size: int, n: int) -> list[float]:
 
 _HUB = (
     "import asyncio, sys\n"
-    "from pipeline.config import HubConfig\n"
-    "from pipeline.hub import Hub\n"
+    "try:\n"
+    "    from sensorium.pipeline.config import HubConfig\n"
+    "    from sensorium.pipeline.hub import Hub\n"
+    "except ImportError:  # a checkout from before the layers were imported as sensorium.*\n"
+    "    from pipeline.config import HubConfig\n"
+    "    from pipeline.hub import Hub\n"
     "asyncio.run(Hub(HubConfig(address=sys.argv[1], event_log=100000), state_dir=sys.argv[2]).run_forever())\n"
 )
 

@@ -35,8 +35,12 @@ FRAME = 64 * 1024
 
 _HUB = r"""
 import asyncio, sys
-from sensorium.pipeline.config import HubConfig
-from sensorium.pipeline.hub import Hub, PublishPolicy
+try:
+    from sensorium.pipeline.config import HubConfig
+    from sensorium.pipeline.hub import Hub, PublishPolicy
+except ImportError:  # a checkout from before the layers were imported as sensorium.*
+    from pipeline.config import HubConfig
+    from pipeline.hub import Hub, PublishPolicy
 policy = PublishPolicy(
     rooms=frozenset({"kitchen", "hall"}),
     kinds={"kitchen-pi": frozenset({"node_status", "playback", "error"}),

@@ -187,7 +187,7 @@ def test_missing_portaudio_is_a_clear_error() -> None:
     code = (
         "import ctypes.util\n"
         "ctypes.util.find_library = lambda name: None\n"
-        "from edge.audio import AudioSourceError, import_sounddevice\n"
+        "from sensorium.edge.audio import AudioSourceError, import_sounddevice\n"
         "try:\n    import_sounddevice()\nexcept AudioSourceError as e:\n    print('ERR', e)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
