@@ -328,6 +328,37 @@ async def test_a_client_that_drops_mid_stream_frees_its_stream(hub: Hub, tmp_pat
     listens.close()
 
 
+async def test_a_connection_reset_by_the_client_is_a_quiet_disconnect(hub: Hub, tmp_path) -> None:
+    """Home Assistant resets connections (its probes): no task exception left for asyncio to print as a traceback,
+    and the port keeps serving."""
+    import gc
+    import socket
+    import struct
+
+    p = ports()
+    dep = deployment(tmp_path, hub.endpoints.publish.removesuffix("-pub"), p)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    try:
+        async with running(dep, hub.endpoints), stages_up(hub, "stt"):
+            for port in (p["stt"], p["kitchen"]):
+                for _ in range(3):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    await asyncio.sleep(0.1)  # the server's handler is reading
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()  # RST, not FIN
+                await asyncio.sleep(0.3)
+                gc.collect()  # a task whose exception nobody retrieved reports it when collected
+                async with Conn(port) as c:
+                    await c.send(Describe())
+                    assert (await c.recv()).type == "info"
+    finally:
+        loop.set_exception_handler(None)
+    assert not [u for u in unhandled if isinstance(u.get("exception"), ConnectionError)], unhandled
+
+
 # ---------------------------------------------------------------------------------- satellite
 
 

@@ -42,6 +42,14 @@ class Connection(AsyncEventHandler):
         """The client went away (or we closed): nothing more is written."""
         self.tasks = Tasks(self.failed)
 
+    async def run(self) -> None:
+        """Serve until the client goes; one that drops the connection (Home Assistant resets its probes) is a
+        debug line, not a task exception nobody retrieves (the library's server never awaits this task)."""
+        try:
+            await super().run()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("%s: the client dropped the connection: %s", self.label, exc)
+
     async def write(self, event: Event) -> None:
         """Send ``event``; a client that went away is not an error of ours."""
         if self.closed:
