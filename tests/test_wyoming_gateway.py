@@ -690,7 +690,11 @@ async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub
     )
     cmd = [sys.executable, "-m", "sensorium", "wyoming", "--config", str(config)]
     pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
+
+    def as_a_background_job() -> None:  # a script's `cmd &` starts it with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe, preexec_fn=as_a_background_job)
     try:
         async with asyncio.timeout(30):
             while True:
@@ -714,6 +718,23 @@ async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub
             await proc.wait()
     assert proc.returncode == 130 and b"Traceback" not in errs, errs
     assert f"tts {p['tts']}".encode() in out and f"kitchen {p['kitchen']}".encode() in out
+    # `kill` or `docker stop` (SIGTERM): a clean stop too (ports closed, names withdrawn), exit 0
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    async with Conn(p["tts"]):
+                        break
+                except OSError:
+                    await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, errs = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0 and b"Traceback" not in errs, errs
     # A bad table: a clear message naming the key, exit code 2.
     config.write_text(config.read_text().replace(f"kitchen = {p['kitchen']}", "garage = 10700"))
     bad = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from typing import Protocol
 
@@ -36,17 +37,27 @@ def missing_extra(command: str, exc: ImportError) -> int:
 
 
 def serve_forever(command: str, server: Served) -> int:
-    """Start ``server``, serve until the process is stopped, then stop it; a port it cannot bind exits with 2."""
+    """Start ``server``, serve until SIGINT (exit 130; the systemd units' stop) or SIGTERM (``kill``, ``docker
+    stop``; exit 0), then stop it: ports closed, zeroconf names withdrawn, the hub left. A port it cannot bind
+    exits with 2.
+
+    Both signals are handled here rather than left to Python's KeyboardInterrupt: a command started in the
+    background by a script inherits SIGINT *ignored* and would never stop on it, and SIGTERM would end the process
+    without withdrawing its zeroconf names (Home Assistant would keep a stale device)."""
 
     async def main() -> int:
+        stopped = asyncio.get_running_loop().create_future()
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 0)):
+            asyncio.get_running_loop().add_signal_handler(
+                sig, lambda code=code: stopped.done() or stopped.set_result(code)
+            )
         try:
             await server.start()
         except OSError as exc:
             return fail(command, exc)
         try:
-            await asyncio.Event().wait()
+            return await stopped
         finally:
             await server.stop()
-        return 0
 
     return asyncio.run(main())
