@@ -61,6 +61,13 @@ def user_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+def _python(edge_venv: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` run by the edge venv's Python from ``cwd``."""
+    return subprocess.run(
+        [str(edge_venv / "bin/python"), "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_the_installed_project_claims_only_the_name_sensorium(edge_venv: Path) -> None:
     """What pip installed (its RECORD): one package, ``sensorium``, and the command; no ``models`` or ``pipeline``."""
     records = list((edge_venv / "lib").glob("python*/site-packages/sensorium-*.dist-info/RECORD"))
@@ -81,9 +88,7 @@ def test_a_users_own_models_and_pipeline_stay_theirs(edge_venv: Path, user_proje
         "print(models.OWNER, pipeline.OWNER, Client.__module__, messages.Transcript.__name__)\n"
         "print(sensorium.pipeline.config.__file__)\n"
     )
-    res = subprocess.run(
-        [str(edge_venv / "bin/python"), "-c", code], cwd=user_project, capture_output=True, text=True, timeout=60
-    )
+    res = _python(edge_venv, code, user_project)
     assert res.returncode == 0, res.stderr[-3000:]
     first, path = res.stdout.splitlines()
     assert first == "the user the user sensorium.pipeline.client Transcript"
@@ -128,9 +133,7 @@ def test_edge_modules_import_without_heavy_libraries(edge_venv: Path, user_proje
         "{'torch', 'ultralytics', 'faster_whisper', 'speechbrain', 'mediapipe', 'insightface', 'resemblyzer'})\n"
         "print(heavy)\n"
     )
-    res = subprocess.run(
-        [str(edge_venv / "bin/python"), "-c", code], cwd=user_project, capture_output=True, text=True, timeout=60
-    )
+    res = _python(edge_venv, code, user_project)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "[]"
 

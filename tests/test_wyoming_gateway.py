@@ -694,17 +694,20 @@ async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub
     def as_a_background_job() -> None:  # a script's `cmd &` starts it with SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe, preexec_fn=as_a_background_job)
-    try:
+    async def serving() -> Info:
+        """The command's TTS port once it answers ``describe``."""
         async with asyncio.timeout(30):
             while True:
                 try:
                     async with Conn(p["tts"]) as c:
                         await c.send(Describe())
-                        info = Info.from_event(await c.recv())
-                        break
+                        return Info.from_event(await c.recv())
                 except OSError:
                     await asyncio.sleep(0.2)
+
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe, preexec_fn=as_a_background_job)
+    try:
+        info = await serving()
         assert info.tts and info.tts[0].voices
         async with Conn(p["tts"]) as c:  # no worker on this hub: said clearly, not a hang
             await c.send(Synthesize(text="Hello."))
@@ -721,13 +724,7 @@ async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub
     # `kill` or `docker stop` (SIGTERM): a clean stop too (ports closed, names withdrawn), exit 0
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
     try:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    async with Conn(p["tts"]):
-                        break
-                except OSError:
-                    await asyncio.sleep(0.2)
+        await serving()
         proc.send_signal(signal.SIGTERM)
         _, errs = await asyncio.wait_for(proc.communicate(), 20)
     finally:

@@ -96,10 +96,3 @@ class Server(Gateway):
                 await zc._aiozc.async_close()
         self.zeroconf.clear()
         await self.disconnect()
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
