@@ -14,14 +14,20 @@ worker exporting at the same time never leaves a half-written model behind.
 
 Precision: ``auto`` is each backend's own choice for the hardware (OpenVINO runs bfloat16 on CPUs with
 AVX-512 BF16 or AMX, float32 elsewhere; PyTorch and TensorRT float16 on a GPU), ``f32`` forces float32,
-``int8`` quantizes (ONNX Runtime static quantization, QDQ, weighted ops only; OpenVINO and TensorRT run
-the same quantized graph). INT8 is calibrated on packaged photos and kept only if it finds the same
-people as the float model on two other packaged photos (same count, every box matched with IoU >=
-``INT8_MIN_IOU``); otherwise the float model runs and a note says why.
+``int8`` quantizes. OpenVINO's INT8 is NNCF's post-training quantization with the head's output
+convolutions and box decoding left in float (``quantize_openvino``); ONNX Runtime and TensorRT run ONNX
+Runtime's static quantization (QDQ, weighted ops only), as does OpenVINO where NNCF is missing. INT8 is
+calibrated on packaged photos and kept only if it finds the same people as the float model on two other
+packaged photos (same count, every box matched with IoU >= ``INT8_MIN_IOU``); otherwise the float model
+runs and a note says why. It is never chosen by ``auto``: with the bundled model it counts people less
+well than float32 on the counting set (``benchmarks/counting.py``), most on panning clips.
 
-``SENSORIUM_OPENVINO_PRECISION=f32`` in the environment makes ``auto`` mean float32 on OpenVINO, as
-on a CPU without bfloat16 (AVX2 only): the way to run and test, on a bf16 machine, what the common
-mini-PC runs. ``bf16`` or ``auto`` (or unset) leaves OpenVINO's own choice.
+``SENSORIUM_OPENVINO_PRECISION=f32`` in the environment plays a CPU without bfloat16 (AVX2 only, the
+common mini-PC) on OpenVINO: ``auto`` means float32, and an INT8 model's float parts run in float32.
+``bf16`` or ``auto`` (or unset) leaves OpenVINO's own choice. For that CPU's speed as well, add
+``ONEDNN_MAX_CPU_ISA=AVX2`` (which alone also plays a CPU without bf16): OpenVINO's CPU plugin then uses
+AVX2 kernels only (float32 at 640 px on one thread: about 330 ms instead of 200 ms here, as measured on
+an AVX2-only mini-PC).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -281,6 +288,103 @@ def quantize_int8(fp32: Path, imgsz: int, cache: Path) -> Path:
     return out
 
 
+def _calibration_samples(imgsz: int) -> list[np.ndarray]:
+    """Letterboxed calibration inputs: each calibration photo, its mirror image and six seeded crops of it."""
+    import cv2
+
+    from sensorium.models.yolo import letterbox, to_tensor
+
+    calib, _ = _calibration_images()
+    if not calib:
+        raise BackendError("no calibration photos installed (insightface / scikit-image data)")
+    rng = np.random.default_rng(0)
+    views: list[np.ndarray] = []
+    for img in calib:
+        h, w = img.shape[:2]
+        views += [img, cv2.flip(img, 1)]
+        for _ in range(6):
+            s = rng.uniform(0.5, 0.9)
+            ch, cw = int(h * s), int(w * s)
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            views.append(img[y : y + ch, x : x + cw])
+    return [to_tensor([letterbox(v, imgsz)[0]]) for v in views]
+
+
+@contextlib.contextmanager
+def _nncf_to_debug() -> Iterator[None]:
+    """NNCF writes its log (a line per layer) and progress bars to stdout itself; here its records go to our
+    logging (third-party: debug) and what it prints is logged at debug level. Quantization runs while a worker
+    loads, before it prints anything of its own."""
+    nncf_log = logging.getLogger("nncf")
+    handlers, propagate = nncf_log.handlers[:], nncf_log.propagate
+    for h in handlers:
+        nncf_log.removeHandler(h)
+    nncf_log.propagate = True
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        for h in handlers:
+            nncf_log.addHandler(h)
+        nncf_log.propagate = propagate
+        if printed.getvalue().strip():
+            log.debug("nncf printed: %s", printed.getvalue().strip())
+
+
+def quantize_openvino(fp32: Path, imgsz: int, cache: Path) -> Path:
+    """INT8 OpenVINO IR made by NNCF from the float IR ``fp32``: all but the head's outputs quantized.
+
+    Left in float: the head's arithmetic (box decoding, anchors, sigmoid), as in ultralytics' own OpenVINO
+    INT8 recipe, and also the last convolution of each box and class branch, because with those in INT8 the
+    bundled model found a second box on a person of ``bus.jpg``; with the whole head in float INT8 gains
+    half as much (640 px, one thread, float32 kernels on a 2-core Xeon: 216 ms float32, 110 ms whole head float,
+    66 ms this). Takes 10-20 s
+    once per input size on two cores; the result is cached.
+    """
+    out = cache / f"openvino-{imgsz}-int8-nncf.xml"
+    if out.exists() and out.with_suffix(".bin").exists():
+        return out
+    import nncf
+    import openvino as ov
+
+    log.info("quantizing the person detector to INT8 at %d px with NNCF (once; cached in %s)", imgsz, cache)
+    model = ov.Core().read_model(str(fp32))
+    modules = {
+        int(parts[1].split(".")[1])
+        for op in model.get_ops()
+        if len(parts := op.get_friendly_name().split("/")) > 1 and parts[1].startswith("model.")
+    }
+    if not modules:
+        raise BackendError(f"{fp32.name}: no ultralytics module names (/model.N/…) to find the head by")
+    head = f"model.{max(modules)}"
+    samples = _calibration_samples(imgsz)
+    with _nncf_to_debug():
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            preset=nncf.QuantizationPreset.MIXED,
+            ignored_scope=nncf.IgnoredScope(
+                patterns=[
+                    rf".*/{head}/cv[23]\.\d+/cv[23]\.\d+\.2/.*",  # the last convolution of each box / class branch
+                    rf".*/{head}/dfl.*",  # the box decoding (distribution focal loss)
+                    rf".*/{head}/[A-Z][^/]*$",  # the head's own arithmetic: concat, sigmoid, anchors
+                ],
+                validate=False,
+            ),
+            subset_size=len(samples),
+        )
+    tmp = _atomic_target(out)
+    try:
+        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))  # the weights first: xml present ⇒ complete
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+    return out
+
+
 def export_openvino(onnx_path: Path, cache: Path) -> Path:
     """OpenVINO IR (xml + bin) of an ONNX export, cached (read by the runtime: no converter, no telemetry)."""
     out = cache / f"openvino-{onnx_path.stem.removeprefix('onnx-')}.xml"
@@ -385,13 +489,21 @@ class OrtBackend(Backend):
         return np.concatenate(outs, axis=0)
 
 
-def openvino_precision(precision: str) -> str:
-    """The precision OpenVINO is asked for: ``precision``, or "f32" where it is "auto" and the environment
-    says ``SENSORIUM_OPENVINO_PRECISION=f32``."""
+def without_bf16() -> bool:
+    """Whether the environment plays a CPU without bfloat16: ``SENSORIUM_OPENVINO_PRECISION=f32``, or a oneDNN
+    instruction-set limit without bf16 (``ONEDNN_MAX_CPU_ISA=AVX2``, which OpenVINO's CPU plugin obeys: it
+    still reports bf16 there, but cannot run it)."""
     forced = os.environ.get(PRECISION_ENV, "").strip().lower()
     if forced not in ("", "auto", "bf16", "f32"):
         raise BackendError(f"{PRECISION_ENV}={forced!r}: expected f32, bf16 or auto")
-    return "f32" if precision == "auto" and forced == "f32" else precision
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return forced == "f32" or (isa not in ("", "ALL", "DEFAULT") and "BF16" not in isa and "AMX" not in isa)
+
+
+def openvino_precision(precision: str) -> str:
+    """The precision OpenVINO is asked for: ``precision``, or "f32" where it is "auto" and the environment
+    plays a CPU without bfloat16 (``without_bf16``)."""
+    return "f32" if precision == "auto" and without_bf16() else precision
 
 
 class OpenVinoBackend(Backend):
@@ -413,7 +525,9 @@ class OpenVinoBackend(Backend):
         self.core = ov.Core()
         self.config: dict[str, Any] = {"CACHE_DIR": str(path.parent / "openvino-cache")}
         precision = openvino_precision(precision)
-        if precision == "f32":
+        # An INT8 model's float parts (the head's outputs) run in bf16 on a bf16 CPU, unless the environment plays one
+        # without.
+        if precision == "f32" or (precision == "int8" and without_bf16()):
             self.config["INFERENCE_PRECISION_HINT"] = "f32"
         single = {**self.config, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(1, threads)}
         self.compiled = self.core.compile_model(str(path), "CPU", single)
@@ -458,6 +572,8 @@ def _build(name: str, weights: Path, imgsz: int, device: str, cache: Path, preci
         path = export_onnx(weights, imgsz, cache)
     except Exception as exc:
         raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    if precision == "int8" and name == "openvino" and find_spec("nncf") is not None:
+        return OpenVinoBackend(quantize_openvino(export_openvino(path, cache), imgsz, cache), imgsz, precision, threads)
     if precision == "int8":  # TensorRT runs the quantized (QDQ) graph in INT8 as well
         path = quantize_int8(path, imgsz, cache)
     if name == "openvino":

@@ -123,13 +123,48 @@ def test_exporter_never_pip_installs(monkeypatch) -> None:  # type: ignore[no-un
 
 def test_precision_env_forces_float32_where_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(backends.PRECISION_ENV, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert backends.openvino_precision("auto") == "auto"
     monkeypatch.setenv(backends.PRECISION_ENV, "f32")
     assert backends.openvino_precision("auto") == "f32"
     assert backends.openvino_precision("int8") == "int8"  # an explicit precision is kept
+    monkeypatch.delenv(backends.PRECISION_ENV)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # OpenVINO limited to AVX2 kernels: no bf16 to run
+    assert backends.without_bf16() and backends.openvino_precision("auto") == "f32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert not backends.without_bf16()
     monkeypatch.setenv(backends.PRECISION_ENV, "fp8")
     with pytest.raises(backends.BackendError, match="SENSORIUM_OPENVINO_PRECISION='fp8'"):
         backends.openvino_precision("auto")
+
+
+@pytest.mark.slow
+def test_openvino_int8_finds_the_same_people_is_quiet_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``precision = "int8"`` on a CPU without bf16: NNCF's INT8 at 640 px, quantized once, quietly, and cached."""
+    monkeypatch.setenv(backends.PRECISION_ENV, "f32")
+    photos = [images.load(images.BUS), images.load(images.ZIDANE)]
+    det = PersonDetector(backend="openvino", precision="int8", cache_dir=tmp_path)
+    assert det.backend_name == "openvino 640 int8", det.notes
+    assert det.notes == []
+    out, err = capfd.readouterr()
+    assert "nncf" not in (out + err).lower() and "Statistics collection" not in out + err, (out, err)
+    ref = PersonDetector(backend="openvino", cache_dir=tmp_path).detect(photos)
+    got = det.detect(photos)
+    assert [len(g) for g in got] == [len(r) for r in ref] == [4, 2]
+    for r, g in zip(ref, got, strict=True):
+        assert len(match_boxes([x.xyxy for x in g], [x.xyxy for x in r], backends.INT8_MIN_IOU)) == len(r)
+    cached = list(tmp_path.glob("*/openvino-640-int8-nncf.xml"))
+    assert cached and cached[0].with_suffix(".bin").exists()
+    import nncf
+
+    def no_second_quantization(*args: object, **kwargs: object) -> None:
+        raise AssertionError("quantized again instead of loading the cached INT8 model")
+
+    monkeypatch.setattr(nncf, "quantize", no_second_quantization)
+    again = PersonDetector(backend="openvino", precision="int8", cache_dir=tmp_path)
+    assert again.backend_name == "openvino 640 int8"
 
 
 @pytest.mark.slow
