@@ -7,7 +7,10 @@ get every chunk in order, from a queue bounded by ``LadderPolicy.max_queue`` inp
 reported (a ``budget_violation`` with action "dropped", at most once a second, and a log line).
 After each input the runner measures latency from the input's capture time on the hub clock,
 reports violations, and moves the stage down its degrade ladder after ``overrun_after``
-consecutive overruns, and back up after ``recover_after`` inputs well within budget.
+consecutive overruns, and back up after ``recover_after`` inputs well within budget. For a droppable
+stage an answer in time also counts as an overrun when inputs were replaced by newer ones while it
+worked: a stage that keeps up only by skipping frames steps down its ladder (cheaper work) before it
+sheds more of them.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class StageRunner:
         self._wake = asyncio.Event()
         self._over = 0
         self._ok = 0
+        self._superseded = 0  # inputs replaced by a newer one before the stage took them, since the last batch
+        self._shed = False  # the batch being handled came after such replacements
         self._last_violation = 0.0
         self.inputs = 0
         self.dropped = 0
@@ -103,6 +108,7 @@ class StageRunner:
             topic = msg.topic()
             if topic in self._latest:
                 self.dropped += 1
+                self._superseded += 1
                 self.metrics.dropped.labels(self.metrics.node, self.name).inc()
             self._latest[topic] = msg
             self._latest.move_to_end(topic)
@@ -162,6 +168,7 @@ class StageRunner:
             if self._overflow:
                 await self._report_overflow()
             batch = self._take()
+            self._shed, self._superseded = self._superseded > 0, 0
             self.metrics.queue.labels(self.metrics.node, self.name).set(self.depth)
             if self.stage.droppable:
                 batch = await self._drop_late(batch)
@@ -235,7 +242,11 @@ class StageRunner:
     async def _account(self, latency: float, msg: Message) -> None:
         self.metrics.observe(self.name, latency)
         p = self.policy
-        if latency > self.budget:
+        # A droppable stage that keeps up only by skipping inputs is over its budget too: each answer in time,
+        # but a camera's frames replaced before they were looked at (the ladder's cheaper steps come first).
+        shed = self._shed
+        late = latency > self.budget
+        if late or shed:
             self._over += 1
             self._ok = 0
             if self._over >= p.overrun_after and self.stage.level < len(self.stage.degrade_steps):
@@ -247,7 +258,7 @@ class StageRunner:
                 self._set_level(self.stage.level + 1)
                 self._over = 0
                 await self._violation(latency, f"degraded:{step}", msg, force=True)
-            else:
+            elif late:
                 await self._violation(latency, "none", msg)
         else:
             self._over = 0

@@ -43,6 +43,19 @@ class FrameStage(Stage):
         self.seen.append((msg.source, msg.seq))
 
 
+class SheddingStage(FrameStage):
+    """Frames at 25 fps: 0.1 s each is in budget but too slow to see every frame; its cheaper step keeps up."""
+
+    name = "shedding"
+    max_batch = 1
+    degrade_steps: ClassVar[tuple[str, ...]] = ("smaller-input",)
+    costs = (0.1, 0.01)
+
+    def _work(self, data: bytes) -> int:
+        time.sleep(self.costs[self.level])
+        return len(data)
+
+
 class LadderStage(Stage):
     """Audio-like stage whose cost falls with each degrade step."""
 
@@ -135,6 +148,24 @@ async def test_audio_is_never_dropped_even_when_late() -> None:
     await runner.drain(5)
     await runner.stop()
     assert runner.inputs == 5 and runner.dropped == 0
+
+
+async def test_a_video_stage_that_keeps_up_only_by_skipping_frames_steps_down_its_ladder() -> None:
+    runner, out = _runner(SheddingStage, budget_ms=1000, overrun_after=3, recover_after=1000)
+    runner.start()
+    clock = runner.ctx.clock
+    for i in range(1, 51):  # 2 s of one camera at 25 fps
+        runner.offer(VideoFrame(room="hall", source="cam1", seq=i, time=clock.now(), data=JPEG))
+        await asyncio.sleep(0.04)
+        if i == 25:
+            dropped_before = runner.dropped
+    await runner.drain(5)
+    await runner.stop()
+    moves = [m.action for m in out if isinstance(m, BudgetViolation)]
+    # every answer came well within the 1 s budget, yet frames were skipped: it stepped down, and then kept up
+    assert moves == ["degraded:smaller-input"], moves
+    assert runner.stage.level == 1
+    assert runner.dropped - dropped_before <= 2, (dropped_before, runner.dropped)
 
 
 async def test_degrade_ladder_steps_down_and_back_up() -> None:
