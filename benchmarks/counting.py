@@ -234,14 +234,15 @@ def anchor_counter() -> Callable[[list[bytes]], list[int]]:
     return count
 
 
-def stage_counter(which: str) -> Callable[[list[bytes]], list[int]]:
+def stage_counter(which: str, precision: str = "auto") -> Callable[[list[bytes]], list[int]]:
     """``models.regions`` as the detect stage runs it: "after" (today's defaults), "before" or "original"."""
     from sensorium.models.detector import PersonDetector, default_cache_dir
     from sensorium.models.regions import FrameIn, RegionDetector, Settings
 
     before = which == "original"
+    kw: dict[str, Any] = {"backend": "auto", "cache_dir": default_cache_dir(), "precision": precision}
     if before:
-        det = PersonDetector(backend="auto", conf=0.25, contain=0.0, cache_dir=default_cache_dir(), tracker_settings={})
+        det = PersonDetector(conf=0.25, contain=0.0, tracker_settings={}, **kw)
         settings = Settings(
             confirm_frames=1,
             hold_missed=False,
@@ -252,10 +253,10 @@ def stage_counter(which: str) -> Callable[[list[bytes]], list[int]]:
             small_retry=False,
         )
     elif which == "before":
-        det = PersonDetector(backend="auto", cache_dir=default_cache_dir(), tracker_settings={"fuse_score": False})
+        det = PersonDetector(tracker_settings={"fuse_score": False}, **kw)
         settings = Settings(low_conf=0.0, keep_whole=False, small_retry=False)
     else:
-        det = PersonDetector(backend="auto", cache_dir=default_cache_dir())
+        det = PersonDetector(**kw)
         settings = Settings()
     det.warm_up((640, 320))
     calls = {"n": 0}
@@ -269,7 +270,7 @@ def stage_counter(which: str) -> Callable[[list[bytes]], list[int]]:
         # Before: Detections.persons was every box; now: the confirmed tracks.
         return [len(o.boxes) if before else o.people for o in out]
 
-    count.backend = det.backend_name  # type: ignore[attr-defined]
+    count.backend = ", ".join(det.backend(n).describe() for n in (640, 320))  # type: ignore[attr-defined]
     return count
 
 
@@ -342,13 +343,17 @@ def calibrate() -> list[dict[str, Any]]:
     return rows
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """The counting table (anchor, before, now) and the calibration sweep; JSON-ready."""
+def run(quick: bool = False, only: tuple[str, ...] = COUNTERS, precision: str = "auto") -> dict[str, Any]:
+    """The counting table (anchor, before, now; or the counters in ``only``) and the calibration sweep; the
+    stage's counters with the detector's ``precision`` ("auto", "f32" or "int8")."""
     load0 = os.getloadavg()[0]
     empty_seconds = 60.0 if quick else 600.0
-    counters = {"anchor": anchor_counter(), **{c: stage_counter(c) for c in COUNTERS[1:]}}
-    per_frame: dict[str, list[tuple[str, str, int | None, int, bool]]] = {c: [] for c in COUNTERS}
-    seconds: dict[str, float] = dict.fromkeys(COUNTERS, 0.0)
+    unknown = [c for c in only if c not in COUNTERS]
+    if unknown or not only:
+        raise ValueError(f"counters: expected some of {', '.join(COUNTERS)}, got {', '.join(only) or 'none'}")
+    counters = {c: anchor_counter() if c == "anchor" else stage_counter(c, precision) for c in COUNTERS if c in only}
+    per_frame: dict[str, list[tuple[str, str, int | None, int, bool]]] = {c: [] for c in counters}
+    seconds: dict[str, float] = dict.fromkeys(counters, 0.0)
     clip_rows = []
     for clip in clips(empty_seconds=empty_seconds):
         row: dict[str, Any] = {"clip": clip.name, "kind": clip.kind, "frames": len(clip.frames)}
@@ -372,7 +377,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "  %s/%s: %s",
             clip.name,
             clip.kind,
-            ", ".join(f"{c} exact {row[c].get('exact')} mae {row[c].get('mae')}" for c in COUNTERS),
+            ", ".join(f"{c} exact {row[c].get('exact')} mae {row[c].get('mae')}" for c in counters),
         )
     table: dict[str, dict[str, Any]] = {}
     for name, rows in per_frame.items():
@@ -385,17 +390,20 @@ def run(quick: bool = False) -> dict[str, Any]:
                 sets.setdefault(f"{_set_of(truth)}_settled", []).append((got, truth))
             sets.setdefault(f"kind:{kind}", []).append((got, truth))
         table[name] = {k: _score(v) for k, v in sorted(sets.items())}
-    empty_frames = sum(1 for kind, *_ in per_frame["after"] if kind == "empty")
+    last = list(counters)[-1]
+    empty_frames = sum(1 for kind, *_ in per_frame[last] if kind == "empty")
     results = {
         "fps": FPS,
         "quick": quick,
-        "runs_on": counters["after"].backend,  # type: ignore[attr-defined]
+        "counters": list(counters),
+        "runs_on": getattr(counters[last], "backend", "ultralytics predict (PyTorch)"),
+        "precision": precision,
         "openvino_precision_env": os.environ.get("SENSORIUM_OPENVINO_PRECISION", ""),
         "empty_scene_seconds": round(empty_frames / FPS, 1),
         "table": table,
         "clips": clip_rows,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "calibration": calibrate(),
+        "calibration": calibrate() if only == COUNTERS else [],
         "load_at_start": round(load0, 2),
         "load_at_end": round(os.getloadavg()[0], 2),
         "notes": [
@@ -408,6 +416,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     """The counting table as Markdown."""
+    names = results.get("counters", COUNTERS)
     lines = [
         f"Counting on labelled packaged photos and clips made of them at {results['fps']:g} fps "
         f"(detector {results['runs_on']}; {results['empty_scene_seconds']:g} s of empty scenes; load "
@@ -418,7 +427,7 @@ def render(results: dict[str, Any]) -> str:
         "| empty rooms: frames with people / most counted | cat, flower: frames with people |",
         "|---|---|---|---|---|",
     ]
-    for name in COUNTERS:
+    for name in names:
         t = results["table"][name]
         s, m, e, o = t.get("single", {}), t.get("multi", {}), t.get("empty", {}), t.get("objects", {})
         lines.append(
@@ -434,7 +443,7 @@ def render(results: dict[str, Any]) -> str:
         "| counter | one person: exact / MAE / recall | several: exact / MAE / recall |",
         "|---|---|---|",
     ]
-    for name in COUNTERS:
+    for name in names:
         t = results["table"][name]
         s, m = t.get("single_settled", {}), t.get("multi_settled", {})
         lines.append(
@@ -442,7 +451,7 @@ def render(results: dict[str, Any]) -> str:
             f"| {m.get('exact', 0):.1%} / {m.get('mae', 0):.2f} / {m.get('recall', 0):.1%} |"
         )
     lines += ["", "| counter | still | panning | enter/leave | (exact / MAE) |", "|---|---|---|---|---|"]
-    for name in COUNTERS:
+    for name in names:
         t = results["table"][name]
         cells = [t.get(f"kind:{k}", {}) for k in ("still", "pan", "enter-leave")]
         lines.append(
@@ -452,12 +461,12 @@ def render(results: dict[str, Any]) -> str:
         "",
         "Per clip (exact / MAE; empty scenes and objects: frames with people):",
         "",
-        "| clip | kind | frames | " + " | ".join(COUNTERS) + " |",
-        "|---|---|---|" + "---|" * len(COUNTERS),
+        "| clip | kind | frames | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
     ]
     for row in results["clips"]:
         cells = []
-        for name in COUNTERS:
+        for name in names:
             c = row.get(name, {})
             if "recall" in c:
                 cells.append(f"{c['exact']:.0%} / {c['mae']:.2f}")
@@ -470,10 +479,26 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized run (1 minute of empty scenes)")
+    ap.add_argument(
+        "--counters",
+        default=",".join(COUNTERS),
+        help=f"comma-separated counters to run (default: all of {','.join(COUNTERS)}; the calibration sweep "
+        "runs only with all of them)",
+    )
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "f32", "int8"),
+        default="auto",
+        help="the detect stage's precision for the stage's counters (with SENSORIUM_OPENVINO_PRECISION=f32 in the "
+        'environment, int8 is what precision = "int8" runs on a CPU without bf16)',
+    )
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
+    only = tuple(c for c in args.counters.split(",") if c)
+    if not only or any(c not in COUNTERS for c in only):
+        ap.error(f"--counters: expected some of {','.join(COUNTERS)}, got {args.counters!r}")
     vision_media.progress_logging()
-    return run_and_report(args.out, lambda: run(args.quick), render)
+    return run_and_report(args.out, lambda: run(args.quick, only, args.precision), render)
 
 
 if __name__ == "__main__":

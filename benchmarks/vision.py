@@ -20,11 +20,15 @@ Three parts, one run:
    looks, embeddings, seconds in the face stage, and which tracks were recognized as the enrolled
    person.
 
-OpenVINO runs twice, in its own precision (bfloat16 on CPUs with AVX-512 BF16 or AMX) and in float32
-(``precision = "f32"``, what an AVX2-only CPU runs): the rows say which (``openvino 640 bf16`` / ``f32``).
+OpenVINO runs in each of ``--precisions``: ``auto`` is this CPU's own choice (bfloat16 on CPUs with
+AVX-512 BF16 or AMX); ``f32`` and ``int8`` play a CPU without bfloat16 (AVX2 only, the common mini-PC)
+through ``SENSORIUM_OPENVINO_PRECISION=f32``: ``f32`` is what such a CPU runs by default, ``int8`` the
+stage's ``precision = "int8"`` there (NNCF's INT8 at each input size where it passes its check, float32
+where not). Started with ``ONEDNN_MAX_CPU_ISA=AVX2`` the whole run gets that CPU's speed too. The rows
+say what ran (``openvino 640 bf16`` / ``int8`` / ``f32``).
 
 Run: ``.venv/bin/python -m benchmarks.vision [--quick] [--device cuda:0] [--backends torch,openvino]
-[--cameras 1,4] [--precisions auto,f32]``; prints tables and writes ``benchmarks/results/vision.json``.
+[--cameras 1,4] [--precisions auto,f32,int8]``; prints tables and writes ``benchmarks/results/vision.json``.
 ``run(quick=False) -> dict`` is the module API. Numbers taken on a busy machine are not final: say where they came from.
 """
 
@@ -40,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +172,26 @@ def _gallery(path: Path) -> None:
 # ------------------------------------------------------------------------------------- backends
 
 
+@contextlib.contextmanager
+def playing(precision: str) -> Iterator[str]:
+    """The stage's ``precision`` setting for a benchmark precision: "auto" as it is; "f32" and "int8" play a CPU
+    without bfloat16 (``SENSORIUM_OPENVINO_PRECISION=f32``), with the stage on "auto" / "int8"."""
+    from sensorium.models.backends import PRECISION_ENV
+
+    before = os.environ.get(PRECISION_ENV)
+    if precision in ("int8", "f32"):
+        os.environ[PRECISION_ENV] = "f32"
+    else:
+        os.environ.pop(PRECISION_ENV, None)
+    try:
+        yield "int8" if precision == "int8" else "auto"
+    finally:
+        if before is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = before
+
+
 def backends_part(
     device: str, names: tuple[str, ...], cache: Path, repeats: int, precisions: tuple[str, ...] = ("auto",)
 ) -> list[dict[str, Any]]:
@@ -179,13 +204,14 @@ def backends_part(
             t0 = time.perf_counter()
             fresh = Path(tempfile.mkdtemp(prefix="bench-export-", dir=cache))
             try:
-                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=precision)
-                det.backend(size)
-                first = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=precision)
-                be = det.backend(size)
-                cached = time.perf_counter() - t0
+                with playing(precision) as setting:
+                    det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=setting)
+                    det.backend(size)
+                    first = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    det = PersonDetector(device=device, imgsz=size, backend=name, cache_dir=fresh, precision=setting)
+                    be = det.backend(size)
+                    cached = time.perf_counter() - t0
             except Exception as exc:
                 rows.append({"backend": name, "imgsz": size, "error": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -279,7 +305,8 @@ async def realtime(
     router: dict[str, Any] = {}
 
     async def route(msg: Message) -> None:
-        await router["route"](msg)
+        if "route" in router:  # the stages' start-up status comes before the cameras are wired
+            await router["route"](msg)
 
     detect, face = await _stages(backend, mode, data_dir, device, clock, route, max(cameras), threads, precision)
     rows = []
@@ -507,10 +534,10 @@ def run(
     device: str = "cpu",
     cameras: tuple[int, ...] | None = None,
     backends: tuple[str, ...] | None = None,
-    precisions: tuple[str, ...] = ("auto", "f32"),
+    precisions: tuple[str, ...] = ("auto", "f32", "int8"),
 ) -> dict[str, Any]:
     """All three parts; returns JSON-ready results. ``precisions``: OpenVINO's runs ("auto": bf16 where the CPU
-    has it; "f32": float32, as on an AVX2-only CPU)."""
+    has it; "f32" / "int8": as on a CPU without bf16, by default / with ``precision = "int8"``)."""
     cameras = cameras or ((1, 4) if quick else (1, 4, 8))
     backends = backends or _backends_for(device)
     seconds = 6.0 if quick else 20.0
@@ -527,6 +554,7 @@ def run(
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "load_at_start": round(load0, 2),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         },
     }
     log.info("backends: %s", ", ".join(backends))
@@ -539,9 +567,10 @@ def run(
             for mode in MODES:
                 log.info("real time: %s (%s), %s", backend, precision, mode)
                 try:
-                    results["realtime"] += asyncio.run(
-                        realtime(backend, mode, cameras, seconds, data_dir, device, ref, precision=precision)
-                    )
+                    with playing(precision) as setting:
+                        results["realtime"] += asyncio.run(
+                            realtime(backend, mode, cameras, seconds, data_dir, device, ref, precision=setting)
+                        )
                 except Exception as exc:  # one backend failing must not lose the others' numbers
                     log.exception("real time %s/%s failed", backend, mode)
                     results["realtime"].append(
@@ -562,7 +591,8 @@ def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"Vision on {results['device']}, {results['fps_per_camera']:g} fps per camera, generated walking-people clip "
-        f"({m['cores']} cores, load {m.get('load_at_start', '?')} at start, {results.get('load_at_end', '?')} at end)"
+        f"({m['cores']} cores, load {m.get('load_at_start', '?')} at start, {results.get('load_at_end', '?')} at end"
+        f"{'; OpenVINO limited to ' + m['onednn_max_cpu_isa'] + ' kernels' if m.get('onednn_max_cpu_isa') else ''})"
         f"{' — quick run' if results.get('quick') else ''}",
         "",
         "| backend | input | one inference p50 / p95 | CPU per inference | first load (export) | cached load |",
@@ -638,7 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--cameras", default="", help="comma-separated camera counts (default 1,4,8)")
     ap.add_argument("--backends", default="", help="comma-separated backends (default: torch, onnxruntime, openvino)")
-    ap.add_argument("--precisions", default="auto,f32", help="OpenVINO's runs: auto (bf16 where the CPU has it), f32")
+    ap.add_argument(
+        "--precisions",
+        default="auto,f32,int8",
+        help="OpenVINO's runs: auto (this CPU's choice: bf16 where it has it); f32, int8: as on a CPU without bf16, "
+        'by default / with precision = "int8" (INT8 where it passes its check)',
+    )
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     vision_media.progress_logging()

@@ -132,3 +132,25 @@ def test_forwarder_benchmark_smoke_run(tmp_path: Path) -> None:
     for case in r["cases"].values():
         for side in ("before", "after"):
             assert case[side]["received"] > 0.9 * case[side]["sent"], r  # the edge's own streams go through
+
+
+def test_counting_names_the_counters_it_knows(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import counting
+
+    with pytest.raises(SystemExit) as exc:
+        counting.main(["--counters", "after,latest"])
+    assert exc.value.code == 2
+    assert "expected some of anchor,original,before,after, got 'after,latest'" in capsys.readouterr().err
+
+
+def test_vision_plays_a_cpu_without_bf16_and_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from benchmarks.vision import playing
+    from sensorium.models.backends import PRECISION_ENV
+
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    for wanted, setting_, env in (("int8", "int8", "f32"), ("f32", "auto", "f32"), ("auto", "auto", None)):
+        with playing(wanted) as setting:
+            assert setting == setting_ and os.environ.get(PRECISION_ENV) == env
+        assert os.environ[PRECISION_ENV] == "bf16"
