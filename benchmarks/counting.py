@@ -343,14 +343,17 @@ def calibrate() -> list[dict[str, Any]]:
     return rows
 
 
+def _check_counters(only: tuple[str, ...]) -> None:
+    if not only or any(c not in COUNTERS for c in only):
+        raise ValueError(f"counters: expected some of {','.join(COUNTERS)}, got {','.join(only)!r}")
+
+
 def run(quick: bool = False, only: tuple[str, ...] = COUNTERS, precision: str = "auto") -> dict[str, Any]:
     """The counting table (anchor, before, now; or the counters in ``only``) and the calibration sweep; the
     stage's counters with the detector's ``precision`` ("auto", "f32" or "int8")."""
     load0 = os.getloadavg()[0]
     empty_seconds = 60.0 if quick else 600.0
-    unknown = [c for c in only if c not in COUNTERS]
-    if unknown or not only:
-        raise ValueError(f"counters: expected some of {', '.join(COUNTERS)}, got {', '.join(only) or 'none'}")
+    _check_counters(only)
     counters = {c: anchor_counter() if c == "anchor" else stage_counter(c, precision) for c in COUNTERS if c in only}
     per_frame: dict[str, list[tuple[str, str, int | None, int, bool]]] = {c: [] for c in counters}
     seconds: dict[str, float] = dict.fromkeys(counters, 0.0)
@@ -495,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     add_out(ap, RESULTS)
     args = ap.parse_args(argv)
     only = tuple(c for c in args.counters.split(",") if c)
-    if not only or any(c not in COUNTERS for c in only):
-        ap.error(f"--counters: expected some of {','.join(COUNTERS)}, got {args.counters!r}")
+    try:
+        _check_counters(only)
+    except ValueError as exc:
+        ap.error(f"--{exc}")
     vision_media.progress_logging()
     return run_and_report(args.out, lambda: run(args.quick, only, args.precision), render)
 

@@ -374,15 +374,7 @@ def quantize_openvino(fp32: Path, imgsz: int, cache: Path) -> Path:
             ),
             subset_size=len(samples),
         )
-    tmp = _atomic_target(out)
-    try:
-        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))  # the weights first: xml present ⇒ complete
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".bin").unlink(missing_ok=True)
-    return out
+    return _save_ir(quantized, out)
 
 
 def export_openvino(onnx_path: Path, cache: Path) -> Path:
@@ -393,6 +385,13 @@ def export_openvino(onnx_path: Path, cache: Path) -> Path:
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))
+    return _save_ir(model, out)
+
+
+def _save_ir(model: Any, out: Path) -> Path:
+    """Write an OpenVINO model to ``out`` (xml + bin) under temporary names, then rename: never half-written."""
+    import openvino as ov
+
     tmp = _atomic_target(out)
     try:
         ov.save_model(model, str(tmp), compress_to_fp16=False)

@@ -675,6 +675,17 @@ async def test_every_port_is_announced_over_zeroconf(hub: Hub, tmp_path) -> None
 
 
 @pytest.mark.slow
+async def _stop(proc: asyncio.subprocess.Process, sig: int) -> tuple[bytes, bytes]:
+    """Send ``sig`` and wait up to 20 s for the command to end (killed if it has not): its stdout and stderr."""
+    try:
+        proc.send_signal(sig)
+        return await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub: Hub, tmp_path) -> None:
     import signal
 
@@ -713,24 +724,16 @@ async def test_the_command_serves_until_interrupted_and_refuses_a_bad_config(hub
             await c.send(Synthesize(text="Hello."))
             err = await c.recv(10)
         assert err.type == "error" and "the tts stage is not running" in err.data["text"]
-        proc.send_signal(signal.SIGINT)
-        out, errs = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        out, errs = await _stop(proc, signal.SIGINT)
     assert proc.returncode == 130 and b"Traceback" not in errs, errs
     assert f"tts {p['tts']}".encode() in out and f"kitchen {p['kitchen']}".encode() in out
     # `kill` or `docker stop` (SIGTERM): a clean stop too (ports closed, names withdrawn), exit 0
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=pipe, stderr=pipe)
     try:
         await serving()
-        proc.send_signal(signal.SIGTERM)
-        _, errs = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        _, errs = await _stop(proc, signal.SIGTERM)
     assert proc.returncode == 0 and b"Traceback" not in errs, errs
     # A bad table: a clear message naming the key, exit code 2.
     config.write_text(config.read_text().replace(f"kitchen = {p['kitchen']}", "garage = 10700"))
